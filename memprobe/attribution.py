@@ -1,0 +1,122 @@
+"""Turn a rank's absolute readings into bytes added by each step, group and communicator.
+
+Every delta is ``primary_bytes`` of a reading minus that of the reading before it on the
+same rank, so the parts always add up to ``end - start``. A delta whose either side is
+unavailable is ``None`` (unknown), never zero.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from memprobe.results import GROUP_INIT_STEPS, Reading, Run
+
+# Component keys, in display order, for one group ``G``:
+#   G/groups_created, G/pynccl, G/custom_allreduce  (bytes added while the group was built)
+#   G/init  (their sum)      G/first_use  (the first collective on G's torch NCCL group)
+CONTEXT = "cuda_context"
+WORLD = "world"
+TOTAL_AFTER_INIT = "total_after_init"
+TOTAL_AFTER_FIRST_USE = "total_after_first_use"
+UNATTRIBUTED = "unattributed"
+
+
+def _subtract(after: int | None, before: int | None) -> int | None:
+    if after is None or before is None:
+        return None
+    return after - before
+
+
+def _add(total: int | None, part: int | None) -> int | None:
+    if total is None or part is None:
+        return None
+    return total + part
+
+
+def rank_readings(run: Run) -> dict[int, list[Reading]]:
+    per_rank: dict[int, list[Reading]] = {}
+    for reading in run.readings:
+        per_rank.setdefault(reading.rank, []).append(reading)
+    for readings in per_rank.values():
+        readings.sort(key=lambda r: r.sequence)
+    return per_rank
+
+
+def step_deltas(readings: list[Reading]) -> list[tuple[Reading, int | None]]:
+    """``(reading, bytes added since the previous reading)``; the first reading adds nothing."""
+    result: list[tuple[Reading, int | None]] = []
+    previous: Reading | None = None
+    for reading in readings:
+        delta = 0 if previous is None else _subtract(reading.primary_bytes, previous.primary_bytes)
+        result.append((reading, delta))
+        previous = reading
+    return result
+
+
+def rank_components(readings: list[Reading]) -> dict[str, int | None]:
+    """Bytes per component for one rank (see module docstring for the keys)."""
+    parts: dict[str, int | None] = {}
+    last_init_reading: Reading | None = None
+    for reading, delta in step_deltas(readings):
+        if reading.step == "start":
+            continue
+        if reading.step == CONTEXT:
+            parts[CONTEXT] = delta
+        elif reading.step == "world":
+            parts[WORLD] = delta
+        elif reading.step in GROUP_INIT_STEPS:
+            parts[f"{reading.group}/{reading.step}"] = delta
+            key = f"{reading.group}/init"
+            parts[key] = _add(parts.get(key, 0), delta)
+        elif reading.step == "first_use":
+            parts[f"{reading.group}/first_use"] = delta
+        else:  # "before" and "end": nothing should happen between steps; keep it visible
+            parts[UNATTRIBUTED] = _add(parts.get(UNATTRIBUTED, 0), delta)
+        if reading.step != "first_use" and reading.step != "end":
+            last_init_reading = reading
+    if last_init_reading is not None:
+        parts[TOTAL_AFTER_INIT] = last_init_reading.primary_bytes
+    end = [r for r in readings if r.step == "end"]
+    parts[TOTAL_AFTER_FIRST_USE] = end[-1].primary_bytes if end else None
+    return parts
+
+
+def components_by_rank(run: Run) -> dict[int, dict[str, int | None]]:
+    return {rank: rank_components(readings) for rank, readings in sorted(rank_readings(run).items())}
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A component across ranks: the worst (largest) rank and the spread."""
+
+    minimum: int | None
+    median: int | None
+    maximum: int | None
+    worst_rank: int | None
+    ranks_known: int
+
+    @property
+    def spread(self) -> int | None:
+        if self.minimum is None or self.maximum is None:
+            return None
+        return self.maximum - self.minimum
+
+
+def spread(values: dict[int, int | None]) -> Spread:
+    known = {rank: value for rank, value in values.items() if value is not None}
+    if not known:
+        return Spread(None, None, None, None, 0)
+    worst_rank = max(sorted(known), key=lambda rank: known[rank])
+    ordered = sorted(known.values())
+    return Spread(
+        minimum=ordered[0],
+        median=int(statistics.median_low(ordered)),
+        maximum=ordered[-1],
+        worst_rank=worst_rank,
+        ranks_known=len(known),
+    )
+
+
+def component_spread(run: Run, key: str) -> Spread:
+    return spread({rank: parts.get(key) for rank, parts in components_by_rank(run).items()})

@@ -1,0 +1,144 @@
+"""Run several scenarios, each in its own clean set of processes, and load saved comparisons.
+
+A comparison folder is ``<out>/<comparison-id>/`` with ``comparison.json`` and one run
+folder per scenario (``<comparison-id>/<scenario-name>/run.json`` ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from memprobe.errors import MeasurementError, UsageError
+from memprobe.layout import Layout
+from memprobe.results import Run, atomic_write_text, load_run
+from memprobe.scenarios import Comparison, Scenario, ScenarioRun, ScenarioSet
+
+COMPARISON_FILE = "comparison.json"
+
+
+def scenario_from_run(run: Run) -> Scenario:
+    record = run.record
+    name = record.scenario or (run.path.name if run.path else record.run_id)
+    return Scenario(
+        name=name,
+        layout=Layout(**record.layout),
+        stack=record.stack_name,
+        env_preset=record.env_preset,
+        env=dict(record.env),
+        warmup=record.warmup,
+    )
+
+
+def write_comparison_index(path: Path, comparison_id: str, scenario_set: ScenarioSet, folders: dict[str, str]) -> None:
+    document = {
+        "schema_version": 1,
+        "comparison_id": comparison_id,
+        "baseline": scenario_set.baseline,
+        "scenarios": [dict(s.definition(), folder=folders.get(s.name)) for s in scenario_set.scenarios],
+    }
+    atomic_write_text(path / COMPARISON_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def load_comparison(path: str | Path) -> Comparison:
+    """A comparison folder, or a single run folder (a comparison of one scenario)."""
+    path = Path(path)
+    index = path / COMPARISON_FILE
+    if index.is_file():
+        try:
+            document = json.loads(index.read_text(encoding="utf-8"))
+            entries = document["scenarios"]
+            baseline = document["baseline"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise UsageError(f"{index}: not a memprobe comparison index ({error})") from None
+        runs: list[ScenarioRun] = []
+        for entry in entries:
+            folder = entry.get("folder")
+            if not folder or not (path / folder / "run.json").is_file():
+                continue  # a scenario that never started (the comparison stopped early)
+            run = load_run(path / folder)
+            runs.append(ScenarioRun(scenario=replace(scenario_from_run(run), name=entry["name"]), run=run))
+        if not runs:
+            raise UsageError(f"{path}: the comparison holds no finished run")
+        names = [item.scenario.name for item in runs]
+        return Comparison(
+            comparison_id=str(document.get("comparison_id", path.name)),
+            baseline=baseline if baseline in names else names[0],
+            runs=runs,
+            path=path,
+        )
+    if (path / "run.json").is_file():
+        run = load_run(path)
+        scenario = scenario_from_run(run)
+        return Comparison(comparison_id=run.record.run_id, baseline=scenario.name, runs=[ScenarioRun(scenario, run)], path=path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    raise UsageError(f"{path} is neither a run folder (run.json) nor a comparison folder ({COMPARISON_FILE})")
+
+
+def merge_comparisons(comparisons: list[Comparison]) -> Comparison:
+    """Several saved runs or comparisons shown as one; the first one's baseline stays the baseline."""
+    if len(comparisons) == 1:
+        return comparisons[0]
+    runs: list[ScenarioRun] = []
+    seen: set[str] = set()
+    for comparison in comparisons:
+        for item in comparison.runs:
+            name = item.scenario.name
+            suffix = 2
+            while name in seen:
+                name = f"{item.scenario.name}-{suffix}"
+                suffix += 1
+            seen.add(name)
+            runs.append(ScenarioRun(scenario=replace(item.scenario, name=name), run=item.run))
+    return Comparison(comparison_id="+".join(c.comparison_id for c in comparisons), baseline=comparisons[0].baseline, runs=runs)
+
+
+__all__ = ["load_comparison", "merge_comparisons", "scenario_from_run", "write_comparison_index", "MeasurementError"]
+
+
+def run_scenarios(scenario_set: ScenarioSet, options, progress=None, command: list[str] | None = None) -> Comparison:
+    """Run every scenario in its own torchrun launch (fresh processes, fresh CUDA contexts).
+
+    Results go to ``options.out_dir/<comparison-id>/<scenario>/``; ``comparison.json`` is
+    rewritten after every scenario, so a comparison that stops early keeps what finished.
+    A failing scenario stops the comparison with :class:`MeasurementError`.
+    """
+    from memprobe.launcher import new_run_dir, preflight, run_scenario
+
+    preflight(list(scenario_set.scenarios), options)
+    root = Path(options.out_dir)
+    name = options.run_id or "compare-" + "-vs-".join(dict.fromkeys(s.layout.slug() for s in scenario_set.scenarios))
+    path = root / options.run_id if options.run_id else new_run_dir(root, name)
+    if path.exists():
+        raise UsageError(f"output folder {path} already exists; choose another --run-id")
+    path.mkdir(parents=True)
+    folders: dict[str, str] = {}
+    runs: list[ScenarioRun] = []
+    write_comparison_index(path, path.name, scenario_set, folders)
+    for scenario in scenario_set.scenarios:
+        folders[scenario.name] = scenario.name
+        try:
+            run = run_scenario(scenario, options, path / scenario.name, progress=progress, command=command)
+        finally:
+            write_comparison_index(path, path.name, scenario_set, folders)
+        runs.append(ScenarioRun(scenario=scenario, run=run))
+    return Comparison(comparison_id=path.name, baseline=scenario_set.baseline, runs=runs, path=path)
+
+
+def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp: int = 1, attn_dp: int = 1,
+                       attn_cp: int = 1, baseline_tp: int | None = None, env_preset: str = "sglang",
+                       env: dict[str, str] | None = None, warmup: str = "tiny") -> ScenarioSet:
+    """``--tp T`` as the baseline (no MoE groups of its own), then the MoE layout once per stack."""
+    env = dict(env or {})
+    baseline_layout = Layout(tp=baseline_tp or tp, pp=pp, attn_dp=attn_dp, attn_cp=attn_cp)
+    moe_layout = Layout(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp)
+    baseline = Scenario(name=baseline_layout.slug(), layout=baseline_layout, stack="lean", env_preset=env_preset,
+                        env=env, warmup=warmup)
+    scenarios = [baseline]
+    for stack in stacks:
+        label = Path(stack).stem if stack.endswith(".toml") else stack.replace(":", "-")
+        scenarios.append(Scenario(name=f"{moe_layout.slug()}-{label}", layout=moe_layout, stack=stack,
+                                  env_preset=env_preset, env=env, warmup=warmup))
+    return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline.name)

@@ -1,0 +1,70 @@
+"""Validated launch options, built by the CLI (as torchrun's ``config_from_args`` -> ``LaunchConfig``)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memprobe.errors import UsageError
+from memprobe.scenarios import ENV_PRESETS, Scenario
+
+DEVICES = ("cuda", "cpu")
+DEFAULT_TIMEOUT_S = 300.0
+RECORDED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_DEVICE_ORDER",
+                         "CUDA_VISIBLE_DEVICES", "CUDA_MODULE_LOADING", "TORCH_SYMM_MEM_", "NVSHMEM_DISABLE_NVLS")
+_HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How scenarios are launched; the same for every scenario of one command."""
+
+    device: str = "cuda"
+    out_dir: Path = Path("results")
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    allow_busy_gpu: bool = False
+    progress: bool = True
+    run_id: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # --env, on top of each scenario's env
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not (self.timeout_s > 0):
+            raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
+        if self.nnodes < 1 or not (0 <= self.node_rank < self.nnodes):
+            raise UsageError(f"--node-rank must be in [0, --nnodes) and --nnodes >= 1; got {self.node_rank} of {self.nnodes}")
+        if self.master_port is not None and not (1 <= self.master_port <= 65535):
+            raise UsageError(f"--master-port must be 1..65535, got {self.master_port}")
+        if not _HOST.match(self.master_addr):
+            raise UsageError(f"--master-addr {self.master_addr!r} is not a host name or address")
+        if self.run_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.run_id):
+            raise UsageError(f"--run-id {self.run_id!r} may use only letters, digits, '.', '_' and '-'")
+
+
+def worker_environment(scenario: Scenario, options: LaunchOptions, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment workers start with.
+
+    The ``sglang`` preset sets SGLang's engine variables *unless the user already did*
+    (``entrypoints/engine.py:1878-1921``); scenario ``env`` and ``--env`` always win.
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` makes CUDA's device order match the NVML mapping.
+    """
+    environment = dict(os.environ if base is None else base)
+    for key, value in ENV_PRESETS[scenario.env_preset].items():
+        environment.setdefault(key, value)
+    environment.update(scenario.env)
+    environment.update(options.extra_env)
+    environment.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    environment.setdefault("OMP_NUM_THREADS", "1")
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+def recorded_environment(environment: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in sorted(environment.items()) if key.startswith(RECORDED_ENV_PREFIXES)}

@@ -1,0 +1,332 @@
+"""The reference engine: SGLang 0.5.23's ``init_distributed_environment`` + ``initialize_model_parallel``,
+rebuilt with a memory sample after every step (worker side; imports torch).
+
+Per rank, in order (research notes sections 1-3):
+
+1. ``start`` (before CUDA), ``cuda_context`` (``set_device`` + first tensor);
+2. ``world``: ``init_process_group`` *without* ``device_id`` (lazy NCCL, as SGLang), plus the
+   world coordinator's own NCCL and gloo groups;
+3. per group in SGLang's order: ``before``; ``groups_created`` (``new_group`` twice for every
+   rank list on every rank, keeping its own pair); ``pynccl``; ``custom_allreduce``;
+4. ``first_use`` per group: the first collective on the group's torch NCCL group (lazy
+   communicators allocate only then), per ``--warmup``; then ``end``.
+
+Every sample is taken after ``torch.cuda.synchronize()`` and a barrier on the world's gloo
+group, so every rank is at the same step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+import traceback
+from dataclasses import asdict
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from memprobe.layout import GroupPlan, Layout, plan_groups
+from memprobe.results import RankInfo, Reading
+from memprobe.stacks import GroupFlags, Stack
+
+SWEEP_ALL_REDUCE_ELEMENTS = (1, 1024, 256 * 1024, 16 * 1024 * 1024)  # fp32: 4 B .. 64 MiB
+SWEEP_ALL_GATHER_ELEMENTS = 256 * 1024  # 1 MiB per rank
+
+
+class FaultHook:
+    """Test-only fault injection, off unless ``MEMPROBE_TEST_FAULT`` is set.
+
+    Format ``RANK:GROUP/STEP:ACTION`` (``GROUP`` empty for start/cuda_context/end), e.g.
+    ``1:tp/pynccl:raise``; ACTION is ``raise``, ``exit`` (exit code 7), ``kill`` (SIGKILL to
+    itself) or ``hang`` (sleeps forever). It fires when the rank reaches that step, before
+    the step's reading is taken.
+    """
+
+    def __init__(self, spec: str | None, rank: int) -> None:
+        self.target: tuple[str, str, str] | None = None
+        if spec:
+            rank_text, where, action = spec.split(":")
+            group, _, step = where.rpartition("/")
+            if int(rank_text) == rank:
+                self.target = (group, step, action)
+
+    def fire(self, group: str, step: str) -> None:
+        if self.target is None or self.target[:2] != (group, step):
+            return
+        action = self.target[2]
+        if action == "raise":
+            raise RuntimeError(f"injected fault at {group}/{step} (MEMPROBE_TEST_FAULT)")
+        if action == "exit":
+            os._exit(7)
+        if action == "kill":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "hang":
+            while True:
+                time.sleep(3600)
+
+
+class ReferenceEngine:
+    def __init__(self, *, layout: Layout, stack: Stack, device: str, warmup: str, timeout_s: float,
+                 emit: Callable[[dict[str, Any]], None], rank: int, local_rank: int, world_size: int,
+                 allow_busy_gpu: bool = False) -> None:
+        self.layout = layout
+        self.plan = plan_groups(layout)
+        self.stack = stack
+        self.device_kind = device
+        self.warmup = warmup
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.emit = emit
+        self.rank = rank
+        self.local_rank = local_rank
+        self.world_size = world_size
+        self.allow_busy_gpu = allow_busy_gpu
+        self.fault = FaultHook(os.environ.get("MEMPROBE_TEST_FAULT"), rank)
+        self.readings: list[Reading] = []
+        self.sequence = 0
+        self.last_time = time.monotonic()
+        self.current = ("", "start")
+        self.world_cpu_group: Any = None
+        self.device_groups: dict[str, Any] = {}
+        self.cpu_groups: dict[str, Any] = {}
+        self.pynccl: dict[str, Any] = {}
+        self.custom_allreduce: dict[str, Any] = {}
+        self.cuda_runtime: Any = None
+        self.info = RankInfo(rank=rank, local_rank=local_rank, host=socket.gethostname(), pid=os.getpid(),
+                             device="cpu" if device == "cpu" else f"cuda:{local_rank}",
+                             torch_version=torch.__version__, cuda_version=str(torch.version.cuda or ""))
+        self.sampler: Any = None
+        self.torch_device: torch.device | None = None
+
+    # ----------------------------------------------------------------- sampling
+    def _synchronize(self) -> None:
+        if self.torch_device is not None:
+            torch.cuda.synchronize(self.torch_device)
+        if self.world_cpu_group is not None:
+            dist.barrier(group=self.world_cpu_group)
+
+    def record(self, step: str, group: str = "", status: str = "ok", note: str = "") -> Reading:
+        self.current = (group, step)
+        self.fault.fire(group, step)
+        self._synchronize()
+        sample = self.sampler.sample()
+        now = time.monotonic()
+        reading = Reading(
+            rank=self.rank, sequence=self.sequence, step=step, group=group, status=status,
+            primary_bytes=self.sampler.primary(sample), process_bytes=sample.process_bytes,
+            device_used_bytes=sample.device_used_bytes, torch_reserved_bytes=sample.torch_reserved_bytes,
+            other_gpus_bytes=sample.other_gpus_bytes, elapsed_s=round(now - self.last_time, 6), note=note,
+        )
+        self.last_time = now
+        self.sequence += 1
+        self.readings.append(reading)
+        self.emit({"type": "reading", **asdict(reading)})
+        return reading
+
+    # ----------------------------------------------------------------- steps
+    def _start_and_context(self) -> None:
+        from memprobe.sampling import GpuSampler, HostSampler
+
+        if self.device_kind == "cpu":
+            self.sampler = HostSampler()
+            self.info.sampling_mode = self.sampler.mode
+            self.record("start")
+            self.current = ("", "cuda_context")
+            self.record("cuda_context", status="skipped", note="--device cpu: no CUDA context")
+            return
+        from memprobe import nvml
+
+        visible = nvml.visible_gpus()
+        if not nvml.is_available(visible) or self.local_rank >= len(visible):
+            raise RuntimeError(f"cannot map local rank {self.local_rank} to a GPU through NVML: {getattr(visible, 'reason', visible)}")
+        gpu = visible[self.local_rank]
+        self.sampler = GpuSampler(os.getpid(), gpu.uuid, torch_reserved=self._torch_reserved)
+        self.info.gpu_uuid, self.info.gpu_name = gpu.uuid, gpu.name
+        others = self.sampler.other_processes()
+        if others:
+            message = f"GPU {gpu.uuid} is shared with other processes (pids {sorted(others)})"
+            self.info.warnings.append(message)
+        start_sample = self.sampler.sample()
+        start_time = self.last_time
+        # Only now touch CUDA: the rank's own device, never cuda:0 by accident (pytorch#86849).
+        self.current = ("", "cuda_context")
+        self.fault.fire("", "start")
+        torch.cuda.set_device(self.local_rank)
+        self.torch_device = torch.device("cuda", self.local_rank)
+        torch.zeros(1, device=self.torch_device)
+        torch_uuid = "GPU-" + str(torch.cuda.get_device_properties(self.torch_device).uuid)
+        if torch_uuid != gpu.uuid:
+            raise RuntimeError(f"CUDA device {self.local_rank} is {torch_uuid} but NVML order gave {gpu.uuid}; "
+                               "set CUDA_DEVICE_ORDER=PCI_BUS_ID")
+        mode = self.sampler.decide_mode()
+        self.info.sampling_mode = mode
+        self.info.warnings.extend(self.sampler.warnings)
+        if mode == "device" and others and not self.allow_busy_gpu:
+            raise RuntimeError(f"device-level sampling on a busy GPU ({self.info.warnings[0]}); pass --allow-busy-gpu to measure anyway")
+        # The start reading is emitted now that the mode is known. Not being listed by NVML
+        # before the CUDA context exists means 0 bytes in per-process mode.
+        start_bytes = start_sample.process_bytes if start_sample.process_bytes is not None else (0 if mode == "process" else None)
+        primary = start_bytes if mode == "process" else start_sample.device_used_bytes
+        reading = Reading(rank=self.rank, sequence=self.sequence, step="start", group="", status="ok",
+                          primary_bytes=primary, process_bytes=start_bytes,
+                          device_used_bytes=start_sample.device_used_bytes, torch_reserved_bytes=0,
+                          other_gpus_bytes=start_sample.other_gpus_bytes, elapsed_s=0.0,
+                          note="" if start_sample.process_bytes is not None else "no CUDA context yet")
+        self.sequence += 1
+        self.readings.append(reading)
+        self.emit({"type": "reading", **asdict(reading)})
+        self.last_time = start_time
+        self.record("cuda_context")
+
+    def _torch_reserved(self) -> int | None:
+        if self.torch_device is None:
+            return 0
+        return int(torch.cuda.memory_reserved(self.torch_device))
+
+    def _new_groups(self, group: GroupPlan) -> tuple[Any, Any]:
+        """``new_group`` for every list, NCCL then gloo, on every rank; keep this rank's pair (PS:337-418)."""
+        backend = "gloo" if self.device_kind == "cpu" else "nccl"
+        mine: tuple[Any, Any] = (None, None)
+        for ranks in group.rank_lists:
+            device_group = dist.new_group(list(ranks), backend=backend, timeout=self.timeout)
+            cpu_group = dist.new_group(list(ranks), backend="gloo", timeout=self.timeout)
+            if self.rank in ranks:
+                mine = (device_group, cpu_group)
+        return mine
+
+    def _world(self) -> None:
+        self.current = ("world", "world")
+        backend = "gloo" if self.device_kind == "cpu" else "nccl"
+        dist.init_process_group(backend=backend, timeout=self.timeout)  # no device_id: lazy, as SGLang
+        world = self.plan.group("world")
+        device_group, cpu_group = self._new_groups(world)
+        self.device_groups["world"], self.cpu_groups["world"] = device_group, cpu_group
+        self.world_cpu_group = cpu_group
+        if self.device_kind != "cpu":
+            from memprobe.communicators import nccl_library
+
+            library = nccl_library()
+            self.info.nccl_version = library.version()
+            self.info.nccl_library = library.path
+        self.record("world", "world")
+
+    def _communicator_step(self, group: GroupPlan, kind: str, flags: GroupFlags, ranks: tuple[int, ...]) -> None:
+        wanted = getattr(flags, kind)
+        decision = self.info.communicators.setdefault(group.name, {})
+        if not wanted:
+            decision[kind] = "skipped: not in stack"
+            self.record(kind, group.name, status="skipped", note=decision[kind])
+            return
+        if len(ranks) == 1:
+            decision[kind] = "skipped: width 1 (SGLang builds none)"
+            self.record(kind, group.name, status="skipped", note=decision[kind])
+            return
+        if self.device_kind == "cpu":
+            decision[kind] = "skipped: --device cpu has no GPU communicators"
+            self.record(kind, group.name, status="skipped", note=decision[kind])
+            return
+        from memprobe import communicators
+
+        self.current = (group.name, kind)
+        if kind == "pynccl":
+            self.pynccl[group.name] = communicators.PyNccl(self.cpu_groups[group.name], ranks, self.torch_device)
+            decision[kind] = "built"
+            self.record(kind, group.name)
+            return
+        implementation, reason = communicators.custom_allreduce_eligibility(
+            self.cpu_groups[group.name], ranks, self.info.gpu_uuid, self.stack.custom_allreduce_impl)
+        if implementation is None:
+            decision[kind] = f"disabled: {reason}"
+            self.record(kind, group.name, status="skipped", note=decision[kind])
+            return
+        try:
+            built, runtime = communicators.allocate_custom_allreduce(
+                self.cpu_groups[group.name], ranks, self.torch_device, implementation)
+        except Exception as error:  # SGLang catches and only logs custom all-reduce failures (PS:502-518)
+            decision[kind] = f"failed: {error}"
+            self.record(kind, group.name, status="failed", note=decision[kind][:300])
+            return
+        self.custom_allreduce[group.name] = built
+        self.cuda_runtime = runtime or self.cuda_runtime
+        decision[kind] = f"built {implementation} ({built.planned_bytes} bytes planned)"
+        self.record(kind, group.name, note=f"{implementation}: {built.planned_bytes} bytes planned; {reason}")
+
+    def _first_use(self, group: GroupPlan) -> None:
+        ranks = group.ranks_of(self.rank)
+        if self.warmup == "none":
+            self.record("first_use", group.name, status="skipped", note="--warmup none")
+            return
+        if len(ranks) == 1:  # SGLang returns before any collective on a width-1 group (PS:692)
+            self.record("first_use", group.name, status="skipped", note="width 1: no collective")
+            return
+        self.current = (group.name, "first_use")
+        device = self.torch_device or torch.device("cpu")
+        device_group = self.device_groups[group.name]
+        sizes = (1,) if self.warmup == "tiny" else SWEEP_ALL_REDUCE_ELEMENTS
+        for elements in sizes:
+            tensor = torch.ones(elements, dtype=torch.float32, device=device)
+            dist.all_reduce(tensor, group=device_group)
+            del tensor
+        if self.warmup == "sweep":
+            source = torch.ones(SWEEP_ALL_GATHER_ELEMENTS, dtype=torch.float32, device=device)
+            gathered = [torch.empty_like(source) for _ in ranks]
+            dist.all_gather(gathered, source, group=device_group)
+            del source, gathered
+        if self.torch_device is not None:
+            torch.cuda.synchronize(self.torch_device)
+            torch.cuda.empty_cache()  # measure communicators, not cached collective tensors
+        note = "all_reduce 1 x fp32" if self.warmup == "tiny" else "sweep: all_reduce 4 B..64 MiB, all_gather 1 MiB/rank"
+        self.record("first_use", group.name, note=note)
+
+    def run(self) -> list[Reading]:
+        self._start_and_context()
+        self._world()
+        built = [group for group in self.plan.built_groups() if group.name != "world"]
+        for group in built:
+            self.record("before", group.name)
+            self.current = (group.name, "groups_created")
+            device_group, cpu_group = self._new_groups(group)
+            self.device_groups[group.name], self.cpu_groups[group.name] = device_group, cpu_group
+            self.record("groups_created", group.name)
+            ranks = group.ranks_of(self.rank)
+            flags = self.stack.flags_for(group.name)
+            self._communicator_step(group, "pynccl", flags, ranks)
+            self._communicator_step(group, "custom_allreduce", flags, ranks)
+        for group in [self.plan.group("world"), *built]:
+            self._first_use(group)
+        self.record("end")
+        return self.readings
+
+    def gather(self) -> tuple[list[Reading], list[RankInfo]] | None:
+        """Rank 0 gathers every rank's readings and info over the world's gloo group."""
+        payload = (self.readings, self.info)
+        gathered: list[Any] = [None] * self.world_size if self.rank == 0 else None  # type: ignore[assignment]
+        dist.gather_object(payload, gathered, dst=0, group=self.world_cpu_group)
+        if self.rank != 0:
+            return None
+        readings = [reading for item in gathered for reading in item[0]]
+        infos = [item[1] for item in gathered]
+        return readings, infos
+
+    def shutdown(self) -> None:
+        for communicator in self.pynccl.values():
+            communicator.destroy()
+        for buffers in self.custom_allreduce.values():
+            buffers.destroy(self.cuda_runtime)
+        self.pynccl.clear()
+        self.custom_allreduce.clear()
+        if dist.is_initialized():
+            try:
+                dist.barrier(group=self.world_cpu_group)
+            except Exception:
+                pass
+            dist.destroy_process_group()
+
+
+def format_exception(error: BaseException, limit: int = 12) -> list[str]:
+    lines = "".join(traceback.format_exception(type(error), error, error.__traceback__)).splitlines()
+    return lines[-limit:]

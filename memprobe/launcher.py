@@ -1,0 +1,398 @@
+"""Start the workers with torchrun, show progress, enforce the timeout, and collect a run.
+
+The parent never imports torch or touches CUDA: it builds the worker environment, starts
+``python -m torch.distributed.run`` in its own session, follows the per-rank event streams
+for progress and errors, and always cleans up every process it started (torchrun starts
+workers in sessions of their own, so they are tracked by PID and by a per-run token).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from memprobe import __version__, nvml
+from memprobe.config import LaunchOptions, recorded_environment, worker_environment
+from memprobe.errors import MeasurementError, UsageError
+from memprobe.layout import plan_groups
+from memprobe.results import (
+    Failure,
+    RankInfo,
+    Run,
+    RunRecord,
+    atomic_write_text,
+    load_stream,
+    readings_from_csv,
+    readings_to_csv,
+    stream_path,
+)
+from memprobe.scenarios import Scenario
+from memprobe.stacks import resolve_stack
+from memprobe.worker import WORKER_CONFIG
+
+RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"
+KILL_GRACE_S = 5.0
+
+
+def expected_readings(scenario: Scenario) -> int:
+    built = sum(1 for group in plan_groups(scenario.layout).built_groups() if group.name != "world")
+    return 3 + 4 * built + (1 + built) + 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
+    gpus = nvml.visible_gpus(environment)
+    if not nvml.is_available(gpus):
+        return 0, gpus.reason
+    return len(gpus), ""
+
+
+def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
+    """Everything that can be checked before a process starts (exit 2 on any problem)."""
+    for scenario in scenarios:
+        resolve_stack(scenario.stack)
+        if scenario.layout.world_size % options.nnodes:
+            raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over --nnodes {options.nnodes}")
+    if options.device == "cpu":
+        return
+    environment = worker_environment(scenarios[0], options)
+    count, reason = visible_gpu_count(environment)
+    if count == 0:
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu to run the pipeline without GPUs")
+    for scenario in scenarios:
+        needed = scenario.layout.world_size // options.nnodes
+        if needed > count:
+            tp = count
+            suggestion = f"memprobe compare --tp {tp} --ep {max(1, tp // 2)}" if tp > 1 else "memprobe run --tp 1"
+            raise UsageError(f"scenario {scenario.name} needs {needed} GPUs per node but this node has {count}; try: {suggestion}")
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    candidate = root / f"{stamp}-{name}"
+    suffix = 2
+    while candidate.exists():
+        candidate = root / f"{stamp}-{name}-{suffix}"
+        suffix += 1
+    return candidate
+
+
+# ------------------------------------------------------------------------------ processes
+
+def _pids_with_token(token: str) -> list[int]:
+    """Processes whose environment carries this run's token (workers live in their own sessions)."""
+    found = []
+    needle = f"{RUN_TOKEN_VARIABLE}={token}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as stream:
+                if needle in stream.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _signal(pid: int, number: int, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, number)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stream:
+            return stream.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_everything(process: subprocess.Popen[bytes], token: str, worker_pids: set[int]) -> None:
+    """SIGTERM torchrun's group and every worker; SIGKILL what is left after a grace period."""
+    pids = set(worker_pids) | set(_pids_with_token(token))
+    if process.poll() is None:
+        _signal(process.pid, signal.SIGTERM, group=True)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not any(_alive(pid) for pid in pids):
+            break
+        time.sleep(0.05)
+    _signal(process.pid, signal.SIGKILL, group=True)
+    for pid in pids | set(_pids_with_token(token)):
+        _signal(pid, signal.SIGKILL)
+    try:
+        process.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + KILL_GRACE_S
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------- progress
+
+class StreamFollower:
+    """Reads each rank's event stream incrementally."""
+
+    def __init__(self, run_dir: Path, ranks: range) -> None:
+        self.paths = {rank: stream_path(run_dir, rank) for rank in ranks}
+        self.offsets = {rank: 0 for rank in ranks}
+        self.readings = {rank: 0 for rank in ranks}
+        self.last_step = {rank: "" for rank in ranks}
+        self.pids: set[int] = set()
+        self.errors: list[dict[str, Any]] = []
+        self.done: set[int] = set()
+
+    def poll(self) -> None:
+        for rank, path in self.paths.items():
+            try:
+                with open(path, "rb") as stream:
+                    stream.seek(self.offsets[rank])
+                    data = stream.read()
+            except FileNotFoundError:
+                continue
+            complete = data.rfind(b"\n") + 1
+            self.offsets[rank] += complete
+            for line in data[:complete].splitlines():
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                kind = event.get("type")
+                if kind == "started":
+                    self.pids.add(int(event["pid"]))
+                elif kind == "reading":
+                    self.readings[rank] += 1
+                    self.last_step[rank] = f"{event['group']}/{event['step']}" if event["group"] else event["step"]
+                elif kind == "error":
+                    self.errors.append(event)
+                elif kind == "done":
+                    self.done.add(rank)
+
+    def slowest(self) -> tuple[int, int, str]:
+        rank = min(self.readings, key=lambda r: (self.readings[r], r))
+        return rank, self.readings[rank], self.last_step[rank]
+
+
+ProgressCallback = Callable[[str, int, int, str], None]  # (label, done, total, detail)
+
+
+# ------------------------------------------------------------------------------------ run
+
+def _launch_command(run_dir: Path, scenario: Scenario, options: LaunchOptions, port: int) -> list[str]:
+    per_node = scenario.layout.world_size // options.nnodes
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", str(options.nnodes), "--node-rank", str(options.node_rank),
+        "--nproc-per-node", str(per_node), "--master-addr", options.master_addr, "--master-port", str(port),
+        "--max-restarts", "0", "--monitor-interval", "0.2",
+        "-m", "memprobe.worker", str(run_dir),
+    ]
+
+
+def _environment_summary(environment: dict[str, str], infos: list[RankInfo], device: str, world_size: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "memprobe": __version__,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "device": device,
+        "nccl_env": recorded_environment(environment),
+        "torch": next((i.torch_version for i in infos if i.torch_version), ""),
+        "cuda": next((i.cuda_version for i in infos if i.cuda_version), ""),
+        "nccl": next((i.nccl_version for i in infos if i.nccl_version), ""),
+        "sampling_mode": ",".join(sorted({i.sampling_mode for i in infos if i.sampling_mode})) or "",
+        "gpu_model": "",
+        "gpu_count": 0,
+        "driver": "",
+        "nvml_memory_api": "",
+    }
+    if device == "cuda":
+        driver = nvml.driver_version()
+        summary["driver"] = driver if nvml.is_available(driver) else ""
+        names = sorted({i.gpu_name for i in infos if i.gpu_name})
+        summary["gpu_model"] = ",".join(names)
+        summary["gpu_count"] = len({i.gpu_uuid for i in infos if i.gpu_uuid}) or world_size
+        first = next((i.gpu_uuid for i in infos if i.gpu_uuid), None)
+        if first:
+            memory = nvml.device_memory(nvml.handle_by_uuid(first))
+            summary["nvml_memory_api"] = memory.api if nvml.is_available(memory) else ""
+    return summary
+
+
+def _rank_infos(run_dir: Path, world_size: int) -> list[RankInfo]:
+    ranks_file = run_dir / "ranks.json"
+    if ranks_file.is_file():
+        try:
+            return [RankInfo(**item) for item in json.loads(ranks_file.read_text(encoding="utf-8"))]
+        except (json.JSONDecodeError, TypeError):
+            pass
+    infos = []
+    for rank in range(world_size):
+        events, _ = load_stream(stream_path(run_dir, rank))
+        info_events = [e for e in events if e.get("type") == "info"]
+        if info_events:
+            data = {k: v for k, v in info_events[-1].items() if k not in ("type", "time")}
+            infos.append(RankInfo(**data))
+    return infos
+
+
+def _tail(path: Path, lines: int = 12) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
+                 progress: ProgressCallback | None = None, command: list[str] | None = None) -> Run:
+    """Launch one scenario into ``run_dir`` (created here) and return the complete run.
+
+    Raises :class:`MeasurementError` when a rank fails, hangs past ``options.timeout_s`` or the
+    launch breaks; ``run.json`` (status ``incomplete``) and every finished reading are kept.
+    """
+    stack = resolve_stack(scenario.stack)
+    plan = plan_groups(scenario.layout)
+    world_size = scenario.layout.world_size
+    run_dir.mkdir(parents=True, exist_ok=False)
+    environment = worker_environment(scenario, options)
+    token = uuid.uuid4().hex
+    environment[RUN_TOKEN_VARIABLE] = token
+    record = RunRecord(
+        run_id=run_dir.name,
+        layout=scenario.layout.as_dict(),
+        world_size=world_size,
+        stack=stack.as_dict(),
+        device=options.device,
+        warmup=scenario.warmup,
+        env_preset=scenario.env_preset,
+        env={**scenario.env, **options.extra_env},
+        plan=[{"name": g.name, "ranks": [list(r) for r in g.rank_lists], "alias_of": g.alias_of,
+               "communicators": stack.communicators_for(g)} for g in plan.groups],
+        scenario=scenario.name,
+        memprobe_version=__version__,
+        created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        command=list(command or sys.argv),
+    )
+    atomic_write_text(run_dir / "run.json", record.to_json())
+    worker_config = {
+        "layout": scenario.layout.as_dict(), "stack": stack.as_dict(), "device": options.device,
+        "warmup": scenario.warmup, "timeout_s": options.timeout_s, "allow_busy_gpu": options.allow_busy_gpu,
+    }
+    atomic_write_text(run_dir / WORKER_CONFIG, json.dumps(worker_config, indent=2, sort_keys=True) + "\n")
+    port = options.master_port or free_port(options.master_addr if options.master_addr != "localhost" else "127.0.0.1")
+    launch = _launch_command(run_dir, scenario, options, port)
+    total = expected_readings(scenario)
+    local_ranks = range(options.node_rank * (world_size // options.nnodes), (options.node_rank + 1) * (world_size // options.nnodes))
+    follower = StreamFollower(run_dir, local_ranks)
+    log_path = run_dir / "torchrun.log"
+    started = time.monotonic()
+    failure: Failure | None = None
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(launch, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        interrupted: BaseException | None = None
+        try:
+            deadline = started + options.timeout_s
+            while True:
+                follower.poll()
+                if progress is not None:
+                    rank, done, detail = follower.slowest()
+                    progress(scenario.name, done, total, f"rank {rank}: {detail}" if detail else "starting")
+                if follower.errors:
+                    time.sleep(0.5)  # let the other ranks report too, then stop them
+                    follower.poll()
+                    break
+                if process.poll() is not None:
+                    follower.poll()
+                    break
+                if time.monotonic() > deadline:
+                    rank, done, detail = follower.slowest()
+                    failure = Failure(rank=rank, group=detail.split("/")[0] if "/" in detail else "", step=detail.split("/")[-1],
+                                      message=f"timed out after {options.timeout_s:g} s (--timeout); rank {rank} was last seen after {detail or 'start'}",
+                                      last_lines=_tail(log_path))
+                    break
+                time.sleep(0.1)
+        except KeyboardInterrupt as error:  # SIGINT, or SIGTERM turned into one by interrupt_handlers()
+            interrupted = error
+            failure = Failure(rank=None, group="", step="", message="interrupted; workers stopped")
+        finally:
+            stop_everything(process, token, follower.pids)  # workers must be gone even after a clean exit
+            follower.poll()
+    return_code = process.returncode
+    record.wall_time_s = round(time.monotonic() - started, 3)
+    infos = _rank_infos(run_dir, world_size)
+    record.ranks = sorted(infos, key=lambda info: info.rank)
+    record.environment = _environment_summary(environment, record.ranks, options.device, world_size)
+    readings_path = run_dir / "readings.csv"
+    complete = failure is None and not follower.errors and return_code == 0 and readings_path.is_file()
+    if complete:
+        readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
+        record.status = "complete"
+    else:
+        readings = []
+        for rank in range(world_size):
+            readings.extend(load_stream(stream_path(run_dir, rank))[1])
+        atomic_write_text(readings_path, readings_to_csv(readings))
+        record.status = "incomplete"
+        if failure is None and follower.errors:
+            first = min(follower.errors, key=lambda e: e.get("time", 0))
+            failure = Failure(rank=first.get("rank"), group=first.get("group", ""), step=first.get("step", ""),
+                              message=first.get("message", "error"), last_lines=first.get("traceback", [])[-12:])
+        if failure is None:
+            missing = [rank for rank in local_ranks if rank not in follower.done]
+            rank = missing[0] if missing else None
+            last = follower.last_step.get(rank, "") if rank is not None else ""
+            failure = Failure(rank=rank, group=last.split("/")[0] if "/" in last else "", step=last.split("/")[-1] if last else "",
+                              message=f"exited without reporting an error (killed or crashed; torchrun exit code {return_code}); "
+                                      f"last reading after {last or 'nothing'}",
+                              last_lines=_tail(log_path))
+        record.failure = failure
+    atomic_write_text(run_dir / "run.json", record.to_json())
+    run = Run(record=record, readings=readings, path=run_dir)
+    if interrupted is not None:
+        raise interrupted
+    if not complete:
+        raise MeasurementError(f"{scenario.name}: {failure.describe() if failure else 'failed'}; readings kept in {run_dir}",
+                               run_dir=str(run_dir))
+    return run
+
+
+def interrupt_handlers() -> Callable[[], None]:
+    """Turn SIGTERM into an exception like SIGINT's, so cleanup runs; returns a restore function."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(number: int, frame: Any) -> None:
+        raise KeyboardInterrupt(number)
+
+    signal.signal(signal.SIGTERM, on_term)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = ["run_scenario", "preflight", "new_run_dir", "expected_readings", "interrupt_handlers", "asdict"]

@@ -1,0 +1,48 @@
+"""Progress while workers run: a Rich bar on a terminal, sparse plain lines otherwise (CI logs)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.interactive = enabled and self.stream.isatty()
+        self._bar = None
+        self._tasks: dict[str, int] = {}
+        self._last_plain: dict[str, tuple[float, str]] = {}
+
+    def __enter__(self) -> "Progress":
+        if self.interactive:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(TextColumn("[bold]{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("steps"), TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
+                                     console=Console(file=self.stream), transient=False)
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def __call__(self, label: str, done: int, total: int, detail: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            if label not in self._tasks:
+                self._tasks[label] = self._bar.add_task("", total=total, label=label, detail=detail)
+            self._bar.update(self._tasks[label], completed=done, detail=detail)
+            return
+        now = time.monotonic()
+        last_time, last_text = self._last_plain.get(label, (0.0, ""))
+        text = f"memprobe: {label}: {done}/{total} steps ({detail})"
+        if text != last_text and (now - last_time >= 2.0 or done in (0, total)):
+            print(text, file=self.stream, flush=True)
+            self._last_plain[label] = (now, text)

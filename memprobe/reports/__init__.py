@@ -1,0 +1,50 @@
+"""Reports of runs and comparisons: Rich tables, CSV/JSON/Markdown exports and a plot.
+
+Bytes are integers up to here; these modules turn them into MiB text (binary, ``MiB`` = 2**20
+bytes) and show a missing value as ``n/a``, never as 0. Text renderers write to the stream they
+are given, at a fixed width, so their output is the same on any terminal (golden-file tested).
+
+pandas is imported with :mod:`memprobe.reports.exports` (the reporting edge), and matplotlib only
+inside :func:`write_plot`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from memprobe.reports.compare_table import render_comparison
+from memprobe.reports.plot import write_plot
+from memprobe.reports.run_table import render_run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from memprobe.reports.exports import (  # noqa: F401
+        long_dataframe,
+        render_markdown,
+        summary_dataframe,
+        write_csv,
+        write_json,
+        write_markdown,
+        write_summary_csv,
+    )
+
+_EXPORTS = (
+    "long_dataframe",
+    "render_markdown",
+    "summary_dataframe",
+    "write_csv",
+    "write_json",
+    "write_markdown",
+    "write_summary_csv",
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Load the pandas-based exports on first use, so a plain table does not pay for importing pandas."""
+    if name in _EXPORTS:
+        from memprobe.reports import exports
+
+        return getattr(exports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["render_comparison", "render_run", "write_plot", *_EXPORTS]

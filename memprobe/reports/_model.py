@@ -1,0 +1,388 @@
+"""What every report shows, computed once from a :class:`Comparison` (integers only, no formatting).
+
+* :func:`plan_of`: a run's groups as recorded in ``run.json`` (what actually ran).
+* :func:`summarize`: per scenario, per rank: CUDA context, world, init bytes per group,
+  first use, totals; the worst rank (largest total after first use) and deltas vs the baseline.
+* :func:`headline_groups`: which groups get a column, and which are folded because they
+  are width-1 singletons that added nothing on any rank.
+* :func:`lean_savings`: full-vs-lean pairs with the same layout and what lean saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memprobe.attribution import (
+    CONTEXT,
+    TOTAL_AFTER_FIRST_USE,
+    TOTAL_AFTER_INIT,
+    UNATTRIBUTED,
+    WORLD,
+    Spread,
+    components_by_rank,
+    spread,
+)
+from memprobe.layout import GROUP_ORDER, Layout
+from memprobe.results import GROUP_INIT_STEPS, Run
+from memprobe.scenarios import Comparison, ScenarioRun
+
+MOE_GROUPS: tuple[str, ...] = ("moe_ep", "moe_tp")
+COMMUNICATOR_STEPS: tuple[str, ...] = ("pynccl", "custom_allreduce")
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One group of a run's plan, as ``run.json`` recorded it."""
+
+    name: str
+    width: int
+    alias_of: str | None
+    communicators: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def is_alias(self) -> bool:
+        return self.alias_of is not None
+
+    def builds(self, communicator: str) -> bool:
+        return bool(self.communicators.get(communicator, False))
+
+
+def plan_of(run: Run) -> list[GroupInfo]:
+    groups = []
+    for entry in run.record.plan:
+        rank_lists = entry.get("ranks") or [[]]
+        groups.append(
+            GroupInfo(
+                name=str(entry["name"]),
+                width=len(rank_lists[0]) if rank_lists else 0,
+                alias_of=entry.get("alias_of"),
+                communicators=dict(entry.get("communicators") or {}),
+            )
+        )
+    return groups
+
+
+def layout_of(run: Run) -> Layout | None:
+    try:
+        return Layout(**run.record.layout)
+    except Exception:  # a hand-edited or foreign record: show what we can
+        return None
+
+
+def layout_flags(run: Run) -> str:
+    layout = layout_of(run)
+    if layout is not None:
+        return layout.flags()
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in run.record.layout.items())
+
+
+def sum_known(values: list[int | None]) -> int | None:
+    """Sum, or ``None`` if any part is unknown (an unknown part makes the sum unknown)."""
+    total = 0
+    for value in values:
+        if value is None:
+            return None
+        total += value
+    return total
+
+
+def subtract(after: int | None, before: int | None) -> int | None:
+    if after is None or before is None:
+        return None
+    return after - before
+
+
+@dataclass
+class RankSummary:
+    """One rank of one scenario. ``group_init[name]`` is ``None`` for aliases and unknown values."""
+
+    rank: int
+    parts: dict[str, int | None]
+    cuda_context: int | None
+    world: int | None
+    group_init: dict[str, int | None]
+    first_use: int | None
+    unattributed: int | None
+    total_after_init: int | None
+    total_after_first_use: int | None
+    delta_after_init: int | None = None
+    delta_after_first_use: int | None = None
+
+
+@dataclass
+class ScenarioSummary:
+    item: ScenarioRun
+    plan: list[GroupInfo]
+    ranks: dict[int, RankSummary]
+    worst_rank: int | None
+    total_spread: Spread
+    is_baseline: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.item.scenario.name
+
+    @property
+    def worst(self) -> RankSummary | None:
+        return None if self.worst_rank is None else self.ranks[self.worst_rank]
+
+    def group(self, name: str) -> GroupInfo | None:
+        for group in self.plan:
+            if group.name == name:
+                return group
+        return None
+
+
+def _rank_summary(rank: int, parts: dict[str, int | None], plan: list[GroupInfo]) -> RankSummary:
+    group_init: dict[str, int | None] = {}
+    for group in plan:
+        if group.name == WORLD or group.is_alias:
+            continue
+        group_init[group.name] = parts.get(f"{group.name}/init")
+    # Every built group's first use (world included); one missing (run stopped early) makes the sum unknown.
+    keys = [f"{group.name}/first_use" for group in plan if not group.is_alias]
+    keys += [key for key in parts if key.endswith("/first_use") and key not in keys]
+    first_use = sum_known([parts.get(key) for key in keys]) if keys else None
+    return RankSummary(
+        rank=rank,
+        parts=parts,
+        cuda_context=parts.get(CONTEXT),
+        world=parts.get(WORLD),
+        group_init=group_init,
+        first_use=first_use,
+        unattributed=parts.get(UNATTRIBUTED),
+        total_after_init=parts.get(TOTAL_AFTER_INIT),
+        total_after_first_use=parts.get(TOTAL_AFTER_FIRST_USE),
+    )
+
+
+def choose_worst_rank(ranks: dict[int, RankSummary]) -> int | None:
+    """The rank with the largest total after first use; after init when no rank finished; else the first rank."""
+    for attribute in ("total_after_first_use", "total_after_init"):
+        worst = spread({rank: getattr(summary, attribute) for rank, summary in ranks.items()}).worst_rank
+        if worst is not None:
+            return worst
+    return min(ranks) if ranks else None
+
+
+def summarize(comparison: Comparison) -> list[ScenarioSummary]:
+    """Every scenario of ``comparison`` in its order, deltas filled in against the baseline.
+
+    The worst-rank delta compares worst rank with the baseline's worst rank; a per-rank delta
+    compares with the same rank of the baseline (``None`` where the baseline has no such rank).
+    """
+    summaries = []
+    for item in comparison.runs:
+        plan = plan_of(item.run)
+        ranks = {rank: _rank_summary(rank, parts, plan) for rank, parts in components_by_rank(item.run).items()}
+        summaries.append(
+            ScenarioSummary(
+                item=item,
+                plan=plan,
+                ranks=ranks,
+                worst_rank=choose_worst_rank(ranks),
+                total_spread=spread({rank: s.total_after_first_use for rank, s in ranks.items()}),
+                is_baseline=item.scenario.name == comparison.baseline,
+            )
+        )
+    baseline = next((summary for summary in summaries if summary.is_baseline), None)
+    if baseline is not None:
+        for summary in summaries:
+            for rank, rank_summary in summary.ranks.items():
+                reference = baseline.ranks.get(rank)
+                if reference is None:
+                    continue
+                rank_summary.delta_after_init = subtract(rank_summary.total_after_init, reference.total_after_init)
+                rank_summary.delta_after_first_use = subtract(
+                    rank_summary.total_after_first_use, reference.total_after_first_use
+                )
+    return summaries
+
+
+def worst_deltas(summary: ScenarioSummary, baseline: ScenarioSummary | None) -> tuple[int | None, int | None]:
+    """(after init, after first use) of the worst rank minus the baseline's worst rank."""
+    worst = summary.worst
+    reference = baseline.worst if baseline is not None else None
+    if worst is None or reference is None:
+        return None, None
+    return (
+        subtract(worst.total_after_init, reference.total_after_init),
+        subtract(worst.total_after_first_use, reference.total_after_first_use),
+    )
+
+
+def baseline_of(summaries: list[ScenarioSummary]) -> ScenarioSummary | None:
+    return next((summary for summary in summaries if summary.is_baseline), None)
+
+
+def _order_key(name: str) -> tuple[int, str]:
+    return (GROUP_ORDER.index(name), "") if name in GROUP_ORDER else (len(GROUP_ORDER), name)
+
+
+def built_group_names(summaries: list[ScenarioSummary]) -> list[str]:
+    """Groups other than ``world`` that some scenario builds (not an alias), in SGLang's creation order."""
+    names = {group.name for summary in summaries for group in summary.plan if not group.is_alias and group.name != WORLD}
+    return sorted(names, key=_order_key)
+
+
+def headline_groups(summaries: list[ScenarioSummary]) -> tuple[list[str], list[str]]:
+    """(groups with a column, groups folded away).
+
+    A built group is folded only when it is a width-1 singleton in every scenario and added
+    exactly 0 bytes on every rank; anything with a communicator, width > 1, a non-zero or an
+    unknown value keeps its column.
+    """
+    shown, folded = [], []
+    for name in built_group_names(summaries):
+        keep = False
+        for summary in summaries:
+            group = summary.group(name)
+            if group is None or group.is_alias:
+                continue
+            if group.width > 1 or any(group.builds(c) for c in COMMUNICATOR_STEPS):
+                keep = True
+            for rank in summary.ranks.values():
+                if rank.group_init.get(name) != 0 or rank.parts.get(f"{name}/first_use", 0) != 0:
+                    keep = True
+        (shown if keep else folded).append(name)
+    return shown, folded
+
+
+def alias_text(group: GroupInfo | None) -> str | None:
+    """``"= tp"`` for an alias group (no memory of its own), ``None`` otherwise."""
+    if group is not None and group.alias_of is not None:
+        return f"= {group.alias_of}"
+    return None
+
+
+def aliases(summaries: list[ScenarioSummary]) -> list[str]:
+    """``"attention_tp = tp"`` lines, once each, in group order."""
+    seen: dict[str, str] = {}
+    for summary in summaries:
+        for group in summary.plan:
+            if group.alias_of is not None:
+                seen.setdefault(f"{group.name} = {group.alias_of}", group.name)
+    return sorted(seen, key=lambda text: _order_key(seen[text]))
+
+
+def any_unattributed(summaries: list[ScenarioSummary]) -> bool:
+    return any(rank.unattributed != 0 for summary in summaries for rank in summary.ranks.values())
+
+
+# --------------------------------------------------------------------------- full vs lean
+
+
+@dataclass
+class LeanSaving:
+    """What the lean stack saves against the full stack for one layout (full minus lean, per rank)."""
+
+    full: ScenarioSummary
+    lean: ScenarioSummary
+    after_first_use: Spread
+    after_init: Spread
+    moe_init: dict[str, tuple[list[int | None], list[int | None]]]  # group -> (full per rank, lean per rank)
+    moe_note: dict[str, str]  # group -> "alias of tp" / "width 1" when it has no init cost of its own
+
+    @property
+    def flags(self) -> str:
+        return layout_flags(self.full.item.run)
+
+
+def _stack_parts(name: str) -> tuple[str, str]:
+    base, _, variant = name.partition(":")
+    return base, variant
+
+
+def lean_savings(summaries: list[ScenarioSummary]) -> list[LeanSaving]:
+    """Each (full, lean) pair with the same layout and custom all-reduce variant, in comparison order."""
+    savings = []
+    for full in summaries:
+        full_base, full_variant = _stack_parts(full.item.scenario.stack)
+        if full_base != "full":
+            continue
+        for lean in summaries:
+            lean_base, lean_variant = _stack_parts(lean.item.scenario.stack)
+            if lean_base != "lean" or lean_variant != full_variant:
+                continue
+            if lean.item.scenario.layout != full.item.scenario.layout:
+                continue
+            common = sorted(set(full.ranks) & set(lean.ranks))
+            moe_init: dict[str, tuple[list[int | None], list[int | None]]] = {}
+            notes: dict[str, str] = {}
+            for name in MOE_GROUPS:
+                group = full.group(name)
+                if group is None:
+                    continue
+                if group.is_alias:
+                    notes[name] = f"alias of {group.alias_of}"
+                    continue
+                if group.width == 1:
+                    notes[name] = "width 1"
+                moe_init[name] = (
+                    [full.ranks[rank].group_init.get(name) for rank in sorted(full.ranks)],
+                    [lean.ranks[rank].group_init.get(name) for rank in sorted(lean.ranks)],
+                )
+            savings.append(
+                LeanSaving(
+                    full=full,
+                    lean=lean,
+                    after_first_use=spread(
+                        {r: subtract(full.ranks[r].total_after_first_use, lean.ranks[r].total_after_first_use) for r in common}
+                    ),
+                    after_init=spread(
+                        {r: subtract(full.ranks[r].total_after_init, lean.ranks[r].total_after_init) for r in common}
+                    ),
+                    moe_init=moe_init,
+                    moe_note=notes,
+                )
+            )
+    return savings
+
+
+def moe_table_needed(summaries: list[ScenarioSummary]) -> bool:
+    """True when some scenario builds moe_ep or moe_tp as a group of its own with more than one rank."""
+    for summary in summaries:
+        for name in MOE_GROUPS:
+            group = summary.group(name)
+            if group is not None and not group.is_alias and group.width > 1:
+                return True
+    return False
+
+
+def moe_cell(summary: ScenarioSummary, group_name: str, step: str) -> tuple[str | None, int | None]:
+    """(a word instead of a number, or None; the worst rank's bytes) for the MoE communicator table."""
+    group = summary.group(group_name)
+    if group is None:
+        return "n/a", None
+    if group.is_alias:
+        return f"= {group.alias_of}", None
+    if group.width == 1:
+        return "width 1", None
+    worst = summary.worst
+    value = None if worst is None else worst.parts.get(f"{group_name}/{step}")
+    if step in COMMUNICATOR_STEPS and not group.builds(step) and value == 0:
+        return "off", None
+    return None, value
+
+
+__all__ = [
+    "COMMUNICATOR_STEPS",
+    "GROUP_INIT_STEPS",
+    "GroupInfo",
+    "LeanSaving",
+    "MOE_GROUPS",
+    "RankSummary",
+    "ScenarioSummary",
+    "aliases",
+    "any_unattributed",
+    "baseline_of",
+    "built_group_names",
+    "headline_groups",
+    "lean_savings",
+    "layout_flags",
+    "moe_cell",
+    "moe_table_needed",
+    "plan_of",
+    "summarize",
+    "worst_deltas",
+]

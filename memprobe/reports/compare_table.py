@@ -1,0 +1,303 @@
+"""The headline comparison: one row per scenario (worst rank) or per scenario and rank.
+
+The cells are computed once here (:func:`headline`, :func:`lean_lines`, :func:`moe_table`) and
+drawn twice: as a Rich table (:func:`render_comparison`) and as GitHub Markdown
+(:func:`memprobe.reports.exports.render_markdown`), so both always say the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO
+
+from rich import box
+from rich.table import Table
+
+from memprobe.reports._format import NA, UNIT, make_console, mib, mib_range
+from memprobe.reports._model import (
+    MOE_GROUPS,
+    LeanSaving,
+    RankSummary,
+    ScenarioSummary,
+    alias_text,
+    aliases,
+    any_unattributed,
+    baseline_of,
+    headline_groups,
+    lean_savings,
+    layout_flags,
+    moe_cell,
+    moe_table_needed,
+    summarize,
+    worst_deltas,
+)
+from memprobe.scenarios import Comparison
+
+BASELINE_MARK = "base"
+
+
+@dataclass
+class TextTable:
+    """Headers and rows of strings; ``numeric[i]`` says whether column ``i`` is right-aligned."""
+
+    title: str
+    headers: list[str]
+    numeric: list[bool]
+    rows: list[list[str]] = field(default_factory=list)
+    row_groups: list[int] = field(default_factory=list)  # index of the scenario each row belongs to
+
+
+def _scenario_label(summary: ScenarioSummary) -> str:
+    label = summary.name
+    if summary.item.run.record.status != "complete":
+        label += f" ({summary.item.run.record.status})"
+    return label
+
+
+def _group_cell(summary: ScenarioSummary, rank: RankSummary | None, name: str) -> str:
+    group = summary.group(name)
+    if group is None:
+        return NA
+    text = alias_text(group)
+    if text is not None:
+        return text
+    return mib(None if rank is None else rank.group_init.get(name))
+
+
+def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTable, list[str]]:
+    """The headline table and the notes that go under it."""
+    summaries = summarize(comparison)
+    baseline = baseline_of(summaries)
+    shown, folded = headline_groups(summaries)
+    unattributed = any_unattributed(summaries)
+    headers = ["scenario", "layout", "stack", "rank" if per_rank else "worst rank", f"CUDA context {UNIT}", f"world {UNIT}"]
+    headers += [f"{name} init {UNIT}" for name in shown]
+    headers += [f"first use {UNIT}"]
+    if unattributed:
+        headers += [f"between steps {UNIT}"]
+    headers += [f"after init {UNIT}", f"after first use {UNIT}", f"Δ after init {UNIT}", f"Δ after first use {UNIT}"]
+    if not per_rank:
+        headers += [f"rank spread {UNIT}"]
+    numeric = [False, False, False] + [True] * (len(headers) - 3)
+    mode = "per rank" if per_rank else "worst rank (largest total after first use)"
+    title = f"comparison {comparison.comparison_id}: GPU memory per rank, {mode}, {UNIT} = 2^20 bytes"
+    table = TextTable(title=title, headers=headers, numeric=numeric)
+
+    for index, summary in enumerate(summaries):
+        if per_rank:
+            entries = [(rank, summary.ranks[rank]) for rank in sorted(summary.ranks)]
+        else:
+            entries = [(summary.worst_rank, summary.worst)]
+        if not entries:
+            entries = [(None, None)]
+        for rank, values in entries:
+            if per_rank:
+                rank_text = NA if rank is None else str(rank)
+                if rank is not None and rank == summary.worst_rank and len(summary.ranks) > 1:
+                    rank_text += " (worst)"
+                deltas = (values.delta_after_init, values.delta_after_first_use) if values else (None, None)
+            else:
+                rank_text = NA if rank is None else f"{rank} of {len(summary.ranks)}"
+                deltas = worst_deltas(summary, baseline)
+            row = [
+                _scenario_label(summary),
+                layout_flags(summary.item.run),
+                summary.item.scenario.stack,
+                rank_text,
+                mib(values.cuda_context if values else None),
+                mib(values.world if values else None),
+            ]
+            row += [_group_cell(summary, values, name) for name in shown]
+            row += [mib(values.first_use if values else None)]
+            if unattributed:
+                row += [mib(values.unattributed if values else None)]
+            row += [
+                mib(values.total_after_init if values else None),
+                mib(values.total_after_first_use if values else None),
+            ]
+            if summary.is_baseline:
+                row += [BASELINE_MARK, BASELINE_MARK]
+            else:
+                row += [mib(deltas[0], signed=True), mib(deltas[1], signed=True)]
+            if not per_rank:
+                row += [mib(summary.total_spread.spread)]
+            table.rows.append(row)
+            table.row_groups.append(index)
+
+    notes = [
+        "<group> init = groups created + pynccl + custom all-reduce; first use = the first collective on every group",
+    ]
+    if per_rank:
+        notes.append(f"Δ = this rank minus the same rank of the baseline ({comparison.baseline})")
+    else:
+        notes.append(
+            f"Δ = worst rank minus the baseline's worst rank ({comparison.baseline}); "
+            "rank spread = largest minus smallest total after first use across ranks"
+        )
+    if folded:
+        notes.append(f"width-1 groups, 0 {UNIT} on every rank, not shown: {', '.join(folded)}")
+    alias_lines = aliases(summaries)
+    if alias_lines:
+        notes.append(f"aliases (same group object, no memory of their own): {', '.join(alias_lines)}")
+    notes += _environment_notes(summaries)
+    return table, notes
+
+
+def _environment_notes(summaries: list[ScenarioSummary]) -> list[str]:
+    """One line naming the GPU, device and sampling mode when all scenarios agree; a warning when they do not."""
+    described = {}
+    for summary in summaries:
+        record = summary.item.run.record
+        parts = [f"device {record.device}"]
+        gpu = record.environment.get("gpu_model")
+        if gpu:
+            parts.append(f"GPU {gpu}")
+        mode = record.environment.get("sampling_mode")
+        if mode:
+            parts.append(f"sampling {mode}")
+        described[summary.name] = ", ".join(parts)
+    distinct = sorted(set(described.values()))
+    if len(distinct) == 1:
+        return [distinct[0]]
+    return ["warning: scenarios were measured differently: " + "; ".join(f"{name}: {text}" for name, text in described.items())]
+
+
+def _spread_text(values) -> str:  # values: attribution.Spread
+    if values.minimum is None:
+        return NA
+    return f"min {mib(values.minimum)} / median {mib(values.median)} / max {mib(values.maximum)} {UNIT}"
+
+
+def lean_lines(comparison: Comparison) -> list[list[str]]:
+    """Per full/lean pair with the same layout, the lines saying what lean saves (full minus lean, per rank)."""
+    blocks = []
+    for saving in lean_savings(summarize(comparison)):
+        blocks.append(
+            [
+                f"lean saves on {saving.flags} ({saving.full.name} minus {saving.lean.name}), per rank:",
+                f"after first use {_spread_text(saving.after_first_use)}; after init {_spread_text(saving.after_init)}",
+                _lean_details(saving),
+            ]
+        )
+    return blocks
+
+
+def _lean_details(saving: LeanSaving) -> str:
+    parts = []
+    for name in MOE_GROUPS:
+        if name in saving.moe_init:
+            full_values, lean_values = saving.moe_init[name]
+            text = f"{name} init {mib_range(full_values)} full vs {mib_range(lean_values)} lean"
+            if name in saving.moe_note:
+                text += f" ({saving.moe_note[name]})"
+        elif name in saving.moe_note:
+            text = f"{name}: {saving.moe_note[name]}"
+        else:
+            continue
+        parts.append(text)
+    return "; ".join(parts) if parts else "no MoE groups in this layout"
+
+
+MOE_STEPS: tuple[tuple[str, str], ...] = (
+    ("pynccl", "pynccl"),
+    ("custom_allreduce", "custom all-reduce"),
+    ("first_use", "first use"),
+)
+
+
+def moe_table(comparison: Comparison) -> TextTable | None:
+    """Per MoE group and communicator, the worst rank's bytes; ``None`` when no scenario has a MoE group of its own."""
+    summaries = summarize(comparison)
+    if not moe_table_needed(summaries):
+        return None
+    headers = ["scenario", "worst rank"]
+    for group in MOE_GROUPS:
+        headers += [f"{group} {label} {UNIT}" for _, label in MOE_STEPS]
+    table = TextTable(
+        title=f"MoE groups per communicator, worst rank, {UNIT} (off: not built by the stack; = tp: alias of tp; width 1: singleton)",
+        headers=headers,
+        numeric=[False] + [True] * (len(headers) - 1),
+    )
+    for index, summary in enumerate(summaries):
+        row = [_scenario_label(summary), NA if summary.worst_rank is None else str(summary.worst_rank)]
+        for group in MOE_GROUPS:
+            for step, _ in MOE_STEPS:
+                word, value = moe_cell(summary, group, step)
+                row.append(word if word is not None else mib(value))
+        table.rows.append(row)
+        table.row_groups.append(index)
+    return table
+
+
+# --------------------------------------------------------------------------- Rich
+
+
+def _stacked_header(header: str, width: int = 7) -> str:
+    """``"Δ after first use MiB"`` -> ``"Δ after\\nfirst\\nuse\\nMiB"``: narrow columns, the unit on its own line."""
+    unit = header.endswith(f" {UNIT}")
+    words = (header[: -len(UNIT) - 1] if unit else header).split()
+    lines: list[str] = []
+    for word in words:
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    if unit:
+        lines.append(UNIT)
+    return "\n".join(lines)
+
+
+def _rich_table(table: TextTable, *, merge_scenario: bool) -> Table:
+    """Draw ``table`` with Rich. ``merge_scenario`` puts layout and stack under the scenario name."""
+    rich_table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    skip = 3 if merge_scenario else 1
+    firsts = []
+    for row in table.rows:
+        firsts.append(f"{row[0]}\n{row[1]}, {row[2]}" if merge_scenario else row[0])
+    name_width = max([len(line) for text in firsts for line in text.splitlines()] + [len(table.headers[0])])
+    rich_table.add_column(table.headers[0], min_width=name_width, no_wrap=True)
+    for header, is_number in zip(table.headers[skip:], table.numeric[skip:]):
+        rich_table.add_column(_stacked_header(header), justify="right" if is_number else "left", no_wrap=True)
+    previous = None
+    # a rule between scenarios when a scenario takes several lines (per-rank rows, or name over layout)
+    sections = merge_scenario or len(set(table.row_groups)) < len(table.row_groups)
+    for group, first, row in zip(table.row_groups, firsts, table.rows):
+        if group == previous:
+            first = ""  # per-rank rows: name the scenario once
+        elif previous is not None and sections:
+            rich_table.add_section()
+        rich_table.add_row(first, *row[skip:])
+        previous = group
+    return rich_table
+
+
+def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 140, per_rank: bool = False) -> None:
+    """Write the headline table, the lean-saves lines and the MoE communicator table to ``stream``.
+
+    Args:
+        comparison: runs of several scenarios (``memprobe.compare.load_comparison``).
+        stream: where the text goes.
+        width: characters per line; fixed so that output does not depend on the terminal.
+        per_rank: one row per scenario and rank instead of the worst rank with the spread.
+    """
+    console = make_console(stream, width)
+    table, notes = headline(comparison, per_rank=per_rank)
+    console.print(table.title, soft_wrap=True)
+    console.print(_rich_table(table, merge_scenario=True))
+    for note in notes:
+        console.print(note, soft_wrap=True)
+    for block in lean_lines(comparison):
+        console.print()
+        console.print(block[0], soft_wrap=True)
+        for line in block[1:]:
+            console.print(f"  {line}", soft_wrap=True)
+    moe = moe_table(comparison)
+    if moe is not None:
+        console.print()
+        console.print(moe.title, soft_wrap=True)
+        console.print(_rich_table(moe, merge_scenario=False))
+    if comparison.path is not None:
+        console.print(f"files: {comparison.path} (comparison.json, one run folder per scenario)", soft_wrap=True)
+
+
+__all__ = ["TextTable", "headline", "lean_lines", "moe_table", "render_comparison"]

@@ -1,0 +1,284 @@
+"""Machine-readable exports of a comparison (CSV, JSON) and its GitHub Markdown summary.
+
+This is the reporting edge: the only module of memprobe that imports pandas. Byte columns use
+pandas' nullable ``Int64`` dtype, so a missing value is written as an empty CSV field and the
+others stay integers (a plain int column with one NaN would silently become float).
+
+Column contracts (stable; new columns are only ever appended):
+
+``long_dataframe`` / ``write_csv`` (:data:`LONG_COLUMNS`), one row per scenario, rank, group and step
+(i.e. per reading):
+    scenario, stack, layout (slug, e.g. ``tp4-ep2``), rank, sequence, group, step, status,
+    primary_bytes, process_bytes, device_used_bytes, torch_reserved_bytes, other_gpus_bytes,
+    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first), elapsed_s, note.
+
+``summary_dataframe`` / ``write_summary_csv`` (:func:`summary_columns`), one row per scenario and rank:
+    scenario, stack, layout, rank, cuda_context_bytes, world_bytes, ``<group>_init_bytes`` for every
+    group of SGLang's creation order except world (tp, attn_cp, attention_tp, moe_dp, moe_ep, moe_tp,
+    pp, self_pp; then any other group found in the runs), first_use_bytes, total_after_init_bytes,
+    total_after_first_use_bytes, delta_vs_baseline_bytes (total after first use minus the same rank
+    of the baseline), unattributed_bytes (bytes added between steps), delta_after_init_vs_baseline_bytes,
+    is_worst_rank.
+    ``<group>_init_bytes`` is empty for an alias group (it is the same object as another group and
+    has no memory of its own) and for a value that is not available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from memprobe.attribution import components_by_rank, rank_readings, step_deltas
+from memprobe.layout import GROUP_ORDER
+from memprobe.reports._model import summarize
+from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
+from memprobe.results import atomic_write_text
+from memprobe.scenarios import Comparison
+
+JSON_SCHEMA_VERSION = 1
+LONG_COLUMNS: tuple[str, ...] = (
+    "scenario",
+    "stack",
+    "layout",
+    "rank",
+    "sequence",
+    "group",
+    "step",
+    "status",
+    "primary_bytes",
+    "process_bytes",
+    "device_used_bytes",
+    "torch_reserved_bytes",
+    "other_gpus_bytes",
+    "added_bytes",
+    "elapsed_s",
+    "note",
+)
+_LONG_INT = ("rank", "sequence", "primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes",
+             "other_gpus_bytes", "added_bytes")
+STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+
+
+def _typed(frame: pd.DataFrame, int_columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    for column in int_columns:
+        frame[column] = pd.array(frame[column].tolist(), dtype="Int64")
+    return frame
+
+
+def long_dataframe(comparison: Comparison) -> pd.DataFrame:
+    """Every reading of every scenario with the bytes it added (see the module docstring for columns)."""
+    records: list[dict[str, Any]] = []
+    for item in comparison.runs:
+        layout = item.scenario.layout.slug()
+        for rank, readings in sorted(rank_readings(item.run).items()):
+            for reading, added in step_deltas(readings):
+                records.append(
+                    {
+                        "scenario": item.scenario.name,
+                        "stack": item.scenario.stack,
+                        "layout": layout,
+                        "rank": rank,
+                        "sequence": reading.sequence,
+                        "group": reading.group,
+                        "step": reading.step,
+                        "status": reading.status,
+                        "primary_bytes": reading.primary_bytes,
+                        "process_bytes": reading.process_bytes,
+                        "device_used_bytes": reading.device_used_bytes,
+                        "torch_reserved_bytes": reading.torch_reserved_bytes,
+                        "other_gpus_bytes": reading.other_gpus_bytes,
+                        "added_bytes": added,
+                        "elapsed_s": float(reading.elapsed_s),
+                        "note": reading.note,
+                    }
+                )
+    frame = pd.DataFrame.from_records(records, columns=list(LONG_COLUMNS))
+    frame = _typed(frame, _LONG_INT)
+    frame["elapsed_s"] = frame["elapsed_s"].astype("float64")
+    return frame
+
+
+def _group_columns(comparison: Comparison) -> list[str]:
+    names = [name for name in GROUP_ORDER if name != "world"]
+    for item in comparison.runs:
+        for entry in item.run.record.plan:
+            name = str(entry["name"])
+            if name not in names and name != "world":
+                names.append(name)
+    return names
+
+
+def summary_columns(comparison: Comparison) -> list[str]:
+    """The summary's columns for ``comparison`` (the group columns depend only on the groups it holds)."""
+    return [
+        "scenario",
+        "stack",
+        "layout",
+        "rank",
+        "cuda_context_bytes",
+        "world_bytes",
+        *(f"{name}_init_bytes" for name in _group_columns(comparison)),
+        "first_use_bytes",
+        "total_after_init_bytes",
+        "total_after_first_use_bytes",
+        "delta_vs_baseline_bytes",
+        "unattributed_bytes",
+        "delta_after_init_vs_baseline_bytes",
+        "is_worst_rank",
+    ]
+
+
+def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
+    """One row per scenario and rank: the headline's numbers in bytes (see the module docstring)."""
+    groups = _group_columns(comparison)
+    columns = summary_columns(comparison)
+    records = []
+    for summary in summarize(comparison):
+        for rank in sorted(summary.ranks):
+            values = summary.ranks[rank]
+            record: dict[str, Any] = {
+                "scenario": summary.name,
+                "stack": summary.item.scenario.stack,
+                "layout": summary.item.scenario.layout.slug(),
+                "rank": rank,
+                "cuda_context_bytes": values.cuda_context,
+                "world_bytes": values.world,
+                "first_use_bytes": values.first_use,
+                "total_after_init_bytes": values.total_after_init,
+                "total_after_first_use_bytes": values.total_after_first_use,
+                "delta_vs_baseline_bytes": values.delta_after_first_use,
+                "unattributed_bytes": values.unattributed,
+                "delta_after_init_vs_baseline_bytes": values.delta_after_init,
+                "is_worst_rank": rank == summary.worst_rank,
+            }
+            for name in groups:
+                record[f"{name}_init_bytes"] = values.group_init.get(name)
+            records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    int_columns = [c for c in columns if c.endswith("_bytes") or c == "rank"]
+    frame = _typed(frame, int_columns)
+    frame["is_worst_rank"] = frame["is_worst_rank"].astype("bool")
+    return frame
+
+
+def _csv_text(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+def write_csv(comparison: Comparison, path: str | Path) -> None:
+    """:func:`long_dataframe` as CSV, written atomically."""
+    atomic_write_text(path, _csv_text(long_dataframe(comparison)))
+
+
+def write_summary_csv(comparison: Comparison, path: str | Path) -> None:
+    """:func:`summary_dataframe` as CSV, written atomically."""
+    atomic_write_text(path, _csv_text(summary_dataframe(comparison)))
+
+
+def comparison_document(comparison: Comparison) -> dict[str, Any]:
+    """Everything in one JSON-ready dict: definitions, run records, components by rank and readings."""
+    scenarios = []
+    for item in comparison.runs:
+        scenarios.append(
+            {
+                "name": item.scenario.name,
+                "definition": item.scenario.definition(),
+                "definition_hash": item.scenario.definition_hash(),
+                "run_path": None if item.run.path is None else str(item.run.path),
+                "run": asdict(item.run.record),
+                "components_by_rank": {str(rank): parts for rank, parts in components_by_rank(item.run).items()},
+                "readings": [reading.as_row() for reading in sorted(item.run.readings, key=lambda r: (r.rank, r.sequence))],
+            }
+        )
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "comparison_id": comparison.comparison_id,
+        "baseline": comparison.baseline,
+        "units": "bytes",
+        "scenarios": scenarios,
+    }
+
+
+def write_json(comparison: Comparison, path: str | Path) -> None:
+    """:func:`comparison_document` as indented JSON with sorted keys, written atomically."""
+    atomic_write_text(path, json.dumps(comparison_document(comparison), indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _escape(cell: str) -> str:
+    """Text safe in a GitHub Markdown table cell (``|`` splits cells; ``<group>`` would vanish as HTML)."""
+    return cell.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def _markdown_table(table: TextTable) -> list[str]:
+    lines = ["| " + " | ".join(_escape(h) for h in table.headers) + " |"]
+    lines.append("|" + "|".join("---:" if numeric else "---" for numeric in table.numeric) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(_escape(cell) for cell in row) + " |")
+    return lines
+
+
+def render_markdown(comparison: Comparison, *, per_rank: bool = False) -> str:
+    """The headline table, the lean-saves lines and the MoE communicator table as GitHub Markdown."""
+    table, notes = headline(comparison, per_rank=per_rank)
+    lines = [f"### memprobe: {_escape(comparison.comparison_id)}", "", f"{_escape(table.title)}", ""]
+    lines += _markdown_table(table)
+    lines.append("")
+    lines += [f"- {_escape(note)}" for note in notes]
+    blocks = lean_lines(comparison)
+    if blocks:
+        lines.append("")
+        for block in blocks:
+            lines.append(f"**{_escape(block[0])}**")
+            lines += [f"- {_escape(line)}" for line in block[1:]]
+            lines.append("")
+    moe = moe_table(comparison)
+    if moe is not None:
+        if lines[-1] != "":
+            lines.append("")
+        lines += [f"{_escape(moe.title)}", ""]
+        lines += _markdown_table(moe)
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(comparison: Comparison, path: str | Path) -> None:
+    """Write :func:`render_markdown` to ``path``; also append it to ``$GITHUB_STEP_SUMMARY`` when set.
+
+    The step summary is appended by rewriting the whole file through
+    :func:`memprobe.results.atomic_write_text` (old content + ours), so a reader never sees half of it.
+    """
+    text = render_markdown(comparison)
+    atomic_write_text(path, text)
+    summary = os.environ.get(STEP_SUMMARY_ENV)
+    if summary:
+        summary_path = Path(summary)
+        try:
+            existing = summary_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            existing = ""
+        if existing and not existing.endswith("\n"):
+            existing += "\n"
+        atomic_write_text(summary_path, existing + ("\n" if existing else "") + text)
+
+
+__all__ = [
+    "LONG_COLUMNS",
+    "comparison_document",
+    "long_dataframe",
+    "render_markdown",
+    "summary_columns",
+    "summary_dataframe",
+    "write_csv",
+    "write_json",
+    "write_markdown",
+    "write_summary_csv",
+]

@@ -1,0 +1,151 @@
+"""A stacked bar chart of a comparison: one bar per scenario (its worst rank), one segment per part.
+
+matplotlib is optional (``pip install 'memprobe[plot]'``) and imported only when a plot is asked
+for. The figure is drawn on an Agg canvas object (no pyplot, no global backend switch, no display
+needed) and written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from memprobe.errors import UsageError
+from memprobe.reports._format import MIB, UNIT, mib_unit
+from memprobe.reports._model import (
+    GROUP_INIT_STEPS,
+    ScenarioSummary,
+    built_group_names,
+    summarize,
+)
+from memprobe.scenarios import Comparison
+
+PLOT_SUFFIXES: tuple[str, ...] = (".png", ".svg")
+MISSING_MATPLOTLIB = "--plot needs matplotlib: pip install 'memprobe[plot]'"
+_STEP_LABELS = {"groups_created": "groups created", "pynccl": "pynccl", "custom_allreduce": "custom all-reduce"}
+_STEP_ALPHA = {"groups_created": 0.35, "pynccl": 1.0, "custom_allreduce": 0.6}
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str  # component key, as in memprobe.attribution
+    label: str
+    color: str
+    alpha: float = 1.0
+    hatch: str | None = None
+
+
+def _segments(summaries: list[ScenarioSummary], palette: list[str]) -> list[Segment]:
+    """Parts in stacking order; a part that is 0 bytes in every bar is left out."""
+    groups = built_group_names(summaries)
+    colors = {name: palette[index % len(palette)] for index, name in enumerate(["world", *groups])}
+    candidates = [Segment("cuda_context", "CUDA context", "#7f7f7f"), Segment("world", "world", colors["world"])]
+    for name in groups:
+        for step in GROUP_INIT_STEPS:
+            candidates.append(Segment(f"{name}/{step}", f"{name} {_STEP_LABELS[step]}", colors[name], _STEP_ALPHA[step]))
+    for name in ["world", *groups]:
+        candidates.append(Segment(f"{name}/first_use", f"{name} first use", colors[name], 0.45, "//"))
+    candidates.append(Segment("unattributed", "between steps", "#bcbd22", 0.5, ".."))
+
+    def matters(segment: Segment) -> bool:
+        for summary in summaries:
+            worst = summary.worst
+            if worst is not None and worst.parts.get(segment.key, 0) != 0:
+                return True
+        return False
+
+    return [segment for segment in candidates if matters(segment)]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Bytes counterpart of :func:`memprobe.results.atomic_write_text` (a temporary file and a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a plot is for sharing
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_plot(comparison: Comparison, path: str | Path) -> None:
+    """Write a stacked bar chart of ``comparison`` (worst rank per scenario) to a ``.png`` or ``.svg`` file.
+
+    Raises:
+        UsageError: the suffix is neither .png nor .svg, or matplotlib is not installed.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in PLOT_SUFFIXES:
+        raise UsageError(f"--plot {path}: the file name must end in .png or .svg")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError(MISSING_MATPLOTLIB) from None
+
+    summaries = summarize(comparison)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    segments = _segments(summaries, palette)
+    figure = Figure(figsize=(max(6.0, 1.6 * len(summaries) + 4.0), 6.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = list(range(len(summaries)))
+    positive = [0.0] * len(summaries)
+    negative = [0.0] * len(summaries)
+    for segment in segments:
+        heights, bottoms = [], []
+        for index, summary in enumerate(summaries):
+            worst = summary.worst
+            value = None if worst is None else worst.parts.get(segment.key)
+            height = 0.0 if value is None else value / MIB
+            if height >= 0:
+                bottoms.append(positive[index])
+                positive[index] += height
+            else:
+                bottoms.append(negative[index])
+                negative[index] += height
+            heights.append(height)
+        axes.bar(positions, heights, bottom=bottoms, width=0.6, label=segment.label, color=segment.color,
+                 alpha=segment.alpha, hatch=segment.hatch, edgecolor="white", linewidth=0.5)
+    for index, summary in enumerate(summaries):
+        worst = summary.worst
+        total = None if worst is None else worst.total_after_first_use
+        # a part the scenario does not have (an alias group) is absent; one it has but could not measure is None
+        missing = worst is None or any(segment.key in worst.parts and worst.parts[segment.key] is None for segment in segments)
+        label = mib_unit(total) + (" (some parts n/a)" if missing else "")
+        axes.annotate(label, (index, positive[index]), xytext=(0, 3), textcoords="offset points",
+                      ha="center", va="bottom", fontsize=8)
+    axes.set_xticks(positions)
+    axes.set_xticklabels(
+        [f"{s.name}\n{s.item.scenario.stack}, rank {s.worst_rank if s.worst_rank is not None else 'n/a'}" for s in summaries],
+        fontsize=8,
+    )
+    axes.set_xlabel("scenario (worst rank: largest total after first use)")
+    axes.set_ylabel(f"GPU memory, {UNIT} (2^20 bytes)")
+    axes.set_title(f"memprobe {comparison.comparison_id}: GPU memory per part after first use (baseline {comparison.baseline})",
+                   fontsize=10)
+    axes.axhline(0, color="black", linewidth=0.6)
+    axes.margins(y=0.08)
+    handles, labels = axes.get_legend_handles_labels()  # top of the stack first, as the bars read
+    axes.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if suffix == ".svg" else {"Software": None}
+    figure.savefig(buffer, format=suffix[1:], metadata=metadata)
+    _atomic_write_bytes(path, buffer.getvalue())
+
+
+__all__ = ["MISSING_MATPLOTLIB", "PLOT_SUFFIXES", "write_plot"]

@@ -1,0 +1,176 @@
+"""One run as a table: bytes each step added, across ranks (min / median / max, worst rank) or per rank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO
+
+from rich import box
+from rich.table import Table
+
+from memprobe.attribution import (
+    CONTEXT,
+    TOTAL_AFTER_FIRST_USE,
+    TOTAL_AFTER_INIT,
+    UNATTRIBUTED,
+    WORLD,
+    components_by_rank,
+    spread,
+)
+from memprobe.reports._format import NA, UNIT, make_console, mib
+from memprobe.reports._model import COMMUNICATOR_STEPS, GroupInfo, layout_flags, plan_of
+from memprobe.results import GROUP_INIT_STEPS, Run
+
+STEP_LABELS = {
+    "groups_created": "groups created (NCCL + gloo)",
+    "pynccl": "pynccl",
+    "custom_allreduce": "custom all-reduce",
+}
+SAMPLING_LABELS = {
+    "process": "process (the rank's own GPU memory, NVML)",
+    "device": "device (whole-GPU used memory, NVML)",
+    "host_rss": "host_rss (host RSS, --device cpu)",
+}
+
+
+@dataclass(frozen=True)
+class _Row:
+    label: str
+    key: str
+
+
+def _sampling_mode(run: Run) -> str:
+    mode = run.record.environment.get("sampling_mode")
+    if not mode:
+        modes = sorted({rank.sampling_mode for rank in run.record.ranks if rank.sampling_mode})
+        mode = "/".join(modes)
+    return str(mode) if mode else NA
+
+
+def header_lines(run: Run) -> list[str]:
+    """The lines above the table: what ran, where, and how it was measured."""
+    record = run.record
+    title = f"run {record.run_id}"
+    if record.scenario and record.scenario != record.run_id:
+        title = f"scenario {record.scenario} (run {record.run_id})"
+    mode = _sampling_mode(run)
+    first = [f"{title}: {layout_flags(run)}", f"stack {record.stack_name or NA}", f"world size {record.world_size}"]
+    status = f"status {record.status}"
+    if record.failure is not None:
+        status += f" ({record.failure.describe()})"
+    first.append(status)
+    second = [f"device {record.device}"]
+    gpu = record.environment.get("gpu_model")
+    if gpu:
+        second.append(f"GPU {gpu}")
+    second += [f"sampling {SAMPLING_LABELS.get(mode, mode)}", f"warmup {record.warmup or NA}"]
+    return [
+        ", ".join(first),
+        ", ".join(second),
+        f"rows: bytes each step added; totals: the reading after the step; {UNIT} = 2^20 bytes",
+    ]
+
+
+def _is_folded(values: list[int | None]) -> bool:
+    return all(value == 0 for value in values)
+
+
+def _rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]]) -> tuple[list[_Row], list[_Row], list[str]]:
+    """(component rows, total rows, notes about what was folded)."""
+
+    def values(key: str) -> list[int | None]:
+        return [parts.get(key) for parts in per_rank.values()]
+
+    rows = [_Row("CUDA context", CONTEXT), _Row("world (init_process_group)", WORLD)]
+    folded_groups: list[str] = []
+    folded_steps: list[str] = []
+    built = [group for group in plan if not group.is_alias and group.name != WORLD]
+    for group in built:
+        group_rows = []
+        for step in GROUP_INIT_STEPS:
+            key = f"{group.name}/{step}"
+            needed = (step in COMMUNICATOR_STEPS and group.builds(step)) or (step == "groups_created" and group.width > 1)
+            if needed or not _is_folded(values(key)):
+                group_rows.append(_Row(f"{group.name}: {STEP_LABELS[step]}", key))
+            elif group.width > 1:
+                folded_steps.append(f"{group.name}/{step}")
+        if group_rows:
+            rows.extend(group_rows)
+        else:
+            folded_groups.append(group.name)
+    for group in [g for g in plan if not g.is_alias]:
+        key = f"{group.name}/first_use"
+        if group.width > 1 or not _is_folded(values(key)):
+            rows.append(_Row(f"first use: {group.name}", key))
+    if not _is_folded(values(UNATTRIBUTED)):
+        rows.append(_Row("between steps (unattributed)", UNATTRIBUTED))
+    totals = [_Row("total after init", TOTAL_AFTER_INIT), _Row("total after first use", TOTAL_AFTER_FIRST_USE)]
+    notes = []
+    if folded_groups:
+        notes.append(f"width-1 groups, 0 {UNIT} on every rank, not shown: {', '.join(folded_groups)}")
+    if folded_steps:
+        notes.append(f"not built (0 {UNIT} on every rank), not shown: {', '.join(folded_steps)}")
+    alias_names = [f"{g.name} = {g.alias_of}" for g in plan if g.is_alias]
+    if alias_names:
+        notes.append(f"aliases (same group object, no memory of their own): {', '.join(alias_names)}")
+    return rows, totals, notes
+
+
+def _worst_text(values: dict[int, int | None]) -> str:
+    summary = spread(values)
+    if summary.worst_rank is None:
+        return NA
+    text = str(summary.worst_rank)
+    if summary.ranks_known > 1 and summary.minimum == summary.maximum:
+        text = "all equal"
+    if summary.ranks_known < len(values):
+        text += f" ({summary.ranks_known}/{len(values)} ranks known)"
+    return text
+
+
+def render_run(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool = False) -> None:
+    """Write one run's table to ``stream``.
+
+    Args:
+        run: a loaded run (``memprobe.results.load_run``) or a synthetic one.
+        stream: where the text goes (``sys.stdout``, a ``StringIO``...).
+        width: characters per line; fixed so that output does not depend on the terminal.
+        per_rank: one column per rank instead of min / median / max and the worst rank.
+    """
+    console = make_console(stream, width)
+    for line in header_lines(run):
+        console.print(line, soft_wrap=True)
+    per_rank_parts = components_by_rank(run)
+    if not per_rank_parts:
+        console.print("no readings: nothing to show")
+    else:
+        rows, totals, notes = _rows(plan_of(run), per_rank_parts)
+        ranks = sorted(per_rank_parts)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        table.add_column("component")
+        if per_rank:
+            for rank in ranks:
+                table.add_column(f"rank {rank}\n{UNIT}", justify="right")
+        else:
+            for label in ("min", "median", "max"):
+                table.add_column(f"{label}\n{UNIT}", justify="right")
+            table.add_column("worst rank", justify="right")
+
+        def add(row: _Row) -> None:
+            values = {rank: per_rank_parts[rank].get(row.key) for rank in ranks}
+            if per_rank:
+                table.add_row(row.label, *(mib(values[rank]) for rank in ranks))
+            else:
+                summary = spread(values)
+                table.add_row(row.label, mib(summary.minimum), mib(summary.median), mib(summary.maximum), _worst_text(values))
+
+        for row in rows:
+            add(row)
+        table.add_section()
+        for row in totals:
+            add(row)
+        console.print(table)
+        for note in notes:
+            console.print(note, soft_wrap=True)
+    if run.path is not None:
+        console.print(f"files: {run.path} (run.json, readings.csv, ranks/rank-NNNNN.jsonl)", soft_wrap=True)

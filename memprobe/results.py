@@ -1,0 +1,288 @@
+"""Typed records of a run and the files they live in.
+
+A run folder holds:
+
+* ``run.json``: the :class:`RunRecord` (layout, stack, plan, environment, per-rank info, status);
+* ``readings.csv``: one row per rank and step (:data:`READING_COLUMNS`), bytes as integers;
+* ``ranks/rank-NNNNN.jsonl``: what each worker streamed as it went (kept so that a failed
+  or interrupted run loses no finished reading).
+
+Everything here is plain data: bytes are ``int``, never floats or MiB.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from memprobe.errors import UsageError
+
+SCHEMA_VERSION = 1
+
+#: Steps in the order a worker takes them. ``before`` .. ``custom_allreduce`` repeat per group,
+#: ``first_use`` repeats per group after every group exists.
+STEPS: tuple[str, ...] = (
+    "start",
+    "cuda_context",
+    "world",
+    "before",
+    "groups_created",
+    "pynccl",
+    "custom_allreduce",
+    "first_use",
+    "end",
+)
+GROUP_INIT_STEPS: tuple[str, ...] = ("groups_created", "pynccl", "custom_allreduce")
+STATUSES: tuple[str, ...] = ("ok", "skipped", "failed")
+SAMPLING_MODES: tuple[str, ...] = ("process", "device", "host_rss")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sample on one rank, taken after a step completed on every rank.
+
+    ``primary_bytes`` is the figure reports use: the rank's own per-process GPU memory
+    (``process`` mode), the device's used memory when per-process figures are unavailable
+    (``device`` mode), or host RSS in ``--device cpu`` runs (``host_rss`` mode).
+    ``None`` means "not available", never zero.
+    """
+
+    rank: int
+    sequence: int
+    step: str
+    group: str
+    status: str
+    primary_bytes: int | None
+    process_bytes: int | None
+    device_used_bytes: int | None
+    torch_reserved_bytes: int | None
+    other_gpus_bytes: int | None
+    elapsed_s: float
+    note: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+READING_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Reading))
+_INT_COLUMNS = ("rank", "sequence")
+_OPTIONAL_INT_COLUMNS = ("primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes", "other_gpus_bytes")
+
+
+@dataclass
+class RankInfo:
+    rank: int
+    local_rank: int = 0
+    host: str = ""
+    pid: int = 0
+    device: str = ""  # "cuda:0" or "cpu"
+    gpu_uuid: str = ""
+    gpu_name: str = ""
+    sampling_mode: str = ""
+    torch_version: str = ""
+    cuda_version: str = ""
+    nccl_version: str = ""
+    nccl_library: str = ""
+    communicators: dict[str, dict[str, str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Failure:
+    rank: int | None
+    group: str
+    step: str
+    message: str
+    last_lines: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        where = f"rank {self.rank}" if self.rank is not None else "the launcher"
+        at = f" at {self.group}/{self.step}" if self.step else ""
+        return f"{where} failed{at}: {self.message}"
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    layout: dict[str, int]
+    world_size: int
+    stack: dict[str, Any]
+    device: str
+    warmup: str
+    env_preset: str
+    env: dict[str, str]
+    plan: list[dict[str, Any]]
+    status: str = "running"  # running | complete | incomplete
+    scenario: str = ""
+    engine: str = "memprobe"
+    memprobe_version: str = ""
+    created_utc: str = ""
+    command: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    ranks: list[RankInfo] = field(default_factory=list)
+    failure: Failure | None = None
+    wall_time_s: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def stack_name(self) -> str:
+        return str(self.stack.get("name", ""))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "run.json") -> "RunRecord":
+        try:
+            data = dict(data)
+            if data.get("schema_version") != SCHEMA_VERSION:
+                raise UsageError(f"{source}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+            data["ranks"] = [RankInfo(**rank) for rank in data.get("ranks", [])]
+            if data.get("failure") is not None:
+                data["failure"] = Failure(**data["failure"])
+            known = {f.name for f in fields(cls)}
+            return cls(**{key: value for key, value in data.items() if key in known})
+        except (TypeError, KeyError) as error:
+            raise UsageError(f"{source}: not a memprobe run record ({error})") from None
+
+
+@dataclass
+class Run:
+    """A run folder loaded into memory."""
+
+    record: RunRecord
+    readings: list[Reading]
+    path: Path | None = None
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({reading.rank for reading in self.readings})
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def readings_to_csv(readings: Iterable[Reading]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=READING_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for reading in sorted(readings, key=lambda r: (r.rank, r.sequence)):
+        row = reading.as_row()
+        row["elapsed_s"] = f"{reading.elapsed_s:.6f}"
+        writer.writerow({key: "" if value is None else value for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def _parse_optional_int(value: str, column: str, source: str, line: int) -> int | None:
+    if value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{source}:{line}: column {column} must be an integer number of bytes, got {value!r}") from None
+
+
+def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or tuple(reader.fieldnames) != READING_COLUMNS:
+        raise UsageError(f"{source}: header must be {','.join(READING_COLUMNS)}")
+    readings = []
+    for line, row in enumerate(reader, start=2):
+        if None in row or any(value is None for value in row.values()):
+            raise UsageError(f"{source}:{line}: wrong number of columns (truncated file?)")
+        try:
+            rank, sequence = int(row["rank"]), int(row["sequence"])
+            elapsed = float(row["elapsed_s"])
+        except ValueError:
+            raise UsageError(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
+        if row["step"] not in STEPS:
+            raise UsageError(f"{source}:{line}: unknown step {row['step']!r}")
+        if row["status"] not in STATUSES:
+            raise UsageError(f"{source}:{line}: unknown status {row['status']!r}")
+        optional = {column: _parse_optional_int(row[column], column, source, line) for column in _OPTIONAL_INT_COLUMNS}
+        readings.append(
+            Reading(rank=rank, sequence=sequence, step=row["step"], group=row["group"], status=row["status"],
+                    elapsed_s=elapsed, note=row["note"], **optional)
+        )
+    return readings
+
+
+def reading_from_event(event: dict[str, Any]) -> Reading:
+    return Reading(**{name: event[name] for name in READING_COLUMNS if name in event})
+
+
+def load_stream(path: Path) -> tuple[list[dict[str, Any]], list[Reading]]:
+    """Events a worker streamed; a torn last line (worker killed mid-write) is ignored."""
+    events: list[dict[str, Any]] = []
+    readings: list[Reading] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return events, readings
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        events.append(event)
+        if event.get("type") == "reading":
+            readings.append(reading_from_event(event))
+    return events, readings
+
+
+def stream_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / "ranks" / f"rank-{rank:05d}.jsonl"
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load a run folder. Raises :class:`UsageError` with one line when it is missing or corrupt."""
+    run_dir = Path(run_dir)
+    record_path = run_dir / "run.json"
+    if not record_path.is_file():
+        raise UsageError(f"{run_dir} is not a memprobe run folder (no run.json)")
+    try:
+        data = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"{record_path}: unreadable or not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{record_path}: not a memprobe run record")
+    record = RunRecord.from_dict(data, str(record_path))
+    readings_path = run_dir / "readings.csv"
+    if readings_path.is_file():
+        readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
+    else:
+        readings = []
+        for stream in sorted((run_dir / "ranks").glob("rank-*.jsonl")):
+            readings.extend(load_stream(stream)[1])
+    return Run(record=record, readings=readings, path=run_dir)
+
+
+def write_run(run_dir: Path, record: RunRecord, readings: list[Reading] | None) -> None:
+    if readings is not None:
+        atomic_write_text(run_dir / "readings.csv", readings_to_csv(readings))
+    atomic_write_text(run_dir / "run.json", record.to_json())

@@ -1,0 +1,136 @@
+"""Memory samples for one rank: per-process and device NVML figures, torch's reserved bytes, host RSS.
+
+The sampler never decides *when* to sample (the engine does, after a synchronize and a
+barrier); it only reads. The NVML boundary is injected (``nvml`` argument) so that the
+sampling logic can be tested with a fake driver.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from memprobe import nvml as real_nvml
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    process_bytes: int | None
+    device_used_bytes: int | None
+    torch_reserved_bytes: int | None
+    other_gpus_bytes: int | None
+
+
+def host_rss_bytes(pid: int | None = None) -> int | None:
+    """Resident set size from ``/proc/<pid>/statm`` (Linux), in bytes."""
+    try:
+        with open(f"/proc/{pid or 'self'}/statm", encoding="ascii") as stream:
+            return int(stream.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class HostSampler:
+    """``--device cpu``: the rank's host RSS is the primary figure; there is no GPU."""
+
+    mode = "host_rss"
+
+    def sample(self) -> MemorySample:
+        return MemorySample(process_bytes=host_rss_bytes(), device_used_bytes=None, torch_reserved_bytes=None,
+                            other_gpus_bytes=None)
+
+    def primary(self, sample: MemorySample) -> int | None:
+        return sample.process_bytes
+
+
+class GpuSampler:
+    """NVML figures for the rank's own process on its own GPU (found by UUID, never by index)."""
+
+    def __init__(self, pid: int, gpu_uuid: str, *, nvml: Any = real_nvml,
+                 torch_reserved: Callable[[], int | None] | None = None, stable_reads: int = 5) -> None:
+        self.pid = pid
+        self.gpu_uuid = gpu_uuid
+        self.nvml = nvml
+        self.torch_reserved = torch_reserved or (lambda: None)
+        self.stable_reads = stable_reads
+        self.handle = nvml.handle_by_uuid(gpu_uuid)
+        if not nvml.is_available(self.handle):
+            raise RuntimeError(f"no NVML device with UUID {gpu_uuid}: {self.handle.reason}")
+        self.mode = "process"  # until decide_mode() sees otherwise
+        self.memory_api = ""
+        self.warnings: list[str] = []
+
+    # -- raw reads -----------------------------------------------------------------
+    def _own_process_bytes(self) -> int | None:
+        processes = self.nvml.process_memory(self.handle)
+        if not self.nvml.is_available(processes):
+            return None
+        return processes.get(self.pid)
+
+    def _device_used_bytes(self) -> int | None:
+        memory = self.nvml.device_memory(self.handle)
+        if not self.nvml.is_available(memory):
+            return None
+        self.memory_api = memory.api
+        return memory.used
+
+    def _other_gpus_bytes(self) -> int | None:
+        gpus = self.nvml.all_gpus()
+        if not self.nvml.is_available(gpus):
+            return None
+        total = 0
+        for gpu in gpus:
+            if gpu.uuid == self.gpu_uuid:
+                continue
+            handle = self.nvml.handle_by_uuid(gpu.uuid)
+            processes = self.nvml.process_memory(handle) if self.nvml.is_available(handle) else handle
+            if not self.nvml.is_available(processes):
+                return None
+            total += processes.get(self.pid) or 0
+        return total
+
+    def other_processes(self) -> dict[int, int | None]:
+        """Other compute processes on this rank's GPU (a shared GPU makes device figures wrong)."""
+        processes = self.nvml.process_memory(self.handle)
+        if not self.nvml.is_available(processes):
+            return {}
+        return {pid: used for pid, used in processes.items() if pid != self.pid}
+
+    def decide_mode(self) -> str:
+        """Call once the CUDA context exists: per-process figures if NVML lists our PID, else device figures."""
+        used = self._own_process_bytes()
+        if used is None or used == 0:
+            self.mode = "device"
+            self.warnings.append(
+                f"NVML does not list this process (pid {self.pid}) on {self.gpu_uuid} with its memory "
+                "(PID namespace?); falling back to device-level used memory"
+            )
+        else:
+            self.mode = "process"
+        return self.mode
+
+    # -- the sample ------------------------------------------------------------------
+    def _read(self) -> MemorySample:
+        process = self._own_process_bytes()
+        return MemorySample(
+            process_bytes=process,
+            device_used_bytes=self._device_used_bytes(),
+            torch_reserved_bytes=self.torch_reserved(),
+            other_gpus_bytes=self._other_gpus_bytes(),
+        )
+
+    def sample(self) -> MemorySample:
+        """Read until two consecutive reads agree (NVML lags freshly mapped memory briefly)."""
+        previous = self._read()
+        for _ in range(self.stable_reads - 1):
+            current = self._read()
+            if (current.process_bytes, current.device_used_bytes) == (previous.process_bytes, previous.device_used_bytes):
+                return current
+            previous = current
+        return previous
+
+    def primary(self, sample: MemorySample) -> int | None:
+        return sample.process_bytes if self.mode == "process" else sample.device_used_bytes

@@ -1,0 +1,192 @@
+"""Scenarios (a layout, a stack and an environment) and the comparisons built from them.
+
+Scenario files are TOML::
+
+    baseline = "tp4"            # optional; the first scenario otherwise
+
+    [defaults]                  # optional, applies to every scenario
+    env_preset = "sglang"
+    warmup = "tiny"
+
+    [[scenario]]
+    name = "tp4-ep2-full"
+    tp = 4
+    ep = 2
+    stack = "full"
+    [scenario.env]
+    NCCL_BUFFSIZE = "1048576"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memprobe.errors import UsageError
+from memprobe.layout import LAYOUT_FIELDS, Layout
+from memprobe.results import Run
+
+ENV_PRESETS: dict[str, dict[str, str]] = {
+    # What SGLang's engine sets unless the user already did (entrypoints/engine.py:1878-1921).
+    "sglang": {
+        "NCCL_CUMEM_ENABLE": "0",
+        "NCCL_NVLS_ENABLE": "0",
+        "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+        "CUDA_DEVICE_MAX_CONNECTIONS": "8",
+    },
+    "none": {},
+}
+WARMUPS: tuple[str, ...] = ("none", "tiny", "sweep")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_env_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` -> dict; one clear error for anything else."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_KEY.match(key):
+            raise UsageError(f"--env {item!r} is not KEY=VALUE (KEY: letters, digits and _, not starting with a digit)")
+        env[key] = value
+    return env
+
+
+def validate_name(name: str, what: str = "scenario name") -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UsageError(f"{what} {name!r} must start with a letter or digit and use only letters, digits, '.', '_' and '-'")
+    return name
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    layout: Layout
+    stack: str = "lean"
+    env_preset: str = "sglang"
+    env: dict[str, str] = field(default_factory=dict)
+    warmup: str = "tiny"
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        if self.env_preset not in ENV_PRESETS:
+            raise UsageError(f"scenario {self.name}: env_preset {self.env_preset!r} is not one of {sorted(ENV_PRESETS)}")
+        if self.warmup not in WARMUPS:
+            raise UsageError(f"scenario {self.name}: warmup {self.warmup!r} is not one of {list(WARMUPS)}")
+        for key, value in self.env.items():
+            if not _ENV_KEY.match(key) or not isinstance(value, str):
+                raise UsageError(f"scenario {self.name}: env {key}={value!r} must be a string variable name and a string value")
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "layout": self.layout.as_dict(),
+            "stack": self.stack,
+            "env_preset": self.env_preset,
+            "env": dict(sorted(self.env.items())),
+            "warmup": self.warmup,
+        }
+
+    def definition_hash(self) -> str:
+        """Hash of what the scenario measures (asv's benchmark ``version``): a changed definition is incomparable."""
+        document = self.definition()
+        document.pop("name")
+        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ScenarioSet:
+    scenarios: tuple[Scenario, ...]
+    baseline: str
+
+    def __post_init__(self) -> None:
+        names = [scenario.name for scenario in self.scenarios]
+        if not names:
+            raise UsageError("no scenarios to run")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise UsageError(f"scenario names must be unique; repeated: {', '.join(duplicates)}")
+        if self.baseline not in names:
+            raise UsageError(f"baseline scenario {self.baseline!r} is not among {', '.join(names)}")
+
+    def get(self, name: str) -> Scenario:
+        for scenario in self.scenarios:
+            if scenario.name == name:
+                return scenario
+        raise UsageError(f"unknown scenario {name!r}; known: {', '.join(s.name for s in self.scenarios)}")
+
+
+_SCENARIO_KEYS = set(LAYOUT_FIELDS) | {"name", "stack", "env_preset", "env", "warmup"}
+
+
+def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source: str) -> Scenario:
+    merged = {**defaults, **table}
+    unknown = set(merged) - _SCENARIO_KEYS
+    if unknown:
+        raise UsageError(f"{source}: unknown key(s) {sorted(unknown)} in scenario {table.get('name', '?')!r}")
+    if "name" not in merged or "tp" not in merged:
+        raise UsageError(f"{source}: every [[scenario]] needs name and tp")
+    env = merged.get("env", {})
+    if not isinstance(env, dict):
+        raise UsageError(f"{source}: scenario {merged['name']!r}: env must be a table of strings")
+    try:
+        layout = Layout(**{key: merged[key] for key in LAYOUT_FIELDS if key in merged})
+    except UsageError as error:
+        raise UsageError(f"{source}: scenario {merged['name']!r}: {error}") from None
+    return Scenario(
+        name=merged["name"],
+        layout=layout,
+        stack=str(merged.get("stack", "lean")),
+        env_preset=str(merged.get("env_preset", "sglang")),
+        env={str(k): str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in env.items()},
+        warmup=str(merged.get("warmup", "tiny")),
+    )
+
+
+def load_scenario_file(path: str | Path) -> ScenarioSet:
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UsageError(f"cannot read scenario file {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"scenario file {path} is not valid TOML: {error}") from None
+    unknown = set(document) - {"baseline", "defaults", "scenario", "description"}
+    if unknown:
+        raise UsageError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+    defaults = document.get("defaults", {})
+    tables = document.get("scenario", [])
+    if not isinstance(tables, list) or not tables:
+        raise UsageError(f"{path}: needs at least one [[scenario]] table")
+    scenarios = tuple(_scenario_from_table(table, defaults, str(path)) for table in tables)
+    return ScenarioSet(scenarios=scenarios, baseline=str(document.get("baseline", scenarios[0].name)))
+
+
+@dataclass
+class ScenarioRun:
+    scenario: Scenario
+    run: Run
+
+
+@dataclass
+class Comparison:
+    """Runs of several scenarios, one of them the baseline the others are compared with."""
+
+    comparison_id: str
+    baseline: str
+    runs: list[ScenarioRun]
+    path: Path | None = None
+
+    def names(self) -> list[str]:
+        return [item.scenario.name for item in self.runs]
+
+    def get(self, name: str) -> ScenarioRun:
+        for item in self.runs:
+            if item.scenario.name == name:
+                return item
+        raise KeyError(name)
