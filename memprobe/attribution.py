@@ -75,8 +75,9 @@ def rank_components(readings: list[Reading]) -> dict[str, int | None]:
             parts[UNATTRIBUTED] = _add(parts.get(UNATTRIBUTED, 0), delta)
         if reading.step != "first_use" and reading.step != "end":
             last_init_reading = reading
-    if last_init_reading is not None:
-        parts[TOTAL_AFTER_INIT] = last_init_reading.primary_bytes
+    finished_init = any(r.step in ("first_use", "end") for r in readings)
+    # A rank that stopped during init has no "after init" total (its last reading is not one).
+    parts[TOTAL_AFTER_INIT] = last_init_reading.primary_bytes if last_init_reading is not None and finished_init else None
     end = [r for r in readings if r.step == "end"]
     parts[TOTAL_AFTER_FIRST_USE] = end[-1].primary_bytes if end else None
     return parts

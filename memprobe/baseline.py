@@ -38,7 +38,6 @@ See :func:`memprobe.gate.resolve_limit` for how rules are layered.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -285,9 +284,9 @@ def load_baseline(path: str | Path) -> Baseline:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
-        truncated = " (truncated?)" if error.pos >= len(text.rstrip()) else ""
+        truncated = " (truncated?)" if not text.rstrip().endswith("}") else ""
         raise UsageError(
-            f"baseline {source} is not valid JSON{truncated}: {error.msg} at line {error.lineno} column {error.colno}"
+            f"baseline {source} is not valid JSON{truncated}: {error.msg} (line {error.lineno}, column {error.colno})"
         ) from None
     return parse_document(document, f"baseline {source}", source)
 
@@ -488,7 +487,3 @@ def metric_sort_key(metric: str) -> tuple:
     if step == "first_use":
         return (3, group_index, group)
     return (7, metric)
-
-
-def document_digest(document: Mapping[str, Any]) -> str:
-    return hashlib.sha256(baseline_text(document).encode()).hexdigest()[:16]

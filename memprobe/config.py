@@ -12,6 +12,7 @@ from memprobe.scenarios import ENV_PRESETS, Scenario
 
 DEVICES = ("cuda", "cpu")
 DEFAULT_TIMEOUT_S = 300.0
+_NOT_SETTINGS = ("NCCL_VERSION",)  # image metadata, not a setting (set by NVIDIA containers)
 RECORDED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_DEVICE_ORDER",
                          "CUDA_VISIBLE_DEVICES", "CUDA_MODULE_LOADING", "TORCH_SYMM_MEM_", "NVSHMEM_DISABLE_NVLS")
 _HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
@@ -67,4 +68,5 @@ def worker_environment(scenario: Scenario, options: LaunchOptions, base: dict[st
 
 
 def recorded_environment(environment: dict[str, str]) -> dict[str, str]:
-    return {key: value for key, value in sorted(environment.items()) if key.startswith(RECORDED_ENV_PREFIXES)}
+    return {key: value for key, value in sorted(environment.items())
+            if key.startswith(RECORDED_ENV_PREFIXES) and key not in _NOT_SETTINGS}

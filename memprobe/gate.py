@@ -26,6 +26,7 @@ scenario is incomparable and not allowed; else 0.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
@@ -166,6 +167,8 @@ def parse_relative(text: str, what: str = "relative threshold") -> float:
         raise UsageError(f"{what} {text!r} is not a percentage like 5% or a fraction like 0.05") from None
     if not (value >= 0) or value == float("inf"):
         raise UsageError(f"{what} {text!r} must be >= 0")
+    if not raw.endswith("%") and value > 1:
+        raise UsageError(f"{what} {text!r} is ambiguous: write {raw}% for a percentage (a bare number is a fraction, 0.05 = 5%)")
     return value
 
 
@@ -577,6 +580,9 @@ def judge(
                     if limit.max_bytes is not None and new > limit.max_bytes:
                         rank_findings.append(Finding("cap_exceeded", name, rank, metric, old, new, text,
                                                      cap_bytes=limit.max_bytes))
+                if lacking or failure_note:
+                    # partial sums of an unfinished rank look smaller than they are: no improvements
+                    rank_findings = [f for f in rank_findings if f.kind != "improvement"]
                 if lacking:
                     shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
                     note = f"no reading for {shown}" + (f"; {failure_note}" if failure_note else "")
@@ -621,11 +627,15 @@ def render_lines(result: GateResult, stream: TextIO) -> None:
         stream.write(f"{name}: not in the baseline, not judged\n")
     for finding in result.improvements:
         stream.write(finding.line() + "\n")
-    if result.improvements:
-        stream.write(f"To record the improvement in the baseline: {result.update_command()}\n")
-    elif result.breaches:
-        stream.write(f"If the increase is intended, update the baseline in this change: {result.update_command()}\n")
+    if result.improvements or result.breaches:
+        stream.write(f"{_update_hint(result)}: {result.update_command()}\n")
     stream.write(result.headline() + "\n")
+
+
+def _update_hint(result: GateResult) -> str:
+    if result.breaches:
+        return "If the increase is intended, record the new numbers in the baseline in this change"
+    return "To record the improvement in the baseline"
 
 
 def _status_text(summary: ScenarioSummary) -> str:
@@ -635,37 +645,35 @@ def _status_text(summary: ScenarioSummary) -> str:
     return text
 
 
-def _peak_text(summary: ScenarioSummary) -> tuple[str, str, str]:
+def _peak_text(summary: ScenarioSummary) -> tuple[str, str, str, str]:
+    """Peak baseline, peak now, change in MiB, change in %."""
     old, new = summary.peak_baseline, summary.peak_current
-    change = ""
+    change = percent = "-"
     if old is not None and new is not None:
-        change = format_mib(new - old, signed=True)
-        if old:
-            change += f" ({format_percent((new - old) / old, signed=True)})"
-    return (format_mib(old) if old is not None else "-", format_mib(new) if new is not None else "-", change or "-")
+        change = format_mib(new - old, signed=new != old)
+        percent = format_percent((new - old) / old, signed=new != old) if old else "-"
+    return (format_mib(old) if old is not None else "-", format_mib(new) if new is not None else "-", change, percent)
 
 
-def render_table(result: GateResult, stream: TextIO, width: int = 110) -> None:
+def render_table(result: GateResult, stream: TextIO, width: int = 120) -> None:
     """A summary table per scenario (Rich, no colour, fixed width so logs are stable)."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="memprobe gate", box=box.ASCII2, title_justify="left")
-    table.add_column("scenario")
-    table.add_column("status")
-    table.add_column("ranks", justify="right")
-    table.add_column("regressions", justify="right")
-    table.add_column("improvements", justify="right")
-    table.add_column("peak baseline", justify="right")
-    table.add_column("peak now", justify="right")
-    table.add_column("change", justify="right")
+    for name, justify in (("scenario", "left"), ("status", "left"), ("ranks", "right"), ("regressions", "right"),
+                          ("improvements", "right"), ("peak baseline", "right"), ("peak now", "right"),
+                          ("change", "right"), ("%", "right")):
+        table.add_column(name, justify=justify, no_wrap=name in ("scenario", "status"))
     for summary in result.summaries:
         table.add_row(summary.scenario, _status_text(summary), str(summary.ranks), str(summary.regressions),
                       str(summary.improvements), *_peak_text(summary))
-    console = Console(file=stream, width=width, color_system=None, force_terminal=False, no_color=True,
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False, no_color=True,
                       highlight=False, emoji=False, markup=False, soft_wrap=False)
     console.print(table)
+    stream.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
     stream.write("peak = largest total_after_first_use over ranks\n")
 
 
@@ -682,8 +690,8 @@ def render_markdown(result: GateResult) -> str:
     out += [source + ".", ""]
     if result.error:
         out += [f"**Measurement failed:** {_cell(result.error)}", ""]
-    out += ["| Scenario | Status | Ranks | Regressions | Improvements | Peak baseline | Peak now | Change |",
-            "|---|---|--:|--:|--:|--:|--:|--:|"]
+    out += ["| Scenario | Status | Ranks | Regressions | Improvements | Peak baseline | Peak now | Change | % |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for summary in result.summaries:
         out.append("| " + " | ".join(_cell(v) for v in (summary.scenario, _status_text(summary), summary.ranks,
                                                           summary.regressions, summary.improvements,
@@ -711,8 +719,7 @@ def render_markdown(result: GateResult) -> str:
     if result.not_in_baseline:
         out += [f"Not in the baseline, not judged: {', '.join(result.not_in_baseline)}.", ""]
     if result.improvements or result.breaches:
-        why = "To record the improvement" if result.improvements else "If the increase is intended, record it"
-        out += [f"{why} in the baseline (the pull request's diff is the acknowledgement):", "",
+        out += [f"{_update_hint(result)} (the pull request's diff is the acknowledgement):", "",
                 "```", result.update_command(), "```", ""]
     return "\n".join(out)
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from memprobe import __version__, nvml
 from memprobe.config import LaunchOptions, recorded_environment, worker_environment
-from memprobe.errors import MeasurementError, UsageError
+from memprobe.errors import Interrupted, MeasurementError, UsageError
 from memprobe.layout import plan_groups
 from memprobe.results import (
     Failure,
@@ -270,6 +270,35 @@ def _tail(path: Path, lines: int = 12) -> list[str]:
         return []
 
 
+# A rank whose peer died reports these; the rank that died first is the cause, not them.
+_PEER_LOSS_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
+                      "remote process exited", "socket closed")
+
+
+def _root_cause(follower: StreamFollower, local_ranks: range, return_code: int | None, log_path: Path) -> Failure:
+    """Blame the rank that failed first on its own: an error that is not a lost peer, else a rank that went silent."""
+    errors = sorted(follower.errors, key=lambda e: e.get("time", 0))
+    own = [e for e in errors if not any(m in str(e.get("message", "")).lower() for m in _PEER_LOSS_MARKERS)]
+    if own:
+        first = own[0]
+        return Failure(rank=first.get("rank"), group=first.get("group", ""), step=first.get("step", ""),
+                       message=first.get("message", "error"), last_lines=first.get("traceback", [])[-12:])
+    reported = {e.get("rank") for e in errors}
+    silent = [rank for rank in local_ranks if rank not in follower.done and rank not in reported]
+    if silent:
+        rank = silent[0]
+        last = follower.last_step.get(rank, "")
+        return Failure(rank=rank, group="", step="",
+                       message=f"exited without reporting an error after its {last or 'first'} reading "
+                               f"(killed or crashed; torchrun exit code {return_code})",
+                       last_lines=_tail(log_path))
+    if errors:
+        first = errors[0]
+        return Failure(rank=first.get("rank"), group=first.get("group", ""), step=first.get("step", ""),
+                       message=first.get("message", "error"), last_lines=first.get("traceback", [])[-12:])
+    return Failure(rank=None, group="", step="", message=f"torchrun exited with code {return_code}", last_lines=_tail(log_path))
+
+
 def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
                  progress: ProgressCallback | None = None, command: list[str] | None = None) -> Run:
     """Launch one scenario into ``run_dir`` (created here) and return the complete run.
@@ -361,23 +390,14 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
             readings.extend(load_stream(stream_path(run_dir, rank))[1])
         atomic_write_text(readings_path, readings_to_csv(readings))
         record.status = "incomplete"
-        if failure is None and follower.errors:
-            first = min(follower.errors, key=lambda e: e.get("time", 0))
-            failure = Failure(rank=first.get("rank"), group=first.get("group", ""), step=first.get("step", ""),
-                              message=first.get("message", "error"), last_lines=first.get("traceback", [])[-12:])
         if failure is None:
-            missing = [rank for rank in local_ranks if rank not in follower.done]
-            rank = missing[0] if missing else None
-            last = follower.last_step.get(rank, "") if rank is not None else ""
-            failure = Failure(rank=rank, group=last.split("/")[0] if "/" in last else "", step=last.split("/")[-1] if last else "",
-                              message=f"exited without reporting an error (killed or crashed; torchrun exit code {return_code}); "
-                                      f"last reading after {last or 'nothing'}",
-                              last_lines=_tail(log_path))
+            failure = _root_cause(follower, local_ranks, return_code, log_path)
         record.failure = failure
     atomic_write_text(run_dir / "run.json", record.to_json())
     run = Run(record=record, readings=readings, path=run_dir)
     if interrupted is not None:
-        raise interrupted
+        number = interrupted.args[0] if interrupted.args and isinstance(interrupted.args[0], int) else signal.SIGINT
+        raise Interrupted(number, str(run_dir))
     if not complete:
         raise MeasurementError(f"{scenario.name}: {failure.describe() if failure else 'failed'}; readings kept in {run_dir}",
                                run_dir=str(run_dir))

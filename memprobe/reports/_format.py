@@ -7,9 +7,11 @@ no decimals from 10 MiB up, one decimal below, ``0`` for exactly zero bytes, and
 
 from __future__ import annotations
 
-from typing import IO, Iterable
+import io
+from contextlib import contextmanager
+from typing import IO, Iterable, Iterator
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 MIB = 1 << 20
 NA = "n/a"
@@ -68,3 +70,34 @@ def make_console(stream: IO[str], width: int) -> Console:
         legacy_windows=False,
         _environ={},
     )
+
+
+@contextmanager
+def console_for(stream: IO[str], width: int) -> Iterator[Console]:
+    """A :func:`make_console` whose text reaches ``stream`` at the end, without trailing blanks on any line.
+
+    Rich pads table lines to the table's width; stripping the padding keeps copied text and
+    golden files clean and changes nothing a reader sees.
+    """
+    buffer = io.StringIO()
+    yield make_console(buffer, width)
+    stream.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+
+
+def _render_text(renderable: RenderableType, width: int) -> str:
+    buffer = io.StringIO()
+    make_console(buffer, width).print(renderable)
+    return buffer.getvalue()
+
+
+def print_table(console: Console, table: RenderableType) -> None:
+    """Print ``table`` at the console's width, or wider when that width would cut cells short.
+
+    Rich shortens cells that do not fit to ``…``; a number cut to ``1,…`` is worse than a line
+    longer than asked for, so then the table is drawn at its natural width instead.
+    """
+    text = _render_text(table, console.width)
+    if "…" in text:
+        natural = max((len(line.rstrip()) for line in _render_text(table, 100_000).splitlines()), default=0)
+        text = _render_text(table, max(console.width, natural))
+    console.file.write(text)

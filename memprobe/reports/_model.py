@@ -228,9 +228,10 @@ def built_group_names(summaries: list[ScenarioSummary]) -> list[str]:
 def headline_groups(summaries: list[ScenarioSummary]) -> tuple[list[str], list[str]]:
     """(groups with a column, groups folded away).
 
-    A built group is folded only when it is a width-1 singleton in every scenario and added
-    exactly 0 bytes on every rank; anything with a communicator, width > 1, a non-zero or an
-    unknown value keeps its column.
+    A built group is folded only when it is a width-1 singleton without communicators in every
+    scenario and added 0 bytes wherever it was measured (a rank that stopped early leaves it
+    unknown, and the totals show n/a for that rank anyway); anything with a communicator,
+    width > 1 or a non-zero value keeps its column.
     """
     shown, folded = [], []
     for name in built_group_names(summaries):
@@ -242,7 +243,7 @@ def headline_groups(summaries: list[ScenarioSummary]) -> tuple[list[str], list[s
             if group.width > 1 or any(group.builds(c) for c in COMMUNICATOR_STEPS):
                 keep = True
             for rank in summary.ranks.values():
-                if rank.group_init.get(name) != 0 or rank.parts.get(f"{name}/first_use", 0) != 0:
+                if rank.group_init.get(name) not in (0, None) or rank.parts.get(f"{name}/first_use") not in (0, None):
                     keep = True
         (shown if keep else folded).append(name)
     return shown, folded

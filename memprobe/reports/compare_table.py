@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
-from memprobe.reports._format import NA, UNIT, make_console, mib, mib_range
+from memprobe.reports._format import NA, UNIT, console_for, mib, mib_range, print_table
 from memprobe.reports._model import (
     MOE_GROUPS,
     LeanSaving,
@@ -24,8 +25,8 @@ from memprobe.reports._model import (
     any_unattributed,
     baseline_of,
     headline_groups,
-    lean_savings,
     layout_flags,
+    lean_savings,
     moe_cell,
     moe_table_needed,
     summarize,
@@ -135,7 +136,7 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
             "rank spread = largest minus smallest total after first use across ranks"
         )
     if folded:
-        notes.append(f"width-1 groups, 0 {UNIT} on every rank, not shown: {', '.join(folded)}")
+        notes.append(f"width-1 groups, 0 {UNIT} wherever measured, not shown: {', '.join(folded)}")
     alias_lines = aliases(summaries)
     if alias_lines:
         notes.append(f"aliases (same group object, no memory of their own): {', '.join(alias_lines)}")
@@ -214,7 +215,10 @@ def moe_table(comparison: Comparison) -> TextTable | None:
     for group in MOE_GROUPS:
         headers += [f"{group} {label} {UNIT}" for _, label in MOE_STEPS]
     table = TextTable(
-        title=f"MoE groups per communicator, worst rank, {UNIT} (off: not built by the stack; = tp: alias of tp; width 1: singleton)",
+        title=(
+            f"MoE groups per communicator, worst rank, {UNIT} "
+            "(off: not built by the stack; = tp: alias of tp; width 1: singleton)"
+        ),
         headers=headers,
         numeric=[False] + [True] * (len(headers) - 1),
     )
@@ -280,10 +284,14 @@ def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 1
         width: characters per line; fixed so that output does not depend on the terminal.
         per_rank: one row per scenario and rank instead of the worst rank with the spread.
     """
-    console = make_console(stream, width)
+    with console_for(stream, width) as console:
+        _render_comparison(console, comparison, per_rank)
+
+
+def _render_comparison(console: Console, comparison: Comparison, per_rank: bool) -> None:
     table, notes = headline(comparison, per_rank=per_rank)
     console.print(table.title, soft_wrap=True)
-    console.print(_rich_table(table, merge_scenario=True))
+    print_table(console, _rich_table(table, merge_scenario=True))
     for note in notes:
         console.print(note, soft_wrap=True)
     for block in lean_lines(comparison):
@@ -295,7 +303,7 @@ def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 1
     if moe is not None:
         console.print()
         console.print(moe.title, soft_wrap=True)
-        console.print(_rich_table(moe, merge_scenario=False))
+        print_table(console, _rich_table(moe, merge_scenario=False))
     if comparison.path is not None:
         console.print(f"files: {comparison.path} (comparison.json, one run folder per scenario)", soft_wrap=True)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from memprobe.attribution import (
@@ -17,7 +18,7 @@ from memprobe.attribution import (
     components_by_rank,
     spread,
 )
-from memprobe.reports._format import NA, UNIT, make_console, mib
+from memprobe.reports._format import NA, UNIT, console_for, mib, print_table
 from memprobe.reports._model import COMMUNICATOR_STEPS, GroupInfo, layout_flags, plan_of
 from memprobe.results import GROUP_INIT_STEPS, Run
 
@@ -71,8 +72,12 @@ def header_lines(run: Run) -> list[str]:
     ]
 
 
-def _is_folded(values: list[int | None]) -> bool:
+def _is_zero(values: list[int | None]) -> bool:
     return all(value == 0 for value in values)
+
+
+def _is_zero_where_known(values: list[int | None]) -> bool:
+    return all(value in (0, None) for value in values)
 
 
 def _rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]]) -> tuple[list[_Row], list[_Row], list[str]]:
@@ -90,7 +95,9 @@ def _rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]]) -> 
         for step in GROUP_INIT_STEPS:
             key = f"{group.name}/{step}"
             needed = (step in COMMUNICATOR_STEPS and group.builds(step)) or (step == "groups_created" and group.width > 1)
-            if needed or not _is_folded(values(key)):
+            # a step that builds nothing (width 1, or not in the stack) is folded when it added 0 bytes
+            # wherever it was measured; a rank that stopped early shows as n/a in the totals anyway
+            if needed or not _is_zero_where_known(values(key)):
                 group_rows.append(_Row(f"{group.name}: {STEP_LABELS[step]}", key))
             elif group.width > 1:
                 folded_steps.append(f"{group.name}/{step}")
@@ -100,16 +107,16 @@ def _rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]]) -> 
             folded_groups.append(group.name)
     for group in [g for g in plan if not g.is_alias]:
         key = f"{group.name}/first_use"
-        if group.width > 1 or not _is_folded(values(key)):
+        if group.width > 1 or not _is_zero_where_known(values(key)):
             rows.append(_Row(f"first use: {group.name}", key))
-    if not _is_folded(values(UNATTRIBUTED)):
+    if not _is_zero(values(UNATTRIBUTED)):
         rows.append(_Row("between steps (unattributed)", UNATTRIBUTED))
     totals = [_Row("total after init", TOTAL_AFTER_INIT), _Row("total after first use", TOTAL_AFTER_FIRST_USE)]
     notes = []
     if folded_groups:
-        notes.append(f"width-1 groups, 0 {UNIT} on every rank, not shown: {', '.join(folded_groups)}")
+        notes.append(f"width-1 groups, 0 {UNIT} wherever measured, not shown: {', '.join(folded_groups)}")
     if folded_steps:
-        notes.append(f"not built (0 {UNIT} on every rank), not shown: {', '.join(folded_steps)}")
+        notes.append(f"not built (0 {UNIT} wherever measured), not shown: {', '.join(folded_steps)}")
     alias_names = [f"{g.name} = {g.alias_of}" for g in plan if g.is_alias]
     if alias_names:
         notes.append(f"aliases (same group object, no memory of their own): {', '.join(alias_names)}")
@@ -137,7 +144,11 @@ def render_run(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool = 
         width: characters per line; fixed so that output does not depend on the terminal.
         per_rank: one column per rank instead of min / median / max and the worst rank.
     """
-    console = make_console(stream, width)
+    with console_for(stream, width) as console:
+        _render_run(console, run, per_rank)
+
+
+def _render_run(console: Console, run: Run, per_rank: bool) -> None:
     for line in header_lines(run):
         console.print(line, soft_wrap=True)
     per_rank_parts = components_by_rank(run)
@@ -169,7 +180,7 @@ def render_run(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool = 
         table.add_section()
         for row in totals:
             add(row)
-        console.print(table)
+        print_table(console, table)
         for note in notes:
             console.print(note, soft_wrap=True)
     if run.path is not None:

@@ -1,0 +1,189 @@
+"""The real pipeline on CPU: memprobe -> torchrun -> workers with real gloo groups -> host RSS readings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from memprobe.attribution import components_by_rank
+from memprobe.compare import load_comparison
+from memprobe.launcher import RUN_TOKEN_VARIABLE, expected_readings
+from memprobe.layout import Layout, plan_groups
+from memprobe.results import load_run
+from memprobe.scenarios import Scenario
+
+
+def leftover_memprobe_processes(folder: Path) -> list[int]:
+    """Processes started by a memprobe run in ``folder`` (they carry a run token) that are still alive."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as stream:
+                carries_token = RUN_TOKEN_VARIABLE.encode() in stream.read()
+            if carries_token and os.readlink(f"/proc/{entry}/cwd") == str(folder):
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def only_run_folder(root: Path) -> Path:
+    folders = [p for p in (root / "results").iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def test_run_cpu_tp4_ep2_every_rank_and_step(memprobe, tmp_path):
+    result = memprobe("run", "--device", "cpu", "--tp", "4", "--ep", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_folder(tmp_path)
+    run = load_run(run_dir)
+    assert run.record.status == "complete"
+    assert run.record.layout == Layout(tp=4, ep=2).as_dict()
+    plan = plan_groups(Layout(tp=4, ep=2))
+    built = [g.name for g in plan.built_groups() if g.name != "world"]
+    expected_steps = [("", "start"), ("", "cuda_context"), ("world", "world")]
+    for name in built:
+        expected_steps += [(name, step) for step in ("before", "groups_created", "pynccl", "custom_allreduce")]
+    expected_steps += [(name, "first_use") for name in ["world", *built]] + [("", "end")]
+    assert len(expected_steps) == expected_readings(Scenario("x", Layout(tp=4, ep=2)))
+    for rank in range(4):
+        readings = sorted((r for r in run.readings if r.rank == rank), key=lambda r: r.sequence)
+        assert [(r.group, r.step) for r in readings] == expected_steps
+        assert [r.sequence for r in readings] == list(range(len(expected_steps)))
+        # host RSS is real: a Python process with torch imported holds well over 50 MiB
+        assert all(r.primary_bytes is not None and r.primary_bytes > 50 * 2**20 for r in readings)
+        # the CPU device cannot build GPU communicators; every such step says why
+        for r in readings:
+            if r.step in ("pynccl", "custom_allreduce"):
+                assert r.status == "skipped" and r.note
+    # moe_ep's first collective really ran over gloo (width 2); width-1 groups ran none
+    first_use = {(r.group, r.status) for r in run.readings if r.step == "first_use"}
+    assert ("moe_ep", "ok") in first_use and ("pp", "skipped") in first_use
+    assert {info.sampling_mode for info in run.record.ranks} == {"host_rss"}
+    assert sorted(info.rank for info in run.record.ranks) == [0, 1, 2, 3]
+    parts = components_by_rank(run)
+    assert set(parts) == {0, 1, 2, 3}
+    # the parts add up: the totals are the last readings themselves
+    for rank, readings in ((r, [x for x in run.readings if x.rank == r]) for r in range(4)):
+        end = max(readings, key=lambda x: x.sequence)
+        assert parts[rank]["total_after_first_use"] == end.primary_bytes
+    assert "total after first use" in result.stdout and "MiB" in result.stdout
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_compare_cpu_end_to_end_with_exports(memprobe, tmp_path):
+    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--quiet",
+                      "--csv", "long.csv", "--summary-csv", "summary.csv", "--json", "all.json", "--markdown", "table.md",
+                      timeout=400)
+    assert result.returncode == 0, result.stderr
+    comparison_dir = only_run_folder(tmp_path)
+    comparison = load_comparison(comparison_dir)
+    assert comparison.names() == ["tp2", "tp2-ep2-full", "tp2-ep2-lean"]
+    assert comparison.baseline == "tp2"
+    for item in comparison.runs:
+        assert item.run.record.status == "complete"
+        assert sorted({r.rank for r in item.run.readings}) == [0, 1]
+        assert item.run.record.stack_name == item.scenario.stack
+    # three scenarios ran in three separate launches: distinct worker PIDs
+    pids = [{info.pid for info in item.run.record.ranks} for item in comparison.runs]
+    assert not (pids[0] & pids[1]) and not (pids[1] & pids[2])
+    for name in ("long.csv", "summary.csv", "all.json", "table.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    document = json.loads((tmp_path / "all.json").read_text())
+    assert document["schema_version"] == 1
+    assert "tp2-ep2-full" in result.stdout and "MiB" in result.stdout
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_report_rerenders_a_saved_run_without_launching(memprobe, tmp_path):
+    first = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "saved")
+    assert first.returncode == 0, first.stderr
+    again = memprobe("report", "results/saved")
+    assert again.returncode == 0, again.stderr
+    assert "tp2" in again.stdout and "total after first use" in again.stdout
+
+
+@pytest.mark.parametrize(
+    "fault, group_step",
+    [
+        ("1:tp/groups_created:raise", "tp/groups_created"),
+        ("0:moe_ep/pynccl:raise", "moe_ep/pynccl"),
+    ],
+)
+def test_a_rank_that_raises_stops_the_run_and_keeps_readings(memprobe, tmp_path, fault, group_step):
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--ep", "2" if "moe_ep" not in fault else "1",
+                      "--quiet", "--run-id", "failing", env={"MEMPROBE_TEST_FAULT": fault})
+    if "moe_ep" in fault:  # ep=1: moe_ep is two singletons; pynccl step exists but is skipped
+        pass
+    assert result.returncode == 3, result.stderr
+    rank = fault.split(":")[0]
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"rank {rank} failed at {group_step}" in line and "injected fault" in line
+    run = load_run(tmp_path / "results" / "failing")
+    assert run.record.status == "incomplete"
+    assert run.record.failure is not None and run.record.failure.rank == int(rank)
+    assert run.record.failure.last_lines  # the worker's last error lines
+    steps_before = {(r.rank, r.step) for r in run.readings}
+    assert (int(rank), "world") in steps_before  # finished readings were kept
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_a_killed_rank_is_reported_and_nothing_survives(memprobe, tmp_path):
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "killed",
+                      env={"MEMPROBE_TEST_FAULT": "1:tp/pynccl:kill"})
+    assert result.returncode == 3, result.stderr
+    assert "rank 1 failed" in result.stderr and "tp/groups_created" in result.stderr and "killed" in result.stderr
+    run = load_run(tmp_path / "results" / "killed")
+    assert run.record.status == "incomplete"
+    assert any(r.rank == 1 and r.step == "groups_created" for r in run.readings)
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_a_hanging_rank_ends_within_the_timeout(memprobe, tmp_path):
+    import time
+
+    started = time.monotonic()
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "hung", "--timeout", "25",
+                      env={"MEMPROBE_TEST_FAULT": "0:tp/groups_created:hang"})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert "timed out after 25 s" in result.stderr
+    assert elapsed < 25 + 20
+    run = load_run(tmp_path / "results" / "hung")
+    assert run.record.status == "incomplete"
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+@pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupt_stops_workers_and_keeps_readings(tmp_path, signal_name, exit_code):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import _memprobe_env
+
+    process = subprocess.Popen([sys.executable, "-m", "memprobe", "run", "--device", "cpu", "--tp", "2", "--quiet",
+                                "--run-id", "interrupted"], cwd=tmp_path, env=_memprobe_env({"MEMPROBE_TEST_FAULT": "0:tp/groups_created:hang"}),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stream = tmp_path / "results" / "interrupted" / "ranks" / "rank-00000.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (stream.exists() and '"world"' in stream.read_text()):
+        time.sleep(0.2)
+    assert stream.exists(), "the worker never reached the world step"
+    sent = time.monotonic()
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == exit_code, stderr
+    assert time.monotonic() - sent < 20
+    assert f"interrupted by {signal_name}" in stderr and "readings kept" in stderr
+    run = load_run(tmp_path / "results" / "interrupted")
+    assert run.record.status == "incomplete"
+    assert any(r.step == "world" for r in run.readings)
+    assert leftover_memprobe_processes(tmp_path) == []
