@@ -215,6 +215,9 @@ def compare(
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET,
+    jobs: int = typer.Option(1, "--jobs", "-j", envvar=ENV + "JOBS",
+                             help="Scenarios run side by side (each still in its own processes and CUDA contexts). "
+                                  "Needs per-process NVML figures; 1 runs them one after another."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "CSV", help="Long CSV: one row per scenario, rank, group and step."),
     summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "SUMMARY_CSV", help="One row per scenario and rank."),
     json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "JSON", help="Everything, as JSON with schema_version."),
@@ -234,6 +237,8 @@ def compare(
 
     options = _common_launch(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id)
     _check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    if jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, got {jobs}")
     if scenarios is not None:
         scenario_set = load_scenario_file(scenarios)
     else:
@@ -258,7 +263,7 @@ def compare(
     from memprobe.progress import Progress
 
     with Progress(enabled=options.progress) as progress:
-        comparison = run_scenarios(scenario_set, options, progress=progress, command=["memprobe", *sys.argv[1:]])
+        comparison = run_scenarios(scenario_set, options, progress=progress, command=["memprobe", *sys.argv[1:]], jobs=jobs)
     _render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
     print(f"memprobe: results in {comparison.path}", file=sys.stderr)
     return 0

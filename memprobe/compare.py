@@ -98,7 +98,8 @@ def merge_comparisons(comparisons: list[Comparison]) -> Comparison:
 __all__ = ["load_comparison", "merge_comparisons", "scenario_from_run", "write_comparison_index", "MeasurementError"]
 
 
-def run_scenarios(scenario_set: ScenarioSet, options, progress=None, command: list[str] | None = None) -> Comparison:
+def run_scenarios(scenario_set: ScenarioSet, options, progress=None, command: list[str] | None = None,
+                  jobs: int = 1) -> Comparison:
     """Run every scenario in its own torchrun launch (fresh processes, fresh CUDA contexts).
 
     Results go to ``options.out_dir/<comparison-id>/<scenario>/``; ``comparison.json`` is
@@ -114,17 +115,47 @@ def run_scenarios(scenario_set: ScenarioSet, options, progress=None, command: li
     if path.exists():
         raise UsageError(f"output folder {path} already exists; choose another --run-id")
     path.mkdir(parents=True)
-    folders: dict[str, str] = {}
-    runs: list[ScenarioRun] = []
+    folders = {scenario.name: scenario.name for scenario in scenario_set.scenarios}
     write_comparison_index(path, path.name, scenario_set, folders)
-    for scenario in scenario_set.scenarios:
-        folders[scenario.name] = scenario.name
-        try:
-            run = run_scenario(scenario, options, path / scenario.name, progress=progress, command=command)
-        finally:
-            write_comparison_index(path, path.name, scenario_set, folders)
-        runs.append(ScenarioRun(scenario=scenario, run=run))
+    if jobs <= 1:
+        runs = [ScenarioRun(scenario, run_scenario(scenario, options, path / scenario.name, progress=progress, command=command))
+                for scenario in scenario_set.scenarios]
+    else:
+        runs = _run_concurrently(scenario_set, options, path, jobs, progress, command)
     return Comparison(comparison_id=path.name, baseline=scenario_set.baseline, runs=runs, path=path)
+
+
+def _run_concurrently(scenario_set: ScenarioSet, options, path: Path, jobs: int, progress, command) -> list[ScenarioRun]:
+    """``--jobs N``: scenarios run side by side, each in its own torchrun launch and processes.
+
+    Per-process NVML figures are unaffected by other processes on the same GPUs; device-level
+    figures are not, so a worker that cannot read per-process figures refuses to run on a GPU
+    other processes use (unless --allow-busy-gpu). Signals reach only this (main) thread, which
+    passes them on through a StopFlag.
+    """
+    import concurrent.futures
+    import signal as signals
+
+    from memprobe.errors import Interrupted
+    from memprobe.launcher import StopFlag, run_scenario
+
+    stop = StopFlag()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {scenario.name: pool.submit(run_scenario, scenario, options, path / scenario.name, progress, command, stop)
+                   for scenario in scenario_set.scenarios}
+        try:
+            pending = set(futures.values())
+            while pending:
+                _, pending = concurrent.futures.wait(pending, timeout=0.2)
+        except KeyboardInterrupt as interrupt:
+            number = interrupt.args[0] if interrupt.args and isinstance(interrupt.args[0], int) else signals.SIGINT
+            stop.stop(number)
+            concurrent.futures.wait(futures.values())
+            raise Interrupted(number, str(path)) from None
+    runs = []
+    for scenario in scenario_set.scenarios:
+        runs.append(ScenarioRun(scenario, futures[scenario.name].result()))  # re-raises the first failure in order
+    return runs
 
 
 def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp: int = 1, attn_dp: int = 1,

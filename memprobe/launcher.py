@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -299,8 +300,19 @@ def _root_cause(follower: StreamFollower, local_ranks: range, return_code: int |
     return Failure(rank=None, group="", step="", message=f"torchrun exited with code {return_code}", last_lines=_tail(log_path))
 
 
+class StopFlag(threading.Event):
+    """Set from the main thread to stop runs going on in other threads (signals reach the main thread only)."""
+
+    signal_number: int = signal.SIGINT
+
+    def stop(self, signal_number: int) -> None:
+        self.signal_number = signal_number
+        self.set()
+
+
 def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
-                 progress: ProgressCallback | None = None, command: list[str] | None = None) -> Run:
+                 progress: ProgressCallback | None = None, command: list[str] | None = None,
+                 stop: StopFlag | None = None) -> Run:
     """Launch one scenario into ``run_dir`` (created here) and return the complete run.
 
     Raises :class:`MeasurementError` when a rank fails, hangs past ``options.timeout_s`` or the
@@ -350,6 +362,8 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
         try:
             deadline = started + options.timeout_s
             while True:
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt(stop.signal_number)
                 follower.poll()
                 if progress is not None:
                     rank, done, detail = follower.slowest()
