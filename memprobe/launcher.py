@@ -377,8 +377,9 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
                     break
                 if time.monotonic() > deadline:
                     rank, done, detail = follower.slowest()
-                    failure = Failure(rank=rank, group=detail.split("/")[0] if "/" in detail else "", step=detail.split("/")[-1],
-                                      message=f"timed out after {options.timeout_s:g} s (--timeout); rank {rank} was last seen after {detail or 'start'}",
+                    failure = Failure(rank=rank, group="", step="",
+                                      message=f"timed out after {options.timeout_s:g} s (--timeout); it stopped progressing "
+                                              f"after its {detail or 'first'} reading",
                                       last_lines=_tail(log_path))
                     break
                 time.sleep(0.1)
