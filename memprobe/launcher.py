@@ -133,14 +133,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop_everything(process: subprocess.Popen[bytes], token: str, worker_pids: set[int]) -> None:
-    """SIGTERM torchrun's group and every worker; SIGKILL what is left after a grace period."""
+def stop_everything(process: subprocess.Popen[bytes], token: str, worker_pids: set[int], grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM torchrun's group and every worker; SIGKILL what is left after ``grace_s``."""
     pids = set(worker_pids) | set(_pids_with_token(token))
     if process.poll() is None:
         _signal(process.pid, signal.SIGTERM, group=True)
     for pid in pids:
         _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE_S
+    deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if process.poll() is not None and not any(_alive(pid) for pid in pids):
             break
@@ -359,6 +359,7 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
         process = subprocess.Popen(launch, env=environment, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         interrupted: BaseException | None = None
+        all_done = False
         try:
             deadline = started + options.timeout_s
             while True:
@@ -375,6 +376,9 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
                 if process.poll() is not None:
                     follower.poll()
                     break
+                if len(follower.done) == len(local_ranks) and (options.node_rank != 0 or (run_dir / "readings.csv").is_file()):
+                    all_done = True  # every reading is on disk; torchrun's own teardown adds nothing
+                    break
                 if time.monotonic() > deadline:
                     rank, done, detail = follower.slowest()
                     failure = Failure(rank=rank, group="", step="",
@@ -387,7 +391,8 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
             interrupted = error
             failure = Failure(rank=None, group="", step="", message="interrupted; workers stopped")
         finally:
-            stop_everything(process, token, follower.pids)  # workers must be gone even after a clean exit
+            # workers must be gone even after a clean exit; once all are done there is nothing to wait for
+            stop_everything(process, token, follower.pids, grace_s=0.0 if all_done else KILL_GRACE_S)
             follower.poll()
     return_code = process.returncode
     record.wall_time_s = round(time.monotonic() - started, 3)
@@ -395,7 +400,7 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     record.ranks = sorted(infos, key=lambda info: info.rank)
     record.environment = _environment_summary(environment, record.ranks, options.device, world_size)
     readings_path = run_dir / "readings.csv"
-    complete = failure is None and not follower.errors and return_code == 0 and readings_path.is_file()
+    complete = failure is None and not follower.errors and (return_code == 0 or all_done) and readings_path.is_file()
     if complete:
         readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
         record.status = "complete"

@@ -153,7 +153,7 @@ def test_a_hanging_rank_ends_within_the_timeout(memprobe, tmp_path):
                       env={"MEMPROBE_TEST_FAULT": "0:tp/groups_created:hang"})
     elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stderr
-    assert "timed out after 25 s" in result.stderr and "stopped progressing after its tp/groups_created reading" in result.stderr
+    assert "timed out after 25 s" in result.stderr and "stopped progressing after its tp/before reading" in result.stderr
     assert elapsed < 25 + 20
     run = load_run(tmp_path / "results" / "hung")
     assert run.record.status == "incomplete"
