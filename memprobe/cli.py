@@ -215,9 +215,10 @@ def compare(
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET,
-    jobs: int = typer.Option(1, "--jobs", "-j", envvar=ENV + "JOBS",
-                             help="Scenarios run side by side (each still in its own processes and CUDA contexts). "
-                                  "Needs per-process NVML figures; 1 runs them one after another."),
+    jobs: int = typer.Option(0, "--jobs", "-j", envvar=ENV + "JOBS",
+                             help="Scenarios run side by side, each still in its own processes and CUDA contexts "
+                                  "(per-process NVML figures do not see each other). 0 = auto: all at once on GPUs, "
+                                  "one after another with --device cpu; 1 = one after another.", show_default=True),
     csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "CSV", help="Long CSV: one row per scenario, rank, group and step."),
     summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "SUMMARY_CSV", help="One row per scenario and rank."),
     json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "JSON", help="Everything, as JSON with schema_version."),
@@ -237,8 +238,8 @@ def compare(
 
     options = _common_launch(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id)
     _check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
-    if jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, got {jobs}")
+    if jobs < 0:
+        raise UsageError(f"--jobs must be 0 (auto) or more, got {jobs}")
     if scenarios is not None:
         scenario_set = load_scenario_file(scenarios)
     else:

@@ -115,6 +115,8 @@ def run_scenarios(scenario_set: ScenarioSet, options, progress=None, command: li
     if path.exists():
         raise UsageError(f"output folder {path} already exists; choose another --run-id")
     path.mkdir(parents=True)
+    if jobs <= 0:  # auto: side by side on GPUs (per-process figures), one after another on CPUs (2-core CI)
+        jobs = len(scenario_set.scenarios) if options.device == "cuda" else 1
     folders = {scenario.name: scenario.name for scenario in scenario_set.scenarios}
     write_comparison_index(path, path.name, scenario_set, folders)
     if jobs <= 1:
@@ -139,9 +141,13 @@ def _run_concurrently(scenario_set: ScenarioSet, options, path: Path, jobs: int,
     from memprobe.errors import Interrupted
     from memprobe.launcher import StopFlag, run_scenario
 
+    import uuid
+
     stop = StopFlag()
+    token = uuid.uuid4().hex
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {scenario.name: pool.submit(run_scenario, scenario, options, path / scenario.name, progress, command, stop)
+        futures = {scenario.name: pool.submit(run_scenario, scenario, options, path / scenario.name, progress, command,
+                                              stop, token)
                    for scenario in scenario_set.scenarios}
         try:
             pending = set(futures.values())

@@ -36,6 +36,18 @@ SWEEP_ALL_REDUCE_ELEMENTS = (1, 1024, 256 * 1024, 16 * 1024 * 1024)  # fp32: 4 B
 SWEEP_ALL_GATHER_ELEMENTS = 256 * 1024  # 1 MiB per rank
 
 
+CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"
+
+
+def _carries(pid: int, variable: str, value: str) -> bool:
+    """Whether process ``pid`` has ``variable=value`` in its environment (same host, readable /proc)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            return f"{variable}={value}".encode() in stream.read().split(b"\0")
+    except OSError:
+        return False
+
+
 class FaultHook:
     """Test-only fault injection, off unless ``MEMPROBE_TEST_FAULT`` is set.
 
@@ -147,6 +159,9 @@ class ReferenceEngine:
         self.sampler = GpuSampler(os.getpid(), gpu.uuid, torch_reserved=self._torch_reserved)
         self.info.gpu_uuid, self.info.gpu_name = gpu.uuid, gpu.name
         others = self.sampler.other_processes()
+        concurrent = os.environ.get(CONCURRENT_VARIABLE, "")
+        if concurrent:  # sibling scenarios of `compare --jobs` share the GPUs on purpose
+            others = {pid: used for pid, used in others.items() if not _carries(pid, CONCURRENT_VARIABLE, concurrent)}
         if others:
             message = f"GPU {gpu.uuid} is shared with other processes (pids {sorted(others)})"
             self.info.warnings.append(message)
@@ -165,6 +180,9 @@ class ReferenceEngine:
         mode = self.sampler.decide_mode()
         self.info.sampling_mode = mode
         self.info.warnings.extend(self.sampler.warnings)
+        if mode == "device" and concurrent:
+            raise RuntimeError("per-process NVML figures are unavailable here, so scenarios cannot share GPUs; "
+                               "rerun with --jobs 1")
         if mode == "device" and others and not self.allow_busy_gpu:
             raise RuntimeError(f"device-level sampling on a busy GPU ({self.info.warnings[0]}); pass --allow-busy-gpu to measure anyway")
         # The start reading is emitted now that the mode is known. Not being listed by NVML

@@ -51,7 +51,31 @@ def expected_readings(scenario: Scenario) -> int:
     return 3 + 4 * built + (1 + built) + 1
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as stream:
+            return int(stream.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port for torchrun's rendezvous store, preferably below the ephemeral range.
+
+    A port from bind(0) lies in the ephemeral range, where any outgoing connection (NCCL,
+    gloo, another run) may take it before torchrun binds it (EADDRINUSE, seen on a 4-GPU run).
+    """
+    import random
+
+    low = _ephemeral_low()
+    candidates = random.Random().sample(range(20000, low), min(32, max(0, low - 20000))) if low > 20000 else []
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
@@ -290,8 +314,8 @@ def _root_cause(follower: StreamFollower, local_ranks: range, return_code: int |
         rank = silent[0]
         last = follower.last_step.get(rank, "")
         return Failure(rank=rank, group="", step="",
-                       message=f"exited without reporting an error after its {last or 'first'} reading "
-                               f"(killed or crashed; torchrun exit code {return_code})",
+                       message=(f"exited without reporting an error after its {last} reading " if last else "never started (see torchrun.log) ") +
+                f"(killed or crashed; torchrun exit code {return_code})",
                        last_lines=_tail(log_path))
     if errors:
         first = errors[0]
@@ -312,7 +336,7 @@ class StopFlag(threading.Event):
 
 def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
                  progress: ProgressCallback | None = None, command: list[str] | None = None,
-                 stop: StopFlag | None = None) -> Run:
+                 stop: StopFlag | None = None, concurrent_token: str | None = None) -> Run:
     """Launch one scenario into ``run_dir`` (created here) and return the complete run.
 
     Raises :class:`MeasurementError` when a rank fails, hangs past ``options.timeout_s`` or the
@@ -325,6 +349,8 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     environment = worker_environment(scenario, options)
     token = uuid.uuid4().hex
     environment[RUN_TOKEN_VARIABLE] = token
+    if concurrent_token:
+        environment["MEMPROBE_CONCURRENT_TOKEN"] = concurrent_token
     record = RunRecord(
         run_id=run_dir.name,
         layout=scenario.layout.as_dict(),
@@ -347,53 +373,59 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
         "warmup": scenario.warmup, "timeout_s": options.timeout_s, "allow_busy_gpu": options.allow_busy_gpu,
     }
     atomic_write_text(run_dir / WORKER_CONFIG, json.dumps(worker_config, indent=2, sort_keys=True) + "\n")
-    port = options.master_port or free_port(options.master_addr if options.master_addr != "localhost" else "127.0.0.1")
-    launch = _launch_command(run_dir, scenario, options, port)
-    total = expected_readings(scenario)
-    local_ranks = range(options.node_rank * (world_size // options.nnodes), (options.node_rank + 1) * (world_size // options.nnodes))
-    follower = StreamFollower(run_dir, local_ranks)
-    log_path = run_dir / "torchrun.log"
-    started = time.monotonic()
-    failure: Failure | None = None
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(launch, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-        interrupted: BaseException | None = None
-        all_done = False
-        try:
-            deadline = started + options.timeout_s
-            while True:
-                if stop is not None and stop.is_set():
-                    raise KeyboardInterrupt(stop.signal_number)
+    attempts = 1 if options.master_port else 3
+    for attempt in range(attempts):
+        port = options.master_port or free_port(options.master_addr if options.master_addr != "localhost" else "127.0.0.1")
+        launch = _launch_command(run_dir, scenario, options, port)
+        total = expected_readings(scenario)
+        local_ranks = range(options.node_rank * (world_size // options.nnodes), (options.node_rank + 1) * (world_size // options.nnodes))
+        follower = StreamFollower(run_dir, local_ranks)
+        log_path = run_dir / "torchrun.log"
+        started = time.monotonic()
+        failure: Failure | None = None
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(launch, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            interrupted: BaseException | None = None
+            all_done = False
+            try:
+                deadline = started + options.timeout_s
+                while True:
+                    if stop is not None and stop.is_set():
+                        raise KeyboardInterrupt(stop.signal_number)
+                    follower.poll()
+                    if progress is not None:
+                        rank, done, detail = follower.slowest()
+                        progress(scenario.name, done, total, f"rank {rank}: {detail}" if detail else "starting")
+                    if follower.errors:
+                        time.sleep(0.5)  # let the other ranks report too, then stop them
+                        follower.poll()
+                        break
+                    if process.poll() is not None:
+                        follower.poll()
+                        break
+                    if len(follower.done) == len(local_ranks) and (options.node_rank != 0 or (run_dir / "readings.csv").is_file()):
+                        all_done = True  # every reading is on disk; torchrun's own teardown adds nothing
+                        break
+                    if time.monotonic() > deadline:
+                        rank, done, detail = follower.slowest()
+                        failure = Failure(rank=rank, group="", step="",
+                                          message=f"timed out after {options.timeout_s:g} s (--timeout); it stopped progressing "
+                                                  f"after its {detail or 'first'} reading",
+                                          last_lines=_tail(log_path))
+                        break
+                    time.sleep(0.1)
+            except KeyboardInterrupt as error:  # SIGINT, or SIGTERM turned into one by interrupt_handlers()
+                interrupted = error
+                failure = Failure(rank=None, group="", step="", message="interrupted; workers stopped")
+            finally:
+                # workers must be gone even after a clean exit; once all are done there is nothing to wait for
+                stop_everything(process, token, follower.pids, grace_s=0.0 if all_done else KILL_GRACE_S)
                 follower.poll()
-                if progress is not None:
-                    rank, done, detail = follower.slowest()
-                    progress(scenario.name, done, total, f"rank {rank}: {detail}" if detail else "starting")
-                if follower.errors:
-                    time.sleep(0.5)  # let the other ranks report too, then stop them
-                    follower.poll()
-                    break
-                if process.poll() is not None:
-                    follower.poll()
-                    break
-                if len(follower.done) == len(local_ranks) and (options.node_rank != 0 or (run_dir / "readings.csv").is_file()):
-                    all_done = True  # every reading is on disk; torchrun's own teardown adds nothing
-                    break
-                if time.monotonic() > deadline:
-                    rank, done, detail = follower.slowest()
-                    failure = Failure(rank=rank, group="", step="",
-                                      message=f"timed out after {options.timeout_s:g} s (--timeout); it stopped progressing "
-                                              f"after its {detail or 'first'} reading",
-                                      last_lines=_tail(log_path))
-                    break
-                time.sleep(0.1)
-        except KeyboardInterrupt as error:  # SIGINT, or SIGTERM turned into one by interrupt_handlers()
-            interrupted = error
-            failure = Failure(rank=None, group="", step="", message="interrupted; workers stopped")
-        finally:
-            # workers must be gone even after a clean exit; once all are done there is nothing to wait for
-            stop_everything(process, token, follower.pids, grace_s=0.0 if all_done else KILL_GRACE_S)
-            follower.poll()
+        port_taken = b"EADDRINUSE" in log_path.read_bytes()
+        if attempt + 1 < attempts and not follower.pids and port_taken and interrupted is None and failure is None:
+            continue  # something took the rendezvous port between our probe and torchrun's bind: new port
+        break
     return_code = process.returncode
     record.wall_time_s = round(time.monotonic() - started, 3)
     infos = _rank_infos(run_dir, world_size)

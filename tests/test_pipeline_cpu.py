@@ -187,3 +187,17 @@ def test_an_interrupt_stops_workers_and_keeps_readings(tmp_path, signal_name, ex
     assert run.record.status == "incomplete"
     assert any(r.step == "world" for r in run.readings)
     assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_compare_jobs_runs_scenarios_side_by_side_in_separate_processes(memprobe, tmp_path):
+    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--stacks", "lean", "--jobs", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    comparison = load_comparison(only_run_folder(tmp_path))
+    assert comparison.names() == ["tp2", "tp2-lean"]
+    first, second = ({info.pid for info in item.run.record.ranks} for item in comparison.runs)
+    assert first and second and not (first & second)
+    for item in comparison.runs:
+        assert item.run.record.status == "complete"
+        times = [r.elapsed_s for r in item.run.readings]
+        assert len(times) == 2 * expected_readings(item.scenario)
+    assert leftover_memprobe_processes(tmp_path) == []

@@ -1,0 +1,74 @@
+"""Checks over the GPU runs committed under results/ (4 x NVIDIA H200, see results/README.md).
+
+These read real measurements made by memprobe on GPUs; they assert what the README says of
+them, and that report and gate work on saved runs without GPUs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memprobe.attribution import components_by_rank
+from memprobe.compare import load_comparison
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "h200x4-20261127"
+BASELINE = ROOT / "configs" / "baselines" / "h200x4-tp4-ep2-lean.json"
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def headline():
+    return load_comparison(RESULTS / "compare-tp4-ep2")
+
+
+def test_committed_headline_is_complete_and_per_process(headline):
+    assert headline.names() == ["tp4", "tp4-ep2-full", "tp4-ep2-lean"]
+    for item in headline.runs:
+        record = item.run.record
+        assert record.status == "complete"
+        assert record.environment["gpu_model"] == "NVIDIA H200"
+        assert record.environment["sampling_mode"] == "process"
+        assert record.environment["nccl_env"]["NCCL_CUMEM_ENABLE"] == "0"
+        assert sorted({r.rank for r in item.run.readings}) == [0, 1, 2, 3]
+
+
+def test_lean_saves_each_moe_group_its_pynccl_and_custom_allreduce_on_every_rank(headline):
+    full = components_by_rank(headline.get("tp4-ep2-full").run)
+    lean = components_by_rank(headline.get("tp4-ep2-lean").run)
+    for rank in range(4):
+        for group in ("moe_ep", "moe_tp"):
+            assert full[rank][f"{group}/pynccl"] > 400 * MiB  # one eager, warmed NCCL communicator
+            assert full[rank][f"{group}/custom_allreduce"] >= 80 * MiB  # v2 workspace for a 2-GPU group (80 MiB + graph table)
+            assert lean[rank][f"{group}/pynccl"] == 0 and lean[rank][f"{group}/custom_allreduce"] == 0
+        saved = full[rank]["total_after_first_use"] - lean[rank]["total_after_first_use"]
+        assert saved > 1000 * MiB
+        # the lazy torch NCCL communicator of each MoE group is still paid on first use, in both stacks
+        assert abs(full[rank]["moe_ep/first_use"] - lean[rank]["moe_ep/first_use"]) <= 2 * MiB
+
+
+def test_ranks_differ_with_cumem_off(headline):
+    totals = {rank: parts["total_after_first_use"] for rank, parts in components_by_rank(headline.get("tp4").run).items()}
+    assert max(totals.values()) - min(totals.values()) > 500 * MiB
+
+
+def test_report_rerenders_the_committed_comparison(memprobe):
+    result = memprobe("report", str(RESULTS / "compare-tp4-ep2"))
+    assert result.returncode == 0, result.stderr
+    assert "lean saves on --tp 4 --ep 2" in result.stdout
+    assert "tp4-ep2-full" in result.stdout and "NVIDIA H200" in result.stdout
+
+
+def test_gate_passes_the_committed_lean_run(memprobe):
+    result = memprobe("gate", "--baseline", str(BASELINE), "--results", str(RESULTS / "compare-tp4-ep2" / "tp4-ep2-lean"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS" in result.stdout
+
+
+def test_gate_fails_the_committed_regression_naming_the_moe_communicators(memprobe):
+    result = memprobe("gate", "--baseline", str(BASELINE), "--results", str(RESULTS / "runs" / "regressed-lean"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    for name in ("moe_ep/pynccl", "moe_ep/custom_allreduce", "moe_tp/pynccl", "moe_tp/custom_allreduce"):
+        assert name in result.stdout
