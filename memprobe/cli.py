@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 import typer
 
@@ -293,7 +293,7 @@ def _check_exports(csv_path: Optional[Path], summary_csv: Optional[Path], json_p
     _check_output_path(plot_path, "--plot", (".png", ".svg"))
     if plot_path is not None:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  (only checks that the plot extra is installed)
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install 'memprobe[plot]'") from None
 
@@ -303,22 +303,13 @@ def _render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path]
     from memprobe import reports
 
     reports.render_comparison(comparison, sys.stdout, width=_console_width(), per_rank=per_rank)
+    exports = ((csv_path, reports.write_csv), (summary_csv, reports.write_summary_csv), (json_path, reports.write_json),
+               (markdown, reports.write_markdown), (plot_path, reports.write_plot))
     written = []
-    if csv_path:
-        reports.write_csv(comparison, csv_path)
-        written.append(str(csv_path))
-    if summary_csv:
-        reports.write_summary_csv(comparison, summary_csv)
-        written.append(str(summary_csv))
-    if json_path:
-        reports.write_json(comparison, json_path)
-        written.append(str(json_path))
-    if markdown:
-        reports.write_markdown(comparison, markdown)
-        written.append(str(markdown))
-    if plot_path:
-        reports.write_plot(comparison, plot_path)
-        written.append(str(plot_path))
+    for path, write in exports:
+        if path:
+            write(comparison, path)
+            written.append(str(path))
     if written:
         print(f"memprobe: wrote {', '.join(written)}", file=sys.stderr)
 

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -467,4 +466,4 @@ def interrupt_handlers() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["run_scenario", "preflight", "new_run_dir", "expected_readings", "interrupt_handlers", "asdict"]
+__all__ = ["run_scenario", "preflight", "new_run_dir", "expected_readings", "interrupt_handlers"]

@@ -8,12 +8,11 @@ needed) and written atomically.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from memprobe.errors import UsageError
+from memprobe.results import atomic_write_bytes
 from memprobe.reports._format import MIB, UNIT, mib_unit
 from memprobe.reports._model import (
     GROUP_INIT_STEPS,
@@ -58,27 +57,6 @@ def _segments(summaries: list[ScenarioSummary], palette: list[str]) -> list[Segm
         return False
 
     return [segment for segment in candidates if matters(segment)]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Bytes counterpart of :func:`memprobe.results.atomic_write_text` (a temporary file and a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a plot is for sharing
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_plot(comparison: Comparison, path: str | Path) -> None:
@@ -145,7 +123,7 @@ def write_plot(comparison: Comparison, path: str | Path) -> None:
     buffer = io.BytesIO()
     metadata = {"Date": None} if suffix == ".svg" else {"Software": None}
     figure.savefig(buffer, format=suffix[1:], metadata=metadata)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 __all__ = ["MISSING_MATPLOTLIB", "PLOT_SUFFIXES", "write_plot"]
