@@ -33,7 +33,7 @@ app = typer.Typer(
         "  memprobe run --tp 4 --ep 2 --stack lean     # measure one layout\n\n"
         "  memprobe compare --tp 4 --ep 2              # tp4 vs tp4/ep2 full vs lean, per rank\n\n"
         "  memprobe report results/<run>               # re-render saved runs anywhere\n\n"
-        "  memprobe gate --baseline configs/baselines/h100x4-tp4-ep2-lean.json   # CI regression gate"
+        "  memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json   # CI regression gate"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -170,6 +170,9 @@ def run(
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET,
+    engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
+                               help="memprobe: the reference engine; sglang: the installed SGLang's own "
+                                    "initialize_model_parallel, sampled around every group it builds."),
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
@@ -184,7 +187,9 @@ def run(
     chosen = resolve_stack(stack)
     options = _common_launch(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id)
     label = Path(stack).stem if stack.endswith(".toml") else chosen.name.replace(":", "-")
-    scenario = Scenario(name=f"{layout.slug()}-{label}", layout=layout, stack=stack, env_preset=env_preset, warmup=warmup)
+    suffix = "" if engine == "memprobe" else f".{engine}"
+    scenario = Scenario(name=f"{layout.slug()}-{label}{suffix}", layout=layout, stack=stack, env_preset=env_preset,
+                        warmup=warmup, engine=engine)
     _check_out_dir(out_dir)
     preflight([scenario], options)
     run_dir = out_dir / run_id if run_id else new_run_dir(out_dir, scenario.name)
@@ -215,6 +220,9 @@ def compare(
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET,
+    engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
+                               help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
+                                    "fidelity report (reference engine against real SGLang, per rank, group and step)."),
     jobs: int = typer.Option(0, "--jobs", "-j", envvar=ENV + "JOBS",
                              help="Scenarios run side by side, each still in its own processes and CUDA contexts "
                                   "(per-process NVML figures do not see each other). 0 = auto: all at once on GPUs, "
@@ -260,6 +268,14 @@ def compare(
                                           env=parse_env_assignments([]), warmup=warmup)
         if announce:
             print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
+    from memprobe.compare import with_engines
+    from memprobe.scenarios import ENGINES
+
+    engines = list(dict.fromkeys(e.strip() for e in engine.split(",") if e.strip()))
+    unknown = [e for e in engines if e not in ENGINES]
+    if not engines or unknown:
+        raise UsageError(f"--engine {engine!r}: use memprobe, sglang or memprobe,sglang")
+    scenario_set = with_engines(scenario_set, engines)
     _check_out_dir(out_dir)
     from memprobe.progress import Progress
 
@@ -303,6 +319,9 @@ def _render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path]
     from memprobe import reports
 
     reports.render_comparison(comparison, sys.stdout, width=_console_width(), per_rank=per_rank)
+    from memprobe.reports.fidelity import render_fidelity
+
+    render_fidelity(comparison, sys.stdout)
     exports = ((csv_path, reports.write_csv), (summary_csv, reports.write_summary_csv), (json_path, reports.write_json),
                (markdown, reports.write_markdown), (plot_path, reports.write_plot))
     written = []

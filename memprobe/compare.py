@@ -28,6 +28,7 @@ def scenario_from_run(run: Run) -> Scenario:
         env_preset=record.env_preset,
         env=dict(record.env),
         warmup=record.warmup,
+        engine=record.engine or "memprobe",
     )
 
 
@@ -162,6 +163,19 @@ def _run_concurrently(scenario_set: ScenarioSet, options, path: Path, jobs: int,
     for scenario in scenario_set.scenarios:
         runs.append(ScenarioRun(scenario, futures[scenario.name].result()))  # re-raises the first failure in order
     return runs
+
+
+def with_engines(scenario_set: ScenarioSet, engines: list[str]) -> ScenarioSet:
+    """Every scenario once per engine; SGLang's copies are named ``<name>.sglang``."""
+    if engines == ["memprobe"]:
+        return scenario_set
+    scenarios = []
+    for scenario in scenario_set.scenarios:
+        for engine in engines:
+            name = scenario.name if engine == "memprobe" else f"{scenario.name}.{engine}"
+            scenarios.append(replace(scenario, name=name, engine=engine))
+    baseline = scenario_set.baseline if "memprobe" in engines else f"{scenario_set.baseline}.{engines[0]}"
+    return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline)
 
 
 def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp: int = 1, attn_dp: int = 1,

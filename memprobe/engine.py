@@ -224,13 +224,16 @@ class ReferenceEngine:
         device_group, cpu_group = self._new_groups(world)
         self.device_groups["world"], self.cpu_groups["world"] = device_group, cpu_group
         self.world_cpu_group = cpu_group
+        self._record_nccl_library()
+        self.record("world", "world")
+
+    def _record_nccl_library(self) -> None:
         if self.device_kind != "cpu":
             from memprobe.communicators import nccl_library
 
             library = nccl_library()
             self.info.nccl_version = library.version()
             self.info.nccl_library = library.path
-        self.record("world", "world")
 
     def _communicator_step(self, group: GroupPlan, kind: str, flags: GroupFlags, ranks: tuple[int, ...]) -> None:
         wanted = getattr(flags, kind)
@@ -302,6 +305,14 @@ class ReferenceEngine:
 
     def run(self) -> list[Reading]:
         self._start_and_context()
+        built = self._world_and_groups()
+        for group in [self.plan.group("world"), *built]:
+            self._first_use(group)
+        self.record("end")
+        return self.readings
+
+    def _world_and_groups(self) -> list[GroupPlan]:
+        """Build the world and every group, recording each step; returns the built groups (world excluded)."""
         self._world()
         built = [group for group in self.plan.built_groups() if group.name != "world"]
         for group in built:
@@ -314,10 +325,7 @@ class ReferenceEngine:
             flags = self.stack.flags_for(group.name)
             self._communicator_step(group, "pynccl", flags, ranks)
             self._communicator_step(group, "custom_allreduce", flags, ranks)
-        for group in [self.plan.group("world"), *built]:
-            self._first_use(group)
-        self.record("end")
-        return self.readings
+        return built
 
     def gather(self) -> tuple[list[Reading], list[RankInfo]] | None:
         """Rank 0 gathers every rank's readings and info over the world's gloo group."""

@@ -91,6 +91,10 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     """Everything that can be checked before a process starts (exit 2 on any problem)."""
     for scenario in scenarios:
         resolve_stack(scenario.stack)
+    if any(scenario.engine == "sglang" for scenario in scenarios):
+        from memprobe.sglang_engine import installed_sglang
+
+        installed_sglang(worker_environment(scenarios[0], options))
         if scenario.layout.world_size % options.nnodes:
             raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over --nnodes {options.nnodes}")
     if options.device == "cpu":
@@ -362,6 +366,7 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
         plan=[{"name": g.name, "ranks": [list(r) for r in g.rank_lists], "alias_of": g.alias_of,
                "communicators": stack.communicators_for(g)} for g in plan.groups],
         scenario=scenario.name,
+        engine=scenario.engine,
         memprobe_version=__version__,
         created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command=list(command or sys.argv),
@@ -370,6 +375,7 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     worker_config = {
         "layout": scenario.layout.as_dict(), "stack": stack.as_dict(), "device": options.device,
         "warmup": scenario.warmup, "timeout_s": options.timeout_s, "allow_busy_gpu": options.allow_busy_gpu,
+        "engine": scenario.engine,
     }
     atomic_write_text(run_dir / WORKER_CONFIG, json.dumps(worker_config, indent=2, sort_keys=True) + "\n")
     attempts = 1 if options.master_port else 3
@@ -430,6 +436,10 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     infos = _rank_infos(run_dir, world_size)
     record.ranks = sorted(infos, key=lambda info: info.rank)
     record.environment = _environment_summary(environment, record.ranks, options.device, world_size)
+    if scenario.engine == "sglang":
+        from memprobe.sglang_engine import installed_sglang
+
+        record.environment["sglang"] = installed_sglang(environment)[0]
     readings_path = run_dir / "readings.csv"
     complete = failure is None and not follower.errors and (return_code == 0 or all_done) and readings_path.is_file()
     if complete:

@@ -42,6 +42,7 @@ ENV_PRESETS: dict[str, dict[str, str]] = {
     "none": {},
 }
 WARMUPS: tuple[str, ...] = ("none", "tiny", "sweep")
+ENGINES: tuple[str, ...] = ("memprobe", "sglang")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -71,9 +72,12 @@ class Scenario:
     env_preset: str = "sglang"
     env: dict[str, str] = field(default_factory=dict)
     warmup: str = "tiny"
+    engine: str = "memprobe"
 
     def __post_init__(self) -> None:
         validate_name(self.name)
+        if self.engine not in ENGINES:
+            raise UsageError(f"scenario {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.env_preset not in ENV_PRESETS:
             raise UsageError(f"scenario {self.name}: env_preset {self.env_preset!r} is not one of {sorted(ENV_PRESETS)}")
         if self.warmup not in WARMUPS:
@@ -83,7 +87,7 @@ class Scenario:
                 raise UsageError(f"scenario {self.name}: env {key}={value!r} must be a string variable name and a string value")
 
     def definition(self) -> dict[str, Any]:
-        return {
+        document = {
             "name": self.name,
             "layout": self.layout.as_dict(),
             "stack": self.stack,
@@ -91,6 +95,9 @@ class Scenario:
             "env": dict(sorted(self.env.items())),
             "warmup": self.warmup,
         }
+        if self.engine != "memprobe":  # only when set, so definitions (and hashes) of earlier baselines stay valid
+            document["engine"] = self.engine
+        return document
 
     def definition_hash(self) -> str:
         """Hash of what the scenario measures (asv's benchmark ``version``): a changed definition is incomparable."""
@@ -121,7 +128,7 @@ class ScenarioSet:
         raise UsageError(f"unknown scenario {name!r}; known: {', '.join(s.name for s in self.scenarios)}")
 
 
-_SCENARIO_KEYS = set(LAYOUT_FIELDS) | {"name", "stack", "env_preset", "env", "warmup"}
+_SCENARIO_KEYS = set(LAYOUT_FIELDS) | {"name", "stack", "env_preset", "env", "warmup", "engine"}
 
 
 def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source: str) -> Scenario:
@@ -145,6 +152,7 @@ def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source
         env_preset=str(merged.get("env_preset", "sglang")),
         env={str(k): str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in env.items()},
         warmup=str(merged.get("warmup", "tiny")),
+        engine=str(merged.get("engine", "memprobe")),
     )
 
 

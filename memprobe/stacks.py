@@ -52,6 +52,7 @@ class Stack:
     flags: dict[str, GroupFlags] = field(default_factory=dict)
     custom_allreduce_impl: str = "v2"
     description: str = ""
+    source: str = ""  # the TOML file it came from; "" for the built-ins
 
     def flags_for(self, group: str) -> GroupFlags:
         return self.flags.get(group, GroupFlags())
@@ -67,6 +68,7 @@ class Stack:
             "name": self.name,
             "custom_allreduce_impl": self.custom_allreduce_impl,
             "groups": {name: self.flags_for(name).as_dict() for name in GROUP_ORDER},
+            "source": self.source,
         }
 
 
@@ -118,7 +120,8 @@ def _parse_stack_document(document: dict, source: str) -> Stack:
     name = document.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
         raise UsageError(f"{source}: name must be a non-empty string")
-    return Stack(name=name, flags=flags, custom_allreduce_impl=impl, description=str(document.get("description", "")))
+    return Stack(name=name, flags=flags, custom_allreduce_impl=impl, description=str(document.get("description", "")),
+                 source=source)
 
 
 def load_stack_file(path: str | Path) -> Stack:

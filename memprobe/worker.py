@@ -62,8 +62,14 @@ def main(argv: list[str]) -> int:
         name=stack_document["name"],
         flags={name: GroupFlags(**flags) for name, flags in stack_document["groups"].items()},
         custom_allreduce_impl=stack_document["custom_allreduce_impl"],
+        source=stack_document.get("source", ""),
     )
-    engine = ReferenceEngine(
+    engine_class = ReferenceEngine
+    if config.get("engine", "memprobe") == "sglang":
+        from memprobe.sglang_engine import make_sglang_engine
+
+        engine_class = make_sglang_engine(ReferenceEngine)
+    engine = engine_class(
         layout=Layout(**config["layout"]), stack=stack, device=config["device"], warmup=config["warmup"],
         timeout_s=float(config["timeout_s"]), emit=emit, rank=rank, local_rank=local_rank, world_size=world_size,
         allow_busy_gpu=bool(config.get("allow_busy_gpu", False)),
