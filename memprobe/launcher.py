@@ -303,6 +303,21 @@ _PEER_LOSS_MARKERS = ("connection closed by peer", "connection reset by peer", "
                       "remote process exited", "socket closed")
 
 
+def _torchrun_root_cause(log_path: Path) -> tuple[int, str] | None:
+    """The rank torchrun names under "Root Cause (first observed failure)", with its exit code text."""
+    import re
+
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+    section = text.rsplit("Root Cause (first observed failure)", 1)
+    if len(section) != 2:
+        return None
+    rank = re.search(r"rank\s*:\s*(\d+)", section[1])
+    exit_code = re.search(r"exitcode\s*:\s*([^\n]+)", section[1])
+    if rank is None:
+        return None
+    return int(rank.group(1)), (" ".join(exit_code.group(1).split()) if exit_code else "unknown")
+
+
 def _root_cause(follower: StreamFollower, local_ranks: range, return_code: int | None, log_path: Path) -> Failure:
     """Blame the rank that failed first on its own: an error that is not a lost peer, else a rank that went silent."""
     errors = sorted(follower.errors, key=lambda e: e.get("time", 0))
@@ -312,6 +327,14 @@ def _root_cause(follower: StreamFollower, local_ranks: range, return_code: int |
         return Failure(rank=first.get("rank"), group=first.get("group", ""), step=first.get("step", ""),
                        message=first.get("message", "error"), last_lines=first.get("traceback", [])[-12:])
     reported = {e.get("rank") for e in errors}
+    cause = _torchrun_root_cause(log_path)
+    if cause is not None and cause[0] not in follower.done and not any(e.get("rank") == cause[0] for e in own):
+        rank, exit_text = cause
+        last = follower.last_step.get(rank, "")
+        return Failure(rank=rank, group="", step="",
+                       message=(f"exited without reporting an error after its {last} reading " if last else "never started ")
+                       + f"(torchrun: exit code {exit_text})",
+                       last_lines=_tail(log_path))
     silent = [rank for rank in local_ranks if rank not in follower.done and rank not in reported]
     if silent:
         rank = silent[0]

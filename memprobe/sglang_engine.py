@@ -19,6 +19,7 @@ readings line up step for step.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,14 @@ def installed_sglang(environ: dict[str, str] | None = None) -> tuple[str, Path]:
         if found is None or not found.origin:
             raise UsageError("--engine sglang needs SGLang installed (pip install sglang==0.5.23); it was not found")
         spec = Path(found.origin).parent
-    version_file = spec / "version.py"
-    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", version_file.read_text()) if version_file.is_file() else None
-    version = match.group(1) if match else "unknown"
+    version = "unknown"
+    for name in ("_version.py", "version.py"):  # setuptools-scm writes _version.py; version.py reads it
+        version_file = spec / name
+        text = version_file.read_text(encoding="utf-8", errors="replace") if version_file.is_file() else ""
+        match = re.search(r"^__version__\s*=\s*(?:\w+\s*=\s*)*['\"]([^'\"]+)", text, re.MULTILINE)
+        if match:
+            version = match.group(1)
+            break
     for relative, names in REQUIRED_API:
         path = spec / relative
         text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
@@ -85,8 +91,10 @@ def forced_flags(stack: Any, group_name: str) -> dict[str, bool]:
 
 
 def sglang_widths(layout: Any) -> dict[str, Any]:
+    """The parallel widths SGLang's ``initialize_model_parallel`` reads from ``get_parallel()``."""
     return {"tp_size": layout.tp, "pp_size": layout.pp, "moe_ep_size": layout.ep, "moe_dp_size": layout.moe_dp,
-            "attn_dp_size": layout.attn_dp, "attn_cp_size": layout.attn_cp}
+            "attn_dp_size": layout.attn_dp, "attn_cp_size": layout.attn_cp, "attn_dcp_size": 1,
+            "shared_experts_tp_size": None, "attn_tp_size": layout.attn_tp, "moe_tp_size": layout.moe_tp}
 
 
 def make_sglang_engine(base: type) -> type:
@@ -94,6 +102,14 @@ def make_sglang_engine(base: type) -> type:
 
     class SGLangEngine(base):  # type: ignore[misc, valid-type]
         engine_name = "sglang"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Import SGLang before the first reading, so that its import cost (host memory only)
+            # is not charged to a step.
+            from sglang.srt.distributed import parallel_state  # noqa: F401
+            from sglang.srt.distributed.device_communicators import custom_all_reduce, pynccl  # noqa: F401
+            from sglang.srt.runtime_context import get_parallel  # noqa: F401
 
         def _world_and_groups(self) -> list[GroupPlan]:
             import torch.distributed as dist
@@ -109,7 +125,11 @@ def make_sglang_engine(base: type) -> type:
                 monkey_patch_p2p_access_check()
             except ImportError:
                 pass
-            ps.set_custom_all_reduce(True)
+            # --device cpu: no GPU communicators (SGLang's pynccl would bind a CUDA device; its custom
+            # all-reduce asserts ROCm on CPU). A missing NCCL library makes pynccl disable itself.
+            if self.device_kind == "cpu":
+                os.environ["SGLANG_NCCL_SO_PATH"] = "/nonexistent/libnccl.so.2"
+            ps.set_custom_all_reduce(self.device_kind != "cpu")
             built: list[GroupPlan] = []
             state: dict[str, Any] = {"group": None, "done": set()}
             backend = "gloo" if self.device_kind == "cpu" else "nccl"
@@ -186,7 +206,10 @@ def make_sglang_engine(base: type) -> type:
             pynccl_module.PyNcclCommunicator = pynccl_factory
             car.dispatch_custom_allreduce = dispatch_custom_allreduce
             try:
-                with get_parallel().override(**sglang_widths(self.layout)):
+                # As SGLang's launcher publishes them; a scoped override() would be gone when later
+                # code (destroy_model_parallel) reads the widths.
+                get_parallel().override_permanently(**sglang_widths(self.layout))
+                if True:
                     self.current = ("world", "world")
                     ps.init_distributed_environment(
                         world_size=self.world_size, rank=self.rank, local_rank=self.local_rank,
