@@ -202,7 +202,20 @@ def run(
     from memprobe.reports import render_run
 
     render_run(result, sys.stdout, width=_console_width(), per_rank=per_rank)
+    _print_rank_warnings([(scenario.name, result)])
     return 0
+
+
+def _print_rank_warnings(runs: list[tuple[str, Any]]) -> None:
+    """What workers warned about (a GPU shared with other processes, device-level fallback), once each."""
+    seen: set[str] = set()
+    for name, run in runs:
+        for info in run.record.ranks:
+            for warning in info.warnings:
+                line = f"memprobe: warning: {name} rank {info.rank}: {warning}"
+                if warning not in seen:
+                    seen.add(warning)
+                    print(line, file=sys.stderr)
 
 
 # -------------------------------------------------------------------------------- compare
@@ -322,6 +335,7 @@ def _render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path]
     from memprobe.reports.fidelity import render_fidelity
 
     render_fidelity(comparison, sys.stdout)
+    _print_rank_warnings([(item.scenario.name, item.run) for item in comparison.runs])
     exports = ((csv_path, reports.write_csv), (summary_csv, reports.write_summary_csv), (json_path, reports.write_json),
                (markdown, reports.write_markdown), (plot_path, reports.write_plot))
     written = []
@@ -358,6 +372,7 @@ def report(
         from memprobe.reports import render_run
 
         render_run(comparison.runs[0].run, sys.stdout, width=_console_width(), per_rank=per_rank)
+        _print_rank_warnings([(comparison.runs[0].scenario.name, comparison.runs[0].run)])
         return 0
     _render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
     return 0

@@ -201,3 +201,18 @@ def test_compare_jobs_runs_scenarios_side_by_side_in_separate_processes(memprobe
         times = [r.elapsed_s for r in item.run.readings]
         assert len(times) == 2 * expected_readings(item.scenario)
     assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_rank_warnings_reach_the_user(memprobe, tmp_path):
+    """A warning a worker records (here: written into a saved run) is printed by report, once."""
+    from support import headline_scenarios, synthetic_run
+
+    from memprobe.results import write_run
+
+    run = synthetic_run(headline_scenarios().scenarios[1])
+    for info in run.record.ranks:
+        info.warnings.append("GPU GPU-0 is shared with other processes (pids [4242])")
+    write_run(tmp_path / "saved", run.record, run.readings)
+    result = memprobe("report", "saved")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("is shared with other processes") == 1
