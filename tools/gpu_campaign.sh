@@ -4,7 +4,7 @@
 # Writes runs, comparisons, a gate baseline demonstration and failure-handling logs under the folder.
 set -u
 R=${1:?usage: gpu_campaign.sh RESULTS_FOLDER}
-mkdir -p "$R"
+mkdir -p "$R/runs"
 export PYTHONUNBUFFERED=1 COLUMNS=160
 M="python3 -m memprobe"
 {
@@ -42,7 +42,9 @@ echo "== hang at moe_tp/pynccl, --timeout 45" >> "$F"
 s=$(date +%s); MEMPROBE_TEST_FAULT=0:moe_tp/pynccl:hang $M run --tp 4 --ep 2 --stack full --quiet --timeout 45 --out-dir "$R/failures" >> "$F" 2>&1
 echo "exit code $? after $(( $(date +%s) - s )) s" >> "$F"; leftovers
 echo "== SIGINT while rank 0 hangs at moe_ep/groups_created" >> "$F"
-MEMPROBE_TEST_FAULT=0:moe_ep/groups_created:hang setsid $M run --tp 4 --ep 2 --quiet --out-dir "$R/failures" --run-id interrupted >> "$F" 2>&1 &
+# A background job of a non-interactive shell ignores SIGINT; restore the default before exec.
+MEMPROBE_TEST_FAULT=0:moe_ep/groups_created:hang python3 -c 'import os,signal,sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
+  python3 -m memprobe run --tp 4 --ep 2 --quiet --out-dir "$R/failures" --run-id interrupted >> "$F" 2>&1 &
 p=$!; for i in $(seq 60); do grep -q moe_ep "$R/failures/interrupted/ranks/rank-00001.jsonl" 2>/dev/null && break; sleep 1; done
 s=$(date +%s); kill -INT $p; wait $p; echo "exit code $? $(( $(date +%s) - s )) s after SIGINT" >> "$F"; leftovers
 find "$R" -name torchrun.log -size +2M -delete
