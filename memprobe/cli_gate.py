@@ -172,7 +172,14 @@ def register(app: typer.Typer, run_scenarios_callable: Runner | None = None) -> 
     def measure(scenario_set: ScenarioSet, options: LaunchOptions, hint: str) -> Comparison:
         if run_scenarios_callable is None:
             raise UsageError(f"this memprobe cannot run scenarios here; {hint}")
-        return run_scenarios_callable(scenario_set, options)
+        import inspect
+
+        from memprobe.progress import Progress
+
+        if "progress" not in inspect.signature(run_scenarios_callable).parameters:
+            return run_scenarios_callable(scenario_set, options)
+        with Progress() as progress:  # on stderr: a bar on a terminal, sparse lines in CI logs
+            return run_scenarios_callable(scenario_set, options, progress=progress)
 
     @app.command("gate", help=GATE_HELP, no_args_is_help=True)
     def gate_command(

@@ -216,3 +216,21 @@ def test_rank_warnings_reach_the_user(memprobe, tmp_path):
     result = memprobe("report", "saved")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("is shared with other processes") == 1
+
+
+def test_compare_without_tp_says_which_layout_it_chose(memprobe, tmp_path):
+    result = memprobe("compare", "--device", "cpu", "--stacks", "lean", "--quiet", timeout=400)
+    assert result.returncode == 0, result.stderr
+    assert "no --tp given; comparing the largest layout this node supports: --tp 4 --ep 2" in result.stderr
+    assert load_comparison(only_run_folder(tmp_path)).names() == ["tp4", "tp4-ep2-lean"]
+
+
+def test_gate_measures_on_cpu_and_passes_against_its_own_baseline(memprobe, tmp_path):
+    scenarios = tmp_path / "one.toml"
+    scenarios.write_text('[[scenario]]\nname = "tp2"\ntp = 2\n')
+    made = memprobe("baseline", "update", "--scenarios", str(scenarios), "--device", "cpu", "--out", "base.json")
+    assert made.returncode == 0, made.stderr
+    # host RSS moves by a few MiB between runs; the default +5% and +64 MiB absorb it
+    judged = memprobe("gate", "--baseline", "base.json", "--device", "cpu", "--junit-xml", "gate.xml")
+    assert judged.returncode == 0, judged.stdout + judged.stderr
+    assert "PASS" in judged.stdout and (tmp_path / "gate.xml").is_file()
