@@ -320,33 +320,31 @@ def _torchrun_root_cause(log_path: Path) -> tuple[int, str] | None:
 
 def _root_cause(follower: StreamFollower, local_ranks: range, return_code: int | None, log_path: Path) -> Failure:
     """Blame the rank that failed first on its own: an error that is not a lost peer, else a rank that went silent."""
+
+    def from_error(event: dict[str, Any]) -> Failure:
+        return Failure(rank=event.get("rank"), group=event.get("group", ""), step=event.get("step", ""),
+                       message=event.get("message", "error"), last_lines=event.get("traceback", [])[-12:])
+
+    def went_silent(rank: int, never_started: str, how: str) -> Failure:
+        last = follower.last_step.get(rank, "")
+        return Failure(rank=rank, group="", step="",
+                       message=(f"exited without reporting an error after its {last} reading " if last else never_started) + how,
+                       last_lines=_tail(log_path))
+
     errors = sorted(follower.errors, key=lambda e: e.get("time", 0))
     own = [e for e in errors if not any(m in str(e.get("message", "")).lower() for m in _PEER_LOSS_MARKERS)]
     if own:
-        first = own[0]
-        return Failure(rank=first.get("rank"), group=first.get("group", ""), step=first.get("step", ""),
-                       message=first.get("message", "error"), last_lines=first.get("traceback", [])[-12:])
-    reported = {e.get("rank") for e in errors}
+        return from_error(own[0])
     cause = _torchrun_root_cause(log_path)
-    if cause is not None and cause[0] not in follower.done and not any(e.get("rank") == cause[0] for e in own):
-        rank, exit_text = cause
-        last = follower.last_step.get(rank, "")
-        return Failure(rank=rank, group="", step="",
-                       message=(f"exited without reporting an error after its {last} reading " if last else "never started ")
-                       + f"(torchrun: exit code {exit_text})",
-                       last_lines=_tail(log_path))
+    if cause is not None and cause[0] not in follower.done:
+        return went_silent(cause[0], "never started ", f"(torchrun: exit code {cause[1]})")
+    reported = {e.get("rank") for e in errors}
     silent = [rank for rank in local_ranks if rank not in follower.done and rank not in reported]
     if silent:
-        rank = silent[0]
-        last = follower.last_step.get(rank, "")
-        return Failure(rank=rank, group="", step="",
-                       message=(f"exited without reporting an error after its {last} reading " if last else "never started (see torchrun.log) ") +
-                f"(killed or crashed; torchrun exit code {return_code})",
-                       last_lines=_tail(log_path))
+        return went_silent(silent[0], "never started (see torchrun.log) ",
+                           f"(killed or crashed; torchrun exit code {return_code})")
     if errors:
-        first = errors[0]
-        return Failure(rank=first.get("rank"), group=first.get("group", ""), step=first.get("step", ""),
-                       message=first.get("message", "error"), last_lines=first.get("traceback", [])[-12:])
+        return from_error(errors[0])
     return Failure(rank=None, group="", step="", message=f"torchrun exited with code {return_code}", last_lines=_tail(log_path))
 
 
