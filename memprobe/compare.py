@@ -10,7 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from memprobe.errors import MeasurementError, UsageError
+from memprobe.errors import UsageError
 from memprobe.layout import Layout
 from memprobe.results import Run, atomic_write_text, load_run
 from memprobe.scenarios import Comparison, Scenario, ScenarioRun, ScenarioSet
@@ -96,7 +96,6 @@ def merge_comparisons(comparisons: list[Comparison]) -> Comparison:
     return Comparison(comparison_id="+".join(c.comparison_id for c in comparisons), baseline=comparisons[0].baseline, runs=runs)
 
 
-__all__ = ["load_comparison", "merge_comparisons", "scenario_from_run", "write_comparison_index", "MeasurementError"]
 
 
 def run_scenarios(scenario_set: ScenarioSet, options, progress=None, command: list[str] | None = None,

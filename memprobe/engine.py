@@ -134,10 +134,14 @@ class ReferenceEngine:
             other_gpus_bytes=sample.other_gpus_bytes, elapsed_s=round(now - self.last_time, 6), note=note,
         )
         self.last_time = now
+        self._keep(reading)
+        return reading
+
+    def _keep(self, reading: Reading) -> None:
+        """Number, keep and stream one reading (it reaches disk before the next step starts)."""
         self.sequence += 1
         self.readings.append(reading)
         self.emit({"type": "reading", **asdict(reading)})
-        return reading
 
     # ----------------------------------------------------------------- steps
     def _start_and_context(self) -> None:
@@ -194,9 +198,7 @@ class ReferenceEngine:
                           device_used_bytes=start_sample.device_used_bytes, torch_reserved_bytes=0,
                           other_gpus_bytes=start_sample.other_gpus_bytes, elapsed_s=0.0,
                           note="" if start_sample.process_bytes is not None else "no CUDA context yet")
-        self.sequence += 1
-        self.readings.append(reading)
-        self.emit({"type": "reading", **asdict(reading)})
+        self._keep(reading)
         self.last_time = start_time
         self.record("cuda_context")
 

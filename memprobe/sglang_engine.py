@@ -112,8 +112,6 @@ def make_sglang_engine(base: type) -> type:
             from sglang.srt.runtime_context import get_parallel  # noqa: F401
 
         def _world_and_groups(self) -> list[GroupPlan]:
-            import torch.distributed as dist
-
             from sglang.srt.distributed import parallel_state as ps
             from sglang.srt.distributed.device_communicators import custom_all_reduce as car
             from sglang.srt.distributed.device_communicators import pynccl as pynccl_module
@@ -209,17 +207,16 @@ def make_sglang_engine(base: type) -> type:
                 # As SGLang's launcher publishes them; a scoped override() would be gone when later
                 # code (destroy_model_parallel) reads the widths.
                 get_parallel().override_permanently(**sglang_widths(self.layout))
-                if True:
-                    self.current = ("world", "world")
-                    ps.init_distributed_environment(
-                        world_size=self.world_size, rank=self.rank, local_rank=self.local_rank,
-                        distributed_init_method="env://", backend=backend, timeout=int(self.timeout.total_seconds()))
-                    world = ps.get_world_group()
-                    self.device_groups["world"], self.cpu_groups["world"] = world.device_group, world.cpu_group
-                    self.world_cpu_group = world.cpu_group
-                    self._record_nccl_library()
-                    self.record("world", "world")
-                    ps.initialize_model_parallel(backend=backend)
+                self.current = ("world", "world")
+                ps.init_distributed_environment(
+                    world_size=self.world_size, rank=self.rank, local_rank=self.local_rank,
+                    distributed_init_method="env://", backend=backend, timeout=int(self.timeout.total_seconds()))
+                world = ps.get_world_group()
+                self.device_groups["world"], self.cpu_groups["world"] = world.device_group, world.cpu_group
+                self.world_cpu_group = world.cpu_group
+                self._record_nccl_library()
+                self.record("world", "world")
+                ps.initialize_model_parallel(backend=backend)
             finally:
                 ps.init_model_parallel_group = original_group
                 pynccl_module.PyNcclCommunicator = original_pynccl
