@@ -103,9 +103,13 @@ class PyNccl:
                 library.lib.ncclCommInitRank(ctypes.byref(self.comm), len(ranks), unique_id, group_rank),
                 "ncclCommInitRank",
             )
+            # As SGLang 0.5.23 (pynccl.py:132-138): the warm-up tensor is allocated *on* the new stream, so
+            # torch's caching allocator keeps a 2 MiB segment per communicator until empty_cache. Allocating
+            # it on the current stream instead put the reference engine 2 MiB below SGLang per pynccl
+            # (measured on 4 x H200, results/h200x4-sglang-20261127/, issue 8).
             stream = torch.cuda.Stream()
-            data = torch.zeros(1, dtype=torch.float32, device=device)
             with torch.cuda.stream(stream):
+                data = torch.zeros(1, dtype=torch.float32, device=device)
                 library.check(
                     library.lib.ncclAllReduce(ctypes.c_void_p(data.data_ptr()), ctypes.c_void_p(data.data_ptr()), 1,
                                               NCCL_FLOAT32, NCCL_SUM, self.comm, ctypes.c_void_p(stream.cuda_stream)),

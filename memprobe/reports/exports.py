@@ -36,6 +36,7 @@ import pandas as pd
 from memprobe.attribution import components_by_rank, rank_readings, step_deltas
 from memprobe.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
+from memprobe.reports.fidelity import fidelity_document
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
 from memprobe.results import atomic_write_text
 from memprobe.scenarios import Comparison
@@ -195,13 +196,17 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "readings": [reading.as_row() for reading in sorted(item.run.readings, key=lambda r: (r.rank, r.sequence))],
             }
         )
-    return {
+    document = {
         "schema_version": JSON_SCHEMA_VERSION,
         "comparison_id": comparison.comparison_id,
         "baseline": comparison.baseline,
         "units": "bytes",
         "scenarios": scenarios,
     }
+    fidelity = fidelity_document(comparison)
+    if fidelity:  # only comparisons run with --engine memprobe,sglang
+        document["fidelity"] = fidelity
+    return document
 
 
 def write_json(comparison: Comparison, path: str | Path) -> None:

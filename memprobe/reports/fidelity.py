@@ -6,8 +6,8 @@ as ``memprobe compare --engine memprobe,sglang`` names them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from memprobe.attribution import TOTAL_AFTER_FIRST_USE, TOTAL_AFTER_INIT, components_by_rank, rank_readings, step_deltas
 from memprobe.scenarios import Comparison, ScenarioRun
@@ -18,16 +18,35 @@ TOLERANCE_BYTES = 2 * MiB
 
 @dataclass(frozen=True)
 class StepDifference:
+    """Bytes one step added on each rank, in each engine; ``*_cache`` is the part torch's caching allocator
+    reserved (``torch_reserved_bytes`` moved by it), which tells allocator effects from communicators."""
+
     group: str
     step: str
     reference_bytes: dict[int, int | None]
     sglang_bytes: dict[int, int | None]
+    reference_cache: dict[int, int | None] = field(default_factory=dict)
+    sglang_cache: dict[int, int | None] = field(default_factory=dict)
+
+    def _per_rank(self, left: dict[int, int | None], right: dict[int, int | None]) -> dict[int, int]:
+        return {rank: b - a for rank, a in left.items() if a is not None and (b := right.get(rank)) is not None}
 
     @property
     def largest(self) -> int | None:
-        differences = [abs(a - b) for rank, a in self.reference_bytes.items()
-                       if a is not None and (b := self.sglang_bytes.get(rank)) is not None]
+        differences = [abs(d) for d in self._per_rank(self.reference_bytes, self.sglang_bytes).values()]
         return max(differences) if differences else None
+
+    @property
+    def largest_cache(self) -> int | None:
+        differences = [abs(d) for d in self._per_rank(self.reference_cache, self.sglang_cache).values()]
+        return max(differences) if differences else None
+
+    @property
+    def all_in_torch_cache(self) -> bool:
+        """True when, on every rank, the engines differ at this step by exactly what torch's cache differs by."""
+        memory = self._per_rank(self.reference_bytes, self.sglang_bytes)
+        cache = self._per_rank(self.reference_cache, self.sglang_cache)
+        return bool(memory) and any(memory.values()) and all(cache.get(rank) == d for rank, d in memory.items())
 
 
 def pairs(comparison: Comparison) -> list[tuple[ScenarioRun, ScenarioRun]]:
@@ -42,20 +61,59 @@ def pairs(comparison: Comparison) -> list[tuple[ScenarioRun, ScenarioRun]]:
     return found
 
 
-def _added(item: ScenarioRun) -> dict[tuple[str, str], dict[int, int | None]]:
-    result: dict[tuple[str, str], dict[int, int | None]] = {}
+def _added(item: ScenarioRun) -> dict[tuple[str, str], tuple[dict[int, int | None], dict[int, int | None]]]:
+    """Per ``(group, step)``: bytes added per rank, and torch-reserved bytes added per rank."""
+    result: dict[tuple[str, str], tuple[dict[int, int | None], dict[int, int | None]]] = {}
     for rank, readings in rank_readings(item.run).items():
+        previous_reserved: int | None = None
         for reading, delta in step_deltas(readings):
+            reserved = reading.torch_reserved_bytes
+            cache = None if reserved is None or previous_reserved is None else reserved - previous_reserved
+            previous_reserved = reserved
             if reading.step == "start":
                 continue
-            result.setdefault((reading.group, reading.step), {})[rank] = delta
+            memory, reserved_added = result.setdefault((reading.group, reading.step), ({}, {}))
+            memory[rank], reserved_added[rank] = delta, cache
     return result
 
 
 def differences(reference: ScenarioRun, sglang: ScenarioRun) -> list[StepDifference]:
     left, right = _added(reference), _added(sglang)
     keys = list(left) + [key for key in right if key not in left]
-    return [StepDifference(group, step, left.get((group, step), {}), right.get((group, step), {})) for group, step in keys]
+    empty: tuple[dict, dict] = ({}, {})
+    return [StepDifference(group, step, left.get((group, step), empty)[0], right.get((group, step), empty)[0],
+                           left.get((group, step), empty)[1], right.get((group, step), empty)[1])
+            for group, step in keys]
+
+
+def _beyond(difference: StepDifference) -> bool:
+    if not difference.reference_bytes or not difference.sglang_bytes:
+        return True
+    return difference.largest is not None and difference.largest > TOLERANCE_BYTES
+
+
+def fidelity_document(comparison: Comparison) -> list[dict[str, Any]]:
+    """The fidelity report as JSON-ready data (bytes; rank keys as strings), one entry per engine pair."""
+    def by_rank(values: dict[int, int | None]) -> dict[str, int | None]:
+        return {str(rank): value for rank, value in sorted(values.items())}
+
+    document = []
+    for reference, sglang in pairs(comparison):
+        steps = differences(reference, sglang)
+        document.append({
+            "reference": reference.scenario.name,
+            "sglang": sglang.scenario.name,
+            "tolerance_bytes": TOLERANCE_BYTES,
+            "within_tolerance": not any(_beyond(d) for d in steps),
+            "steps": [{
+                "group": d.group, "step": d.step,
+                "reference_bytes": by_rank(d.reference_bytes), "sglang_bytes": by_rank(d.sglang_bytes),
+                "reference_torch_cache_bytes": by_rank(d.reference_cache),
+                "sglang_torch_cache_bytes": by_rank(d.sglang_cache),
+                "largest_difference_bytes": d.largest, "all_in_torch_cache": d.all_in_torch_cache,
+            } for d in steps],
+        })
+    return document
 
 
 def _mib(value: int | None) -> str:
@@ -63,24 +121,31 @@ def _mib(value: int | None) -> str:
 
 
 def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
+    """Per pair: a row per step that added memory in either engine, the per-rank difference of the totals,
+    and the steps beyond the tolerance. ``torch cache |diff|`` is how far the engines' torch-reserved
+    bytes differ at that step; a difference that is all torch's caching allocator is marked as such."""
     for reference, sglang in pairs(comparison):
         print(f"fidelity: {reference.scenario.name} (memprobe's reference engine) against {sglang.scenario.name} "
               f"(SGLang's initialize_model_parallel), bytes added per step, MiB", file=stream)
-        print(f"{'group/step':<32} {'reference max':>14} {'SGLang max':>11} {'largest |diff|':>15}", file=stream)
-        beyond = []
+        print(f"{'group/step':<32} {'reference max':>14} {'SGLang max':>11} {'largest |diff|':>15} "
+              f"{'torch cache |diff|':>19}", file=stream)
+        beyond, cache_only = [], []
         for difference in differences(reference, sglang):
             ref_max = max((v for v in difference.reference_bytes.values() if v is not None), default=None)
             sgl_max = max((v for v in difference.sglang_bytes.values() if v is not None), default=None)
             largest = difference.largest
+            label = f"{difference.group}/{difference.step}" if difference.group else difference.step
             if not difference.reference_bytes or not difference.sglang_bytes:
-                beyond.append(f"{difference.group or '-'}/{difference.step} (only in "
-                              f"{'SGLang' if not difference.reference_bytes else 'the reference engine'})")
-            elif largest is not None and largest > TOLERANCE_BYTES:
-                beyond.append(f"{difference.group or '-'}/{difference.step} ({_mib(largest)} MiB)")
+                beyond.append(f"{label} (only in {'SGLang' if not difference.reference_bytes else 'the reference engine'})")
+            elif _beyond(difference):
+                cause = ", all of it torch's cache" if difference.all_in_torch_cache else ""
+                beyond.append(f"{label} ({_mib(largest)} MiB{cause})")
+            if difference.all_in_torch_cache:
+                cache_only.append(label)
             if (ref_max or 0) == 0 and (sgl_max or 0) == 0 and (largest or 0) == 0:
                 continue  # nothing happened in either engine
-            label = f"{difference.group}/{difference.step}" if difference.group else difference.step
-            print(f"{label:<32} {_mib(ref_max):>14} {_mib(sgl_max):>11} {_mib(largest):>15}", file=stream)
+            print(f"{label:<32} {_mib(ref_max):>14} {_mib(sgl_max):>11} {_mib(largest):>15} "
+                  f"{_mib(difference.largest_cache):>19}", file=stream)
         left, right = components_by_rank(reference.run), components_by_rank(sglang.run)
         for key in (TOTAL_AFTER_INIT, TOTAL_AFTER_FIRST_USE):
             per_rank = []
@@ -88,6 +153,9 @@ def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
                 a, b = left[rank].get(key), right.get(rank, {}).get(key)
                 per_rank.append(f"{rank}: {_mib(None if a is None or b is None else b - a)}")
             print(f"{key.replace('_', ' ')}: SGLang minus reference per rank (MiB): {', '.join(per_rank)}", file=stream)
+        if cache_only:
+            print(f"differences that are torch's caching allocator on every rank (torch-reserved bytes moved by "
+                  f"exactly as much): {', '.join(cache_only)}", file=stream)
         if beyond:
             print(f"beyond {TOLERANCE_BYTES // MiB} MiB: {', '.join(beyond)}", file=stream)
         else:
