@@ -42,6 +42,7 @@ from memprobe.stacks import resolve_stack
 from memprobe.worker import WORKER_CONFIG
 
 RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"
+GPU_RELEASE_TIMEOUT_S = 15.0
 KILL_GRACE_S = 5.0
 
 
@@ -182,6 +183,31 @@ def stop_everything(process: subprocess.Popen[bytes], token: str, worker_pids: s
     deadline = time.monotonic() + KILL_GRACE_S
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.05)
+
+
+def wait_for_gpu_release(worker_pids: set[int], environment: dict[str, str], timeout_s: float = GPU_RELEASE_TIMEOUT_S) -> float:
+    """Wait until NVML lists none of ``worker_pids`` on the visible GPUs; returns the seconds waited.
+
+    A killed worker has exited before the driver has torn its CUDA context down; on 2 x H200 a
+    ``nvidia-smi`` right after a run still listed one (results/sglang-fidelity-20261127/x2). Waiting here
+    means memprobe returns with the GPUs free, and a run straight after it sees no stranger's memory.
+    PIDs NVML cannot see (another PID namespace) end the wait at once.
+    """
+    started = time.monotonic()
+    gpus = nvml.visible_gpus(environment)
+    if not worker_pids or not nvml.is_available(gpus):
+        return 0.0
+    handles = [nvml.handle_by_uuid(gpu.uuid) for gpu in gpus]
+    while time.monotonic() - started < timeout_s:
+        listed: set[int] = set()
+        for handle in handles:
+            processes = nvml.process_memory(handle) if nvml.is_available(handle) else handle
+            if nvml.is_available(processes):
+                listed.update(processes)
+        if not listed & worker_pids:
+            break
+        time.sleep(0.05)
+    return round(time.monotonic() - started, 3)
 
 
 # ------------------------------------------------------------------------------- progress
@@ -448,6 +474,8 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
                 # workers must be gone even after a clean exit; once all are done there is nothing to wait for
                 stop_everything(process, token, follower.pids, grace_s=0.0 if all_done else KILL_GRACE_S)
                 follower.poll()
+                if options.device == "cuda":
+                    record.gpu_release_s = wait_for_gpu_release(follower.pids, environment)
         port_taken = b"EADDRINUSE" in log_path.read_bytes()
         if attempt + 1 < attempts and not follower.pids and port_taken and interrupted is None and failure is None:
             continue  # something took the rendezvous port between our probe and torchrun's bind: new port

@@ -128,6 +128,7 @@ class RunRecord:
     ranks: list[RankInfo] = field(default_factory=list)
     failure: Failure | None = None
     wall_time_s: float | None = None
+    gpu_release_s: float | None = None  # seconds waited after the workers stopped until NVML no longer listed them
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -135,3 +135,49 @@ def test_custom_allreduce_v2_sizes_match_sglang_tables():
     assert 16 in v2_supported_world_sizes(10, 0)
     with pytest.raises(ValueError):
         v2_workspace(16, 9, 0, 132)
+
+
+# ------------------------------------------------------------------ waiting for the driver to let go
+
+def _patch_launcher_nvml(monkeypatch, fake: FakeNvml) -> None:
+    from memprobe import launcher
+
+    monkeypatch.setattr(launcher.nvml, "visible_gpus", lambda environment=None: list(fake.gpus))
+    monkeypatch.setattr(launcher.nvml, "handle_by_uuid", fake.handle_by_uuid)
+    monkeypatch.setattr(launcher.nvml, "process_memory", fake.process_memory)
+
+
+def test_wait_for_gpu_release_waits_while_nvml_still_lists_a_worker(monkeypatch):
+    from memprobe.launcher import wait_for_gpu_release
+
+    fake = FakeNvml()
+    fake.processes["GPU-1"] = {4242: 600 * MiB, 7: 1 * MiB}  # 7: someone else's process, not waited for
+    original = fake.process_memory
+
+    def releasing(handle):
+        if fake.reads >= 10:  # the driver tears the context down after a few polls
+            fake.processes["GPU-1"].pop(4242, None)
+        return original(handle)
+
+    monkeypatch.setattr(fake, "process_memory", releasing)
+    _patch_launcher_nvml(monkeypatch, fake)
+    waited = wait_for_gpu_release({4241, 4242}, {}, timeout_s=5.0)
+    assert 0.1 <= waited < 5.0
+    assert 4242 not in fake.processes["GPU-1"] and 7 in fake.processes["GPU-1"]
+
+
+def test_wait_for_gpu_release_gives_up_at_its_timeout_and_never_waits_without_pids_or_nvml(monkeypatch):
+    from memprobe.launcher import wait_for_gpu_release
+
+    fake = FakeNvml()
+    fake.processes["GPU-0"] = {4242: 600 * MiB}
+    _patch_launcher_nvml(monkeypatch, fake)
+    assert 0.3 <= wait_for_gpu_release({4242}, {}, timeout_s=0.3) < 1.0
+    assert wait_for_gpu_release(set(), {}) == 0.0
+    assert wait_for_gpu_release({99}, {}) < 0.05  # a PID NVML does not list (another PID namespace)
+    fake.fail_processes = True
+    assert wait_for_gpu_release({4242}, {}) < 0.05  # a failed query is not a reason to wait
+    from memprobe import launcher
+
+    monkeypatch.setattr(launcher.nvml, "visible_gpus", lambda environment=None: nvml.NotAvailable("no driver"))
+    assert wait_for_gpu_release({4242}, {}) == 0.0
