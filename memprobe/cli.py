@@ -23,6 +23,7 @@ _EXIT_TYPES = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 _ABORT_TYPES = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
 
 from memprobe.errors import ExitCode, MemprobeError, UsageError
+from memprobe.output_paths import check_output_path
 
 app = typer.Typer(
     name="memprobe",
@@ -91,21 +92,6 @@ ENV_PRESET = typer.Option("sglang", "--env-preset", envvar=ENV + "ENV_PRESET",
 WARMUP = typer.Option("tiny", "--warmup", envvar=ENV + "WARMUP",
                       help="First collective on each group after init: none, tiny (1-element all-reduce) or sweep (4 B..64 MiB all-reduce + all-gather).")
 PER_RANK = typer.Option(False, "--per-rank", envvar=ENV + "PER_RANK", help="Show every rank, not the worst rank and the spread.")
-
-
-def _check_output_path(path: Optional[Path], option: str, suffixes: tuple[str, ...] = ()) -> None:
-    """An output path must be writable *before* anything is launched."""
-    if path is None:
-        return
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise UsageError(f"{option} {path}: must end in {' or '.join(suffixes)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a file name")
-    if not parent.is_dir():
-        raise UsageError(f"{option} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"{option} {path}: not writable")
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -315,11 +301,11 @@ def _default_tp(device: str, options: Any) -> int:
 
 def _check_exports(csv_path: Optional[Path], summary_csv: Optional[Path], json_path: Optional[Path],
                    markdown: Optional[Path], plot_path: Optional[Path]) -> None:
-    _check_output_path(csv_path, "--csv", (".csv",))
-    _check_output_path(summary_csv, "--summary-csv", (".csv",))
-    _check_output_path(json_path, "--json", (".json",))
-    _check_output_path(markdown, "--markdown", (".md", ".markdown"))
-    _check_output_path(plot_path, "--plot", (".png", ".svg"))
+    taken: dict[Path, str] = {}
+    for path, option, suffixes in ((csv_path, "--csv", (".csv",)), (summary_csv, "--summary-csv", (".csv",)),
+                                   (json_path, "--json", (".json",)), (markdown, "--markdown", (".md", ".markdown")),
+                                   (plot_path, "--plot", (".png", ".svg"))):
+        check_output_path(path, option, suffixes=suffixes, taken=taken)
     if plot_path is not None:
         try:
             import matplotlib  # noqa: F401  (only checks that the plot extra is installed)

@@ -46,6 +46,7 @@ from memprobe.gate import (
     write_junit_xml,
     write_markdown,
 )
+from memprobe.output_paths import check_output_path
 from memprobe.scenarios import Comparison, ScenarioSet, load_scenario_file
 
 
@@ -63,22 +64,6 @@ def launch_options(device: str, out_dir: Path, timeout: float) -> LaunchOptions:
 def _fail(command: str, error: MemprobeError) -> typer.Exit:
     typer.echo(f"memprobe {command}: error: {error}", err=True)
     return typer.Exit(int(error.exit_code))
-
-
-def _check_output_path(path: Path | None, option: str, taken: dict[Path, str]) -> None:
-    if path is None:
-        return
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a directory; give a file path")
-    resolved = path.resolve()
-    if resolved in taken:
-        raise UsageError(f"{option} {path} is the same file as {taken[resolved]}")
-    taken[resolved] = option
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"{option} {path}: cannot write under {parent}")
 
 
 def _load_results(path: Path) -> Comparison:
@@ -230,7 +215,7 @@ def register(app: typer.Typer, run_scenarios_callable: Runner | None = None) -> 
             check_overrides(loaded, overrides)
             taken = {baseline.resolve(): "--baseline"}
             for option, path in (("--markdown", markdown), ("--junit-xml", junit_xml), ("--json", json_path)):
-                _check_output_path(path, option, taken)
+                check_output_path(path, option, missing_folders_allowed=True, taken=taken)
             if results is None and run_scenarios_callable is None:
                 raise UsageError("this memprobe cannot run scenarios here; pass --results RUN_DIR")
             options = launch_options(device, out_dir, timeout)
@@ -342,7 +327,7 @@ def _validate_update(out: Path, scenarios_file: Path | None, from_dir: Path | No
         raise UsageError(f"nothing to measure: {out} does not exist yet; give --scenarios FILE or --from RUN_DIR")
     if from_dir is not None and not from_dir.exists():
         raise UsageError(f"--from {from_dir} does not exist")
-    _check_output_path(out, "--out", {})
+    check_output_path(out, "--out", missing_folders_allowed=True)
     return existing
 
 

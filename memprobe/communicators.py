@@ -106,7 +106,7 @@ class PyNccl:
             # As SGLang 0.5.23 (pynccl.py:132-138): the warm-up tensor is allocated *on* the new stream, so
             # torch's caching allocator keeps a 2 MiB segment per communicator until empty_cache. Allocating
             # it on the current stream instead put the reference engine 2 MiB below SGLang per pynccl
-            # (measured on 4 x H200, results/h200x4-sglang-20261127/, issue 8).
+            # (4 x H200, results/sglang-fidelity-20261127/x4-before-fix/, issue 8).
             stream = torch.cuda.Stream()
             with torch.cuda.stream(stream):
                 data = torch.zeros(1, dtype=torch.float32, device=device)

@@ -39,6 +39,7 @@ CASES = {
     "unwritable export folder": ["compare", "--device", "cpu", "--tp", "2", "--csv", "no/such/folder/out.csv"],
     "export with the wrong suffix": ["compare", "--device", "cpu", "--tp", "2", "--plot", "out.gif"],
     "export path that is a folder": ["compare", "--device", "cpu", "--tp", "2", "--json", "afolder"],
+    "two exports naming one file": ["compare", "--device", "cpu", "--tp", "2", "--csv", "out.csv", "--summary-csv", "./out.csv"],
     "output folder under a file": ["run", "--device", "cpu", "--tp", "2", "--out-dir", "afile/results"],
     "report of a missing folder": ["report", "does-not-exist"],
     "report of a folder that is not a run": ["report", "afolder"],

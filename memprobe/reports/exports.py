@@ -36,8 +36,8 @@ import pandas as pd
 from memprobe.attribution import components_by_rank, rank_readings, step_deltas
 from memprobe.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
-from memprobe.reports.fidelity import fidelity_document
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
+from memprobe.reports.fidelity import fidelity_document
 from memprobe.results import atomic_write_text
 from memprobe.scenarios import Comparison
 
@@ -182,7 +182,8 @@ def write_summary_csv(comparison: Comparison, path: str | Path) -> None:
 
 
 def comparison_document(comparison: Comparison) -> dict[str, Any]:
-    """Everything in one JSON-ready dict: definitions, run records, components by rank and readings."""
+    """Everything in one JSON-ready dict: definitions, run records, components by rank and readings, and
+    (only when the comparison pairs both engines) the fidelity report under ``fidelity``."""
     scenarios = []
     for item in comparison.runs:
         scenarios.append(

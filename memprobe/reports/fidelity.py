@@ -79,11 +79,12 @@ def _added(item: ScenarioRun) -> dict[tuple[str, str], tuple[dict[int, int | Non
 
 def differences(reference: ScenarioRun, sglang: ScenarioRun) -> list[StepDifference]:
     left, right = _added(reference), _added(sglang)
-    keys = list(left) + [key for key in right if key not in left]
-    empty: tuple[dict, dict] = ({}, {})
-    return [StepDifference(group, step, left.get((group, step), empty)[0], right.get((group, step), empty)[0],
-                           left.get((group, step), empty)[1], right.get((group, step), empty)[1])
-            for group, step in keys]
+    result = []
+    for key in list(left) + [key for key in right if key not in left]:
+        reference_bytes, reference_cache = left.get(key, ({}, {}))
+        sglang_bytes, sglang_cache = right.get(key, ({}, {}))
+        result.append(StepDifference(key[0], key[1], reference_bytes, sglang_bytes, reference_cache, sglang_cache))
+    return result
 
 
 def _beyond(difference: StepDifference) -> bool:
