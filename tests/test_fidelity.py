@@ -140,15 +140,17 @@ def test_json_export_carries_the_fidelity_report_only_for_engine_pairs():
 
 # ------------------------------------------------------------------------------- committed GPU runs
 
-@pytest.mark.parametrize("folder, names", [
-    ("x2/compare-tp2-ep2-engines", ("tp2", "tp2-ep2-full", "tp2-ep2-lean")),
+@pytest.mark.parametrize("folder, names, gpu", [
+    ("x2/compare-tp2-ep2-engines", ("tp2", "tp2-ep2-full", "tp2-ep2-lean"), "NVIDIA H200"),
+    ("x4/compare-tp4-ep2-engines", ("tp4", "tp4-ep2-full", "tp4-ep2-lean"), "NVIDIA H100 80GB HBM3"),
 ])
-def test_committed_fidelity_after_the_stream_fix_is_within_tolerance(folder, names):
+def test_committed_fidelity_after_the_stream_fix_is_within_tolerance(folder, names, gpu):
     comparison = load_comparison(COMMITTED / folder)
     found = pairs(comparison)
     assert [reference.scenario.name for reference, _ in found] == list(names)
     for reference, sglang in found:
-        assert sglang.run.record.environment["gpu_model"] == "NVIDIA H200"
+        assert sglang.run.record.environment["gpu_model"] == gpu
+        assert sglang.run.record.environment["sglang"] == "0.5.23" and sglang.run.record.engine == "sglang"
         for difference in differences(reference, sglang):
             assert difference.reference_bytes and difference.sglang_bytes, (difference.group, difference.step)
             assert difference.largest is not None and difference.largest <= 2 * MiB, (difference.group, difference.step)
