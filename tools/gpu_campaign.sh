@@ -7,12 +7,8 @@ R=${1:?usage: gpu_campaign.sh RESULTS_FOLDER}
 mkdir -p "$R/runs"
 export PYTHONUNBUFFERED=1 COLUMNS=160
 M="python3 -m memprobe"
-{
-  date -u; nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  nvidia-smi topo -m
-  python3 -c "import torch,platform;print('torch',torch.__version__,'cuda',torch.version.cuda,'nccl',torch.cuda.nccl.version(),'python',platform.python_version())"
-  env | grep -E '^(NCCL|TORCH_NCCL|TORCH_SYMM|NVSHMEM|CUDA_)' | sort
-} > "$R/environment.txt" 2>&1
+. "$(dirname "$0")/gpu_lib.sh"
+record_environment "$R/environment.txt"
 # issue 2: one run per scenario
 $M run --tp 4 --quiet --out-dir "$R/runs" --run-id tp4-lean > "$R/runs/tp4-lean.txt" 2>&1 || true
 $M run --tp 4 --ep 2 --stack full --quiet --out-dir "$R/runs" --run-id tp4-ep2-full > "$R/runs/tp4-ep2-full.txt" 2>&1

@@ -12,20 +12,10 @@ T=/tmp/sgl-site
 bash tools/sglang_offline/install.sh python3 "$T" > "$R/sglang-install.txt" 2>&1
 export PYTHONPATH=$T
 M="python3 -m memprobe"
-{
-  date -u; nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  nvidia-smi topo -m
-  python3 -c "import torch,platform;print('torch',torch.__version__,'cuda',torch.version.cuda,'nccl',torch.cuda.nccl.version(),'python',platform.python_version())"
-  python3 -c "import sglang;print('sglang',sglang.__version__,sglang.__file__)"
-  echo "sgl_kernel: stand-in from tools/sglang_offline/sgl_kernel (raises if called)"
-  env | grep -E '^(NCCL|TORCH_NCCL|TORCH_SYMM|NVSHMEM|CUDA_)' | sort
-} > "$R/environment.txt" 2>&1
-timed() {  # timed LOG SECONDS COMMAND...: run, append exit code and wall time to LOG
-  local log=$1 limit=$2; shift 2
-  local start=$(date +%s)
-  timeout "$limit" "$@" >> "$log" 2>&1
-  echo "exit code $? after $(( $(date +%s) - start )) s" >> "$log"
-}
+. "$(dirname "$0")/gpu_lib.sh"
+record_environment "$R/environment.txt"
+python3 -c "import sglang;print('sglang',sglang.__version__,sglang.__file__)" >> "$R/environment.txt" 2>&1
+echo "sgl_kernel: stand-in from tools/sglang_offline/sgl_kernel (raises if called)" >> "$R/environment.txt"
 # SGLang JIT-compiles custom all-reduce v2 on first use (cached afterwards under its JIT cache folder);
 # this first run pays for the compile so the measured runs below do not.
 timed "$R/runs/sglang-jit-warmup.txt" 300 $M run --tp 4 --ep 2 --stack full --engine sglang --quiet \

@@ -10,22 +10,12 @@ R=${1:?usage: gpu_campaign4.sh RESULTS_FOLDER}
 mkdir -p "$R/runs"
 export PYTHONUNBUFFERED=1 COLUMNS=160
 M="python3 -m memprobe"
-timed() {  # timed LOG SECONDS COMMAND...: run, append exit code and wall time to LOG
-  local log=$1 limit=$2; shift 2
-  local start=$(date +%s)
-  timeout "$limit" "$@" >> "$log" 2>&1
-  echo "exit code $? after $(( $(date +%s) - start )) s" >> "$log"
-}
+. "$(dirname "$0")/gpu_lib.sh"
 T=/tmp/sgl-site
 bash tools/sglang_offline/install.sh python3 "$T" > "$R/sglang-install.txt" 2>&1
-{
-  date -u; nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  nvidia-smi topo -m
-  python3 -c "import torch,platform;print('torch',torch.__version__,'cuda',torch.version.cuda,'nccl',torch.cuda.nccl.version(),'python',platform.python_version())"
-  PYTHONPATH=$T python3 -c "import sglang;print('sglang',sglang.__version__,sglang.__file__)"
-  echo "sgl_kernel: stand-in from tools/sglang_offline/sgl_kernel (raises if called)"
-  env | grep -E '^(NCCL|TORCH_NCCL|TORCH_SYMM|NVSHMEM|CUDA_)' | sort
-} > "$R/environment.txt" 2>&1
+record_environment "$R/environment.txt"
+PYTHONPATH=$T python3 -c "import sglang;print('sglang',sglang.__version__,sglang.__file__)" >> "$R/environment.txt" 2>&1
+echo "sgl_kernel: stand-in from tools/sglang_offline/sgl_kernel (raises if called)" >> "$R/environment.txt"
 # SGLang first. The first SGLang run JIT-compiles custom all-reduce v2 (cached afterwards); the compile
 # takes time, not GPU memory (pass 1 measured the same bytes with and without it).
 for layout in "tp$TP-ep$EP-full:--ep $EP --stack full" "tp$TP-ep$EP-lean:--ep $EP --stack lean" "tp$TP:"; do

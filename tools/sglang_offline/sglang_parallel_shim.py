@@ -15,72 +15,63 @@ it does nothing if the real sampler is already imported or importable
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
 _NAME = "sglang.srt.layers.sampler"
+_BOOT = "sglang.srt.distributed.bootstrap"
+
+
+def _install_standin(name: str, doc: str, try_real: bool, fill) -> bool:
+    """Register a stand-in module ``name`` (filled in by ``fill(module)``) unless the real one is in use.
+
+    Return True if the stand-in was installed, False if the real module is used.
+    """
+    if name in sys.modules:
+        return bool(getattr(sys.modules[name], "IS_STANDIN", False))
+    if try_real:
+        try:
+            __import__(name)
+            return False
+        except ImportError:
+            pass
+    parent_name, _, child = name.rpartition(".")
+    parent = importlib.import_module(parent_name)  # the parent package must exist
+    mod = types.ModuleType(name, doc)
+    mod.IS_STANDIN = True
+    fill(mod)
+
+    def __getattr__(attr):
+        raise AttributeError(f"{name} is a stand-in (sglang_parallel_shim); {attr!r} is not available")
+
+    mod.__getattr__ = __getattr__
+    sys.modules[name] = mod
+    setattr(parent, child, mod)
+    return True
 
 
 def install_sampler_standin(try_real: bool = False) -> bool:
     """Return True if the stand-in was installed, False if the real module is used."""
-    if _NAME in sys.modules:
-        return bool(getattr(sys.modules[_NAME], "IS_STANDIN", False))
-    if try_real:
-        try:
-            __import__(_NAME)
-            return False
-        except ImportError:
-            pass
-    import sglang.srt.layers  # noqa: F401  (parent package must exist)
-    from sglang.srt.utils import get_bool_env_var
+    def fill(mod) -> None:
+        from sglang.srt.utils import get_bool_env_var
 
-    mod = types.ModuleType(_NAME, "stand-in: only SYNC_TOKEN_IDS_ACROSS_TP")
-    mod.SYNC_TOKEN_IDS_ACROSS_TP = get_bool_env_var("SYNC_TOKEN_IDS_ACROSS_TP")
-    mod.IS_STANDIN = True
+        mod.SYNC_TOKEN_IDS_ACROSS_TP = get_bool_env_var("SYNC_TOKEN_IDS_ACROSS_TP")
 
-    def __getattr__(attr):
-        raise AttributeError(
-            f"{_NAME} is a stand-in (sglang_parallel_shim); {attr!r} is not available"
-        )
-
-    mod.__getattr__ = __getattr__
-    sys.modules[_NAME] = mod
-    setattr(sys.modules["sglang.srt.layers"], "sampler", mod)
-    return True
-
-
-_BOOT = "sglang.srt.distributed.bootstrap"
+    return _install_standin(_NAME, "stand-in: only SYNC_TOKEN_IDS_ACROSS_TP", try_real, fill)
 
 
 def install_bootstrap_standin(try_real: bool = False) -> bool:
     """Return True if the stand-in was installed, False if the real module is used."""
-    if _BOOT in sys.modules:
-        return bool(getattr(sys.modules[_BOOT], "IS_STANDIN", False))
-    if try_real:
-        try:
-            __import__(_BOOT)
-            return False
-        except ImportError:
-            pass
-    import sglang.srt.distributed  # noqa: F401
-
-    mod = types.ModuleType(_BOOT, "stand-in: only reset_parallel_initialised")
-    mod._PARALLEL_INITIALISED = False
-    mod.IS_STANDIN = True
-
-    def reset_parallel_initialised() -> None:
+    def fill(mod) -> None:
         mod._PARALLEL_INITIALISED = False
 
-    def __getattr__(attr):
-        raise AttributeError(
-            f"{_BOOT} is a stand-in (sglang_parallel_shim); {attr!r} is not available"
-        )
+        def reset_parallel_initialised() -> None:
+            mod._PARALLEL_INITIALISED = False
 
-    mod.reset_parallel_initialised = reset_parallel_initialised
-    mod.__getattr__ = __getattr__
-    sys.modules[_BOOT] = mod
-    setattr(sys.modules["sglang.srt.distributed"], "bootstrap", mod)
-    return True
+        mod.reset_parallel_initialised = reset_parallel_initialised
+
+    return _install_standin(_BOOT, "stand-in: only reset_parallel_initialised", try_real, fill)
 
 
 def install_standins(try_real: bool = False) -> dict:
