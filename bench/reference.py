@@ -16,10 +16,10 @@ started = time.monotonic()
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from memprobe import nvml  # noqa: E402
-from memprobe.communicators import PyNccl, allocate_custom_allreduce, custom_allreduce_eligibility  # noqa: E402
-from memprobe.layout import Layout, plan_groups  # noqa: E402
-from memprobe.stacks import resolve_stack  # noqa: E402
+from memprobe.measure import nvml  # noqa: E402
+from memprobe.measure.communicators import PyNccl, allocate_custom_allreduce, custom_allreduce_eligibility  # noqa: E402
+from memprobe.model.layout import Layout, plan_groups  # noqa: E402
+from memprobe.model.stacks import resolve_stack  # noqa: E402
 
 parser = argparse.ArgumentParser()
 for name in ("tp", "ep", "pp"):

@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from memprobe.attribution import components_by_rank  # noqa: E402
-from memprobe.compare import load_comparison  # noqa: E402
-from memprobe.results import load_run  # noqa: E402
+from memprobe.analysis.attribution import components_by_rank  # noqa: E402
+from memprobe.model.comparison import load_comparison  # noqa: E402
+from memprobe.model.records import load_run  # noqa: E402
 
 MiB = 1 << 20
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memprobe.compare import write_comparison_index
-from memprobe.layout import Layout, plan_groups
-from memprobe.results import RankInfo, Reading, Run, RunRecord, write_run
-from memprobe.scenarios import Comparison, Scenario, ScenarioRun, ScenarioSet
-from memprobe.stacks import resolve_stack
+from memprobe.model.comparison import write_comparison_index
+from memprobe.model.layout import Layout, plan_groups
+from memprobe.model.records import RankInfo, Reading, Run, RunRecord, write_run
+from memprobe.model.comparison import Comparison, ScenarioRun
+from memprobe.model.scenario import Scenario, ScenarioSet
+from memprobe.model.stacks import resolve_stack
 
 MiB = 1 << 20
 

@@ -65,7 +65,7 @@ def _prepare(folder: Path) -> None:
     (folder / "corrupt-run").mkdir()
     (folder / "corrupt-run" / "run.json").write_text('{"schema_version": 1, "run_id": ')
     from support import headline_scenarios, synthetic_run
-    from memprobe.results import write_run
+    from memprobe.model.records import write_run
 
     run = synthetic_run(headline_scenarios().scenarios[0])
     (folder / "truncated-run").mkdir()
@@ -95,10 +95,11 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(memprobe, tmp_path, ar
 
 def test_more_gpus_than_visible_is_refused_before_launch(monkeypatch):
     """The GPU-count check, with a fake NVML boundary reporting two GPUs."""
-    from memprobe import launcher, nvml
-    from memprobe.config import LaunchOptions
-    from memprobe.layout import Layout
-    from memprobe.scenarios import Scenario
+    from memprobe.launch import supervisor as launcher
+    from memprobe.measure import nvml
+    from memprobe.launch.options import LaunchOptions
+    from memprobe.model.layout import Layout
+    from memprobe.model.scenario import Scenario
 
     gpus = [nvml.GpuIdentity(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", f"0000:0{i}:00.0") for i in range(2)]
     monkeypatch.setattr(nvml, "visible_gpus", lambda environ=None: gpus)
@@ -109,10 +110,11 @@ def test_more_gpus_than_visible_is_refused_before_launch(monkeypatch):
 
 
 def test_no_gpu_at_all_says_to_use_cpu(monkeypatch):
-    from memprobe import launcher, nvml
-    from memprobe.config import LaunchOptions
-    from memprobe.layout import Layout
-    from memprobe.scenarios import Scenario
+    from memprobe.launch import supervisor as launcher
+    from memprobe.measure import nvml
+    from memprobe.launch.options import LaunchOptions
+    from memprobe.model.layout import Layout
+    from memprobe.model.scenario import Scenario
 
     monkeypatch.setattr(nvml, "visible_gpus", lambda environ=None: nvml.NotAvailable("NVML unavailable: no driver"))
     with pytest.raises(UsageError) as error:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from memprobe.attribution import components_by_rank
-from memprobe.compare import load_comparison
+from memprobe.analysis.attribution import components_by_rank
+from memprobe.model.comparison import load_comparison
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "h200x4-20261127"

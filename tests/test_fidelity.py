@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support import MiB, headline_scenarios, synthetic_run  # noqa: E402
 
-from memprobe.attribution import TOTAL_AFTER_FIRST_USE, components_by_rank  # noqa: E402
-from memprobe.compare import load_comparison  # noqa: E402
+from memprobe.analysis.attribution import TOTAL_AFTER_FIRST_USE, components_by_rank  # noqa: E402
+from memprobe.model.comparison import load_comparison  # noqa: E402
 from memprobe.reports.exports import comparison_document  # noqa: E402
 from memprobe.reports.fidelity import differences, fidelity_document, pairs, render_fidelity  # noqa: E402
-from memprobe.results import Run  # noqa: E402
-from memprobe.scenarios import Comparison, ScenarioRun  # noqa: E402
+from memprobe.model.records import Run  # noqa: E402
+from memprobe.model.comparison import Comparison, ScenarioRun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"

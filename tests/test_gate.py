@@ -19,38 +19,32 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-import typer
+from unittest import mock
+
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support import ENVIRONMENT, MiB, headline_scenarios, synthetic_comparison, synthetic_run, write_comparison  # noqa: E402
 
-from memprobe.baseline import (  # noqa: E402
+from memprobe.gate.baseline import (  # noqa: E402
     ThresholdRule,
     build_baseline,
     load_baseline,
     parse_document,
     write_baseline,
 )
-from memprobe.cli_gate import register  # noqa: E402
-from memprobe.config import LaunchOptions  # noqa: E402
+from memprobe import cli as memprobe_cli  # noqa: E402
+from memprobe.launch.options import LaunchOptions  # noqa: E402
 from memprobe.errors import ExitCode, MeasurementError, UsageError  # noqa: E402
-from memprobe.gate import (  # noqa: E402
-    Limit,
-    build_junit_xml,
-    format_mib,
-    judge,
-    parse_size,
-    parse_threshold_spec,
-    render_lines,
-    render_markdown,
-    render_table,
-    resolve_limit,
-)
-from memprobe.results import Failure  # noqa: E402
-from memprobe.scenarios import Comparison, Scenario, ScenarioRun, ScenarioSet  # noqa: E402
-from memprobe.stacks import resolve_stack  # noqa: E402
+from memprobe.gate.judge import judge  # noqa: E402
+from memprobe.gate.render import build_junit_xml, render_lines, render_markdown, render_table  # noqa: E402
+from memprobe.units import mib_precise  # noqa: E402
+from memprobe.gate.thresholds import Limit, parse_size, parse_threshold_spec, resolve_limit  # noqa: E402
+from memprobe.model.records import Failure  # noqa: E402
+from memprobe.model.comparison import Comparison, ScenarioRun  # noqa: E402
+from memprobe.model.scenario import Scenario, ScenarioSet  # noqa: E402
+from memprobe.model.stacks import resolve_stack  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "gate"
 LEAN = "tp4-ep2-lean"
@@ -265,10 +259,10 @@ def test_threshold_specs_and_sizes():
     for bad in ("relative", "relative=5%,relative=6%", "metric=tp/*", "size=5", "absolute=64MB", "relative=lots"):
         with pytest.raises(UsageError):
             parse_threshold_spec(bad)
-    assert format_mib(486 * MiB, signed=True) == "+486 MiB"
-    assert format_mib(-int(7.5 * MiB), signed=True) == "-7.5 MiB"
-    assert format_mib(-int(37.5 * MiB), signed=True) == "-38 MiB"
-    assert format_mib(512) == "512 B"
+    assert mib_precise(486 * MiB, signed=True) == "+486 MiB"
+    assert mib_precise(-int(7.5 * MiB), signed=True) == "-7.5 MiB"
+    assert mib_precise(-int(37.5 * MiB), signed=True) == "-38 MiB"
+    assert mib_precise(512) == "512 B"
 
 
 # --------------------------------------------------------------------------- judging
@@ -470,7 +464,7 @@ class FakeRunner:
     def __init__(self, comparison: Comparison | None = None, error: Exception | None = None):
         self.comparison, self.error, self.calls = comparison, error, []
 
-    def __call__(self, scenario_set: ScenarioSet, options: LaunchOptions) -> Comparison:
+    def __call__(self, scenario_set: ScenarioSet, options: LaunchOptions, **launch: object) -> Comparison:
         self.calls.append((scenario_set, options))
         if self.error is not None:
             raise self.error
@@ -479,14 +473,12 @@ class FakeRunner:
         return Comparison("fake", names[0], [item for item in comparison.runs if item.scenario.name in names])
 
 
-def cli(runner=None):
-    app = typer.Typer()
-    register(app, runner)
-    return app
-
-
 def invoke(args, runner=None, env=None):
-    return CliRunner().invoke(cli(runner), args, env=env)
+    """The real memprobe app; ``runner`` stands in for the launcher (memprobe.launch.several.run_scenarios)."""
+    if runner is None:
+        return CliRunner().invoke(memprobe_cli.app, args, env=env)
+    with mock.patch("memprobe.launch.several.run_scenarios", runner):
+        return CliRunner().invoke(memprobe_cli.app, args, env=env)
 
 
 def save(comparison: Comparison, path: str = "runs/current") -> str:
@@ -515,7 +507,7 @@ def test_cli_gate_regression_writes_every_report(workdir):
     assert "tp4-ep2-lean rank 0 moe_ep/pynccl +484 MiB over baseline (baseline 0); limit +5% and +64 MiB" in result.stdout
     markdown = Path("out/gate.md").read_text()
     assert markdown.startswith("### memprobe gate: FAIL, 24 regressions")
-    assert Path("summary.md").read_text() == "earlier step\n" + markdown + "\n"
+    assert Path("summary.md").read_text() == "earlier step\n\n" + markdown
     suite = ElementTree.parse("out/gate.xml").getroot().find("testsuite")
     assert suite.get("failures") == "4"
     report = json.loads(Path("out/gate.json").read_text())
@@ -594,8 +586,8 @@ def test_cli_gate_runs_the_baseline_scenarios(workdir):
     assert result.exit_code == 3
     assert "Measurement failed:** rank 1 failed" in Path("gate.md").read_text()
 
-    no_runner = invoke(["gate", "--baseline", "baseline.json"])
-    assert no_runner.exit_code == 2 and "pass --results" in no_runner.stderr
+    no_gpu = invoke(["gate", "--baseline", "baseline.json"], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert no_gpu.exit_code == 2 and "no NVIDIA GPU visible" in no_gpu.stderr
 
 
 def test_cli_baseline_update_from_results(workdir):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from memprobe.errors import ExitCode, UsageError
-from memprobe.layout import GROUP_ORDER, Layout, plan_groups
-from memprobe.stacks import FULL, LEAN, GroupFlags
+from memprobe.model.layout import GROUP_ORDER, Layout, plan_groups
+from memprobe.model.stacks import FULL, LEAN, GroupFlags
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sglang-0.5.23-layouts.json"
 #: sha256 of sglang/srt/distributed/parallel_state.py in the sglang-0.5.23 wheel.

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from memprobe.attribution import components_by_rank
-from memprobe.compare import load_comparison
-from memprobe.launcher import RUN_TOKEN_VARIABLE, expected_readings
-from memprobe.layout import Layout, plan_groups
-from memprobe.results import load_run
-from memprobe.scenarios import Scenario
+from memprobe.analysis.attribution import components_by_rank
+from memprobe.model.comparison import load_comparison
+from memprobe.launch.supervisor import RUN_TOKEN_VARIABLE, expected_readings
+from memprobe.model.layout import Layout, plan_groups
+from memprobe.model.records import load_run
+from memprobe.model.scenario import Scenario
 
 
 def leftover_memprobe_processes(folder: Path) -> list[int]:
@@ -207,7 +207,7 @@ def test_rank_warnings_reach_the_user(memprobe, tmp_path):
     """A warning a worker records (here: written into a saved run) is printed by report, once."""
     from support import headline_scenarios, synthetic_run
 
-    from memprobe.results import write_run
+    from memprobe.model.records import write_run
 
     run = synthetic_run(headline_scenarios().scenarios[1])
     for info in run.record.ranks:

@@ -6,9 +6,9 @@ import io
 import json
 import time
 
-from memprobe.cli import _stream_plan_json
-from memprobe.layout import Layout, plan_groups
-from memprobe.stacks import FULL, LEAN
+from memprobe.commands.plan import _stream_plan_json
+from memprobe.model.layout import Layout, plan_groups
+from memprobe.model.stacks import FULL, LEAN
 
 
 def test_plan_json_is_one_document_in_the_documented_shape(memprobe):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support import MiB, headline_scenarios, synthetic_comparison, synthetic_run, write_comparison  # noqa: E402
 
 from memprobe.errors import UsageError  # noqa: E402
-from memprobe.layout import Layout  # noqa: E402
+from memprobe.model.layout import Layout  # noqa: E402
 from memprobe.reports import (  # noqa: E402
     long_dataframe,
     render_comparison,
@@ -43,10 +43,11 @@ from memprobe.reports import (  # noqa: E402
     write_plot,
     write_summary_csv,
 )
-from memprobe.reports._format import mib, mib_unit  # noqa: E402
+from memprobe.units import mib, mib_unit  # noqa: E402
 from memprobe.reports.exports import LONG_COLUMNS, summary_columns  # noqa: E402
-from memprobe.results import RunRecord  # noqa: E402
-from memprobe.scenarios import Comparison, Scenario, ScenarioRun  # noqa: E402
+from memprobe.model.records import RunRecord  # noqa: E402
+from memprobe.model.comparison import Comparison, ScenarioRun  # noqa: E402
+from memprobe.model.scenario import Scenario  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("MEMPROBE_UPDATE_GOLDEN") == "1"

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from memprobe import nvml
-from memprobe.custom_allreduce_sizes import v2_supported_world_sizes, v2_workspace
-from memprobe.sampling import GpuSampler, HostSampler, host_rss_bytes
+from memprobe.measure import nvml
+from memprobe.measure.custom_allreduce_sizes import v2_supported_world_sizes, v2_workspace
+from memprobe.measure.sampling import GpuSampler, HostSampler, host_rss_bytes
 
 MiB = 1 << 20
 
@@ -140,7 +140,7 @@ def test_custom_allreduce_v2_sizes_match_sglang_tables():
 # ------------------------------------------------------------------ waiting for the driver to let go
 
 def _patch_launcher_nvml(monkeypatch, fake: FakeNvml) -> None:
-    from memprobe import launcher
+    from memprobe.launch import supervisor as launcher
 
     monkeypatch.setattr(launcher.nvml, "visible_gpus", lambda environment=None: list(fake.gpus))
     monkeypatch.setattr(launcher.nvml, "handle_by_uuid", fake.handle_by_uuid)
@@ -148,7 +148,7 @@ def _patch_launcher_nvml(monkeypatch, fake: FakeNvml) -> None:
 
 
 def test_wait_for_gpu_release_waits_while_nvml_still_lists_a_worker(monkeypatch):
-    from memprobe.launcher import wait_for_gpu_release
+    from memprobe.launch.supervisor import wait_for_gpu_release
 
     fake = FakeNvml()
     fake.processes["GPU-1"] = {4242: 600 * MiB, 7: 1 * MiB}  # 7: someone else's process, not waited for
@@ -167,7 +167,7 @@ def test_wait_for_gpu_release_waits_while_nvml_still_lists_a_worker(monkeypatch)
 
 
 def test_wait_for_gpu_release_gives_up_at_its_timeout_and_never_waits_without_pids_or_nvml(monkeypatch):
-    from memprobe.launcher import wait_for_gpu_release
+    from memprobe.launch.supervisor import wait_for_gpu_release
 
     fake = FakeNvml()
     fake.processes["GPU-0"] = {4242: 600 * MiB}
@@ -177,7 +177,7 @@ def test_wait_for_gpu_release_gives_up_at_its_timeout_and_never_waits_without_pi
     assert wait_for_gpu_release({99}, {}) < 0.05  # a PID NVML does not list (another PID namespace)
     fake.fail_processes = True
     assert wait_for_gpu_release({4242}, {}) < 0.05  # a failed query is not a reason to wait
-    from memprobe import launcher
+    from memprobe.launch import supervisor as launcher
 
     monkeypatch.setattr(launcher.nvml, "visible_gpus", lambda environment=None: nvml.NotAvailable("no driver"))
     assert wait_for_gpu_release({4242}, {}) == 0.0

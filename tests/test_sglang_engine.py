@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from memprobe.compare import with_engines
+from memprobe.model.scenario import with_engines
 from memprobe.errors import UsageError
-from memprobe.layout import Layout
-from memprobe.results import load_run
-from memprobe.scenarios import Scenario, ScenarioSet
-from memprobe.sglang_engine import REQUIRED_API, forced_flags, installed_sglang, sglang_widths
-from memprobe.stacks import load_stack_file, resolve_stack
+from memprobe.model.layout import Layout
+from memprobe.model.records import load_run
+from memprobe.model.scenario import Scenario, ScenarioSet
+from memprobe.measure.sglang_engine import REQUIRED_API, forced_flags, installed_sglang, sglang_widths
+from memprobe.model.stacks import load_stack_file, resolve_stack
 
 SGLANG_SITE = os.environ.get("MEMPROBE_TEST_SGLANG_SITE", "")
 

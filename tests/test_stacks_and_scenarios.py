@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from memprobe.config import LaunchOptions, recorded_environment, worker_environment
+from memprobe.launch.options import LaunchOptions, recorded_environment, worker_environment
 from memprobe.errors import UsageError
-from memprobe.layout import Layout
-from memprobe.scenarios import Scenario, load_scenario_file
-from memprobe.stacks import FULL, LEAN, load_stack_file, resolve_stack
+from memprobe.model.layout import Layout
+from memprobe.model.scenario import Scenario, load_scenario_file
+from memprobe.model.stacks import FULL, LEAN, load_stack_file, resolve_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from memprobe.attribution import (
+from memprobe.analysis.attribution import (
     CONTEXT,
     TOTAL_AFTER_FIRST_USE,
     TOTAL_AFTER_INIT,
@@ -21,10 +21,11 @@ from memprobe.attribution import (
     Spread,
     components_by_rank,
     spread,
+    subtract,
 )
-from memprobe.layout import GROUP_ORDER, Layout
-from memprobe.results import GROUP_INIT_STEPS, Run
-from memprobe.scenarios import Comparison, ScenarioRun
+from memprobe.model.layout import GROUP_ORDER, Layout
+from memprobe.model.records import GROUP_INIT_STEPS, Run
+from memprobe.model.comparison import Comparison, ScenarioRun
 
 MOE_GROUPS: tuple[str, ...] = ("moe_ep", "moe_tp")
 COMMUNICATOR_STEPS: tuple[str, ...] = ("pynccl", "custom_allreduce")
@@ -84,12 +85,6 @@ def sum_known(values: list[int | None]) -> int | None:
             return None
         total += value
     return total
-
-
-def subtract(after: int | None, before: int | None) -> int | None:
-    if after is None or before is None:
-        return None
-    return after - before
 
 
 @dataclass

@@ -14,7 +14,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from memprobe.reports._format import NA, UNIT, console_for, mib, mib_range, print_table
+from memprobe.reports._format import console_for, print_table
+
+from memprobe.units import NA, UNIT, mib, mib_range
 from memprobe.reports._model import (
     MOE_GROUPS,
     LeanSaving,
@@ -32,7 +34,7 @@ from memprobe.reports._model import (
     summarize,
     worst_deltas,
 )
-from memprobe.scenarios import Comparison
+from memprobe.model.comparison import Comparison
 
 BASELINE_MARK = "base"
 
@@ -279,7 +281,7 @@ def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 1
     """Write the headline table, the lean-saves lines and the MoE communicator table to ``stream``.
 
     Args:
-        comparison: runs of several scenarios (``memprobe.compare.load_comparison``).
+        comparison: runs of several scenarios (``memprobe.model.comparison.load_comparison``).
         stream: where the text goes.
         width: characters per line; fixed so that output does not depend on the terminal.
         per_rank: one row per scenario and rank instead of the worst rank with the spread.

@@ -26,20 +26,19 @@ Column contracts (stable; new columns are only ever appended):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from memprobe.attribution import components_by_rank, rank_readings, step_deltas
-from memprobe.layout import GROUP_ORDER
+from memprobe.analysis.attribution import components_by_rank, rank_readings, step_deltas
+from memprobe.model.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
 from memprobe.reports.fidelity import fidelity_document
-from memprobe.results import atomic_write_text
-from memprobe.scenarios import Comparison
+from memprobe.model.records import append_step_summary, atomic_write_text
+from memprobe.model.comparison import Comparison
 
 JSON_SCHEMA_VERSION = 1
 LONG_COLUMNS: tuple[str, ...] = (
@@ -62,7 +61,6 @@ LONG_COLUMNS: tuple[str, ...] = (
 )
 _LONG_INT = ("rank", "sequence", "primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes",
              "other_gpus_bytes", "added_bytes")
-STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 
 def _typed(frame: pd.DataFrame, int_columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
@@ -257,23 +255,10 @@ def render_markdown(comparison: Comparison, *, per_rank: bool = False) -> str:
 
 
 def write_markdown(comparison: Comparison, path: str | Path) -> None:
-    """Write :func:`render_markdown` to ``path``; also append it to ``$GITHUB_STEP_SUMMARY`` when set.
-
-    The step summary is appended by rewriting the whole file through
-    :func:`memprobe.results.atomic_write_text` (old content + ours), so a reader never sees half of it.
-    """
+    """Write :func:`render_markdown` to ``path``; also append it to ``$GITHUB_STEP_SUMMARY`` when set."""
     text = render_markdown(comparison)
     atomic_write_text(path, text)
-    summary = os.environ.get(STEP_SUMMARY_ENV)
-    if summary:
-        summary_path = Path(summary)
-        try:
-            existing = summary_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            existing = ""
-        if existing and not existing.endswith("\n"):
-            existing += "\n"
-        atomic_write_text(summary_path, existing + ("\n" if existing else "") + text)
+    append_step_summary(text)
 
 
 __all__ = [

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from memprobe.attribution import TOTAL_AFTER_FIRST_USE, TOTAL_AFTER_INIT, components_by_rank, rank_readings, step_deltas
-from memprobe.scenarios import Comparison, ScenarioRun
+from memprobe.analysis.attribution import TOTAL_AFTER_FIRST_USE, TOTAL_AFTER_INIT, components_by_rank, rank_readings, step_deltas
+from memprobe.model.comparison import Comparison, ScenarioRun
 
-MiB = 1 << 20
+from memprobe.units import MIB as MiB, mib
+
 TOLERANCE_BYTES = 2 * MiB
 
 
@@ -117,8 +118,6 @@ def fidelity_document(comparison: Comparison) -> list[dict[str, Any]]:
     return document
 
 
-def _mib(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / MiB:,.1f}"
 
 
 def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
@@ -140,19 +139,19 @@ def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
                 beyond.append(f"{label} (only in {'SGLang' if not difference.reference_bytes else 'the reference engine'})")
             elif _beyond(difference):
                 cause = ", all of it torch's cache" if difference.all_in_torch_cache else ""
-                beyond.append(f"{label} ({_mib(largest)} MiB{cause})")
+                beyond.append(f"{label} ({mib(largest, decimals=1)} MiB{cause})")
             if difference.all_in_torch_cache:
                 cache_only.append(label)
             if (ref_max or 0) == 0 and (sgl_max or 0) == 0 and (largest or 0) == 0:
                 continue  # nothing happened in either engine
-            print(f"{label:<32} {_mib(ref_max):>14} {_mib(sgl_max):>11} {_mib(largest):>15} "
-                  f"{_mib(difference.largest_cache):>19}", file=stream)
+            print(f"{label:<32} {mib(ref_max, decimals=1):>14} {mib(sgl_max, decimals=1):>11} {mib(largest, decimals=1):>15} "
+                  f"{mib(difference.largest_cache, decimals=1):>19}", file=stream)
         left, right = components_by_rank(reference.run), components_by_rank(sglang.run)
         for key in (TOTAL_AFTER_INIT, TOTAL_AFTER_FIRST_USE):
             per_rank = []
             for rank in sorted(left):
                 a, b = left[rank].get(key), right.get(rank, {}).get(key)
-                per_rank.append(f"{rank}: {_mib(None if a is None or b is None else b - a)}")
+                per_rank.append(f"{rank}: {mib(None if a is None or b is None else b - a, decimals=1)}")
             print(f"{key.replace('_', ' ')}: SGLang minus reference per rank (MiB): {', '.join(per_rank)}", file=stream)
         if cache_only:
             print(f"differences that are torch's caching allocator on every rank (torch-reserved bytes moved by "

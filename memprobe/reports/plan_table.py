@@ -7,8 +7,8 @@ from typing import TextIO
 from rich.console import Console
 from rich.table import Table
 
-from memprobe.layout import Plan
-from memprobe.stacks import Stack
+from memprobe.model.layout import Plan
+from memprobe.model.stacks import Stack
 
 MAX_LISTS_SHOWN = 4
 

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memprobe.errors import UsageError
-from memprobe.results import atomic_write_bytes
-from memprobe.reports._format import MIB, UNIT, mib_unit
+from memprobe.model.records import atomic_write_bytes
+from memprobe.units import MIB, UNIT, mib_unit
 from memprobe.reports._model import (
     GROUP_INIT_STEPS,
     ScenarioSummary,
     built_group_names,
     summarize,
 )
-from memprobe.scenarios import Comparison
+from memprobe.model.comparison import Comparison
 
 PLOT_SUFFIXES: tuple[str, ...] = (".png", ".svg")
 MISSING_MATPLOTLIB = "--plot needs matplotlib: pip install 'memprobe[plot]'"
@@ -30,7 +30,7 @@ _STEP_ALPHA = {"groups_created": 0.35, "pynccl": 1.0, "custom_allreduce": 0.6}
 
 @dataclass(frozen=True)
 class Segment:
-    key: str  # component key, as in memprobe.attribution
+    key: str  # component key, as in memprobe.analysis.attribution
     label: str
     color: str
     alpha: float = 1.0

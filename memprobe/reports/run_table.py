@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from memprobe.attribution import (
+from memprobe.analysis.attribution import (
     CONTEXT,
     TOTAL_AFTER_FIRST_USE,
     TOTAL_AFTER_INIT,
@@ -18,9 +18,10 @@ from memprobe.attribution import (
     components_by_rank,
     spread,
 )
-from memprobe.reports._format import NA, UNIT, console_for, mib, print_table
+from memprobe.reports._format import console_for, print_table
+from memprobe.units import NA, UNIT, mib
 from memprobe.reports._model import COMMUNICATOR_STEPS, GroupInfo, layout_flags, plan_of
-from memprobe.results import GROUP_INIT_STEPS, Run
+from memprobe.model.records import GROUP_INIT_STEPS, Run
 
 STEP_LABELS = {
     "groups_created": "groups created (NCCL + gloo)",
@@ -139,7 +140,7 @@ def render_run(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool = 
     """Write one run's table to ``stream``.
 
     Args:
-        run: a loaded run (``memprobe.results.load_run``) or a synthetic one.
+        run: a loaded run (``memprobe.model.records.load_run``) or a synthetic one.
         stream: where the text goes (``sys.stdout``, a ``StringIO``...).
         width: characters per line; fixed so that output does not depend on the terminal.
         per_rank: one column per rank instead of min / median / max and the worst rank.

@@ -62,7 +62,16 @@ def install_sampler_standin(try_real: bool = False) -> bool:
 
 
 def install_bootstrap_standin(try_real: bool = False) -> bool:
-    """Return True if the stand-in was installed, False if the real module is used."""
+    """Return True if the stand-in was installed, False if the real module is used.
+
+    Only releases that have ``sglang/srt/distributed/bootstrap.py`` (0.5.2x) get it; 0.5.10.post1 and
+    0.5.11 have no such module and their ``destroy_model_parallel()`` does not import it.
+    """
+    if _BOOT not in sys.modules:
+        import importlib.util
+
+        if importlib.util.find_spec(_BOOT) is None:
+            return False
     def fill(mod) -> None:
         mod._PARALLEL_INITIALISED = False
 
@@ -74,7 +83,62 @@ def install_bootstrap_standin(try_real: bool = False) -> bool:
     return _install_standin(_BOOT, "stand-in: only reset_parallel_initialised", try_real, fill)
 
 
+_CFG_AUTO = "transformers.models.auto.configuration_auto"
+
+
+def _patch_autoconfig_register(mod) -> None:
+    auto = getattr(mod, "AutoConfig", None)
+    if auto is None or getattr(auto.register, "_sglang_shim", False):
+        return
+    orig = auto.register
+
+    def register(model_type, config, exist_ok=False):
+        return orig(model_type, config, exist_ok=True)
+
+    register._sglang_shim = True
+    auto.register = staticmethod(register)
+
+
+class _ConfigAutoHook:
+    """Meta-path hook: once transformers' configuration_auto is loaded, patch AutoConfig.register."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != _CFG_AUTO:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            real_exec(module)
+            _patch_autoconfig_register(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def install_autoconfig_exist_ok() -> bool:
+    """Make ``transformers.AutoConfig.register`` behave as with ``exist_ok=True``.
+
+    SGLang 0.5.11's ``sglang.srt.configs`` (imported by ``server_args`` and so by ``GroupCoordinator``)
+    runs ``AutoConfig.register("qwen3_asr", ...)`` without ``exist_ok``; transformers >= 5.x (5.17 on the
+    GPU image) already has ``qwen3_asr`` and raises "'qwen3_asr' is already used by a Transformers
+    config". 0.5.23 itself passes ``exist_ok=True`` there. transformers is not imported here: a
+    meta-path hook patches it when it is loaded (or now, if it already is). Returns True if patched now.
+    """
+    if _CFG_AUTO in sys.modules:
+        _patch_autoconfig_register(sys.modules[_CFG_AUTO])
+        return True
+    if not any(isinstance(f, _ConfigAutoHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ConfigAutoHook())
+    return False
+
+
 def install_standins(try_real: bool = False) -> dict:
+    install_autoconfig_exist_ok()  # first: importing sglang.srt.layers may reach sglang.srt.configs
     return {
         "sampler": install_sampler_standin(try_real=try_real),
         "bootstrap": install_bootstrap_standin(try_real=try_real),

@@ -25,6 +25,11 @@ from memprobe.errors import UsageError
 
 SCHEMA_VERSION = 1
 
+# What the parent and its workers agree on besides the files: the variables that mark a run's processes.
+RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"  # every process of one launch (found again through /proc/PID/environ)
+CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"  # every process of one side-by-side comparison
+WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into the run folder by the parent
+
 #: Steps in the order a worker takes them. ``before`` .. ``custom_allreduce`` repeat per group,
 #: ``first_use`` repeats per group after every group exists.
 STEPS: tuple[str, ...] = (
@@ -71,7 +76,6 @@ class Reading:
 
 
 READING_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Reading))
-_INT_COLUMNS = ("rank", "sequence")
 _OPTIONAL_INT_COLUMNS = ("primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes", "other_gpus_bytes")
 
 
@@ -197,6 +201,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+STEP_SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"
+
+
+def append_step_summary(markdown: str) -> Path | None:
+    """Append ``markdown`` to the GitHub job summary (``$GITHUB_STEP_SUMMARY``) when that is set.
+
+    The file is rewritten through :func:`atomic_write_text` (old content, a blank line, ours), so a
+    reader never sees half of it. Returns the summary's path, or None when the variable is unset.
+    """
+    summary = os.environ.get(STEP_SUMMARY_VARIABLE)
+    if not summary:
+        return None
+    path = Path(summary)
+    try:
+        existing = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        existing = ""
+    if existing and not existing.endswith("\n"):
+        existing += "\n"
+    atomic_write_text(path, existing + ("\n" if existing else "") + markdown)
+    return path
 
 
 def readings_to_csv(readings: Iterable[Reading]) -> str:

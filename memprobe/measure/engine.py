@@ -28,15 +28,14 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from memprobe.layout import GroupPlan, Layout, plan_groups
-from memprobe.results import RankInfo, Reading
-from memprobe.stacks import GroupFlags, Stack
+from memprobe.model.layout import GroupPlan, Layout, plan_groups
+from memprobe.model.records import CONCURRENT_VARIABLE, RankInfo, Reading
+from memprobe.model.stacks import GroupFlags, Stack
 
 SWEEP_ALL_REDUCE_ELEMENTS = (1, 1024, 256 * 1024, 16 * 1024 * 1024)  # fp32: 4 B .. 64 MiB
 SWEEP_ALL_GATHER_ELEMENTS = 256 * 1024  # 1 MiB per rank
 
 
-CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"
 
 
 def _carries(pid: int, variable: str, value: str) -> bool:
@@ -145,7 +144,7 @@ class ReferenceEngine:
 
     # ----------------------------------------------------------------- steps
     def _start_and_context(self) -> None:
-        from memprobe.sampling import GpuSampler, HostSampler
+        from memprobe.measure.sampling import GpuSampler, HostSampler
 
         if self.device_kind == "cpu":
             self.sampler = HostSampler()
@@ -154,7 +153,7 @@ class ReferenceEngine:
             self.current = ("", "cuda_context")
             self.record("cuda_context", status="skipped", note="--device cpu: no CUDA context")
             return
-        from memprobe import nvml
+        from memprobe.measure import nvml
 
         visible = nvml.visible_gpus()
         if not nvml.is_available(visible) or self.local_rank >= len(visible):
@@ -231,7 +230,7 @@ class ReferenceEngine:
 
     def _record_nccl_library(self) -> None:
         if self.device_kind != "cpu":
-            from memprobe.communicators import nccl_library
+            from memprobe.measure.communicators import nccl_library
 
             library = nccl_library()
             self.info.nccl_version = library.version()
@@ -252,7 +251,7 @@ class ReferenceEngine:
             decision[kind] = "skipped: --device cpu has no GPU communicators"
             self.record(kind, group.name, status="skipped", note=decision[kind])
             return
-        from memprobe import communicators
+        from memprobe.measure import communicators
 
         self.current = (group.name, kind)
         if kind == "pynccl":

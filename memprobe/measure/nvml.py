@@ -57,20 +57,6 @@ def _module() -> Any:
         return pynvml
 
 
-def reset_for_tests() -> None:
-    with _lock:
-        _state.update(initialised=False, error=None, module=None)
-
-
-def available() -> bool:
-    return is_available(_module())
-
-
-def unavailable_reason() -> str:
-    module = _module()
-    return module.reason if isinstance(module, NotAvailable) else ""
-
-
 def query(function_name: str, *args: Any, default: Any = None) -> Any:
     """Call ``pynvml.<function_name>(*args)``; on any NVML error return ``NotAvailable``."""
     module = _module()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memprobe.errors import UsageError
-from memprobe.layout import GROUP_ORDER, GroupPlan, Plan
+from memprobe.model.layout import GROUP_ORDER, GroupPlan
 
 COMMUNICATORS: tuple[str, ...] = ("pynccl", "custom_allreduce")
 CUSTOM_ALLREDUCE_IMPLEMENTATIONS: tuple[str, ...] = ("v2", "v1")
@@ -153,6 +153,3 @@ def resolve_stack(spec: str) -> Stack:
         return load_stack_file(spec)
     raise UsageError(f"--stack {spec!r} is neither a built-in stack (full, lean, full:v1, lean:v1) nor a TOML file")
 
-
-def communicators_per_group(plan: Plan, stack: Stack) -> dict[str, dict[str, bool]]:
-    return {group.name: stack.communicators_for(group) for group in plan.groups}

@@ -23,13 +23,12 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from memprobe.errors import UsageError
-from memprobe.layout import LAYOUT_FIELDS, Layout
-from memprobe.results import Run
+from memprobe.model.layout import LAYOUT_FIELDS, Layout
 
 ENV_PRESETS: dict[str, dict[str, str]] = {
     # What SGLang's engine sets unless the user already did (entrypoints/engine.py:1878-1921).
@@ -175,26 +174,31 @@ def load_scenario_file(path: str | Path) -> ScenarioSet:
     return ScenarioSet(scenarios=scenarios, baseline=str(document.get("baseline", scenarios[0].name)))
 
 
-@dataclass
-class ScenarioRun:
-    scenario: Scenario
-    run: Run
+def with_engines(scenario_set: ScenarioSet, engines: list[str]) -> ScenarioSet:
+    """Every scenario once per engine; SGLang's copies are named ``<name>.sglang``."""
+    if engines == ["memprobe"]:
+        return scenario_set
+    scenarios = []
+    for scenario in scenario_set.scenarios:
+        for engine in engines:
+            name = scenario.name if engine == "memprobe" else f"{scenario.name}.{engine}"
+            scenarios.append(replace(scenario, name=name, engine=engine))
+    baseline = scenario_set.baseline if "memprobe" in engines else f"{scenario_set.baseline}.{engines[0]}"
+    return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline)
 
 
-@dataclass
-class Comparison:
-    """Runs of several scenarios, one of them the baseline the others are compared with."""
-
-    comparison_id: str
-    baseline: str
-    runs: list[ScenarioRun]
-    path: Path | None = None
-
-    def names(self) -> list[str]:
-        return [item.scenario.name for item in self.runs]
-
-    def get(self, name: str) -> ScenarioRun:
-        for item in self.runs:
-            if item.scenario.name == name:
-                return item
-        raise KeyError(name)
+def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp: int = 1, attn_dp: int = 1,
+                       attn_cp: int = 1, baseline_tp: int | None = None, env_preset: str = "sglang",
+                       env: dict[str, str] | None = None, warmup: str = "tiny") -> ScenarioSet:
+    """``--tp T`` as the baseline (no MoE groups of its own), then the MoE layout once per stack."""
+    env = dict(env or {})
+    baseline_layout = Layout(tp=baseline_tp or tp, pp=pp, attn_dp=attn_dp, attn_cp=attn_cp)
+    moe_layout = Layout(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp)
+    baseline = Scenario(name=baseline_layout.slug(), layout=baseline_layout, stack="lean", env_preset=env_preset,
+                        env=env, warmup=warmup)
+    scenarios = [baseline]
+    for stack in stacks:
+        label = Path(stack).stem if stack.endswith(".toml") else stack.replace(":", "-")
+        scenarios.append(Scenario(name=f"{moe_layout.slug()}-{label}", layout=moe_layout, stack=stack,
+                                  env_preset=env_preset, env=env, warmup=warmup))
+    return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from memprobe.results import GROUP_INIT_STEPS, Reading, Run
+from memprobe.model.records import GROUP_INIT_STEPS, Reading, Run
 
 # Component keys, in display order, for one group ``G``:
 #   G/groups_created, G/pynccl, G/custom_allreduce  (bytes added while the group was built)
@@ -22,7 +22,7 @@ TOTAL_AFTER_FIRST_USE = "total_after_first_use"
 UNATTRIBUTED = "unattributed"
 
 
-def _subtract(after: int | None, before: int | None) -> int | None:
+def subtract(after: int | None, before: int | None) -> int | None:
     if after is None or before is None:
         return None
     return after - before
@@ -48,7 +48,7 @@ def step_deltas(readings: list[Reading]) -> list[tuple[Reading, int | None]]:
     result: list[tuple[Reading, int | None]] = []
     previous: Reading | None = None
     for reading in readings:
-        delta = 0 if previous is None else _subtract(reading.primary_bytes, previous.primary_bytes)
+        delta = 0 if previous is None else subtract(reading.primary_bytes, previous.primary_bytes)
         result.append((reading, delta))
         previous = reading
     return result
@@ -118,6 +118,3 @@ def spread(values: dict[int, int | None]) -> Spread:
         ranks_known=len(known),
     )
 
-
-def component_spread(run: Run, key: str) -> Spread:
-    return spread({rank: parts.get(key) for rank, parts in components_by_rank(run).items()})

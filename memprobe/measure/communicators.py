@@ -21,8 +21,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from memprobe import nvml
-from memprobe.custom_allreduce_sizes import V1_WORLD_SIZES, V1Buffers, v2_supported_world_sizes, v2_workspace
+from memprobe.measure import nvml
+from memprobe.measure.custom_allreduce_sizes import V1_WORLD_SIZES, V1Buffers, v2_supported_world_sizes, v2_workspace
 
 
 def loaded_library_path(fragment: str) -> str | None:

@@ -22,11 +22,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from memprobe import __version__, nvml
-from memprobe.config import LaunchOptions, recorded_environment, worker_environment
+from memprobe import __version__
+from memprobe.measure import nvml
+from memprobe.launch.options import LaunchOptions, recorded_environment, worker_environment
 from memprobe.errors import Interrupted, MeasurementError, UsageError
-from memprobe.layout import plan_groups
-from memprobe.results import (
+from memprobe.model.layout import plan_groups
+from memprobe.model.records import (
+    CONCURRENT_VARIABLE,
+    RUN_TOKEN_VARIABLE,
+    WORKER_CONFIG,
     Failure,
     RankInfo,
     Run,
@@ -37,11 +41,9 @@ from memprobe.results import (
     readings_to_csv,
     stream_path,
 )
-from memprobe.scenarios import Scenario
-from memprobe.stacks import resolve_stack
-from memprobe.worker import WORKER_CONFIG
+from memprobe.model.scenario import Scenario
+from memprobe.model.stacks import resolve_stack
 
-RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"
 GPU_RELEASE_TIMEOUT_S = 15.0
 KILL_GRACE_S = 5.0
 
@@ -93,7 +95,7 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     for scenario in scenarios:
         resolve_stack(scenario.stack)
     if any(scenario.engine == "sglang" for scenario in scenarios):
-        from memprobe.sglang_engine import installed_sglang
+        from memprobe.measure.sglang_engine import installed_sglang
 
         installed_sglang(worker_environment(scenarios[0], options))
         if scenario.layout.world_size % options.nnodes:
@@ -267,7 +269,7 @@ def _launch_command(run_dir: Path, scenario: Scenario, options: LaunchOptions, p
         "--nnodes", str(options.nnodes), "--node-rank", str(options.node_rank),
         "--nproc-per-node", str(per_node), "--master-addr", options.master_addr, "--master-port", str(port),
         "--max-restarts", "0", "--monitor-interval", "0.2",
-        "-m", "memprobe.worker", str(run_dir),
+        "-m", "memprobe.measure.worker", str(run_dir),
     ]
 
 
@@ -400,7 +402,7 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     token = uuid.uuid4().hex
     environment[RUN_TOKEN_VARIABLE] = token
     if concurrent_token:
-        environment["MEMPROBE_CONCURRENT_TOKEN"] = concurrent_token
+        environment[CONCURRENT_VARIABLE] = concurrent_token
     record = RunRecord(
         run_id=run_dir.name,
         layout=scenario.layout.as_dict(),
@@ -486,7 +488,7 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     record.ranks = sorted(infos, key=lambda info: info.rank)
     record.environment = _environment_summary(environment, record.ranks, options.device, world_size)
     if scenario.engine == "sglang":
-        from memprobe.sglang_engine import installed_sglang
+        from memprobe.measure.sglang_engine import installed_sglang
 
         record.environment["sglang"] = installed_sglang(environment)[0]
     readings_path = run_dir / "readings.csv"

@@ -1,4 +1,4 @@
-"""Worker entry point, started by torchrun once per rank: ``python -m memprobe.worker RUN_DIR``.
+"""Worker entry point, started by torchrun once per rank: ``python -m memprobe.measure.worker RUN_DIR``.
 
 The first thing a worker does is stream a ``started`` event (with its PID) into
 ``RUN_DIR/ranks/rank-NNNNN.jsonl``; every reading follows as it is taken, so nothing
@@ -18,7 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-WORKER_CONFIG = "worker-config.json"
 
 
 class EventStream:
@@ -47,15 +46,15 @@ def main(argv: list[str]) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ["WORLD_SIZE"])
     _die_with_parent()
-    from memprobe.results import stream_path
+    from memprobe.model.records import WORKER_CONFIG, stream_path
 
     emit = EventStream(stream_path(run_dir, rank))
     emit({"type": "started", "rank": rank, "local_rank": local_rank, "pid": os.getpid()})
     config = json.loads((run_dir / WORKER_CONFIG).read_text(encoding="utf-8"))
 
-    from memprobe.engine import ReferenceEngine, format_exception
-    from memprobe.layout import Layout
-    from memprobe.stacks import GroupFlags, Stack
+    from memprobe.measure.engine import ReferenceEngine, format_exception
+    from memprobe.model.layout import Layout
+    from memprobe.model.stacks import GroupFlags, Stack
 
     stack_document = config["stack"]
     stack = Stack(
@@ -66,7 +65,7 @@ def main(argv: list[str]) -> int:
     )
     engine_class = ReferenceEngine
     if config.get("engine", "memprobe") == "sglang":
-        from memprobe.sglang_engine import make_sglang_engine
+        from memprobe.measure.sglang_engine import make_sglang_engine
 
         engine_class = make_sglang_engine(ReferenceEngine)
     engine = engine_class(
@@ -79,7 +78,7 @@ def main(argv: list[str]) -> int:
         emit({"type": "info", **asdict(engine.info)})
         gathered = engine.gather()
         if gathered is not None:
-            from memprobe.results import atomic_write_text, readings_to_csv
+            from memprobe.model.records import atomic_write_text, readings_to_csv
 
             readings, infos = gathered
             atomic_write_text(run_dir / "ranks.json", json.dumps([asdict(info) for info in infos], indent=2, sort_keys=True) + "\n")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memprobe.errors import UsageError
-from memprobe.scenarios import ENV_PRESETS, Scenario
+from memprobe.model.scenario import ENV_PRESETS, Scenario
 
 DEVICES = ("cuda", "cpu")
 DEFAULT_TIMEOUT_S = 300.0

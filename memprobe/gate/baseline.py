@@ -28,12 +28,12 @@ byte-identical file and a pull request's diff *is* the acknowledgement of a chan
       }
     }
 
-Rank metrics are every component :func:`memprobe.attribution.rank_components` knows for the
+Rank metrics are every component :func:`memprobe.analysis.attribution.rank_components` knows for the
 rank (bytes added per step and group, plus the totals); unknown (``None``) ones are left out.
 
 A threshold rule holds any of ``relative`` (fraction, 0.05 = 5%), ``absolute_bytes``,
 ``max_bytes`` (an absolute cap on the current value) and ``ignore`` (``true``: not judged).
-See :func:`memprobe.gate.resolve_limit` for how rules are layered.
+See :func:`memprobe.gate.thresholds.resolve_limit` for how rules are layered.
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from memprobe.attribution import components_by_rank
+from memprobe.analysis.attribution import components_by_rank
 from memprobe.errors import MeasurementError, UsageError
-from memprobe.layout import GROUP_ORDER, Layout
-from memprobe.results import GROUP_INIT_STEPS, Run, atomic_write_text
-from memprobe.scenarios import Comparison, Scenario, ScenarioSet, validate_name
+from memprobe.model.layout import GROUP_ORDER, Layout
+from memprobe.model.records import GROUP_INIT_STEPS, Run, atomic_write_text
+from memprobe.model.comparison import Comparison
+from memprobe.model.scenario import Scenario, ScenarioSet, validate_name
 
 BASELINE_SCHEMA_VERSION = 1
 MiB = 1 << 20

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.errors import UsageError
-from memprobe.layout import GroupPlan
+from memprobe.model.layout import GroupPlan
 
 SUPPORTED_VERSION = "0.5.23"
 # (module path relative to the sglang package, names it must define) checked before launch
@@ -101,8 +101,6 @@ def make_sglang_engine(base: type) -> type:
     """The SGLang engine as a subclass of the reference engine (imported lazily: torch lives there)."""
 
     class SGLangEngine(base):  # type: ignore[misc, valid-type]
-        engine_name = "sglang"
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             # Import SGLang before the first reading, so that its import cost (host memory only)

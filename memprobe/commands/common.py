@@ -1,0 +1,136 @@
+"""What the commands share: Typer options (each also read from ``MEMPROBE_<OPTION>``), the builders of
+validated configs from them, and the rendering of a finished comparison with its exports."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from memprobe.commands.paths import check_output_path
+from memprobe.errors import UsageError
+
+ENV = "MEMPROBE_"
+
+
+def layout_from(tp: int, ep: int, pp: int, moe_dp: int, attn_dp: int, attn_cp: int):
+    from memprobe.model.layout import Layout
+
+    return Layout(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp)
+
+
+TP = typer.Option(..., "--tp", envvar=ENV + "TP", help="Tensor-parallel width (SGLang --tp).", show_default=False)
+EP = typer.Option(1, "--ep", envvar=ENV + "EP", help="Expert-parallel width inside each TP group (SGLang --ep).")
+PP = typer.Option(1, "--pp", envvar=ENV + "PP", help="Pipeline-parallel width (SGLang --pp); world size = tp x pp.")
+MOE_DP = typer.Option(1, "--moe-dp", envvar=ENV + "MOE_DP", help="MoE data-parallel width (SGLang --moe-dp-size).")
+ATTN_DP = typer.Option(1, "--attn-dp", envvar=ENV + "ATTN_DP", help="Attention data-parallel width (SGLang --attn-dp-size).")
+ATTN_CP = typer.Option(1, "--attn-cp", envvar=ENV + "ATTN_CP", help="Attention context-parallel width (SGLang --attn-cp-size).")
+STACK = typer.Option("lean", "--stack", envvar=ENV + "STACK",
+                     help="Communicator stack: full (before SGLang PR #22515), lean (SGLang 0.5.23), add ':v1' for the "
+                          "v1 custom all-reduce buffers, or a TOML file (see configs/).")
+
+
+def launch_options(device: str, out_dir: Path, timeout: float, nnodes: int, node_rank: int, master_addr: str,
+                   master_port: Optional[int], allow_busy_gpu: bool, quiet: bool, env: list[str], run_id: Optional[str]):
+    from memprobe.launch.options import LaunchOptions
+    from memprobe.model.scenario import parse_env_assignments
+
+    return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout, nnodes=nnodes, node_rank=node_rank,
+                         master_addr=master_addr, master_port=master_port, allow_busy_gpu=allow_busy_gpu,
+                         progress=not quiet, run_id=run_id, extra_env=parse_env_assignments(env))
+
+
+DEVICE = typer.Option("cuda", "--device", envvar=ENV + "DEVICE",
+                      help="cuda: one rank per GPU, NVML readings. cpu: the same pipeline on gloo with host-RSS readings "
+                           "(no GPU needed; pynccl and custom all-reduce are skipped).")
+OUT_DIR = typer.Option(Path("results"), "--out-dir", envvar=ENV + "OUT_DIR", help="Folder that receives one sub-folder per run.")
+RUN_ID = typer.Option(None, "--run-id", envvar=ENV + "RUN_ID", help="Name of the run folder (default: UTC time + layout).")
+TIMEOUT = typer.Option(300.0, "--timeout", envvar=ENV + "TIMEOUT", help="Seconds before a run that stopped progressing is killed.")
+NNODES = typer.Option(1, "--nnodes", envvar=ENV + "NNODES", help="Nodes (passed to torchrun).")
+NODE_RANK = typer.Option(0, "--node-rank", envvar=ENV + "NODE_RANK", help="This node's rank (passed to torchrun).")
+MASTER_ADDR = typer.Option("127.0.0.1", "--master-addr", envvar=ENV + "MASTER_ADDR", help="Rendezvous host (passed to torchrun).")
+MASTER_PORT = typer.Option(None, "--master-port", envvar=ENV + "MASTER_PORT", help="Rendezvous port (default: a free port).")
+ALLOW_BUSY = typer.Option(False, "--allow-busy-gpu", envvar=ENV + "ALLOW_BUSY_GPU",
+                          help="Measure even when other processes use the GPUs and only device-level figures are available.")
+QUIET = typer.Option(False, "--quiet", "-q", envvar=ENV + "QUIET", help="No progress output.")
+ENV_OPT = typer.Option([], "--env", envvar=ENV + "ENV", help="KEY=VALUE for the workers' environment (repeatable), e.g. NCCL_BUFFSIZE=1048576.")
+ENV_PRESET = typer.Option("sglang", "--env-preset", envvar=ENV + "ENV_PRESET",
+                          help="sglang: SGLang's engine settings (NCCL_CUMEM_ENABLE=0, NCCL_NVLS_ENABLE=0, "
+                               "TORCH_NCCL_AVOID_RECORD_STREAMS=1, CUDA_DEVICE_MAX_CONNECTIONS=8) unless already set; none: NCCL defaults.")
+WARMUP = typer.Option("tiny", "--warmup", envvar=ENV + "WARMUP",
+                      help="First collective on each group after init: none, tiny (1-element all-reduce) or sweep (4 B..64 MiB all-reduce + all-gather).")
+PER_RANK = typer.Option(False, "--per-rank", envvar=ENV + "PER_RANK", help="Show every rank, not the worst rank and the spread.")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent if existing.parent != existing else Path(".")
+        if str(existing) in ("", "."):
+            existing = Path(".")
+            break
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UsageError(f"--out-dir {out_dir}: {existing} is not a writable folder")
+
+
+def console_width() -> int:
+    return max(100, min(200, int(os.environ.get("COLUMNS", "140"))))
+
+
+def print_rank_warnings(runs: list[tuple[str, Any]]) -> None:
+    """What workers warned about (a GPU shared with other processes, device-level fallback), once each."""
+    seen: set[str] = set()
+    for name, run in runs:
+        for info in run.record.ranks:
+            for warning in info.warnings:
+                line = f"memprobe: warning: {name} rank {info.rank}: {warning}"
+                if warning not in seen:
+                    seen.add(warning)
+                    print(line, file=sys.stderr)
+
+
+def check_exports(csv_path: Optional[Path], summary_csv: Optional[Path], json_path: Optional[Path],
+                   markdown: Optional[Path], plot_path: Optional[Path]) -> None:
+    taken: dict[Path, str] = {}
+    for path, option, suffixes in ((csv_path, "--csv", (".csv",)), (summary_csv, "--summary-csv", (".csv",)),
+                                   (json_path, "--json", (".json",)), (markdown, "--markdown", (".md", ".markdown")),
+                                   (plot_path, "--plot", (".png", ".svg"))):
+        check_output_path(path, option, suffixes=suffixes, taken=taken)
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401  (only checks that the plot extra is installed)
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'memprobe[plot]'") from None
+
+
+def render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path], summary_csv: Optional[Path],
+                       json_path: Optional[Path], markdown: Optional[Path], plot_path: Optional[Path]) -> None:
+    from memprobe import reports
+
+    reports.render_comparison(comparison, sys.stdout, width=console_width(), per_rank=per_rank)
+    from memprobe.reports.fidelity import render_fidelity
+
+    render_fidelity(comparison, sys.stdout)
+    print_rank_warnings([(item.scenario.name, item.run) for item in comparison.runs])
+    exports = ((csv_path, reports.write_csv), (summary_csv, reports.write_summary_csv), (json_path, reports.write_json),
+               (markdown, reports.write_markdown), (plot_path, reports.write_plot))
+    written = []
+    for path, write in exports:
+        if path:
+            write(comparison, path)
+            written.append(str(path))
+    if written:
+        print(f"memprobe: wrote {', '.join(written)}", file=sys.stderr)
+
+
+
+def measure(scenario_set: Any, options: Any, jobs: int = 0) -> Any:
+    """Run a scenario set with progress on stderr (a bar on a terminal, sparse lines in CI logs)."""
+    from memprobe.launch.progress import Progress
+    from memprobe.launch.several import run_scenarios
+
+    with Progress(enabled=options.progress) as progress:
+        return run_scenarios(scenario_set, options, progress=progress, command=["memprobe", *sys.argv[1:]], jobs=jobs)

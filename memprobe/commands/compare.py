@@ -1,0 +1,104 @@
+"""``memprobe compare``: a baseline layout against the MoE layout with each stack (or a scenario file), side by side."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from memprobe.commands.common import (
+    ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
+    OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, TIMEOUT, WARMUP, check_exports, check_out_dir, launch_options, measure,
+    render_and_export,
+)
+from memprobe.errors import UsageError
+
+def compare(
+    tp: Optional[int] = typer.Option(None, "--tp", envvar=ENV + "TP", help="TP width (default: every visible GPU)."),
+    ep: Optional[int] = typer.Option(None, "--ep", envvar=ENV + "EP", help="EP width of the MoE scenarios (default: tp / 2)."),
+    pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
+    stacks: str = typer.Option("full,lean", "--stacks", envvar=ENV + "STACKS", help="Comma-separated stacks for the MoE layout."),
+    baseline_tp: Optional[int] = typer.Option(None, "--baseline-tp", envvar=ENV + "BASELINE_TP", help="TP width of the baseline (default: --tp)."),
+    scenarios: Optional[Path] = typer.Option(None, "--scenarios", envvar=ENV + "SCENARIOS",
+                                             help="TOML file of named scenarios (layout, stack, env each); see configs/scenarios/."),
+    device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
+    out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
+    node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
+    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET,
+    engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
+                               help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
+                                    "fidelity report (reference engine against real SGLang, per rank, group and step)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", envvar=ENV + "JOBS",
+                             help="Scenarios run side by side, each still in its own processes and CUDA contexts "
+                                  "(per-process NVML figures do not see each other). 0 = auto: all at once on GPUs, "
+                                  "one after another with --device cpu; 1 = one after another.", show_default=True),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "CSV", help="Long CSV: one row per scenario, rank, group and step."),
+    summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "SUMMARY_CSV", help="One row per scenario and rank."),
+    json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "JSON", help="Everything, as JSON with schema_version."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "MARKDOWN", help="The table as GitHub Markdown (also appended to $GITHUB_STEP_SUMMARY)."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "PLOT", help="Stacked bars per scenario (.png or .svg; needs memprobe[plot])."),
+) -> int:
+    """Compare --tp T against --tp T --ep E with the full and the lean stack, per rank, group and communicator.
+
+    Each scenario runs in its own clean set of processes. Examples:
+
+      memprobe compare --tp 4 --ep 2
+
+      memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv out.csv
+    """
+    from memprobe.model.scenario import headline_scenarios, load_scenario_file, parse_env_assignments
+
+    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id)
+    check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    if jobs < 0:
+        raise UsageError(f"--jobs must be 0 (auto) or more, got {jobs}")
+    if scenarios is not None:
+        scenario_set = load_scenario_file(scenarios)
+    else:
+        announce = tp is None
+        if tp is None:
+            tp = _default_tp(device, options)
+        if ep is None:
+            ep = max(1, tp // 2)
+        stack_names = [s.strip() for s in stacks.split(",") if s.strip()]
+        if not stack_names:
+            raise UsageError("--stacks needs at least one stack, e.g. full,lean")
+        from memprobe.model.stacks import resolve_stack
+
+        for name in stack_names:
+            resolve_stack(name)
+        scenario_set = headline_scenarios(tp=tp, ep=ep, stacks=stack_names, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp,
+                                          attn_cp=attn_cp, baseline_tp=baseline_tp, env_preset=env_preset,
+                                          env=parse_env_assignments([]), warmup=warmup)
+        if announce:
+            print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
+    from memprobe.model.scenario import with_engines
+    from memprobe.model.scenario import ENGINES
+
+    engines = list(dict.fromkeys(e.strip() for e in engine.split(",") if e.strip()))
+    unknown = [e for e in engines if e not in ENGINES]
+    if not engines or unknown:
+        raise UsageError(f"--engine {engine!r}: use memprobe, sglang or memprobe,sglang")
+    scenario_set = with_engines(scenario_set, engines)
+    check_out_dir(out_dir)
+    comparison = measure(scenario_set, options, jobs=jobs)
+    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    print(f"memprobe: results in {comparison.path}", file=sys.stderr)
+    return 0
+
+
+
+def _default_tp(device: str, options: Any) -> int:
+    if device == "cpu":
+        return 4
+    from memprobe.launch.options import worker_environment
+    from memprobe.launch.supervisor import visible_gpu_count
+    from memprobe.model.layout import Layout
+    from memprobe.model.scenario import Scenario
+
+    count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=Layout(tp=1)), options))
+    if count == 0:
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu or give --tp")
+    return count

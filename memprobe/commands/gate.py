@@ -1,0 +1,183 @@
+"""``memprobe gate``: judge GPU memory against a baseline kept in git (exit 1 on a regression).
+
+It only parses, validates and delegates to :mod:`memprobe.gate`; with ``--results`` it judges saved
+results without GPUs. Every input is checked before anything runs or any file is written; a bad
+input exits 2 with one line on stderr. Exit codes are those of :class:`memprobe.errors.ExitCode`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from memprobe.commands.common import measure
+from memprobe.commands.paths import check_output_path
+from memprobe.errors import ExitCode, MeasurementError, MemprobeError, UsageError
+from memprobe.gate.baseline import ThresholdRule, load_baseline
+from memprobe.gate.judge import GateResult, failed_result, judge
+from memprobe.gate.render import (
+    append_to_step_summary,
+    render_lines,
+    render_table,
+    write_json,
+    write_junit_xml,
+    write_markdown,
+)
+from memprobe.gate.thresholds import check_overrides, parse_relative, parse_size, parse_threshold_spec
+from memprobe.launch.options import DEFAULT_TIMEOUT_S, LaunchOptions
+from memprobe.model.comparison import Comparison, load_comparison
+
+
+def gate_launch_options(device: str, out_dir: Path, timeout: float) -> LaunchOptions:
+    """The launch options the gate and baseline update measure with (validated: UsageError)."""
+    return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout)
+
+
+def _fail(command: str, error: MemprobeError) -> typer.Exit:
+    typer.echo(f"memprobe {command}: error: {error}", err=True)
+    return typer.Exit(int(error.exit_code))
+
+
+def _load_results(path: Path) -> Comparison:
+    """Saved results for the gate. A path that is a file is a usage error (2); no or broken results
+    are a measurement problem (3): the step that should have produced them failed."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--results {path} is a file; give a run folder or a comparison folder")
+    if not path.exists():
+        raise MeasurementError(f"no results at {path} (did the measurement step run?)")
+    try:
+        return load_comparison(path)
+    except UsageError as error:
+        raise MeasurementError(f"results {path}: {error}") from None
+
+
+def _cli_overrides(relative: str | None, absolute: str | None, specs: list[str] | None) -> list[ThresholdRule]:
+    rules: list[ThresholdRule] = []
+    if relative is not None or absolute is not None:
+        rules.append(ThresholdRule(
+            relative=parse_relative(relative, "--relative") if relative is not None else None,
+            absolute_bytes=parse_size(absolute, "--absolute") if absolute is not None else None,
+            source="command line",
+        ))
+    rules.extend(parse_threshold_spec(spec) for spec in specs or [])
+    return rules
+
+
+def _write_reports(result: GateResult, markdown: Path | None, junit_xml: Path | None, json_path: Path | None) -> list[str]:
+    problems: list[str] = []
+    targets: list[tuple[str, Any, Any]] = [
+        ("--markdown", markdown, write_markdown),
+        ("--junit-xml", junit_xml, write_junit_xml),
+        ("--json", json_path, write_json),
+    ]
+    for option, path, writer in targets:
+        if path is None:
+            continue
+        try:
+            writer(result, path)
+        except OSError as error:
+            problems.append(f"{option} {path}: {error.strerror or error}")
+    try:
+        append_to_step_summary(result)
+    except OSError as error:
+        problems.append(f"$GITHUB_STEP_SUMMARY: {error.strerror or error}")
+    return problems
+
+
+GATE_HELP = """Judge GPU memory against a baseline kept in git; exit 1 on a regression.
+
+Runs the baseline's scenarios (or, with --results, judges a saved run without GPUs) and compares every rank's bytes per group and step. A metric regresses when it grows by more than BOTH the relative and the absolute threshold (default +5% and +64 MiB); thresholds can be set per metric, group or scenario in the baseline file, or here.
+
+Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version).
+
+Examples:
+
+memprobe gate --baseline configs/baselines/h100x4.json --junit-xml gate.xml
+
+memprobe gate --baseline configs/baselines/h100x4.json --results runs/2026-11-27-1200
+
+memprobe gate --baseline b.json --results runs/x --threshold metric=moe_*/pynccl,relative=2%,absolute=16MiB
+
+memprobe gate --baseline b.json --results runs/x --threshold scenario=tp4,metric=total_after_first_use,max=3GiB
+"""
+
+
+def gate(
+    baseline: Annotated[Path, typer.Option("--baseline", "-b", envvar="MEMPROBE_BASELINE", show_default=False,
+                                           help="Baseline JSON file (made by `memprobe baseline update`).")],
+    results: Annotated[Optional[Path], typer.Option(
+        "--results", envvar="MEMPROBE_RESULTS",
+        help="Judge this saved run or comparison folder instead of measuring (no GPU needed).")] = None,
+    scenario: Annotated[Optional[list[str]], typer.Option(
+        "--scenario", "-s", envvar="MEMPROBE_SCENARIO",
+        help="Judge only this baseline scenario (repeatable).")] = None,
+    relative: Annotated[Optional[str], typer.Option(
+        "--relative", envvar="MEMPROBE_GATE_RELATIVE",
+        help="Relative threshold for every metric, e.g. 5% or 0.05; overrides the baseline file.")] = None,
+    absolute: Annotated[Optional[str], typer.Option(
+        "--absolute", envvar="MEMPROBE_GATE_ABSOLUTE",
+        help="Absolute threshold for every metric, e.g. 64MiB; overrides the baseline file.")] = None,
+    threshold: Annotated[Optional[list[str]], typer.Option(
+        "--threshold", "-t", envvar="MEMPROBE_GATE_THRESHOLD",
+        help="Comma-separated KEY=VALUE: optional scenario=NAME and metric=GLOB, then relative=P, absolute=SIZE, "
+             "max=SIZE (a cap) or ignore=true. Repeatable; wins over the baseline file.")] = None,
+    allow_env_mismatch: Annotated[bool, typer.Option(
+        "--allow-env-mismatch", envvar="MEMPROBE_ALLOW_ENV_MISMATCH",
+        help="Compare even where the environment differs from the baseline's key (and say so) instead of exit 4.")] = False,
+    markdown: Annotated[Optional[Path], typer.Option(
+        "--markdown", envvar="MEMPROBE_GATE_MARKDOWN",
+        help="Write the verdict as Markdown here (also appended to $GITHUB_STEP_SUMMARY when set).")] = None,
+    junit_xml: Annotated[Optional[Path], typer.Option(
+        "--junit-xml", envvar="MEMPROBE_GATE_JUNIT_XML",
+        help="Write JUnit XML here: one test case per scenario and rank.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", envvar="MEMPROBE_GATE_JSON", help="Write the verdict as JSON here.")] = None,
+    device: Annotated[str, typer.Option(
+        "--device", envvar="MEMPROBE_DEVICE",
+        help="cuda, or cpu (host RSS; only comparable with a baseline made with --device cpu). "
+             "Ignored with --results.")] = "cuda",
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", envvar="MEMPROBE_OUT_DIR",
+        help="Folder that receives the run folders the gate measures (ignored with --results).")] = Path("results"),
+    timeout: Annotated[float, typer.Option(
+        "--timeout", envvar="MEMPROBE_TIMEOUT",
+        help="Seconds before a run that stopped progressing is killed.")] = DEFAULT_TIMEOUT_S,
+) -> None:
+    try:
+        loaded = load_baseline(baseline)
+        selected = loaded.select(scenario)
+        overrides = _cli_overrides(relative, absolute, threshold)
+        check_overrides(loaded, overrides)
+        taken = {baseline.resolve(): "--baseline"}
+        for option, path in (("--markdown", markdown), ("--junit-xml", junit_xml), ("--json", json_path)):
+            check_output_path(path, option, missing_folders_allowed=True, taken=taken)
+        options = gate_launch_options(device, out_dir, timeout)
+    except MemprobeError as error:
+        raise _fail("gate", error) from None
+
+    try:
+        if results is not None:
+            comparison = _load_results(results)
+        else:
+            comparison = measure(loaded.scenario_set(selected), options)
+        result = judge(loaded, comparison, thresholds_override=overrides, allow_env_mismatch=allow_env_mismatch,
+                       scenarios=selected, results_source=str(results) if results is not None else None)
+    except UsageError as error:
+        raise _fail("gate", error) from None
+    except MeasurementError as error:
+        result = failed_result(loaded, str(error), selected, allow_env_mismatch)
+    except MemprobeError as error:  # interrupted: nothing judged, nothing written
+        raise _fail("gate", error) from None
+
+    problems = _write_reports(result, markdown, junit_xml, json_path)
+    render_table(result, sys.stdout)
+    render_lines(result, sys.stdout)
+    code = int(result.exit_code)
+    for problem in problems:
+        typer.echo(f"memprobe gate: error: could not write {problem}", err=True)
+    if problems and code == ExitCode.OK:
+        code = int(ExitCode.USAGE)
+    raise typer.Exit(code)

@@ -1,0 +1,439 @@
+"""The memory-regression gate: judge a comparison against a baseline, and render the verdict.
+
+Judging is pure (no files, no processes): :func:`judge` takes a loaded
+:class:`~memprobe.gate.baseline.Baseline` and a :class:`~memprobe.model.comparison.Comparison` and
+returns a :class:`GateResult`. Renderers write that result to a stream or a file.
+
+Rules:
+
+* A metric (one component of one rank of one scenario) **regresses** when its increase is
+  larger than ``relative * baseline`` **and** larger than ``absolute_bytes``; it **improves**
+  when its decrease passes both the same way. ``max_bytes`` is an absolute cap on the current
+  value. Metrics the baseline does not hold are not judged.
+* Thresholds are layered field by field, later layers winning: the baseline's ``default``;
+  its ``metrics`` patterns (least specific first: fewer wildcards, then longer pattern);
+  its per-scenario settings; that scenario's ``metrics`` patterns; then the command line
+  in the same order. So command line > per scenario > per metric > default.
+* A scenario whose environment key differs from the baseline's is **incomparable** (asv's
+  ``x``): not judged, exit 4, unless ``allow_env_mismatch`` (then judged, and said so). A
+  changed scenario definition (``definition_hash``) is never judged: update the baseline.
+* A scenario, rank or metric that the baseline holds and the results lack is **missing**:
+  a measurement problem, exit 3.
+
+Exit code: 1 if any regression or cap exceeded; else 3 if anything is missing; else 4 if a
+scenario is incomparable and not allowed; else 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from memprobe.analysis.attribution import components_by_rank
+from memprobe.gate.baseline import (
+    Baseline,
+    ThresholdRule,
+    environment_key,
+    metric_sort_key,
+)
+from memprobe.errors import ExitCode
+from memprobe.gate.thresholds import format_percent, resolve_limit
+from memprobe.model.comparison import Comparison
+from memprobe.units import mib_precise
+
+MiB = 1 << 20
+GATE_JSON_SCHEMA_VERSION = 1
+
+FAILING_KINDS: tuple[str, ...] = ("regression", "cap_exceeded")
+
+
+# --------------------------------------------------------------------------- result model
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One judged difference. ``rank``/``metric`` are ``None`` when a whole scenario/rank is missing."""
+
+    kind: str
+    scenario: str
+    rank: int | None
+    metric: str | None
+    baseline_bytes: int | None
+    current_bytes: int | None
+    limit: str
+    note: str = ""
+    cap_bytes: int | None = None
+
+    @property
+    def delta_bytes(self) -> int | None:
+        if self.baseline_bytes is None or self.current_bytes is None:
+            return None
+        return self.current_bytes - self.baseline_bytes
+
+    @property
+    def relative_change(self) -> float | None:
+        delta = self.delta_bytes
+        if delta is None or not self.baseline_bytes:
+            return None
+        return delta / self.baseline_bytes
+
+    def where(self) -> str:
+        text = self.scenario
+        if self.rank is not None:
+            text += f" rank {self.rank}"
+        if self.metric is not None:
+            text += f" {self.metric}"
+        return text
+
+    def change_text(self) -> str:
+        delta = self.delta_bytes
+        if delta is None:
+            return ""
+        relative = self.relative_change
+        return f"{mib_precise(delta, signed=True)} ({format_percent(relative, signed=True) if relative is not None else 'baseline 0'})"
+
+    def line(self) -> str:
+        """The one line printed for this finding."""
+        delta = self.delta_bytes
+        relative = self.relative_change
+        pct = format_percent(relative, signed=True) if relative is not None else "baseline 0"
+        if self.kind == "regression" and delta is not None:
+            return f"{self.where()} {mib_precise(delta, signed=True)} over baseline ({pct}); limit {self.limit}"
+        if self.kind == "cap_exceeded" and self.current_bytes is not None and self.cap_bytes is not None:
+            over = mib_precise(self.current_bytes - self.cap_bytes)
+            return f"{self.where()} {mib_precise(self.current_bytes)} exceeds its cap of {mib_precise(self.cap_bytes)} by {over}"
+        if self.kind == "improvement" and delta is not None:
+            return f"{self.where()} {mib_precise(delta, signed=True)} below baseline ({pct}); limit {self.limit}"
+        return f"{self.where()}: no result" + (f" ({self.note})" if self.note else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "scenario": self.scenario,
+            "rank": self.rank,
+            "metric": self.metric,
+            "baseline_bytes": self.baseline_bytes,
+            "current_bytes": self.current_bytes,
+            "delta_bytes": self.delta_bytes,
+            "relative_change": None if self.relative_change is None else round(self.relative_change, 6),
+            "limit": self.limit,
+            "cap_bytes": self.cap_bytes,
+            "note": self.note,
+            "line": self.line(),
+        }
+
+
+@dataclass(frozen=True)
+class Difference:
+    key: str
+    baseline: Any
+    current: Any
+
+    def describe(self) -> str:
+        return f"{self.key} {_show(self.baseline)} -> {_show(self.current)}"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Incomparable:
+    """A scenario whose key differs from the baseline's. ``compared``: judged anyway (--allow-env-mismatch)."""
+
+    scenario: str
+    differences: tuple[Difference, ...]
+    compared: bool
+
+    @property
+    def definition_changed(self) -> bool:
+        return any(d.key == "definition_hash" for d in self.differences)
+
+    def describe(self) -> str:
+        return ", ".join(d.describe() for d in self.differences)
+
+    def line(self) -> str:
+        if self.compared:
+            return f"{self.scenario}: environment differs from the baseline ({self.describe()}); compared anyway (--allow-env-mismatch)"
+        if self.definition_changed:
+            return (f"{self.scenario}: incomparable, the scenario definition changed ({self.describe()}); "
+                    f"not judged: update the baseline")
+        return (f"{self.scenario}: incomparable, environment differs from the baseline ({self.describe()}); "
+                f"not judged (use --allow-env-mismatch to compare anyway, or update the baseline)")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scenario x rank, as JUnit shows it. ``status``: pass, regression, missing or incomparable."""
+
+    scenario: str
+    rank: int
+    status: str
+    metrics_judged: int = 0
+    env_mismatch: bool = False
+
+
+@dataclass
+class ScenarioVerdict:
+    scenario: str
+    status: str  # pass | regression | missing | incomparable
+    ranks: int
+    regressions: int = 0
+    improvements: int = 0
+    peak_baseline: int | None = None  # max over ranks of total_after_first_use
+    peak_current: int | None = None
+    env_mismatch: bool = False
+
+
+@dataclass
+class GateResult:
+    baseline_source: str
+    results_source: str | None
+    findings: list[Finding] = field(default_factory=list)
+    incomparable: list[Incomparable] = field(default_factory=list)
+    cases: list[Case] = field(default_factory=list)
+    summaries: list[ScenarioVerdict] = field(default_factory=list)
+    not_in_baseline: list[str] = field(default_factory=list)
+    allow_env_mismatch: bool = False
+    error: str | None = None  # the run failed before anything could be judged
+
+    def of_kind(self, *kinds: str) -> list[Finding]:
+        return [finding for finding in self.findings if finding.kind in kinds]
+
+    @property
+    def breaches(self) -> list[Finding]:
+        return self.of_kind(*FAILING_KINDS)
+
+    @property
+    def improvements(self) -> list[Finding]:
+        return self.of_kind("improvement")
+
+    @property
+    def missing(self) -> list[Finding]:
+        return self.of_kind("missing")
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.breaches:
+            return ExitCode.REGRESSION
+        if self.missing or self.error:
+            return ExitCode.MEASUREMENT
+        if any(not item.compared for item in self.incomparable):
+            return ExitCode.INCOMPARABLE
+        return ExitCode.OK
+
+    @property
+    def verdict(self) -> str:
+        return {
+            ExitCode.OK: "pass",
+            ExitCode.REGRESSION: "regression",
+            ExitCode.MEASUREMENT: "measurement failure",
+            ExitCode.INCOMPARABLE: "incomparable",
+        }[self.exit_code]
+
+    def update_command(self) -> str:
+        """The command that records the current numbers as the new baseline."""
+        command = ["memprobe", "baseline", "update"]
+        if self.results_source:
+            command += ["--from", self.results_source]
+        command += ["--out", self.baseline_source]
+        return shlex.join(command)
+
+    def headline(self) -> str:
+        judged = [s for s in self.summaries if s.status != "incomparable" or s.env_mismatch]
+        parts = []
+        if self.breaches:
+            failing = sorted({f.scenario for f in self.breaches})
+            parts.append(f"{len(self.breaches)} regression{'s' if len(self.breaches) != 1 else ''} "
+                         f"in {len(failing)} of {len(self.summaries)} scenario{'s' if len(self.summaries) != 1 else ''}")
+        if self.missing or self.error:
+            parts.append("measurement failure" if self.error else f"{len(self.missing)} missing result{'s' if len(self.missing) != 1 else ''}")
+        not_judged = [item for item in self.incomparable if not item.compared]
+        if not_judged:
+            parts.append(f"{len(not_judged)} incomparable scenario{'s' if len(not_judged) != 1 else ''}")
+        if self.improvements:
+            parts.append(f"{len(self.improvements)} improvement{'s' if len(self.improvements) != 1 else ''}")
+        if not parts:
+            parts.append(f"{len(judged)} scenario{'s' if len(judged) != 1 else ''} within limits")
+        word = "PASS" if self.exit_code == ExitCode.OK else "FAIL"
+        return f"memprobe gate: {word}, {'; '.join(parts)} (exit {int(self.exit_code)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": GATE_JSON_SCHEMA_VERSION,
+            "memprobe_gate": True,
+            "verdict": self.verdict,
+            "exit_code": int(self.exit_code),
+            "headline": self.headline(),
+            "baseline": self.baseline_source,
+            "results": self.results_source,
+            "allow_env_mismatch": self.allow_env_mismatch,
+            "error": self.error,
+            "findings": [finding.to_dict() for finding in self.findings],
+            "incomparable": [
+                {"scenario": item.scenario, "compared": item.compared,
+                 "differences": [{"key": d.key, "baseline": d.baseline, "current": d.current} for d in item.differences]}
+                for item in self.incomparable
+            ],
+            "cases": [
+                {"scenario": c.scenario, "rank": c.rank, "status": c.status, "metrics_judged": c.metrics_judged,
+                 "env_mismatch": c.env_mismatch}
+                for c in self.cases
+            ],
+            "scenarios": [
+                {"scenario": s.scenario, "status": s.status, "ranks": s.ranks, "regressions": s.regressions,
+                 "improvements": s.improvements, "peak_baseline_bytes": s.peak_baseline,
+                 "peak_current_bytes": s.peak_current, "env_mismatch": s.env_mismatch}
+                for s in self.summaries
+            ],
+            "not_in_baseline": list(self.not_in_baseline),
+            "update_command": self.update_command(),
+        }
+
+
+# --------------------------------------------------------------------------- judging
+
+
+def environment_differences(baseline_key: dict[str, Any], current_key: dict[str, Any]) -> list[Difference]:
+    differences: list[Difference] = []
+    for key in baseline_key:
+        old, new = baseline_key.get(key), current_key.get(key)
+        if key == "nccl_env":
+            old, new = old or {}, new or {}
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    differences.append(Difference(f"nccl_env.{name}", old.get(name), new.get(name)))
+        elif old != new:
+            differences.append(Difference(key, old, new))
+    return differences
+
+
+def _peak(values: Iterable[int | None]) -> int | None:
+    known = [value for value in values if value is not None]
+    return max(known) if known else None
+
+
+def judge(
+    baseline: Baseline,
+    comparison: Comparison,
+    *,
+    thresholds_override: Sequence[ThresholdRule] | None = None,
+    allow_env_mismatch: bool = False,
+    scenarios: Sequence[str] | None = None,
+    results_source: str | None = None,
+) -> GateResult:
+    """Judge ``comparison`` against ``baseline``.
+
+    Args:
+        baseline: from :func:`memprobe.gate.baseline.load_baseline`.
+        comparison: fresh measurements or a loaded results folder.
+        thresholds_override: command-line rules; they win over the baseline's.
+        allow_env_mismatch: judge scenarios whose environment key differs (said so in the output).
+        scenarios: judge only these baseline scenarios (default: all).
+        results_source: how to name the results in output (default: ``comparison.path``).
+
+    Raises:
+        UsageError: ``scenarios`` names a scenario the baseline lacks.
+    """
+    overrides = tuple(thresholds_override or ())
+    selected = baseline.select(scenarios)
+    if results_source is None and comparison.path is not None:
+        results_source = str(comparison.path)
+    result = GateResult(baseline_source=baseline.source, results_source=results_source,
+                        allow_env_mismatch=allow_env_mismatch)
+    result.not_in_baseline = sorted(name for name in comparison.names() if name not in baseline.scenarios)
+
+    for name in selected:
+        stored = baseline.scenarios[name]
+        summary = ScenarioVerdict(scenario=name, status="pass", ranks=len(stored.ranks),
+                                  peak_baseline=_peak(m.get("total_after_first_use") for m in stored.ranks.values()))
+        result.summaries.append(summary)
+        try:
+            item = comparison.get(name)
+        except KeyError:
+            note = "the results hold no run of this scenario"
+            result.findings.append(Finding("missing", name, None, None, None, None, "", note))
+            result.cases.extend(Case(name, rank, "missing") for rank in stored.ranks)
+            summary.status = "missing"
+            continue
+
+        differences = environment_differences(stored.environment_key, environment_key(item.run))
+        current_hash = item.scenario.definition_hash()
+        if current_hash != stored.definition_hash:
+            differences.insert(0, Difference("definition_hash", stored.definition_hash, current_hash))
+        if differences:
+            definition_changed = differences[0].key == "definition_hash"
+            compared = allow_env_mismatch and not definition_changed
+            result.incomparable.append(Incomparable(name, tuple(differences), compared))
+            if not compared:
+                result.cases.extend(Case(name, rank, "incomparable") for rank in stored.ranks)
+                summary.status = "incomparable"
+                continue
+            summary.env_mismatch = True
+
+        current = components_by_rank(item.run)
+        failure = item.run.record.failure
+        failure_note = failure.describe() if failure is not None else ""
+        if item.run.record.status != "complete" and not failure_note:
+            failure_note = f"run status {item.run.record.status}"
+        summary.peak_current = _peak(parts.get("total_after_first_use") for parts in current.values())
+        for rank, metrics in stored.ranks.items():
+            rank_findings: list[Finding] = []
+            judged = 0
+            parts = current.get(rank)
+            if parts is None:
+                note = f"rank {rank} has no readings" + (f"; {failure_note}" if failure_note else "")
+                rank_findings.append(Finding("missing", name, rank, None, None, None, "", note))
+            else:
+                lacking: list[str] = []
+                for metric in sorted(metrics, key=metric_sort_key):
+                    limit = resolve_limit(name, metric, baseline.rules, overrides)
+                    if limit.ignore:
+                        continue
+                    old, new = metrics[metric], parts.get(metric)
+                    if new is None:
+                        lacking.append(metric)
+                        continue
+                    judged += 1
+                    text = limit.describe()
+                    if limit.breaches(old, new):
+                        rank_findings.append(Finding("regression", name, rank, metric, old, new, text))
+                    elif limit.improves(old, new):
+                        rank_findings.append(Finding("improvement", name, rank, metric, old, new, text))
+                    if limit.max_bytes is not None and new > limit.max_bytes:
+                        rank_findings.append(Finding("cap_exceeded", name, rank, metric, old, new, text,
+                                                     cap_bytes=limit.max_bytes))
+                if lacking or failure_note:
+                    # partial sums of an unfinished rank look smaller than they are: no improvements
+                    rank_findings = [f for f in rank_findings if f.kind != "improvement"]
+                if lacking:
+                    shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
+                    note = f"no reading for {shown}" + (f"; {failure_note}" if failure_note else "")
+                    rank_findings.append(Finding("missing", name, rank, None, None, None, "", note))
+            result.findings.extend(rank_findings)
+            kinds = {finding.kind for finding in rank_findings}
+            status = "regression" if kinds & set(FAILING_KINDS) else "missing" if "missing" in kinds else "pass"
+            result.cases.append(Case(name, rank, status, judged, summary.env_mismatch))
+            summary.regressions += sum(1 for f in rank_findings if f.kind in FAILING_KINDS)
+            summary.improvements += sum(1 for f in rank_findings if f.kind == "improvement")
+        statuses = {case.status for case in result.cases if case.scenario == name}
+        summary.status = "regression" if "regression" in statuses else "missing" if "missing" in statuses else "pass"
+    return result
+
+
+def failed_result(baseline: Baseline, message: str, scenarios: Sequence[str] | None = None,
+                  allow_env_mismatch: bool = False) -> GateResult:
+    """A result for a run that failed before anything could be judged (exit 3), so reports still name every case."""
+    result = GateResult(baseline_source=baseline.source, results_source=None, allow_env_mismatch=allow_env_mismatch,
+                        error=message)
+    for name in baseline.select(scenarios):
+        stored = baseline.scenarios[name]
+        result.summaries.append(ScenarioVerdict(name, "missing", len(stored.ranks)))
+        result.cases.extend(Case(name, rank, "missing") for rank in stored.ranks)
+    return result

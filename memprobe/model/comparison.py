@@ -1,0 +1,122 @@
+"""Comparisons: runs of several scenarios, one of them the baseline; their folder index, loading and merging.
+
+A comparison folder is ``<out>/<comparison-id>/`` with ``comparison.json`` and one run
+folder per scenario (``<comparison-id>/<scenario-name>/run.json`` ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from memprobe.errors import UsageError
+from memprobe.model.layout import Layout
+from memprobe.model.records import Run, atomic_write_text, load_run
+from memprobe.model.scenario import Scenario, ScenarioSet
+
+
+@dataclass
+class ScenarioRun:
+    scenario: Scenario
+    run: Run
+
+
+@dataclass
+class Comparison:
+    """Runs of several scenarios, one of them the baseline the others are compared with."""
+
+    comparison_id: str
+    baseline: str
+    runs: list[ScenarioRun]
+    path: Path | None = None
+
+    def names(self) -> list[str]:
+        return [item.scenario.name for item in self.runs]
+
+    def get(self, name: str) -> ScenarioRun:
+        for item in self.runs:
+            if item.scenario.name == name:
+                return item
+        raise KeyError(name)
+
+
+COMPARISON_FILE = "comparison.json"
+
+
+def scenario_from_run(run: Run) -> Scenario:
+    record = run.record
+    name = record.scenario or (run.path.name if run.path else record.run_id)
+    return Scenario(
+        name=name,
+        layout=Layout(**record.layout),
+        stack=record.stack_name,
+        env_preset=record.env_preset,
+        env=dict(record.env),
+        warmup=record.warmup,
+        engine=record.engine or "memprobe",
+    )
+
+
+def write_comparison_index(path: Path, comparison_id: str, scenario_set: ScenarioSet, folders: dict[str, str]) -> None:
+    document = {
+        "schema_version": 1,
+        "comparison_id": comparison_id,
+        "baseline": scenario_set.baseline,
+        "scenarios": [dict(s.definition(), folder=folders.get(s.name)) for s in scenario_set.scenarios],
+    }
+    atomic_write_text(path / COMPARISON_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def load_comparison(path: str | Path) -> Comparison:
+    """A comparison folder, or a single run folder (a comparison of one scenario)."""
+    path = Path(path)
+    index = path / COMPARISON_FILE
+    if index.is_file():
+        try:
+            document = json.loads(index.read_text(encoding="utf-8"))
+            entries = document["scenarios"]
+            baseline = document["baseline"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise UsageError(f"{index}: not a memprobe comparison index ({error})") from None
+        runs: list[ScenarioRun] = []
+        for entry in entries:
+            folder = entry.get("folder")
+            if not folder or not (path / folder / "run.json").is_file():
+                continue  # a scenario that never started (the comparison stopped early)
+            run = load_run(path / folder)
+            runs.append(ScenarioRun(scenario=replace(scenario_from_run(run), name=entry["name"]), run=run))
+        if not runs:
+            raise UsageError(f"{path}: the comparison holds no finished run")
+        names = [item.scenario.name for item in runs]
+        return Comparison(
+            comparison_id=str(document.get("comparison_id", path.name)),
+            baseline=baseline if baseline in names else names[0],
+            runs=runs,
+            path=path,
+        )
+    if (path / "run.json").is_file():
+        run = load_run(path)
+        scenario = scenario_from_run(run)
+        return Comparison(comparison_id=run.record.run_id, baseline=scenario.name, runs=[ScenarioRun(scenario, run)], path=path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    raise UsageError(f"{path} is neither a run folder (run.json) nor a comparison folder ({COMPARISON_FILE})")
+
+
+def merge_comparisons(comparisons: list[Comparison]) -> Comparison:
+    """Several saved runs or comparisons shown as one; the first one's baseline stays the baseline."""
+    if len(comparisons) == 1:
+        return comparisons[0]
+    runs: list[ScenarioRun] = []
+    seen: set[str] = set()
+    for comparison in comparisons:
+        for item in comparison.runs:
+            name = item.scenario.name
+            suffix = 2
+            while name in seen:
+                name = f"{item.scenario.name}-{suffix}"
+                suffix += 1
+            seen.add(name)
+            runs.append(ScenarioRun(scenario=replace(item.scenario, name=name), run=item.run))
+    return Comparison(comparison_id="+".join(c.comparison_id for c in comparisons), baseline=comparisons[0].baseline, runs=runs)
