@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from memprobe.analysis import nccl_log as N
+from memprobe.analysis.attribution import Split
 from memprobe.analysis.nccl_account import run_account
 from memprobe.model.records import load_run
 
@@ -210,3 +211,58 @@ def test_summary_rows_and_json():
     assert rows[1]["device_init"]["p2p_recv_buffers"] == 40 * MIB and rows[1]["device_connect"] == {}
     assert rows[1]["host"]["work_fifo"] == 1 << 20
     assert '"communicators"' in log.to_json()
+
+
+# ------------------------------------------------------------------------------------ committed GPU runs
+
+GPU = Path(__file__).resolve().parent.parent / "results" / "h200x4-nccl-20261128" / "runs"
+
+
+def test_committed_sglang_preset_account_explains_the_546_mib_and_the_rank_asymmetry():
+    """What the README's "where the 546 MiB go" and "why ranks differ" say, read from the committed files."""
+    account = run_account(load_run(GPU / "trace"))
+    by = {(a.rank, a.label): a for a in account.accounts}
+    assert len(account.accounts) == 4 * 7 and account.cumem is False
+    ep = by[(0, "moe_ep pynccl")]
+    assert (ep.step_bytes, ep.torch_cache_bytes) == (546 * MIB, 2 * MIB)
+    assert (ep.kinds["p2p_recv_buffers"], ep.counts["p2p_recv_buffers"]) == (240 * MIB, 24)
+    assert (ep.kinds["p2p_send_buffers"], ep.counts["p2p_send_buffers"]) == (48 * MIB, 24)
+    assert ep.kinds["net_shared_buffers"] == 256 * MIB and abs(ep.remainder) < MIB // 4
+    tp = {rank: by[(rank, "tp pynccl")] for rank in range(4)}
+    assert [t.step_bytes // MIB for t in tp.values()] == [1144, 1192, 1192, 952]
+    assert {t.remainder // MIB for t in tp.values()} == {357}  # the same unlogged ~358 MiB on every rank
+    assert tp[1].logged_bytes - tp[3].logged_bytes == 240 * MIB == tp[1].kinds["p2p_recv_buffers"] - tp[3].kinds["p2p_recv_buffers"]
+    assert tp[1].logged_bytes - tp[0].logged_bytes == 48 * MIB == tp[1].kinds["p2p_send_buffers"] - tp[0].kinds["p2p_send_buffers"]
+    assert (tp[0].receive_from, tp[0].send_to) == ({1: 24, 3: 24}, {1: 24})
+    assert (tp[3].receive_from, tp[3].send_to) == ({2: 24}, {0: 24, 2: 24})
+
+
+def test_committed_cumem_account_has_equal_ranks_and_no_net_pool():
+    account = run_account(load_run(GPU / "trace-cumem1"))
+    tp = [a for a in account.accounts if a.label == "tp pynccl"]
+    assert account.cumem is True and {a.logged_bytes for a in tp} == {484 * MIB}
+    assert all("net_shared_buffers" not in a.kinds and a.kinds["channels"] == 192 * MIB for a in tp)
+    assert all(a.connect_bytes == 288 * MIB and a.algorithms == "ring" for a in tp)
+
+
+def test_committed_split_adds_up_and_tracing_costs_no_bytes():
+    from memprobe.analysis.attribution import components_by_rank, splits_by_rank
+
+    splits = splits_by_rank(load_run(GPU / "trace"))
+    for parts in splits.values():
+        assert parts["tp/custom_allreduce"] == Split(44 * MIB, 20 * MIB)  # 24 MiB buffers + a 20 MiB torch segment
+        assert parts["moe_ep/custom_allreduce"] == Split(82 * MIB, 0)
+        assert all(s.total is None or s.torch_cache + s.rest == s.total for s in parts.values())
+    assert components_by_rank(load_run(GPU / "plain")) == components_by_rank(load_run(GPU / "trace"))
+
+
+def test_split_and_nccl_log_options_through_the_cpu_pipeline(memprobe, tmp_path):
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--nccl-log", "--split", "--run-id", "r")
+    assert result.returncode == 0, result.stderr
+    run = load_run(tmp_path / "results" / "r")
+    nccl_env = run.record.environment["nccl_env"]
+    assert (nccl_env["NCCL_DEBUG"], nccl_env["NCCL_DEBUG_SUBSYS"]) == ("INFO", "ALLOC,INIT")
+    assert nccl_env["NCCL_DEBUG_FILE"] == str((tmp_path / "results" / "r" / "nccl").resolve() / "%h.%p.log")
+    assert (tmp_path / "results" / "r" / "nccl").is_dir()
+    assert "split into torch cache" in result.stdout and "the split is not available" in result.stdout
+    assert "no NCCL logs of this run's ranks" in result.stdout  # gloo on CPU: NCCL never starts
