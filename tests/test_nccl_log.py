@@ -266,3 +266,25 @@ def test_split_and_nccl_log_options_through_the_cpu_pipeline(memprobe, tmp_path)
     assert (tmp_path / "results" / "r" / "nccl").is_dir()
     assert "split into torch cache" in result.stdout and "the split is not available" in result.stdout
     assert "no NCCL logs of this run's ranks" in result.stdout  # gloo on CPU: NCCL never starts
+
+
+def test_bench_reference_groups_match_memprobe_plan_without_importing_memprobe():
+    """bench/reference.py is an independent check: its own group arithmetic, no memprobe import."""
+    import ast
+    import importlib.util
+
+    from memprobe.model.layout import Layout, plan_groups
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "reference.py"
+    imported = {node.module if isinstance(node, ast.ImportFrom) else alias.name
+                for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names}
+    assert not any(name and name.split(".")[0] == "memprobe" for name in imported), imported
+    spec = importlib.util.spec_from_file_location("bench_reference", path)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    for tp, ep in ((2, 2), (4, 2), (4, 4), (8, 2), (8, 4)):
+        plan = {g.name: [list(r) for r in g.rank_lists] for g in plan_groups(Layout(tp=tp, ep=ep)).groups if not g.is_alias}
+        for name, rank_lists in reference.sglang_groups(tp, tp, ep).items():
+            if name in plan:
+                assert sorted(rank_lists) == sorted(plan[name]), (tp, ep, name)
