@@ -49,7 +49,9 @@ def render_nccl_account(run: Run, stream: IO[str], *, width: int = 160, account:
     account = account or run_account(run)
     with console_for(stream, width) as console:
         if not account.accounts:
-            console.print(f"no NCCL logs of this run's ranks in {account.log_folder} (run with --nccl-log)", soft_wrap=True)
+            why = "NCCL wrote none: a --device cpu run, or no NCCL communicator started" if account.log_folder.is_dir() \
+                else "run with --nccl-log"
+            console.print(f"no NCCL logs of this run's ranks in {account.log_folder} ({why})", soft_wrap=True)
             return
         cumem = {True: "cuMem on", False: "cuMem off (cudaMalloc)", None: "cuMem unknown"}[account.cumem]
         console.print(f"NCCL's account of each communicator (NCCL {account.nccl_version or '?'}, {cumem}), device "
