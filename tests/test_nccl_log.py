@@ -288,3 +288,13 @@ def test_bench_reference_groups_match_memprobe_plan_without_importing_memprobe()
         for name, rank_lists in reference.sglang_groups(tp, tp, ep).items():
             if name in plan:
                 assert sorted(rank_lists) == sorted(plan[name]), (tp, ep, name)
+
+
+def test_tables_median_is_the_true_median():
+    from memprobe.analysis.attribution import spread
+
+    # tp pynccl on 4 x H200 (results/h200x4-20261127/runs/tp4-ep2-full): the median of 4 ranks is the mean of
+    # the two middle values, 1,166 MiB, not the lower one (1,142)
+    values = {0: 1142 * MIB, 1: 1190 * MIB, 2: 1190 * MIB, 3: 950 * MIB}
+    assert spread(values).median == 1166 * MIB
+    assert spread({0: 1, 1: 2, 2: 9}).median == 2
