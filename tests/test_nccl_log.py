@@ -298,3 +298,16 @@ def test_tables_median_is_the_true_median():
     values = {0: 1142 * MIB, 1: 1190 * MIB, 2: 1190 * MIB, 3: 950 * MIB}
     assert spread(values).median == 1166 * MIB
     assert spread({0: 1, 1: 2, 2: 9}).median == 2
+
+
+@pytest.mark.parametrize("run, four_ranks, two_ranks, net_pool", [
+    ("trace", [784, 832, 832, 592], 544, 256), ("trace-cumem1", [484] * 4, 484, 0),
+    ("trace-buffsize", [496, 544, 544, 352], 304, 64), ("trace-maxctas", [120, 128, 128, 88], 80, 32)])
+def test_committed_knob_table_of_the_readme(run, four_ranks, two_ranks, net_pool):
+    accounts = run_account(load_run(GPU / run)).accounts
+    tp = sorted((a for a in accounts if a.label == "tp pynccl"), key=lambda a: a.rank)
+    assert [round(a.logged_bytes / MIB) for a in tp] == four_ranks
+    ep = [a for a in accounts if a.label == "moe_ep pynccl"]
+    assert {round(a.logged_bytes / MIB) for a in ep} == {two_ranks}
+    assert {a.kinds.get("net_shared_buffers", 0) for a in tp + ep} == {net_pool * MIB}
+    assert {round(a.remainder / MIB) for a in tp} <= {356, 358}
