@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Callable
 
 from memprobe.model.records import GROUP_INIT_STEPS, Reading, Run
 
@@ -43,22 +44,36 @@ def rank_readings(run: Run) -> dict[int, list[Reading]]:
     return per_rank
 
 
-def step_deltas(readings: list[Reading]) -> list[tuple[Reading, int | None]]:
-    """``(reading, bytes added since the previous reading)``; the first reading adds nothing."""
+Measure = Callable[[Reading], "int | None"]
+
+
+def primary(reading: Reading) -> int | None:
+    """All the rank's bytes (NVML per process, device or host RSS): what every report adds up."""
+    return reading.primary_bytes
+
+
+def torch_cache(reading: Reading) -> int | None:
+    """The part held by torch's caching allocator (``torch.cuda.memory_reserved``; None on CPU runs)."""
+    return reading.torch_reserved_bytes
+
+
+def step_deltas(readings: list[Reading], measure: Measure = primary) -> list[tuple[Reading, int | None]]:
+    """``(reading, bytes added since the previous reading)``; the first reading adds nothing. ``measure`` picks
+    which bytes: :func:`primary` (all of them) or :func:`torch_cache` (the torch caching-allocator part)."""
     result: list[tuple[Reading, int | None]] = []
     previous: Reading | None = None
     for reading in readings:
-        delta = 0 if previous is None else subtract(reading.primary_bytes, previous.primary_bytes)
+        delta = 0 if previous is None else subtract(measure(reading), measure(previous))
         result.append((reading, delta))
         previous = reading
     return result
 
 
-def rank_components(readings: list[Reading]) -> dict[str, int | None]:
-    """Bytes per component for one rank (see module docstring for the keys)."""
+def rank_components(readings: list[Reading], measure: Measure = primary) -> dict[str, int | None]:
+    """Bytes per component for one rank (see module docstring for the keys), of the bytes ``measure`` picks."""
     parts: dict[str, int | None] = {}
     last_init_reading: Reading | None = None
-    for reading, delta in step_deltas(readings):
+    for reading, delta in step_deltas(readings, measure):
         if reading.step == "start":
             continue
         if reading.step == CONTEXT:
@@ -77,14 +92,34 @@ def rank_components(readings: list[Reading]) -> dict[str, int | None]:
             last_init_reading = reading
     finished_init = any(r.step in ("first_use", "end") for r in readings)
     # A rank that stopped during init has no "after init" total (its last reading is not one).
-    parts[TOTAL_AFTER_INIT] = last_init_reading.primary_bytes if last_init_reading is not None and finished_init else None
+    parts[TOTAL_AFTER_INIT] = measure(last_init_reading) if last_init_reading is not None and finished_init else None
     end = [r for r in readings if r.step == "end"]
-    parts[TOTAL_AFTER_FIRST_USE] = end[-1].primary_bytes if end else None
+    parts[TOTAL_AFTER_FIRST_USE] = measure(end[-1]) if end else None
     return parts
 
 
-def components_by_rank(run: Run) -> dict[int, dict[str, int | None]]:
-    return {rank: rank_components(readings) for rank, readings in sorted(rank_readings(run).items())}
+def components_by_rank(run: Run, measure: Measure = primary) -> dict[int, dict[str, int | None]]:
+    return {rank: rank_components(readings, measure) for rank, readings in sorted(rank_readings(run).items())}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One component of one rank, measured in two parts that add up to ``total``: what torch's caching
+    allocator reserved (segments created in that step: a 2 MiB tensor in a fresh pool adds a 20 MiB segment)
+    and everything else (NCCL, the CUDA driver, IPC mappings, custom all-reduce buffers outside torch)."""
+
+    total: int | None
+    torch_cache: int | None
+
+    @property
+    def rest(self) -> int | None:
+        return subtract(self.total, self.torch_cache)
+
+
+def splits_by_rank(run: Run) -> dict[int, dict[str, Split]]:
+    """Per rank and component key (as :func:`components_by_rank`): the total and its torch-cache part."""
+    totals, cache = components_by_rank(run), components_by_rank(run, torch_cache)
+    return {rank: {key: Split(value, cache[rank].get(key)) for key, value in parts.items()} for rank, parts in totals.items()}
 
 
 @dataclass(frozen=True)
@@ -92,7 +127,7 @@ class Spread:
     """A component across ranks: the worst (largest) rank and the spread."""
 
     minimum: int | None
-    median: int | None
+    median: int | None  # statistics.median: with an even count, the mean of the two middle values
     maximum: int | None
     worst_rank: int | None
     ranks_known: int
@@ -112,7 +147,7 @@ def spread(values: dict[int, int | None]) -> Spread:
     ordered = sorted(known.values())
     return Spread(
         minimum=ordered[0],
-        median=int(statistics.median_low(ordered)),
+        median=int(statistics.median(ordered)),
         maximum=ordered[-1],
         worst_rank=worst_rank,
         ranks_known=len(known),

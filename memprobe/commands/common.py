@@ -34,13 +34,14 @@ STACK = typer.Option("lean", "--stack", envvar=ENV + "STACK",
 
 
 def launch_options(device: str, out_dir: Path, timeout: float, nnodes: int, node_rank: int, master_addr: str,
-                   master_port: Optional[int], allow_busy_gpu: bool, quiet: bool, env: list[str], run_id: Optional[str]):
+                   master_port: Optional[int], allow_busy_gpu: bool, quiet: bool, env: list[str], run_id: Optional[str],
+                   nccl_log: bool = False):
     from memprobe.launch.options import LaunchOptions
     from memprobe.model.scenario import parse_env_assignments
 
     return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout, nnodes=nnodes, node_rank=node_rank,
                          master_addr=master_addr, master_port=master_port, allow_busy_gpu=allow_busy_gpu,
-                         progress=not quiet, run_id=run_id, extra_env=parse_env_assignments(env))
+                         progress=not quiet, run_id=run_id, extra_env=parse_env_assignments(env), nccl_log=nccl_log)
 
 
 DEVICE = typer.Option("cuda", "--device", envvar=ENV + "DEVICE",
@@ -62,6 +63,11 @@ ENV_PRESET = typer.Option("sglang", "--env-preset", envvar=ENV + "ENV_PRESET",
                                "TORCH_NCCL_AVOID_RECORD_STREAMS=1, CUDA_DEVICE_MAX_CONNECTIONS=8) unless already set; none: NCCL defaults.")
 WARMUP = typer.Option("tiny", "--warmup", envvar=ENV + "WARMUP",
                       help="First collective on each group after init: none, tiny (1-element all-reduce) or sweep (4 B..64 MiB all-reduce + all-gather).")
+NCCL_LOG = typer.Option(False, "--nccl-log", envvar=ENV + "NCCL_LOG",
+                        help="Record NCCL's own account of every communicator: NCCL_DEBUG=INFO, NCCL_DEBUG_SUBSYS=ALLOC,INIT "
+                             "into <run>/nccl/ (one log per process); shown beside each step's bytes (see report --nccl).")
+SPLIT = typer.Option(False, "--split", envvar=ENV + "SPLIT",
+                     help="Also show every step's bytes split into torch's caching allocator (torch-reserved change) and the rest.")
 PER_RANK = typer.Option(False, "--per-rank", envvar=ENV + "PER_RANK", help="Show every rank, not the worst rank and the spread.")
 
 
@@ -134,3 +140,19 @@ def measure(scenario_set: Any, options: Any, jobs: int = 0) -> Any:
 
     with Progress(enabled=options.progress) as progress:
         return run_scenarios(scenario_set, options, progress=progress, command=["memprobe", *sys.argv[1:]], jobs=jobs)
+
+
+def show_attribution(runs: list[tuple[str, Any]], split: bool, nccl: Optional[bool], per_rank: bool) -> None:
+    """``--split``: each run's steps split into torch cache and the rest. NCCL's account of each communicator:
+    with ``nccl`` True always (saying when a run has no logs), with None wherever the run has NCCL logs."""
+    from memprobe.analysis.nccl_account import has_logs
+    from memprobe.reports.nccl_account import render_nccl_account
+    from memprobe.reports.split_table import render_split
+
+    for name, run in runs:
+        if split:
+            print(f"\n{name}:", file=sys.stdout)
+            render_split(run, sys.stdout, width=console_width(), per_rank=per_rank)
+        if nccl or (nccl is None and has_logs(run)):
+            print(f"\n{name}:", file=sys.stdout)
+            render_nccl_account(run, sys.stdout, width=max(console_width(), 170))

@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from memprobe.commands.common import ENV, PER_RANK, check_exports, console_width, print_rank_warnings, render_and_export
+from memprobe.commands.common import (
+    ENV, PER_RANK, SPLIT, check_exports, console_width, print_rank_warnings, render_and_export, show_attribution,
+)
 
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run or comparison folders written by memprobe run/compare.", show_default=False),
@@ -18,6 +20,10 @@ def report(
     json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "JSON", help="Everything as JSON."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "MARKDOWN", help="GitHub Markdown table."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "PLOT", help="Stacked bars (.png or .svg)."),
+    split: bool = SPLIT,
+    nccl: Optional[bool] = typer.Option(None, "--nccl/--no-nccl", envvar=ENV + "NCCL", show_default=False,
+                                        help="NCCL's account of each communicator from the run's NCCL logs (run --nccl-log); "
+                                             "default: shown when the logs exist."),
 ) -> int:
     """Re-render saved runs (table, CSV, JSON, Markdown, plot) on any machine, without GPUs.
 
@@ -28,11 +34,15 @@ def report(
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
     comparisons = [load_comparison(path) for path in run_dirs]
     comparison = merge_comparisons(comparisons)
-    if len(comparison.runs) == 1 and not any((csv_path, summary_csv, json_path, markdown, plot_path)):
+    single = len(comparison.runs) == 1 and not any((csv_path, summary_csv, json_path, markdown, plot_path))
+    if single:
         from memprobe.reports import render_run
 
         render_run(comparison.runs[0].run, sys.stdout, width=console_width(), per_rank=per_rank)
-        print_rank_warnings([(comparison.runs[0].scenario.name, comparison.runs[0].run)])
-        return 0
-    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    else:
+        render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    runs = [(item.scenario.name, item.run) for item in comparison.runs]
+    show_attribution(runs, split, False if nccl is None and not single else nccl, per_rank)
+    if single:  # render_and_export prints them itself
+        print_rank_warnings(runs)
     return 0

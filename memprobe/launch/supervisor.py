@@ -24,11 +24,12 @@ from typing import Any, Callable
 
 from memprobe import __version__
 from memprobe.measure import nvml
-from memprobe.launch.options import LaunchOptions, recorded_environment, worker_environment
+from memprobe.launch.options import LaunchOptions, nccl_log_environment, recorded_environment, worker_environment
 from memprobe.errors import Interrupted, MeasurementError, UsageError
 from memprobe.model.layout import plan_groups
 from memprobe.model.records import (
     CONCURRENT_VARIABLE,
+    NCCL_LOG_FOLDER,
     RUN_TOKEN_VARIABLE,
     WORKER_CONFIG,
     Failure,
@@ -399,6 +400,9 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     world_size = scenario.layout.world_size
     run_dir.mkdir(parents=True, exist_ok=False)
     environment = worker_environment(scenario, options)
+    if options.nccl_log:
+        (run_dir / NCCL_LOG_FOLDER).mkdir()
+        environment.update(nccl_log_environment(run_dir))
     token = uuid.uuid4().hex
     environment[RUN_TOKEN_VARIABLE] = token
     if concurrent_token:

@@ -29,6 +29,7 @@ SCHEMA_VERSION = 1
 RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"  # every process of one launch (found again through /proc/PID/environ)
 CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"  # every process of one side-by-side comparison
 WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into the run folder by the parent
+NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
 
 #: Steps in the order a worker takes them. ``before`` .. ``custom_allreduce`` repeat per group,
 #: ``first_use`` repeats per group after every group exists.

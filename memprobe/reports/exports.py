@@ -10,7 +10,10 @@ Column contracts (stable; new columns are only ever appended):
 (i.e. per reading):
     scenario, stack, layout (slug, e.g. ``tp4-ep2``), rank, sequence, group, step, status,
     primary_bytes, process_bytes, device_used_bytes, torch_reserved_bytes, other_gpus_bytes,
-    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first), elapsed_s, note.
+    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first), elapsed_s, note,
+    torch_cache_added_bytes (torch_reserved_bytes minus the rank's previous reading: the part of added_bytes
+    torch's caching allocator took; empty on CPU runs), rest_added_bytes (added_bytes minus that part: NCCL,
+    the CUDA driver, IPC mappings).
 
 ``summary_dataframe`` / ``write_summary_csv`` (:func:`summary_columns`), one row per scenario and rank:
     scenario, stack, layout, rank, cuda_context_bytes, world_bytes, ``<group>_init_bytes`` for every
@@ -32,7 +35,8 @@ from typing import Any
 
 import pandas as pd
 
-from memprobe.analysis.attribution import components_by_rank, rank_readings, step_deltas
+from memprobe.analysis.attribution import components_by_rank, rank_readings, step_deltas, subtract, torch_cache
+from memprobe.reports.nccl_account import nccl_account_document
 from memprobe.model.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
@@ -58,9 +62,11 @@ LONG_COLUMNS: tuple[str, ...] = (
     "added_bytes",
     "elapsed_s",
     "note",
+    "torch_cache_added_bytes",
+    "rest_added_bytes",
 )
 _LONG_INT = ("rank", "sequence", "primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes",
-             "other_gpus_bytes", "added_bytes")
+             "other_gpus_bytes", "added_bytes", "torch_cache_added_bytes", "rest_added_bytes")
 
 
 def _typed(frame: pd.DataFrame, int_columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
@@ -75,7 +81,8 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
     for item in comparison.runs:
         layout = item.scenario.layout.slug()
         for rank, readings in sorted(rank_readings(item.run).items()):
-            for reading, added in step_deltas(readings):
+            cache_added = [cache for _, cache in step_deltas(readings, torch_cache)]
+            for (reading, added), cache in zip(step_deltas(readings), cache_added):
                 records.append(
                     {
                         "scenario": item.scenario.name,
@@ -94,6 +101,8 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
                         "added_bytes": added,
                         "elapsed_s": float(reading.elapsed_s),
                         "note": reading.note,
+                        "torch_cache_added_bytes": cache,
+                        "rest_added_bytes": subtract(added, cache),
                     }
                 )
     frame = pd.DataFrame.from_records(records, columns=list(LONG_COLUMNS))
@@ -180,8 +189,10 @@ def write_summary_csv(comparison: Comparison, path: str | Path) -> None:
 
 
 def comparison_document(comparison: Comparison) -> dict[str, Any]:
-    """Everything in one JSON-ready dict: definitions, run records, components by rank and readings, and
-    (only when the comparison pairs both engines) the fidelity report under ``fidelity``."""
+    """Everything in one JSON-ready dict: definitions, run records, components by rank (all bytes, and the
+    torch caching-allocator part of each under ``torch_cache_by_rank``), NCCL's account of each communicator
+    (``nccl_account``, null without ``--nccl-log``) and readings, and (only when the comparison pairs both
+    engines) the fidelity report under ``fidelity``."""
     scenarios = []
     for item in comparison.runs:
         scenarios.append(
@@ -192,6 +203,8 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "run_path": None if item.run.path is None else str(item.run.path),
                 "run": asdict(item.run.record),
                 "components_by_rank": {str(rank): parts for rank, parts in components_by_rank(item.run).items()},
+                "torch_cache_by_rank": {str(rank): parts for rank, parts in components_by_rank(item.run, torch_cache).items()},
+                "nccl_account": nccl_account_document(item.run),
                 "readings": [reading.as_row() for reading in sorted(item.run.readings, key=lambda r: (r.rank, r.sequence))],
             }
         )
