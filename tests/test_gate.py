@@ -659,3 +659,16 @@ def test_cli_help_mentions_examples_and_exit_codes(workdir):
 def test_document_round_trip_through_parse(workdir):
     document = build_baseline(synthetic_comparison())
     assert parse_document(json.loads(json.dumps(document)), "x").names() == ["tp4", "tp4-ep2-full", LEAN]
+
+
+def test_nccl_logging_does_not_make_a_run_incomparable():
+    """--nccl-log sets NCCL_DEBUG*; tracing changes no byte (results/h200x4-nccl-20261128), so it is not in the key."""
+    from memprobe.gate.baseline import environment_key
+
+    plain = synthetic_comparison().runs[0].run
+    traced = synthetic_comparison().runs[0].run
+    traced.record.environment["nccl_env"] = {**ENVIRONMENT["nccl_env"], "NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "ALLOC,INIT",
+                                             "NCCL_DEBUG_FILE": "/tmp/run/nccl/%h.%p.log"}
+    assert environment_key(traced) == environment_key(plain)
+    traced.record.environment["nccl_env"]["NCCL_BUFFSIZE"] = "1048576"
+    assert environment_key(traced) != environment_key(plain)
