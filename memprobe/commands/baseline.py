@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from memprobe.commands.common import measure
+from memprobe.commands.common import DEFAULT_OUT_DIR, measure
 from memprobe.commands.gate import _fail, gate_launch_options
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import MemprobeError, UsageError
@@ -56,7 +56,7 @@ def update(
         "--device", envvar="MEMPROBE_DEVICE", help="cuda, or cpu (host RSS readings; for CPU-only baselines).")] = "cuda",
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", envvar="MEMPROBE_OUT_DIR", help="Folder that receives the run folders measured for the baseline.")
-    ] = Path("results"),
+    ] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT", help="Seconds before a run that stopped progressing is killed.")
     ] = DEFAULT_TIMEOUT_S,

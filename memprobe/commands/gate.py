@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from memprobe.commands.common import measure
+from memprobe.commands.common import DEFAULT_OUT_DIR, measure
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import ExitCode, MeasurementError, MemprobeError, UsageError
 from memprobe.gate.baseline import ThresholdRule, load_baseline
@@ -141,7 +141,7 @@ def gate(
              "Ignored with --results.")] = "cuda",
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", envvar="MEMPROBE_OUT_DIR",
-        help="Folder that receives the run folders the gate measures (ignored with --results).")] = Path("results"),
+        help="Folder that receives the run folders the gate measures (ignored with --results).")] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
         help="Seconds before a run that stopped progressing is killed.")] = DEFAULT_TIMEOUT_S,

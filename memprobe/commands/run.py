@@ -27,7 +27,7 @@ def run(
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
-    Writes results/<run-id>/readings.csv and run.json. Example: memprobe run --tp 4 --ep 2 --stack lean
+    Writes memprobe-runs/<run-id>/readings.csv (--out-dir) and run.json. Example: memprobe run --tp 4 --ep 2 --stack lean
     """
     from memprobe.launch.supervisor import new_run_dir, preflight, run_scenario
     from memprobe.model.scenario import Scenario

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from memprobe.reports._format import console_for, print_table
 
+from memprobe.analysis.attribution import CONTEXT
 from memprobe.units import NA, UNIT, mib, mib_range
 from memprobe.reports._model import (
     MOE_GROUPS,
@@ -29,6 +30,7 @@ from memprobe.reports._model import (
     headline_groups,
     layout_flags,
     lean_savings,
+    measured_memory,
     moe_cell,
     moe_table_needed,
     summarize,
@@ -73,7 +75,11 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
     baseline = baseline_of(summaries)
     shown, folded = headline_groups(summaries)
     unattributed = any_unattributed(summaries)
-    headers = ["scenario", "layout", "stack", "rank" if per_rank else "worst rank", f"CUDA context {UNIT}", f"world {UNIT}"]
+    # --device cpu skips the CUDA context on every rank: no column rather than a 0 (issue 15)
+    context_shown = not all(CONTEXT in rank.skipped for summary in summaries for rank in summary.ranks.values())
+    headers = ["scenario", "layout", "stack", "rank" if per_rank else "worst rank"]
+    headers += [f"CUDA context {UNIT}"] if context_shown else []
+    headers += [f"world {UNIT}"]
     headers += [f"{name} init {UNIT}" for name in shown]
     headers += [f"first use {UNIT}"]
     if unattributed:
@@ -83,7 +89,8 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
         headers += [f"rank spread {UNIT}"]
     numeric = [False, False, False] + [True] * (len(headers) - 3)
     mode = "per rank" if per_rank else "worst rank (largest total after first use)"
-    title = f"comparison {comparison.comparison_id}: GPU memory per rank, {mode}, {UNIT} = 2^20 bytes"
+    memory = measured_memory([summary.item.run for summary in summaries])
+    title = f"comparison {comparison.comparison_id}: {memory} per rank, {mode}, {UNIT} = 2^20 bytes"
     table = TextTable(title=title, headers=headers, numeric=numeric)
 
     for index, summary in enumerate(summaries):
@@ -107,9 +114,9 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
                 layout_flags(summary.item.run),
                 summary.item.scenario.stack,
                 rank_text,
-                mib(values.cuda_context if values else None),
-                mib(values.world if values else None),
             ]
+            row += [mib(values.cuda_context if values else None)] if context_shown else []
+            row += [mib(values.world if values else None)]
             row += [_group_cell(summary, values, name) for name in shown]
             row += [mib(values.first_use if values else None)]
             if unattributed:
@@ -139,6 +146,8 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
         )
     if folded:
         notes.append(f"width-1 groups, 0 {UNIT} wherever measured, not shown: {', '.join(folded)}")
+    if not context_shown:
+        notes.append("CUDA context: skipped (--device cpu), not shown")
     alias_lines = aliases(summaries)
     if alias_lines:
         notes.append(f"aliases (same group object, no memory of their own): {', '.join(alias_lines)}")
@@ -219,7 +228,8 @@ def moe_table(comparison: Comparison) -> TextTable | None:
     table = TextTable(
         title=(
             f"MoE groups per communicator, worst rank, {UNIT} "
-            "(off: not built by the stack; = tp: alias of tp; width 1: singleton)"
+            "(off: not built by the stack; skipped: not built in this run, e.g. --device cpu; "
+            "= tp: alias of tp; width 1: singleton)"
         ),
         headers=headers,
         numeric=[False] + [True] * (len(headers) - 1),

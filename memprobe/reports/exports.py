@@ -10,14 +10,15 @@ Column contracts (stable; new columns are only ever appended):
 (i.e. per reading):
     scenario, stack, layout (slug, e.g. ``tp4-ep2``), rank, sequence, group, step, status,
     primary_bytes, process_bytes, device_used_bytes, torch_reserved_bytes, other_gpus_bytes,
-    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first), elapsed_s, note.
+    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first and for a skipped
+    step, whose movement is host noise counted as unattributed), elapsed_s, note.
 
 ``summary_dataframe`` / ``write_summary_csv`` (:func:`summary_columns`), one row per scenario and rank:
     scenario, stack, layout, rank, cuda_context_bytes, world_bytes, ``<group>_init_bytes`` for every
     group of SGLang's creation order except world (tp, attn_cp, attention_tp, moe_dp, moe_ep, moe_tp,
     pp, self_pp; then any other group found in the runs), first_use_bytes, total_after_init_bytes,
     total_after_first_use_bytes, delta_vs_baseline_bytes (total after first use minus the same rank
-    of the baseline), unattributed_bytes (bytes added between steps), delta_after_init_vs_baseline_bytes,
+    of the baseline), unattributed_bytes (bytes added between steps or across skipped steps), delta_after_init_vs_baseline_bytes,
     is_worst_rank.
     ``<group>_init_bytes`` is empty for an alias group (it is the same object as another group and
     has no memory of its own) and for a value that is not available.
@@ -32,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from memprobe.analysis.attribution import components_by_rank, rank_readings, step_deltas
+from memprobe.analysis.attribution import charged_deltas, components_by_rank, rank_readings
 from memprobe.model.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
@@ -75,7 +76,7 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
     for item in comparison.runs:
         layout = item.scenario.layout.slug()
         for rank, readings in sorted(rank_readings(item.run).items()):
-            for reading, added in step_deltas(readings):
+            for reading, added, _noise in charged_deltas(readings):  # a skipped step adds 0 (issue 15)
                 records.append(
                     {
                         "scenario": item.scenario.name,
