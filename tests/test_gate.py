@@ -563,7 +563,7 @@ def test_cli_gate_environment_mismatch(workdir):
     assert result.exit_code == 4
     assert "gpu_model NVIDIA H100 80GB HBM3 -> NVIDIA H200" in result.stdout
     result = invoke(["gate", "--baseline", "baseline.json", "--results", results],
-                    env={"MEMPROBE_ALLOW_ENV_MISMATCH": "1"})
+                    env={"MEMPROBE_GATE_ALLOW_ENV_MISMATCH": "1"})
     assert result.exit_code == 0, result.output
     assert "compared anyway" in result.stdout
 
@@ -650,7 +650,7 @@ def test_cli_baseline_update_errors(workdir, args, expected, code):
 def test_cli_help_mentions_examples_and_exit_codes(workdir):
     result = invoke(["gate", "--help"])
     assert result.exit_code == 0
-    for text in ("--baseline", "--allow-env-mismatch", "MEMPROBE_BASELINE", "4 environment differs",
+    for text in ("--baseline", "--allow-env-mismatch", "MEMPROBE_GATE_BASELINE", "4 environment differs",
                  "memprobe gate --baseline"):
         assert text in result.stdout
     assert "memprobe baseline update --from" in invoke(["baseline", "update", "--help"]).stdout

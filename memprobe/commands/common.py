@@ -1,5 +1,13 @@
-"""What the commands share: Typer options (each also read from ``MEMPROBE_<OPTION>``), the builders of
-validated configs from them, and the rendering of a finished comparison with its exports."""
+"""What the commands share: Typer options, the builders of validated configs from them, and the
+rendering of a finished comparison with its exports.
+
+Environment variables, one rule (issue 15): an option that means the same in every command that has
+it (those defined here: layout widths, --stack, --device, --warmup, --env-preset, --env, --engine,
+--out-dir, --run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --quiet) reads
+``MEMPROBE_<OPTION>``; every other option, a command's own files and switches, reads
+``MEMPROBE_<COMMAND>_<OPTION>`` (``MEMPROBE_COMPARE_JSON``, ``MEMPROBE_PLAN_JSON``,
+``MEMPROBE_GATE_BASELINE``, ``MEMPROBE_BASELINE_UPDATE_OUT``), so setting one never changes another
+command's meaning."""
 
 from __future__ import annotations
 

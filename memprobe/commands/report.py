@@ -11,17 +11,21 @@ import typer
 from memprobe.commands.common import ENV, PER_RANK, check_exports, console_width, print_rank_warnings, render_and_export
 
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Run or comparison folders written by memprobe run/compare.", show_default=False),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run or comparison folders written by memprobe run/compare.", show_default=False),
     per_rank: bool = PER_RANK,
-    csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "CSV", help="Long CSV export."),
-    summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "SUMMARY_CSV", help="Per scenario and rank CSV."),
-    json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "JSON", help="Everything as JSON."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "MARKDOWN", help="GitHub Markdown table."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "PLOT", help="Stacked bars (.png or .svg)."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "REPORT_CSV", help="Long CSV export."),
+    summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "REPORT_SUMMARY_CSV", help="Per scenario and rank CSV."),
+    json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "REPORT_JSON", help="Everything as JSON."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "REPORT_MARKDOWN", help="GitHub Markdown table."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "REPORT_PLOT", help="Stacked bars (.png or .svg)."),
 ) -> int:
     """Re-render saved runs (table, CSV, JSON, Markdown, plot) on any machine, without GPUs.
 
-    Example: memprobe report results/h100x4-compare-tp4-ep2 --markdown table.md
+    Examples:
+
+    \b
+      memprobe report results/h200x4-20261127/compare-tp4-ep2
+      memprobe report results/h200x4-20261127/compare-tp4-ep2 --markdown /tmp/table.md
     """
     from memprobe.model.comparison import load_comparison, merge_comparisons
 

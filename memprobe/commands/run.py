@@ -27,7 +27,11 @@ def run(
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
-    Writes memprobe-runs/<run-id>/readings.csv (--out-dir) and run.json. Example: memprobe run --tp 4 --ep 2 --stack lean
+    Writes readings.csv and run.json to memprobe-runs/RUN_ID/ (see --out-dir, --run-id). Examples:
+
+    \b
+      memprobe run --tp 4 --ep 2 --stack lean
+      memprobe run --device cpu --tp 4 --ep 2 --stack full
     """
     from memprobe.launch.supervisor import new_run_dir, preflight, run_scenario
     from memprobe.model.scenario import Scenario
