@@ -12,6 +12,7 @@ command's meaning."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -75,6 +76,17 @@ WARMUP = typer.Option("tiny", "--warmup", envvar=ENV + "WARMUP",
 PER_RANK = typer.Option(False, "--per-rank", envvar=ENV + "PER_RANK", help="Show every rank, not the worst rank and the spread.")
 
 
+def check_choices(**given: str) -> None:
+    """--warmup, --env-preset and --engine checked as the user wrote them, before any scenario is named
+    after them (issue 15: `--warmup huge` was reported against a scenario the user never wrote)."""
+    from memprobe.model.scenario import ENGINES, ENV_PRESETS, WARMUPS
+
+    allowed = {"warmup": WARMUPS, "env_preset": tuple(sorted(ENV_PRESETS)), "engine": ENGINES}
+    for key, value in given.items():
+        if value not in allowed[key]:
+            raise UsageError(f"--{key.replace('_', '-')} {value!r}: use one of {', '.join(allowed[key])}")
+
+
 def check_out_dir(out_dir: Path) -> None:
     existing = out_dir
     while not existing.exists():
@@ -86,8 +98,17 @@ def check_out_dir(out_dir: Path) -> None:
         raise UsageError(f"--out-dir {out_dir}: {existing} is not a writable folder")
 
 
+WIDE_OUTPUT = 160  # files and pipes: every column (issue 15)
+
+
 def console_width() -> int:
-    return max(100, min(200, int(os.environ.get("COLUMNS", "140"))))
+    """$COLUMNS when set, else the terminal's real width on a terminal, else wide for files and pipes."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return max(60, int(columns))
+    if sys.stdout.isatty():
+        return max(60, shutil.get_terminal_size((WIDE_OUTPUT, 24)).columns)
+    return WIDE_OUTPUT
 
 
 def print_rank_warnings(runs: list[tuple[str, Any]]) -> None:

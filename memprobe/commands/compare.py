@@ -10,7 +10,7 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, TIMEOUT, WARMUP, check_exports, check_out_dir, launch_options, measure,
+    OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, TIMEOUT, WARMUP, check_choices, check_exports, check_out_dir, launch_options, measure,
     render_and_export,
 )
 from memprobe.errors import UsageError
@@ -53,6 +53,7 @@ def compare(
 
     options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id)
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    check_choices(warmup=warmup, env_preset=env_preset)
     if jobs < 0:
         raise UsageError(f"--jobs must be 0 (auto) or more, got {jobs}")
     if scenarios is not None:
@@ -69,7 +70,7 @@ def compare(
         from memprobe.model.stacks import resolve_stack
 
         for name in stack_names:
-            resolve_stack(name)
+            resolve_stack(name, option="--stacks")
         scenario_set = headline_scenarios(tp=tp, ep=ep, stacks=stack_names, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp,
                                           attn_cp=attn_cp, baseline_tp=baseline_tp, env_preset=env_preset,
                                           env=parse_env_assignments([]), warmup=warmup)

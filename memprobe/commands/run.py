@@ -10,7 +10,7 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, EP, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, STACK, TIMEOUT, TP, WARMUP, check_out_dir, console_width, launch_options, layout_from,
+    OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, STACK, TIMEOUT, TP, WARMUP, check_choices, check_out_dir, console_width, launch_options, layout_from,
     print_rank_warnings,
 )
 from memprobe.errors import UsageError
@@ -37,6 +37,7 @@ def run(
     from memprobe.model.scenario import Scenario
 
     layout = layout_from(tp, ep, pp, moe_dp, attn_dp, attn_cp)
+    check_choices(warmup=warmup, env_preset=env_preset, engine=engine)
     from memprobe.model.stacks import resolve_stack
 
     chosen = resolve_stack(stack)

@@ -14,7 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from memprobe.reports._format import console_for, print_table
+from memprobe.reports._format import console_for, natural_width, print_table
 
 from memprobe.analysis.attribution import CONTEXT
 from memprobe.units import NA, UNIT, mib, mib_range
@@ -287,6 +287,41 @@ def _rich_table(table: TextTable, *, merge_scenario: bool) -> Table:
     return rich_table
 
 
+# Columns given up, in this order, when a table is wider than the terminal (issue 15: at 80 or 100
+# columns every line wrapped); files and pipes get the wide default and keep them all.
+HEADLINE_DROP_ORDER: tuple[str, ...] = ("between steps", "Δ after init", "rank spread", "CUDA context", "world",
+                                        "after init", "first use")
+MOE_DROP_ORDER: tuple[str, ...] = ("moe_tp first use", "moe_ep first use")
+
+
+def _without_column(table: TextTable, index: int) -> TextTable:
+    return TextTable(title=table.title, headers=table.headers[:index] + table.headers[index + 1:],
+                     numeric=table.numeric[:index] + table.numeric[index + 1:],
+                     rows=[row[:index] + row[index + 1:] for row in table.rows], row_groups=list(table.row_groups))
+
+
+def fit_table(table: TextTable, width: int, drop_order: tuple[str, ...], *, merge_scenario: bool) -> tuple[Table, list[str]]:
+    """The Rich table of ``table`` within ``width`` characters, leaving out columns in ``drop_order``
+    (header prefixes) until it fits; returns it with the headers left out."""
+    dropped: list[str] = []
+    pending = list(drop_order)
+    while True:
+        drawn = _rich_table(table, merge_scenario=merge_scenario)
+        if natural_width(drawn) <= width or not pending:
+            return drawn, dropped
+        prefix = pending.pop(0)
+        for index, header in enumerate(table.headers):
+            if header.startswith(prefix) and index > 0:
+                dropped.append(header.replace(f" {UNIT}", ""))
+                table = _without_column(table, index)
+                break
+
+
+def _dropped_note(dropped: list[str], width: int) -> str:
+    return (f"left out to fit {width} columns: {', '.join(dropped)} "
+            "(a wider terminal, COLUMNS=160, --markdown or --csv shows every column)")
+
+
 def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 140, per_rank: bool = False) -> None:
     """Write the headline table, the lean-saves lines and the MoE communicator table to ``stream``.
 
@@ -302,22 +337,26 @@ def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 1
 
 def _render_comparison(console: Console, comparison: Comparison, per_rank: bool) -> None:
     table, notes = headline(comparison, per_rank=per_rank)
-    console.print(table.title, soft_wrap=True)
-    print_table(console, _rich_table(table, merge_scenario=True))
-    for note in notes:
-        console.print(note, soft_wrap=True)
+    console.print(table.title)
+    drawn, dropped = fit_table(table, console.width, HEADLINE_DROP_ORDER, merge_scenario=True)
+    print_table(console, drawn)
+    for note in notes + ([_dropped_note(dropped, console.width)] if dropped else []):
+        console.print(note)
     for block in lean_lines(comparison):
         console.print()
-        console.print(block[0], soft_wrap=True)
+        console.print(block[0])
         for line in block[1:]:
-            console.print(f"  {line}", soft_wrap=True)
+            console.print(f"  {line}")
     moe = moe_table(comparison)
     if moe is not None:
         console.print()
-        console.print(moe.title, soft_wrap=True)
-        print_table(console, _rich_table(moe, merge_scenario=False))
+        console.print(moe.title)
+        drawn, dropped = fit_table(moe, console.width, MOE_DROP_ORDER, merge_scenario=False)
+        print_table(console, drawn)
+        if dropped:
+            console.print(_dropped_note(dropped, console.width))
     if comparison.path is not None:
-        console.print(f"files: {comparison.path} (comparison.json, one run folder per scenario)", soft_wrap=True)
+        console.print(f"files: {comparison.path} (comparison.json, one run folder per scenario)")
 
 
 __all__ = ["TextTable", "headline", "lean_lines", "moe_table", "render_comparison"]

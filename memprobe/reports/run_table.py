@@ -167,7 +167,7 @@ def render_run(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool = 
 
 def _render_run(console: Console, run: Run, per_rank: bool) -> None:
     for line in header_lines(run):
-        console.print(line, soft_wrap=True)
+        console.print(line)
     per_rank_parts = components_by_rank(run)
     if not per_rank_parts:
         console.print("no readings: nothing to show")
@@ -199,6 +199,6 @@ def _render_run(console: Console, run: Run, per_rank: bool) -> None:
             add(row)
         print_table(console, table)
         for note in notes:
-            console.print(note, soft_wrap=True)
+            console.print(note)
     if run.path is not None:
-        console.print(f"files: {run.path} (run.json, readings.csv, ranks/rank-NNNNN.jsonl)", soft_wrap=True)
+        console.print(f"files: {run.path} (run.json, readings.csv, ranks/rank-NNNNN.jsonl)")
