@@ -76,6 +76,11 @@ def compare(
                                           env=parse_env_assignments([]), warmup=warmup)
         if announce:
             print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
+        from memprobe.model.distinct import distinct_scenarios
+
+        scenario_set, repeats = distinct_scenarios(scenario_set)
+        for line in repeats:
+            print(f"memprobe: note: {line}", file=sys.stderr)
     from memprobe.model.scenario import with_engines
     from memprobe.model.scenario import ENGINES
 

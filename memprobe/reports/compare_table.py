@@ -228,7 +228,7 @@ def moe_table(comparison: Comparison) -> TextTable | None:
     table = TextTable(
         title=(
             f"MoE groups per communicator, worst rank, {UNIT} "
-            "(off: not built by the stack; skipped: not built in this run, e.g. --device cpu; "
+            "(off: not built by the stack; skipped: not built in this run (--device cpu); "
             "= tp: alias of tp; width 1: singleton)"
         ),
         headers=headers,

@@ -27,6 +27,7 @@ Column contracts (stable; new columns are only ever appended):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,9 @@ def write_json(comparison: Comparison, path: str | Path) -> None:
 
 def _escape(cell: str) -> str:
     """Text safe in a GitHub Markdown table cell (``|`` splits cells; ``<group>`` would vanish as HTML)."""
-    return cell.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    # only what GitHub would read as HTML is escaped, so that "<0.1" stays readable in the raw file (issue 15)
+    cell = re.sub(r"&(?=[A-Za-z#])", "&amp;", cell)
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", cell).replace("|", "\\|")
 
 
 def _markdown_table(table: TextTable) -> list[str]:
