@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from memprobe.errors import MeasurementError
 from memprobe.commands.common import ENV, PER_RANK, check_exports, console_width, print_rank_warnings, render_and_export
 
 def report(
@@ -32,11 +33,14 @@ def report(
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
     comparisons = [load_comparison(path) for path in run_dirs]
     comparison = merge_comparisons(comparisons)
-    if len(comparison.runs) == 1 and not any((csv_path, summary_csv, json_path, markdown, plot_path)):
+    if len(comparison.runs) == 1 and not comparison.missing and not any((csv_path, summary_csv, json_path, markdown, plot_path)):
         from memprobe.reports import render_run
 
         render_run(comparison.runs[0].run, sys.stdout, width=console_width(), per_rank=per_rank)
         print_rank_warnings([(comparison.runs[0].scenario.name, comparison.runs[0].run)])
         return 0
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    if comparison.missing:  # what is shown is incomplete: say so and fail (issue 15)
+        raise MeasurementError(f"{len(comparison.missing)} scenario(s) of the comparison have no saved run and are "
+                               f"not shown (nor anything compared with them): {'; '.join(comparison.missing)}")
     return 0

@@ -59,6 +59,19 @@ def _scenario_label(summary: ScenarioSummary) -> str:
     return label
 
 
+def _stack_and_settings(summary: ScenarioSummary) -> str:
+    """The stack, plus what else sets this scenario apart (issue 15: NCCL knob scenarios all read
+    "--tp 4 --ep 2, full"): its --env settings, a non-default preset or warm-up."""
+    scenario = summary.item.scenario
+    parts = [scenario.stack]
+    parts += [f"{key}={value}" for key, value in sorted(scenario.env.items())]
+    if scenario.env_preset != "sglang":
+        parts.append(f"env preset {scenario.env_preset}")
+    if scenario.warmup != "tiny":
+        parts.append(f"warmup {scenario.warmup}")
+    return ", ".join(parts)
+
+
 def _group_cell(summary: ScenarioSummary, rank: RankSummary | None, name: str) -> str:
     group = summary.group(name)
     if group is None:
@@ -112,7 +125,7 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
             row = [
                 _scenario_label(summary),
                 layout_flags(summary.item.run),
-                summary.item.scenario.stack,
+                _stack_and_settings(summary),
                 rank_text,
             ]
             row += [mib(values.cuda_context if values else None)] if context_shown else []
