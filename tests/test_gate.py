@@ -453,7 +453,9 @@ def test_table_is_plain_and_stable(workdir):
     text = stream.getvalue()
     assert "\x1b[" not in text
     assert max(len(line) for line in text.splitlines()) <= 120
-    assert "| tp4          | REGRESSION" in text
+    # drawn like every other memprobe table (issue 15: ASCII borders here only)
+    assert any(line.split()[:2] == ["tp4", "REGRESSION"] for line in text.splitlines()), text
+    assert "|" not in text and "+-" not in text
     assert "incomparable" in text
 
 
@@ -493,7 +495,7 @@ def test_cli_gate_pass(workdir):
     result = invoke(["gate", "--baseline", "baseline.json", "--results", save(current())])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == "memprobe gate: PASS, 3 scenarios within limits (exit 0)"
-    assert "+--" in result.stdout  # the summary table
+    assert "scenario" in result.stdout and "peak now" in result.stdout  # the summary table
 
 
 def test_cli_gate_regression_writes_every_report(workdir):

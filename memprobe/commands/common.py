@@ -21,6 +21,7 @@ import typer
 
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import UsageError
+from memprobe.launch.options import DEFAULT_OUT_DIR  # noqa: F401  (also the gate's and baseline update's default)
 
 ENV = "MEMPROBE_"
 
@@ -55,8 +56,6 @@ def launch_options(device: str, out_dir: Path, timeout: float, nnodes: int, node
 DEVICE = typer.Option("cuda", "--device", envvar=ENV + "DEVICE",
                       help="cuda: one rank per GPU, NVML readings. cpu: the same pipeline on gloo with host-RSS readings "
                            "(no GPU needed; pynccl and custom all-reduce are skipped).")
-# Users' runs go to a git-ignored folder; results/ holds the committed evidence (issue 15)
-DEFAULT_OUT_DIR = Path("memprobe-runs")
 OUT_DIR = typer.Option(DEFAULT_OUT_DIR, "--out-dir", envvar=ENV + "OUT_DIR", help="Folder that receives one sub-folder per run.")
 RUN_ID = typer.Option(None, "--run-id", envvar=ENV + "RUN_ID", help="Name of the run folder (default: UTC time + layout).")
 TIMEOUT = typer.Option(300.0, "--timeout", envvar=ENV + "TIMEOUT", help="Seconds before a run that stopped progressing is killed.")
