@@ -97,7 +97,7 @@ def check_out_dir(out_dir: Path) -> None:
         raise UsageError(f"--out-dir {out_dir}: {existing} is not a writable folder")
 
 
-WIDE_OUTPUT = 160  # files and pipes: every column (issue 15)
+WIDE_OUTPUT = 200  # files and pipes: every column (issue 15)
 
 
 def console_width() -> int:

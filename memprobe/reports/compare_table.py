@@ -204,6 +204,9 @@ def lean_lines(comparison: Comparison) -> list[list[str]]:
                 _lean_details(saving),
             ]
         )
+        if saving.full.item.run.record.device == "cpu":  # honest about what a CPU difference is (issue 15)
+            blocks[-1].append("--device cpu builds no pynccl or custom all-reduce: full and lean differ here only "
+                              "by host-memory noise")
     return blocks
 
 
@@ -332,7 +335,7 @@ def fit_table(table: TextTable, width: int, drop_order: tuple[str, ...], *, merg
 
 def _dropped_note(dropped: list[str], width: int) -> str:
     return (f"left out to fit {width} columns: {', '.join(dropped)} "
-            "(a wider terminal, COLUMNS=160, --markdown or --csv shows every column)")
+            "(a wider terminal, COLUMNS=200, --markdown or --csv shows every column)")
 
 
 def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 140, per_rank: bool = False) -> None:
