@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -99,6 +100,9 @@ def test_compare_cpu_end_to_end_with_exports(memprobe, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     document = json.loads((tmp_path / "all.json").read_text())
     assert document["schema_version"] == 1
+    # --device cpu skips the CUDA context and every GPU communicator: listed as skipped, no bytes in the summary
+    assert "tp/pynccl" in document["scenarios"][0]["skipped_by_rank"]["0"]
+    assert {row["cuda_context_bytes"] for row in csv.DictReader((tmp_path / "summary.csv").open())} == {""}
     assert "tp2-ep2-full" in result.stdout and "MiB" in result.stdout
     assert leftover_memprobe_processes(tmp_path) == []
 

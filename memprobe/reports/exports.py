@@ -14,7 +14,7 @@ Column contracts (stable; new columns are only ever appended):
     step, whose movement is host noise counted as unattributed), elapsed_s, note.
 
 ``summary_dataframe`` / ``write_summary_csv`` (:func:`summary_columns`), one row per scenario and rank:
-    scenario, stack, layout, rank, cuda_context_bytes, world_bytes, ``<group>_init_bytes`` for every
+    scenario, stack, layout, rank, cuda_context_bytes (empty where skipped: --device cpu), world_bytes, ``<group>_init_bytes`` for every
     group of SGLang's creation order except world (tp, attn_cp, attention_tp, moe_dp, moe_ep, moe_tp,
     pp, self_pp; then any other group found in the runs), first_use_bytes, total_after_init_bytes,
     total_after_first_use_bytes, delta_vs_baseline_bytes (total after first use minus the same rank
@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from memprobe.analysis.attribution import charged_deltas, components_by_rank, rank_readings
+from memprobe.analysis.attribution import charged_deltas, components_by_rank, rank_readings, skipped_by_rank
 from memprobe.model.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
@@ -147,7 +147,8 @@ def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
                 "stack": summary.item.scenario.stack,
                 "layout": summary.item.scenario.layout.slug(),
                 "rank": rank,
-                "cuda_context_bytes": values.cuda_context,
+                # skipped (--device cpu): empty, not 0 (issue 15)
+                "cuda_context_bytes": None if "cuda_context" in values.skipped else values.cuda_context,
                 "world_bytes": values.world,
                 "first_use_bytes": values.first_use,
                 "total_after_init_bytes": values.total_after_init,
@@ -194,6 +195,8 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "run_path": None if item.run.path is None else str(item.run.path),
                 "run": asdict(item.run.record),
                 "components_by_rank": {str(rank): parts for rank, parts in components_by_rank(item.run).items()},
+                # component keys whose step was skipped (charged 0 above; issue 15)
+                "skipped_by_rank": {str(rank): sorted(keys) for rank, keys in skipped_by_rank(item.run).items()},
                 "readings": [reading.as_row() for reading in sorted(item.run.readings, key=lambda r: (r.rank, r.sequence))],
             }
         )
