@@ -306,7 +306,8 @@ def _rich_table(table: TextTable, *, merge_scenario: bool) -> Table:
 # Columns given up, in this order, when a table is wider than the terminal (issue 15: at 80 or 100
 # columns every line wrapped); files and pipes get the wide default and keep them all.
 HEADLINE_DROP_ORDER: tuple[str, ...] = ("between steps", "Δ after init", "rank spread", "CUDA context", "world",
-                                        "after init", "first use")
+                                        "after init", "first use", "self_pp init", "pp init", "moe_dp init",
+                                        "attn_cp init", "attention_tp init")
 MOE_DROP_ORDER: tuple[str, ...] = ("moe_tp first use", "moe_ep first use")
 
 
