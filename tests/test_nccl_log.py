@@ -259,11 +259,11 @@ def test_committed_split_adds_up_and_tracing_costs_no_bytes():
 def test_split_and_nccl_log_options_through_the_cpu_pipeline(memprobe, tmp_path):
     result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--nccl-log", "--split", "--run-id", "r")
     assert result.returncode == 0, result.stderr
-    run = load_run(tmp_path / "results" / "r")
+    run = load_run(tmp_path / "memprobe-runs" / "r")
     nccl_env = run.record.environment["nccl_env"]
     assert (nccl_env["NCCL_DEBUG"], nccl_env["NCCL_DEBUG_SUBSYS"]) == ("INFO", "ALLOC,INIT")
-    assert nccl_env["NCCL_DEBUG_FILE"] == str((tmp_path / "results" / "r" / "nccl").resolve() / "%h.%p.log")
-    assert (tmp_path / "results" / "r" / "nccl").is_dir()
+    assert nccl_env["NCCL_DEBUG_FILE"] == str((tmp_path / "memprobe-runs" / "r" / "nccl").resolve() / "%h.%p.log")
+    assert (tmp_path / "memprobe-runs" / "r" / "nccl").is_dir()
     assert "split into torch cache" in result.stdout and "the split is not available" in result.stdout
     assert "no NCCL logs of this run's ranks" in result.stdout  # gloo on CPU: NCCL never starts
 

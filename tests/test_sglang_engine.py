@@ -75,7 +75,7 @@ def test_missing_sglang_is_exit_2_before_launch(memprobe, tmp_path, monkeypatch)
         pytest.skip("SGLang is installed here")
     assert result.returncode == 2
     assert result.stderr.strip() == "memprobe: error: --engine sglang needs SGLang installed (pip install sglang==0.5.23); it was not found"
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "memprobe-runs").exists()
 
 
 def _importable_elsewhere() -> bool:
@@ -110,7 +110,7 @@ def test_real_sglang_groups_line_up_with_the_reference_engine_on_cpu(memprobe, t
         result = memprobe("run", "--device", "cpu", "--tp", "4", "--ep", "2", "--stack", stack, "--engine", engine,
                           "--quiet", "--run-id", engine, env=env, timeout=400)
         assert result.returncode == 0, result.stderr
-    reference, sglang = load_run(tmp_path / "results" / "memprobe"), load_run(tmp_path / "results" / "sglang")
+    reference, sglang = load_run(tmp_path / "memprobe-runs" / "memprobe"), load_run(tmp_path / "memprobe-runs" / "sglang")
     assert sglang.record.engine == "sglang" and sglang.record.environment["sglang"] == "0.5.23"
     for rank in range(4):
         steps = [[(r.group, r.step) for r in sorted(run.readings, key=lambda r: r.sequence) if r.rank == rank]

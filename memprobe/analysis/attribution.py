@@ -3,6 +3,10 @@
 Every delta is ``primary_bytes`` of a reading minus that of the reading before it on the
 same rank, so the parts always add up to ``end - start``. A delta whose either side is
 unavailable is ``None`` (unknown), never zero.
+
+A step that was skipped (status ``skipped``: not in the stack, width 1, ``--device cpu``) built
+nothing, so it is charged 0 bytes and whatever the reading moved meanwhile (host-RSS noise on CPU)
+goes to ``unattributed`` (issue 15: CPU tables showed bytes for steps that did nothing).
 """
 
 from __future__ import annotations
@@ -69,11 +73,38 @@ def step_deltas(readings: list[Reading], measure: Measure = primary) -> list[tup
     return result
 
 
+def charged_deltas(readings: list[Reading], measure: Measure = primary) -> list[tuple[Reading, int | None, int | None]]:
+    """``(reading, bytes charged to its step, bytes moved to unattributed)``: a skipped step is
+    charged 0 and its delta (noise, it built nothing) is moved to ``unattributed`` (issue 15)."""
+    result: list[tuple[Reading, int | None, int | None]] = []
+    for reading, delta in step_deltas(readings, measure):
+        if reading.status == "skipped" and reading.step != "start":
+            result.append((reading, 0, delta))
+        else:
+            result.append((reading, delta, 0))
+    return result
+
+
+def skipped_keys(readings: list[Reading]) -> set[str]:
+    """Component keys (``G/step``, ``cuda_context``) whose step was skipped on this rank."""
+    keys = set()
+    for reading in readings:
+        if reading.status == "skipped" and reading.step != "start":
+            keys.add(reading.step if not reading.group or reading.step == reading.group else f"{reading.group}/{reading.step}")
+    return keys
+
+
+def skipped_by_rank(run: Run) -> dict[int, set[str]]:
+    return {rank: skipped_keys(readings) for rank, readings in sorted(rank_readings(run).items())}
+
+
 def rank_components(readings: list[Reading], measure: Measure = primary) -> dict[str, int | None]:
     """Bytes per component for one rank (see module docstring for the keys), of the bytes ``measure`` picks."""
     parts: dict[str, int | None] = {}
     last_init_reading: Reading | None = None
-    for reading, delta in step_deltas(readings, measure):
+    for reading, delta, moved in charged_deltas(readings, measure):
+        if moved != 0:
+            parts[UNATTRIBUTED] = _add(parts.get(UNATTRIBUTED, 0), moved)
         if reading.step == "start":
             continue
         if reading.step == CONTEXT:

@@ -1,9 +1,18 @@
-"""What the commands share: Typer options (each also read from ``MEMPROBE_<OPTION>``), the builders of
-validated configs from them, and the rendering of a finished comparison with its exports."""
+"""What the commands share: Typer options, the builders of validated configs from them, and the
+rendering of a finished comparison with its exports.
+
+Environment variables, one rule (issue 15): an option that means the same in every command that has
+it (those defined here: layout widths, --stack, --device, --warmup, --env-preset, --env, --engine,
+--out-dir, --run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --quiet) reads
+``MEMPROBE_<OPTION>``; every other option, a command's own files and switches, reads
+``MEMPROBE_<COMMAND>_<OPTION>`` (``MEMPROBE_COMPARE_JSON``, ``MEMPROBE_PLAN_JSON``,
+``MEMPROBE_GATE_BASELINE``, ``MEMPROBE_BASELINE_UPDATE_OUT``), so setting one never changes another
+command's meaning."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -12,6 +21,7 @@ import typer
 
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import UsageError
+from memprobe.launch.options import DEFAULT_OUT_DIR  # noqa: F401  (also the gate's and baseline update's default)
 
 ENV = "MEMPROBE_"
 
@@ -47,7 +57,7 @@ def launch_options(device: str, out_dir: Path, timeout: float, nnodes: int, node
 DEVICE = typer.Option("cuda", "--device", envvar=ENV + "DEVICE",
                       help="cuda: one rank per GPU, NVML readings. cpu: the same pipeline on gloo with host-RSS readings "
                            "(no GPU needed; pynccl and custom all-reduce are skipped).")
-OUT_DIR = typer.Option(Path("results"), "--out-dir", envvar=ENV + "OUT_DIR", help="Folder that receives one sub-folder per run.")
+OUT_DIR = typer.Option(DEFAULT_OUT_DIR, "--out-dir", envvar=ENV + "OUT_DIR", help="Folder that receives one sub-folder per run.")
 RUN_ID = typer.Option(None, "--run-id", envvar=ENV + "RUN_ID", help="Name of the run folder (default: UTC time + layout).")
 TIMEOUT = typer.Option(300.0, "--timeout", envvar=ENV + "TIMEOUT", help="Seconds before a run that stopped progressing is killed.")
 NNODES = typer.Option(1, "--nnodes", envvar=ENV + "NNODES", help="Nodes (passed to torchrun).")
@@ -71,6 +81,17 @@ SPLIT = typer.Option(False, "--split", envvar=ENV + "SPLIT",
 PER_RANK = typer.Option(False, "--per-rank", envvar=ENV + "PER_RANK", help="Show every rank, not the worst rank and the spread.")
 
 
+def check_choices(**given: str) -> None:
+    """--warmup, --env-preset and --engine checked as the user wrote them, before any scenario is named
+    after them (issue 15: `--warmup huge` was reported against a scenario the user never wrote)."""
+    from memprobe.model.scenario import ENGINES, ENV_PRESETS, WARMUPS
+
+    allowed = {"warmup": WARMUPS, "env_preset": tuple(sorted(ENV_PRESETS)), "engine": ENGINES}
+    for key, value in given.items():
+        if value not in allowed[key]:
+            raise UsageError(f"--{key.replace('_', '-')} {value!r}: use one of {', '.join(allowed[key])}")
+
+
 def check_out_dir(out_dir: Path) -> None:
     existing = out_dir
     while not existing.exists():
@@ -82,8 +103,17 @@ def check_out_dir(out_dir: Path) -> None:
         raise UsageError(f"--out-dir {out_dir}: {existing} is not a writable folder")
 
 
+WIDE_OUTPUT = 200  # files and pipes: every column (issue 15)
+
+
 def console_width() -> int:
-    return max(100, min(200, int(os.environ.get("COLUMNS", "140"))))
+    """$COLUMNS when set, else the terminal's real width on a terminal, else wide for files and pipes."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return max(60, int(columns))
+    if sys.stdout.isatty():
+        return max(60, shutil.get_terminal_size((WIDE_OUTPUT, 24)).columns)
+    return WIDE_OUTPUT
 
 
 def print_rank_warnings(runs: list[tuple[str, Any]]) -> None:

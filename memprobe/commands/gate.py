@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from memprobe.commands.common import measure
+from memprobe.commands.common import DEFAULT_OUT_DIR, measure
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import ExitCode, MeasurementError, MemprobeError, UsageError
 from memprobe.gate.baseline import ThresholdRule, load_baseline
@@ -95,24 +95,22 @@ Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement 
 
 Examples:
 
-memprobe gate --baseline configs/baselines/h100x4.json --junit-xml gate.xml
-
-memprobe gate --baseline configs/baselines/h100x4.json --results runs/2026-11-27-1200
-
-memprobe gate --baseline b.json --results runs/x --threshold metric=moe_*/pynccl,relative=2%,absolute=16MiB
-
-memprobe gate --baseline b.json --results runs/x --threshold scenario=tp4,metric=total_after_first_use,max=3GiB
+\b
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --junit-xml gate.xml
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean --threshold metric=moe_*/pynccl,relative=2%,absolute=16MiB
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean --threshold scenario=tp4-ep2-lean,metric=total_after_first_use,max=3GiB
 """
 
 
 def gate(
-    baseline: Annotated[Path, typer.Option("--baseline", "-b", envvar="MEMPROBE_BASELINE", show_default=False,
+    baseline: Annotated[Path, typer.Option("--baseline", "-b", envvar="MEMPROBE_GATE_BASELINE", show_default=False,
                                            help="Baseline JSON file (made by `memprobe baseline update`).")],
     results: Annotated[Optional[Path], typer.Option(
-        "--results", envvar="MEMPROBE_RESULTS",
+        "--results", envvar="MEMPROBE_GATE_RESULTS",
         help="Judge this saved run or comparison folder instead of measuring (no GPU needed).")] = None,
     scenario: Annotated[Optional[list[str]], typer.Option(
-        "--scenario", "-s", envvar="MEMPROBE_SCENARIO",
+        "--scenario", "-s", envvar="MEMPROBE_GATE_SCENARIO",
         help="Judge only this baseline scenario (repeatable).")] = None,
     relative: Annotated[Optional[str], typer.Option(
         "--relative", envvar="MEMPROBE_GATE_RELATIVE",
@@ -125,7 +123,7 @@ def gate(
         help="Comma-separated KEY=VALUE: optional scenario=NAME and metric=GLOB, then relative=P, absolute=SIZE, "
              "max=SIZE (a cap) or ignore=true. Repeatable; wins over the baseline file.")] = None,
     allow_env_mismatch: Annotated[bool, typer.Option(
-        "--allow-env-mismatch", envvar="MEMPROBE_ALLOW_ENV_MISMATCH",
+        "--allow-env-mismatch", envvar="MEMPROBE_GATE_ALLOW_ENV_MISMATCH",
         help="Compare even where the environment differs from the baseline's key (and say so) instead of exit 4.")] = False,
     markdown: Annotated[Optional[Path], typer.Option(
         "--markdown", envvar="MEMPROBE_GATE_MARKDOWN",
@@ -141,7 +139,7 @@ def gate(
              "Ignored with --results.")] = "cuda",
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", envvar="MEMPROBE_OUT_DIR",
-        help="Folder that receives the run folders the gate measures (ignored with --results).")] = Path("results"),
+        help="Folder that receives the run folders the gate measures (ignored with --results).")] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
         help="Seconds before a run that stopped progressing is killed.")] = DEFAULT_TIMEOUT_S,

@@ -10,8 +10,8 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, EP, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, SPLIT, STACK, TIMEOUT, TP, WARMUP, check_out_dir, console_width,
-    launch_options, layout_from, print_rank_warnings, show_attribution,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, SPLIT, STACK, TIMEOUT, TP, WARMUP, check_choices, check_out_dir,
+    console_width, launch_options, layout_from, print_rank_warnings, show_attribution,
 )
 from memprobe.errors import UsageError
 
@@ -28,12 +28,17 @@ def run(
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
-    Writes results/<run-id>/readings.csv and run.json. Example: memprobe run --tp 4 --ep 2 --stack lean
+    Writes readings.csv and run.json to memprobe-runs/RUN_ID/ (see --out-dir, --run-id). Examples:
+
+    \b
+      memprobe run --tp 4 --ep 2 --stack lean
+      memprobe run --device cpu --tp 4 --ep 2 --stack full
     """
     from memprobe.launch.supervisor import new_run_dir, preflight, run_scenario
     from memprobe.model.scenario import Scenario
 
     layout = layout_from(tp, ep, pp, moe_dp, attn_dp, attn_cp)
+    check_choices(warmup=warmup, env_preset=env_preset, engine=engine)
     from memprobe.model.stacks import resolve_stack
 
     chosen = resolve_stack(stack)

@@ -19,12 +19,16 @@ RECORDED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_DEVICE_MAX_CONNECTIONS", 
 _HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
+# Users' runs go to a git-ignored folder; results/ holds the committed evidence (issue 15)
+DEFAULT_OUT_DIR = Path("memprobe-runs")
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
     """How scenarios are launched; the same for every scenario of one command."""
 
     device: str = "cuda"
-    out_dir: Path = Path("results")
+    out_dir: Path = DEFAULT_OUT_DIR
     timeout_s: float = DEFAULT_TIMEOUT_S
     nnodes: int = 1
     node_rank: int = 0

@@ -94,7 +94,7 @@ def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
 def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     """Everything that can be checked before a process starts (exit 2 on any problem)."""
     for scenario in scenarios:
-        resolve_stack(scenario.stack)
+        resolve_stack(scenario.stack, option=f"scenario {scenario.name}: stack")
     if any(scenario.engine == "sglang" for scenario in scenarios):
         from memprobe.measure.sglang_engine import installed_sglang
 

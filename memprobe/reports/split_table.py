@@ -9,11 +9,11 @@ from typing import IO
 from rich import box
 from rich.table import Table
 
-from memprobe.analysis.attribution import Split, splits_by_rank
+from memprobe.analysis.attribution import Split, skipped_by_rank, splits_by_rank
 from memprobe.model.records import Run
 from memprobe.reports._format import console_for, print_table
 from memprobe.reports._model import plan_of
-from memprobe.reports.run_table import _rows
+from memprobe.reports.run_table import component_rows
 from memprobe.units import NA, UNIT, mib
 
 TORCH_LABEL = "torch cache"
@@ -40,7 +40,8 @@ def render_split(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool 
             return
         console.print(f"bytes each step added, split into {TORCH_LABEL} (change of torch-reserved bytes) and the rest; "
                       f"{UNIT} = 2^20 bytes", soft_wrap=True)
-        rows, totals, _ = _rows(plan_of(run), {rank: {k: s.total for k, s in parts.items()} for rank, parts in splits.items()})
+        totals_by_rank = {rank: {k: s.total for k, s in parts.items()} for rank, parts in splits.items()}
+        rows, totals, _ = component_rows(plan_of(run), totals_by_rank, skipped_by_rank(run))
         ranks = sorted(splits)
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         table.add_column("component")
