@@ -8,11 +8,14 @@ from typing import Optional
 
 import typer
 
-from memprobe.commands.common import ENV, PER_RANK, check_exports, console_width, print_rank_warnings, render_and_export
+from memprobe.commands.common import (
+    ENV, PER_RANK, TIMINGS, check_exports, console_width, print_rank_warnings, render_and_export, render_timings_of,
+)
 
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run or comparison folders written by memprobe run/compare.", show_default=False),
     per_rank: bool = PER_RANK,
+    timings: bool = TIMINGS,
     csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "CSV", help="Long CSV export."),
     summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "SUMMARY_CSV", help="Per scenario and rank CSV."),
     json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "JSON", help="Everything as JSON."),
@@ -33,6 +36,8 @@ def report(
 
         render_run(comparison.runs[0].run, sys.stdout, width=console_width(), per_rank=per_rank)
         print_rank_warnings([(comparison.runs[0].scenario.name, comparison.runs[0].run)])
-        return 0
-    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    else:
+        render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    if timings:
+        render_timings_of([(item.scenario.name, item.run) for item in comparison.runs])
     return 0

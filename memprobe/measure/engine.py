@@ -123,6 +123,9 @@ class ReferenceEngine:
     def record(self, step: str, group: str = "", status: str = "ok", note: str = "") -> Reading:
         self.current = (group, step)
         self.fault.fire(group, step)
+        # this rank finished the step and now waits for the others: the parent tells a hung rank
+        # from the ranks waiting for it (issue 13)
+        self.emit({"type": "arrived", "group": group, "step": step})
         self._synchronize()
         sample = self.sampler.sample()
         now = time.monotonic()
