@@ -418,8 +418,10 @@ def _root_cause(follower: StreamFollower, local_ranks: range, return_code: int |
     if silent:
         return went_silent(silent[0], "never started (see torchrun.log) ",
                            f"(killed or crashed; torchrun exit code {return_code})")
-    if errors:
-        return from_error(errors[0])
+    if errors:  # every error is a lost peer: the rank that failed first is on another node
+        lost = from_error(errors[0])
+        lost.message += " (it lost a peer: the rank that failed first is elsewhere, e.g. on another node; see its output)"
+        return lost
     return Failure(rank=None, group="", step="", message=f"torchrun exited with code {return_code}", last_lines=_tail(log_path))
 
 

@@ -51,23 +51,24 @@ class FaultHook:
     """Test-only fault injection, off unless ``MEMPROBE_TEST_FAULT`` is set.
 
     Format ``RANK:GROUP/STEP:ACTION`` (``GROUP`` empty for start/cuda_context/end), e.g.
-    ``1:tp/pynccl:raise``; ACTION is ``raise``, ``exit`` (exit code 7), ``kill`` (SIGKILL to
-    itself) or ``hang`` (sleeps forever). It fires when the rank reaches that step, before
-    the step's reading is taken.
+    ``1:tp/pynccl:raise``, several separated by commas; ACTION is ``raise``, ``exit`` (exit code 7),
+    ``kill`` (SIGKILL to itself), ``hang`` (sleeps forever) or ``sleepN`` (sleeps N seconds, then goes on:
+    a slow but healthy rank). It fires when the rank reaches that step, before the step's reading is taken.
     """
 
     def __init__(self, spec: str | None, rank: int) -> None:
-        self.target: tuple[str, str, str] | None = None
-        if spec:
-            rank_text, where, action = spec.split(":")
-            group, _, step = where.rpartition("/")
-            if int(rank_text) == rank:
-                self.target = (group, step, action)
+        self.targets: dict[tuple[str, str], str] = {}
+        for item in (spec or "").split(","):
+            if item:
+                rank_text, where, action = item.split(":")
+                group, _, step = where.rpartition("/")
+                if int(rank_text) == rank:
+                    self.targets[(group, step)] = action
 
     def fire(self, group: str, step: str) -> None:
-        if self.target is None or self.target[:2] != (group, step):
+        action = self.targets.get((group, step))
+        if action is None:
             return
-        action = self.target[2]
         if action == "raise":
             raise RuntimeError(f"injected fault at {group}/{step} (MEMPROBE_TEST_FAULT)")
         if action == "exit":
@@ -76,6 +77,8 @@ class FaultHook:
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+        if action.startswith("sleep"):
+            time.sleep(float(action[len("sleep"):]))
         if action == "hang":
             while True:
                 time.sleep(3600)

@@ -1,0 +1,108 @@
+"""Run lifecycle on CPU with real torchrun (issue 13): two torchrun agents on loopback as two nodes,
+clean ends (torchrun exits by itself, nothing left in the temp folder), and --nnodes checked before launch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import _memprobe_env
+from test_pipeline_cpu import leftover_memprobe_processes
+
+from memprobe.launch.supervisor import free_port
+from memprobe.model.comparison import load_comparison
+from memprobe.model.records import load_run
+
+
+def two_nodes(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess]:
+    """The same command on node 0 and node 1 of ``--nnodes 2``, each in its own folder, at the same time."""
+    port = str(free_port())
+    processes = []
+    for node in (0, 1):
+        folder = tmp_path / f"node{node}"
+        (folder / "tmp").mkdir(parents=True)
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "memprobe", *args, "--device", "cpu", "--quiet", "--nnodes", "2",
+             "--node-rank", str(node), "--master-port", port, "--run-id", "two"],
+            cwd=folder, env=_memprobe_env({"TMPDIR": str(folder / "tmp"), **(env or {})}),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
+
+
+def test_run_on_two_nodes_completes_on_both(tmp_path):
+    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2")
+    assert node0.returncode == 0, node0.stderr
+    assert node1.returncode == 0, node1.stderr
+    gathered = load_run(tmp_path / "node0" / "results" / "two")
+    assert gathered.record.status == "complete" and gathered.ranks == [0, 1]
+    assert "rank" in node0.stdout  # node 0 shows the table of every rank
+    # node 1 points to node 0's folder and keeps its own rank's stream
+    assert f"in {tmp_path / 'node0' / 'results' / 'two'}" in node1.stderr and "ranks 1-1 finished" in node1.stderr
+    kept = load_run(tmp_path / "node1" / "results" / "two")
+    assert kept.record.status == "complete" and kept.ranks == [1]
+    assert kept.record.results_at["folder"] == str(tmp_path / "node0" / "results" / "two")
+    assert (tmp_path / "node1" / "results" / "two" / "ranks" / "rank-00001.jsonl").is_file()
+    for node in ("node0", "node1"):
+        log = (tmp_path / node / "results" / "two" / "torchrun.log").read_text()
+        assert "death signal" not in log  # torchrun exited by itself, not stopped by memprobe
+        assert list((tmp_path / node / "tmp").iterdir()) == []  # no torchelastic_* folder left
+        assert leftover_memprobe_processes(tmp_path / node) == []
+
+
+def test_compare_on_two_nodes_completes_on_both(tmp_path):
+    node0, node1 = two_nodes(tmp_path, "compare", "--tp", "2", "--stacks", "lean")
+    assert node0.returncode == 0, node0.stderr
+    assert node1.returncode == 0, node1.stderr
+    comparison = load_comparison(tmp_path / "node0" / "results" / "two")
+    assert comparison.names() == ["tp2", "tp2-lean"]
+    assert all(item.run.ranks == [0, 1] for item in comparison.runs)
+    for name in ("tp2", "tp2-lean"):
+        assert f"{name}: this node's ranks 1-1 finished" in node1.stderr
+        assert str(tmp_path / "node0" / "results" / "two" / name) in node1.stderr
+
+
+def test_a_rank_failing_on_node_1_fails_both_nodes(tmp_path):
+    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2", env={"MEMPROBE_TEST_FAULT": "1:tp/pynccl:raise"})
+    assert node1.returncode == 3, node1.stderr
+    assert "rank 1 failed at tp/pynccl: RuntimeError: injected fault" in node1.stderr
+    assert node0.returncode == 3, node0.stderr
+    assert load_run(tmp_path / "node0" / "results" / "two").record.status == "incomplete"
+    for node in ("node0", "node1"):
+        assert leftover_memprobe_processes(tmp_path / node) == []
+
+
+def test_nnodes_that_does_not_divide_the_world_is_refused_before_launch(memprobe, tmp_path):
+    result = memprobe("run", "--device", "cpu", "--tp", "3", "--nnodes", "2", "--master-port", "29999")
+    assert result.returncode == 2
+    assert "world size 3 does not split over --nnodes 2" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_nnodes_needs_a_shared_rendezvous_port(memprobe, tmp_path):
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--nnodes", "2")
+    assert result.returncode == 2 and "--master-port" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_gate_on_two_nodes_judges_on_node_0_and_points_there_from_node_1(memprobe, tmp_path):
+    (tmp_path / "one.toml").write_text('[[scenario]]\nname = "tp2"\ntp = 2\n')
+    made = memprobe("baseline", "update", "--scenarios", "one.toml", "--device", "cpu", "--out", "base.json")
+    assert made.returncode == 0, made.stderr
+    for node in ("node0", "node1"):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "base.json").write_text((tmp_path / "base.json").read_text())
+    port = str(free_port())
+    processes = [subprocess.Popen([sys.executable, "-m", "memprobe", "gate", "--baseline", "base.json", "--device", "cpu",
+                                   "--nnodes", "2", "--node-rank", str(node), "--master-port", port],
+                                  cwd=tmp_path / f"node{node}", env=_memprobe_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    (out0, err0), (out1, err1) = (process.communicate(timeout=300) for process in processes)
+    assert processes[0].returncode == 0, out0 + err0
+    assert "PASS" in out0
+    assert processes[1].returncode == 0, out1 + err1
+    assert "tp2: this node's ranks 1-1 finished" in err1 and str(tmp_path / "node0" / "results") in err1
