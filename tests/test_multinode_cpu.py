@@ -10,7 +10,10 @@ from pathlib import Path
 from conftest import _memprobe_env
 from test_pipeline_cpu import leftover_memprobe_processes
 
+import pytest
+
 from memprobe.launch.supervisor import free_port
+from memprobe.launch.timings import PHASES
 from memprobe.model.comparison import load_comparison
 from memprobe.model.records import load_run
 
@@ -47,6 +50,13 @@ def test_run_on_two_nodes_completes_on_both(tmp_path):
     assert kept.record.status == "complete" and kept.ranks == [1]
     assert kept.record.results_at["folder"] == str(tmp_path / "node0" / "results" / "two")
     assert (tmp_path / "node1" / "results" / "two" / "ranks" / "rank-00001.jsonl").is_file()
+    # where the time went (issue 16): every phase measured, and together they make the wall time
+    phases = gathered.record.timings["phases"]
+    assert all(phases[name] is not None and phases[name] >= 0 for name in PHASES if name != "gpu_release")
+    assert sum(value for value in phases.values() if value) == pytest.approx(gathered.record.wall_time_s, abs=0.02)
+    shown = subprocess.run([sys.executable, "-m", "memprobe", "report", "results/two", "--timings"], cwd=tmp_path / "node0",
+                           env=_memprobe_env(), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "timings tp2-lean" in shown.stdout and "workers exit" in shown.stdout
     for node in ("node0", "node1"):
         log = (tmp_path / node / "results" / "two" / "torchrun.log").read_text()
         assert "death signal" not in log  # torchrun exited by itself, not stopped by memprobe
