@@ -225,6 +225,10 @@ def wait_for_gpu_release(worker_pids: set[int], environment: dict[str, str], tim
 
 # ------------------------------------------------------------------------------- progress
 
+def _where(event: dict[str, Any]) -> str:
+    return f"{event['group']}/{event['step']}" if event.get("group") else str(event.get("step", ""))
+
+
 class StreamFollower:
     """Reads each rank's event stream incrementally."""
 
@@ -268,9 +272,9 @@ class StreamFollower:
                     self.readings[rank] += 1
                     self.last_progress[rank] = time.monotonic()
                     self.arrived.pop(rank, None)
+                    self.last_step[rank] = _where(event)
                 elif kind == "arrived":
-                    self.arrived[rank] = f"{event['group']}/{event['step']}" if event.get("group") else str(event.get("step"))
-                    self.last_step[rank] = f"{event['group']}/{event['step']}" if event["group"] else event["step"]
+                    self.arrived[rank] = _where(event)
                 elif kind == "error":
                     self.errors.append(event)
                 elif kind == "done":

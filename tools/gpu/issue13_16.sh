@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 COLUMNS=160 NCCL_NVLS_ENABLE=0 PYTHONPATH=$PWD
 M="python3 -m memprobe"
 . tools/gpu_lib.sh
-if [ "$DEVICE" = cuda ]; then record_environment "$O/environment.txt"; GPUS=$(nvidia-smi -L | wc -l); else GPUS=4; fi
+if [ "$DEVICE" = cuda ]; then record_environment "$O/environment.txt"; GPUS=$(nvidia-smi -L | wc -l); else GPUS=${GPUS:-2}; fi
 LEFT_BEFORE=$(ls -d /tmp/torchelastic_* 2>/dev/null | wc -l)
 
 two_nodes() {  # two_nodes TP STACK FOLDER: node 0 on the first TP/2 GPUs, node 1 on the others
