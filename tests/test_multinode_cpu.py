@@ -13,7 +13,7 @@ from test_pipeline_cpu import leftover_memprobe_processes
 import pytest
 
 from memprobe.launch.supervisor import free_port
-from memprobe.launch.timings import PHASES
+from memprobe.model.timings import PHASES
 from memprobe.model.comparison import load_comparison
 from memprobe.model.records import load_run
 

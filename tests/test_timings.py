@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memprobe.launch.timings import PHASES, run_timings
+from memprobe.model.timings import PHASES, run_timings
 from memprobe.reports.timings import timing_lines
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from memprobe import __version__
 from memprobe.measure import nvml
-from memprobe.launch.timings import run_timings
+from memprobe.model.timings import run_timings
 from memprobe.launch.options import LaunchOptions, recorded_environment, worker_environment
 from memprobe.errors import Interrupted, MeasurementError, UsageError
 from memprobe.model.layout import plan_groups

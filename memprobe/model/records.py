@@ -120,7 +120,7 @@ class RunRecord:
     failure: Failure | None = None
     wall_time_s: float | None = None
     gpu_release_s: float | None = None  # seconds waited after the workers stopped until NVML no longer listed them
-    timings: dict[str, Any] = field(default_factory=dict)  # where the time went: launch/timings.py
+    timings: dict[str, Any] = field(default_factory=dict)  # where the time went: model/timings.py
     results_at: dict[str, Any] | None = None  # on a node other than 0: host and folder of the gathered results
     schema_version: int = SCHEMA_VERSION
 

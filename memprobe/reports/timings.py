@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from memprobe.launch.timings import PHASES
+from memprobe.model.timings import PHASES
 
 LABELS = {"torchrun_start": "torchrun start", "import": "import (interpreter, torch)", "cuda_context": "CUDA context",
           "steps": "steps (groups, communicators)", "gather": "gather", "teardown": "teardown (destroy groups)",
