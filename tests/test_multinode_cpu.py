@@ -18,16 +18,20 @@ from memprobe.model.comparison import load_comparison
 from memprobe.model.records import load_run
 
 
-def two_nodes(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess]:
-    """The same command on node 0 and node 1 of ``--nnodes 2``, each in its own folder, at the same time."""
+def two_nodes(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+              dynamic: bool = False) -> list[subprocess.CompletedProcess]:
+    """The same command on node 0 and node 1 of ``--nnodes 2``, each in its own folder, at the same time;
+    ``dynamic``: torchrun's c10d rendezvous (it assigns the node ranks) instead of --master-port."""
     port = str(free_port())
     processes = []
     for node in (0, 1):
+        rendezvous = (["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job"] if dynamic
+                      else ["--node-rank", str(node), "--master-port", port])
         folder = tmp_path / f"node{node}"
         (folder / "tmp").mkdir(parents=True)
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "memprobe", *args, "--device", "cpu", "--quiet", "--nnodes", "2",
-             "--node-rank", str(node), "--master-port", port, "--run-id", "two"],
+             *rendezvous, "--run-id", "two"],
             cwd=folder, env=_memprobe_env({"TMPDIR": str(folder / "tmp"), **(env or {})}),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
@@ -64,16 +68,19 @@ def test_run_on_two_nodes_completes_on_both(tmp_path):
         assert leftover_memprobe_processes(tmp_path / node) == []
 
 
-def test_compare_on_two_nodes_completes_on_both(tmp_path):
-    node0, node1 = two_nodes(tmp_path, "compare", "--tp", "2", "--stacks", "lean")
-    assert node0.returncode == 0, node0.stderr
-    assert node1.returncode == 0, node1.stderr
-    comparison = load_comparison(tmp_path / "node0" / "results" / "two")
+def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_path):
+    """torchrun's c10d rendezvous picks which agent holds rank 0; that node gathers, the other points to it."""
+    results = two_nodes(tmp_path, "compare", "--tp", "2", "--stacks", "lean", dynamic=True)
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    holder = next(node for node in (0, 1) if (tmp_path / f"node{node}" / "results" / "two" / "tp2" / "readings.csv").is_file()
+                  and load_run(tmp_path / f"node{node}" / "results" / "two" / "tp2").record.results_at is None)
+    other = 1 - holder
+    comparison = load_comparison(tmp_path / f"node{holder}" / "results" / "two")
     assert comparison.names() == ["tp2", "tp2-lean"]
     assert all(item.run.ranks == [0, 1] for item in comparison.runs)
     for name in ("tp2", "tp2-lean"):
-        assert f"{name}: this node's ranks 1-1 finished" in node1.stderr
-        assert str(tmp_path / "node0" / "results" / "two" / name) in node1.stderr
+        assert f"{name}: this node's ranks 1-1 finished" in results[other].stderr
+        assert str(tmp_path / f"node{holder}" / "results" / "two" / name) in results[other].stderr
 
 
 def test_a_rank_failing_on_node_1_fails_both_nodes(tmp_path):
