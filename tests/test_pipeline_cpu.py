@@ -152,18 +152,30 @@ def test_a_killed_rank_is_reported_and_nothing_survives(memprobe, tmp_path):
 
 
 def test_a_hanging_rank_ends_within_the_timeout(memprobe, tmp_path):
+    """--timeout is per rank: the longest any rank may go without a new reading. The hung rank is named,
+    not rank 0, which waits for it at the next step (it streamed that it arrived there)."""
     import time
 
     started = time.monotonic()
-    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "hung", "--timeout", "25",
-                      env={"MEMPROBE_TEST_FAULT": "0:tp/groups_created:hang"})
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "hung", "--timeout", "20",
+                      env={"MEMPROBE_TEST_FAULT": "1:tp/groups_created:hang"})
     elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stderr
-    assert "timed out after 25 s" in result.stderr and "stopped progressing after its tp/before reading" in result.stderr
-    assert elapsed < 25 + 20
+    assert "rank 1 failed: stopped progressing after its tp/before reading: silent for 2" in result.stderr
+    assert "(--timeout 20 s)" in result.stderr
+    assert elapsed < 20 + 20
     run = load_run(tmp_path / "memprobe-runs" / "hung")
     assert run.record.status == "incomplete"
     assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_a_healthy_run_longer_than_the_timeout_completes(memprobe, tmp_path):
+    """The run as a whole takes longer than --timeout; no rank ever goes that long without a reading."""
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "slow", "--timeout", "15",
+                      env={"MEMPROBE_TEST_FAULT": "1:tp/groups_created:sleep9,1:pp/groups_created:sleep9"})
+    assert result.returncode == 0, result.stderr
+    run = load_run(tmp_path / "memprobe-runs" / "slow")
+    assert run.record.status == "complete" and run.record.wall_time_s > 18
 
 
 @pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])

@@ -79,7 +79,7 @@ def charged_deltas(readings: list[Reading], measure: Measure = primary) -> list[
     result: list[tuple[Reading, int | None, int | None]] = []
     for reading, delta in step_deltas(readings, measure):
         if reading.status == "skipped" and reading.step != "start":
-            result.append((reading, 0, delta))
+            result.append((reading, None if delta is None else 0, delta))  # unknown stays unknown (CPU: no torch cache)
         else:
             result.append((reading, delta, 0))
     return result

@@ -45,13 +45,15 @@ STACK = typer.Option("lean", "--stack", envvar=ENV + "STACK",
 
 def launch_options(device: str, out_dir: Path, timeout: float, nnodes: int, node_rank: int, master_addr: str,
                    master_port: Optional[int], allow_busy_gpu: bool, quiet: bool, env: list[str], run_id: Optional[str],
-                   nccl_log: bool = False):
+                   nccl_log: bool = False, rdzv_backend: str = "c10d", rdzv_endpoint: Optional[str] = None,
+                   rdzv_id: Optional[str] = None):
     from memprobe.launch.options import LaunchOptions
     from memprobe.model.scenario import parse_env_assignments
 
     return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout, nnodes=nnodes, node_rank=node_rank,
                          master_addr=master_addr, master_port=master_port, allow_busy_gpu=allow_busy_gpu,
-                         progress=not quiet, run_id=run_id, extra_env=parse_env_assignments(env), nccl_log=nccl_log)
+                         progress=not quiet, run_id=run_id, extra_env=parse_env_assignments(env), nccl_log=nccl_log,
+                         rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
 
 
 DEVICE = typer.Option("cuda", "--device", envvar=ENV + "DEVICE",
@@ -59,11 +61,21 @@ DEVICE = typer.Option("cuda", "--device", envvar=ENV + "DEVICE",
                            "(no GPU needed; pynccl and custom all-reduce are skipped).")
 OUT_DIR = typer.Option(DEFAULT_OUT_DIR, "--out-dir", envvar=ENV + "OUT_DIR", help="Folder that receives one sub-folder per run.")
 RUN_ID = typer.Option(None, "--run-id", envvar=ENV + "RUN_ID", help="Name of the run folder (default: UTC time + layout).")
-TIMEOUT = typer.Option(300.0, "--timeout", envvar=ENV + "TIMEOUT", help="Seconds before a run that stopped progressing is killed.")
+TIMEOUT = typer.Option(300.0, "--timeout", envvar=ENV + "TIMEOUT",
+                       help="The longest any rank may go without a new reading (counted from launch, so a rank that never "
+                            "starts is caught too); then every process is stopped and the silent rank is named.")
 NNODES = typer.Option(1, "--nnodes", envvar=ENV + "NNODES", help="Nodes (passed to torchrun).")
 NODE_RANK = typer.Option(0, "--node-rank", envvar=ENV + "NODE_RANK", help="This node's rank (passed to torchrun).")
 MASTER_ADDR = typer.Option("127.0.0.1", "--master-addr", envvar=ENV + "MASTER_ADDR", help="Rendezvous host (passed to torchrun).")
-MASTER_PORT = typer.Option(None, "--master-port", envvar=ENV + "MASTER_PORT", help="Rendezvous port (default: a free port).")
+MASTER_PORT = typer.Option(None, "--master-port", envvar=ENV + "MASTER_PORT",
+                           help="Rendezvous port (default: a free port; needed with --nnodes > 1 unless --rdzv-endpoint is given).")
+RDZV_BACKEND = typer.Option("c10d", "--rdzv-backend", envvar=ENV + "RDZV_BACKEND", help="torchrun's dynamic rendezvous backend (with --rdzv-endpoint).")
+RDZV_ENDPOINT = typer.Option(None, "--rdzv-endpoint", envvar=ENV + "RDZV_ENDPOINT",
+                             help="HOST:PORT of torchrun's dynamic rendezvous (Slurm, Kubernetes); replaces --master-addr/--master-port "
+                                  "and --node-rank decides only which ranks' streams this node keeps.")
+RDZV_ID = typer.Option(None, "--rdzv-id", envvar=ENV + "RDZV_ID", help="Rendezvous id shared by all nodes (default: the scenario's name).")
+TIMINGS = typer.Option(False, "--timings", envvar=ENV + "TIMINGS",
+                       help="Also show where the time went: torchrun start, import, CUDA context, each step, gather, teardown, GPU release.")
 ALLOW_BUSY = typer.Option(False, "--allow-busy-gpu", envvar=ENV + "ALLOW_BUSY_GPU",
                           help="Measure even when other processes use the GPUs and only device-level figures are available.")
 QUIET = typer.Option(False, "--quiet", "-q", envvar=ENV + "QUIET", help="No progress output.")
@@ -186,3 +198,19 @@ def show_attribution(runs: list[tuple[str, Any]], split: bool, nccl: Optional[bo
         if nccl or (nccl is None and has_logs(run)):
             print(f"\n{name}:", file=sys.stdout)
             render_nccl_account(run, sys.stdout, width=max(console_width(), 170))
+
+
+def print_results_pointer(name: str, run: Any) -> None:
+    """On a node other than 0: where the gathered results are, and what this node kept."""
+    where = run.record.results_at or {}
+    ranks = sorted({info.rank for info in run.record.ranks} | set(run.ranks))
+    print(f"memprobe: {name}: this node's ranks {ranks[0]}-{ranks[-1]} finished; the gathered results are on host "
+          f"{where.get('host', '?')} in {where.get('folder', '?')}; this node kept its ranks' streams in {run.path}",
+          file=sys.stderr)
+
+
+def render_timings_of(runs: list[tuple[str, Any]]) -> None:
+    from memprobe.reports.timings import render_timings
+
+    for name, run in runs:
+        render_timings(name, run.record, sys.stdout)

@@ -10,8 +10,9 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, SPLIT, TIMEOUT, WARMUP, check_choices, check_exports, check_out_dir,
-    launch_options, measure, render_and_export, show_attribution,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, WARMUP,
+    check_choices, check_exports, check_out_dir, launch_options, measure, print_results_pointer, render_and_export,
+    render_timings_of, show_attribution,
 )
 from memprobe.errors import UsageError
 
@@ -26,8 +27,9 @@ def compare(
     device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
+    rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
     allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, split: bool = SPLIT,
-    nccl_log: bool = NCCL_LOG,
+    nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
                                     "fidelity report (reference engine against real SGLang, per rank, group and step)."),
@@ -53,7 +55,7 @@ def compare(
     from memprobe.model.scenario import headline_scenarios, load_scenario_file, parse_env_assignments
 
     options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id,
-                             nccl_log)
+                             nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
     check_choices(warmup=warmup, env_preset=env_preset)
     if jobs < 0:
@@ -93,8 +95,14 @@ def compare(
     scenario_set = with_engines(scenario_set, engines)
     check_out_dir(out_dir)
     comparison = measure(scenario_set, options, jobs=jobs)
+    if any(item.run.record.results_at is not None for item in comparison.runs):  # another node gathered the readings
+        for item in comparison.runs:
+            print_results_pointer(item.scenario.name, item.run)
+        return 0
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
     show_attribution([(item.scenario.name, item.run) for item in comparison.runs], split, nccl_log or None, per_rank)
+    if timings:
+        render_timings_of([(item.scenario.name, item.run) for item in comparison.runs])
     print(f"memprobe: results in {comparison.path}", file=sys.stderr)
     return 0
 

@@ -13,7 +13,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from memprobe.commands.common import DEFAULT_OUT_DIR, measure
+from memprobe.commands.common import (
+    DEFAULT_OUT_DIR, MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, measure,
+    print_results_pointer,
+)
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import ExitCode, MeasurementError, MemprobeError, UsageError
 from memprobe.gate.baseline import ThresholdRule, load_baseline
@@ -31,9 +34,10 @@ from memprobe.launch.options import DEFAULT_TIMEOUT_S, LaunchOptions
 from memprobe.model.comparison import Comparison, load_comparison
 
 
-def gate_launch_options(device: str, out_dir: Path, timeout: float) -> LaunchOptions:
-    """The launch options the gate and baseline update measure with (validated: UsageError)."""
-    return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout)
+def gate_launch_options(device: str, out_dir: Path, timeout: float, **nodes: Any) -> LaunchOptions:
+    """The launch options the gate and baseline update measure with (validated: UsageError);
+    ``nodes``: nnodes, node_rank, master_addr, master_port and rdzv_* for a multi-node gate."""
+    return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout, **nodes)
 
 
 def _fail(command: str, error: MemprobeError) -> typer.Exit:
@@ -142,7 +146,9 @@ def gate(
         help="Folder that receives the run folders the gate measures (ignored with --results).")] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
-        help="Seconds before a run that stopped progressing is killed.")] = DEFAULT_TIMEOUT_S,
+        help="The longest any rank may go without a new reading (counted from launch).")] = DEFAULT_TIMEOUT_S,
+    nnodes: int = NNODES, node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
+    rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
 ) -> None:
     try:
         loaded = load_baseline(baseline)
@@ -152,7 +158,9 @@ def gate(
         taken = {baseline.resolve(): "--baseline"}
         for option, path in (("--markdown", markdown), ("--junit-xml", junit_xml), ("--json", json_path)):
             check_output_path(path, option, missing_folders_allowed=True, taken=taken)
-        options = gate_launch_options(device, out_dir, timeout)
+        options = gate_launch_options(device, out_dir, timeout, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
+                                      master_port=master_port, rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint,
+                                      rdzv_id=rdzv_id)
     except MemprobeError as error:
         raise _fail("gate", error) from None
 
@@ -161,6 +169,10 @@ def gate(
             comparison = _load_results(results)
         else:
             comparison = measure(loaded.scenario_set(selected), options)
+            if any(item.run.record.results_at is not None for item in comparison.runs):  # node 0 judges
+                for item in comparison.runs:
+                    print_results_pointer(item.scenario.name, item.run)
+                raise typer.Exit(int(ExitCode.OK))
         result = judge(loaded, comparison, thresholds_override=overrides, allow_env_mismatch=allow_env_mismatch,
                        scenarios=selected, results_source=str(results) if results is not None else None)
     except UsageError as error:

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from memprobe.commands.common import (
-    ENV, PER_RANK, SPLIT, check_exports, console_width, print_rank_warnings, render_and_export, show_attribution,
+    ENV, PER_RANK, SPLIT, TIMINGS, check_exports, console_width, print_rank_warnings, render_and_export, render_timings_of,
+    show_attribution,
 )
 from memprobe.errors import MeasurementError
 
@@ -25,6 +26,7 @@ def report(
     nccl: Optional[bool] = typer.Option(None, "--nccl/--no-nccl", envvar=ENV + "REPORT_NCCL", show_default=False,
                                         help="NCCL's account of each communicator from the run's NCCL logs (run --nccl-log); "
                                              "default: shown when the logs exist."),
+    timings: bool = TIMINGS,
 ) -> int:
     """Re-render saved runs (table, CSV, JSON, Markdown, plot) on any machine, without GPUs.
 
@@ -49,6 +51,8 @@ def report(
         render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
     runs = [(item.scenario.name, item.run) for item in comparison.runs]
     show_attribution(runs, split, False if nccl is None and not single else nccl, per_rank)
+    if timings:
+        render_timings_of(runs)
     if single:  # render_and_export prints them itself
         print_rank_warnings(runs)
     if comparison.missing:  # what is shown is incomplete: say so and fail (issue 15)

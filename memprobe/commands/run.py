@@ -10,8 +10,9 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, EP, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, SPLIT, STACK, TIMEOUT, TP, WARMUP, check_choices, check_out_dir,
-    console_width, launch_options, layout_from, print_rank_warnings, show_attribution,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
+    WARMUP, check_choices, check_out_dir, console_width, launch_options, layout_from, print_rank_warnings,
+    print_results_pointer, render_timings_of, show_attribution,
 )
 from memprobe.errors import UsageError
 
@@ -20,8 +21,9 @@ def run(
     stack: str = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
+    rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
     allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, split: bool = SPLIT,
-    nccl_log: bool = NCCL_LOG,
+    nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe: the reference engine; sglang: the installed SGLang's own "
                                     "initialize_model_parallel, sampled around every group it builds."),
@@ -43,7 +45,7 @@ def run(
 
     chosen = resolve_stack(stack)
     options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id,
-                             nccl_log)
+                             nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     label = Path(stack).stem if stack.endswith(".toml") else chosen.name.replace(":", "-")
     suffix = "" if engine == "memprobe" else f".{engine}"
     scenario = Scenario(name=f"{layout.slug()}-{label}{suffix}", layout=layout, stack=stack, env_preset=env_preset,
@@ -57,9 +59,14 @@ def run(
 
     with Progress(enabled=options.progress) as progress:
         result = run_scenario(scenario, options, run_dir, progress=progress, command=["memprobe", *sys.argv[1:]])
+    if result.record.results_at is not None:  # another node gathered the readings
+        print_results_pointer(scenario.name, result)
+        return 0
     from memprobe.reports import render_run
 
     render_run(result, sys.stdout, width=console_width(), per_rank=per_rank)
     show_attribution([(scenario.name, result)], split, nccl_log, per_rank)
+    if timings:
+        render_timings_of([(scenario.name, result)])
     print_rank_warnings([(scenario.name, result)])
     return 0

@@ -34,6 +34,9 @@ class LaunchOptions:
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int | None = None
+    rdzv_backend: str = "c10d"  # torchrun's dynamic rendezvous, used instead of master-addr/port when an endpoint is given
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
     allow_busy_gpu: bool = False
     progress: bool = True
     run_id: str | None = None
@@ -51,6 +54,14 @@ class LaunchOptions:
             raise UsageError(f"--master-port must be 1..65535, got {self.master_port}")
         if not _HOST.match(self.master_addr):
             raise UsageError(f"--master-addr {self.master_addr!r} is not a host name or address")
+        if self.nnodes > 1 and self.master_port is None and self.rdzv_endpoint is None:
+            raise UsageError("--nnodes > 1 needs the same --master-port on every node (or --rdzv-endpoint HOST:PORT)")
+        if self.rdzv_endpoint is not None and not _HOST.match(self.rdzv_endpoint):
+            raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST[:PORT]")
+        if self.rdzv_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.rdzv_id):
+            raise UsageError(f"--rdzv-id {self.rdzv_id!r} may use only letters, digits, '.', '_' and '-'")
+        if self.rdzv_backend not in ("c10d", "etcd", "etcd-v2", "static"):
+            raise UsageError(f"--rdzv-backend must be c10d, etcd, etcd-v2 or static, got {self.rdzv_backend!r}")
         if self.run_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.run_id):
             raise UsageError(f"--run-id {self.run_id!r} may use only letters, digits, '.', '_' and '-'")
 

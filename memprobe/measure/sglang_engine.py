@@ -25,6 +25,7 @@ from typing import Any
 
 from memprobe.errors import UsageError
 from memprobe.model.layout import GroupPlan
+from memprobe.model.steps import GROUP_INIT_STEPS
 
 SUPPORTED_VERSION = "0.5.23"
 # (module path relative to the sglang package, names it must define) checked before launch
@@ -133,7 +134,7 @@ def make_sglang_engine(base: type) -> type:
             def emit_until(step: str) -> None:
                 """Sample every step of the current group up to ``step`` that has not been sampled yet."""
                 group = state["group"]
-                for name in ("groups_created", "pynccl", "custom_allreduce"):
+                for name in GROUP_INIT_STEPS:
                     if name == step:
                         return
                     if name not in state["done"]:

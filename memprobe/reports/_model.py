@@ -27,9 +27,9 @@ from memprobe.analysis.attribution import (
 from memprobe.model.layout import GROUP_ORDER, Layout
 from memprobe.model.records import GROUP_INIT_STEPS, Run
 from memprobe.model.comparison import Comparison, ScenarioRun
+from memprobe.model.steps import COMMUNICATOR_STEPS
 
 MOE_GROUPS: tuple[str, ...] = ("moe_ep", "moe_tp")
-COMMUNICATOR_STEPS: tuple[str, ...] = ("pynccl", "custom_allreduce")
 
 
 @dataclass(frozen=True)

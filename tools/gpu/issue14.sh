@@ -26,6 +26,7 @@ for name in sglang cumem1; do
   timed "$O/report-$name.txt" 60 $M report "$O/runs/$name" --split --per-rank --nccl --json "$O/report-$name.json"
 done
 # accuracy against the independent bench/reference.py (no memprobe code): footprint per rank, 1 repeat
-timed "$O/bench.txt" 150 python3 bench/run_bench.py --tp "$TP" --ep "$EP" --repeats 1 --out "$O/bench"
+# (BENCH=0 skips it where tools/gpu/issue13_16.sh runs the benchmark in the same campaign)
+[ "${BENCH:-1}" = 0 ] || timed "$O/bench.txt" 150 python3 bench/run_bench.py --tp "$TP" --ep "$EP" --repeats 1 --out "$O/bench"
 du -sh "$O"/runs/*/nccl >> "$O/environment.txt" 2>&1
 echo "GPU processes left: $(nvidia-smi --query-compute-apps=pid --format=csv,noheader | wc -l)" >> "$O/environment.txt"
