@@ -32,9 +32,9 @@ def test_lean_is_sglang_as_installed_and_full_forces_the_moe_groups():
     assert forced_flags(full, "tp") == {}
 
 
-def test_a_stack_file_forces_the_flags_it_gives_even_when_named_lean():
+def test_a_stack_file_forces_the_flags_it_gives():
     stack = load_stack_file(Path(__file__).resolve().parent.parent / "configs" / "regressions" / "lean.toml")
-    assert stack.name == "lean" and stack.source
+    assert stack.name == "lean-reverted" and stack.source
     assert forced_flags(stack, "moe_ep") == {"use_pynccl": True, "use_custom_allreduce": True}
     assert forced_flags(stack, "world") == {"use_pynccl": False, "use_custom_allreduce": False}
 
@@ -94,12 +94,15 @@ def test_every_scenario_once_per_engine():
     assert only.baseline == "tp4.sglang"
 
 
-def test_engine_enters_the_definition_only_when_not_the_default():
+def test_engine_enters_the_identity_and_the_sglang_installation_does_not_enter_the_hash():
     reference = Scenario("a", Layout(tp=4, ep=2))
-    assert "engine" not in reference.definition()  # earlier baselines keep their hashes
+    assert reference.definition()["engine"] == "memprobe"
     sglang = Scenario("a", Layout(tp=4, ep=2), engine="sglang")
     assert sglang.definition()["engine"] == "sglang"
     assert sglang.definition_hash() != reference.definition_hash()
+    elsewhere = Scenario("a", Layout(tp=4, ep=2), engine="sglang", sglang="/opt/sglang-0.5.11")
+    assert elsewhere.definition()["sglang"] == "/opt/sglang-0.5.11"
+    assert elsewhere.definition_hash() == sglang.definition_hash()  # the SGLang under test is what a gate judges
 
 
 @pytest.mark.skipif(not SGLANG_SITE, reason="set MEMPROBE_TEST_SGLANG_SITE to a folder with SGLang 0.5.23 (tools/sglang_offline)")

@@ -48,14 +48,15 @@ def compare(
 
       memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv out.csv
     """
-    from memprobe.model.scenario import headline_scenarios, load_scenario_file, parse_env_assignments
+    from memprobe.model.scenario import headline_scenarios, load_scenario_file, parse_env_assignments, with_env
 
-    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id)
+    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id)
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
     if jobs < 0:
         raise UsageError(f"--jobs must be 0 (auto) or more, got {jobs}")
+    extra_env = parse_env_assignments(env)
     if scenarios is not None:
-        scenario_set = load_scenario_file(scenarios)
+        scenario_set = with_env(load_scenario_file(scenarios), extra_env)
     else:
         announce = tp is None
         if tp is None:
@@ -71,7 +72,7 @@ def compare(
             resolve_stack(name)
         scenario_set = headline_scenarios(tp=tp, ep=ep, stacks=stack_names, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp,
                                           attn_cp=attn_cp, baseline_tp=baseline_tp, env_preset=env_preset,
-                                          env=parse_env_assignments([]), warmup=warmup)
+                                          env=extra_env, warmup=warmup)
         if announce:
             print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
     from memprobe.model.scenario import with_engines

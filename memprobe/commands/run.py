@@ -30,17 +30,17 @@ def run(
     Writes results/<run-id>/readings.csv and run.json. Example: memprobe run --tp 4 --ep 2 --stack lean
     """
     from memprobe.launch.supervisor import new_run_dir, preflight, run_scenario
-    from memprobe.model.scenario import Scenario
+    from memprobe.model.scenario import Scenario, parse_env_assignments
 
     layout = layout_from(tp, ep, pp, moe_dp, attn_dp, attn_cp)
     from memprobe.model.stacks import resolve_stack
 
     chosen = resolve_stack(stack)
-    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id)
+    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id)
     label = Path(stack).stem if stack.endswith(".toml") else chosen.name.replace(":", "-")
     suffix = "" if engine == "memprobe" else f".{engine}"
     scenario = Scenario(name=f"{layout.slug()}-{label}{suffix}", layout=layout, stack=stack, env_preset=env_preset,
-                        warmup=warmup, engine=engine)
+                        env=parse_env_assignments(env), warmup=warmup, engine=engine)
     check_out_dir(out_dir)
     preflight([scenario], options)
     run_dir = out_dir / run_id if run_id else new_run_dir(out_dir, scenario.name)

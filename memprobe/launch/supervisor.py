@@ -42,7 +42,6 @@ from memprobe.model.records import (
     stream_path,
 )
 from memprobe.model.scenario import Scenario
-from memprobe.model.stacks import resolve_stack
 
 GPU_RELEASE_TIMEOUT_S = 15.0
 KILL_GRACE_S = 5.0
@@ -93,13 +92,10 @@ def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
 def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     """Everything that can be checked before a process starts (exit 2 on any problem)."""
     for scenario in scenarios:
-        resolve_stack(scenario.stack)
-    if any(scenario.engine == "sglang" for scenario in scenarios):
-        from memprobe.measure.sglang_engine import installed_sglang
+        if scenario.engine == "sglang":  # each scenario may bring its own SGLang (issue 12)
+            from memprobe.measure.sglang_engine import installed_sglang
 
-        installed_sglang(worker_environment(scenarios[0], options))
-        if scenario.layout.world_size % options.nnodes:
-            raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over --nnodes {options.nnodes}")
+            installed_sglang(worker_environment(scenario, options))
     if options.device == "cpu":
         return
     environment = worker_environment(scenarios[0], options)
@@ -394,7 +390,7 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     Raises :class:`MeasurementError` when a rank fails, hangs past ``options.timeout_s`` or the
     launch breaks; ``run.json`` (status ``incomplete``) and every finished reading are kept.
     """
-    stack = resolve_stack(scenario.stack)
+    stack = scenario.resolved_stack
     plan = plan_groups(scenario.layout)
     world_size = scenario.layout.world_size
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -411,11 +407,12 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
         device=options.device,
         warmup=scenario.warmup,
         env_preset=scenario.env_preset,
-        env={**scenario.env, **options.extra_env},
+        env=dict(scenario.env),
         plan=[{"name": g.name, "ranks": [list(r) for r in g.rank_lists], "alias_of": g.alias_of,
                "communicators": stack.communicators_for(g)} for g in plan.groups],
         scenario=scenario.name,
         engine=scenario.engine,
+        definition=scenario.definition(),
         memprobe_version=__version__,
         created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command=list(command or sys.argv),
