@@ -30,6 +30,10 @@ def compare(
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
                                     "fidelity report (reference engine against real SGLang, per rank, group and step)."),
+    sglang: list[str] = typer.Option([], "--sglang", envvar=ENV + "SGLANG", metavar="LABEL=SITE",
+                                     help="Add the MoE layout on a real SGLang installation (a site folder), as "
+                                          "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed). "
+                                          "Repeatable: e.g. one release before the PR and one after."),
     jobs: int = typer.Option(0, "--jobs", "-j", envvar=ENV + "JOBS",
                              help="Scenarios run side by side, each still in its own processes and CUDA contexts "
                                   "(per-process NVML figures do not see each other). 0 = auto: all at once on GPUs, "
@@ -55,6 +59,10 @@ def compare(
     if jobs < 0:
         raise UsageError(f"--jobs must be 0 (auto) or more, got {jobs}")
     extra_env = parse_env_assignments(env)
+    sglang_sites = _sglang_sites(sglang)
+    if scenarios is not None and sglang_sites:
+        raise UsageError("--sglang LABEL=SITE adds to a --tp/--ep comparison; in a scenario file give a scenario "
+                         "engine = \"sglang\" and sglang = \"SITE\"")
     if scenarios is not None:
         scenario_set = with_env(load_scenario_file(scenarios), extra_env)
     else:
@@ -72,7 +80,7 @@ def compare(
             resolve_stack(name)
         scenario_set = headline_scenarios(tp=tp, ep=ep, stacks=stack_names, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp,
                                           attn_cp=attn_cp, baseline_tp=baseline_tp, env_preset=env_preset,
-                                          env=extra_env, warmup=warmup)
+                                          env=extra_env, warmup=warmup, sglang_sites=sglang_sites)
         if announce:
             print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
     from memprobe.model.scenario import with_engines
@@ -89,6 +97,13 @@ def compare(
     print(f"memprobe: results in {comparison.path}", file=sys.stderr)
     return 0
 
+
+
+def _sglang_sites(items: list[str]) -> list[tuple[str, str]]:
+    from memprobe.measure.sglang_install import check_site
+    from memprobe.model.scenario import parse_sglang_sites
+
+    return [(label, check_site(path, f"--sglang {label}={path}")) for label, path in parse_sglang_sites(items)]
 
 
 def _default_tp(device: str, options: Any) -> int:

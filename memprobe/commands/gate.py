@@ -145,6 +145,10 @@ def gate(
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
         help="Seconds before a run that stopped progressing is killed.")] = DEFAULT_TIMEOUT_S,
+    sglang: Annotated[str, typer.Option(
+        "--sglang", envvar="MEMPROBE_SGLANG", metavar="SITE",
+        help="The SGLang under test for baseline scenarios recorded with --engine sglang: this site folder "
+             "(default: the importable SGLang). The verdict names both SGLangs.")] = "",
 ) -> None:
     try:
         loaded = load_baseline(baseline)
@@ -155,6 +159,10 @@ def gate(
         for option, path in (("--markdown", markdown), ("--junit-xml", junit_xml), ("--json", json_path)):
             check_output_path(path, option, missing_folders_allowed=True, taken=taken)
         options = gate_launch_options(device, out_dir, timeout)
+        if sglang:
+            from memprobe.measure.sglang_install import check_site
+
+            sglang = check_site(sglang)
     except MemprobeError as error:
         raise _fail("gate", error) from None
 
@@ -162,7 +170,9 @@ def gate(
         if results is not None:
             comparison = _load_results(results)
         else:
-            comparison = measure(loaded.scenario_set(selected), options)
+            from memprobe.model.scenario import with_sglang
+
+            comparison = measure(with_sglang(loaded.scenario_set(selected), sglang), options)
         result = judge(loaded, comparison, thresholds_override=overrides, allow_env_mismatch=allow_env_mismatch,
                        scenarios=selected, results_source=str(results) if results is not None else None)
     except UsageError as error:

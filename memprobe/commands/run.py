@@ -24,6 +24,9 @@ def run(
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe: the reference engine; sglang: the installed SGLang's own "
                                     "initialize_model_parallel, sampled around every group it builds."),
+    sglang: str = typer.Option("", "--sglang", envvar=ENV + "SGLANG", metavar="SITE",
+                               help="With --engine sglang: the SGLang in this site folder (first on the workers' "
+                                    "PYTHONPATH) instead of the importable one. --stack installed keeps its own flags."),
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
@@ -39,8 +42,14 @@ def run(
     options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id)
     label = Path(stack).stem if stack.endswith(".toml") else chosen.name.replace(":", "-")
     suffix = "" if engine == "memprobe" else f".{engine}"
+    if sglang:
+        from memprobe.measure.sglang_install import check_site
+
+        if engine != "sglang":
+            raise UsageError("--sglang needs --engine sglang")
+        sglang = check_site(sglang)
     scenario = Scenario(name=f"{layout.slug()}-{label}{suffix}", layout=layout, stack=stack, env_preset=env_preset,
-                        env=parse_env_assignments(env), warmup=warmup, engine=engine)
+                        env=parse_env_assignments(env), warmup=warmup, engine=engine, sglang=sglang)
     check_out_dir(out_dir)
     preflight([scenario], options)
     run_dir = out_dir / run_id if run_id else new_run_dir(out_dir, scenario.name)

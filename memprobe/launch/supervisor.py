@@ -93,9 +93,11 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     """Everything that can be checked before a process starts (exit 2 on any problem)."""
     for scenario in scenarios:
         if scenario.engine == "sglang":  # each scenario may bring its own SGLang (issue 12)
-            from memprobe.measure.sglang_engine import installed_sglang
+            from memprobe.measure.sglang_install import check_site, sglang_installation
 
-            installed_sglang(worker_environment(scenario, options))
+            if scenario.sglang:
+                check_site(scenario.sglang, f"scenario {scenario.name}: sglang {scenario.sglang}")
+            sglang_installation(worker_environment(scenario, options))
     if options.device == "cpu":
         return
     environment = worker_environment(scenarios[0], options)
@@ -485,9 +487,9 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
     record.ranks = sorted(infos, key=lambda info: info.rank)
     record.environment = _environment_summary(environment, record.ranks, options.device, world_size)
     if scenario.engine == "sglang":
-        from memprobe.measure.sglang_engine import installed_sglang
+        from memprobe.measure.sglang_install import sglang_installation
 
-        record.environment["sglang"] = installed_sglang(environment)[0]
+        record.environment["sglang"] = sglang_installation(environment).as_record()
     readings_path = run_dir / "readings.csv"
     complete = failure is None and not follower.errors and (return_code == 0 or all_done) and readings_path.is_file()
     if complete:

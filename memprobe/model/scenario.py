@@ -274,6 +274,9 @@ def with_engines(scenario_set: ScenarioSet, engines: list[str]) -> ScenarioSet:
         return scenario_set
     scenarios = []
     for scenario in scenario_set.scenarios:
+        if scenario.engine == "sglang":  # already a real-SGLang scenario (compare --sglang LABEL=PATH)
+            scenarios.append(scenario)
+            continue
         for engine in engines:
             name = scenario.name if engine == "memprobe" else f"{scenario.name}.{engine}"
             scenarios.append(replace(scenario, name=name, engine=engine))
@@ -281,10 +284,33 @@ def with_engines(scenario_set: ScenarioSet, engines: list[str]) -> ScenarioSet:
     return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline)
 
 
+def parse_sglang_sites(items: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """``["LABEL=PATH", ...]`` (compare's ``--sglang``) -> ``[(label, path)]``; labels unique and name-safe."""
+    sites: list[tuple[str, str]] = []
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise UsageError(f"--sglang {item!r} is not LABEL=PATH (e.g. --sglang 0.5.11=/opt/sgl-0.5.11)")
+        validate_name(label, "--sglang label")
+        if label in [known for known, _ in sites]:
+            raise UsageError(f"--sglang label {label!r} is given twice")
+        sites.append((label, path))
+    return sites
+
+
+def with_sglang(scenario_set: ScenarioSet, site: str) -> ScenarioSet:
+    """Every ``--engine sglang`` scenario re-pointed at the SGLang in ``site`` ("" = the importable one):
+    what a gate re-measures a baseline with (the installation is not part of a scenario's hash)."""
+    scenarios = tuple(replace(s, sglang=site) if s.engine == "sglang" else s for s in scenario_set.scenarios)
+    return ScenarioSet(scenarios=scenarios, baseline=scenario_set.baseline)
+
+
 def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp: int = 1, attn_dp: int = 1,
                        attn_cp: int = 1, baseline_tp: int | None = None, env_preset: str = "sglang",
-                       env: dict[str, str] | None = None, warmup: str = "tiny") -> ScenarioSet:
-    """``--tp T`` as the baseline (no MoE groups of its own), then the MoE layout once per stack."""
+                       env: dict[str, str] | None = None, warmup: str = "tiny",
+                       sglang_sites: list[tuple[str, str]] | tuple = ()) -> ScenarioSet:
+    """``--tp T`` as the baseline (no MoE groups of its own), then the MoE layout once per stack, then once
+    per real SGLang installation (``<moe-slug>.sglang-<LABEL>``: stack ``installed``, SGLang's own flags)."""
     env = dict(env or {})
     baseline_layout = Layout(tp=baseline_tp or tp, pp=pp, attn_dp=attn_dp, attn_cp=attn_cp)
     moe_layout = Layout(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp)
@@ -295,4 +321,7 @@ def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp:
         label = Path(stack).stem if stack.endswith(".toml") else stack.replace(":", "-")
         scenarios.append(Scenario(name=f"{moe_layout.slug()}-{label}", layout=moe_layout, stack=stack,
                                   env_preset=env_preset, env=env, warmup=warmup))
+    for label, site in sglang_sites:
+        scenarios.append(Scenario(name=f"{moe_layout.slug()}.sglang-{label}", layout=moe_layout, stack="installed",
+                                  env_preset=env_preset, env=env, warmup=warmup, engine="sglang", sglang=site))
     return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline.name)
