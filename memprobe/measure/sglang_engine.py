@@ -36,9 +36,7 @@ def forced_flags(stack: Any, group_name: str) -> dict[str, bool]:
     """Flags forced on a group SGLang builds: none for ``installed`` (SGLang's own); otherwise the stack's,
     on every group it names (``full`` on 0.5.11 restores the MoE communicators, ``lean`` on 0.5.10.post1
     emulates PR #22515)."""
-    if not stack.source and stack.name == "installed":
-        return {}
-    if group_name not in stack.flags:
+    if group_name not in stack.flags:  # ``installed`` names no group
         return {}
     flags = stack.flags_for(group_name)
     return {"use_pynccl": flags.pynccl, "use_custom_allreduce": flags.custom_allreduce}
