@@ -46,8 +46,9 @@ except Exception as error:
 print('$rel', sglang.__version__, 'IS_CUSTOM_AR_AVAILABLE', available)" >> "$O/install/custom_allreduce.txt" 2>&1
 done
 
-# 2. each release alone, SGLang's own flags (stack installed)
-for rel in $RELEASES; do
+# 2. one release alone, SGLang's own flags (stack installed): 0.5.11, the baseline of step 4
+#    (RUNS="0.5.10.post1 0.5.11 0.5.23" for all three, about 50 s each on GPUs; the compare has them all anyway)
+for rel in ${RUNS:-0.5.11}; do
   timed "$O/runs/run-$rel.txt" 120 $M run "${D[@]}" --tp "$TP" --ep "$EP" --engine sglang --sglang "$SITE_PREFIX$rel" \
     --stack installed --quiet --out-dir "$O/runs" --run-id "sglang-$rel"
 done
