@@ -180,9 +180,10 @@ def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
     bytes differ at that step; a difference that is all torch's caching allocator is marked as such."""
     for reference, sglang in pairs(comparison):
         installation = (sglang.run.record.environment or {}).get("sglang")
-        version = installation.get("version", "?") if isinstance(installation, dict) else installation or "?"
+        version = installation.get("version") if isinstance(installation, dict) else installation
         print(f"fidelity: {reference.scenario.name} (memprobe's reference engine) against {sglang.scenario.name} "
-              f"(SGLang {version}'s initialize_model_parallel), bytes added per step, MiB", file=stream)
+              f"(SGLang{' ' + str(version) if version else ''}'s initialize_model_parallel), bytes added per step, MiB",
+              file=stream)
         print(f"{'group/step':<32} {'reference max':>14} {'SGLang max':>11} {'largest |diff|':>15} "
               f"{'torch cache |diff|':>19}", file=stream)
         beyond, cache_only, only_in = [], [], []
