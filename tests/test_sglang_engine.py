@@ -148,6 +148,14 @@ def test_an_sglang_path_that_is_not_one_is_exit_2_before_launch(memprobe, tmp_pa
     result = memprobe("gate", "--baseline", str(ROOT / "configs" / "baselines" / "h200x4-tp4-ep2-lean.json"),
                       "--device", "cpu", "--sglang", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "not an SGLang installation" in result.stderr
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--sglang", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip() == "memprobe: error: --sglang needs --engine sglang"
+    scenarios = tmp_path / "s.toml"
+    scenarios.write_text(f'[[scenario]]\nname = "real"\ntp = 2\nengine = "sglang"\nstack = "installed"\nsglang = "{tmp_path}"\n')
+    result = memprobe("compare", "--device", "cpu", "--scenarios", str(scenarios))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"memprobe: error: scenario real: sglang {tmp_path}: not an SGLang installation "
+        f"(no sglang/srt/distributed/parallel_state.py)")
     assert not (tmp_path / "results").exists()
 
 
