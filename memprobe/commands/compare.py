@@ -30,7 +30,7 @@ def compare(
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
                                     "fidelity report (reference engine against real SGLang, per rank, group and step)."),
-    sglang: list[str] = typer.Option([], "--sglang", envvar=ENV + "SGLANG", metavar="LABEL=SITE",
+    sglang: list[str] = typer.Option([], "--sglang", envvar=ENV + "SGLANG_SITES", metavar="LABEL=SITE",
                                      help="Add the MoE layout on a real SGLang installation (a site folder), as "
                                           "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed). "
                                           "Repeatable: e.g. one release before the PR and one after."),
