@@ -27,25 +27,42 @@ app = typer.Typer(
     name="memprobe",
     help=(
         "Per-rank GPU memory of process groups and communicators at LLM-engine start-up.\n\n"
-        "Examples:\n\n"
-        "  memprobe plan --tp 8 --ep 4                 # the groups SGLang 0.5.23 builds (no GPU)\n\n"
-        "  memprobe run --tp 4 --ep 2 --stack lean     # measure one layout\n\n"
-        "  memprobe compare --tp 4 --ep 2              # tp4 vs tp4/ep2 full vs lean, per rank\n\n"
-        "  memprobe report results/<run>               # re-render saved runs anywhere\n\n"
+        "Examples (each runs as written in a clone; add --device cpu where there is no GPU):\n\n"
+        "\b\n"  # click: keep these lines as they are (copyable), do not rewrap
+        "  memprobe plan --tp 8 --ep 4                 # the groups SGLang 0.5.23 builds (no GPU)\n"
+        "  memprobe run --tp 4 --ep 2 --stack lean     # measure one layout (into memprobe-runs/)\n"
+        "  memprobe compare --tp 4 --ep 2              # tp4 vs tp4/ep2 full vs lean, per rank\n"
+        "  memprobe report results/h200x4-20261127/compare-tp4-ep2   # re-render saved runs\n"
         "  memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json   # CI regression gate"
     ),
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: copyable (no boxes) and no Rich markup eating "memprobe[plot]" (issue 15)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+def _print_version(value: bool) -> None:
+    if value:
+        from memprobe import __version__
+
+        print(f"memprobe {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print memprobe's version and exit.")) -> None:
+    """Per-rank GPU memory of process groups and communicators at LLM-engine start-up."""
+
 
 app.command()(plan.plan)
 app.command()(run.run)
 app.command()(compare.compare)
 app.command()(report.report)
 app.command("gate", help=gate.GATE_HELP, no_args_is_help=True)(gate.gate)
-baseline_app = typer.Typer(help="Make and refresh baseline files for `memprobe gate`.", no_args_is_help=True)
+baseline_app = typer.Typer(help="Make and refresh baseline files for `memprobe gate`.", no_args_is_help=True,
+                           rich_markup_mode=None)
 baseline_app.command("update", help=baseline.UPDATE_HELP, no_args_is_help=True)(baseline.update)
 app.add_typer(baseline_app, name="baseline")
 

@@ -1,7 +1,7 @@
 """Bytes for people: the one place that turns byte counts (integers everywhere else) into MiB text.
 
 MiB are binary mebibytes (2**20 bytes). Table cells: no decimals from 10 MiB up, one decimal below,
-``0`` for exactly zero, ``<0.1`` for a few bytes, ``n/a`` for a value that is not available (never
+``0`` for exactly zero, ``<0.1`` (``>-0.1``) for a few bytes more (fewer), ``n/a`` for a value that is not available (never
 ``0``). Sentences (the gate's verdicts) keep small values exact in bytes.
 """
 
@@ -29,7 +29,7 @@ def mib(value: int | None, *, signed: bool = False, decimals: int | None = None)
     if magnitude < 10:
         text = f"{magnitude:,.1f}"
         if text == "0.0":  # a few bytes or KiB: not zero, so do not print as zero
-            text = "<0.1"
+            return "<0.1" if value > 0 else ">-0.1"  # not "-<0.1" (issue 15)
     else:
         text = f"{magnitude:,.0f}"
     sign = "-" if value < 0 else ("+" if signed else "")

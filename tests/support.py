@@ -14,6 +14,7 @@ from memprobe.model.layout import Layout, plan_groups
 from memprobe.model.records import RankInfo, Reading, Run, RunRecord, write_run
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.scenario import Scenario, ScenarioSet
+from memprobe.model import steps
 
 MiB = 1 << 20
 
@@ -70,27 +71,24 @@ def synthetic_run(
                                     torch_reserved_bytes=0, other_gpus_bytes=0, elapsed_s=0.01, note=note))
             sequence += 1
 
-        add("start", "", 0)
-        add("cuda_context", "", costs["cuda_context"])
-        add("world", "world", costs["world"])
-        built = [g for g in plan.groups if not g.is_alias and g.name != "world"]
-        for group in built:
-            communicators = stack.communicators_for(group)
-            add("before", group.name, 0)
-            add("groups_created", group.name, costs["groups_created"])
-            for step in ("pynccl", "custom_allreduce"):
-                if communicators[step]:
-                    extra = (rank_extra or {}).get(rank, 0) if step == "pynccl" else 0
-                    extra += (group_extra or {}).get((group.name, step), 0)
-                    add(step, group.name, costs[step] + extra)
+        built = {g.name: g for g in plan.groups if not g.is_alias and g.name != "world"}
+        for group_name, step in steps.sequence(built):
+            group = plan.group(group_name) if group_name else None
+            extra = (group_extra or {}).get((group_name, step), 0)
+            if step in (steps.START, steps.BEFORE, steps.END):
+                add(step, group_name, 0)
+            elif step in (steps.CUDA_CONTEXT, steps.WORLD, steps.GROUPS_CREATED):
+                add(step, group_name, costs[step])
+            elif step in steps.COMMUNICATOR_STEPS:
+                if stack.communicators_for(group)[step]:
+                    extra += (rank_extra or {}).get(rank, 0) if step == steps.PYNCCL else 0
+                    add(step, group_name, costs[step] + extra)
                 else:
-                    add(step, group.name, 0, status="skipped", note="not in stack" if group.width > 1 else "width 1")
-        for group in [plan.group("world"), *built]:
-            if group.width > 1:
-                add("first_use", group.name, costs["first_use"] + (group_extra or {}).get((group.name, "first_use"), 0))
+                    add(step, group_name, 0, status="skipped", note="not in stack" if group.width > 1 else "width 1")
+            elif group.width > 1:  # first_use
+                add(step, group_name, costs[step] + extra)
             else:
-                add("first_use", group.name, 0, status="skipped", note="width 1")
-        add("end", "", 0)
+                add(step, group_name, 0, status="skipped", note="width 1")
     record = RunRecord(
         run_id=f"synthetic-{scenario.name}",
         layout=scenario.layout.as_dict(),

@@ -73,7 +73,7 @@ def _prepare(folder: Path) -> None:
     csv_path = folder / "truncated-run" / "readings.csv"
     text = csv_path.read_text()
     csv_path.write_text(text[: len(text) // 2].rsplit(",", 3)[0] + "\n")
-    (folder / "results" / "taken").mkdir(parents=True)
+    (folder / "memprobe-runs" / "taken").mkdir(parents=True)
 
 
 def _snapshot(folder: Path) -> set[str]:

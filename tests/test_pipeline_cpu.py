@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -33,7 +34,7 @@ def leftover_memprobe_processes(folder: Path) -> list[int]:
 
 
 def only_run_folder(root: Path) -> Path:
-    folders = [p for p in (root / "results").iterdir() if p.is_dir()]
+    folders = [p for p in (root / "memprobe-runs").iterdir() if p.is_dir()]
     assert len(folders) == 1, folders
     return folders[0]
 
@@ -84,19 +85,24 @@ def test_compare_cpu_end_to_end_with_exports(memprobe, tmp_path):
     assert result.returncode == 0, result.stderr
     comparison_dir = only_run_folder(tmp_path)
     comparison = load_comparison(comparison_dir)
-    assert comparison.names() == ["tp2", "tp2-ep2-full", "tp2-ep2-lean"]
+    # on --tp 2 --ep 2 full and lean build the same communicators (moe_ep = tp, moe_tp width 1): lean is not run
+    assert comparison.names() == ["tp2", "tp2-ep2-full"]
+    assert "tp2-ep2-lean would measure the same as tp2-ep2-full" in result.stderr
     assert comparison.baseline == "tp2"
     for item in comparison.runs:
         assert item.run.record.status == "complete"
         assert sorted({r.rank for r in item.run.readings}) == [0, 1]
         assert item.run.record.stack_name == item.scenario.stack
-    # three scenarios ran in three separate launches: distinct worker PIDs
+    # the scenarios ran in separate launches: distinct worker PIDs
     pids = [{info.pid for info in item.run.record.ranks} for item in comparison.runs]
-    assert not (pids[0] & pids[1]) and not (pids[1] & pids[2])
+    assert not (pids[0] & pids[1])
     for name in ("long.csv", "summary.csv", "all.json", "table.md"):
         assert (tmp_path / name).stat().st_size > 0
     document = json.loads((tmp_path / "all.json").read_text())
     assert document["schema_version"] == 1
+    # --device cpu skips the CUDA context and every GPU communicator: listed as skipped, no bytes in the summary
+    assert "tp/pynccl" in document["scenarios"][0]["skipped_by_rank"]["0"]
+    assert {row["cuda_context_bytes"] for row in csv.DictReader((tmp_path / "summary.csv").open())} == {""}
     assert "tp2-ep2-full" in result.stdout and "MiB" in result.stdout
     assert leftover_memprobe_processes(tmp_path) == []
 
@@ -104,7 +110,7 @@ def test_compare_cpu_end_to_end_with_exports(memprobe, tmp_path):
 def test_report_rerenders_a_saved_run_without_launching(memprobe, tmp_path):
     first = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "saved")
     assert first.returncode == 0, first.stderr
-    again = memprobe("report", "results/saved")
+    again = memprobe("report", "memprobe-runs/saved")
     assert again.returncode == 0, again.stderr
     assert "tp2" in again.stdout and "total after first use" in again.stdout
 
@@ -125,7 +131,7 @@ def test_a_rank_that_raises_stops_the_run_and_keeps_readings(memprobe, tmp_path,
     rank = fault.split(":")[0]
     line = result.stderr.strip().splitlines()[-1]
     assert f"rank {rank} failed at {group_step}" in line and "injected fault" in line
-    run = load_run(tmp_path / "results" / "failing")
+    run = load_run(tmp_path / "memprobe-runs" / "failing")
     assert run.record.status == "incomplete"
     assert run.record.failure is not None and run.record.failure.rank == int(rank)
     assert run.record.failure.last_lines  # the worker's last error lines
@@ -139,25 +145,37 @@ def test_a_killed_rank_is_reported_and_nothing_survives(memprobe, tmp_path):
                       env={"MEMPROBE_TEST_FAULT": "1:tp/pynccl:kill"})
     assert result.returncode == 3, result.stderr
     assert "rank 1 failed" in result.stderr and "tp/groups_created" in result.stderr and "killed" in result.stderr
-    run = load_run(tmp_path / "results" / "killed")
+    run = load_run(tmp_path / "memprobe-runs" / "killed")
     assert run.record.status == "incomplete"
     assert any(r.rank == 1 and r.step == "groups_created" for r in run.readings)
     assert leftover_memprobe_processes(tmp_path) == []
 
 
 def test_a_hanging_rank_ends_within_the_timeout(memprobe, tmp_path):
+    """--timeout is per rank: the longest any rank may go without a new reading. The hung rank is named,
+    not rank 0, which waits for it at the next step (it streamed that it arrived there)."""
     import time
 
     started = time.monotonic()
-    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "hung", "--timeout", "25",
-                      env={"MEMPROBE_TEST_FAULT": "0:tp/groups_created:hang"})
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "hung", "--timeout", "20",
+                      env={"MEMPROBE_TEST_FAULT": "1:tp/groups_created:hang"})
     elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stderr
-    assert "timed out after 25 s" in result.stderr and "stopped progressing after its tp/before reading" in result.stderr
-    assert elapsed < 25 + 20
-    run = load_run(tmp_path / "results" / "hung")
+    assert "rank 1 failed: stopped progressing after its tp/before reading: silent for 2" in result.stderr
+    assert "(--timeout 20 s)" in result.stderr
+    assert elapsed < 20 + 20
+    run = load_run(tmp_path / "memprobe-runs" / "hung")
     assert run.record.status == "incomplete"
     assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_a_healthy_run_longer_than_the_timeout_completes(memprobe, tmp_path):
+    """The run as a whole takes longer than --timeout; no rank ever goes that long without a reading."""
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "slow", "--timeout", "15",
+                      env={"MEMPROBE_TEST_FAULT": "1:tp/groups_created:sleep9,1:pp/groups_created:sleep9"})
+    assert result.returncode == 0, result.stderr
+    run = load_run(tmp_path / "memprobe-runs" / "slow")
+    assert run.record.status == "complete" and run.record.wall_time_s > 18
 
 
 @pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
@@ -172,7 +190,7 @@ def test_an_interrupt_stops_workers_and_keeps_readings(tmp_path, signal_name, ex
     process = subprocess.Popen([sys.executable, "-m", "memprobe", "run", "--device", "cpu", "--tp", "2", "--quiet",
                                 "--run-id", "interrupted"], cwd=tmp_path, env=_memprobe_env({"MEMPROBE_TEST_FAULT": "0:tp/groups_created:hang"}),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stream = tmp_path / "results" / "interrupted" / "ranks" / "rank-00000.jsonl"
+    stream = tmp_path / "memprobe-runs" / "interrupted" / "ranks" / "rank-00000.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (stream.exists() and '"world"' in stream.read_text()):
         time.sleep(0.2)
@@ -183,17 +201,17 @@ def test_an_interrupt_stops_workers_and_keeps_readings(tmp_path, signal_name, ex
     assert process.returncode == exit_code, stderr
     assert time.monotonic() - sent < 20
     assert f"interrupted by {signal_name}" in stderr and "readings kept" in stderr
-    run = load_run(tmp_path / "results" / "interrupted")
+    run = load_run(tmp_path / "memprobe-runs" / "interrupted")
     assert run.record.status == "incomplete"
     assert any(r.step == "world" for r in run.readings)
     assert leftover_memprobe_processes(tmp_path) == []
 
 
 def test_compare_jobs_runs_scenarios_side_by_side_in_separate_processes(memprobe, tmp_path):
-    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--stacks", "lean", "--jobs", "2", "--quiet")
+    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "2", "--quiet")
     assert result.returncode == 0, result.stderr
     comparison = load_comparison(only_run_folder(tmp_path))
-    assert comparison.names() == ["tp2", "tp2-lean"]
+    assert comparison.names() == ["tp2", "tp2-ep2-lean"]
     first, second = ({info.pid for info in item.run.record.ranks} for item in comparison.runs)
     assert first and second and not (first & second)
     for item in comparison.runs:

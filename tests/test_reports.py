@@ -296,7 +296,7 @@ def test_markdown_golden(comparison, tmp_path, monkeypatch):
     text = path.read_text(encoding="utf-8")
     assert text == render_markdown(comparison)
     check_golden("summary.md", text)
-    assert "&lt;group&gt; init" in text  # would vanish as an HTML tag on GitHub
+    assert "&lt;group> init" in text  # would vanish as an HTML tag on GitHub
 
 
 def test_markdown_appends_to_github_step_summary(comparison, tmp_path, monkeypatch):

@@ -91,6 +91,24 @@ def test_sample_waits_for_two_agreeing_reads():
     assert sampler.sample().process_bytes == 700 * MiB
 
 
+def test_a_sample_queries_the_other_gpus_once_not_in_every_stable_read():
+    """Issue 16: NVML process queries slow down with many processes on the GPUs; a stable sample on 4 GPUs
+    costs two reads of its own GPU and one of each other GPU (it used to cost eight)."""
+    fake = FakeNvml(gpus=4)
+    fake.processes["GPU-0"] = {100: 700 * MiB}
+    fake.processes["GPU-3"] = {100: 4 * MiB}
+    enumerations = []
+    listed = fake.all_gpus
+    fake.all_gpus = lambda: enumerations.append(1) or listed()
+    sampler = GpuSampler(100, "GPU-0", nvml=fake)
+    fake.reads = 0
+    first = sampler.sample()
+    assert fake.reads == 2 + 3
+    assert first.other_gpus_bytes == 4 * MiB and first.process_bytes == 700 * MiB
+    sampler.sample()
+    assert len(enumerations) == 1  # the other GPUs' handles are looked up once per sampler
+
+
 def test_unknown_uuid_is_an_error():
     with pytest.raises(RuntimeError, match="no NVML device"):
         GpuSampler(1, "GPU-missing", nvml=FakeNvml())

@@ -135,7 +135,7 @@ def test_missing_sglang_is_exit_2_before_launch(memprobe, tmp_path, monkeypatch)
     assert result.returncode == 2
     assert result.stderr.strip() == ("memprobe: error: --engine sglang needs SGLang installed (pip install sglang, "
                                      "or --sglang SITE_FOLDER); it was not found")
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "memprobe-runs").exists()
 
 
 def test_an_sglang_path_that_is_not_one_is_exit_2_before_launch(memprobe, tmp_path):
@@ -156,7 +156,7 @@ def test_an_sglang_path_that_is_not_one_is_exit_2_before_launch(memprobe, tmp_pa
     assert result.returncode == 2 and result.stderr.strip() == (
         f"memprobe: error: scenario real: sglang {tmp_path}: not an SGLang installation "
         f"(no sglang/srt/distributed/parallel_state.py)")
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "memprobe-runs").exists()
 
 
 def test_an_sglang_with_an_unknown_api_is_exit_2_before_launch(memprobe, tmp_path):
@@ -164,7 +164,7 @@ def test_an_sglang_with_an_unknown_api_is_exit_2_before_launch(memprobe, tmp_pat
     result = memprobe("run", "--device", "cpu", "--tp", "2", "--engine", "sglang", "--sglang", str(site), "--stack", "installed")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "SGLang 0.9.0" in result.stderr and "unknown parallel-state API" in result.stderr
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "memprobe-runs").exists()
 
 
 def test_each_installation_is_one_more_scenario_of_the_moe_layout(tmp_path):
@@ -261,7 +261,7 @@ def test_real_sglang_groups_line_up_with_the_reference_engine_on_cpu(memprobe, t
         result = memprobe("run", "--device", "cpu", "--tp", "4", "--ep", "2", "--stack", stack, "--engine", engine,
                           "--quiet", "--run-id", engine, env=env, timeout=400)
         assert result.returncode == 0, result.stderr
-    reference, sglang = load_run(tmp_path / "results" / "memprobe"), load_run(tmp_path / "results" / "sglang")
+    reference, sglang = load_run(tmp_path / "memprobe-runs" / "memprobe"), load_run(tmp_path / "memprobe-runs" / "sglang")
     assert sglang.record.engine == "sglang" and sglang.record.environment["sglang"]["version"] == "0.5.23"
     assert sglang.record.environment["sglang"]["api"] == "runtime_context"
     for rank in range(4):
@@ -284,7 +284,7 @@ def test_real_releases_before_and_after_the_pr_in_one_comparison_on_cpu(memprobe
                       "--sglang", f"old={SGLANG_SITES['0.5.10.post1']}", "--json", "out.json", "--quiet", env=env, timeout=500)
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "out.json").read_text())
-    runs = {path.name: load_run(path) for path in (tmp_path / "results").glob("*/*") if (path / "run.json").is_file()}
+    runs = {path.name: load_run(path) for path in (tmp_path / "memprobe-runs").glob("*/*") if (path / "run.json").is_file()}
     old, new = runs["tp4-ep2.sglang-old"].record.environment["sglang"], runs["tp4-ep2.sglang-new"].record.environment["sglang"]
     assert (old["version"], old["api"], new["version"], new["api"]) == ("0.5.10.post1", "kwargs", "0.5.11", "kwargs")
     assert old["parallel_state_sha256"] == PUBLISHED_PARALLEL_STATE["0.5.10.post1"]

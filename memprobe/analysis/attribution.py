@@ -3,12 +3,17 @@
 Every delta is ``primary_bytes`` of a reading minus that of the reading before it on the
 same rank, so the parts always add up to ``end - start``. A delta whose either side is
 unavailable is ``None`` (unknown), never zero.
+
+A step that was skipped (status ``skipped``: not in the stack, width 1, ``--device cpu``) built
+nothing, so it is charged 0 bytes and whatever the reading moved meanwhile (host-RSS noise on CPU)
+goes to ``unattributed`` (issue 15: CPU tables showed bytes for steps that did nothing).
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Callable
 
 from memprobe.model.records import GROUP_INIT_STEPS, Reading, Run
 
@@ -43,22 +48,63 @@ def rank_readings(run: Run) -> dict[int, list[Reading]]:
     return per_rank
 
 
-def step_deltas(readings: list[Reading]) -> list[tuple[Reading, int | None]]:
-    """``(reading, bytes added since the previous reading)``; the first reading adds nothing."""
+Measure = Callable[[Reading], "int | None"]
+
+
+def primary(reading: Reading) -> int | None:
+    """All the rank's bytes (NVML per process, device or host RSS): what every report adds up."""
+    return reading.primary_bytes
+
+
+def torch_cache(reading: Reading) -> int | None:
+    """The part held by torch's caching allocator (``torch.cuda.memory_reserved``; None on CPU runs)."""
+    return reading.torch_reserved_bytes
+
+
+def step_deltas(readings: list[Reading], measure: Measure = primary) -> list[tuple[Reading, int | None]]:
+    """``(reading, bytes added since the previous reading)``; the first reading adds nothing. ``measure`` picks
+    which bytes: :func:`primary` (all of them) or :func:`torch_cache` (the torch caching-allocator part)."""
     result: list[tuple[Reading, int | None]] = []
     previous: Reading | None = None
     for reading in readings:
-        delta = 0 if previous is None else subtract(reading.primary_bytes, previous.primary_bytes)
+        delta = 0 if previous is None else subtract(measure(reading), measure(previous))
         result.append((reading, delta))
         previous = reading
     return result
 
 
-def rank_components(readings: list[Reading]) -> dict[str, int | None]:
-    """Bytes per component for one rank (see module docstring for the keys)."""
+def charged_deltas(readings: list[Reading], measure: Measure = primary) -> list[tuple[Reading, int | None, int | None]]:
+    """``(reading, bytes charged to its step, bytes moved to unattributed)``: a skipped step is
+    charged 0 and its delta (noise, it built nothing) is moved to ``unattributed`` (issue 15)."""
+    result: list[tuple[Reading, int | None, int | None]] = []
+    for reading, delta in step_deltas(readings, measure):
+        if reading.status == "skipped" and reading.step != "start":
+            result.append((reading, None if delta is None else 0, delta))  # unknown stays unknown (CPU: no torch cache)
+        else:
+            result.append((reading, delta, 0))
+    return result
+
+
+def skipped_keys(readings: list[Reading]) -> set[str]:
+    """Component keys (``G/step``, ``cuda_context``) whose step was skipped on this rank."""
+    keys = set()
+    for reading in readings:
+        if reading.status == "skipped" and reading.step != "start":
+            keys.add(reading.step if not reading.group or reading.step == reading.group else f"{reading.group}/{reading.step}")
+    return keys
+
+
+def skipped_by_rank(run: Run) -> dict[int, set[str]]:
+    return {rank: skipped_keys(readings) for rank, readings in sorted(rank_readings(run).items())}
+
+
+def rank_components(readings: list[Reading], measure: Measure = primary) -> dict[str, int | None]:
+    """Bytes per component for one rank (see module docstring for the keys), of the bytes ``measure`` picks."""
     parts: dict[str, int | None] = {}
     last_init_reading: Reading | None = None
-    for reading, delta in step_deltas(readings):
+    for reading, delta, moved in charged_deltas(readings, measure):
+        if moved != 0:
+            parts[UNATTRIBUTED] = _add(parts.get(UNATTRIBUTED, 0), moved)
         if reading.step == "start":
             continue
         if reading.step == CONTEXT:
@@ -77,14 +123,34 @@ def rank_components(readings: list[Reading]) -> dict[str, int | None]:
             last_init_reading = reading
     finished_init = any(r.step in ("first_use", "end") for r in readings)
     # A rank that stopped during init has no "after init" total (its last reading is not one).
-    parts[TOTAL_AFTER_INIT] = last_init_reading.primary_bytes if last_init_reading is not None and finished_init else None
+    parts[TOTAL_AFTER_INIT] = measure(last_init_reading) if last_init_reading is not None and finished_init else None
     end = [r for r in readings if r.step == "end"]
-    parts[TOTAL_AFTER_FIRST_USE] = end[-1].primary_bytes if end else None
+    parts[TOTAL_AFTER_FIRST_USE] = measure(end[-1]) if end else None
     return parts
 
 
-def components_by_rank(run: Run) -> dict[int, dict[str, int | None]]:
-    return {rank: rank_components(readings) for rank, readings in sorted(rank_readings(run).items())}
+def components_by_rank(run: Run, measure: Measure = primary) -> dict[int, dict[str, int | None]]:
+    return {rank: rank_components(readings, measure) for rank, readings in sorted(rank_readings(run).items())}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One component of one rank, measured in two parts that add up to ``total``: what torch's caching
+    allocator reserved (segments created in that step: a 2 MiB tensor in a fresh pool adds a 20 MiB segment)
+    and everything else (NCCL, the CUDA driver, IPC mappings, custom all-reduce buffers outside torch)."""
+
+    total: int | None
+    torch_cache: int | None
+
+    @property
+    def rest(self) -> int | None:
+        return subtract(self.total, self.torch_cache)
+
+
+def splits_by_rank(run: Run) -> dict[int, dict[str, Split]]:
+    """Per rank and component key (as :func:`components_by_rank`): the total and its torch-cache part."""
+    totals, cache = components_by_rank(run), components_by_rank(run, torch_cache)
+    return {rank: {key: Split(value, cache[rank].get(key)) for key, value in parts.items()} for rank, parts in totals.items()}
 
 
 @dataclass(frozen=True)
@@ -92,7 +158,7 @@ class Spread:
     """A component across ranks: the worst (largest) rank and the spread."""
 
     minimum: int | None
-    median: int | None
+    median: int | None  # statistics.median: with an even count, the mean of the two middle values
     maximum: int | None
     worst_rank: int | None
     ranks_known: int
@@ -112,7 +178,7 @@ def spread(values: dict[int, int | None]) -> Spread:
     ordered = sorted(known.values())
     return Spread(
         minimum=ordered[0],
-        median=int(statistics.median_low(ordered)),
+        median=int(statistics.median(ordered)),
         maximum=ordered[-1],
         worst_rank=worst_rank,
         ranks_known=len(known),

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from memprobe.commands.common import measure
+from memprobe.commands.common import DEFAULT_OUT_DIR, measure
 from memprobe.commands.gate import _fail, gate_launch_options
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import MemprobeError, UsageError
@@ -32,31 +32,30 @@ The file is deterministic (sorted keys, bytes as integers, no timestamps): ident
 
 Examples:
 
-memprobe baseline update --scenarios configs/headline.toml --out configs/baselines/h100x4.json
-
-memprobe baseline update --from runs/2026-11-27-1200 --out configs/baselines/h100x4.json
-
-memprobe baseline update --out configs/baselines/h100x4.json  (measures the file's own scenarios again)
+\b
+memprobe baseline update --scenarios configs/scenarios/moe-stacks.toml -s tp4-ep2-lean --out my-baseline.json
+memprobe baseline update --from results/h200x4-20261127/compare-tp4-ep2 --out my-baseline.json
+memprobe baseline update --out my-baseline.json --device cpu   (an existing file: measures its own scenarios again)
 """
 
 
 
 def update(
-    out: Annotated[Path, typer.Option("--out", "-o", envvar="MEMPROBE_BASELINE", show_default=False,
+    out: Annotated[Path, typer.Option("--out", "-o", envvar="MEMPROBE_BASELINE_UPDATE_OUT", show_default=False,
                                       help="Baseline JSON file to write (kept thresholds if it exists).")],
     scenarios_file: Annotated[Optional[Path], typer.Option(
-        "--scenarios", envvar="MEMPROBE_SCENARIOS", help="Scenario TOML file to measure.")] = None,
+        "--scenarios", envvar="MEMPROBE_BASELINE_UPDATE_SCENARIOS", help="Scenario TOML file to measure.")] = None,
     from_dir: Annotated[Optional[Path], typer.Option(
-        "--from", envvar="MEMPROBE_BASELINE_FROM",
+        "--from", envvar="MEMPROBE_BASELINE_UPDATE_FROM",
         help="Take the numbers from this saved run or comparison folder (no GPU needed).")] = None,
     scenario: Annotated[Optional[list[str]], typer.Option(
-        "--scenario", "-s", envvar="MEMPROBE_SCENARIO",
+        "--scenario", "-s", envvar="MEMPROBE_BASELINE_UPDATE_SCENARIO",
         help="Only this scenario (repeatable); the file's other scenarios are kept.")] = None,
     device: Annotated[str, typer.Option(
         "--device", envvar="MEMPROBE_DEVICE", help="cuda, or cpu (host RSS readings; for CPU-only baselines).")] = "cuda",
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", envvar="MEMPROBE_OUT_DIR", help="Folder that receives the run folders measured for the baseline.")
-    ] = Path("results"),
+    ] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT", help="Seconds before a run that stopped progressing is killed.")
     ] = DEFAULT_TIMEOUT_S,

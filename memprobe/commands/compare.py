@@ -10,8 +10,9 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, TIMEOUT, WARMUP, check_exports, check_out_dir, launch_options, measure,
-    render_and_export,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, WARMUP,
+    check_choices, check_exports, check_out_dir, launch_options, measure, print_results_pointer, render_and_export,
+    render_timings_of, show_attribution,
 )
 from memprobe.errors import UsageError
 
@@ -19,43 +20,48 @@ def compare(
     tp: Optional[int] = typer.Option(None, "--tp", envvar=ENV + "TP", help="TP width (default: every visible GPU)."),
     ep: Optional[int] = typer.Option(None, "--ep", envvar=ENV + "EP", help="EP width of the MoE scenarios (default: tp / 2)."),
     pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
-    stacks: str = typer.Option("full,lean", "--stacks", envvar=ENV + "STACKS", help="Comma-separated stacks for the MoE layout."),
-    baseline_tp: Optional[int] = typer.Option(None, "--baseline-tp", envvar=ENV + "BASELINE_TP", help="TP width of the baseline (default: --tp)."),
-    scenarios: Optional[Path] = typer.Option(None, "--scenarios", envvar=ENV + "SCENARIOS",
+    stacks: str = typer.Option("full,lean", "--stacks", envvar=ENV + "COMPARE_STACKS", help="Comma-separated stacks for the MoE layout."),
+    baseline_tp: Optional[int] = typer.Option(None, "--baseline-tp", envvar=ENV + "COMPARE_BASELINE_TP", help="TP width of the baseline (default: --tp)."),
+    scenarios: Optional[Path] = typer.Option(None, "--scenarios", envvar=ENV + "COMPARE_SCENARIOS",
                                              help="TOML file of named scenarios (layout, stack, env each); see configs/scenarios/."),
     device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
-    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET,
+    rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
+    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, split: bool = SPLIT,
+    nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
                                     "fidelity report (reference engine against real SGLang, per rank, group and step)."),
-    sglang: list[str] = typer.Option([], "--sglang", envvar=ENV + "SGLANG_SITES", metavar="LABEL=SITE",
+    sglang: list[str] = typer.Option([], "--sglang", envvar=ENV + "COMPARE_SGLANG", metavar="LABEL=SITE",
                                      help="Add the MoE layout on a real SGLang installation (a site folder), as "
                                           "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed). "
                                           "Repeatable: e.g. one release before the PR and one after."),
-    jobs: int = typer.Option(0, "--jobs", "-j", envvar=ENV + "JOBS",
+    jobs: int = typer.Option(0, "--jobs", "-j", envvar=ENV + "COMPARE_JOBS",
                              help="Scenarios run side by side, each still in its own processes and CUDA contexts "
                                   "(per-process NVML figures do not see each other). 0 = auto: all at once on GPUs, "
                                   "one after another with --device cpu; 1 = one after another.", show_default=True),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "CSV", help="Long CSV: one row per scenario, rank, group and step."),
-    summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "SUMMARY_CSV", help="One row per scenario and rank."),
-    json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "JSON", help="Everything, as JSON with schema_version."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "MARKDOWN", help="The table as GitHub Markdown (also appended to $GITHUB_STEP_SUMMARY)."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "PLOT", help="Stacked bars per scenario (.png or .svg; needs memprobe[plot])."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "COMPARE_CSV", help="Long CSV: one row per scenario, rank, group and step."),
+    summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "COMPARE_SUMMARY_CSV", help="One row per scenario and rank."),
+    json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "COMPARE_JSON", help="Everything, as JSON with schema_version."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "COMPARE_MARKDOWN", help="The table as GitHub Markdown (also appended to $GITHUB_STEP_SUMMARY)."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "COMPARE_PLOT", help="Stacked bars per scenario (.png or .svg; needs memprobe[plot])."),
 ) -> int:
     """Compare --tp T against --tp T --ep E with the full and the lean stack, per rank, group and communicator.
 
     Each scenario runs in its own clean set of processes. Examples:
 
+    \b
       memprobe compare --tp 4 --ep 2
-
-      memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv out.csv
+      memprobe compare --device cpu --tp 4 --ep 2 --plot /tmp/compare.png
+      memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv /tmp/knobs.csv
     """
     from memprobe.model.scenario import headline_scenarios, load_scenario_file, parse_env_assignments, with_env
 
-    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id)
+    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id,
+                             nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    check_choices(warmup=warmup, env_preset=env_preset)
     if jobs < 0:
         raise UsageError(f"--jobs must be 0 (auto) or more, got {jobs}")
     extra_env = parse_env_assignments(env)
@@ -77,12 +83,17 @@ def compare(
         from memprobe.model.stacks import resolve_stack
 
         for name in stack_names:
-            resolve_stack(name)
+            resolve_stack(name, option="--stacks")
         scenario_set = headline_scenarios(tp=tp, ep=ep, stacks=stack_names, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp,
                                           attn_cp=attn_cp, baseline_tp=baseline_tp, env_preset=env_preset,
                                           env=extra_env, warmup=warmup, sglang_sites=sglang_sites)
         if announce:
             print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
+        from memprobe.model.distinct import distinct_scenarios
+
+        scenario_set, repeats = distinct_scenarios(scenario_set)
+        for line in repeats:
+            print(f"memprobe: note: {line}", file=sys.stderr)
     from memprobe.model.scenario import with_engines
     from memprobe.model.scenario import ENGINES
 
@@ -93,7 +104,14 @@ def compare(
     scenario_set = with_engines(scenario_set, engines)
     check_out_dir(out_dir)
     comparison = measure(scenario_set, options, jobs=jobs)
+    if any(item.run.record.results_at is not None for item in comparison.runs):  # another node gathered the readings
+        for item in comparison.runs:
+            print_results_pointer(item.scenario.name, item.run)
+        return 0
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    show_attribution([(item.scenario.name, item.run) for item in comparison.runs], split, nccl_log or None, per_rank)
+    if timings:
+        render_timings_of([(item.scenario.name, item.run) for item in comparison.runs])
     print(f"memprobe: results in {comparison.path}", file=sys.stderr)
     return 0
 

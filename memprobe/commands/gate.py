@@ -13,7 +13,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from memprobe.commands.common import measure
+from memprobe.commands.common import (
+    DEFAULT_OUT_DIR, MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, measure,
+    print_results_pointer,
+)
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import ExitCode, MeasurementError, MemprobeError, UsageError
 from memprobe.gate.baseline import ThresholdRule, load_baseline
@@ -31,9 +34,10 @@ from memprobe.launch.options import DEFAULT_TIMEOUT_S, LaunchOptions
 from memprobe.model.comparison import Comparison, load_comparison
 
 
-def gate_launch_options(device: str, out_dir: Path, timeout: float) -> LaunchOptions:
-    """The launch options the gate and baseline update measure with (validated: UsageError)."""
-    return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout)
+def gate_launch_options(device: str, out_dir: Path, timeout: float, **nodes: Any) -> LaunchOptions:
+    """The launch options the gate and baseline update measure with (validated: UsageError);
+    ``nodes``: nnodes, node_rank, master_addr, master_port and rdzv_* for a multi-node gate."""
+    return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout, **nodes)
 
 
 def _fail(command: str, error: MemprobeError) -> typer.Exit:
@@ -95,24 +99,22 @@ Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement 
 
 Examples:
 
-memprobe gate --baseline configs/baselines/h100x4.json --junit-xml gate.xml
-
-memprobe gate --baseline configs/baselines/h100x4.json --results runs/2026-11-27-1200
-
-memprobe gate --baseline b.json --results runs/x --threshold metric=moe_*/pynccl,relative=2%,absolute=16MiB
-
-memprobe gate --baseline b.json --results runs/x --threshold scenario=tp4,metric=total_after_first_use,max=3GiB
+\b
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --junit-xml gate.xml
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean --threshold metric=moe_*/pynccl,relative=2%,absolute=16MiB
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean --threshold scenario=tp4-ep2-lean,metric=total_after_first_use,max=3GiB
 """
 
 
 def gate(
-    baseline: Annotated[Path, typer.Option("--baseline", "-b", envvar="MEMPROBE_BASELINE", show_default=False,
+    baseline: Annotated[Path, typer.Option("--baseline", "-b", envvar="MEMPROBE_GATE_BASELINE", show_default=False,
                                            help="Baseline JSON file (made by `memprobe baseline update`).")],
     results: Annotated[Optional[Path], typer.Option(
-        "--results", envvar="MEMPROBE_RESULTS",
+        "--results", envvar="MEMPROBE_GATE_RESULTS",
         help="Judge this saved run or comparison folder instead of measuring (no GPU needed).")] = None,
     scenario: Annotated[Optional[list[str]], typer.Option(
-        "--scenario", "-s", envvar="MEMPROBE_SCENARIO",
+        "--scenario", "-s", envvar="MEMPROBE_GATE_SCENARIO",
         help="Judge only this baseline scenario (repeatable).")] = None,
     relative: Annotated[Optional[str], typer.Option(
         "--relative", envvar="MEMPROBE_GATE_RELATIVE",
@@ -125,7 +127,7 @@ def gate(
         help="Comma-separated KEY=VALUE: optional scenario=NAME and metric=GLOB, then relative=P, absolute=SIZE, "
              "max=SIZE (a cap) or ignore=true. Repeatable; wins over the baseline file.")] = None,
     allow_env_mismatch: Annotated[bool, typer.Option(
-        "--allow-env-mismatch", envvar="MEMPROBE_ALLOW_ENV_MISMATCH",
+        "--allow-env-mismatch", envvar="MEMPROBE_GATE_ALLOW_ENV_MISMATCH",
         help="Compare even where the environment differs from the baseline's key (and say so) instead of exit 4.")] = False,
     markdown: Annotated[Optional[Path], typer.Option(
         "--markdown", envvar="MEMPROBE_GATE_MARKDOWN",
@@ -141,14 +143,16 @@ def gate(
              "Ignored with --results.")] = "cuda",
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", envvar="MEMPROBE_OUT_DIR",
-        help="Folder that receives the run folders the gate measures (ignored with --results).")] = Path("results"),
+        help="Folder that receives the run folders the gate measures (ignored with --results).")] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
-        help="Seconds before a run that stopped progressing is killed.")] = DEFAULT_TIMEOUT_S,
+        help="The longest any rank may go without a new reading (counted from launch).")] = DEFAULT_TIMEOUT_S,
     sglang: Annotated[str, typer.Option(
-        "--sglang", envvar="MEMPROBE_SGLANG", metavar="SITE",
+        "--sglang", envvar="MEMPROBE_GATE_SGLANG", metavar="SITE",
         help="The SGLang under test for baseline scenarios recorded with --engine sglang: this site folder "
              "(default: the importable SGLang). The verdict names both SGLangs.")] = "",
+    nnodes: int = NNODES, node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
+    rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
 ) -> None:
     try:
         loaded = load_baseline(baseline)
@@ -158,7 +162,9 @@ def gate(
         taken = {baseline.resolve(): "--baseline"}
         for option, path in (("--markdown", markdown), ("--junit-xml", junit_xml), ("--json", json_path)):
             check_output_path(path, option, missing_folders_allowed=True, taken=taken)
-        options = gate_launch_options(device, out_dir, timeout)
+        options = gate_launch_options(device, out_dir, timeout, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
+                                      master_port=master_port, rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint,
+                                      rdzv_id=rdzv_id)
         if sglang:
             from memprobe.measure.sglang_install import check_site
 
@@ -173,6 +179,10 @@ def gate(
             from memprobe.model.scenario import with_sglang
 
             comparison = measure(with_sglang(loaded.scenario_set(selected), sglang), options)
+            if any(item.run.record.results_at is not None for item in comparison.runs):  # node 0 judges
+                for item in comparison.runs:
+                    print_results_pointer(item.scenario.name, item.run)
+                raise typer.Exit(int(ExitCode.OK))
         result = judge(loaded, comparison, thresholds_override=overrides, allow_env_mismatch=allow_env_mismatch,
                        scenarios=selected, results_source=str(results) if results is not None else None)
     except UsageError as error:

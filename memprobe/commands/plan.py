@@ -13,11 +13,15 @@ from memprobe.commands.common import ATTN_CP, ATTN_DP, ENV, EP, MOE_DP, PP, STAC
 def plan(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     stack: str = STACK,
-    json_output: bool = typer.Option(False, "--json", envvar=ENV + "JSON", help="Print one JSON document instead of a table."),
+    json_output: bool = typer.Option(False, "--json", envvar=ENV + "PLAN_JSON", help="Print one JSON document instead of a table."),
 ) -> int:
     """Print every group SGLang 0.5.23 builds for a layout, with rank lists, aliases and communicators.
 
-    Nothing is launched and no GPU is needed. Example: memprobe plan --tp 8 --ep 4 --stack full
+    Nothing is launched and no GPU is needed. Examples:
+
+    \b
+      memprobe plan --tp 8 --ep 4 --stack full
+      memprobe plan --tp 4 --ep 2 --stack configs/lean.toml --json
     """
     from memprobe.model.layout import plan_groups
     from memprobe.model.stacks import resolve_stack

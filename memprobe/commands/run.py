@@ -10,8 +10,9 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, EP, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    OUT_DIR, PER_RANK, PP, QUIET, RUN_ID, STACK, TIMEOUT, TP, WARMUP, check_out_dir, console_width, launch_options, layout_from,
-    print_rank_warnings,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
+    WARMUP, check_choices, check_out_dir, console_width, launch_options, layout_from, print_rank_warnings,
+    print_results_pointer, render_timings_of, show_attribution,
 )
 from memprobe.errors import UsageError
 
@@ -20,26 +21,34 @@ def run(
     stack: str = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
-    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET,
+    rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
+    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, split: bool = SPLIT,
+    nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe: the reference engine; sglang: the installed SGLang's own "
                                     "initialize_model_parallel, sampled around every group it builds."),
-    sglang: str = typer.Option("", "--sglang", envvar=ENV + "SGLANG", metavar="SITE",
+    sglang: str = typer.Option("", "--sglang", envvar=ENV + "RUN_SGLANG", metavar="SITE",
                                help="With --engine sglang: the SGLang in this site folder (first on the workers' "
                                     "PYTHONPATH) instead of the importable one. --stack installed keeps its own flags."),
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
-    Writes results/<run-id>/readings.csv and run.json. Example: memprobe run --tp 4 --ep 2 --stack lean
+    Writes readings.csv and run.json to memprobe-runs/RUN_ID/ (see --out-dir, --run-id). Examples:
+
+    \b
+      memprobe run --tp 4 --ep 2 --stack lean
+      memprobe run --device cpu --tp 4 --ep 2 --stack full
     """
     from memprobe.launch.supervisor import new_run_dir, preflight, run_scenario
     from memprobe.model.scenario import Scenario, parse_env_assignments
 
     layout = layout_from(tp, ep, pp, moe_dp, attn_dp, attn_cp)
+    check_choices(warmup=warmup, env_preset=env_preset, engine=engine)
     from memprobe.model.stacks import resolve_stack
 
     chosen = resolve_stack(stack)
-    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id)
+    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id,
+                             nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     label = Path(stack).stem if stack.endswith(".toml") else chosen.name.replace(":", "-")
     suffix = "" if engine == "memprobe" else f".{engine}"
     if sglang:
@@ -59,8 +68,14 @@ def run(
 
     with Progress(enabled=options.progress) as progress:
         result = run_scenario(scenario, options, run_dir, progress=progress, command=["memprobe", *sys.argv[1:]])
+    if result.record.results_at is not None:  # another node gathered the readings
+        print_results_pointer(scenario.name, result)
+        return 0
     from memprobe.reports import render_run
 
     render_run(result, sys.stdout, width=console_width(), per_rank=per_rank)
+    show_attribution([(scenario.name, result)], split, nccl_log, per_rank)
+    if timings:
+        render_timings_of([(scenario.name, result)])
     print_rank_warnings([(scenario.name, result)])
     return 0

@@ -70,6 +70,9 @@ ENVIRONMENT_KEY_FIELDS: tuple[str, ...] = (
     "memprobe",
 )
 NCCL_ENV_PREFIXES: tuple[str, ...] = ("NCCL_", "TORCH_NCCL_")
+# NCCL's own logging (--nccl-log) changes no byte: results/h200x4-nccl-20261128 read the same at every step
+# and rank traced and untraced (issue 14), so a traced run stays comparable with an untraced baseline.
+NOT_IN_KEY_PREFIXES: tuple[str, ...] = ("NCCL_DEBUG",)
 
 DEFAULT_RELATIVE = 0.05
 DEFAULT_ABSOLUTE_BYTES = 64 * MiB
@@ -179,7 +182,7 @@ def environment_key(run: Run) -> dict[str, Any]:
     key["nccl_env"] = {
         str(name): str(value)
         for name, value in sorted(dict(nccl_env).items())
-        if str(name).startswith(NCCL_ENV_PREFIXES)
+        if str(name).startswith(NCCL_ENV_PREFIXES) and not str(name).startswith(NOT_IN_KEY_PREFIXES)
     }
     if key["memprobe"] is None and run.record.memprobe_version:
         key["memprobe"] = run.record.memprobe_version

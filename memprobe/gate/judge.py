@@ -141,6 +141,8 @@ class Difference:
 def _show(value: Any) -> str:
     if value is None:
         return "(unset)"
+    if value == "":  # e.g. no driver on a --device cpu run (issue 15: printed as nothing)
+        return "(none)"
     if isinstance(value, str):
         return value
     return json.dumps(value, sort_keys=True)

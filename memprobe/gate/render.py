@@ -66,7 +66,7 @@ def render_table(result: GateResult, stream: TextIO, width: int = 120) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="memprobe gate", box=box.ASCII2, title_justify="left")
+    table = Table(title="memprobe gate", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False)  # as every other table
     for name, justify in (("scenario", "left"), ("status", "left"), ("ranks", "right"), ("regressions", "right"),
                           ("improvements", "right"), ("peak baseline", "right"), ("peak now", "right"),
                           ("change", "right"), ("%", "right")):

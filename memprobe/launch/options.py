@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memprobe.errors import UsageError
+from memprobe.model.records import NCCL_LOG_FOLDER
 from memprobe.model.scenario import ENV_PRESETS, Scenario
 
 DEVICES = ("cuda", "cpu")
@@ -18,20 +19,28 @@ RECORDED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_DEVICE_MAX_CONNECTIONS", 
 _HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
+# Users' runs go to a git-ignored folder; results/ holds the committed evidence (issue 15)
+DEFAULT_OUT_DIR = Path("memprobe-runs")
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
     """How scenarios are launched; the same for every scenario of one command."""
 
     device: str = "cuda"
-    out_dir: Path = Path("results")
+    out_dir: Path = DEFAULT_OUT_DIR
     timeout_s: float = DEFAULT_TIMEOUT_S
     nnodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int | None = None
+    rdzv_backend: str = "c10d"  # torchrun's dynamic rendezvous, used instead of master-addr/port when an endpoint is given
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
     allow_busy_gpu: bool = False
     progress: bool = True
     run_id: str | None = None
+    nccl_log: bool = False  # --nccl-log: NCCL's debug log of every worker into <run>/nccl/ (issue 14)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -44,6 +53,14 @@ class LaunchOptions:
             raise UsageError(f"--master-port must be 1..65535, got {self.master_port}")
         if not _HOST.match(self.master_addr):
             raise UsageError(f"--master-addr {self.master_addr!r} is not a host name or address")
+        if self.nnodes > 1 and self.master_port is None and self.rdzv_endpoint is None:
+            raise UsageError("--nnodes > 1 needs the same --master-port on every node (or --rdzv-endpoint HOST:PORT)")
+        if self.rdzv_endpoint is not None and not _HOST.match(self.rdzv_endpoint):
+            raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST[:PORT]")
+        if self.rdzv_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.rdzv_id):
+            raise UsageError(f"--rdzv-id {self.rdzv_id!r} may use only letters, digits, '.', '_' and '-'")
+        if self.rdzv_backend not in ("c10d", "etcd", "etcd-v2", "static"):
+            raise UsageError(f"--rdzv-backend must be c10d, etcd, etcd-v2 or static, got {self.rdzv_backend!r}")
         if self.run_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.run_id):
             raise UsageError(f"--run-id {self.run_id!r} may use only letters, digits, '.', '_' and '-'")
 
@@ -65,6 +82,13 @@ def worker_environment(scenario: Scenario, options: LaunchOptions, base: dict[st
     environment.setdefault("OMP_NUM_THREADS", "1")
     environment["PYTHONUNBUFFERED"] = "1"
     return environment
+
+
+def nccl_log_environment(run_dir: Path) -> dict[str, str]:
+    """``--nccl-log``: NCCL logs its allocations and channel set-up (ALLOC,INIT: ~190 KB per rank and
+    communicator set; 0 bytes of GPU memory on 4 x H200, NCCL 2.28.9) to one file per process."""
+    folder = (run_dir / NCCL_LOG_FOLDER).resolve()
+    return {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "ALLOC,INIT", "NCCL_DEBUG_FILE": str(folder / "%h.%p.log")}
 
 
 def recorded_environment(environment: dict[str, str]) -> dict[str, str]:

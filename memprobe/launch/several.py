@@ -26,6 +26,8 @@ def run_scenarios(scenario_set: ScenarioSet, options, progress=None, command: li
     if path.exists():
         raise UsageError(f"output folder {path} already exists; choose another --run-id")
     path.mkdir(parents=True)
+    if options.nnodes > 1:
+        jobs = 1  # every node must launch the same scenario on the same rendezvous at the same time
     if jobs <= 0:  # auto: side by side on GPUs (per-process figures), one after another on CPUs (2-core CI)
         jobs = len(scenario_set.scenarios) if options.device == "cuda" else 1
     folders = {scenario.name: scenario.name for scenario in scenario_set.scenarios}

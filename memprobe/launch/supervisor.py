@@ -12,23 +12,28 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from memprobe import __version__
 from memprobe.measure import nvml
-from memprobe.launch.options import LaunchOptions, recorded_environment, worker_environment
+from memprobe.launch.options import LaunchOptions, nccl_log_environment, recorded_environment, worker_environment
+from memprobe.model.timings import run_timings
 from memprobe.errors import Interrupted, MeasurementError, UsageError
 from memprobe.model.layout import plan_groups
 from memprobe.model.records import (
     CONCURRENT_VARIABLE,
+    NCCL_LOG_FOLDER,
     RUN_TOKEN_VARIABLE,
     WORKER_CONFIG,
     Failure,
@@ -42,14 +47,19 @@ from memprobe.model.records import (
     stream_path,
 )
 from memprobe.model.scenario import Scenario
+from memprobe.model.steps import sequence
 
 GPU_RELEASE_TIMEOUT_S = 15.0
 KILL_GRACE_S = 5.0
+# Collectives inside the workers time out this much later than --timeout, so that the parent, which
+# sees every rank, names the silent one; the workers' own timeout only matters if the parent is gone.
+WORKER_TIMEOUT_MARGIN_S = 60.0
+CLEAN_EXIT_S = 30.0  # after every rank is done: how long torchrun may take to exit by itself
 
 
 def expected_readings(scenario: Scenario) -> int:
-    built = sum(1 for group in plan_groups(scenario.layout).built_groups() if group.name != "world")
-    return 3 + 4 * built + (1 + built) + 1
+    """Readings each rank takes (the progress total)."""
+    return len(sequence(group.name for group in plan_groups(scenario.layout).built_groups()))
 
 
 def _ephemeral_low() -> int:
@@ -98,6 +108,10 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
             if scenario.sglang:
                 check_site(scenario.sglang, f"scenario {scenario.name}: sglang {scenario.sglang}")
             sglang_installation(worker_environment(scenario, options))
+    for scenario in scenarios:
+        if scenario.layout.world_size % options.nnodes:
+            raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over "
+                             f"--nnodes {options.nnodes}")
     if options.device == "cpu":
         return
     environment = worker_environment(scenarios[0], options)
@@ -124,20 +138,19 @@ def new_run_dir(root: Path, name: str) -> Path:
 
 # ------------------------------------------------------------------------------ processes
 
+def _carries_token(pid: int, token: str) -> bool:
+    """Whether process ``pid`` still carries this run's token (a PID may have been reused since it was read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            return f"{RUN_TOKEN_VARIABLE}={token}".encode() in stream.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def _pids_with_token(token: str) -> list[int]:
     """Processes whose environment carries this run's token (workers live in their own sessions)."""
-    found = []
-    needle = f"{RUN_TOKEN_VARIABLE}={token}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as stream:
-                if needle in stream.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and int(entry) != os.getpid() and _carries_token(int(entry), token)]
 
 
 def _signal(pid: int, number: int, group: bool = False) -> None:
@@ -163,7 +176,7 @@ def _alive(pid: int) -> bool:
 
 def stop_everything(process: subprocess.Popen[bytes], token: str, worker_pids: set[int], grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM torchrun's group and every worker; SIGKILL what is left after ``grace_s``."""
-    pids = set(worker_pids) | set(_pids_with_token(token))
+    pids = {pid for pid in worker_pids if _carries_token(pid, token)} | set(_pids_with_token(token))
     if process.poll() is None:
         _signal(process.pid, signal.SIGTERM, group=True)
     for pid in pids:
@@ -173,8 +186,9 @@ def stop_everything(process: subprocess.Popen[bytes], token: str, worker_pids: s
         if process.poll() is not None and not any(_alive(pid) for pid in pids):
             break
         time.sleep(0.05)
-    _signal(process.pid, signal.SIGKILL, group=True)
-    for pid in pids | set(_pids_with_token(token)):
+    if process.poll() is None:
+        _signal(process.pid, signal.SIGKILL, group=True)
+    for pid in {pid for pid in pids if _carries_token(pid, token)} | set(_pids_with_token(token)):
         _signal(pid, signal.SIGKILL)
     try:
         process.wait(timeout=KILL_GRACE_S)
@@ -212,10 +226,18 @@ def wait_for_gpu_release(worker_pids: set[int], environment: dict[str, str], tim
 
 # ------------------------------------------------------------------------------- progress
 
+def _where(event: dict[str, Any]) -> str:
+    return f"{event['group']}/{event['step']}" if event.get("group") else str(event.get("step", ""))
+
+
 class StreamFollower:
     """Reads each rank's event stream incrementally."""
 
-    def __init__(self, run_dir: Path, ranks: range) -> None:
+    def __init__(self, run_dir: Path, ranks: range, per_node: int | None = None) -> None:
+        """``per_node`` set: torchrun's dynamic rendezvous picks this node's rank, so ``ranks`` is the whole world
+        until the first worker's ``started`` event tells which block of ``per_node`` ranks is local."""
+        self.per_node = per_node
+        self.known = per_node is None  # whether the local ranks are known
         self.paths = {rank: stream_path(run_dir, rank) for rank in ranks}
         self.offsets = {rank: 0 for rank in ranks}
         self.readings = {rank: 0 for rank in ranks}
@@ -223,6 +245,10 @@ class StreamFollower:
         self.pids: set[int] = set()
         self.errors: list[dict[str, Any]] = []
         self.done: set[int] = set()
+        self.started: set[int] = set()
+        self.arrived: dict[int, str] = {}  # rank -> the step it finished, waiting for the other ranks there
+        self.last_progress = {rank: time.monotonic() for rank in ranks}  # launch, then each new reading
+        self.results_at: dict[str, Any] | None = None  # where node 0 keeps the gathered results
 
     def poll(self) -> None:
         for rank, path in self.paths.items():
@@ -242,13 +268,32 @@ class StreamFollower:
                 kind = event.get("type")
                 if kind == "started":
                     self.pids.add(int(event["pid"]))
+                    self.started.add(rank)
                 elif kind == "reading":
                     self.readings[rank] += 1
-                    self.last_step[rank] = f"{event['group']}/{event['step']}" if event["group"] else event["step"]
+                    self.last_progress[rank] = time.monotonic()
+                    self.arrived.pop(rank, None)
+                    self.last_step[rank] = _where(event)
+                elif kind == "arrived":
+                    self.arrived[rank] = _where(event)
                 elif kind == "error":
                     self.errors.append(event)
                 elif kind == "done":
                     self.done.add(rank)
+                    self.results_at = event.get("results_at") or self.results_at
+        if not self.known and self.started:
+            self._narrow(min(self.started) // self.per_node)
+
+    def _narrow(self, node: int) -> None:
+        local = range(node * self.per_node, (node + 1) * self.per_node)
+        for table in (self.paths, self.offsets, self.readings, self.last_step, self.last_progress):
+            for rank in [r for r in table if r not in local]:
+                del table[rank]
+        self.known = True
+
+    @property
+    def finished_locally(self) -> bool:
+        return self.known and self.done >= set(self.paths)
 
     def slowest(self) -> tuple[int, int, str]:
         rank = min(self.readings, key=lambda r: (self.readings[r], r))
@@ -260,13 +305,22 @@ ProgressCallback = Callable[[str, int, int, str], None]  # (label, done, total, 
 
 # ------------------------------------------------------------------------------------ run
 
-def _launch_command(run_dir: Path, scenario: Scenario, options: LaunchOptions, port: int) -> list[str]:
+def _launch_command(run_dir: Path, scenario: Scenario, options: LaunchOptions, port: int, log_dir: str) -> list[str]:
+    """torchrun's command line: a static rendezvous (--master-addr/--master-port) or a dynamic one (--rdzv-*).
+
+    ``--log-dir`` points torchrun at a folder memprobe removes afterwards (torch 2.x otherwise
+    leaves a ``/tmp/torchelastic_*`` folder behind after every run).
+    """
     per_node = scenario.layout.world_size // options.nnodes
+    if options.rdzv_endpoint:
+        rendezvous = ["--rdzv-backend", options.rdzv_backend, "--rdzv-endpoint", options.rdzv_endpoint,
+                      "--rdzv-id", f"{options.rdzv_id or 'memprobe'}-{scenario.name}"]  # one rendezvous per scenario
+    else:
+        rendezvous = ["--node-rank", str(options.node_rank), "--master-addr", options.master_addr, "--master-port", str(port)]
     return [
         sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", str(options.nnodes), "--node-rank", str(options.node_rank),
-        "--nproc-per-node", str(per_node), "--master-addr", options.master_addr, "--master-port", str(port),
-        "--max-restarts", "0", "--monitor-interval", "0.2",
+        "--nnodes", str(options.nnodes), *rendezvous, "--nproc-per-node", str(per_node),
+        "--max-restarts", "0", "--monitor-interval", "0.1", "--log-dir", log_dir,
         "-m", "memprobe.measure.worker", str(run_dir),
     ]
 
@@ -369,8 +423,10 @@ def _root_cause(follower: StreamFollower, local_ranks: range, return_code: int |
     if silent:
         return went_silent(silent[0], "never started (see torchrun.log) ",
                            f"(killed or crashed; torchrun exit code {return_code})")
-    if errors:
-        return from_error(errors[0])
+    if errors:  # every error is a lost peer: the rank that failed first is on another node
+        lost = from_error(errors[0])
+        lost.message += " (it lost a peer: the rank that failed first is elsewhere, e.g. on another node; see its output)"
+        return lost
     return Failure(rank=None, group="", step="", message=f"torchrun exited with code {return_code}", last_lines=_tail(log_path))
 
 
@@ -384,27 +440,114 @@ class StopFlag(threading.Event):
         self.set()
 
 
-def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
-                 progress: ProgressCallback | None = None, command: list[str] | None = None,
-                 stop: StopFlag | None = None, concurrent_token: str | None = None) -> Run:
-    """Launch one scenario into ``run_dir`` (created here) and return the complete run.
+@dataclass
+class Outcome:
+    """How the processes of one launch ended (the supervisor's answer; it knows nothing of reports)."""
 
-    Raises :class:`MeasurementError` when a rank fails, hangs past ``options.timeout_s`` or the
-    launch breaks; ``run.json`` (status ``incomplete``) and every finished reading are kept.
-    """
+    follower: StreamFollower
+    return_code: int | None = None
+    failure: Failure | None = None
+    interrupted: BaseException | None = None
+    all_done: bool = False
+    launched_at: float = 0.0  # time.time(), the clock the workers stamp their events with
+    exited_at: float = 0.0
+    workers_exited_at: float | None = None
+    gpu_release_s: float | None = None
+
+
+def _silence_failure(follower: StreamFollower, now: float, timeout_s: float, log_path: Path) -> Failure | None:
+    """The local rank silent longest, if it went ``timeout_s`` without a new reading (counted from launch)."""
+    waiting = [rank for rank in follower.paths if rank not in follower.done]
+    if not waiting:
+        return None
+    if max(now - follower.last_progress[r] for r in waiting) <= timeout_s:
+        return None
+    # a rank that arrived at the next step waits for its peers there; blame one that did not arrive
+    rank = max(waiting, key=lambda r: (r not in follower.arrived, now - follower.last_progress[r], -r))
+    silent = now - follower.last_progress[rank]
+    if rank not in follower.started:
+        what = f"never started: no sign of it {silent:.0f} s after launch"
+    elif not follower.last_step[rank]:
+        what = f"started but took no reading in {silent:.0f} s"
+    elif rank in follower.arrived:
+        what = (f"stopped progressing after its {follower.last_step[rank]} reading: silent for {silent:.0f} s, "
+                f"waiting at {follower.arrived[rank]} for the other ranks (on another node?)")
+    else:
+        what = f"stopped progressing after its {follower.last_step[rank]} reading: silent for {silent:.0f} s"
+    return Failure(rank=rank, group="", step="", message=f"{what} (--timeout {timeout_s:g} s)", last_lines=_tail(log_path))
+
+
+def _follow(process: subprocess.Popen[bytes], outcome: Outcome, options: LaunchOptions, finished: Callable[[], bool],
+            report: Callable[[], None], stop: StopFlag | None, log_path: Path) -> None:
+    """Follow the streams until every local rank is done, one fails, torchrun exits, or a rank goes silent."""
+    follower = outcome.follower
+    while True:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt(stop.signal_number)
+        follower.poll()
+        report()
+        if follower.errors:
+            time.sleep(0.5)  # let the other ranks report too, then stop them
+            follower.poll()
+            return
+        if process.poll() is not None:
+            follower.poll()
+            outcome.all_done = finished()
+            return
+        if finished():
+            outcome.all_done = True
+            return
+        outcome.failure = _silence_failure(follower, time.monotonic(), options.timeout_s, log_path)
+        if outcome.failure is not None:
+            return
+        time.sleep(0.1)
+
+
+def _wait_for_own_exit(process: subprocess.Popen[bytes], outcome: Outcome, timeout_s: float = CLEAN_EXIT_S) -> None:
+    """After every rank is done, workers and torchrun exit by themselves (torchrun exit 0, exit handlers run);
+    notes when the last worker is gone (the timings tell the workers' exit from torchrun's)."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        if outcome.workers_exited_at is None and not any(_alive(pid) for pid in outcome.follower.pids):
+            outcome.workers_exited_at = time.time()
+        time.sleep(0.02)
+    if outcome.workers_exited_at is None:
+        outcome.workers_exited_at = time.time()
+
+
+def supervise(launch: list[str], environment: dict[str, str], token: str, follower: StreamFollower,
+              options: LaunchOptions, log_path: Path, finished: Callable[[], bool], report: Callable[[], None],
+              stop: StopFlag | None = None) -> Outcome:
+    """Start torchrun, follow it, time out silent ranks, and make sure every process is gone at the end."""
+    outcome = Outcome(follower=follower)
+    with open(log_path, "ab") as log:
+        outcome.launched_at = time.time()
+        process = subprocess.Popen(launch, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _follow(process, outcome, options, finished, report, stop, log_path)
+            if outcome.all_done and outcome.failure is None:
+                _wait_for_own_exit(process, outcome)
+        except KeyboardInterrupt as error:  # SIGINT, or SIGTERM turned into one by interrupt_handlers()
+            outcome.interrupted = error
+            outcome.failure = Failure(rank=None, group="", step="", message="interrupted; workers stopped")
+        finally:
+            stop_everything(process, token, follower.pids)  # returns at once when everything already exited
+            outcome.exited_at = time.time()
+            follower.poll()
+            if options.device == "cuda":
+                outcome.gpu_release_s = wait_for_gpu_release(follower.pids, environment)
+    outcome.return_code = process.returncode
+    return outcome
+
+
+def _new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, command: list[str] | None) -> RunRecord:
     stack = scenario.resolved_stack
     plan = plan_groups(scenario.layout)
-    world_size = scenario.layout.world_size
-    run_dir.mkdir(parents=True, exist_ok=False)
-    environment = worker_environment(scenario, options)
-    token = uuid.uuid4().hex
-    environment[RUN_TOKEN_VARIABLE] = token
-    if concurrent_token:
-        environment[CONCURRENT_VARIABLE] = concurrent_token
-    record = RunRecord(
+    return RunRecord(
         run_id=run_dir.name,
         layout=scenario.layout.as_dict(),
-        world_size=world_size,
+        world_size=scenario.layout.world_size,
         stack=stack.as_dict(),
         device=options.device,
         warmup=scenario.warmup,
@@ -419,99 +562,119 @@ def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
         created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command=list(command or sys.argv),
     )
-    atomic_write_text(run_dir / "run.json", record.to_json())
+
+
+def _write_worker_config(scenario: Scenario, options: LaunchOptions, run_dir: Path) -> None:
     worker_config = {
-        "layout": scenario.layout.as_dict(), "stack": stack.as_dict(), "device": options.device,
-        "warmup": scenario.warmup, "timeout_s": options.timeout_s, "allow_busy_gpu": options.allow_busy_gpu,
+        "layout": scenario.layout.as_dict(), "stack": scenario.resolved_stack.as_dict(), "device": options.device,
+        "warmup": scenario.warmup, "timeout_s": options.timeout_s + WORKER_TIMEOUT_MARGIN_S, "allow_busy_gpu": options.allow_busy_gpu,
         "engine": scenario.engine,
     }
     atomic_write_text(run_dir / WORKER_CONFIG, json.dumps(worker_config, indent=2, sort_keys=True) + "\n")
-    attempts = 1 if options.master_port else 3
+
+
+def local_ranks(scenario: Scenario, options: LaunchOptions) -> range:
+    per_node = scenario.layout.world_size // options.nnodes
+    return range(options.node_rank * per_node, (options.node_rank + 1) * per_node)
+
+
+def _launch_once(scenario: Scenario, options: LaunchOptions, run_dir: Path, environment: dict[str, str], token: str,
+                 progress: ProgressCallback | None, stop: StopFlag | None) -> Outcome:
+    """One torchrun launch, with up to two more when a static rendezvous port was taken before torchrun bound it."""
+    total = expected_readings(scenario)
+    dynamic = options.rdzv_endpoint is not None and options.nnodes > 1
+    per_node = scenario.layout.world_size // options.nnodes
+    ranks = range(scenario.layout.world_size) if dynamic else local_ranks(scenario, options)
+    log_path = run_dir / "torchrun.log"
+    attempts = 1 if options.master_port or options.rdzv_endpoint else 3
     for attempt in range(attempts):
         port = options.master_port or free_port(options.master_addr if options.master_addr != "localhost" else "127.0.0.1")
-        launch = _launch_command(run_dir, scenario, options, port)
-        total = expected_readings(scenario)
-        local_ranks = range(options.node_rank * (world_size // options.nnodes), (options.node_rank + 1) * (world_size // options.nnodes))
-        follower = StreamFollower(run_dir, local_ranks)
-        log_path = run_dir / "torchrun.log"
-        started = time.monotonic()
-        failure: Failure | None = None
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(launch, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-            interrupted: BaseException | None = None
-            all_done = False
-            try:
-                deadline = started + options.timeout_s
-                while True:
-                    if stop is not None and stop.is_set():
-                        raise KeyboardInterrupt(stop.signal_number)
-                    follower.poll()
-                    if progress is not None:
-                        rank, done, detail = follower.slowest()
-                        progress(scenario.name, done, total, f"rank {rank}: {detail}" if detail else "starting")
-                    if follower.errors:
-                        time.sleep(0.5)  # let the other ranks report too, then stop them
-                        follower.poll()
-                        break
-                    if process.poll() is not None:
-                        follower.poll()
-                        break
-                    if len(follower.done) == len(local_ranks) and (options.node_rank != 0 or (run_dir / "readings.csv").is_file()):
-                        all_done = True  # every reading is on disk; torchrun's own teardown adds nothing
-                        break
-                    if time.monotonic() > deadline:
-                        rank, done, detail = follower.slowest()
-                        failure = Failure(rank=rank, group="", step="",
-                                          message=f"timed out after {options.timeout_s:g} s (--timeout); it stopped progressing "
-                                                  f"after its {detail or 'first'} reading",
-                                          last_lines=_tail(log_path))
-                        break
-                    time.sleep(0.1)
-            except KeyboardInterrupt as error:  # SIGINT, or SIGTERM turned into one by interrupt_handlers()
-                interrupted = error
-                failure = Failure(rank=None, group="", step="", message="interrupted; workers stopped")
-            finally:
-                # workers must be gone even after a clean exit; once all are done there is nothing to wait for
-                stop_everything(process, token, follower.pids, grace_s=0.0 if all_done else KILL_GRACE_S)
-                follower.poll()
-                if options.device == "cuda":
-                    record.gpu_release_s = wait_for_gpu_release(follower.pids, environment)
+        follower = StreamFollower(run_dir, ranks, per_node if dynamic else None)
+
+        def finished() -> bool:  # node 0's rank 0 writes readings.csv before it reports done
+            return follower.finished_locally
+
+        def report() -> None:
+            if progress is not None:
+                rank, done, detail = follower.slowest()
+                progress(scenario.name, done, total, f"rank {rank}: {detail}" if detail else "starting")
+
+        log_dir = tempfile.mkdtemp(prefix="memprobe-torchrun-")  # torchrun's own log folder, removed below
+        try:
+            outcome = supervise(_launch_command(run_dir, scenario, options, port, log_dir), environment, token,
+                                follower, options, log_path, finished, report, stop)
+        finally:
+            shutil.rmtree(log_dir, ignore_errors=True)
         port_taken = b"EADDRINUSE" in log_path.read_bytes()
-        if attempt + 1 < attempts and not follower.pids and port_taken and interrupted is None and failure is None:
+        if attempt + 1 < attempts and not follower.pids and port_taken and outcome.interrupted is None and outcome.failure is None:
             continue  # something took the rendezvous port between our probe and torchrun's bind: new port
-        break
-    return_code = process.returncode
-    record.wall_time_s = round(time.monotonic() - started, 3)
-    infos = _rank_infos(run_dir, world_size)
-    record.ranks = sorted(infos, key=lambda info: info.rank)
+        return outcome
+    raise AssertionError("unreachable")
+
+
+def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path,
+                 progress: ProgressCallback | None = None, command: list[str] | None = None,
+                 stop: StopFlag | None = None, concurrent_token: str | None = None) -> Run:
+    """Launch one scenario into ``run_dir`` (created here) and return the complete run.
+
+    Raises :class:`MeasurementError` when a rank fails, goes silent past ``options.timeout_s`` or
+    the launch breaks; ``run.json`` (status ``incomplete``) and every finished reading are kept.
+    """
+    run_dir.mkdir(parents=True, exist_ok=False)
+    environment = worker_environment(scenario, options)
+    if options.nccl_log:  # NCCL's own account of every communicator (issue 14)
+        (run_dir / NCCL_LOG_FOLDER).mkdir()
+        environment.update(nccl_log_environment(run_dir))
+    token = uuid.uuid4().hex
+    environment[RUN_TOKEN_VARIABLE] = token
+    if concurrent_token:
+        environment[CONCURRENT_VARIABLE] = concurrent_token
+    record = _new_record(scenario, options, run_dir, command)
+    atomic_write_text(run_dir / "run.json", record.to_json())
+    _write_worker_config(scenario, options, run_dir)
+    outcome = _launch_once(scenario, options, run_dir, environment, token, progress, stop)
+    return _assemble(scenario, options, run_dir, record, environment, outcome)
+
+
+def _assemble(scenario: Scenario, options: LaunchOptions, run_dir: Path, record: RunRecord,
+              environment: dict[str, str], outcome: Outcome) -> Run:
+    """The run's record and status from what the processes left on disk; raises on failure or interrupt."""
+    follower, world_size = outcome.follower, scenario.layout.world_size
+    log_path = run_dir / "torchrun.log"
+    holds_rank_0 = 0 in follower.paths  # this node's rank 0 gathered every reading
+    record.gpu_release_s = outcome.gpu_release_s
+    record.wall_time_s = round(outcome.exited_at - outcome.launched_at + (outcome.gpu_release_s or 0.0), 3)
+    events = {rank: load_stream(stream_path(run_dir, rank))[0] for rank in follower.paths}
+    record.timings = run_timings(events, outcome.launched_at, outcome.workers_exited_at, outcome.exited_at,
+                                 outcome.gpu_release_s)
+    record.ranks = sorted(_rank_infos(run_dir, world_size), key=lambda info: info.rank)
     record.environment = _environment_summary(environment, record.ranks, options.device, world_size)
     if scenario.engine == "sglang":
         from memprobe.measure.sglang_install import sglang_installation
 
         record.environment["sglang"] = sglang_installation(environment).as_record()
     readings_path = run_dir / "readings.csv"
-    complete = failure is None and not follower.errors and (return_code == 0 or all_done) and readings_path.is_file()
-    if complete:
+    complete = (outcome.failure is None and not follower.errors and (outcome.return_code == 0 or outcome.all_done)
+                and (readings_path.is_file() or not holds_rank_0))
+    if complete and holds_rank_0:
         readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
-        record.status = "complete"
-    else:
-        readings = []
-        for rank in range(world_size):
-            readings.extend(load_stream(stream_path(run_dir, rank))[1])
+    else:  # what this node's ranks streamed (another node holds the gathered readings)
+        readings = [reading for rank in range(world_size) for reading in load_stream(stream_path(run_dir, rank))[1]]
         atomic_write_text(readings_path, readings_to_csv(readings))
-        record.status = "incomplete"
-        if failure is None:
-            failure = _root_cause(follower, local_ranks, return_code, log_path)
-        record.failure = failure
+    record.status = "complete" if complete else "incomplete"
+    if complete and not holds_rank_0:
+        record.results_at = follower.results_at
+    if not complete:
+        record.failure = outcome.failure or _root_cause(follower, follower.paths.keys(), outcome.return_code, log_path)
     atomic_write_text(run_dir / "run.json", record.to_json())
     run = Run(record=record, readings=readings, path=run_dir)
-    if interrupted is not None:
+    if outcome.interrupted is not None:
+        interrupted = outcome.interrupted
         number = interrupted.args[0] if interrupted.args and isinstance(interrupted.args[0], int) else signal.SIGINT
         raise Interrupted(number, str(run_dir))
     if not complete:
-        raise MeasurementError(f"{scenario.name}: {failure.describe() if failure else 'failed'}; readings kept in {run_dir}",
-                               run_dir=str(run_dir))
+        raise MeasurementError(f"{scenario.name}: {record.failure.describe() if record.failure else 'failed'}; "
+                               f"readings kept in {run_dir}", run_dir=str(run_dir))
     return run
 
 

@@ -1,7 +1,7 @@
 """The reference engine: SGLang 0.5.23's ``init_distributed_environment`` + ``initialize_model_parallel``,
 rebuilt with a memory sample after every step (worker side; imports torch).
 
-Per rank, in order (research notes sections 1-3):
+Per rank, in the order :mod:`memprobe.model.steps` defines (research notes sections 1-3):
 
 1. ``start`` (before CUDA), ``cuda_context`` (``set_device`` + first tensor);
 2. ``world``: ``init_process_group`` *without* ``device_id`` (lazy NCCL, as SGLang), plus the
@@ -31,6 +31,9 @@ import torch.distributed as dist
 from memprobe.model.layout import GroupPlan, Layout, plan_groups
 from memprobe.model.records import CONCURRENT_VARIABLE, RankInfo, Reading
 from memprobe.model.stacks import GroupFlags, Stack
+from memprobe.model.steps import (
+    BEFORE, COMMUNICATOR_STEPS, CUDA_CONTEXT, END, FIRST_USE, GROUPS_CREATED, PYNCCL, START,
+)
 
 SWEEP_ALL_REDUCE_ELEMENTS = (1, 1024, 256 * 1024, 16 * 1024 * 1024)  # fp32: 4 B .. 64 MiB
 SWEEP_ALL_GATHER_ELEMENTS = 256 * 1024  # 1 MiB per rank
@@ -51,23 +54,24 @@ class FaultHook:
     """Test-only fault injection, off unless ``MEMPROBE_TEST_FAULT`` is set.
 
     Format ``RANK:GROUP/STEP:ACTION`` (``GROUP`` empty for start/cuda_context/end), e.g.
-    ``1:tp/pynccl:raise``; ACTION is ``raise``, ``exit`` (exit code 7), ``kill`` (SIGKILL to
-    itself) or ``hang`` (sleeps forever). It fires when the rank reaches that step, before
-    the step's reading is taken.
+    ``1:tp/pynccl:raise``, several separated by commas; ACTION is ``raise``, ``exit`` (exit code 7),
+    ``kill`` (SIGKILL to itself), ``hang`` (sleeps forever) or ``sleepN`` (sleeps N seconds, then goes on:
+    a slow but healthy rank). It fires when the rank reaches that step, before the step's reading is taken.
     """
 
     def __init__(self, spec: str | None, rank: int) -> None:
-        self.target: tuple[str, str, str] | None = None
-        if spec:
-            rank_text, where, action = spec.split(":")
-            group, _, step = where.rpartition("/")
-            if int(rank_text) == rank:
-                self.target = (group, step, action)
+        self.targets: dict[tuple[str, str], str] = {}
+        for item in (spec or "").split(","):
+            if item:
+                rank_text, where, action = item.split(":")
+                group, _, step = where.rpartition("/")
+                if int(rank_text) == rank:
+                    self.targets[(group, step)] = action
 
     def fire(self, group: str, step: str) -> None:
-        if self.target is None or self.target[:2] != (group, step):
+        action = self.targets.get((group, step))
+        if action is None:
             return
-        action = self.target[2]
         if action == "raise":
             raise RuntimeError(f"injected fault at {group}/{step} (MEMPROBE_TEST_FAULT)")
         if action == "exit":
@@ -76,6 +80,8 @@ class FaultHook:
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+        if action.startswith("sleep"):
+            time.sleep(float(action[len("sleep"):]))
         if action == "hang":
             while True:
                 time.sleep(3600)
@@ -123,6 +129,9 @@ class ReferenceEngine:
     def record(self, step: str, group: str = "", status: str = "ok", note: str = "") -> Reading:
         self.current = (group, step)
         self.fault.fire(group, step)
+        # this rank finished the step and now waits for the others: the parent tells a hung rank
+        # from the ranks waiting for it (issue 13)
+        self.emit({"type": "arrived", "group": group, "step": step})
         self._synchronize()
         sample = self.sampler.sample()
         now = time.monotonic()
@@ -149,9 +158,9 @@ class ReferenceEngine:
         if self.device_kind == "cpu":
             self.sampler = HostSampler()
             self.info.sampling_mode = self.sampler.mode
-            self.record("start")
-            self.current = ("", "cuda_context")
-            self.record("cuda_context", status="skipped", note="--device cpu: no CUDA context")
+            self.record(START)
+            self.current = ("", CUDA_CONTEXT)
+            self.record(CUDA_CONTEXT, status="skipped", note="--device cpu: no CUDA context")
             return
         from memprobe.measure import nvml
 
@@ -199,7 +208,7 @@ class ReferenceEngine:
                           note="" if start_sample.process_bytes is not None else "no CUDA context yet")
         self._keep(reading)
         self.last_time = start_time
-        self.record("cuda_context")
+        self.record(CUDA_CONTEXT)
 
     def _torch_reserved(self) -> int | None:
         if self.torch_device is None:
@@ -254,7 +263,7 @@ class ReferenceEngine:
         from memprobe.measure import communicators
 
         self.current = (group.name, kind)
-        if kind == "pynccl":
+        if kind == PYNCCL:
             self.pynccl[group.name] = communicators.PyNccl(self.cpu_groups[group.name], ranks, self.torch_device)
             decision[kind] = "built"
             self.record(kind, group.name)
@@ -280,12 +289,12 @@ class ReferenceEngine:
     def _first_use(self, group: GroupPlan) -> None:
         ranks = group.ranks_of(self.rank)
         if self.warmup == "none":
-            self.record("first_use", group.name, status="skipped", note="--warmup none")
+            self.record(FIRST_USE, group.name, status="skipped", note="--warmup none")
             return
         if len(ranks) == 1:  # SGLang returns before any collective on a width-1 group (PS:692)
-            self.record("first_use", group.name, status="skipped", note="width 1: no collective")
+            self.record(FIRST_USE, group.name, status="skipped", note="width 1: no collective")
             return
-        self.current = (group.name, "first_use")
+        self.current = (group.name, FIRST_USE)
         device = self.torch_device or torch.device("cpu")
         device_group = self.device_groups[group.name]
         sizes = (1,) if self.warmup == "tiny" else SWEEP_ALL_REDUCE_ELEMENTS
@@ -302,14 +311,14 @@ class ReferenceEngine:
             torch.cuda.synchronize(self.torch_device)
             torch.cuda.empty_cache()  # measure communicators, not cached collective tensors
         note = "all_reduce 1 x fp32" if self.warmup == "tiny" else "sweep: all_reduce 4 B..64 MiB, all_gather 1 MiB/rank"
-        self.record("first_use", group.name, note=note)
+        self.record(FIRST_USE, group.name, note=note)
 
     def run(self) -> list[Reading]:
         self._start_and_context()
         built = self._world_and_groups()
         for group in [self.plan.group("world"), *built]:
             self._first_use(group)
-        self.record("end")
+        self.record(END)
         return self.readings
 
     def _world_and_groups(self) -> list[GroupPlan]:
@@ -317,15 +326,15 @@ class ReferenceEngine:
         self._world()
         built = [group for group in self.plan.built_groups() if group.name != "world"]
         for group in built:
-            self.record("before", group.name)
-            self.current = (group.name, "groups_created")
+            self.record(BEFORE, group.name)
+            self.current = (group.name, GROUPS_CREATED)
             device_group, cpu_group = self._new_groups(group)
             self.device_groups[group.name], self.cpu_groups[group.name] = device_group, cpu_group
-            self.record("groups_created", group.name)
+            self.record(GROUPS_CREATED, group.name)
             ranks = group.ranks_of(self.rank)
             flags = self.stack.flags_for(group.name)
-            self._communicator_step(group, "pynccl", flags, ranks)
-            self._communicator_step(group, "custom_allreduce", flags, ranks)
+            for kind in COMMUNICATOR_STEPS:
+                self._communicator_step(group, kind, flags, ranks)
         return built
 
     def gather(self) -> tuple[list[Reading], list[RankInfo]] | None:

@@ -62,6 +62,7 @@ class GpuSampler:
         self.mode = "process"  # until decide_mode() sees otherwise
         self.memory_api = ""
         self.warnings: list[str] = []
+        self._others: list[Any] | None = None
 
     # -- raw reads -----------------------------------------------------------------
     def _own_process_bytes(self) -> int | None:
@@ -77,15 +78,21 @@ class GpuSampler:
         self.memory_api = memory.api
         return memory.used
 
+    def _other_handles(self) -> list[Any] | None:
+        """The other GPUs' handles, looked up once (enumerating GPUs on every read cost NVML calls; issue 16)."""
+        if self._others is None:
+            gpus = self.nvml.all_gpus()
+            if not self.nvml.is_available(gpus):
+                return None
+            self._others = [self.nvml.handle_by_uuid(gpu.uuid) for gpu in gpus if gpu.uuid != self.gpu_uuid]
+        return self._others
+
     def _other_gpus_bytes(self) -> int | None:
-        gpus = self.nvml.all_gpus()
-        if not self.nvml.is_available(gpus):
+        handles = self._other_handles()
+        if handles is None:
             return None
         total = 0
-        for gpu in gpus:
-            if gpu.uuid == self.gpu_uuid:
-                continue
-            handle = self.nvml.handle_by_uuid(gpu.uuid)
+        for handle in handles:
             processes = self.nvml.process_memory(handle) if self.nvml.is_available(handle) else handle
             if not self.nvml.is_available(processes):
                 return None
@@ -113,24 +120,22 @@ class GpuSampler:
         return self.mode
 
     # -- the sample ------------------------------------------------------------------
-    def _read(self) -> MemorySample:
-        process = self._own_process_bytes()
-        return MemorySample(
-            process_bytes=process,
-            device_used_bytes=self._device_used_bytes(),
-            torch_reserved_bytes=self.torch_reserved(),
-            other_gpus_bytes=self._other_gpus_bytes(),
-        )
+    def _read(self) -> tuple[int | None, int | None]:
+        return self._own_process_bytes(), self._device_used_bytes()
 
     def sample(self) -> MemorySample:
-        """Read until two consecutive reads agree (NVML lags freshly mapped memory briefly)."""
+        """Read until two consecutive reads agree (NVML lags freshly mapped memory briefly); the other GPUs
+        and torch's cache once, after that. Each NVML process query costs time that grows with the processes
+        on the GPUs (side by side, 12 workers queried at once; issue 16), so the stable loop reads only what it compares."""
         previous = self._read()
         for _ in range(self.stable_reads - 1):
             current = self._read()
-            if (current.process_bytes, current.device_used_bytes) == (previous.process_bytes, previous.device_used_bytes):
-                return current
+            if current == previous:
+                break
             previous = current
-        return previous
+        process, device_used = previous
+        return MemorySample(process_bytes=process, device_used_bytes=device_used,
+                            torch_reserved_bytes=self.torch_reserved(), other_gpus_bytes=self._other_gpus_bytes())
 
     def primary(self, sample: MemorySample) -> int | None:
         return sample.process_bytes if self.mode == "process" else sample.device_used_bytes

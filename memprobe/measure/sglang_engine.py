@@ -28,8 +28,7 @@ import os
 from typing import Any, Iterator
 
 from memprobe.model.layout import GroupPlan, Layout
-
-GROUP_STEPS = ("groups_created", "pynccl", "custom_allreduce")
+from memprobe.model.steps import GROUP_INIT_STEPS
 
 
 def forced_flags(stack: Any, group_name: str) -> dict[str, bool]:
@@ -134,7 +133,7 @@ class GroupHooks:
 
     def emit_until(self, step: str) -> None:
         """Sample every step of the current group before ``step`` that has not been sampled yet."""
-        for name in GROUP_STEPS:
+        for name in GROUP_INIT_STEPS:
             if name == step:
                 return
             if name not in self.done:

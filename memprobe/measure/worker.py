@@ -40,6 +40,18 @@ def _die_with_parent() -> None:
         pass
 
 
+def _results_location(engine: Any, run_dir: Path) -> dict[str, str]:
+    """Where rank 0 wrote the gathered results, told to every rank (a node other than 0 points there)."""
+    import socket
+
+    import torch.distributed as dist
+
+    location = [{"host": socket.gethostname(), "folder": str(run_dir.resolve())}]
+    if dist.is_initialized() and engine.world_cpu_group is not None:
+        dist.broadcast_object_list(location, src=0, group=engine.world_cpu_group)
+    return location[0]
+
+
 def main(argv: list[str]) -> int:
     run_dir = Path(argv[1])
     rank = int(os.environ["RANK"])
@@ -49,12 +61,15 @@ def main(argv: list[str]) -> int:
     from memprobe.model.records import WORKER_CONFIG, stream_path
 
     emit = EventStream(stream_path(run_dir, rank))
-    emit({"type": "started", "rank": rank, "local_rank": local_rank, "pid": os.getpid()})
+    emit({"type": "started", "rank": rank, "local_rank": local_rank, "pid": os.getpid(),
+          "group_rank": int(os.environ.get("GROUP_RANK", "0"))})
     config = json.loads((run_dir / WORKER_CONFIG).read_text(encoding="utf-8"))
 
     from memprobe.measure.engine import ReferenceEngine, format_exception
     from memprobe.model.layout import Layout
     from memprobe.model.stacks import GroupFlags, Stack
+
+    emit({"type": "phase", "name": "imported"})  # torch and the engine are imported (issue 16's timings)
 
     stack_document = config["stack"]
     stack = Stack(
@@ -83,6 +98,8 @@ def main(argv: list[str]) -> int:
             readings, infos = gathered
             atomic_write_text(run_dir / "ranks.json", json.dumps([asdict(info) for info in infos], indent=2, sort_keys=True) + "\n")
             atomic_write_text(run_dir / "readings.csv", readings_to_csv(readings))
+        results_at = _results_location(engine, run_dir)
+        emit({"type": "phase", "name": "gathered"})
         engine.shutdown()
     except BaseException as error:  # report where it broke, then let torchrun see the failure
         group, step = engine.current
@@ -92,7 +109,7 @@ def main(argv: list[str]) -> int:
         if isinstance(error, KeyboardInterrupt):
             return 130
         return 1
-    emit({"type": "done", "rank": rank})
+    emit({"type": "done", "rank": rank, "results_at": results_at})
     return 0
 
 

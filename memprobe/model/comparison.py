@@ -7,7 +7,7 @@ folder per scenario (``<comparison-id>/<scenario-name>/run.json`` ...).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memprobe.errors import UsageError
@@ -31,6 +31,7 @@ class Comparison:
     baseline: str
     runs: list[ScenarioRun]
     path: Path | None = None
+    missing: list[str] = field(default_factory=list)  # "name (folder F)" of indexed scenarios without a run on disk
 
     def names(self) -> list[str]:
         return [item.scenario.name for item in self.runs]
@@ -86,10 +87,13 @@ def load_comparison(path: str | Path) -> Comparison:
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise UsageError(f"{index}: not a memprobe comparison index ({error})") from None
         runs: list[ScenarioRun] = []
+        missing: list[str] = []
         for entry in entries:
             folder = entry.get("folder")
             if not folder or not (path / folder / "run.json").is_file():
-                continue  # a scenario that never started (the comparison stopped early)
+                # never started (the comparison stopped early), or the folder was lost: the caller says so
+                missing.append(f"{entry.get('name', '?')} (no {path / str(folder or '?') / 'run.json'})")
+                continue
             run = load_run(path / folder)
             runs.append(ScenarioRun(scenario=replace(scenario_from_run(run), name=entry["name"]), run=run))
         if not runs:
@@ -100,6 +104,7 @@ def load_comparison(path: str | Path) -> Comparison:
             baseline=baseline if baseline in names else names[0],
             runs=runs,
             path=path,
+            missing=missing,
         )
     if (path / "run.json").is_file():
         run = load_run(path)
@@ -125,4 +130,5 @@ def merge_comparisons(comparisons: list[Comparison]) -> Comparison:
                 suffix += 1
             seen.add(name)
             runs.append(ScenarioRun(scenario=replace(item.scenario, name=name), run=item.run))
-    return Comparison(comparison_id="+".join(c.comparison_id for c in comparisons), baseline=comparisons[0].baseline, runs=runs)
+    return Comparison(comparison_id="+".join(c.comparison_id for c in comparisons), baseline=comparisons[0].baseline, runs=runs,
+                      missing=[name for c in comparisons for name in c.missing])

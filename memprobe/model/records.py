@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from memprobe.errors import UsageError
+from memprobe.model.steps import GROUP_INIT_STEPS, STEPS  # noqa: F401  (the step sequence is defined there)
 
 SCHEMA_VERSION = 1
 
@@ -29,21 +30,8 @@ SCHEMA_VERSION = 1
 RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"  # every process of one launch (found again through /proc/PID/environ)
 CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"  # every process of one side-by-side comparison
 WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into the run folder by the parent
+NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
 
-#: Steps in the order a worker takes them. ``before`` .. ``custom_allreduce`` repeat per group,
-#: ``first_use`` repeats per group after every group exists.
-STEPS: tuple[str, ...] = (
-    "start",
-    "cuda_context",
-    "world",
-    "before",
-    "groups_created",
-    "pynccl",
-    "custom_allreduce",
-    "first_use",
-    "end",
-)
-GROUP_INIT_STEPS: tuple[str, ...] = ("groups_created", "pynccl", "custom_allreduce")
 STATUSES: tuple[str, ...] = ("ok", "skipped", "failed")
 SAMPLING_MODES: tuple[str, ...] = ("process", "device", "host_rss")
 
@@ -134,6 +122,8 @@ class RunRecord:
     failure: Failure | None = None
     wall_time_s: float | None = None
     gpu_release_s: float | None = None  # seconds waited after the workers stopped until NVML no longer listed them
+    timings: dict[str, Any] = field(default_factory=dict)  # where the time went: model/timings.py
+    results_at: dict[str, Any] | None = None  # on a node other than 0: host and folder of the gathered results
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -91,7 +91,7 @@ class Scenario:
         if self.engine not in ENGINES:
             raise UsageError(f"scenario {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.resolved_stack is None:
-            object.__setattr__(self, "resolved_stack", resolve_stack(self.stack))
+            object.__setattr__(self, "resolved_stack", resolve_stack(self.stack, option=f"scenario {self.name}: stack"))
         if self.stack == "installed" and self.engine != "sglang":
             raise UsageError(f"scenario {self.name}: stack 'installed' (SGLang's own flags) needs engine sglang")
         if self.sglang and self.engine != "sglang":

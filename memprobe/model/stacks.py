@@ -98,7 +98,7 @@ INSTALLED = Stack(
     description="--engine sglang only: SGLang's own flags, as the installed release passes them; memprobe forces none",
 )
 BUILTIN_STACKS: dict[str, Stack] = {"full": FULL, "lean": LEAN, "installed": INSTALLED}
-BUILTIN_NAMES = ("full", "lean", "full:v1", "lean:v1", "installed")
+BUILTIN_NAMES = ("full", "lean", "full:v1", "lean:v1", "full:v2", "lean:v2", "installed")
 
 
 def stack_from_record(document: dict[str, Any], where: str) -> Stack:
@@ -120,6 +120,10 @@ def _parse_stack_document(document: dict, source: str) -> Stack:
     unknown = set(document) - allowed
     if unknown:
         raise UsageError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if not {"base", "groups", "custom_allreduce_impl"} & set(document):
+        # an empty (or name-only) file would silently be the lean stack (issue 15)
+        raise UsageError(f"{source}: sets neither base, custom_allreduce_impl nor [groups.*]; "
+                         'write base = "lean" (or "full") to mean a built-in stack')
     base_name = document.get("base", "lean")
     if base_name not in BUILTIN_STACKS:
         raise UsageError(f"{source}: base = {base_name!r} is not a built-in stack; use one of {sorted(BUILTIN_STACKS)}")
@@ -165,19 +169,23 @@ def load_stack_file(path: str | Path) -> Stack:
     return _parse_stack_document(document, str(path))
 
 
-def resolve_stack(spec: str) -> Stack:
-    """``full``, ``lean``, either with ``:v1`` (v1 custom all-reduce buffers), or a TOML path."""
+BUILTIN_NAMES_TEXT = "full, lean, full:v1, lean:v1, full:v2, lean:v2, installed; v2 is the default"
+
+
+def resolve_stack(spec: str, option: str = "--stack") -> Stack:
+    """``full``, ``lean``, either with ``:v1`` (v1 custom all-reduce buffers) or ``:v2``, or a TOML path.
+    ``option`` is how errors name where the value came from (``--stacks``, a scenario file)."""
     if not spec:
-        raise UsageError("--stack must not be empty; use full, lean or a path to a stack TOML file")
+        raise UsageError(f"{option} must not be empty; use full, lean or a path to a stack TOML file")
     name, _, impl = spec.partition(":")
     if name in BUILTIN_STACKS and not Path(spec).exists():
         stack = BUILTIN_STACKS[name]
         if impl:
             if impl not in CUSTOM_ALLREDUCE_IMPLEMENTATIONS:
-                raise UsageError(f"--stack {spec}: custom all-reduce layout must be v1 or v2")
+                raise UsageError(f"{option} {spec!r}: custom all-reduce layout must be v1 or v2")
             stack = replace(stack, name=f"{name}:{impl}" if impl != "v2" else name, custom_allreduce_impl=impl)
         return stack
     if spec.endswith(".toml") or Path(spec).exists():
         return load_stack_file(spec)
-    raise UsageError(f"--stack {spec!r} is neither a built-in stack ({', '.join(BUILTIN_NAMES)}) nor a TOML file")
+    raise UsageError(f"{option} {spec!r} is neither a built-in stack ({BUILTIN_NAMES_TEXT}) nor a TOML file")
 

@@ -45,6 +45,11 @@ def _render_text(renderable: RenderableType, width: int) -> str:
     return buffer.getvalue()
 
 
+def natural_width(renderable: RenderableType) -> int:
+    """The width ``renderable`` takes when nothing limits it (its longest line)."""
+    return max((len(line.rstrip()) for line in _render_text(renderable, 100_000).splitlines()), default=0)
+
+
 def print_table(console: Console, table: RenderableType) -> None:
     """Print ``table`` at the console's width, or wider when that width would cut cells short.
 
@@ -53,6 +58,5 @@ def print_table(console: Console, table: RenderableType) -> None:
     """
     text = _render_text(table, console.width)
     if "…" in text:
-        natural = max((len(line.rstrip()) for line in _render_text(table, 100_000).splitlines()), default=0)
-        text = _render_text(table, max(console.width, natural))
+        text = _render_text(table, max(console.width, natural_width(table)))
     console.file.write(text)

@@ -20,15 +20,16 @@ from memprobe.analysis.attribution import (
     WORLD,
     Spread,
     components_by_rank,
+    skipped_by_rank,
     spread,
     subtract,
 )
 from memprobe.model.layout import GROUP_ORDER, Layout
 from memprobe.model.records import GROUP_INIT_STEPS, Run
 from memprobe.model.comparison import Comparison, ScenarioRun
+from memprobe.model.steps import COMMUNICATOR_STEPS
 
 MOE_GROUPS: tuple[str, ...] = ("moe_ep", "moe_tp")
-COMMUNICATOR_STEPS: tuple[str, ...] = ("pynccl", "custom_allreduce")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ def layout_of(run: Run) -> Layout | None:
         return None
 
 
+def measured_memory(runs: list[Run]) -> str:
+    """What the readings are, in words: GPU memory (NVML), or host memory (RSS) with --device cpu."""
+    kinds = {"host memory (RSS)" if run.record.device == "cpu" else "GPU memory" for run in runs}
+    return kinds.pop() if len(kinds) == 1 else "memory (GPU and host RSS mixed)"
+
+
 def layout_flags(run: Run) -> str:
     layout = layout_of(run)
     if layout is not None:
@@ -117,6 +124,7 @@ class RankSummary:
     total_after_first_use: int | None
     delta_after_init: int | None = None
     delta_after_first_use: int | None = None
+    skipped: set[str] = field(default_factory=set)  # component keys whose step was skipped (built nothing)
 
 
 @dataclass
@@ -185,6 +193,9 @@ def summarize(comparison: Comparison) -> list[ScenarioSummary]:
     for item in comparison.runs:
         plan = plan_of(item.run)
         ranks = {rank: _rank_summary(rank, parts, plan) for rank, parts in components_by_rank(item.run).items()}
+        for rank, keys in skipped_by_rank(item.run).items():
+            if rank in ranks:
+                ranks[rank].skipped = keys
         summaries.append(
             ScenarioSummary(
                 item=item,
@@ -393,9 +404,12 @@ def moe_cell(summary: ScenarioSummary, group_name: str, step: str) -> tuple[str 
     if group.width == 1:
         return "width 1", None
     worst = summary.worst
-    value = None if worst is None else worst.parts.get(f"{group_name}/{step}")
+    key = f"{group_name}/{step}"
+    value = None if worst is None else worst.parts.get(key)
     if step in COMMUNICATOR_STEPS and not group.builds(step) and value == 0:
         return "off", None
+    if worst is not None and key in worst.skipped:  # e.g. --device cpu builds no GPU communicator
+        return "skipped", None
     return None, value
 
 
@@ -414,6 +428,7 @@ __all__ = [
     "headline_groups",
     "lean_savings",
     "layout_flags",
+    "measured_memory",
     "moe_cell",
     "moe_table_needed",
     "plan_of",

@@ -14,8 +14,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from memprobe.reports._format import console_for, print_table
+from memprobe.reports._format import console_for, natural_width, print_table
 
+from memprobe.analysis.attribution import CONTEXT
 from memprobe.units import NA, UNIT, mib, mib_range
 from memprobe.reports._model import (
     MOE_GROUPS,
@@ -29,6 +30,7 @@ from memprobe.reports._model import (
     headline_groups,
     layout_flags,
     lean_savings,
+    measured_memory,
     moe_cell,
     moe_table_needed,
     summarize,
@@ -57,6 +59,19 @@ def _scenario_label(summary: ScenarioSummary) -> str:
     return label
 
 
+def _stack_and_settings(summary: ScenarioSummary) -> str:
+    """The stack, plus what else sets this scenario apart (issue 15: NCCL knob scenarios all read
+    "--tp 4 --ep 2, full"): its --env settings, a non-default preset or warm-up."""
+    scenario = summary.item.scenario
+    parts = [scenario.stack]
+    parts += [f"{key}={value}" for key, value in sorted(scenario.env.items())]
+    if scenario.env_preset != "sglang":
+        parts.append(f"env preset {scenario.env_preset}")
+    if scenario.warmup != "tiny":
+        parts.append(f"warmup {scenario.warmup}")
+    return ", ".join(parts)
+
+
 def _group_cell(summary: ScenarioSummary, rank: RankSummary | None, name: str) -> str:
     group = summary.group(name)
     if group is None:
@@ -73,7 +88,11 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
     baseline = baseline_of(summaries)
     shown, folded = headline_groups(summaries)
     unattributed = any_unattributed(summaries)
-    headers = ["scenario", "layout", "stack", "rank" if per_rank else "worst rank", f"CUDA context {UNIT}", f"world {UNIT}"]
+    # --device cpu skips the CUDA context on every rank: no column rather than a 0 (issue 15)
+    context_shown = not all(CONTEXT in rank.skipped for summary in summaries for rank in summary.ranks.values())
+    headers = ["scenario", "layout", "stack", "rank" if per_rank else "worst rank"]
+    headers += [f"CUDA context {UNIT}"] if context_shown else []
+    headers += [f"world {UNIT}"]
     headers += [f"{name} init {UNIT}" for name in shown]
     headers += [f"first use {UNIT}"]
     if unattributed:
@@ -83,7 +102,8 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
         headers += [f"rank spread {UNIT}"]
     numeric = [False, False, False] + [True] * (len(headers) - 3)
     mode = "per rank" if per_rank else "worst rank (largest total after first use)"
-    title = f"comparison {comparison.comparison_id}: GPU memory per rank, {mode}, {UNIT} = 2^20 bytes"
+    memory = measured_memory([summary.item.run for summary in summaries])
+    title = f"comparison {comparison.comparison_id}: {memory} per rank, {mode}, {UNIT} = 2^20 bytes"
     table = TextTable(title=title, headers=headers, numeric=numeric)
 
     for index, summary in enumerate(summaries):
@@ -105,11 +125,11 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
             row = [
                 _scenario_label(summary),
                 layout_flags(summary.item.run),
-                summary.item.scenario.stack,
+                _stack_and_settings(summary),
                 rank_text,
-                mib(values.cuda_context if values else None),
-                mib(values.world if values else None),
             ]
+            row += [mib(values.cuda_context if values else None)] if context_shown else []
+            row += [mib(values.world if values else None)]
             row += [_group_cell(summary, values, name) for name in shown]
             row += [mib(values.first_use if values else None)]
             if unattributed:
@@ -139,6 +159,8 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
         )
     if folded:
         notes.append(f"width-1 groups, 0 {UNIT} wherever measured, not shown: {', '.join(folded)}")
+    if not context_shown:
+        notes.append("CUDA context: skipped (--device cpu), not shown")
     alias_lines = aliases(summaries)
     if alias_lines:
         notes.append(f"aliases (same group object, no memory of their own): {', '.join(alias_lines)}")
@@ -183,6 +205,9 @@ def lean_lines(comparison: Comparison) -> list[list[str]]:
                 _lean_details(saving),
             ]
         )
+        if saving.full.item.run.record.device == "cpu":  # honest about what a CPU difference is (issue 15)
+            blocks[-1].append("--device cpu builds no pynccl or custom all-reduce: full and lean differ here only "
+                              "by host-memory noise")
     return blocks
 
 
@@ -220,7 +245,8 @@ def moe_table(comparison: Comparison) -> TextTable | None:
     table = TextTable(
         title=(
             f"MoE groups per communicator, worst rank, {UNIT} "
-            "(off: not built by the stack; = tp: alias of tp; width 1: singleton)"
+            "(off: not built by the stack; skipped: not built in this run (--device cpu); "
+            "= tp: alias of tp; width 1: singleton)"
         ),
         headers=headers,
         numeric=[False] + [True] * (len(headers) - 1),
@@ -278,6 +304,42 @@ def _rich_table(table: TextTable, *, merge_scenario: bool) -> Table:
     return rich_table
 
 
+# Columns given up, in this order, when a table is wider than the terminal (issue 15: at 80 or 100
+# columns every line wrapped); files and pipes get the wide default and keep them all.
+HEADLINE_DROP_ORDER: tuple[str, ...] = ("between steps", "Δ after init", "rank spread", "CUDA context", "world",
+                                        "after init", "first use", "self_pp init", "pp init", "moe_dp init",
+                                        "attn_cp init", "attention_tp init")
+MOE_DROP_ORDER: tuple[str, ...] = ("moe_tp first use", "moe_ep first use")
+
+
+def _without_column(table: TextTable, index: int) -> TextTable:
+    return TextTable(title=table.title, headers=table.headers[:index] + table.headers[index + 1:],
+                     numeric=table.numeric[:index] + table.numeric[index + 1:],
+                     rows=[row[:index] + row[index + 1:] for row in table.rows], row_groups=list(table.row_groups))
+
+
+def fit_table(table: TextTable, width: int, drop_order: tuple[str, ...], *, merge_scenario: bool) -> tuple[Table, list[str]]:
+    """The Rich table of ``table`` within ``width`` characters, leaving out columns in ``drop_order``
+    (header prefixes) until it fits; returns it with the headers left out."""
+    dropped: list[str] = []
+    pending = list(drop_order)
+    while True:
+        drawn = _rich_table(table, merge_scenario=merge_scenario)
+        if natural_width(drawn) <= width or not pending:
+            return drawn, dropped
+        prefix = pending.pop(0)
+        for index, header in enumerate(table.headers):
+            if header.startswith(prefix) and index > 0:
+                dropped.append(header.replace(f" {UNIT}", ""))
+                table = _without_column(table, index)
+                break
+
+
+def _dropped_note(dropped: list[str], width: int) -> str:
+    return (f"left out to fit {width} columns: {', '.join(dropped)} "
+            "(a wider terminal, COLUMNS=200, --markdown or --csv shows every column)")
+
+
 def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 140, per_rank: bool = False) -> None:
     """Write the headline table, the lean-saves lines and the MoE communicator table to ``stream``.
 
@@ -293,22 +355,26 @@ def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 1
 
 def _render_comparison(console: Console, comparison: Comparison, per_rank: bool) -> None:
     table, notes = headline(comparison, per_rank=per_rank)
-    console.print(table.title, soft_wrap=True)
-    print_table(console, _rich_table(table, merge_scenario=True))
-    for note in notes:
-        console.print(note, soft_wrap=True)
+    console.print(table.title)
+    drawn, dropped = fit_table(table, console.width, HEADLINE_DROP_ORDER, merge_scenario=True)
+    print_table(console, drawn)
+    for note in notes + ([_dropped_note(dropped, console.width)] if dropped else []):
+        console.print(note)
     for block in lean_lines(comparison):
         console.print()
-        console.print(block[0], soft_wrap=True)
+        console.print(block[0])
         for line in block[1:]:
-            console.print(f"  {line}", soft_wrap=True)
+            console.print(f"  {line}")
     moe = moe_table(comparison)
     if moe is not None:
         console.print()
-        console.print(moe.title, soft_wrap=True)
-        print_table(console, _rich_table(moe, merge_scenario=False))
+        console.print(moe.title)
+        drawn, dropped = fit_table(moe, console.width, MOE_DROP_ORDER, merge_scenario=False)
+        print_table(console, drawn)
+        if dropped:
+            console.print(_dropped_note(dropped, console.width))
     if comparison.path is not None:
-        console.print(f"files: {comparison.path} (comparison.json, one run folder per scenario)", soft_wrap=True)
+        console.print(f"files: {comparison.path} (comparison.json, one run folder per scenario)")
 
 
 __all__ = ["TextTable", "headline", "lean_lines", "moe_table", "render_comparison"]

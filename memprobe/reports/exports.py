@@ -10,14 +10,18 @@ Column contracts (stable; new columns are only ever appended):
 (i.e. per reading):
     scenario, stack, layout (slug, e.g. ``tp4-ep2``), rank, sequence, group, step, status,
     primary_bytes, process_bytes, device_used_bytes, torch_reserved_bytes, other_gpus_bytes,
-    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first), elapsed_s, note.
+    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first and for a skipped
+    step, whose movement is host noise counted as unattributed), elapsed_s, note,
+    torch_cache_added_bytes (torch_reserved_bytes minus the rank's previous reading: the part of added_bytes
+    torch's caching allocator took; empty on CPU runs; 0 for a skipped step), rest_added_bytes (added_bytes
+    minus that part: NCCL, the CUDA driver, IPC mappings).
 
 ``summary_dataframe`` / ``write_summary_csv`` (:func:`summary_columns`), one row per scenario and rank:
-    scenario, stack, layout, rank, cuda_context_bytes, world_bytes, ``<group>_init_bytes`` for every
+    scenario, stack, layout, rank, cuda_context_bytes (empty where skipped: --device cpu), world_bytes, ``<group>_init_bytes`` for every
     group of SGLang's creation order except world (tp, attn_cp, attention_tp, moe_dp, moe_ep, moe_tp,
     pp, self_pp; then any other group found in the runs), first_use_bytes, total_after_init_bytes,
     total_after_first_use_bytes, delta_vs_baseline_bytes (total after first use minus the same rank
-    of the baseline), unattributed_bytes (bytes added between steps), delta_after_init_vs_baseline_bytes,
+    of the baseline), unattributed_bytes (bytes added between steps or across skipped steps), delta_after_init_vs_baseline_bytes,
     is_worst_rank.
     ``<group>_init_bytes`` is empty for an alias group (it is the same object as another group and
     has no memory of its own) and for a value that is not available.
@@ -26,13 +30,17 @@ Column contracts (stable; new columns are only ever appended):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from memprobe.analysis.attribution import components_by_rank, rank_readings, step_deltas
+from memprobe.analysis.attribution import (
+    charged_deltas, components_by_rank, rank_readings, skipped_by_rank, subtract, torch_cache,
+)
+from memprobe.reports.nccl_account import nccl_account_document
 from memprobe.model.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
@@ -58,9 +66,11 @@ LONG_COLUMNS: tuple[str, ...] = (
     "added_bytes",
     "elapsed_s",
     "note",
+    "torch_cache_added_bytes",
+    "rest_added_bytes",
 )
 _LONG_INT = ("rank", "sequence", "primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes",
-             "other_gpus_bytes", "added_bytes")
+             "other_gpus_bytes", "added_bytes", "torch_cache_added_bytes", "rest_added_bytes")
 
 
 def _typed(frame: pd.DataFrame, int_columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
@@ -75,7 +85,8 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
     for item in comparison.runs:
         layout = item.scenario.layout.slug()
         for rank, readings in sorted(rank_readings(item.run).items()):
-            for reading, added in step_deltas(readings):
+            cache_added = [cache for _, cache, _noise in charged_deltas(readings, torch_cache)]
+            for (reading, added, _noise), cache in zip(charged_deltas(readings), cache_added):  # skipped: 0 (issue 15)
                 records.append(
                     {
                         "scenario": item.scenario.name,
@@ -94,6 +105,8 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
                         "added_bytes": added,
                         "elapsed_s": float(reading.elapsed_s),
                         "note": reading.note,
+                        "torch_cache_added_bytes": cache,
+                        "rest_added_bytes": subtract(added, cache),
                     }
                 )
     frame = pd.DataFrame.from_records(records, columns=list(LONG_COLUMNS))
@@ -145,7 +158,8 @@ def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
                 "stack": summary.item.scenario.stack,
                 "layout": summary.item.scenario.layout.slug(),
                 "rank": rank,
-                "cuda_context_bytes": values.cuda_context,
+                # skipped (--device cpu): empty, not 0 (issue 15)
+                "cuda_context_bytes": None if "cuda_context" in values.skipped else values.cuda_context,
                 "world_bytes": values.world,
                 "first_use_bytes": values.first_use,
                 "total_after_init_bytes": values.total_after_init,
@@ -180,8 +194,10 @@ def write_summary_csv(comparison: Comparison, path: str | Path) -> None:
 
 
 def comparison_document(comparison: Comparison) -> dict[str, Any]:
-    """Everything in one JSON-ready dict: definitions, run records, components by rank and readings, and
-    (only when the comparison pairs both engines) the fidelity report under ``fidelity``."""
+    """Everything in one JSON-ready dict: definitions, run records, components by rank (all bytes, and the
+    torch caching-allocator part of each under ``torch_cache_by_rank``), NCCL's account of each communicator
+    (``nccl_account``, null without ``--nccl-log``) and readings, and (only when the comparison pairs both
+    engines) the fidelity report under ``fidelity``."""
     scenarios = []
     for item in comparison.runs:
         scenarios.append(
@@ -192,6 +208,10 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "run_path": None if item.run.path is None else str(item.run.path),
                 "run": asdict(item.run.record),
                 "components_by_rank": {str(rank): parts for rank, parts in components_by_rank(item.run).items()},
+                "torch_cache_by_rank": {str(rank): parts for rank, parts in components_by_rank(item.run, torch_cache).items()},
+                "nccl_account": nccl_account_document(item.run),
+                # component keys whose step was skipped (charged 0 above; issue 15)
+                "skipped_by_rank": {str(rank): sorted(keys) for rank, keys in skipped_by_rank(item.run).items()},
                 "readings": [reading.as_row() for reading in sorted(item.run.readings, key=lambda r: (r.rank, r.sequence))],
             }
         )
@@ -218,7 +238,9 @@ def write_json(comparison: Comparison, path: str | Path) -> None:
 
 def _escape(cell: str) -> str:
     """Text safe in a GitHub Markdown table cell (``|`` splits cells; ``<group>`` would vanish as HTML)."""
-    return cell.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    # only what GitHub would read as HTML is escaped, so that "<0.1" stays readable in the raw file (issue 15)
+    cell = re.sub(r"&(?=[A-Za-z#])", "&amp;", cell)
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", cell).replace("|", "\\|")
 
 
 def _markdown_table(table: TextTable) -> list[str]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from memprobe.analysis.attribution import TOTAL_AFTER_FIRST_USE, TOTAL_AFTER_INIT, components_by_rank, rank_readings, step_deltas
+from memprobe.analysis.attribution import (
+    TOTAL_AFTER_FIRST_USE, TOTAL_AFTER_INIT, components_by_rank, rank_readings, step_deltas, torch_cache,
+)
 from memprobe.model.comparison import Comparison, ScenarioRun
 
 from memprobe.units import MIB as MiB, mib
@@ -114,11 +116,8 @@ def _added(item: ScenarioRun) -> dict[tuple[str, str], tuple[dict[int, int | Non
     """Per ``(group, step)``: bytes added per rank, and torch-reserved bytes added per rank."""
     result: dict[tuple[str, str], tuple[dict[int, int | None], dict[int, int | None]]] = {}
     for rank, readings in rank_readings(item.run).items():
-        previous_reserved: int | None = None
-        for reading, delta in step_deltas(readings):
-            reserved = reading.torch_reserved_bytes
-            cache = None if reserved is None or previous_reserved is None else reserved - previous_reserved
-            previous_reserved = reserved
+        cache_deltas = step_deltas(readings, torch_cache)
+        for (reading, delta), (_, cache) in zip(step_deltas(readings), cache_deltas):
             if reading.step == "start":
                 continue
             memory, reserved_added = result.setdefault((reading.group, reading.step), ({}, {}))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from rich.console import Console
+from rich import box
 from rich.table import Table
+
+from memprobe.reports._format import console_for, print_table
 
 from memprobe.model.layout import Plan
 from memprobe.model.stacks import Stack
@@ -26,13 +28,18 @@ def _ranks_text(rank_lists: tuple[tuple[int, ...], ...]) -> str:
 
 
 def render_plan(plan: Plan, stack: Stack, stream: TextIO, width: int = 120) -> None:
-    console = Console(file=stream, width=width, color_system=None, no_color=True, force_terminal=False, highlight=False)
+    with console_for(stream, width) as console:
+        _render_plan(console, plan, stack)
+
+
+def _render_plan(console, plan: Plan, stack: Stack) -> None:
     layout = plan.layout
     console.print(f"memprobe plan: {layout.flags()}  (world size {layout.world_size}, moe_tp {layout.moe_tp}, "
                   f"attn_tp {layout.attn_tp})  stack: {stack.name}")
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("group", "lists x width", "ranks", "alias of", "pynccl", "custom all-reduce", "new_group calls"):
-        table.add_column(column, overflow="fold")
+    # the same plain style as the other tables; names and numbers never wrap, only rank lists (issue 15)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("group", "lists x\nwidth", "ranks", "alias\nof", "pynccl", "custom\nall-reduce", "new_group\ncalls"):
+        table.add_column(column, overflow="fold", no_wrap=column != "ranks")
     total_calls = 0
     for group in plan.groups:
         communicators = stack.communicators_for(group)
@@ -47,5 +54,5 @@ def render_plan(plan: Plan, stack: Stack, stream: TextIO, width: int = 120) -> N
             "yes" if communicators["custom_allreduce"] else "-",
             str(calls),
         )
-    console.print(table)
+    print_table(console, table)
     console.print(f"{total_calls} new_group calls per rank (NCCL + gloo for every rank list; aliases reuse a group).")

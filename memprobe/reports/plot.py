@@ -18,6 +18,7 @@ from memprobe.reports._model import (
     GROUP_INIT_STEPS,
     ScenarioSummary,
     built_group_names,
+    measured_memory,
     summarize,
 )
 from memprobe.model.comparison import Comparison
@@ -37,11 +38,29 @@ class Segment:
     hatch: str | None = None
 
 
+AT_START = "at_start"  # plot-only part: the reading before the first step (host RSS of Python + torch on CPU)
+
+
+def _add_start_parts(summaries: list[ScenarioSummary]) -> None:
+    """Give each worst rank an ``at_start`` part, so that a bar's height is its total, not only what the
+    steps added (on CPU the process holds ~0.5 GiB before any step; issue 15: axis 0-3.5 MiB, label 515 MiB)."""
+    for summary in summaries:
+        worst = summary.worst
+        if worst is None or worst.total_after_first_use is None:
+            continue
+        step_parts = [value for key, value in worst.parts.items()
+                      if key in ("cuda_context", "world", "unattributed") or key.endswith("/first_use")
+                      or key.rsplit("/", 1)[-1] in GROUP_INIT_STEPS]
+        if all(value is not None for value in step_parts):
+            worst.parts[AT_START] = worst.total_after_first_use - sum(step_parts)
+
+
 def _segments(summaries: list[ScenarioSummary], palette: list[str]) -> list[Segment]:
     """Parts in stacking order; a part that is 0 bytes in every bar is left out."""
     groups = built_group_names(summaries)
     colors = {name: palette[index % len(palette)] for index, name in enumerate(["world", *groups])}
-    candidates = [Segment("cuda_context", "CUDA context", "#7f7f7f"), Segment("world", "world", colors["world"])]
+    candidates = [Segment(AT_START, "process at start (before any step)", "#c7c7c7"),
+                  Segment("cuda_context", "CUDA context", "#7f7f7f"), Segment("world", "world", colors["world"])]
     for name in groups:
         for step in GROUP_INIT_STEPS:
             candidates.append(Segment(f"{name}/{step}", f"{name} {_STEP_LABELS[step]}", colors[name], _STEP_ALPHA[step]))
@@ -76,6 +95,7 @@ def write_plot(comparison: Comparison, path: str | Path) -> None:
         raise UsageError(MISSING_MATPLOTLIB) from None
 
     summaries = summarize(comparison)
+    _add_start_parts(summaries)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
     segments = _segments(summaries, palette)
     figure = Figure(figsize=(max(6.0, 1.6 * len(summaries) + 4.0), 6.0), layout="constrained")
@@ -113,8 +133,9 @@ def write_plot(comparison: Comparison, path: str | Path) -> None:
         fontsize=8,
     )
     axes.set_xlabel("scenario (worst rank: largest total after first use)")
-    axes.set_ylabel(f"GPU memory, {UNIT} (2^20 bytes)")
-    axes.set_title(f"memprobe {comparison.comparison_id}: GPU memory per part after first use (baseline {comparison.baseline})",
+    memory = measured_memory([summary.item.run for summary in summaries])
+    axes.set_ylabel(f"{memory}, {UNIT} (2^20 bytes)")
+    axes.set_title(f"memprobe {comparison.comparison_id}: {memory} per part after first use (baseline {comparison.baseline})",
                    fontsize=10)
     axes.axhline(0, color="black", linewidth=0.6)
     axes.margins(y=0.08)

@@ -16,11 +16,12 @@ from memprobe.analysis.attribution import (
     UNATTRIBUTED,
     WORLD,
     components_by_rank,
+    skipped_by_rank,
     spread,
 )
 from memprobe.reports._format import console_for, print_table
 from memprobe.units import NA, UNIT, mib
-from memprobe.reports._model import COMMUNICATOR_STEPS, GroupInfo, layout_flags, plan_of
+from memprobe.reports._model import COMMUNICATOR_STEPS, GroupInfo, layout_flags, measured_memory, plan_of
 from memprobe.model.records import GROUP_INIT_STEPS, Run
 
 STEP_LABELS = {
@@ -69,7 +70,8 @@ def header_lines(run: Run) -> list[str]:
     return [
         ", ".join(first),
         ", ".join(second),
-        f"rows: bytes each step added; totals: the reading after the step; {UNIT} = 2^20 bytes",
+        f"{measured_memory([run])} per rank; rows: bytes each step added; totals: the reading after the step; "
+        f"{UNIT} = 2^20 bytes",
     ]
 
 
@@ -81,13 +83,22 @@ def _is_zero_where_known(values: list[int | None]) -> bool:
     return all(value in (0, None) for value in values)
 
 
-def _rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]]) -> tuple[list[_Row], list[_Row], list[str]]:
+def component_rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]],
+          skipped: dict[int, set[str]]) -> tuple[list[_Row], list[_Row], list[str]]:
     """(component rows, total rows, notes about what was folded)."""
 
     def values(key: str) -> list[int | None]:
         return [parts.get(key) for parts in per_rank.values()]
 
-    rows = [_Row("CUDA context", CONTEXT), _Row("world (init_process_group)", WORLD)]
+    # A step skipped on every rank built nothing: it is no row, only a note (issue 15)
+    skipped_everywhere = set.intersection(*skipped.values()) if skipped else set()
+    skipped_shown: list[str] = []
+    rows = []
+    for label, key in (("CUDA context", CONTEXT), ("world (init_process_group)", WORLD)):
+        if key in skipped_everywhere:
+            skipped_shown.append(label)
+        else:
+            rows.append(_Row(label, key))
     folded_groups: list[str] = []
     folded_steps: list[str] = []
     built = [group for group in plan if not group.is_alias and group.name != WORLD]
@@ -96,6 +107,9 @@ def _rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]]) -> 
         for step in GROUP_INIT_STEPS:
             key = f"{group.name}/{step}"
             needed = (step in COMMUNICATOR_STEPS and group.builds(step)) or (step == "groups_created" and group.width > 1)
+            if needed and key in skipped_everywhere:
+                skipped_shown.append(key)
+                continue
             # a step that builds nothing (width 1, or not in the stack) is folded when it added 0 bytes
             # wherever it was measured; a rank that stopped early shows as n/a in the totals anyway
             if needed or not _is_zero_where_known(values(key)):
@@ -118,6 +132,8 @@ def _rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]]) -> 
         notes.append(f"width-1 groups, 0 {UNIT} wherever measured, not shown: {', '.join(folded_groups)}")
     if folded_steps:
         notes.append(f"not built (0 {UNIT} wherever measured), not shown: {', '.join(folded_steps)}")
+    if skipped_shown:
+        notes.append(f"skipped on every rank (nothing built), not shown: {', '.join(skipped_shown)}")
     alias_names = [f"{g.name} = {g.alias_of}" for g in plan if g.is_alias]
     if alias_names:
         notes.append(f"aliases (same group object, no memory of their own): {', '.join(alias_names)}")
@@ -151,12 +167,12 @@ def render_run(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool = 
 
 def _render_run(console: Console, run: Run, per_rank: bool) -> None:
     for line in header_lines(run):
-        console.print(line, soft_wrap=True)
+        console.print(line)
     per_rank_parts = components_by_rank(run)
     if not per_rank_parts:
         console.print("no readings: nothing to show")
     else:
-        rows, totals, notes = _rows(plan_of(run), per_rank_parts)
+        rows, totals, notes = component_rows(plan_of(run), per_rank_parts, skipped_by_rank(run))
         ranks = sorted(per_rank_parts)
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         table.add_column("component")
@@ -183,6 +199,6 @@ def _render_run(console: Console, run: Run, per_rank: bool) -> None:
             add(row)
         print_table(console, table)
         for note in notes:
-            console.print(note, soft_wrap=True)
+            console.print(note)
     if run.path is not None:
-        console.print(f"files: {run.path} (run.json, readings.csv, ranks/rank-NNNNN.jsonl)", soft_wrap=True)
+        console.print(f"files: {run.path} (run.json, readings.csv, ranks/rank-NNNNN.jsonl)")

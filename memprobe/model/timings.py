@@ -1,0 +1,72 @@
+"""Where a run's time went (issue 16), from the parent's clock and the workers' stamped events.
+
+Every event a worker streams carries ``time`` (``time.time()``, the host clock the parent
+shares for its own ranks). Phases, in order, each measured on the slowest local rank:
+
+* ``torchrun_start``: launch -> the first worker's ``started`` event (torchrun's own import,
+  rendezvous and worker spawn);
+* ``import``: ``started`` -> ``imported`` (interpreter, torch and memprobe's worker modules);
+* ``cuda_context``: ``imported`` -> the ``cuda_context`` reading (NVML set-up and the context);
+* ``steps``: ``cuda_context`` reading -> ``end`` reading (every group and communicator,
+  broken down per step in ``steps``);
+* ``gather``: ``end`` reading -> ``gathered`` (rank 0 collects every reading; files written);
+* ``teardown``: ``gathered`` -> ``done`` (communicators and process groups destroyed);
+* ``workers_exit``: ``done`` -> the last worker process gone (interpreter shutdown);
+* ``torchrun_exit``: -> torchrun exited (it notices, runs its exit barrier and stops its store);
+* ``gpu_release``: waiting until NVML no longer lists the workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PHASES: tuple[str, ...] = ("torchrun_start", "import", "cuda_context", "steps", "gather", "teardown", "workers_exit", "torchrun_exit",
+                          "gpu_release")
+
+
+def _slowest(events_by_rank: dict[int, list[dict[str, Any]]], match) -> float | None:
+    stamps = [next((e["time"] for e in events if match(e)), None) for events in events_by_rank.values()]
+    stamps = [stamp for stamp in stamps if stamp is not None]
+    return max(stamps) if stamps else None
+
+
+def _reading(step: str, group: str = ""):
+    return lambda e: e.get("type") == "reading" and e.get("step") == step and (e.get("group") or "") == group
+
+
+def _step_times(events_by_rank: dict[int, list[dict[str, Any]]]) -> list[list[Any]]:
+    """Seconds per step: the slowest rank's reading time minus the slowest rank's previous reading time."""
+    per_sequence: dict[int, tuple[str, str, float]] = {}
+    for events in events_by_rank.values():
+        for event in events:
+            if event.get("type") == "reading":
+                key = int(event["sequence"])
+                current = per_sequence.get(key)
+                if current is None or event["time"] > current[2]:
+                    per_sequence[key] = (event.get("group") or "", event["step"], float(event["time"]))
+    ordered = [per_sequence[key] for key in sorted(per_sequence)]
+    return [[group, step, round(stamp - ordered[index - 1][2], 3)]
+            for index, (group, step, stamp) in enumerate(ordered) if index > 0 and step != "cuda_context"]
+
+
+def run_timings(events_by_rank: dict[int, list[dict[str, Any]]], launched_at: float, workers_exited_at: float | None,
+                exited_at: float, gpu_release_s: float | None) -> dict[str, Any]:
+    """``{"phases": {phase: seconds or None}, "steps": [[group, step, seconds], ...], "total_s": ...}``."""
+    marks = [
+        launched_at,
+        _slowest(events_by_rank, lambda e: e.get("type") == "started"),
+        _slowest(events_by_rank, lambda e: e.get("type") == "phase" and e.get("name") == "imported"),
+        _slowest(events_by_rank, _reading("cuda_context")),
+        _slowest(events_by_rank, _reading("end")),
+        _slowest(events_by_rank, lambda e: e.get("type") == "phase" and e.get("name") == "gathered"),
+        _slowest(events_by_rank, lambda e: e.get("type") == "done"),
+        workers_exited_at,
+        exited_at,
+    ]
+    phases: dict[str, float | None] = {}
+    for index, name in enumerate(PHASES[:-1]):
+        start, end = marks[index], marks[index + 1]
+        phases[name] = round(end - start, 3) if start is not None and end is not None else None
+    phases["gpu_release"] = gpu_release_s
+    total = exited_at - launched_at + (gpu_release_s or 0.0)
+    return {"phases": phases, "steps": _step_times(events_by_rank), "total_s": round(total, 3)}

@@ -1,0 +1,35 @@
+"""Where a run's time went (``--timings``; issue 16): phases, then the slowest steps."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from memprobe.model.timings import PHASES
+
+LABELS = {"torchrun_start": "torchrun start", "import": "import (interpreter, torch)", "cuda_context": "CUDA context",
+          "steps": "steps (groups, communicators)", "gather": "gather", "teardown": "teardown (destroy groups)",
+          "workers_exit": "workers exit", "torchrun_exit": "torchrun exit",
+          "gpu_release": "GPU release wait"}
+SLOWEST_STEPS = 5
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def timing_lines(name: str, timings: dict[str, Any]) -> list[str]:
+    if not timings:
+        return [f"timings {name}: none recorded (a run made before memprobe recorded them)"]
+    phases = timings.get("phases", {})
+    lines = [f"timings {name} (each phase on the slowest rank of this node):"]
+    lines += [f"  {LABELS[phase]:<32} {_seconds(phases.get(phase)):>9}" for phase in PHASES]
+    lines.append(f"  {'total':<32} {_seconds(timings.get('total_s')):>9}")
+    slowest = sorted(timings.get("steps", []), key=lambda item: -item[2])[:SLOWEST_STEPS]
+    if slowest:
+        lines.append("  slowest steps: " + ", ".join(f"{group + '/' if group else ''}{step} {seconds:.2f} s"
+                                                     for group, step, seconds in slowest))
+    return lines
+
+
+def render_timings(name: str, record: Any, stream: IO[str]) -> None:
+    stream.write("\n".join(timing_lines(name, getattr(record, "timings", {}) or {})) + "\n")

@@ -1,0 +1,123 @@
+"""Run lifecycle on CPU with real torchrun (issue 13): two torchrun agents on loopback as two nodes,
+clean ends (torchrun exits by itself, nothing left in the temp folder), and --nnodes checked before launch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import _memprobe_env
+from test_pipeline_cpu import leftover_memprobe_processes
+
+import pytest
+
+from memprobe.launch.supervisor import free_port
+from memprobe.model.timings import PHASES
+from memprobe.model.records import load_run
+
+
+def two_nodes(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+              dynamic: bool = False) -> list[subprocess.CompletedProcess]:
+    """The same command on node 0 and node 1 of ``--nnodes 2``, each in its own folder, at the same time;
+    ``dynamic``: torchrun's c10d rendezvous (it assigns the node ranks) instead of --master-port."""
+    port = str(free_port())
+    processes = []
+    for node in (0, 1):
+        rendezvous = (["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job"] if dynamic
+                      else ["--node-rank", str(node), "--master-port", port])
+        folder = tmp_path / f"node{node}"
+        (folder / "tmp").mkdir(parents=True)
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "memprobe", *args, "--device", "cpu", "--quiet", "--nnodes", "2",
+             *rendezvous, "--run-id", "two"],
+            cwd=folder, env=_memprobe_env({"TMPDIR": str(folder / "tmp"), **(env or {})}),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
+
+
+def test_run_on_two_nodes_completes_on_both(tmp_path):
+    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2")
+    assert node0.returncode == 0, node0.stderr
+    assert node1.returncode == 0, node1.stderr
+    gathered = load_run(tmp_path / "node0" / "memprobe-runs" / "two")
+    assert gathered.record.status == "complete" and gathered.ranks == [0, 1]
+    assert "rank" in node0.stdout  # node 0 shows the table of every rank
+    # node 1 points to node 0's folder and keeps its own rank's stream
+    assert f"in {tmp_path / 'node0' / 'memprobe-runs' / 'two'}" in node1.stderr and "ranks 1-1 finished" in node1.stderr
+    kept = load_run(tmp_path / "node1" / "memprobe-runs" / "two")
+    assert kept.record.status == "complete" and kept.ranks == [1]
+    assert kept.record.results_at["folder"] == str(tmp_path / "node0" / "memprobe-runs" / "two")
+    assert (tmp_path / "node1" / "memprobe-runs" / "two" / "ranks" / "rank-00001.jsonl").is_file()
+    # where the time went (issue 16): every phase measured, and together they make the wall time
+    phases = gathered.record.timings["phases"]
+    assert all(phases[name] is not None and phases[name] >= 0 for name in PHASES if name != "gpu_release")
+    assert sum(value for value in phases.values() if value) == pytest.approx(gathered.record.wall_time_s, abs=0.02)
+    shown = subprocess.run([sys.executable, "-m", "memprobe", "report", "memprobe-runs/two", "--timings"], cwd=tmp_path / "node0",
+                           env=_memprobe_env(), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "timings tp2-lean" in shown.stdout and "workers exit" in shown.stdout
+    for node in ("node0", "node1"):
+        log = (tmp_path / node / "memprobe-runs" / "two" / "torchrun.log").read_text()
+        assert "death signal" not in log  # torchrun exited by itself, not stopped by memprobe
+        assert list((tmp_path / node / "tmp").iterdir()) == []  # no torchelastic_* folder left
+        assert leftover_memprobe_processes(tmp_path / node) == []
+
+
+def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_path):
+    """torchrun's c10d rendezvous picks which agent holds rank 0; that node gathers, the other points to it."""
+    results = two_nodes(tmp_path, "compare", "--tp", "2", "--ep", "2", "--stacks", "full", dynamic=True)
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    for name in ("tp2", "tp2-ep2-full"):  # each launch has its own rendezvous: rank 0 may land on either node
+        folders = {node: tmp_path / f"node{node}" / "memprobe-runs" / "two" / name for node in (0, 1)}
+        [holder] = [node for node, folder in folders.items()
+                    if (folder / "readings.csv").is_file() and load_run(folder).record.results_at is None]
+        other = 1 - holder
+        assert load_run(folders[holder]).ranks == [0, 1]
+        assert f"{name}: this node's ranks" in results[other].stderr
+        assert str(folders[holder]) in results[other].stderr
+
+
+def test_a_rank_failing_on_node_1_fails_both_nodes(tmp_path):
+    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2", env={"MEMPROBE_TEST_FAULT": "1:tp/pynccl:raise"})
+    assert node1.returncode == 3, node1.stderr
+    assert "rank 1 failed at tp/pynccl: RuntimeError: injected fault" in node1.stderr
+    assert node0.returncode == 3, node0.stderr
+    assert load_run(tmp_path / "node0" / "memprobe-runs" / "two").record.status == "incomplete"
+    for node in ("node0", "node1"):
+        assert leftover_memprobe_processes(tmp_path / node) == []
+
+
+def test_nnodes_that_does_not_divide_the_world_is_refused_before_launch(memprobe, tmp_path):
+    result = memprobe("run", "--device", "cpu", "--tp", "3", "--nnodes", "2", "--master-port", "29999")
+    assert result.returncode == 2
+    assert "world size 3 does not split over --nnodes 2" in result.stderr
+    assert not (tmp_path / "memprobe-runs").exists()
+
+
+def test_nnodes_needs_a_shared_rendezvous_port(memprobe, tmp_path):
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--nnodes", "2")
+    assert result.returncode == 2 and "--master-port" in result.stderr
+    assert not (tmp_path / "memprobe-runs").exists()
+
+
+def test_gate_on_two_nodes_judges_on_node_0_and_points_there_from_node_1(memprobe, tmp_path):
+    (tmp_path / "one.toml").write_text('[[scenario]]\nname = "tp2"\ntp = 2\n')
+    made = memprobe("baseline", "update", "--scenarios", "one.toml", "--device", "cpu", "--out", "base.json")
+    assert made.returncode == 0, made.stderr
+    for node in ("node0", "node1"):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "base.json").write_text((tmp_path / "base.json").read_text())
+    port = str(free_port())
+    processes = [subprocess.Popen([sys.executable, "-m", "memprobe", "gate", "--baseline", "base.json", "--device", "cpu",
+                                   "--nnodes", "2", "--node-rank", str(node), "--master-port", port],
+                                  cwd=tmp_path / f"node{node}", env=_memprobe_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    (out0, err0), (out1, err1) = (process.communicate(timeout=300) for process in processes)
+    assert processes[0].returncode == 0, out0 + err0
+    assert "PASS" in out0
+    assert processes[1].returncode == 0, out1 + err1
+    assert "tp2: this node's ranks 1-1 finished" in err1 and str(tmp_path / "node0" / "memprobe-runs") in err1

@@ -1,0 +1,58 @@
+"""Per-phase timings of a run (issue 16): computed from the workers' stamped events and the parent's clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from memprobe.model.timings import PHASES, run_timings
+from memprobe.reports.timings import timing_lines
+
+
+def events(start: float, offset: float = 0.0) -> list[dict]:
+    """One rank's stream: started, imported, three readings, gathered, done (times relative to ``start``)."""
+    t = start + offset
+    return [
+        {"type": "started", "time": t + 1.0},
+        {"type": "phase", "name": "imported", "time": t + 3.0},
+        {"type": "reading", "sequence": 0, "group": "", "step": "start", "time": t + 3.5},
+        {"type": "reading", "sequence": 1, "group": "", "step": "cuda_context", "time": t + 3.6},
+        {"type": "reading", "sequence": 2, "group": "world", "step": "world", "time": t + 4.1},
+        {"type": "reading", "sequence": 3, "group": "", "step": "end", "time": t + 4.6},
+        {"type": "phase", "name": "gathered", "time": t + 4.8},
+        {"type": "done", "time": t + 5.0},
+    ]
+
+
+def test_phases_follow_the_slowest_rank_and_add_up_to_the_total():
+    start = 1000.0
+    timings = run_timings({0: events(start), 1: events(start, offset=0.25)}, launched_at=start,
+                          workers_exited_at=start + 6.0, exited_at=start + 6.5, gpu_release_s=0.5)
+    phases = timings["phases"]
+    assert list(phases) == list(PHASES)
+    assert phases["torchrun_start"] == pytest.approx(1.25)  # launch -> the slowest rank's started event
+    assert phases["import"] == pytest.approx(2.0) and phases["cuda_context"] == pytest.approx(0.6)
+    assert phases["steps"] == pytest.approx(1.0) and phases["gather"] == pytest.approx(0.2)
+    assert phases["teardown"] == pytest.approx(0.2)
+    assert phases["workers_exit"] == pytest.approx(0.75) and phases["torchrun_exit"] == pytest.approx(0.5)
+    assert phases["gpu_release"] == 0.5
+    assert timings["total_s"] == pytest.approx(7.0) == pytest.approx(sum(phases.values()))
+    assert timings["steps"] == [["world", "world", 0.5], ["", "end", 0.5]]
+
+
+def test_a_phase_that_never_happened_is_missing_not_zero():
+    start = 50.0
+    stream = [event for event in events(start) if event.get("name") != "gathered" and event["type"] != "done"]
+    phases = run_timings({0: stream}, start, None, start + 9.0, None)["phases"]
+    assert phases["gather"] is None and phases["teardown"] is None and phases["workers_exit"] is None
+    assert phases["gpu_release"] is None and phases["steps"] == pytest.approx(1.0)
+
+
+def test_rendering_names_every_phase_and_the_slowest_steps():
+    timings = run_timings({0: events(0.0)}, 0.0, 6.0, 6.5, 0.5)
+    text = "\n".join(timing_lines("tp4-ep2-full", timings))
+    for label in ("torchrun start", "import", "CUDA context", "steps", "gather", "teardown", "workers exit",
+                  "torchrun exit", "GPU release wait", "total"):
+        assert label in text
+    assert "  total                               7.00 s" in text.splitlines()
+    assert "slowest steps: world/world 0.50 s, end 0.50 s" in text
+    assert timing_lines("old", {}) == ["timings old: none recorded (a run made before memprobe recorded them)"]
