@@ -14,7 +14,6 @@ from memprobe.model.layout import Layout, plan_groups
 from memprobe.model.records import RankInfo, Reading, Run, RunRecord, write_run
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.scenario import Scenario, ScenarioSet
-from memprobe.model.stacks import resolve_stack
 from memprobe.model import steps
 
 MiB = 1 << 20
@@ -57,7 +56,7 @@ def synthetic_run(
     ``group_extra`` adds bytes to one ``(group, step)``.
     """
     costs = {**DEFAULT_COSTS, **(costs or {})}
-    stack = resolve_stack(scenario.stack)
+    stack = scenario.resolved_stack
     plan = plan_groups(scenario.layout)
     readings: list[Reading] = []
     for rank in range(scenario.layout.world_size):
@@ -103,6 +102,8 @@ def synthetic_run(
                "communicators": stack.communicators_for(g)} for g in plan.groups],
         status="complete",
         scenario=scenario.name,
+        engine=scenario.engine,
+        definition=scenario.definition(),
         memprobe_version="0.1.0",
         created_utc="2026-11-27T00:00:00Z",
         environment=dict(environment or ENVIRONMENT),

@@ -67,8 +67,13 @@ def test_gate_passes_the_committed_lean_run(memprobe):
     assert "PASS" in result.stdout
 
 
-def test_gate_fails_the_committed_regression_naming_the_moe_communicators(memprobe):
+def test_a_stack_file_named_lean_no_longer_passes_for_lean(memprobe):
+    """regressed-lean was measured with a stack file named "lean" giving the MoE groups their full stack
+    (the old demonstration). Its identity holds the flags, so the gate refuses to judge it as lean (exit 4)
+    and names the flags that differ (issue 12)."""
     result = memprobe("gate", "--baseline", str(BASELINE), "--results", str(RESULTS / "runs" / "regressed-lean"))
-    assert result.returncode == 1, result.stdout + result.stderr
-    for name in ("moe_ep/pynccl", "moe_ep/custom_allreduce", "moe_tp/pynccl", "moe_tp/custom_allreduce"):
-        assert name in result.stdout
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "the scenario definition changed" in result.stdout
+    for group in ("moe_ep", "moe_tp"):
+        for flag in ("pynccl", "custom_allreduce"):
+            assert f"definition.stack.groups.{group}.{flag} false -> true" in result.stdout

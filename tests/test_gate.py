@@ -82,7 +82,8 @@ def lean_reverted() -> ScenarioRun:
     """tp4-ep2-lean whose moe_ep/moe_tp build pynccl and custom all-reduce again (sglang PR #22515 undone)."""
     lean = scenarios().get(LEAN)
     run = synthetic_run(scenarios().get("tp4-ep2-full"))
-    run.record = replace(run.record, stack=resolve_stack("lean").as_dict(), scenario=LEAN, run_id="synthetic-reverted")
+    run.record = replace(run.record, stack=resolve_stack("lean").as_dict(), scenario=LEAN, run_id="synthetic-reverted",
+                         definition=lean.definition())
     return ScenarioRun(lean, run)
 
 
@@ -188,7 +189,8 @@ def _corrupt_cases():
         "missing key": (edit(lambda d: d["scenarios"]["tp4"].pop("environment_key")), "scenarios.tp4 is missing environment_key"),
         "unknown key": (edit(lambda d: d.update(created_utc="now")), "unknown key(s) created_utc"),
         "rank key": (edit(lambda d: d["scenarios"]["tp4"]["ranks"].update({"r1": {"world": 1}})), "is not a rank number"),
-        "edited definition": (edit(lambda d: d["scenarios"]["tp4"]["definition"].update(stack="full")),
+        "edited definition": (edit(lambda d: d["scenarios"]["tp4"]["definition"]["stack"]["resolved"]["groups"]["tp"]
+                                   .update(pynccl=False)),
                               "does not match its definition"),
         "bad layout": (edit(lambda d: d["scenarios"]["tp4"]["definition"]["layout"].update(ep=3)), "definition"),
         "threshold scenario": (edit(lambda d: d["thresholds"]["scenarios"].update({"tp8": {"relative": 0.1}})),

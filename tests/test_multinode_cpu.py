@@ -14,7 +14,6 @@ import pytest
 
 from memprobe.launch.supervisor import free_port
 from memprobe.model.timings import PHASES
-from memprobe.model.comparison import load_comparison
 from memprobe.model.records import load_run
 
 

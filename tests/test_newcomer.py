@@ -88,6 +88,9 @@ def test_env_vars_follow_one_rule(memprobe, tmp_path):
     update = help_text(["baseline", "update"])
     assert "MEMPROBE_GATE_BASELINE" in gate and "MEMPROBE_BASELINE_UPDATE_OUT" in update
     assert "MEMPROBE_BASELINE]" not in gate + update and "MEMPROBE_BASELINE;" not in gate + update
+    # --sglang is a SITE for run and gate, LABEL=SITE for compare: each command's own variable (issue 12)
+    assert "MEMPROBE_GATE_SGLANG" in gate and "MEMPROBE_RUN_SGLANG" in help_text(["run"])
+    assert "MEMPROBE_COMPARE_SGLANG" in help_text(["compare"]) and "MEMPROBE_SGLANG]" not in gate
 
 
 @pytest.mark.parametrize("per_rank", [False, True])
@@ -167,6 +170,19 @@ def test_distinct_scenarios_of_degenerate_layouts():
     assert [s.name for s in kept.scenarios] == ["tp2"]
     kept, notes = distinct_scenarios(real_headline(tp=4, ep=2, stacks=["full", "lean"]))
     assert [s.name for s in kept.scenarios] == ["tp4", "tp4-ep2-full", "tp4-ep2-lean"] and notes == []
+
+
+def test_distinct_scenarios_keep_every_sglang_installation():
+    # compare --tp 2 --ep 2 --sglang a=/x --sglang b=/y: lean repeats full, the two
+    # real-SGLang scenarios (same layout, stack installed) differ by installation and both run (issue 12)
+    scenario_set = real_headline(tp=2, ep=2, stacks=["full", "lean"], sglang_sites=[("a", "/x"), ("b", "/y")])
+    kept, notes = distinct_scenarios(scenario_set)
+    assert [s.name for s in kept.scenarios] == ["tp2", "tp2-ep2-full", "tp2-ep2.sglang-a", "tp2-ep2.sglang-b"]
+    assert len(notes) == 1 and notes[0].startswith("tp2-ep2-lean would measure the same as tp2-ep2-full")
+    # the same installation twice is one measurement
+    kept, notes = distinct_scenarios(real_headline(tp=2, ep=2, stacks=["lean"], sglang_sites=[("a", "/x"), ("b", "/x")]))
+    assert [s.name for s in kept.scenarios] == ["tp2", "tp2-ep2-lean", "tp2-ep2.sglang-a"]
+    assert notes[-1].startswith("tp2-ep2.sglang-b would measure the same as tp2-ep2.sglang-a")
 
 
 def test_report_of_a_comparison_missing_a_scenario_fails_and_says_so(memprobe, tmp_path):

@@ -229,7 +229,8 @@ def test_json_contents(comparison, tmp_path):
     assert (document["comparison_id"], document["baseline"]) == ("synthetic", "tp4")
     assert [s["name"] for s in document["scenarios"]] == ["tp4", "tp4-ep2-full", "tp4-ep2-lean"]
     full = document["scenarios"][1]
-    assert full["definition"]["stack"] == "full" and full["definition"]["layout"]["ep"] == 2
+    assert full["definition"]["stack"]["label"] == "full" and full["definition"]["layout"]["ep"] == 2
+    assert full["definition"]["stack"]["resolved"]["groups"]["moe_ep"] == {"pynccl": True, "custom_allreduce": True}
     assert RunRecord.from_dict(full["run"]).run_id == "synthetic-tp4-ep2-full"
     assert full["components_by_rank"]["1"]["moe_ep/pynccl"] == 492 * MiB
     assert len(full["readings"]) == len(comparison.get("tp4-ep2-full").run.readings)

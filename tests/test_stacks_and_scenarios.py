@@ -16,8 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_shipped_stack_files_equal_the_built_ins():
-    assert load_stack_file(ROOT / "configs" / "full.toml").flags == FULL.flags
-    assert load_stack_file(ROOT / "configs" / "lean.toml").flags == LEAN.flags
+    assert load_stack_file(ROOT / "configs" / "full.toml").identity() == FULL.identity()
+    assert load_stack_file(ROOT / "configs" / "lean.toml").identity() == LEAN.identity()
+
+
+@pytest.mark.parametrize("name", ["lean", "full", "full:v1", "installed"])
+def test_a_stack_file_cannot_take_a_built_in_name(tmp_path, name):
+    path = tmp_path / "mine.toml"
+    path.write_text(f'name = "{name}"\nbase = "lean"\n')
+    with pytest.raises(UsageError, match="name of a built-in stack"):
+        load_stack_file(path)
 
 
 def test_stack_file_overrides_one_group(tmp_path):
@@ -64,8 +72,12 @@ def test_sglang_preset_applies_unless_the_user_set_it():
 
 
 def test_scenario_env_and_command_line_env_win():
-    scenario = Scenario("s", Layout(tp=2), env={"NCCL_BUFFSIZE": "1048576", "NCCL_CUMEM_ENABLE": "1"})
-    env = worker_environment(scenario, LaunchOptions(extra_env={"NCCL_MAX_CTAS": "4"}), base={})
+    from memprobe.model.scenario import ScenarioSet, with_env
+
+    own = Scenario("s", Layout(tp=2), env={"NCCL_BUFFSIZE": "1048576", "NCCL_CUMEM_ENABLE": "0"})
+    [scenario] = with_env(ScenarioSet((own,), "s"), {"NCCL_MAX_CTAS": "4", "NCCL_CUMEM_ENABLE": "1"}).scenarios
+    assert scenario.env == {"NCCL_BUFFSIZE": "1048576", "NCCL_CUMEM_ENABLE": "1", "NCCL_MAX_CTAS": "4"}  # --env wins
+    env = worker_environment(scenario, LaunchOptions(), base={})
     assert env["NCCL_BUFFSIZE"] == "1048576" and env["NCCL_CUMEM_ENABLE"] == "1" and env["NCCL_MAX_CTAS"] == "4"
     recorded = recorded_environment({**env, "NCCL_VERSION": "2.28.3-1", "HOME": "/root"})
     assert "NCCL_VERSION" not in recorded and "HOME" not in recorded and recorded["NCCL_MAX_CTAS"] == "4"

@@ -44,15 +44,15 @@ STACK = typer.Option("lean", "--stack", envvar=ENV + "STACK",
 
 
 def launch_options(device: str, out_dir: Path, timeout: float, nnodes: int, node_rank: int, master_addr: str,
-                   master_port: Optional[int], allow_busy_gpu: bool, quiet: bool, env: list[str], run_id: Optional[str],
+                   master_port: Optional[int], allow_busy_gpu: bool, quiet: bool, run_id: Optional[str],
                    nccl_log: bool = False, rdzv_backend: str = "c10d", rdzv_endpoint: Optional[str] = None,
                    rdzv_id: Optional[str] = None):
+    """How scenarios are launched. ``--env`` is not here: it belongs to each scenario's identity (issue 12)."""
     from memprobe.launch.options import LaunchOptions
-    from memprobe.model.scenario import parse_env_assignments
 
     return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout, nnodes=nnodes, node_rank=node_rank,
                          master_addr=master_addr, master_port=master_port, allow_busy_gpu=allow_busy_gpu,
-                         progress=not quiet, run_id=run_id, extra_env=parse_env_assignments(env), nccl_log=nccl_log,
+                         progress=not quiet, run_id=run_id, nccl_log=nccl_log,
                          rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
 
 

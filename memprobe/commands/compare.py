@@ -33,6 +33,10 @@ def compare(
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
                                     "fidelity report (reference engine against real SGLang, per rank, group and step)."),
+    sglang: list[str] = typer.Option([], "--sglang", envvar=ENV + "COMPARE_SGLANG", metavar="LABEL=SITE",
+                                     help="Add the MoE layout on a real SGLang installation (a site folder), as "
+                                          "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed). "
+                                          "Repeatable: e.g. one release before the PR and one after."),
     jobs: int = typer.Option(0, "--jobs", "-j", envvar=ENV + "COMPARE_JOBS",
                              help="Scenarios run side by side, each still in its own processes and CUDA contexts "
                                   "(per-process NVML figures do not see each other). 0 = auto: all at once on GPUs, "
@@ -52,16 +56,21 @@ def compare(
       memprobe compare --device cpu --tp 4 --ep 2 --plot /tmp/compare.png
       memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv /tmp/knobs.csv
     """
-    from memprobe.model.scenario import headline_scenarios, load_scenario_file, parse_env_assignments
+    from memprobe.model.scenario import headline_scenarios, load_scenario_file, parse_env_assignments, with_env
 
-    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id,
+    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id,
                              nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
     check_choices(warmup=warmup, env_preset=env_preset)
     if jobs < 0:
         raise UsageError(f"--jobs must be 0 (auto) or more, got {jobs}")
+    extra_env = parse_env_assignments(env)
+    sglang_sites = _sglang_sites(sglang)
+    if scenarios is not None and sglang_sites:
+        raise UsageError("--sglang LABEL=SITE adds to a --tp/--ep comparison; in a scenario file give a scenario "
+                         "engine = \"sglang\" and sglang = \"SITE\"")
     if scenarios is not None:
-        scenario_set = load_scenario_file(scenarios)
+        scenario_set = with_env(load_scenario_file(scenarios), extra_env)
     else:
         announce = tp is None
         if tp is None:
@@ -77,7 +86,7 @@ def compare(
             resolve_stack(name, option="--stacks")
         scenario_set = headline_scenarios(tp=tp, ep=ep, stacks=stack_names, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp,
                                           attn_cp=attn_cp, baseline_tp=baseline_tp, env_preset=env_preset,
-                                          env=parse_env_assignments([]), warmup=warmup)
+                                          env=extra_env, warmup=warmup, sglang_sites=sglang_sites)
         if announce:
             print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
         from memprobe.model.distinct import distinct_scenarios
@@ -106,6 +115,13 @@ def compare(
     print(f"memprobe: results in {comparison.path}", file=sys.stderr)
     return 0
 
+
+
+def _sglang_sites(items: list[str]) -> list[tuple[str, str]]:
+    from memprobe.measure.sglang_install import check_site
+    from memprobe.model.scenario import parse_sglang_sites
+
+    return [(label, check_site(path, f"--sglang {label}={path}")) for label, path in parse_sglang_sites(items)]
 
 
 def _default_tp(device: str, options: Any) -> int:

@@ -147,6 +147,10 @@ def gate(
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
         help="The longest any rank may go without a new reading (counted from launch).")] = DEFAULT_TIMEOUT_S,
+    sglang: Annotated[str, typer.Option(
+        "--sglang", envvar="MEMPROBE_GATE_SGLANG", metavar="SITE",
+        help="The SGLang under test for baseline scenarios recorded with --engine sglang: this site folder "
+             "(default: the importable SGLang). The verdict names both SGLangs.")] = "",
     nnodes: int = NNODES, node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
 ) -> None:
@@ -161,6 +165,10 @@ def gate(
         options = gate_launch_options(device, out_dir, timeout, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
                                       master_port=master_port, rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint,
                                       rdzv_id=rdzv_id)
+        if sglang:
+            from memprobe.measure.sglang_install import check_site
+
+            sglang = check_site(sglang)
     except MemprobeError as error:
         raise _fail("gate", error) from None
 
@@ -168,7 +176,9 @@ def gate(
         if results is not None:
             comparison = _load_results(results)
         else:
-            comparison = measure(loaded.scenario_set(selected), options)
+            from memprobe.model.scenario import with_sglang
+
+            comparison = measure(with_sglang(loaded.scenario_set(selected), sglang), options)
             if any(item.run.record.results_at is not None for item in comparison.runs):  # node 0 judges
                 for item in comparison.runs:
                     print_results_pointer(item.scenario.name, item.run)

@@ -27,6 +27,9 @@ def run(
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe: the reference engine; sglang: the installed SGLang's own "
                                     "initialize_model_parallel, sampled around every group it builds."),
+    sglang: str = typer.Option("", "--sglang", envvar=ENV + "RUN_SGLANG", metavar="SITE",
+                               help="With --engine sglang: the SGLang in this site folder (first on the workers' "
+                                    "PYTHONPATH) instead of the importable one. --stack installed keeps its own flags."),
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
@@ -37,19 +40,25 @@ def run(
       memprobe run --device cpu --tp 4 --ep 2 --stack full
     """
     from memprobe.launch.supervisor import new_run_dir, preflight, run_scenario
-    from memprobe.model.scenario import Scenario
+    from memprobe.model.scenario import Scenario, parse_env_assignments
 
     layout = layout_from(tp, ep, pp, moe_dp, attn_dp, attn_cp)
     check_choices(warmup=warmup, env_preset=env_preset, engine=engine)
     from memprobe.model.stacks import resolve_stack
 
     chosen = resolve_stack(stack)
-    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, env, run_id,
+    options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id,
                              nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     label = Path(stack).stem if stack.endswith(".toml") else chosen.name.replace(":", "-")
     suffix = "" if engine == "memprobe" else f".{engine}"
+    if sglang:
+        from memprobe.measure.sglang_install import check_site
+
+        if engine != "sglang":
+            raise UsageError("--sglang needs --engine sglang")
+        sglang = check_site(sglang)
     scenario = Scenario(name=f"{layout.slug()}-{label}{suffix}", layout=layout, stack=stack, env_preset=env_preset,
-                        warmup=warmup, engine=engine)
+                        env=parse_env_assignments(env), warmup=warmup, engine=engine, sglang=sglang)
     check_out_dir(out_dir)
     preflight([scenario], options)
     run_dir = out_dir / run_id if run_id else new_run_dir(out_dir, scenario.name)

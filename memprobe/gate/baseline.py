@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping
 
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.errors import MeasurementError, UsageError
-from memprobe.model.layout import GROUP_ORDER, Layout
+from memprobe.model.layout import GROUP_ORDER
 from memprobe.model.records import GROUP_INIT_STEPS, Run, atomic_write_text
 from memprobe.model.comparison import Comparison
 from memprobe.model.scenario import Scenario, ScenarioSet, validate_name
@@ -79,7 +79,7 @@ DEFAULT_ABSOLUTE_BYTES = 64 * MiB
 RULE_FIELDS: tuple[str, ...] = ("relative", "absolute_bytes", "max_bytes", "ignore")
 
 _TOP_KEYS = {"schema_version", "memprobe_baseline", "scenarios", "thresholds", "description"}
-_SCENARIO_KEYS = {"definition", "definition_hash", "environment_key", "ranks"}
+_SCENARIO_KEYS = {"definition", "definition_hash", "environment_key", "ranks", "measured_with"}
 _THRESHOLD_KEYS = {"default", "metrics", "scenarios"}
 
 
@@ -129,6 +129,7 @@ class BaselineScenario:
     definition_hash: str
     environment_key: dict[str, Any]
     ranks: dict[int, dict[str, int]]
+    measured_with: dict[str, Any] = field(default_factory=dict)  # not part of the key: {"sglang": ...}
 
     def scenario(self) -> Scenario:
         """The scenario to run again (already checked by :func:`load_baseline`)."""
@@ -188,6 +189,23 @@ def environment_key(run: Run) -> dict[str, Any]:
     return key
 
 
+def sglang_of(run: Run) -> Any:
+    """The SGLang a run imported, as run.json's environment records it (None for the reference engine)."""
+    return (run.record.environment or {}).get("sglang") or None
+
+
+def describe_sglang(sglang: Any) -> str:
+    """``0.5.11 (/opt/sgl, parallel_state sha256 1a2b3c4d5e6f)``; older runs recorded the version alone."""
+    if not sglang:
+        return "none (reference engine)"
+    if not isinstance(sglang, Mapping):
+        return str(sglang)
+    details = [str(sglang[key]) for key in ("path",) if sglang.get(key)]
+    if sglang.get("parallel_state_sha256"):
+        details.append(f"parallel_state sha256 {str(sglang['parallel_state_sha256'])[:12]}")
+    return f"{sglang.get('version', '?')}" + (f" ({', '.join(details)})" if details else "")
+
+
 def _check_complete(name: str, run: Run) -> None:
     record = run.record
     if record.failure is not None or record.status != "complete":
@@ -223,6 +241,7 @@ def build_baseline(comparison: Comparison, thresholds: Mapping[str, Any] | None 
             "definition": item.scenario.definition(),
             "definition_hash": item.scenario.definition_hash(),
             "environment_key": environment_key(item.run),
+            **({"measured_with": {"sglang": sglang_of(item.run)}} if sglang_of(item.run) else {}),
             "ranks": {
                 str(rank): {metric: int(value) for metric, value in sorted(parts.items()) if value is not None}
                 for rank, parts in sorted(per_rank.items())
@@ -316,32 +335,15 @@ def _require_keys(value: Any, path: str, where: str, required: set[str], allowed
 
 
 def scenario_from_definition(definition: Mapping[str, Any], name: str, where: str = "baseline") -> Scenario:
-    """Rebuild a :class:`Scenario` from what :meth:`Scenario.definition` wrote."""
-    keys = {"name", "layout", "stack", "env_preset", "env", "warmup"}
-    definition = _require_keys(dict(definition), f"scenarios.{name}.definition", where, keys, keys)
-    if definition["name"] != name:
-        raise _fail(where, f"scenarios.{name}.definition.name is {definition['name']!r}, not {name!r}")
-    layout = definition["layout"]
-    if not isinstance(layout, dict) or not all(_is_int(v) for v in layout.values()):
-        raise _fail(where, f"scenarios.{name}.definition.layout must be an object of whole numbers")
-    for key in ("stack", "env_preset", "warmup"):
-        if not isinstance(definition[key], str):
-            raise _fail(where, f"scenarios.{name}.definition.{key} must be a string")
-    if not isinstance(definition["env"], dict):
-        raise _fail(where, f"scenarios.{name}.definition.env must be an object of strings")
+    """Rebuild a :class:`Scenario` from what :meth:`Scenario.definition` wrote (one place: Scenario.from_definition)."""
+    if not isinstance(definition, Mapping):
+        raise _fail(where, f"scenarios.{name}.definition must be an object")
+    if definition.get("name") != name:
+        raise _fail(where, f"scenarios.{name}.definition.name is {definition.get('name')!r}, not {name!r}")
     try:
-        return Scenario(
-            name=name,
-            layout=Layout(**layout),
-            stack=definition["stack"],
-            env_preset=definition["env_preset"],
-            env=dict(definition["env"]),
-            warmup=definition["warmup"],
-        )
-    except TypeError as error:
-        raise _fail(where, f"scenarios.{name}.definition.layout: {error}") from None
+        return Scenario.from_definition(definition, f"scenarios.{name}.definition")
     except UsageError as error:
-        raise _fail(where, f"scenarios.{name}.definition: {error}") from None
+        raise _fail(where, str(error)) from None
 
 
 def _parse_rule(value: Any, path: str, where: str, scenario: str | None, metric: str | None,
@@ -418,7 +420,7 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
         validate_name(name)
     except UsageError as error:
         raise _fail(where, f"scenarios: {error}") from None
-    value = _require_keys(value, f"scenarios.{name}", where, _SCENARIO_KEYS, _SCENARIO_KEYS)
+    value = _require_keys(value, f"scenarios.{name}", where, _SCENARIO_KEYS - {"measured_with"}, _SCENARIO_KEYS)
     scenario = scenario_from_definition(value["definition"], name, where)
     stored_hash = value["definition_hash"]
     if not isinstance(stored_hash, str) or not _HASH.match(stored_hash):
@@ -453,7 +455,14 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
         definition_hash=stored_hash,
         environment_key=dict(key),
         ranks=dict(sorted(ranks.items())),
+        measured_with=_measured_with(value.get("measured_with", {}), f"scenarios.{name}.measured_with", where),
     )
+
+
+def _measured_with(value: Any, path: str, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) - {"sglang"}:
+        raise _fail(where, f"{path} must be an object with at most the key sglang")
+    return dict(value)
 
 
 def parse_document(document: Any, where: str, source: str | None = None) -> Baseline:

@@ -33,6 +33,8 @@ from typing import Any, Iterable, Sequence
 
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.gate.baseline import (
+    describe_sglang,
+    sglang_of,
     Baseline,
     ThresholdRule,
     environment_key,
@@ -41,6 +43,7 @@ from memprobe.gate.baseline import (
 from memprobe.errors import ExitCode
 from memprobe.gate.thresholds import format_percent, resolve_limit
 from memprobe.model.comparison import Comparison
+from memprobe.model.scenario import definition_differences
 from memprobe.units import mib_precise
 
 MiB = 1 << 20
@@ -202,6 +205,7 @@ class GateResult:
     cases: list[Case] = field(default_factory=list)
     summaries: list[ScenarioVerdict] = field(default_factory=list)
     not_in_baseline: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the verdict should say besides findings (issue 12: SGLang)
     allow_env_mismatch: bool = False
     error: str | None = None  # the run failed before anything could be judged
 
@@ -277,6 +281,7 @@ class GateResult:
             "results": self.results_source,
             "allow_env_mismatch": self.allow_env_mismatch,
             "error": self.error,
+            "notes": list(self.notes),
             "findings": [finding.to_dict() for finding in self.findings],
             "incomparable": [
                 {"scenario": item.scenario, "compared": item.compared,
@@ -300,6 +305,14 @@ class GateResult:
 
 
 # --------------------------------------------------------------------------- judging
+
+
+def sglang_note(scenario: str, baseline: Any, current: Any) -> str | None:
+    """Which SGLang the baseline was recorded with and which one was judged (issue 12): the SGLang
+    under test may differ from the baseline's, since that is the change a gate in SGLang's CI judges."""
+    if not baseline and not current:
+        return None
+    return f"{scenario}: SGLang under test {describe_sglang(current)}; baseline recorded with {describe_sglang(baseline)}"
 
 
 def environment_differences(baseline_key: dict[str, Any], current_key: dict[str, Any]) -> list[Difference]:
@@ -368,7 +381,12 @@ def judge(
         differences = environment_differences(stored.environment_key, environment_key(item.run))
         current_hash = item.scenario.definition_hash()
         if current_hash != stored.definition_hash:
-            differences.insert(0, Difference("definition_hash", stored.definition_hash, current_hash))
+            changed = [Difference(f"definition.{key}", old, new)
+                       for key, old, new in definition_differences(stored.definition, item.scenario.definition())]
+            differences[0:0] = [Difference("definition_hash", stored.definition_hash, current_hash), *changed]
+        note = sglang_note(name, stored.measured_with.get("sglang"), sglang_of(item.run))
+        if note:
+            result.notes.append(note)
         if differences:
             definition_changed = differences[0].key == "definition_hash"
             compared = allow_env_mismatch and not definition_changed

@@ -28,6 +28,8 @@ def render_lines(result: GateResult, stream: TextIO) -> None:
         stream.write(finding.line() + "\n")
     for name in result.not_in_baseline:
         stream.write(f"{name}: not in the baseline, not judged\n")
+    for note in result.notes:
+        stream.write(note + "\n")
     for finding in result.improvements:
         stream.write(finding.line() + "\n")
     if result.improvements or result.breaches:
@@ -121,6 +123,8 @@ def render_markdown(result: GateResult) -> str:
         out.append("")
     if result.not_in_baseline:
         out += [f"Not in the baseline, not judged: {', '.join(result.not_in_baseline)}.", ""]
+    if result.notes:
+        out += [f"- {_cell(note)}" for note in result.notes] + [""]
     if result.improvements or result.breaches:
         out += [f"{_update_hint(result)} (the pull request's diff is the acknowledgement):", "",
                 "```", result.update_command(), "```", ""]

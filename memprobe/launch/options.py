@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from memprobe.errors import UsageError
@@ -40,7 +40,6 @@ class LaunchOptions:
     allow_busy_gpu: bool = False
     progress: bool = True
     run_id: str | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)  # --env, on top of each scenario's env
     nccl_log: bool = False  # --nccl-log: NCCL's debug log of every worker into <run>/nccl/ (issue 14)
 
     def __post_init__(self) -> None:
@@ -77,7 +76,8 @@ def worker_environment(scenario: Scenario, options: LaunchOptions, base: dict[st
     for key, value in ENV_PRESETS[scenario.env_preset].items():
         environment.setdefault(key, value)
     environment.update(scenario.env)
-    environment.update(options.extra_env)
+    if scenario.sglang:  # the SGLang installation this scenario asked for comes first (issue 12)
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in (scenario.sglang, environment.get("PYTHONPATH", "")) if p)
     environment.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     environment.setdefault("OMP_NUM_THREADS", "1")
     environment["PYTHONUNBUFFERED"] = "1"

@@ -47,7 +47,6 @@ from memprobe.model.records import (
     stream_path,
 )
 from memprobe.model.scenario import Scenario
-from memprobe.model.stacks import resolve_stack
 from memprobe.model.steps import sequence
 
 GPU_RELEASE_TIMEOUT_S = 15.0
@@ -103,11 +102,12 @@ def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
 def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     """Everything that can be checked before a process starts (exit 2 on any problem)."""
     for scenario in scenarios:
-        resolve_stack(scenario.stack, option=f"scenario {scenario.name}: stack")
-    if any(scenario.engine == "sglang" for scenario in scenarios):
-        from memprobe.measure.sglang_engine import installed_sglang
+        if scenario.engine == "sglang":  # each scenario may bring its own SGLang (issue 12)
+            from memprobe.measure.sglang_install import check_site, sglang_installation
 
-        installed_sglang(worker_environment(scenarios[0], options))
+            if scenario.sglang:
+                check_site(scenario.sglang, f"scenario {scenario.name}: sglang {scenario.sglang}")
+            sglang_installation(worker_environment(scenario, options))
     for scenario in scenarios:
         if scenario.layout.world_size % options.nnodes:
             raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over "
@@ -542,7 +542,7 @@ def supervise(launch: list[str], environment: dict[str, str], token: str, follow
 
 
 def _new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, command: list[str] | None) -> RunRecord:
-    stack = resolve_stack(scenario.stack)
+    stack = scenario.resolved_stack
     plan = plan_groups(scenario.layout)
     return RunRecord(
         run_id=run_dir.name,
@@ -552,11 +552,12 @@ def _new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, comma
         device=options.device,
         warmup=scenario.warmup,
         env_preset=scenario.env_preset,
-        env={**scenario.env, **options.extra_env},
+        env=dict(scenario.env),
         plan=[{"name": g.name, "ranks": [list(r) for r in g.rank_lists], "alias_of": g.alias_of,
                "communicators": stack.communicators_for(g)} for g in plan.groups],
         scenario=scenario.name,
         engine=scenario.engine,
+        definition=scenario.definition(),
         memprobe_version=__version__,
         created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command=list(command or sys.argv),
@@ -565,7 +566,7 @@ def _new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, comma
 
 def _write_worker_config(scenario: Scenario, options: LaunchOptions, run_dir: Path) -> None:
     worker_config = {
-        "layout": scenario.layout.as_dict(), "stack": resolve_stack(scenario.stack).as_dict(), "device": options.device,
+        "layout": scenario.layout.as_dict(), "stack": scenario.resolved_stack.as_dict(), "device": options.device,
         "warmup": scenario.warmup, "timeout_s": options.timeout_s + WORKER_TIMEOUT_MARGIN_S, "allow_busy_gpu": options.allow_busy_gpu,
         "engine": scenario.engine,
     }
@@ -649,9 +650,9 @@ def _assemble(scenario: Scenario, options: LaunchOptions, run_dir: Path, record:
     record.ranks = sorted(_rank_infos(run_dir, world_size), key=lambda info: info.rank)
     record.environment = _environment_summary(environment, record.ranks, options.device, world_size)
     if scenario.engine == "sglang":
-        from memprobe.measure.sglang_engine import installed_sglang
+        from memprobe.measure.sglang_install import sglang_installation
 
-        record.environment["sglang"] = installed_sglang(environment)[0]
+        record.environment["sglang"] = sglang_installation(environment).as_record()
     readings_path = run_dir / "readings.csv"
     complete = (outcome.failure is None and not follower.errors and (outcome.return_code == 0 or outcome.all_done)
                 and (readings_path.is_file() or not holds_rank_0))

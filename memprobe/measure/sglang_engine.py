@@ -1,101 +1,217 @@
-"""``--engine sglang``: the installed SGLang's own ``init_distributed_environment`` and
+"""``--engine sglang``: the SGLang on the workers' path runs its own ``init_distributed_environment`` and
 ``initialize_model_parallel``, with memprobe's samples around every group it builds (worker side).
 
-What is wrapped (SGLang 0.5.23, ``srt/distributed/parallel_state.py``):
+Per API style (:mod:`memprobe.measure.sglang_install`; detected here by signature introspection):
+``kwargs`` (0.5.10.post1, 0.5.11) passes the widths to ``initialize_model_parallel``; ``runtime_context``
+(0.5.23) publishes them with ``get_parallel().override_permanently`` first. What is wrapped, in every style:
 
-* ``init_model_parallel_group`` (module attribute, called by ``initialize_model_parallel``):
-  ``before`` is sampled on entry; the stack's flags are forced here (``full`` = ``use_pynccl`` and
-  ``use_custom_allreduce`` on ``moe_ep``/``moe_tp``; a stack file forces the flags it names);
+* ``parallel_state.init_model_parallel_group`` (called by ``initialize_model_parallel``): ``before`` is
+  sampled on entry; a stack other than ``installed`` forces its flags on every group it names;
 * ``device_communicators.pynccl.PyNcclCommunicator`` and
   ``device_communicators.custom_all_reduce.dispatch_custom_allreduce`` (imported lazily inside
-  ``GroupCoordinator.__init__``, so patching the module attributes reaches them): ``groups_created``
-  is sampled just before the first communicator, ``pynccl`` and ``custom_allreduce`` right after each.
+  ``GroupCoordinator.__init__``, so patching the module attributes reaches them; 0.5.1x calls it with no
+  arguments, 0.5.23 with ``(group, device)``; both return the class that is then constructed):
+  ``groups_created`` is sampled just before the first communicator, ``pynccl`` and ``custom_allreduce``
+  right after each.
 
-Steps SGLang did not take for a group are sampled too and marked ``skipped``. Everything else
-(start, CUDA context, first use, end, gathering) is the reference engine's, so both engines'
-readings line up step for step.
+Steps SGLang did not take for a group are sampled too and marked ``skipped``. Everything else (start,
+CUDA context, first use, end, gathering) is the reference engine's, so both engines' readings line up
+step for step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import os
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from memprobe.errors import UsageError
-from memprobe.model.layout import GroupPlan
+from memprobe.model.layout import GroupPlan, Layout
 from memprobe.model.steps import GROUP_INIT_STEPS
-
-SUPPORTED_VERSION = "0.5.23"
-# (module path relative to the sglang package, names it must define) checked before launch
-REQUIRED_API = (
-    ("srt/distributed/parallel_state.py", ("def init_distributed_environment", "def initialize_model_parallel",
-                                           "def init_model_parallel_group", "def get_world_group",
-                                           "def set_custom_all_reduce")),
-    ("srt/runtime_context.py", ("def get_parallel", "def override(")),
-    ("srt/distributed/device_communicators/pynccl.py", ("class PyNcclCommunicator",)),
-    ("srt/distributed/device_communicators/custom_all_reduce.py", ("def dispatch_custom_allreduce",)),
-)
-MOE_GROUPS = ("moe_ep", "moe_tp")
-
-
-def installed_sglang(environ: dict[str, str] | None = None) -> tuple[str, Path]:
-    """``(version, package folder)`` of the SGLang the workers will import, checked without importing it.
-
-    Raises :class:`UsageError` (exit 2) when SGLang is missing or its API is not the one the adapter knows.
-    """
-    import importlib.util
-    import os
-    import re
-    import sys
-
-    environ = dict(os.environ if environ is None else environ)
-    search = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p] + sys.path
-    spec = None
-    for folder in search:
-        candidate = Path(folder) / "sglang" / "__init__.py"
-        if candidate.is_file():
-            spec = candidate.parent
-            break
-    if spec is None:
-        found = importlib.util.find_spec("sglang")
-        if found is None or not found.origin:
-            raise UsageError("--engine sglang needs SGLang installed (pip install sglang==0.5.23); it was not found")
-        spec = Path(found.origin).parent
-    version = "unknown"
-    for name in ("_version.py", "version.py"):  # setuptools-scm writes _version.py; version.py reads it
-        version_file = spec / name
-        text = version_file.read_text(encoding="utf-8", errors="replace") if version_file.is_file() else ""
-        match = re.search(r"^__version__\s*=\s*(?:\w+\s*=\s*)*['\"]([^'\"]+)", text, re.MULTILINE)
-        if match:
-            version = match.group(1)
-            break
-    for relative, names in REQUIRED_API:
-        path = spec / relative
-        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-        missing = [name for name in names if name not in text]
-        if missing:
-            raise UsageError(f"--engine sglang knows SGLang {SUPPORTED_VERSION}'s API; the installed SGLang {version} "
-                             f"({spec}) lacks {', '.join(missing)} in {relative}")
-    return version, spec
 
 
 def forced_flags(stack: Any, group_name: str) -> dict[str, bool]:
-    """Flags to force on a group SGLang builds: nothing for ``lean`` (SGLang as installed)."""
-    if not stack.source and stack.name.split(":")[0] == "lean":
+    """Flags forced on a group SGLang builds: none for ``installed`` (SGLang's own); otherwise the stack's,
+    on every group it names (``full`` on 0.5.11 restores the MoE communicators, ``lean`` on 0.5.10.post1
+    emulates PR #22515)."""
+    if group_name not in stack.flags:  # ``installed`` names no group
         return {}
-    if not stack.source and stack.name.split(":")[0] == "full":
-        return {"use_pynccl": True, "use_custom_allreduce": True} if group_name in MOE_GROUPS else {}
     flags = stack.flags_for(group_name)
     return {"use_pynccl": flags.pynccl, "use_custom_allreduce": flags.custom_allreduce}
 
 
-def sglang_widths(layout: Any) -> dict[str, Any]:
-    """The parallel widths SGLang's ``initialize_model_parallel`` reads from ``get_parallel()``."""
+def sglang_widths(layout: Layout) -> dict[str, Any]:
+    """The widths 0.5.23's ``initialize_model_parallel`` reads from ``get_parallel()``."""
     return {"tp_size": layout.tp, "pp_size": layout.pp, "moe_ep_size": layout.ep, "moe_dp_size": layout.moe_dp,
             "attn_dp_size": layout.attn_dp, "attn_cp_size": layout.attn_cp, "attn_dcp_size": 1,
             "shared_experts_tp_size": None, "attn_tp_size": layout.attn_tp, "moe_tp_size": layout.moe_tp}
+
+
+def keyword_widths(layout: Layout) -> dict[str, int]:
+    """The widths 0.5.10.post1 / 0.5.11's ``initialize_model_parallel`` takes as keywords."""
+    return {"tensor_model_parallel_size": layout.tp, "expert_model_parallel_size": layout.ep,
+            "pipeline_model_parallel_size": layout.pp, "attention_data_parallel_size": layout.attn_dp,
+            "attention_context_model_parallel_size": layout.attn_cp, "moe_data_model_parallel_size": layout.moe_dp}
+
+
+def _accepted(function: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The keywords ``function`` takes (all of them when it takes ``**kwargs``, as ``override_permanently``)."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(values)
+    return {key: value for key, value in values.items() if key in parameters}
+
+
+class KeywordWidthsAPI:
+    """SGLang 0.5.10.post1 and 0.5.11: widths are keywords of ``initialize_model_parallel``."""
+
+    name = "kwargs"
+
+    def __init__(self, ps: Any) -> None:
+        self.ps = ps
+
+    def publish_widths(self, layout: Layout) -> None:
+        pass
+
+    def initialize(self, layout: Layout, backend: str) -> None:
+        self.ps.initialize_model_parallel(**_accepted(self.ps.initialize_model_parallel, keyword_widths(layout)),
+                                          backend=backend)
+
+
+class RuntimeContextAPI(KeywordWidthsAPI):
+    """SGLang 0.5.23: widths are published on ``runtime_context.get_parallel()`` before the groups are built."""
+
+    name = "runtime_context"
+
+    def publish_widths(self, layout: Layout) -> None:
+        from sglang.srt.runtime_context import get_parallel
+
+        # As SGLang's launcher publishes them; a scoped override() would be gone when later code
+        # (destroy_model_parallel) reads the widths.
+        override = get_parallel().override_permanently
+        override(**_accepted(override, sglang_widths(layout)))
+
+    def initialize(self, layout: Layout, backend: str) -> None:
+        self.ps.initialize_model_parallel(backend=backend)
+
+
+def detect_api(ps: Any) -> KeywordWidthsAPI:
+    """The adapter for the imported ``parallel_state`` (same rule as the parent's source check)."""
+    if "tensor_model_parallel_size" in inspect.signature(ps.initialize_model_parallel).parameters:
+        return KeywordWidthsAPI(ps)
+    try:
+        from sglang.srt.runtime_context import get_parallel
+    except ImportError:
+        get_parallel = None
+    if get_parallel is not None and hasattr(get_parallel(), "override_permanently"):
+        return RuntimeContextAPI(ps)
+    raise RuntimeError("unknown SGLang parallel-state API: initialize_model_parallel takes no "
+                       "tensor_model_parallel_size and there is no runtime_context.get_parallel().override_permanently")
+
+
+def coordinator_decisions(coordinator: Any) -> dict[str, str]:
+    """What SGLang decided and built for one group (recorded in run.json's rank info)."""
+    ca_comm, pynccl_comm = getattr(coordinator, "ca_comm", None), getattr(coordinator, "pynccl_comm", None)
+    pynccl = "not built" if pynccl_comm is None else "built" + (" (disabled)" if getattr(pynccl_comm, "disabled", False) else "")
+    return {
+        "use_pynccl": str(bool(getattr(coordinator, "use_pynccl", False))),
+        "use_custom_allreduce": str(bool(getattr(coordinator, "use_custom_allreduce", False))),
+        "pynccl": pynccl,
+        "custom_allreduce": type(ca_comm).__name__ if ca_comm is not None else "not built",
+    }
+
+
+class GroupHooks:
+    """Wrappers around SGLang's group and communicator constructors that sample each step of each group."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.group: str | None = None
+        self.done: set[str] = set()
+        self.built: list[GroupPlan] = []
+
+    def emit_until(self, step: str) -> None:
+        """Sample every step of the current group before ``step`` that has not been sampled yet."""
+        for name in GROUP_INIT_STEPS:
+            if name == step:
+                return
+            if name not in self.done:
+                self.done.add(name)
+                if name == "groups_created":
+                    self.engine.record(name, self.group)
+                else:
+                    self.engine.record(name, self.group, status="skipped", note="not built by SGLang (flag off or width 1)")
+
+    def group_wrapper(self, original: Any) -> Any:
+        @functools.wraps(original)
+        def init_model_parallel_group(group_ranks: list[list[int]], *args: Any, **kwargs: Any) -> Any:
+            engine, name = self.engine, kwargs.get("group_name") or "anonymous"
+            kwargs.update(forced_flags(engine.stack, name))
+            self.group, self.done = name, set()
+            engine.record("before", name)
+            engine.current = (name, "groups_created")
+            coordinator = original(group_ranks, *args, **kwargs)
+            self.emit_until("end")
+            engine.device_groups[name], engine.cpu_groups[name] = coordinator.device_group, coordinator.cpu_group
+            engine.info.communicators[name] = coordinator_decisions(coordinator)
+            self.built.append(GroupPlan(name, tuple(tuple(r) for r in group_ranks)))
+            self.group = None
+            return coordinator
+
+        return init_model_parallel_group
+
+    def pynccl_wrapper(self, original: Any) -> Any:
+        def pynccl_factory(*args: Any, **kwargs: Any) -> Any:
+            self.emit_until("pynccl")
+            self.engine.current = (self.group, "pynccl")
+            communicator = original(*args, **kwargs)
+            self.done.add("pynccl")
+            self.engine.record("pynccl", self.group)
+            return communicator
+
+        return pynccl_factory
+
+    def _custom_allreduce_done(self, status: str, note: str) -> None:
+        self.done.add("custom_allreduce")
+        self.engine.record("custom_allreduce", self.group, status=status, note=note[:300])
+
+    def dispatch_wrapper(self, original: Any) -> Any:
+        def dispatch_custom_allreduce(*args: Any, **kwargs: Any) -> Any:  # () in 0.5.1x, (group, device) in 0.5.23
+            self.emit_until("custom_allreduce")
+            self.engine.current = (self.group, "custom_allreduce")
+            try:
+                implementation = original(*args, **kwargs)
+            except Exception as error:
+                self._custom_allreduce_done("failed", f"dispatch failed: {error}")
+                raise
+            return self._constructor(implementation)
+
+        return dispatch_custom_allreduce
+
+    def _constructor(self, implementation: Any) -> Any:
+        def construct(*args: Any, **kwargs: Any) -> Any:
+            try:
+                communicator = implementation(*args, **kwargs)
+            except Exception as error:  # SGLang logs it and goes on without custom all-reduce
+                self._custom_allreduce_done("failed", str(error))
+                raise
+            disabled = " (disabled)" if getattr(communicator, "disabled", False) else ""
+            self._custom_allreduce_done("ok", getattr(implementation, "__name__", str(implementation)) + disabled)
+            return communicator
+
+        return construct
+
+    @contextlib.contextmanager
+    def installed(self, ps: Any, pynccl_module: Any, car: Any) -> Iterator["GroupHooks"]:
+        originals = (ps.init_model_parallel_group, pynccl_module.PyNcclCommunicator, car.dispatch_custom_allreduce)
+        ps.init_model_parallel_group = self.group_wrapper(originals[0])
+        pynccl_module.PyNcclCommunicator = self.pynccl_wrapper(originals[1])
+        car.dispatch_custom_allreduce = self.dispatch_wrapper(originals[2])
+        try:
+            yield self
+        finally:
+            ps.init_model_parallel_group, pynccl_module.PyNcclCommunicator, car.dispatch_custom_allreduce = originals
 
 
 def make_sglang_engine(base: type) -> type:
@@ -108,14 +224,8 @@ def make_sglang_engine(base: type) -> type:
             # is not charged to a step.
             from sglang.srt.distributed import parallel_state  # noqa: F401
             from sglang.srt.distributed.device_communicators import custom_all_reduce, pynccl  # noqa: F401
-            from sglang.srt.runtime_context import get_parallel  # noqa: F401
 
-        def _world_and_groups(self) -> list[GroupPlan]:
-            from sglang.srt.distributed import parallel_state as ps
-            from sglang.srt.distributed.device_communicators import custom_all_reduce as car
-            from sglang.srt.distributed.device_communicators import pynccl as pynccl_module
-            from sglang.srt.runtime_context import get_parallel
-
+        def _prepare_sglang(self, ps: Any) -> None:
             try:  # as SGLang's bootstrap does unless --enable-p2p-check
                 from sglang.srt.utils.common import monkey_patch_p2p_access_check
 
@@ -127,101 +237,32 @@ def make_sglang_engine(base: type) -> type:
             if self.device_kind == "cpu":
                 os.environ["SGLANG_NCCL_SO_PATH"] = "/nonexistent/libnccl.so.2"
             ps.set_custom_all_reduce(self.device_kind != "cpu")
-            built: list[GroupPlan] = []
-            state: dict[str, Any] = {"group": None, "done": set()}
+
+        def _sglang_world(self, ps: Any, backend: str) -> None:
+            self.current = ("world", "world")
+            ps.init_distributed_environment(
+                world_size=self.world_size, rank=self.rank, local_rank=self.local_rank,
+                distributed_init_method="env://", backend=backend, timeout=int(self.timeout.total_seconds()))
+            world = ps.get_world_group()
+            self.device_groups["world"], self.cpu_groups["world"] = world.device_group, world.cpu_group
+            self.world_cpu_group = world.cpu_group
+            self._record_nccl_library()
+            self.record("world", "world")
+
+        def _world_and_groups(self) -> list[GroupPlan]:
+            from sglang.srt.distributed import parallel_state as ps
+            from sglang.srt.distributed.device_communicators import custom_all_reduce as car
+            from sglang.srt.distributed.device_communicators import pynccl as pynccl_module
+
+            api = detect_api(ps)
+            self._prepare_sglang(ps)
             backend = "gloo" if self.device_kind == "cpu" else "nccl"
-
-            def emit_until(step: str) -> None:
-                """Sample every step of the current group up to ``step`` that has not been sampled yet."""
-                group = state["group"]
-                for name in GROUP_INIT_STEPS:
-                    if name == step:
-                        return
-                    if name not in state["done"]:
-                        state["done"].add(name)
-                        if name == "groups_created":
-                            self.record(name, group)
-                        else:
-                            self.record(name, group, status="skipped", note="not built by SGLang (flag off or width 1)")
-
-            original_group = ps.init_model_parallel_group
-            original_pynccl = pynccl_module.PyNcclCommunicator
-            original_dispatch = car.dispatch_custom_allreduce
-
-            @functools.wraps(original_group)
-            def init_model_parallel_group(group_ranks: list[list[int]], *args: Any, **kwargs: Any) -> Any:
-                name = kwargs.get("group_name") or "anonymous"
-                kwargs.update(forced_flags(self.stack, name))
-                state["group"], state["done"] = name, set()
-                self.record("before", name)
-                self.current = (name, "groups_created")
-                coordinator = original_group(group_ranks, *args, **kwargs)
-                emit_until("end")
-                self.device_groups[name] = coordinator.device_group
-                self.cpu_groups[name] = coordinator.cpu_group
-                self.info.communicators[name] = {
-                    "pynccl": "built" if getattr(coordinator, "pynccl_comm", None) is not None else "not built",
-                    "custom_allreduce": type(coordinator.ca_comm).__name__ if getattr(coordinator, "ca_comm", None) else "not built",
-                }
-                built.append(GroupPlan(name, tuple(tuple(r) for r in group_ranks)))
-                state["group"] = None
-                return coordinator
-
-            def pynccl_factory(*args: Any, **kwargs: Any) -> Any:
-                emit_until("pynccl")
-                self.current = (state["group"], "pynccl")
-                communicator = original_pynccl(*args, **kwargs)
-                state["done"].add("pynccl")
-                self.record("pynccl", state["group"])
-                return communicator
-
-            def dispatch_custom_allreduce(*args: Any, **kwargs: Any) -> Any:
-                emit_until("custom_allreduce")
-                self.current = (state["group"], "custom_allreduce")
-                try:
-                    implementation = original_dispatch(*args, **kwargs)
-                except Exception as error:
-                    state["done"].add("custom_allreduce")
-                    self.record("custom_allreduce", state["group"], status="failed", note=f"dispatch failed: {error}"[:300])
-                    raise
-
-                def construct(*c_args: Any, **c_kwargs: Any) -> Any:
-                    try:
-                        communicator = implementation(*c_args, **c_kwargs)
-                    except Exception as error:  # SGLang logs it and goes on without custom all-reduce
-                        state["done"].add("custom_allreduce")
-                        self.record("custom_allreduce", state["group"], status="failed", note=f"{error}"[:300])
-                        raise
-                    state["done"].add("custom_allreduce")
-                    note = implementation.__name__ + ("" if not getattr(communicator, "disabled", False) else " (disabled)")
-                    self.record("custom_allreduce", state["group"], note=note)
-                    return communicator
-
-                return construct
-
-            ps.init_model_parallel_group = init_model_parallel_group
-            pynccl_module.PyNcclCommunicator = pynccl_factory
-            car.dispatch_custom_allreduce = dispatch_custom_allreduce
-            try:
-                # As SGLang's launcher publishes them; a scoped override() would be gone when later
-                # code (destroy_model_parallel) reads the widths.
-                get_parallel().override_permanently(**sglang_widths(self.layout))
-                self.current = ("world", "world")
-                ps.init_distributed_environment(
-                    world_size=self.world_size, rank=self.rank, local_rank=self.local_rank,
-                    distributed_init_method="env://", backend=backend, timeout=int(self.timeout.total_seconds()))
-                world = ps.get_world_group()
-                self.device_groups["world"], self.cpu_groups["world"] = world.device_group, world.cpu_group
-                self.world_cpu_group = world.cpu_group
-                self._record_nccl_library()
-                self.record("world", "world")
-                ps.initialize_model_parallel(backend=backend)
-            finally:
-                ps.init_model_parallel_group = original_group
-                pynccl_module.PyNcclCommunicator = original_pynccl
-                car.dispatch_custom_allreduce = original_dispatch
+            with GroupHooks(self).installed(ps, pynccl_module, car) as hooks:
+                api.publish_widths(self.layout)
+                self._sglang_world(ps, backend)
+                api.initialize(self.layout, backend)
             self._sglang = ps
-            return built
+            return hooks.built
 
         def shutdown(self) -> None:
             ps = getattr(self, "_sglang", None)

@@ -14,6 +14,7 @@ from memprobe.errors import UsageError
 from memprobe.model.layout import Layout
 from memprobe.model.records import Run, atomic_write_text, load_run
 from memprobe.model.scenario import Scenario, ScenarioSet
+from memprobe.model.stacks import stack_from_record
 
 
 @dataclass
@@ -46,16 +47,21 @@ COMPARISON_FILE = "comparison.json"
 
 
 def scenario_from_run(run: Run) -> Scenario:
+    """The scenario a run measured: its recorded identity, or (runs made before it was recorded) the
+    identity rebuilt from the layout, resolved stack and settings run.json has always held."""
     record = run.record
-    name = record.scenario or (run.path.name if run.path else record.run_id)
+    where = str(run.path / "run.json") if run.path else record.run_id
+    if record.definition:
+        return Scenario.from_definition(record.definition, where)
     return Scenario(
-        name=name,
+        name=record.scenario or (run.path.name if run.path else record.run_id),
         layout=Layout(**record.layout),
         stack=record.stack_name,
         env_preset=record.env_preset,
         env=dict(record.env),
         warmup=record.warmup,
         engine=record.engine or "memprobe",
+        resolved_stack=stack_from_record(record.stack, where),
     )
 
 

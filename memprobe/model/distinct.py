@@ -5,6 +5,9 @@ communicators under the same settings: ``compare --tp 1`` (every group width 1, 
 nothing), ``--tp 2 --ep 1`` (no MoE group of its own, so full = lean = the baseline) or ``--tp 2 --ep 2``
 (moe_ep is the tp group and moe_tp has width 1, so full = lean). Issue 15: these ran and printed
 "lean saves" lines over identical runs without a word.
+
+Real SGLang (issue 12) is never the same across installations: the ``sglang`` site is part of what is
+measured, and the ``installed`` stack forces no flags, so what it builds is that release's decision.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from typing import Any
 
 from memprobe.model.layout import plan_groups
 from memprobe.model.scenario import Scenario, ScenarioSet
-from memprobe.model.stacks import resolve_stack
 
 
 def measured_identity(scenario: Scenario) -> tuple[Any, ...]:
     """Everything that decides what a scenario measures (not its name or its stack's name)."""
-    stack = resolve_stack(scenario.stack)
+    stack = scenario.resolved_stack
+    assert stack is not None
     groups = []
     any_custom_allreduce = False
     for group in plan_groups(scenario.layout).groups:
@@ -26,8 +29,9 @@ def measured_identity(scenario: Scenario) -> tuple[Any, ...]:
         any_custom_allreduce |= communicators.get("custom_allreduce", False)
         groups.append((group.name, group.rank_lists, group.alias_of, tuple(sorted(communicators.items()))))
     impl = stack.custom_allreduce_impl if any_custom_allreduce else None
+    own_flags = not stack.flags  # ``installed``: the SGLang release decides what each group builds
     return (tuple(groups), impl, scenario.env_preset, tuple(sorted(scenario.env.items())), scenario.warmup,
-            scenario.engine)
+            scenario.engine, scenario.sglang, own_flags)
 
 
 def distinct_scenarios(scenario_set: ScenarioSet) -> tuple[ScenarioSet, list[str]]:

@@ -113,6 +113,7 @@ class RunRecord:
     status: str = "running"  # running | complete | incomplete
     scenario: str = ""
     engine: str = "memprobe"
+    definition: dict[str, Any] = field(default_factory=dict)  # the scenario's identity (Scenario.definition)
     memprobe_version: str = ""
     created_utc: str = ""
     command: list[str] = field(default_factory=list)

@@ -25,10 +25,11 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from memprobe.errors import UsageError
 from memprobe.model.layout import LAYOUT_FIELDS, Layout
+from memprobe.model.stacks import Stack, resolve_stack, stack_from_record
 
 ENV_PRESETS: dict[str, dict[str, str]] = {
     # What SGLang's engine sets unless the user already did (entrypoints/engine.py:1878-1921).
@@ -41,6 +42,8 @@ ENV_PRESETS: dict[str, dict[str, str]] = {
     "none": {},
 }
 WARMUPS: tuple[str, ...] = ("none", "tiny", "sweep")
+DEFINITION_SCHEMA = 2  # 2: stack resolved to flags, engine and sglang always present (issue 12)
+_DEFINITION_KEYS = ("schema", "name", "layout", "stack", "env_preset", "env", "warmup", "engine", "sglang")
 ENGINES: tuple[str, ...] = ("memprobe", "sglang")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -65,6 +68,14 @@ def validate_name(name: str, what: str = "scenario name") -> str:
 
 @dataclass(frozen=True)
 class Scenario:
+    """What one launch measures. Its identity (:meth:`definition`) is built here and nowhere else.
+
+    ``stack`` is what the user wrote (``lean``, ``full:v1``, a TOML path); ``resolved_stack`` the flags it
+    stands for, resolved once at construction (or given, when rebuilt from a record: no file is read
+    again). ``sglang`` is the SGLang installation asked for with ``--engine sglang``: a site folder put
+    first on the workers' ``PYTHONPATH``, or "" for the one importable as memprobe runs.
+    """
+
     name: str
     layout: Layout
     stack: str = "lean"
@@ -72,11 +83,19 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     warmup: str = "tiny"
     engine: str = "memprobe"
+    sglang: str = ""
+    resolved_stack: Stack | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
         if self.engine not in ENGINES:
             raise UsageError(f"scenario {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.resolved_stack is None:
+            object.__setattr__(self, "resolved_stack", resolve_stack(self.stack, option=f"scenario {self.name}: stack"))
+        if self.stack == "installed" and self.engine != "sglang":
+            raise UsageError(f"scenario {self.name}: stack 'installed' (SGLang's own flags) needs engine sglang")
+        if self.sglang and self.engine != "sglang":
+            raise UsageError(f"scenario {self.name}: an SGLang installation ({self.sglang}) needs engine sglang")
         if self.env_preset not in ENV_PRESETS:
             raise UsageError(f"scenario {self.name}: env_preset {self.env_preset!r} is not one of {sorted(ENV_PRESETS)}")
         if self.warmup not in WARMUPS:
@@ -86,23 +105,89 @@ class Scenario:
                 raise UsageError(f"scenario {self.name}: env {key}={value!r} must be a string variable name and a string value")
 
     def definition(self) -> dict[str, Any]:
-        document = {
+        """The scenario's identity, as run.json, comparison.json and baselines record it (schema 2).
+
+        ``stack`` holds the label the user gave and, under ``resolved``, the flags of every group and the
+        custom all-reduce layout: the identity is what is built, not what it is called (issue 12).
+        """
+        assert self.resolved_stack is not None
+        return {
+            "schema": DEFINITION_SCHEMA,
             "name": self.name,
             "layout": self.layout.as_dict(),
-            "stack": self.stack,
+            "stack": {"label": self.stack, "name": self.resolved_stack.name, "resolved": self.resolved_stack.identity()},
             "env_preset": self.env_preset,
             "env": dict(sorted(self.env.items())),
             "warmup": self.warmup,
+            "engine": self.engine,
+            "sglang": self.sglang,
         }
-        if self.engine != "memprobe":  # only when set, so definitions (and hashes) of earlier baselines stay valid
-            document["engine"] = self.engine
+
+    @staticmethod
+    def hashed_part(definition: Mapping[str, Any]) -> dict[str, Any]:
+        """What of a definition enters :meth:`definition_hash` (and what a gate compares)."""
+        document = {key: value for key, value in definition.items() if key not in ("name", "sglang")}
+        if isinstance(document.get("stack"), Mapping):
+            document["stack"] = document["stack"].get("resolved")
         return document
 
     def definition_hash(self) -> str:
-        """Hash of what the scenario measures (asv's benchmark ``version``): a changed definition is incomparable."""
-        document = self.definition()
-        document.pop("name")
+        """Hash of what the scenario measures (asv's benchmark ``version``): a changed definition is incomparable.
+
+        Names and labels do not enter it, nor which SGLang installation is asked for: a gate re-measures
+        a baseline recorded with SGLang against the SGLang under test, which is the change it judges.
+        """
+        document = self.hashed_part(self.definition())
         return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_definition(cls, definition: Mapping[str, Any], where: str, name: str | None = None) -> "Scenario":
+        """Rebuild a scenario from :meth:`definition`'s document (run.json, comparison.json, a baseline).
+
+        Raises :class:`UsageError` naming ``where`` for anything malformed or from an older memprobe.
+        """
+        document = dict(definition)
+        if document.get("schema") != DEFINITION_SCHEMA:
+            raise UsageError(f"{where}: scenario definition schema {document.get('schema')!r} is not {DEFINITION_SCHEMA} "
+                             f"(made by an older memprobe; record it again, e.g. memprobe baseline update --from RUN_DIR)")
+        unknown = set(document) - set(_DEFINITION_KEYS)
+        missing = set(_DEFINITION_KEYS) - set(document)
+        if unknown or missing:
+            raise UsageError(f"{where}: scenario definition has unknown key(s) {sorted(unknown)} / lacks {sorted(missing)}")
+        stack = document["stack"]
+        if not isinstance(stack, dict) or not {"label", "name", "resolved"} <= set(stack) or not isinstance(stack["resolved"], dict):
+            raise UsageError(f"{where}: scenario definition's stack must hold label, name and resolved")
+        layout = document["layout"]
+        if not isinstance(layout, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in layout.values()):
+            raise UsageError(f"{where}: scenario definition's layout must be an object of whole numbers")
+        for key in ("env_preset", "warmup", "engine", "sglang"):
+            if not isinstance(document[key], str):
+                raise UsageError(f"{where}: scenario definition's {key} must be a string")
+        if not isinstance(document["env"], dict):
+            raise UsageError(f"{where}: scenario definition's env must be an object of strings")
+        resolved = stack_from_record({"name": stack["name"], **stack["resolved"]}, where)
+        try:
+            return cls(name=name or document["name"], layout=Layout(**layout), stack=str(stack["label"]),
+                       env_preset=document["env_preset"], env=dict(document["env"]), warmup=document["warmup"],
+                       engine=document["engine"], sglang=document["sglang"], resolved_stack=resolved)
+        except TypeError as error:
+            raise UsageError(f"{where}: scenario definition's layout: {error}") from None
+        except UsageError as error:
+            raise UsageError(f"{where}: {error}") from None
+
+
+def definition_differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted.key, before, after)`` for every hashed value that differs between two definitions."""
+    def flatten(value: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            return {prefix: value}
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+
+    old, new = flatten(Scenario.hashed_part(before), ""), flatten(Scenario.hashed_part(after), "")
+    return [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
 @dataclass(frozen=True)
@@ -127,7 +212,7 @@ class ScenarioSet:
         raise UsageError(f"unknown scenario {name!r}; known: {', '.join(s.name for s in self.scenarios)}")
 
 
-_SCENARIO_KEYS = set(LAYOUT_FIELDS) | {"name", "stack", "env_preset", "env", "warmup", "engine"}
+_SCENARIO_KEYS = set(LAYOUT_FIELDS) | {"name", "stack", "env_preset", "env", "warmup", "engine", "sglang"}
 
 
 def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source: str) -> Scenario:
@@ -152,6 +237,7 @@ def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source
         env={str(k): str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in env.items()},
         warmup=str(merged.get("warmup", "tiny")),
         engine=str(merged.get("engine", "memprobe")),
+        sglang=str(merged.get("sglang", "")),
     )
 
 
@@ -174,12 +260,23 @@ def load_scenario_file(path: str | Path) -> ScenarioSet:
     return ScenarioSet(scenarios=scenarios, baseline=str(document.get("baseline", scenarios[0].name)))
 
 
+def with_env(scenario_set: ScenarioSet, env: dict[str, str]) -> ScenarioSet:
+    """``--env`` on top of every scenario's own ``env`` (it wins), so it is part of each identity."""
+    if not env:
+        return scenario_set
+    scenarios = tuple(replace(s, env={**s.env, **env}) for s in scenario_set.scenarios)
+    return ScenarioSet(scenarios=scenarios, baseline=scenario_set.baseline)
+
+
 def with_engines(scenario_set: ScenarioSet, engines: list[str]) -> ScenarioSet:
     """Every scenario once per engine; SGLang's copies are named ``<name>.sglang``."""
     if engines == ["memprobe"]:
         return scenario_set
     scenarios = []
     for scenario in scenario_set.scenarios:
+        if scenario.engine == "sglang":  # already a real-SGLang scenario (compare --sglang LABEL=PATH)
+            scenarios.append(scenario)
+            continue
         for engine in engines:
             name = scenario.name if engine == "memprobe" else f"{scenario.name}.{engine}"
             scenarios.append(replace(scenario, name=name, engine=engine))
@@ -187,10 +284,33 @@ def with_engines(scenario_set: ScenarioSet, engines: list[str]) -> ScenarioSet:
     return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline)
 
 
+def parse_sglang_sites(items: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """``["LABEL=PATH", ...]`` (compare's ``--sglang``) -> ``[(label, path)]``; labels unique and name-safe."""
+    sites: list[tuple[str, str]] = []
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise UsageError(f"--sglang {item!r} is not LABEL=PATH (e.g. --sglang 0.5.11=/opt/sgl-0.5.11)")
+        validate_name(label, "--sglang label")
+        if label in [known for known, _ in sites]:
+            raise UsageError(f"--sglang label {label!r} is given twice")
+        sites.append((label, path))
+    return sites
+
+
+def with_sglang(scenario_set: ScenarioSet, site: str) -> ScenarioSet:
+    """Every ``--engine sglang`` scenario re-pointed at the SGLang in ``site`` ("" = the importable one):
+    what a gate re-measures a baseline with (the installation is not part of a scenario's hash)."""
+    scenarios = tuple(replace(s, sglang=site) if s.engine == "sglang" else s for s in scenario_set.scenarios)
+    return ScenarioSet(scenarios=scenarios, baseline=scenario_set.baseline)
+
+
 def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp: int = 1, attn_dp: int = 1,
                        attn_cp: int = 1, baseline_tp: int | None = None, env_preset: str = "sglang",
-                       env: dict[str, str] | None = None, warmup: str = "tiny") -> ScenarioSet:
-    """``--tp T`` as the baseline (no MoE groups of its own), then the MoE layout once per stack."""
+                       env: dict[str, str] | None = None, warmup: str = "tiny",
+                       sglang_sites: list[tuple[str, str]] | tuple = ()) -> ScenarioSet:
+    """``--tp T`` as the baseline (no MoE groups of its own), then the MoE layout once per stack, then once
+    per real SGLang installation (``<moe-slug>.sglang-<LABEL>``: stack ``installed``, SGLang's own flags)."""
     env = dict(env or {})
     baseline_layout = Layout(tp=baseline_tp or tp, pp=pp, attn_dp=attn_dp, attn_cp=attn_cp)
     moe_layout = Layout(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp)
@@ -201,4 +321,7 @@ def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp:
         label = Path(stack).stem if stack.endswith(".toml") else stack.replace(":", "-")
         scenarios.append(Scenario(name=f"{moe_layout.slug()}-{label}", layout=moe_layout, stack=stack,
                                   env_preset=env_preset, env=env, warmup=warmup))
+    for label, site in sglang_sites:
+        scenarios.append(Scenario(name=f"{moe_layout.slug()}.sglang-{label}", layout=moe_layout, stack="installed",
+                                  env_preset=env_preset, env=env, warmup=warmup, engine="sglang", sglang=site))
     return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline.name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from memprobe.errors import UsageError
 from memprobe.model.layout import GROUP_ORDER, GroupPlan
@@ -67,9 +68,15 @@ class Stack:
         return {
             "name": self.name,
             "custom_allreduce_impl": self.custom_allreduce_impl,
-            "groups": {name: self.flags_for(name).as_dict() for name in GROUP_ORDER},
+            "groups": {name: self.flags[name].as_dict() for name in GROUP_ORDER if name in self.flags},
             "source": self.source,
         }
+
+    def identity(self) -> dict[str, Any]:
+        """What the stack builds, for a scenario's identity: the flags of every group and the custom
+        all-reduce layout; not its name or file, so a file cannot pass for a built-in (issue 12)."""
+        return {"custom_allreduce_impl": self.custom_allreduce_impl,
+                "groups": {name: self.flags[name].as_dict() for name in GROUP_ORDER if name in self.flags}}
 
 
 LEAN = Stack(
@@ -86,7 +93,26 @@ FULL = Stack(
     },
     description="SGLang before PR #22515: moe_ep and moe_tp also get pynccl and custom all-reduce",
 )
-BUILTIN_STACKS: dict[str, Stack] = {"full": FULL, "lean": LEAN}
+INSTALLED = Stack(
+    name="installed",
+    description="--engine sglang only: SGLang's own flags, as the installed release passes them; memprobe forces none",
+)
+BUILTIN_STACKS: dict[str, Stack] = {"full": FULL, "lean": LEAN, "installed": INSTALLED}
+BUILTIN_NAMES = ("full", "lean", "full:v1", "lean:v1", "full:v2", "lean:v2", "installed")
+
+
+def stack_from_record(document: dict[str, Any], where: str) -> Stack:
+    """The stack a run or baseline recorded (:meth:`Stack.as_dict`), rebuilt without reading any file."""
+    try:
+        flags = {name: GroupFlags(**value) for name, value in document["groups"].items()}
+        stack = Stack(name=str(document["name"]), flags=flags, custom_allreduce_impl=str(document["custom_allreduce_impl"]),
+                      source=str(document.get("source", "")))
+    except (KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"{where}: the stack is not a recorded stack (name, custom_allreduce_impl, groups): {error}") from None
+    if stack.custom_allreduce_impl not in CUSTOM_ALLREDUCE_IMPLEMENTATIONS:
+        raise UsageError(f"{where}: custom_allreduce_impl {stack.custom_allreduce_impl!r} is not one of "
+                         f"{list(CUSTOM_ALLREDUCE_IMPLEMENTATIONS)}")
+    return stack
 
 
 def _parse_stack_document(document: dict, source: str) -> Stack:
@@ -124,6 +150,8 @@ def _parse_stack_document(document: dict, source: str) -> Stack:
     name = document.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
         raise UsageError(f"{source}: name must be a non-empty string")
+    if name in BUILTIN_NAMES:  # issue 12: a file named "lean" with other flags passed for the built-in lean
+        raise UsageError(f"{source}: name {name!r} is the name of a built-in stack; give the file's stack a name of its own")
     return Stack(name=name, flags=flags, custom_allreduce_impl=impl, description=str(document.get("description", "")),
                  source=source)
 
@@ -141,7 +169,7 @@ def load_stack_file(path: str | Path) -> Stack:
     return _parse_stack_document(document, str(path))
 
 
-BUILTIN_NAMES = "full, lean, full:v1, lean:v1, full:v2, lean:v2; v2 is the default"
+BUILTIN_NAMES_TEXT = "full, lean, full:v1, lean:v1, full:v2, lean:v2, installed; v2 is the default"
 
 
 def resolve_stack(spec: str, option: str = "--stack") -> Stack:
@@ -159,5 +187,5 @@ def resolve_stack(spec: str, option: str = "--stack") -> Stack:
         return stack
     if spec.endswith(".toml") or Path(spec).exists():
         return load_stack_file(spec)
-    raise UsageError(f"{option} {spec!r} is neither a built-in stack ({BUILTIN_NAMES}) nor a TOML file")
+    raise UsageError(f"{option} {spec!r} is neither a built-in stack ({BUILTIN_NAMES_TEXT}) nor a TOML file")
 

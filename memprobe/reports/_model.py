@@ -49,16 +49,31 @@ class GroupInfo:
         return bool(self.communicators.get(communicator, False))
 
 
+def sglang_built(run: Run) -> dict[str, dict[str, bool]]:
+    """For a real-SGLang run: per group, which communicators SGLang constructed on any rank (its ranks'
+    recorded decisions; the plan's flags are the stack's, which for ``installed`` are SGLang's own)."""
+    built: dict[str, dict[str, bool]] = {}
+    for info in run.record.ranks:
+        for group, decision in info.communicators.items():
+            if all(kind in decision for kind in COMMUNICATOR_STEPS):
+                seen = built.setdefault(group, {kind: False for kind in COMMUNICATOR_STEPS})
+                for kind in COMMUNICATOR_STEPS:
+                    seen[kind] = seen[kind] or decision[kind] != "not built"
+    return built
+
+
 def plan_of(run: Run) -> list[GroupInfo]:
     groups = []
+    real = sglang_built(run) if run.record.engine == "sglang" else {}
     for entry in run.record.plan:
         rank_lists = entry.get("ranks") or [[]]
+        name = str(entry["name"])
         groups.append(
             GroupInfo(
-                name=str(entry["name"]),
+                name=name,
                 width=len(rank_lists[0]) if rank_lists else 0,
                 alias_of=entry.get("alias_of"),
-                communicators=dict(entry.get("communicators") or {}),
+                communicators=real.get(name) or dict(entry.get("communicators") or {}),
             )
         )
     return groups
@@ -289,6 +304,7 @@ class LeanSaving:
     after_init: Spread
     moe_init: dict[str, tuple[list[int | None], list[int | None]]]  # group -> (full per rank, lean per rank)
     moe_note: dict[str, str]  # group -> "alias of tp" / "width 1" when it has no init cost of its own
+    real_sglang: bool = False  # two real SGLang installations (before / after PR #22515), not two stacks
 
     @property
     def flags(self) -> str:
@@ -300,8 +316,53 @@ def _stack_parts(name: str) -> tuple[str, str]:
     return base, variant
 
 
+def _saving(full: ScenarioSummary, lean: ScenarioSummary, real_sglang: bool = False) -> LeanSaving:
+    """What ``lean`` saves against ``full`` (same layout): totals per rank and each MoE group's init cost."""
+    common = sorted(set(full.ranks) & set(lean.ranks))
+    moe_init: dict[str, tuple[list[int | None], list[int | None]]] = {}
+    notes: dict[str, str] = {}
+    for name in MOE_GROUPS:
+        group = full.group(name)
+        if group is None:
+            continue
+        if group.is_alias:
+            notes[name] = f"alias of {group.alias_of}"
+            continue
+        if group.width == 1:
+            notes[name] = "width 1"
+        moe_init[name] = (
+            [full.ranks[rank].group_init.get(name) for rank in sorted(full.ranks)],
+            [lean.ranks[rank].group_init.get(name) for rank in sorted(lean.ranks)],
+        )
+    return LeanSaving(
+        full=full,
+        lean=lean,
+        after_first_use=spread({r: subtract(full.ranks[r].total_after_first_use, lean.ranks[r].total_after_first_use) for r in common}),
+        after_init=spread({r: subtract(full.ranks[r].total_after_init, lean.ranks[r].total_after_init) for r in common}),
+        moe_init=moe_init,
+        moe_note=notes,
+        real_sglang=real_sglang,
+    )
+
+
+def sglang_builds_moe_communicators(summary: ScenarioSummary) -> bool | None:
+    """For a real-SGLang run (stack ``installed``): whether SGLang constructed a pynccl or custom all-reduce
+    communicator on ``moe_ep``/``moe_tp`` (True: before PR #22515), as its ranks recorded; ``None`` when the
+    layout has no MoE group of its own wider than one rank (nothing for the PR to save) or it is no such run."""
+    scenario = summary.item.scenario
+    if scenario.engine != "sglang" or scenario.stack != "installed":
+        return None
+    recorded = sglang_built(summary.item.run)
+    wide = [name for name in MOE_GROUPS if (group := summary.group(name)) is not None and not group.is_alias and group.width > 1]
+    if not wide or not all(name in recorded for name in wide):
+        return None
+    return any(recorded[name][kind] for name in wide for kind in COMMUNICATOR_STEPS)
+
+
 def lean_savings(summaries: list[ScenarioSummary]) -> list[LeanSaving]:
-    """Each (full, lean) pair with the same layout and custom all-reduce variant, in comparison order."""
+    """Each (full, lean) pair with the same layout and custom all-reduce variant, in comparison order; then
+    each pair of real SGLang installations with the same layout where one built MoE communicators and the
+    other did not (decided from what the runs recorded, not from labels or versions)."""
     savings = []
     for full in summaries:
         full_base, full_variant = _stack_parts(full.item.scenario.stack)
@@ -311,38 +372,15 @@ def lean_savings(summaries: list[ScenarioSummary]) -> list[LeanSaving]:
             lean_base, lean_variant = _stack_parts(lean.item.scenario.stack)
             if lean_base != "lean" or lean_variant != full_variant:
                 continue
-            if lean.item.scenario.layout != full.item.scenario.layout:
+            if (lean.item.scenario.engine, lean.item.scenario.sglang) != (full.item.scenario.engine, full.item.scenario.sglang):
                 continue
-            common = sorted(set(full.ranks) & set(lean.ranks))
-            moe_init: dict[str, tuple[list[int | None], list[int | None]]] = {}
-            notes: dict[str, str] = {}
-            for name in MOE_GROUPS:
-                group = full.group(name)
-                if group is None:
-                    continue
-                if group.is_alias:
-                    notes[name] = f"alias of {group.alias_of}"
-                    continue
-                if group.width == 1:
-                    notes[name] = "width 1"
-                moe_init[name] = (
-                    [full.ranks[rank].group_init.get(name) for rank in sorted(full.ranks)],
-                    [lean.ranks[rank].group_init.get(name) for rank in sorted(lean.ranks)],
-                )
-            savings.append(
-                LeanSaving(
-                    full=full,
-                    lean=lean,
-                    after_first_use=spread(
-                        {r: subtract(full.ranks[r].total_after_first_use, lean.ranks[r].total_after_first_use) for r in common}
-                    ),
-                    after_init=spread(
-                        {r: subtract(full.ranks[r].total_after_init, lean.ranks[r].total_after_init) for r in common}
-                    ),
-                    moe_init=moe_init,
-                    moe_note=notes,
-                )
-            )
+            if lean.item.scenario.layout == full.item.scenario.layout:
+                savings.append(_saving(full, lean))
+    builds = {id(s): sglang_builds_moe_communicators(s) for s in summaries}
+    for before in (s for s in summaries if builds[id(s)] is True):
+        for after in (s for s in summaries if builds[id(s)] is False):
+            if after.item.scenario.layout == before.item.scenario.layout:
+                savings.append(_saving(before, after, real_sglang=True))
     return savings
 
 

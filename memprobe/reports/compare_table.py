@@ -199,7 +199,8 @@ def lean_lines(comparison: Comparison) -> list[list[str]]:
     for saving in lean_savings(summarize(comparison)):
         blocks.append(
             [
-                f"lean saves on {saving.flags} ({saving.full.name} minus {saving.lean.name}), per rank:",
+                f"lean saves on {saving.flags} ({'real SGLang: ' if saving.real_sglang else ''}"
+                f"{saving.full.name} minus {saving.lean.name}), per rank:",
                 f"after first use {_spread_text(saving.after_first_use)}; after init {_spread_text(saving.after_init)}",
                 _lean_details(saving),
             ]

@@ -17,6 +17,8 @@ from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.units import MIB as MiB, mib
 
 TOLERANCE_BYTES = 2 * MiB
+MOE_GROUPS = ("moe_ep", "moe_tp")
+COMMUNICATOR_STEPS = ("pynccl", "custom_allreduce")
 
 
 @dataclass(frozen=True)
@@ -52,16 +54,62 @@ class StepDifference:
         return bool(memory) and any(memory.values()) and all(cache.get(rank) == d for rank, d in memory.items())
 
 
+def sglang_moe_pynccl(item: ScenarioRun) -> bool | None:
+    """Whether the real SGLang of ``item`` passed ``use_pynccl=True`` to the MoE groups it built (True before
+    PR #22515), as its ranks recorded; ``None`` when it built no MoE group of its own (aliases only)."""
+    decisions = [info.communicators[name] for info in item.run.record.ranks for name in MOE_GROUPS
+                 if name in info.communicators and "use_pynccl" in info.communicators[name]]
+    if not decisions:
+        return None
+    return any(decision["use_pynccl"] == "True" for decision in decisions)
+
+
+def _release_partner(item: ScenarioRun, comparison: Comparison) -> list[ScenarioRun]:
+    """The reference scenario (same layout) whose stack gives the MoE groups what this real SGLang gave them:
+    ``full`` for 0.5.10.post1, ``lean`` for 0.5.11 and 0.5.23 (decided from the run, not from its label)."""
+    wanted = sglang_moe_pynccl(item)
+    if wanted is None:
+        return []
+    return [other for other in comparison.runs if other.scenario.engine == "memprobe"
+            and other.scenario.layout == item.scenario.layout and other.scenario.resolved_stack is not None
+            and all(other.scenario.resolved_stack.flags_for(group).pynccl == wanted for group in MOE_GROUPS)]
+
+
 def pairs(comparison: Comparison) -> list[tuple[ScenarioRun, ScenarioRun]]:
+    """``NAME`` with ``NAME.sglang`` (same stack on both engines), and each real installation
+    (``compare --sglang LABEL=SITE``, stack ``installed``) with the reference stack it matches."""
     found = []
     for item in comparison.runs:
         if item.scenario.engine != "sglang":
             continue
-        base_name = item.scenario.name.rsplit(".", 1)[0]
-        partner = [other for other in comparison.runs if other.scenario.name == base_name and other.scenario.engine == "memprobe"]
+        if item.scenario.stack == "installed":
+            partner = _release_partner(item, comparison)
+        else:
+            base_name = item.scenario.name.rsplit(".", 1)[0]
+            partner = [other for other in comparison.runs if other.scenario.name == base_name and other.scenario.engine == "memprobe"]
         if partner:
             found.append((partner[0], item))
     return found
+
+
+def built_by(item: ScenarioRun) -> dict[tuple[str, str], bool]:
+    """Per ``(group, step)`` of the communicator steps: whether any rank built it (status ok)."""
+    built: dict[tuple[str, str], bool] = {}
+    for reading in item.run.readings:
+        if reading.step in COMMUNICATOR_STEPS:
+            key = (reading.group, reading.step)
+            built[key] = built.get(key, False) or reading.status == "ok"
+    return built
+
+
+def built_in_one(reference: ScenarioRun, sglang: ScenarioRun, difference: "StepDifference") -> str | None:
+    """``"built only by SGLang"`` / ``"built only by the reference engine"`` for a communicator one side
+    built and the other did not (a different group, not a difference in bytes)."""
+    key = (difference.group, difference.step)
+    left, right = built_by(reference).get(key), built_by(sglang).get(key)
+    if left is None or right is None or left == right:
+        return None
+    return "built only by SGLang" if right else "built only by the reference engine"
 
 
 def _added(item: ScenarioRun) -> dict[tuple[str, str], tuple[dict[int, int | None], dict[int, int | None]]]:
@@ -104,8 +152,14 @@ def fidelity_document(comparison: Comparison) -> list[dict[str, Any]]:
         document.append({
             "reference": reference.scenario.name,
             "sglang": sglang.scenario.name,
+            "sglang_installation": (sglang.run.record.environment or {}).get("sglang"),
             "tolerance_bytes": TOLERANCE_BYTES,
-            "within_tolerance": not any(_beyond(d) for d in steps),
+            # bytes only: a group or communicator only one side built is listed under built_in_one_engine / only_in
+            "within_tolerance": not any(_beyond(d) and d.reference_bytes and d.sglang_bytes
+                                        and not built_in_one(reference, sglang, d) for d in steps),
+            "only_in": {f"{d.group}/{d.step}": "SGLang" if not d.reference_bytes else "reference"
+                        for d in steps if not d.reference_bytes or not d.sglang_bytes},
+            "built_in_one_engine": {f"{d.group}/{d.step}": why for d in steps if (why := built_in_one(reference, sglang, d))},
             "steps": [{
                 "group": d.group, "step": d.step,
                 "reference_bytes": by_rank(d.reference_bytes), "sglang_bytes": by_rank(d.sglang_bytes),
@@ -124,18 +178,23 @@ def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
     and the steps beyond the tolerance. ``torch cache |diff|`` is how far the engines' torch-reserved
     bytes differ at that step; a difference that is all torch's caching allocator is marked as such."""
     for reference, sglang in pairs(comparison):
+        installation = (sglang.run.record.environment or {}).get("sglang")
+        version = installation.get("version") if isinstance(installation, dict) else installation
         print(f"fidelity: {reference.scenario.name} (memprobe's reference engine) against {sglang.scenario.name} "
-              f"(SGLang's initialize_model_parallel), bytes added per step, MiB", file=stream)
+              f"(SGLang{' ' + str(version) if version else ''}'s initialize_model_parallel), bytes added per step, MiB",
+              file=stream)
         print(f"{'group/step':<32} {'reference max':>14} {'SGLang max':>11} {'largest |diff|':>15} "
               f"{'torch cache |diff|':>19}", file=stream)
-        beyond, cache_only = [], []
+        beyond, cache_only, only_in = [], [], []
         for difference in differences(reference, sglang):
             ref_max = max((v for v in difference.reference_bytes.values() if v is not None), default=None)
             sgl_max = max((v for v in difference.sglang_bytes.values() if v is not None), default=None)
             largest = difference.largest
             label = f"{difference.group}/{difference.step}" if difference.group else difference.step
             if not difference.reference_bytes or not difference.sglang_bytes:
-                beyond.append(f"{label} (only in {'SGLang' if not difference.reference_bytes else 'the reference engine'})")
+                only_in.append(f"{label} (only in {'SGLang' if not difference.reference_bytes else 'the reference engine'})")
+            elif (why := built_in_one(reference, sglang, difference)):
+                only_in.append(f"{label} ({why})")
             elif _beyond(difference):
                 cause = ", all of it torch's cache" if difference.all_in_torch_cache else ""
                 beyond.append(f"{label} ({mib(largest, decimals=1)} MiB{cause})")
@@ -155,6 +214,9 @@ def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
         if cache_only:
             print(f"differences that are torch's caching allocator on every rank (torch-reserved bytes moved by "
                   f"exactly as much): {', '.join(cache_only)}", file=stream)
+        if only_in:
+            print(f"groups or communicators one engine built and the other did not (not byte differences): "
+                  f"{', '.join(only_in)}", file=stream)
         if beyond:
             print(f"beyond {TOLERANCE_BYTES // MiB} MiB: {', '.join(beyond)}", file=stream)
         else:

@@ -1,0 +1,114 @@
+"""One scenario identity (issue 12): every kind of scenario that run and compare make round-trips
+through run.json -> baseline -> gate unchanged, and a stack file cannot pass for a built-in stack."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support import synthetic_run
+from memprobe.errors import UsageError
+from memprobe.gate.baseline import build_baseline, load_baseline, write_baseline
+from memprobe.gate.judge import judge
+from memprobe.model.comparison import Comparison, ScenarioRun, load_comparison
+from memprobe.model.layout import Layout
+from memprobe.model.records import write_run
+from memprobe.model.scenario import Scenario, definition_differences, load_scenario_file
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYOUT = Layout(tp=4, ep=2)
+
+
+def _stack_file(tmp_path: Path) -> str:
+    path = tmp_path / "moe-pynccl-only.toml"
+    path.write_text('name = "moe-pynccl-only"\nbase = "lean"\n[groups.moe_ep]\npynccl = true\n')
+    return str(path)
+
+
+def _kinds(tmp_path: Path) -> list[Scenario]:
+    from_files = [*load_scenario_file(ROOT / "configs" / "scenarios" / "moe-stacks.toml").scenarios,
+                  *load_scenario_file(ROOT / "configs" / "scenarios" / "nccl-knobs.toml").scenarios]
+    return [
+        Scenario("builtin-full", LAYOUT, stack="full"),
+        Scenario("builtin-lean", LAYOUT, stack="lean"),
+        Scenario("v1", LAYOUT, stack="full:v1"),
+        Scenario("file", LAYOUT, stack=_stack_file(tmp_path)),
+        Scenario("env", LAYOUT, stack="lean", env={"NCCL_BUFFSIZE": "1048576"}, env_preset="none", warmup="sweep"),
+        Scenario("sglang", LAYOUT, stack="full", engine="sglang"),
+        Scenario("sglang-installed", LAYOUT, stack="installed", engine="sglang", sglang=str(tmp_path / "site-0.5.11")),
+        *from_files,
+    ]
+
+
+def test_every_kind_of_scenario_round_trips_through_run_json_baseline_and_gate(tmp_path):
+    scenarios = _kinds(tmp_path)
+    Path(_stack_file(tmp_path)).unlink()  # rebuilt scenarios must not need the stack file any more
+    runs = []
+    for scenario in scenarios:
+        folder = tmp_path / "runs" / scenario.name
+        run = synthetic_run(scenario)
+        write_run(folder, run.record, run.readings)
+        rebuilt = load_comparison(folder).runs[0]  # run.json -> scenario
+        assert rebuilt.scenario.definition() == scenario.definition(), scenario.name
+        assert rebuilt.scenario.definition_hash() == scenario.definition_hash()
+        runs.append(rebuilt)
+    comparison = Comparison("all", scenarios[0].name, runs)
+    write_baseline(tmp_path / "baseline.json", build_baseline(comparison))
+    baseline = load_baseline(tmp_path / "baseline.json")  # -> baseline
+    for scenario in scenarios:
+        assert baseline.scenarios[scenario.name].scenario().definition() == scenario.definition()
+    again = [ScenarioRun(s, synthetic_run(s)) for s in baseline.scenario_set().scenarios]  # what a gate measures
+    result = judge(baseline, Comparison("gate", scenarios[0].name, again))  # -> gate
+    assert int(result.exit_code) == 0 and not result.incomparable, result.headline()
+
+
+def test_identity_is_the_flags_not_the_name(tmp_path):
+    full, file_full = Scenario("a", LAYOUT, stack="full"), Scenario("a", LAYOUT, stack=str(ROOT / "configs" / "full.toml"))
+    assert file_full.definition_hash() == full.definition_hash()  # the built-in written out is the same measurement
+    other = Scenario("a", LAYOUT, stack=_stack_file(tmp_path))
+    assert other.definition_hash() != Scenario("a", LAYOUT, stack="lean").definition_hash()
+    assert ("stack.groups.moe_ep.pynccl", False, True) in definition_differences(
+        Scenario("a", LAYOUT, stack="lean").definition(), other.definition())
+    assert Scenario("a", LAYOUT, stack="full:v1").definition_hash() != full.definition_hash()
+
+
+def test_a_stack_file_named_like_a_built_in_is_one_line_exit_2(memprobe, tmp_path):
+    (tmp_path / "lean.toml").write_text('name = "lean"\nbase = "full"\n')
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--stack", "lean.toml", "--quiet")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "name 'lean' is the name of a built-in stack" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lean.toml"]  # nothing created
+
+
+def test_installed_stack_needs_the_sglang_engine():
+    with pytest.raises(UsageError, match="needs engine sglang"):
+        Scenario("a", LAYOUT, stack="installed")
+    with pytest.raises(UsageError, match="needs engine sglang"):
+        Scenario("a", LAYOUT, stack="lean", sglang="/opt/sglang")
+
+
+def test_a_definition_from_an_older_memprobe_is_refused_with_the_way_out():
+    old = {"name": "a", "layout": LAYOUT.as_dict(), "stack": "lean", "env_preset": "sglang", "env": {}, "warmup": "tiny"}
+    with pytest.raises(UsageError, match="older memprobe.*baseline update --from"):
+        Scenario.from_definition(old, "baseline.json")
+
+
+def test_a_stack_file_run_round_trips_through_the_real_pipeline_and_a_re_measuring_gate(memprobe, tmp_path):
+    """CPU, real torchrun: run with a stack file and --env, record a baseline from it, delete the stack
+    file, and let the gate measure the scenario again from the baseline alone."""
+    stack = _stack_file(tmp_path)
+    made = memprobe("run", "--device", "cpu", "--tp", "2", "--stack", stack, "--env", "NCCL_BUFFSIZE=1048576",
+                    "--quiet", "--out-dir", "runs", "--run-id", "first")
+    assert made.returncode == 0, made.stderr
+    recorded = json.loads((tmp_path / "runs" / "first" / "run.json").read_text())
+    assert recorded["definition"]["stack"]["resolved"]["groups"]["moe_ep"]["pynccl"] is True
+    base = memprobe("baseline", "update", "--from", "runs/first", "--out", "base.json")
+    assert base.returncode == 0, base.stderr
+    Path(stack).unlink()
+    judged = memprobe("gate", "--baseline", "base.json", "--device", "cpu", "--out-dir", "gate-runs")
+    assert judged.returncode == 0, judged.stdout + judged.stderr
+    [again] = [p for p in (tmp_path / "gate-runs").iterdir() if p.is_dir()]
+    run_json = next(again.rglob("run.json"))
+    assert json.loads(run_json.read_text())["definition"] == {**recorded["definition"]}
