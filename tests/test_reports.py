@@ -350,3 +350,19 @@ def test_plot_without_matplotlib_is_a_usage_error(comparison, tmp_path, monkeypa
 def test_plot_wrong_suffix(comparison, tmp_path):
     with pytest.raises(UsageError, match=r"\.png or \.svg"):
         write_plot(comparison, tmp_path / "plot.pdf")
+
+
+def test_a_group_a_finished_run_never_built_does_not_make_first_use_unknown():
+    """Real SGLang 0.5.10.post1 and 0.5.11 build no self_pp (issue 12): their finished runs have no self_pp
+    readings, and the first-use column still adds up what they built; a run that stopped early stays unknown."""
+    from memprobe.reports._model import summarize
+
+    scenario = Scenario(name="tp4-ep2-lean", layout=Layout(tp=4, ep=2, pp=2), stack="lean")
+    run = synthetic_run(scenario)
+    run.readings = [r for r in run.readings if r.group != "self_pp"]
+    [summary] = summarize(Comparison("c", scenario.name, [ScenarioRun(scenario, run)]))
+    assert all(rank.first_use is not None for rank in summary.ranks.values())
+    stopped = synthetic_run(scenario)
+    stopped.readings = [r for r in stopped.readings if r.step != "end" and r.group != "self_pp"]
+    [summary] = summarize(Comparison("c", scenario.name, [ScenarioRun(scenario, stopped)]))
+    assert all(rank.first_use is None for rank in summary.ranks.values())
