@@ -301,3 +301,27 @@ def test_real_releases_before_and_after_the_pr_in_one_comparison_on_cpu(memprobe
     assert pairs["tp4-ep2.sglang-new"]["only_in"]["self_pp/groups_created"] == "reference"
     steps = {(s["group"], s["step"]) for s in pairs["tp4-ep2.sglang-old"]["steps"]}
     assert {("moe_ep", "pynccl"), ("moe_tp", "custom_allreduce"), ("tp", "groups_created")} <= steps
+
+
+def test_where_moe_groups_build_nothing_any_stack_matches_and_the_release_custom_allreduce_layout_comes_first():
+    """--tp 2 --ep 2: moe_ep is the tp group and moe_tp has width 1, so the MoE flags decide nothing; each release
+    is paired with the reference stack that lays out its own custom all-reduce (v1 in 0.5.1x, v2 in 0.5.23)."""
+    from support import synthetic_run
+
+    from memprobe.model.comparison import Comparison, ScenarioRun
+    from memprobe.reports.fidelity import pairs
+
+    scenario_set = headline_scenarios(tp=2, ep=2, stacks=["full", "full:v1"], sglang_sites=[("old", "/opt/old"), ("new", "/opt/new")])
+    runs = []
+    for scenario in scenario_set.scenarios:
+        run = synthetic_run(scenario)
+        if scenario.engine == "sglang":
+            old = scenario.name.endswith("old")
+            run.record.environment["sglang"] = {"version": "0.5.10.post1" if old else "0.5.23",
+                                                "custom_allreduce_default": "v1" if old else "v2"}
+            for info in run.record.ranks:
+                info.communicators = {name: {"use_pynccl": str(old and name != "tp" or name == "tp")} for name in ("tp", "moe_ep", "moe_tp")}
+        runs.append(ScenarioRun(scenario=scenario, run=run))
+    partners = {sglang.scenario.name: reference.scenario.name
+                for reference, sglang in pairs(Comparison("c", scenario_set.baseline, runs))}
+    assert partners == {"tp2-ep2.sglang-old": "tp2-ep2-full-v1", "tp2-ep2.sglang-new": "tp2-ep2-full"}

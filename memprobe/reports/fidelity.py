@@ -13,6 +13,7 @@ from memprobe.analysis.attribution import (
     TOTAL_AFTER_FIRST_USE, TOTAL_AFTER_INIT, components_by_rank, rank_readings, step_deltas, torch_cache,
 )
 from memprobe.model.comparison import Comparison, ScenarioRun
+from memprobe.model.layout import plan_groups
 
 from memprobe.units import MIB as MiB, mib
 
@@ -65,14 +66,24 @@ def sglang_moe_pynccl(item: ScenarioRun) -> bool | None:
 
 
 def _release_partner(item: ScenarioRun, comparison: Comparison) -> list[ScenarioRun]:
-    """The reference scenario (same layout) whose stack gives the MoE groups what this real SGLang gave them:
-    ``full`` for 0.5.10.post1, ``lean`` for 0.5.11 and 0.5.23 (decided from the run, not from its label)."""
+    """The reference scenarios (same layout) whose stack gives the MoE groups what this real SGLang gave them:
+    ``full`` for 0.5.10.post1, ``lean`` for 0.5.11 and 0.5.23 (decided from the run, not from its label).
+
+    Only MoE groups with communicators of their own count (on ``--tp 2 --ep 2`` moe_ep is the tp group and
+    moe_tp has width 1: any stack matches), and a stack with the release's own custom all-reduce layout
+    (v1 in 0.5.1x, v2 in 0.5.23) comes first.
+    """
     wanted = sglang_moe_pynccl(item)
     if wanted is None:
         return []
-    return [other for other in comparison.runs if other.scenario.engine == "memprobe"
-            and other.scenario.layout == item.scenario.layout and other.scenario.resolved_stack is not None
-            and all(other.scenario.resolved_stack.flags_for(group).pynccl == wanted for group in MOE_GROUPS)]
+    plan = plan_groups(item.scenario.layout)
+    own = [name for name in MOE_GROUPS if not plan.group(name).is_alias and plan.group(name).width > 1]
+    sglang = (item.run.record.environment or {}).get("sglang")
+    layout = sglang.get("custom_allreduce_default") if isinstance(sglang, dict) else None
+    candidates = [other for other in comparison.runs if other.scenario.engine == "memprobe"
+                  and other.scenario.layout == item.scenario.layout and other.scenario.resolved_stack is not None
+                  and all(other.scenario.resolved_stack.flags_for(group).pynccl == wanted for group in own)]
+    return sorted(candidates, key=lambda other: other.scenario.resolved_stack.custom_allreduce_impl != layout)
 
 
 def pairs(comparison: Comparison) -> list[tuple[ScenarioRun, ScenarioRun]]:
