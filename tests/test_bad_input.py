@@ -28,6 +28,8 @@ CASES = {
     "scenario file with an invalid layout": ["compare", "--device", "cpu", "--scenarios", "bad-layout.toml"],
     "scenario file with a duplicate name": ["compare", "--device", "cpu", "--scenarios", "duplicate.toml"],
     "missing scenario file": ["compare", "--device", "cpu", "--scenarios", "nowhere.toml"],
+    "layout options a scenario file would ignore": ["compare", "--device", "cpu", "--scenarios", "ok.toml", "--tp", "8"],
+    "--warmup a scenario file would ignore": ["compare", "--device", "cpu", "--scenarios", "ok.toml", "--warmup", "sweep"],
     "bad --env syntax": ["run", "--device", "cpu", "--tp", "2", "--env", "NCCL_BUFFSIZE"],
     "bad --env name": ["run", "--device", "cpu", "--tp", "2", "--env", "1X=2"],
     "zero timeout": ["run", "--device", "cpu", "--tp", "2", "--timeout", "0"],
@@ -54,6 +56,7 @@ FILES = {
     "truncated.toml": "[[scenario]]\nname = \"a\"\ntp = ",
     "bad-layout.toml": "[[scenario]]\nname = \"a\"\ntp = 4\nep = 3\n",
     "duplicate.toml": "[[scenario]]\nname = \"a\"\ntp = 2\n[[scenario]]\nname = \"a\"\ntp = 2\n",
+    "ok.toml": "[[scenario]]\nname = \"a\"\ntp = 2\n",
     "afile": "not a folder\n",
 }
 

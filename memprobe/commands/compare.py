@@ -56,7 +56,7 @@ def compare(
       memprobe compare --device cpu --tp 4 --ep 2 --plot /tmp/compare.png
       memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv /tmp/knobs.csv
     """
-    from memprobe.model.scenario import headline_scenarios, load_scenario_file, parse_env_assignments, with_env
+    from memprobe.model.scenario import load_scenario_file, parse_env_assignments, with_env
 
     options = launch_options(device, out_dir, timeout, nnodes, node_rank, master_addr, master_port, allow_busy_gpu, quiet, run_id,
                              nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
@@ -66,34 +66,13 @@ def compare(
         raise UsageError(f"--jobs must be 0 (auto) or more, got {jobs}")
     extra_env = parse_env_assignments(env)
     sglang_sites = _sglang_sites(sglang)
-    if scenarios is not None and sglang_sites:
-        raise UsageError("--sglang LABEL=SITE adds to a --tp/--ep comparison; in a scenario file give a scenario "
-                         "engine = \"sglang\" and sglang = \"SITE\"")
     if scenarios is not None:
+        _refuse_ignored_with_file(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stacks=stacks,
+                                  baseline_tp=baseline_tp, warmup=warmup, env_preset=env_preset, sglang=sglang_sites)
         scenario_set = with_env(load_scenario_file(scenarios), extra_env)
     else:
-        announce = tp is None
-        if tp is None:
-            tp = _default_tp(device, options)
-        if ep is None:
-            ep = max(1, tp // 2)
-        stack_names = [s.strip() for s in stacks.split(",") if s.strip()]
-        if not stack_names:
-            raise UsageError("--stacks needs at least one stack, e.g. full,lean")
-        from memprobe.model.stacks import resolve_stack
-
-        for name in stack_names:
-            resolve_stack(name, option="--stacks")
-        scenario_set = headline_scenarios(tp=tp, ep=ep, stacks=stack_names, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp,
-                                          attn_cp=attn_cp, baseline_tp=baseline_tp, env_preset=env_preset,
-                                          env=extra_env, warmup=warmup, sglang_sites=sglang_sites)
-        if announce:
-            print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
-        from memprobe.model.distinct import distinct_scenarios
-
-        scenario_set, repeats = distinct_scenarios(scenario_set)
-        for line in repeats:
-            print(f"memprobe: note: {line}", file=sys.stderr)
+        scenario_set = _headline_set(tp, ep, pp, moe_dp, attn_dp, attn_cp, stacks, baseline_tp, env_preset, extra_env,
+                                     warmup, sglang_sites, device, options)
     from memprobe.model.scenario import with_engines
     from memprobe.model.scenario import ENGINES
 
@@ -136,3 +115,45 @@ def _default_tp(device: str, options: Any) -> int:
     if count == 0:
         raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu or give --tp")
     return count
+
+
+# What a scenario file sets for each scenario; with --scenarios these options would be silently ignored (issue 17).
+_SET_BY_SCENARIO_FILES = {"tp": None, "ep": None, "pp": 1, "moe_dp": 1, "attn_dp": 1, "attn_cp": 1, "stacks": "full,lean",
+                          "baseline_tp": None, "warmup": "tiny", "env_preset": "sglang", "sglang": []}
+
+
+def _refuse_ignored_with_file(**given: Any) -> None:
+    ignored = [name for name, value in given.items() if value != _SET_BY_SCENARIO_FILES[name]]
+    if ignored:
+        options = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise UsageError(f"--scenarios FILE sets each scenario's layout, stacks, warm-up, preset and SGLang; {options} "
+                         f"would be ignored with it: put them in the file (per scenario or under [defaults])")
+
+
+def _headline_set(tp: Optional[int], ep: Optional[int], pp: int, moe_dp: int, attn_dp: int, attn_cp: int, stacks: str,
+                  baseline_tp: Optional[int], env_preset: str, env: dict[str, str], warmup: str,
+                  sglang_sites: list[tuple[str, str]], device: str, options: Any) -> Any:
+    """--tp T as the baseline, the MoE layout once per stack and SGLang installation; repeats dropped with a note."""
+    from memprobe.model.distinct import distinct_scenarios
+    from memprobe.model.scenario import headline_scenarios
+    from memprobe.model.stacks import resolve_stack
+
+    announce = tp is None
+    if tp is None:
+        tp = _default_tp(device, options)
+    if ep is None:
+        ep = max(1, tp // 2)
+    stack_names = [s.strip() for s in stacks.split(",") if s.strip()]
+    if not stack_names:
+        raise UsageError("--stacks needs at least one stack, e.g. full,lean")
+    for name in stack_names:
+        resolve_stack(name, option="--stacks")
+    scenario_set = headline_scenarios(tp=tp, ep=ep, stacks=stack_names, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp,
+                                      attn_cp=attn_cp, baseline_tp=baseline_tp, env_preset=env_preset,
+                                      env=env, warmup=warmup, sglang_sites=sglang_sites)
+    if announce:
+        print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
+    scenario_set, repeats = distinct_scenarios(scenario_set)
+    for line in repeats:
+        print(f"memprobe: note: {line}", file=sys.stderr)
+    return scenario_set

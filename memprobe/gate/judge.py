@@ -363,88 +363,112 @@ def judge(
     result = GateResult(baseline_source=baseline.source, results_source=results_source,
                         allow_env_mismatch=allow_env_mismatch)
     result.not_in_baseline = sorted(name for name in comparison.names() if name not in baseline.scenarios)
-
     for name in selected:
-        stored = baseline.scenarios[name]
-        summary = ScenarioVerdict(scenario=name, status="pass", ranks=len(stored.ranks),
-                                  peak_baseline=_peak(m.get("total_after_first_use") for m in stored.ranks.values()))
-        result.summaries.append(summary)
-        try:
-            item = comparison.get(name)
-        except KeyError:
-            note = "the results hold no run of this scenario"
-            result.findings.append(Finding("missing", name, None, None, None, None, "", note))
-            result.cases.extend(Case(name, rank, "missing") for rank in stored.ranks)
-            summary.status = "missing"
-            continue
-
-        differences = environment_differences(stored.environment_key, environment_key(item.run))
-        current_hash = item.scenario.definition_hash()
-        if current_hash != stored.definition_hash:
-            changed = [Difference(f"definition.{key}", old, new)
-                       for key, old, new in definition_differences(stored.definition, item.scenario.definition())]
-            differences[0:0] = [Difference("definition_hash", stored.definition_hash, current_hash), *changed]
-        note = sglang_note(name, stored.measured_with.get("sglang"), sglang_of(item.run))
-        if note:
-            result.notes.append(note)
-        if differences:
-            definition_changed = differences[0].key == "definition_hash"
-            compared = allow_env_mismatch and not definition_changed
-            result.incomparable.append(Incomparable(name, tuple(differences), compared))
-            if not compared:
-                result.cases.extend(Case(name, rank, "incomparable") for rank in stored.ranks)
-                summary.status = "incomparable"
-                continue
-            summary.env_mismatch = True
-
-        current = components_by_rank(item.run)
-        failure = item.run.record.failure
-        failure_note = failure.describe() if failure is not None else ""
-        if item.run.record.status != "complete" and not failure_note:
-            failure_note = f"run status {item.run.record.status}"
-        summary.peak_current = _peak(parts.get("total_after_first_use") for parts in current.values())
-        for rank, metrics in stored.ranks.items():
-            rank_findings: list[Finding] = []
-            judged = 0
-            parts = current.get(rank)
-            if parts is None:
-                note = f"rank {rank} has no readings" + (f"; {failure_note}" if failure_note else "")
-                rank_findings.append(Finding("missing", name, rank, None, None, None, "", note))
-            else:
-                lacking: list[str] = []
-                for metric in sorted(metrics, key=metric_sort_key):
-                    limit = resolve_limit(name, metric, baseline.rules, overrides)
-                    if limit.ignore:
-                        continue
-                    old, new = metrics[metric], parts.get(metric)
-                    if new is None:
-                        lacking.append(metric)
-                        continue
-                    judged += 1
-                    text = limit.describe()
-                    if limit.breaches(old, new):
-                        rank_findings.append(Finding("regression", name, rank, metric, old, new, text))
-                    elif limit.improves(old, new):
-                        rank_findings.append(Finding("improvement", name, rank, metric, old, new, text))
-                    if limit.max_bytes is not None and new > limit.max_bytes:
-                        rank_findings.append(Finding("cap_exceeded", name, rank, metric, old, new, text,
-                                                     cap_bytes=limit.max_bytes))
-                if lacking or failure_note:
-                    # partial sums of an unfinished rank look smaller than they are: no improvements
-                    rank_findings = [f for f in rank_findings if f.kind != "improvement"]
-                if lacking:
-                    shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
-                    note = f"no reading for {shown}" + (f"; {failure_note}" if failure_note else "")
-                    rank_findings.append(Finding("missing", name, rank, None, None, None, "", note))
-            result.findings.extend(rank_findings)
-            kinds = {finding.kind for finding in rank_findings}
-            status = "regression" if kinds & set(FAILING_KINDS) else "missing" if "missing" in kinds else "pass"
-            result.cases.append(Case(name, rank, status, judged, summary.env_mismatch))
-            summary.regressions += sum(1 for f in rank_findings if f.kind in FAILING_KINDS)
-            summary.improvements += sum(1 for f in rank_findings if f.kind == "improvement")
-        statuses = {case.status for case in result.cases if case.scenario == name}
-        summary.status = "regression" if "regression" in statuses else "missing" if "missing" in statuses else "pass"
+        _judge_scenario(result, baseline, comparison, name, overrides, allow_env_mismatch)
     return result
+
+
+def _judge_scenario(result: GateResult, baseline: Baseline, comparison: Comparison, name: str,
+                    overrides: tuple[ThresholdRule, ...], allow_env_mismatch: bool) -> None:
+    """One baseline scenario: missing, incomparable, or judged rank by rank; appends to ``result``."""
+    stored = baseline.scenarios[name]
+    summary = ScenarioVerdict(scenario=name, status="pass", ranks=len(stored.ranks),
+                              peak_baseline=_peak(m.get("total_after_first_use") for m in stored.ranks.values()))
+    result.summaries.append(summary)
+    try:
+        item = comparison.get(name)
+    except KeyError:
+        result.findings.append(Finding("missing", name, None, None, None, None, "", "the results hold no run of this scenario"))
+        result.cases.extend(Case(name, rank, "missing") for rank in stored.ranks)
+        summary.status = "missing"
+        return
+    note = sglang_note(name, stored.measured_with.get("sglang"), sglang_of(item.run))
+    if note:
+        result.notes.append(note)
+    if not _comparable(result, summary, stored, item, allow_env_mismatch):
+        return
+    current = components_by_rank(item.run)
+    failure_note = _failure_note(item)
+    summary.peak_current = _peak(parts.get("total_after_first_use") for parts in current.values())
+    for rank, metrics in stored.ranks.items():
+        rank_findings, judged = _judge_rank(baseline, overrides, name, rank, metrics, current.get(rank), failure_note)
+        result.findings.extend(rank_findings)
+        kinds = {finding.kind for finding in rank_findings}
+        status = "regression" if kinds & set(FAILING_KINDS) else "missing" if "missing" in kinds else "pass"
+        result.cases.append(Case(name, rank, status, judged, summary.env_mismatch))
+        summary.regressions += sum(1 for f in rank_findings if f.kind in FAILING_KINDS)
+        summary.improvements += sum(1 for f in rank_findings if f.kind == "improvement")
+    statuses = {case.status for case in result.cases if case.scenario == name}
+    summary.status = "regression" if "regression" in statuses else "missing" if "missing" in statuses else "pass"
+
+
+def _comparable(result: GateResult, summary: ScenarioVerdict, stored: Any, item: Any, allow_env_mismatch: bool) -> bool:
+    """Whether to judge: same definition, and the same environment key (or --allow-env-mismatch); records why not."""
+    differences = environment_differences(stored.environment_key, environment_key(item.run))
+    current_hash = item.scenario.definition_hash()
+    if current_hash != stored.definition_hash:
+        changed = [Difference(f"definition.{key}", old, new)
+                   for key, old, new in definition_differences(stored.definition, item.scenario.definition())]
+        differences[0:0] = [Difference("definition_hash", stored.definition_hash, current_hash), *changed]
+    if not differences:
+        return True
+    compared = allow_env_mismatch and differences[0].key != "definition_hash"
+    result.incomparable.append(Incomparable(summary.scenario, tuple(differences), compared))
+    if not compared:
+        result.cases.extend(Case(summary.scenario, rank, "incomparable") for rank in stored.ranks)
+        summary.status = "incomparable"
+        return False
+    summary.env_mismatch = True
+    return True
+
+
+def _failure_note(item: Any) -> str:
+    failure = item.run.record.failure
+    note = failure.describe() if failure is not None else ""
+    if item.run.record.status != "complete" and not note:
+        note = f"run status {item.run.record.status}"
+    return note
+
+
+def _judge_rank(baseline: Baseline, overrides: tuple[ThresholdRule, ...], name: str, rank: int,
+                metrics: dict[str, int], parts: dict[str, int | None] | None, failure_note: str) -> tuple[list[Finding], int]:
+    """Every metric of one rank against its limit: the findings and how many metrics were judged."""
+    if parts is None:
+        note = f"rank {rank} has no readings" + (f"; {failure_note}" if failure_note else "")
+        return [Finding("missing", name, rank, None, None, None, "", note)], 0
+    findings: list[Finding] = []
+    lacking: list[str] = []
+    judged = 0
+    for metric in sorted(metrics, key=metric_sort_key):
+        limit = resolve_limit(name, metric, baseline.rules, overrides)
+        if limit.ignore:
+            continue
+        old, new = metrics[metric], parts.get(metric)
+        if new is None:
+            lacking.append(metric)
+            continue
+        judged += 1
+        findings.extend(_metric_findings(limit, name, rank, metric, old, new))
+    if lacking or failure_note:
+        # partial sums of an unfinished rank look smaller than they are: no improvements
+        findings = [f for f in findings if f.kind != "improvement"]
+    if lacking:
+        shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
+        note = f"no reading for {shown}" + (f"; {failure_note}" if failure_note else "")
+        findings.append(Finding("missing", name, rank, None, None, None, "", note))
+    return findings, judged
+
+
+def _metric_findings(limit: Any, name: str, rank: int, metric: str, old: int, new: int) -> list[Finding]:
+    text = limit.describe()
+    findings = []
+    if limit.breaches(old, new):
+        findings.append(Finding("regression", name, rank, metric, old, new, text))
+    elif limit.improves(old, new):
+        findings.append(Finding("improvement", name, rank, metric, old, new, text))
+    if limit.max_bytes is not None and new > limit.max_bytes:
+        findings.append(Finding("cap_exceeded", name, rank, metric, old, new, text, cap_bytes=limit.max_bytes))
+    return findings
 
 
 def failed_result(baseline: Baseline, message: str, scenarios: Sequence[str] | None = None,
