@@ -40,6 +40,7 @@ memprobe baseline update --out my-baseline.json --device cpu   (an existing file
 
 
 
+# A command: long only by its Typer option declarations (one per line with its help); its body is short.
 def update(
     out: Annotated[Path, typer.Option("--out", "-o", envvar="MEMPROBE_BASELINE_UPDATE_OUT", show_default=False,
                                       help="Baseline JSON file to write (kept thresholds if it exists).")],

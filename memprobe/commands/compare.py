@@ -16,6 +16,7 @@ from memprobe.commands.common import (
 )
 from memprobe.errors import UsageError
 
+# A command: long only by its Typer option declarations (one per line with its help); its body is short.
 def compare(
     tp: Optional[int] = typer.Option(None, "--tp", envvar=ENV + "TP", help="TP width (default: every visible GPU)."),
     ep: Optional[int] = typer.Option(None, "--ep", envvar=ENV + "EP", help="EP width of the MoE scenarios (default: tp / 2)."),

@@ -107,6 +107,7 @@ memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results re
 """
 
 
+# A command: long only by its Typer option declarations (one per line with its help); its body is short.
 def gate(
     baseline: Annotated[Path, typer.Option("--baseline", "-b", envvar="MEMPROBE_GATE_BASELINE", show_default=False,
                                            help="Baseline JSON file (made by `memprobe baseline update`).")],

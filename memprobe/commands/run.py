@@ -16,6 +16,7 @@ from memprobe.commands.common import (
 )
 from memprobe.errors import UsageError
 
+# A command: long only by its Typer option declarations (one per line with its help); its body is short.
 def run(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     stack: str = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,

@@ -144,7 +144,11 @@ def _lists(ranges: Iterator[range] | list[range]) -> tuple[tuple[int, ...], ...]
 
 
 def plan_groups(layout: Layout) -> Plan:
-    """Every group SGLang 0.5.23 creates for ``layout``, in creation order."""
+    """Every group SGLang 0.5.23 creates for ``layout``, in creation order.
+
+    One function of ~70 lines on purpose: it follows ``initialize_model_parallel`` group by group, so that it
+    can be read line against line with SGLang's source (tests/fixtures/sglang-0.5.23-layouts.json checks it).
+    """
     tp, pp, world = layout.tp, layout.pp, layout.world_size
     attn_dp, attn_cp, attn_tp = layout.attn_dp, layout.attn_cp, layout.attn_tp
     ep, moe_dp, moe_tp = layout.ep, layout.moe_dp, layout.moe_tp

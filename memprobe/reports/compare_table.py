@@ -8,7 +8,7 @@ drawn twice: as a Rich table (:func:`render_comparison`) and as GitHub Markdown
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from rich import box
 from rich.console import Console
@@ -82,75 +82,82 @@ def _group_cell(summary: ScenarioSummary, rank: RankSummary | None, name: str) -
     return mib(None if rank is None else rank.group_init.get(name))
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """Which optional columns the headline table has."""
+
+    shown: list[str]  # groups with an init column
+    context: bool  # --device cpu skips the CUDA context on every rank: no column rather than a 0 (issue 15)
+    unattributed: bool
+    per_rank: bool
+
+
 def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTable, list[str]]:
     """The headline table and the notes that go under it."""
     summaries = summarize(comparison)
     baseline = baseline_of(summaries)
     shown, folded = headline_groups(summaries)
-    unattributed = any_unattributed(summaries)
-    # --device cpu skips the CUDA context on every rank: no column rather than a 0 (issue 15)
-    context_shown = not all(CONTEXT in rank.skipped for summary in summaries for rank in summary.ranks.values())
-    headers = ["scenario", "layout", "stack", "rank" if per_rank else "worst rank"]
-    headers += [f"CUDA context {UNIT}"] if context_shown else []
-    headers += [f"world {UNIT}"]
-    headers += [f"{name} init {UNIT}" for name in shown]
-    headers += [f"first use {UNIT}"]
-    if unattributed:
-        headers += [f"between steps {UNIT}"]
-    headers += [f"after init {UNIT}", f"after first use {UNIT}", f"Δ after init {UNIT}", f"Δ after first use {UNIT}"]
-    if not per_rank:
-        headers += [f"rank spread {UNIT}"]
-    numeric = [False, False, False] + [True] * (len(headers) - 3)
+    columns = _Columns(shown=shown, per_rank=per_rank, unattributed=any_unattributed(summaries),
+                       context=not all(CONTEXT in rank.skipped for summary in summaries for rank in summary.ranks.values()))
+    headers = _headline_headers(columns)
     mode = "per rank" if per_rank else "worst rank (largest total after first use)"
     memory = measured_memory([summary.item.run for summary in summaries])
     title = f"comparison {comparison.comparison_id}: {memory} per rank, {mode}, {UNIT} = 2^20 bytes"
-    table = TextTable(title=title, headers=headers, numeric=numeric)
-
+    table = TextTable(title=title, headers=headers, numeric=[False, False, False] + [True] * (len(headers) - 3))
     for index, summary in enumerate(summaries):
-        if per_rank:
-            entries = [(rank, summary.ranks[rank]) for rank in sorted(summary.ranks)]
-        else:
-            entries = [(summary.worst_rank, summary.worst)]
-        if not entries:
-            entries = [(None, None)]
-        for rank, values in entries:
-            if per_rank:
-                rank_text = NA if rank is None else str(rank)
-                if rank is not None and rank == summary.worst_rank and len(summary.ranks) > 1:
-                    rank_text += " (worst)"
-                deltas = (values.delta_after_init, values.delta_after_first_use) if values else (None, None)
-            else:
-                rank_text = NA if rank is None else f"{rank} of {len(summary.ranks)}"
-                deltas = worst_deltas(summary, baseline)
-            row = [
-                _scenario_label(summary),
-                layout_flags(summary.item.run),
-                _stack_and_settings(summary),
-                rank_text,
-            ]
-            row += [mib(values.cuda_context if values else None)] if context_shown else []
-            row += [mib(values.world if values else None)]
-            row += [_group_cell(summary, values, name) for name in shown]
-            row += [mib(values.first_use if values else None)]
-            if unattributed:
-                row += [mib(values.unattributed if values else None)]
-            row += [
-                mib(values.total_after_init if values else None),
-                mib(values.total_after_first_use if values else None),
-            ]
-            if summary.is_baseline:
-                row += [BASELINE_MARK, BASELINE_MARK]
-            else:
-                row += [mib(deltas[0], signed=True), mib(deltas[1], signed=True)]
-            if not per_rank:
-                row += [mib(summary.total_spread.spread)]
-            table.rows.append(row)
+        for rank_text, values, deltas in _entries(summary, baseline, per_rank):
+            table.rows.append(_headline_row(summary, rank_text, values, deltas, columns))
             table.row_groups.append(index)
+    return table, _headline_notes(comparison, summaries, folded, columns)
 
+
+def _headline_headers(columns: _Columns) -> list[str]:
+    headers = ["scenario", "layout", "stack", "rank" if columns.per_rank else "worst rank"]
+    headers += [f"CUDA context {UNIT}"] if columns.context else []
+    headers += [f"world {UNIT}"]
+    headers += [f"{name} init {UNIT}" for name in columns.shown]
+    headers += [f"first use {UNIT}"]
+    headers += [f"between steps {UNIT}"] if columns.unattributed else []
+    headers += [f"after init {UNIT}", f"after first use {UNIT}", f"Δ after init {UNIT}", f"Δ after first use {UNIT}"]
+    return headers + ([] if columns.per_rank else [f"rank spread {UNIT}"])
+
+
+def _entries(summary: ScenarioSummary, baseline: ScenarioSummary | None, per_rank: bool) -> list[tuple[str, Any, tuple]]:
+    """``(rank text, rank summary, (Δ after init, Δ after first use))`` per row of one scenario."""
+    if not per_rank:
+        rank = summary.worst_rank
+        return [(NA if rank is None else f"{rank} of {len(summary.ranks)}", summary.worst, worst_deltas(summary, baseline))]
+    entries = []
+    for rank in sorted(summary.ranks):
+        values = summary.ranks[rank]
+        text = str(rank) + (" (worst)" if rank == summary.worst_rank and len(summary.ranks) > 1 else "")
+        entries.append((text, values, (values.delta_after_init, values.delta_after_first_use)))
+    return entries or [(NA, None, (None, None))]
+
+
+def _headline_row(summary: ScenarioSummary, rank_text: str, values: Any, deltas: tuple, columns: _Columns) -> list[str]:
+    def cell(attribute: str) -> str:
+        return mib(getattr(values, attribute) if values else None)
+
+    row = [_scenario_label(summary), layout_flags(summary.item.run), _stack_and_settings(summary), rank_text]
+    row += [cell("cuda_context")] if columns.context else []
+    row += [cell("world")]
+    row += [_group_cell(summary, values, name) for name in columns.shown]
+    row += [cell("first_use")]
+    row += [cell("unattributed")] if columns.unattributed else []
+    row += [cell("total_after_init"), cell("total_after_first_use")]
+    if summary.is_baseline:
+        row += [BASELINE_MARK, BASELINE_MARK]
+    else:
+        row += [mib(deltas[0], signed=True), mib(deltas[1], signed=True)]
+    return row + ([] if columns.per_rank else [mib(summary.total_spread.spread)])
+
+
+def _headline_notes(comparison: Comparison, summaries: list[ScenarioSummary], folded: list[str], columns: _Columns) -> list[str]:
     notes = [
         "<group> init = groups created + pynccl + custom all-reduce; first use = the first collective on every group",
     ]
-    if per_rank:
+    if columns.per_rank:
         notes.append(f"Δ = this rank minus the same rank of the baseline ({comparison.baseline})")
     else:
         notes.append(
@@ -159,13 +166,12 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
         )
     if folded:
         notes.append(f"width-1 groups, 0 {UNIT} wherever measured, not shown: {', '.join(folded)}")
-    if not context_shown:
+    if not columns.context:
         notes.append("CUDA context: skipped (--device cpu), not shown")
     alias_lines = aliases(summaries)
     if alias_lines:
         notes.append(f"aliases (same group object, no memory of their own): {', '.join(alias_lines)}")
-    notes += _environment_notes(summaries)
-    return table, notes
+    return notes + _environment_notes(summaries)
 
 
 def _environment_notes(summaries: list[ScenarioSummary]) -> list[str]:

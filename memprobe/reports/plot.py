@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from memprobe.errors import UsageError
 from memprobe.model.records import atomic_write_bytes
@@ -101,7 +102,17 @@ def write_plot(comparison: Comparison, path: str | Path) -> None:
     figure = Figure(figsize=(max(6.0, 1.6 * len(summaries) + 4.0), 6.0), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    positions = list(range(len(summaries)))
+    tops = _stack_bars(axes, summaries, segments)
+    _label_bars(axes, summaries, segments, tops)
+    _decorate(axes, comparison, summaries)
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if suffix == ".svg" else {"Software": None}
+    figure.savefig(buffer, format=suffix[1:], metadata=metadata)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _stack_bars(axes: Any, summaries: list[ScenarioSummary], segments: list[Segment]) -> list[float]:
+    """One stacked bar per scenario (its worst rank), positive parts up, negative down; returns the bar tops."""
     positive = [0.0] * len(summaries)
     negative = [0.0] * len(summaries)
     for segment in segments:
@@ -117,17 +128,24 @@ def write_plot(comparison: Comparison, path: str | Path) -> None:
                 bottoms.append(negative[index])
                 negative[index] += height
             heights.append(height)
-        axes.bar(positions, heights, bottom=bottoms, width=0.6, label=segment.label, color=segment.color,
+        axes.bar(list(range(len(summaries))), heights, bottom=bottoms, width=0.6, label=segment.label, color=segment.color,
                  alpha=segment.alpha, hatch=segment.hatch, edgecolor="white", linewidth=0.5)
+    return positive
+
+
+def _label_bars(axes: Any, summaries: list[ScenarioSummary], segments: list[Segment], tops: list[float]) -> None:
     for index, summary in enumerate(summaries):
         worst = summary.worst
         total = None if worst is None else worst.total_after_first_use
         # a part the scenario does not have (an alias group) is absent; one it has but could not measure is None
         missing = worst is None or any(segment.key in worst.parts and worst.parts[segment.key] is None for segment in segments)
         label = mib_unit(total) + (" (some parts n/a)" if missing else "")
-        axes.annotate(label, (index, positive[index]), xytext=(0, 3), textcoords="offset points",
+        axes.annotate(label, (index, tops[index]), xytext=(0, 3), textcoords="offset points",
                       ha="center", va="bottom", fontsize=8)
-    axes.set_xticks(positions)
+
+
+def _decorate(axes: Any, comparison: Comparison, summaries: list[ScenarioSummary]) -> None:
+    axes.set_xticks(list(range(len(summaries))))
     axes.set_xticklabels(
         [f"{s.name}\n{s.item.scenario.stack}, rank {s.worst_rank if s.worst_rank is not None else 'n/a'}" for s in summaries],
         fontsize=8,
@@ -141,10 +159,5 @@ def write_plot(comparison: Comparison, path: str | Path) -> None:
     axes.margins(y=0.08)
     handles, labels = axes.get_legend_handles_labels()  # top of the stack first, as the bars read
     axes.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    buffer = io.BytesIO()
-    metadata = {"Date": None} if suffix == ".svg" else {"Software": None}
-    figure.savefig(buffer, format=suffix[1:], metadata=metadata)
-    atomic_write_bytes(path, buffer.getvalue())
-
 
 __all__ = ["MISSING_MATPLOTLIB", "PLOT_SUFFIXES", "write_plot"]
