@@ -676,3 +676,22 @@ def test_nccl_logging_does_not_make_a_run_incomparable():
     assert environment_key(traced) == environment_key(plain)
     traced.record.environment["nccl_env"]["NCCL_BUFFSIZE"] = "1048576"
     assert environment_key(traced) != environment_key(plain)
+
+
+def test_a_gpu_baseline_is_not_measured_on_cpu(workdir):
+    """Host memory cannot be judged against GPU memory: one line and exit 2 before anything is measured."""
+    make_baseline()  # recorded on GPUs (sampling mode process)
+    runner = FakeRunner()
+    result = invoke(["gate", "--baseline", "baseline.json", "--device", "cpu"], runner)
+    assert result.exit_code == 2 and runner.calls == []
+    assert "was recorded on GPUs (GPU memory, NVML); measuring it with --device cpu would be incomparable" in result.stderr
+    allowed = invoke(["gate", "--baseline", "baseline.json", "--device", "cpu", "--allow-env-mismatch"], runner)
+    assert len(runner.calls) == 1 and allowed.exit_code != 2
+
+
+def test_baseline_update_shows_the_bytes_where_a_change_reads_alike_in_mib():
+    from memprobe.commands.baseline import _change
+
+    assert _change(514 * MiB, 514 * MiB + 40960) == "514 MiB -> 514 MiB (+40,960 bytes)"
+    assert _change(1142 * MiB, 1190 * MiB) == "1142 MiB -> 1190 MiB"
+    assert _change(None, 2 * MiB) == "- -> 2 MiB"

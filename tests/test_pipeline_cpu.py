@@ -252,3 +252,4 @@ def test_gate_measures_on_cpu_and_passes_against_its_own_baseline(memprobe, tmp_
     judged = memprobe("gate", "--baseline", "base.json", "--device", "cpu", "--junit-xml", "gate.xml")
     assert judged.returncode == 0, judged.stdout + judged.stderr
     assert "PASS" in judged.stdout and (tmp_path / "gate.xml").is_file()
+    assert "host memory (RSS) of each rank, measured with --device cpu" in judged.stdout  # the gate says what it judged

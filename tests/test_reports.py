@@ -366,3 +366,15 @@ def test_a_group_a_finished_run_never_built_does_not_make_first_use_unknown():
     stopped.readings = [r for r in stopped.readings if r.step != "end" and r.group != "self_pp"]
     [summary] = summarize(Comparison("c", scenario.name, [ScenarioRun(scenario, stopped)]))
     assert all(rank.first_use is None for rank in summary.ranks.values())
+
+
+def test_the_first_reading_of_an_unrecorded_measure_is_unknown_not_zero():
+    """--device cpu records no torch-reserved bytes: the CSV's torch-cache columns are empty there, start row included."""
+    from memprobe.analysis.attribution import step_deltas, torch_cache
+
+    run = synthetic_run(Scenario(name="tp2", layout=Layout(tp=2), stack="lean"))
+    from dataclasses import replace
+
+    readings = [replace(r, torch_reserved_bytes=None) for r in run.readings if r.rank == 0]
+    assert {delta for _, delta in step_deltas(readings, torch_cache)} == {None}
+    assert step_deltas(readings)[0][1] == 0  # the primary measure is known: the first reading adds 0

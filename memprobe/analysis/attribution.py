@@ -67,7 +67,10 @@ def step_deltas(readings: list[Reading], measure: Measure = primary) -> list[tup
     result: list[tuple[Reading, int | None]] = []
     previous: Reading | None = None
     for reading in readings:
-        delta = 0 if previous is None else subtract(measure(reading), measure(previous))
+        if previous is None:  # the first reading adds nothing, where its measure is known at all (CPU: no torch cache)
+            delta = None if measure(reading) is None else 0
+        else:
+            delta = subtract(measure(reading), measure(previous))
         result.append((reading, delta))
         previous = reading
     return result

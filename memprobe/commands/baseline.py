@@ -53,12 +53,13 @@ def update(
         "--scenario", "-s", envvar="MEMPROBE_BASELINE_UPDATE_SCENARIO",
         help="Only this scenario (repeatable); the file's other scenarios are kept.")] = None,
     device: Annotated[str, typer.Option(
-        "--device", envvar="MEMPROBE_DEVICE", help="cuda, or cpu (host RSS readings; for CPU-only baselines).")] = "cuda",
+        "--device", envvar="MEMPROBE_DEVICE", help="cuda, or cpu (host RSS readings; for CPU-only baselines). Not used with --from.")] = "cuda",
     out_dir: Annotated[Path, typer.Option(
-        "--out-dir", envvar="MEMPROBE_OUT_DIR", help="Folder that receives the run folders measured for the baseline.")
+        "--out-dir", envvar="MEMPROBE_OUT_DIR", help="Folder that receives the run folders measured for the baseline. Not used with --from.")
     ] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
-        "--timeout", envvar="MEMPROBE_TIMEOUT", help="Seconds before a run that stopped progressing is killed.")
+        "--timeout", envvar="MEMPROBE_TIMEOUT",
+        help="The longest any rank may go without a new reading (counted from launch). Not used with --from.")
     ] = DEFAULT_TIMEOUT_S,
 ) -> None:
     try:
@@ -196,7 +197,15 @@ def _changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
             a, b = before.get("ranks", {}).get(rank, {}), after["ranks"].get(rank, {})
             for metric in sorted(set(a) | set(b), key=metric_sort_key):
                 if a.get(metric) != b.get(metric):
-                                        lines.append(f"{name} rank {rank} {metric}: {mib_precise(a.get(metric))} -> {mib_precise(b.get(metric))}")
+                    lines.append(f"{name} rank {rank} {metric}: {_change(a.get(metric), b.get(metric))}")
     if old.get("thresholds") != new.get("thresholds"):
         lines.append("thresholds changed")
     return lines
+
+
+def _change(old: int | None, new: int | None) -> str:
+    """``1,142 MiB -> 1,190 MiB``; where both read alike in MiB, the exact difference in bytes too."""
+    text = f"{mib_precise(old)} -> {mib_precise(new)}"
+    if old is not None and new is not None and mib_precise(old) == mib_precise(new):
+        text += f" ({new - old:+,} bytes)"
+    return text

@@ -82,6 +82,10 @@ def compare(
     if not engines or unknown:
         raise UsageError(f"--engine {engine!r}: use memprobe, sglang or memprobe,sglang")
     scenario_set = with_engines(scenario_set, engines)
+    nccl_settings = sorted({key for s in scenario_set.scenarios for key in s.env if key.startswith(("NCCL_", "TORCH_NCCL_"))})
+    if device == "cpu" and nccl_settings:
+        print(f"memprobe: note: --device cpu builds gloo groups only: {', '.join(nccl_settings)} change nothing there "
+              f"(scenarios that differ only by them differ by host-memory noise)", file=sys.stderr)
     check_out_dir(out_dir)
     comparison = measure(scenario_set, options, jobs=jobs)
     if any(item.run.record.results_at is not None for item in comparison.runs):  # another node gathered the readings

@@ -91,19 +91,29 @@ def _write_reports(result: GateResult, markdown: Path | None, junit_xml: Path | 
     return problems
 
 
+def _check_device_matches(loaded: Any, selected: list[str], device: str) -> None:
+    """A baseline of GPU memory cannot judge host memory, nor the other way round: say so before measuring."""
+    for name in selected:
+        host = loaded.scenarios[name].environment_key.get("sampling_mode") == "host_rss"
+        if host != (device == "cpu"):
+            recorded = "--device cpu (host memory, RSS)" if host else "on GPUs (GPU memory, NVML)"
+            raise UsageError(f"baseline scenario {name} was recorded {recorded}; measuring it with --device {device} would be "
+                             f"incomparable: use --device {'cpu' if host else 'cuda'} (or --allow-env-mismatch)")
+
+
 GATE_HELP = """Judge GPU memory against a baseline kept in git; exit 1 on a regression.
 
 Runs the baseline's scenarios (or, with --results, judges a saved run without GPUs) and compares every rank's bytes per group and step. A metric regresses when it grows by more than BOTH the relative and the absolute threshold (default +5% and +64 MiB); thresholds can be set per metric, group or scenario in the baseline file, or here.
 
-Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version).
+Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version) or the scenario's definition changed.
 
 Examples:
 
 \b
 memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --junit-xml gate.xml
-memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean
-memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean --threshold metric=moe_*/pynccl,relative=2%,absolute=16MiB
-memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/runs/regressed-lean --threshold scenario=tp4-ep2-lean,metric=total_after_first_use,max=3GiB
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/compare-tp4-ep2/tp4-ep2-lean
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/compare-tp4-ep2/tp4-ep2-lean --threshold metric=moe_*/first_use,relative=2%,absolute=16MiB
+memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/compare-tp4-ep2/tp4-ep2-lean --threshold scenario=tp4-ep2-lean,metric=total_after_first_use,max=4GiB
 """
 
 
@@ -170,6 +180,8 @@ def gate(
             from memprobe.measure.sglang_install import check_site
 
             sglang = check_site(sglang)
+        if results is None and not allow_env_mismatch:
+            _check_device_matches(loaded, selected, device)
     except MemprobeError as error:
         raise _fail("gate", error) from None
 

@@ -363,6 +363,8 @@ def judge(
     result = GateResult(baseline_source=baseline.source, results_source=results_source,
                         allow_env_mismatch=allow_env_mismatch)
     result.not_in_baseline = sorted(name for name in comparison.names() if name not in baseline.scenarios)
+    if any(baseline.scenarios[name].environment_key.get("sampling_mode") == "host_rss" for name in selected):
+        result.notes.append("the bytes are host memory (RSS) of each rank, measured with --device cpu: not GPU memory")
     for name in selected:
         _judge_scenario(result, baseline, comparison, name, overrides, allow_env_mismatch)
     return result

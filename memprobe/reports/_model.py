@@ -280,13 +280,19 @@ def alias_text(group: GroupInfo | None) -> str | None:
 
 
 def aliases(summaries: list[ScenarioSummary]) -> list[str]:
-    """``"attention_tp = tp"`` lines, once each, in group order."""
-    seen: dict[str, str] = {}
+    """``"attention_tp = tp"`` entries in group order; where scenarios differ, each entry names the scenarios
+    it holds for (``"moe_tp = tp (tp4)"``), so the note is true of every scenario it speaks of."""
+    holders: dict[str, list[str]] = {}
+    order: dict[str, str] = {}
     for summary in summaries:
         for group in summary.plan:
             if group.alias_of is not None:
-                seen.setdefault(f"{group.name} = {group.alias_of}", group.name)
-    return sorted(seen, key=lambda text: _order_key(seen[text]))
+                text = f"{group.name} = {group.alias_of}"
+                holders.setdefault(text, []).append(summary.name)
+                order.setdefault(text, group.name)
+    every = len(summaries)
+    return [text if len(holders[text]) == every else f"{text} ({', '.join(holders[text])})"
+            for text in sorted(holders, key=lambda text: _order_key(order[text]))]
 
 
 def any_unattributed(summaries: list[ScenarioSummary]) -> bool:

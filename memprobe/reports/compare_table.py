@@ -248,11 +248,12 @@ def moe_table(comparison: Comparison) -> TextTable | None:
     headers = ["scenario", "worst rank"]
     for group in MOE_GROUPS:
         headers += [f"{group} {label} {UNIT}" for _, label in MOE_STEPS]
+    on_cpu = any(summary.item.run.record.device == "cpu" for summary in summaries)
+    skipped = "skipped: not built in this run (--device cpu); " if on_cpu else ""
     table = TextTable(
         title=(
             f"MoE groups per communicator, worst rank, {UNIT} "
-            "(off: not built by the stack; skipped: not built in this run (--device cpu); "
-            "= tp: alias of tp; width 1: singleton)"
+            f"(off: not built by the stack; {skipped}= tp: alias of tp; width 1: singleton)"
         ),
         headers=headers,
         numeric=[False] + [True] * (len(headers) - 1),

@@ -153,8 +153,8 @@ def _decorate(axes: Any, comparison: Comparison, summaries: list[ScenarioSummary
     axes.set_xlabel("scenario (worst rank: largest total after first use)")
     memory = measured_memory([summary.item.run for summary in summaries])
     axes.set_ylabel(f"{memory}, {UNIT} (2^20 bytes)")
-    axes.set_title(f"memprobe {comparison.comparison_id}: {memory} per part after first use (baseline {comparison.baseline})",
-                   fontsize=10)
+    axes.set_title(f"memprobe {comparison.comparison_id}\n{memory} per part after first use (baseline {comparison.baseline})",
+                   fontsize=10)  # two lines: a default comparison id alone is ~50 characters
     axes.axhline(0, color="black", linewidth=0.6)
     axes.margins(y=0.08)
     handles, labels = axes.get_legend_handles_labels()  # top of the stack first, as the bars read

@@ -24,6 +24,7 @@ from memprobe.units import NA, UNIT, mib
 from memprobe.reports._model import COMMUNICATOR_STEPS, GroupInfo, layout_flags, measured_memory, plan_of
 from memprobe.model.records import GROUP_INIT_STEPS, Run
 
+CPU_GROUPS_LABEL = "groups created (gloo + gloo)"  # --device cpu: both of a group's new_group calls are gloo
 STEP_LABELS = {
     "groups_created": "groups created (NCCL + gloo)",
     "pynccl": "pynccl",
@@ -84,7 +85,7 @@ def _is_zero_where_known(values: list[int | None]) -> bool:
 
 
 def component_rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]],
-          skipped: dict[int, set[str]]) -> tuple[list[_Row], list[_Row], list[str]]:
+                   skipped: dict[int, set[str]], device: str = "cuda") -> tuple[list[_Row], list[_Row], list[str]]:
     """(component rows, total rows, notes about what was folded)."""
 
     def values(key: str) -> list[int | None]:
@@ -113,7 +114,8 @@ def component_rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | No
             # a step that builds nothing (width 1, or not in the stack) is folded when it added 0 bytes
             # wherever it was measured; a rank that stopped early shows as n/a in the totals anyway
             if needed or not _is_zero_where_known(values(key)):
-                group_rows.append(_Row(f"{group.name}: {STEP_LABELS[step]}", key))
+                label = CPU_GROUPS_LABEL if device == "cpu" and step == "groups_created" else STEP_LABELS[step]
+                group_rows.append(_Row(f"{group.name}: {label}", key))
             elif group.width > 1:
                 folded_steps.append(f"{group.name}/{step}")
         if group_rows:
@@ -172,7 +174,7 @@ def _render_run(console: Console, run: Run, per_rank: bool) -> None:
     if not per_rank_parts:
         console.print("no readings: nothing to show")
     else:
-        rows, totals, notes = component_rows(plan_of(run), per_rank_parts, skipped_by_rank(run))
+        rows, totals, notes = component_rows(plan_of(run), per_rank_parts, skipped_by_rank(run), run.record.device)
         ranks = sorted(per_rank_parts)
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         table.add_column("component")

@@ -41,7 +41,7 @@ def render_split(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool 
         console.print(f"bytes each step added, split into {TORCH_LABEL} (change of torch-reserved bytes) and the rest; "
                       f"{UNIT} = 2^20 bytes", soft_wrap=True)
         totals_by_rank = {rank: {k: s.total for k, s in parts.items()} for rank, parts in splits.items()}
-        rows, totals, _ = component_rows(plan_of(run), totals_by_rank, skipped_by_rank(run))
+        rows, totals, _ = component_rows(plan_of(run), totals_by_rank, skipped_by_rank(run), run.record.device)
         ranks = sorted(splits)
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         table.add_column("component")
