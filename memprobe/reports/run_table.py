@@ -167,6 +167,15 @@ def render_run(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool = 
         _render_run(console, run, per_rank)
 
 
+def component_table(columns: list[str]) -> Table:
+    """A table with a "component" column and right-aligned value columns, in the style of every run table."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("component")
+    for column in columns:
+        table.add_column(column, justify="right")
+    return table
+
+
 def _render_run(console: Console, run: Run, per_rank: bool) -> None:
     for line in header_lines(run):
         console.print(line)
@@ -176,15 +185,8 @@ def _render_run(console: Console, run: Run, per_rank: bool) -> None:
     else:
         rows, totals, notes = component_rows(plan_of(run), per_rank_parts, skipped_by_rank(run), run.record.device)
         ranks = sorted(per_rank_parts)
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-        table.add_column("component")
-        if per_rank:
-            for rank in ranks:
-                table.add_column(f"rank {rank}\n{UNIT}", justify="right")
-        else:
-            for label in ("min", "median", "max"):
-                table.add_column(f"{label}\n{UNIT}", justify="right")
-            table.add_column("worst rank", justify="right")
+        table = component_table([f"rank {rank}\n{UNIT}" for rank in ranks] if per_rank
+                                else [f"{label}\n{UNIT}" for label in ("min", "median", "max")] + ["worst rank"])
 
         def add(row: _Row) -> None:
             values = {rank: per_rank_parts[rank].get(row.key) for rank in ranks}

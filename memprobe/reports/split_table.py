@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from typing import IO
 
-from rich import box
-from rich.table import Table
 
 from memprobe.analysis.attribution import Split, skipped_by_rank, splits_by_rank
 from memprobe.model.records import Run
 from memprobe.reports._format import console_for, print_table
 from memprobe.reports._model import plan_of
-from memprobe.reports.run_table import component_rows
+from memprobe.reports.run_table import component_rows, component_table
 from memprobe.units import NA, UNIT, mib
 
 TORCH_LABEL = "torch cache"
@@ -43,14 +41,8 @@ def render_split(run: Run, stream: IO[str], *, width: int = 120, per_rank: bool 
         totals_by_rank = {rank: {k: s.total for k, s in parts.items()} for rank, parts in splits.items()}
         rows, totals, _ = component_rows(plan_of(run), totals_by_rank, skipped_by_rank(run), run.record.device)
         ranks = sorted(splits)
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-        table.add_column("component")
-        if per_rank:
-            for rank in ranks:
-                table.add_column(f"rank {rank}: total = torch + rest\n{UNIT}", justify="right")
-        else:
-            for label in ("total", TORCH_LABEL, REST_LABEL):
-                table.add_column(f"{label}\n{UNIT}", justify="right")
+        table = component_table([f"rank {rank}: total = torch + rest\n{UNIT}" for rank in ranks] if per_rank
+                                else [f"{label}\n{UNIT}" for label in ("total", TORCH_LABEL, REST_LABEL)])
         for section in (rows, totals):
             for row in section:
                 cells = [splits[rank].get(row.key, Split(None, None)) for rank in ranks]
