@@ -15,7 +15,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable
 
-from memprobe.model.records import GROUP_INIT_STEPS, Reading, Run
+from memprobe.model.records import Reading, Run
+from memprobe.model.steps import GROUP_INIT_STEPS
 
 # Component keys, in display order, for one group ``G``:
 #   G/groups_created, G/pynccl, G/custom_allreduce  (bytes added while the group was built)

@@ -48,7 +48,8 @@ from typing import Any, Iterable, Mapping
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.errors import MeasurementError, UsageError
 from memprobe.model.layout import GROUP_ORDER
-from memprobe.model.records import GROUP_INIT_STEPS, Run, atomic_write_text
+from memprobe.model.records import Run, atomic_write_text
+from memprobe.model.steps import GROUP_INIT_STEPS
 from memprobe.model.comparison import Comparison
 from memprobe.model.scenario import Scenario, ScenarioSet, validate_name
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from memprobe.errors import UsageError
-from memprobe.model.steps import GROUP_INIT_STEPS, STEPS  # noqa: F401  (the step sequence is defined there)
+from memprobe.model.steps import STEPS
 
 SCHEMA_VERSION = 1
 

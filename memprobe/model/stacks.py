@@ -16,8 +16,9 @@ from typing import Any
 
 from memprobe.errors import UsageError
 from memprobe.model.layout import GROUP_ORDER, GroupPlan
+from memprobe.model.steps import COMMUNICATOR_STEPS
 
-COMMUNICATORS: tuple[str, ...] = ("pynccl", "custom_allreduce")
+COMMUNICATORS: tuple[str, ...] = COMMUNICATOR_STEPS  # a stack's flags are named after the steps that build them
 CUSTOM_ALLREDUCE_IMPLEMENTATIONS: tuple[str, ...] = ("v2", "v1")
 
 

@@ -25,7 +25,7 @@ from memprobe.analysis.attribution import (
     subtract,
 )
 from memprobe.model.layout import GROUP_ORDER, Layout
-from memprobe.model.records import GROUP_INIT_STEPS, Run
+from memprobe.model.records import Run
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.steps import COMMUNICATOR_STEPS
 
@@ -422,8 +422,6 @@ def moe_cell(summary: ScenarioSummary, group_name: str, step: str) -> tuple[str 
 
 
 __all__ = [
-    "COMMUNICATOR_STEPS",
-    "GROUP_INIT_STEPS",
     "GroupInfo",
     "LeanSaving",
     "MOE_GROUPS",

@@ -14,12 +14,12 @@ from memprobe.analysis.attribution import (
 )
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.layout import plan_groups
+from memprobe.model.steps import COMMUNICATOR_STEPS
 
 from memprobe.units import MIB as MiB, mib
 
 TOLERANCE_BYTES = 2 * MiB
 MOE_GROUPS = ("moe_ep", "moe_tp")
-COMMUNICATOR_STEPS = ("pynccl", "custom_allreduce")
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 from memprobe.errors import UsageError
 from memprobe.model.records import atomic_write_bytes
 from memprobe.units import MIB, UNIT, mib_unit
+from memprobe.model.steps import GROUP_INIT_STEPS
 from memprobe.reports._model import (
-    GROUP_INIT_STEPS,
     ScenarioSummary,
     built_group_names,
     measured_memory,

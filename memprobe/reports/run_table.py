@@ -21,8 +21,10 @@ from memprobe.analysis.attribution import (
 )
 from memprobe.reports._format import console_for, print_table
 from memprobe.units import NA, UNIT, mib
-from memprobe.reports._model import COMMUNICATOR_STEPS, GroupInfo, layout_flags, measured_memory, plan_of
-from memprobe.model.records import GROUP_INIT_STEPS, Run
+from memprobe.model.steps import COMMUNICATOR_STEPS
+from memprobe.reports._model import GroupInfo, layout_flags, measured_memory, plan_of
+from memprobe.model.records import Run
+from memprobe.model.steps import GROUP_INIT_STEPS
 
 CPU_GROUPS_LABEL = "groups created (gloo + gloo)"  # --device cpu: both of a group's new_group calls are gloo
 STEP_LABELS = {
