@@ -209,6 +209,15 @@ def print_results_pointer(name: str, run: Any) -> None:
           file=sys.stderr)
 
 
+def gathered_elsewhere(runs: list[tuple[str, Any]]) -> bool:
+    """Whether another node gathered these runs' readings (issue 13); if so, says where, per run."""
+    if not any(run.record.results_at is not None for _, run in runs):
+        return False
+    for name, run in runs:
+        print_results_pointer(name, run)
+    return True
+
+
 def render_timings_of(runs: list[tuple[str, Any]]) -> None:
     from memprobe.reports.timings import render_timings
 

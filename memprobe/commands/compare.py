@@ -11,7 +11,7 @@ import typer
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
     NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, WARMUP,
-    check_choices, check_exports, check_out_dir, launch_options, measure, print_results_pointer, render_and_export,
+    check_choices, check_exports, check_out_dir, launch_options, measure, gathered_elsewhere, render_and_export,
     render_timings_of, show_attribution,
 )
 from memprobe.errors import UsageError
@@ -88,9 +88,7 @@ def compare(
               f"(scenarios that differ only by them differ by host-memory noise)", file=sys.stderr)
     check_out_dir(out_dir)
     comparison = measure(scenario_set, options, jobs=jobs)
-    if any(item.run.record.results_at is not None for item in comparison.runs):  # another node gathered the readings
-        for item in comparison.runs:
-            print_results_pointer(item.scenario.name, item.run)
+    if gathered_elsewhere([(item.scenario.name, item.run) for item in comparison.runs]):
         return 0
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
     show_attribution([(item.scenario.name, item.run) for item in comparison.runs], split, nccl_log or None, per_rank)
@@ -122,13 +120,13 @@ def _default_tp(device: str, options: Any) -> int:
     return count
 
 
-# What a scenario file sets for each scenario; with --scenarios these options would be silently ignored (issue 17).
-_SET_BY_SCENARIO_FILES = {"tp": None, "ep": None, "pp": 1, "moe_dp": 1, "attn_dp": 1, "attn_cp": 1, "stacks": "full,lean",
-                          "baseline_tp": None, "warmup": "tiny", "env_preset": "sglang", "sglang": []}
-
-
 def _refuse_ignored_with_file(**given: Any) -> None:
-    ignored = [name for name, value in given.items() if value != _SET_BY_SCENARIO_FILES[name]]
+    """A scenario file sets each scenario's layout, stacks, warm-up, preset and SGLang: the options for them
+    are refused with --scenarios unless left at their defaults (read from compare's own declarations; issue 17)."""
+    import inspect
+
+    defaults = {name: parameter.default.default for name, parameter in inspect.signature(compare).parameters.items()}
+    ignored = [name for name, value in given.items() if value != defaults[name]]
     if ignored:
         options = ", ".join("--" + name.replace("_", "-") for name in ignored)
         raise UsageError(f"--scenarios FILE sets each scenario's layout, stacks, warm-up, preset and SGLang; {options} "

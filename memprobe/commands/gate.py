@@ -15,7 +15,7 @@ import typer
 
 from memprobe.commands.common import (
     DEFAULT_OUT_DIR, MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, measure,
-    print_results_pointer,
+    gathered_elsewhere,
 )
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import ExitCode, MeasurementError, MemprobeError, UsageError
@@ -192,9 +192,7 @@ def gate(
             from memprobe.model.scenario import with_sglang
 
             comparison = measure(with_sglang(loaded.scenario_set(selected), sglang), options)
-            if any(item.run.record.results_at is not None for item in comparison.runs):  # node 0 judges
-                for item in comparison.runs:
-                    print_results_pointer(item.scenario.name, item.run)
+            if gathered_elsewhere([(item.scenario.name, item.run) for item in comparison.runs]):  # node 0 judges
                 raise typer.Exit(int(ExitCode.OK))
         result = judge(loaded, comparison, thresholds_override=overrides, allow_env_mismatch=allow_env_mismatch,
                        scenarios=selected, results_source=str(results) if results is not None else None)

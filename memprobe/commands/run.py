@@ -12,7 +12,7 @@ from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, EP, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
     NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
     WARMUP, check_choices, check_out_dir, console_width, launch_options, layout_from, print_rank_warnings,
-    print_results_pointer, render_timings_of, show_attribution,
+    gathered_elsewhere, render_timings_of, show_attribution,
 )
 from memprobe.errors import UsageError
 
@@ -69,8 +69,7 @@ def run(
 
     with Progress(enabled=options.progress) as progress:
         result = run_scenario(scenario, options, run_dir, progress=progress, command=["memprobe", *sys.argv[1:]])
-    if result.record.results_at is not None:  # another node gathered the readings
-        print_results_pointer(scenario.name, result)
+    if gathered_elsewhere([(scenario.name, result)]):
         return 0
     from memprobe.reports import render_run
 
