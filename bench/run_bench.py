@@ -1,6 +1,7 @@
 """memprobe against the minimal reference script, on one GPU machine, in one go.
 
     python bench/run_bench.py --tp 4 --ep 2 --repeats 5 --out results/bench/NAME
+    python bench/run_bench.py --scenarios bench/three-on-two-gpus.toml --tp 2 --ep 2 --repeats 0 --out results/bench/NAME
 
 1. speed: ``memprobe compare --tp T --ep E`` (its scenarios side by side: three, or two where lean measures the
    same as full) against as many back-to-back torchrun launches of ``bench/reference.py`` building the same
@@ -48,6 +49,8 @@ def main() -> int:
     parser.add_argument("--ep", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scenarios", type=Path, help="compare this scenario file instead of --tp/--ep's scenarios "
+                        "(each scenario's env also reaches its reference launch)")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -58,10 +61,11 @@ def main() -> int:
     # 1. speed (+ the runs used for the footprint)
     one_run_s = timed([*memprobe, "run", "--tp", str(args.tp), "--ep", str(args.ep), "--stack", "full", "--quiet",
                        "--out-dir", str(out / "memprobe"), "--run-id", "one-run"], env)
-    memprobe_s = timed([*memprobe, "compare", "--tp", str(args.tp), "--ep", str(args.ep), "--quiet",
+    chosen = ["--scenarios", str(args.scenarios.resolve())] if args.scenarios else ["--tp", str(args.tp), "--ep", str(args.ep)]
+    memprobe_s = timed([*memprobe, "compare", *chosen, "--quiet",
                         "--out-dir", str(out / "memprobe"), "--run-id", "compare"], env)
     parallel = comparison = load_comparison(out / "memprobe" / "compare")
-    jobs_s = timed([*memprobe, "compare", "--tp", str(args.tp), "--ep", str(args.ep), "--quiet", "--jobs", "1",
+    jobs_s = timed([*memprobe, "compare", *chosen, "--quiet", "--jobs", "1",
                     "--out-dir", str(out / "memprobe"), "--run-id", "compare-jobs1"], env)
     sequential = load_comparison(out / "memprobe" / "compare-jobs1")
     reference_s = 0.0
@@ -71,7 +75,8 @@ def main() -> int:
         jsonl = out / f"reference-{item.scenario.name}.jsonl"
         jsonl.unlink(missing_ok=True)
         reference_s += timed([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={layout.world_size}",
-                              "bench/reference.py", "--tp", str(layout.tp), "--ep", str(layout.ep), "--stack", stack, str(jsonl)], env)
+                              "bench/reference.py", "--tp", str(layout.tp), "--ep", str(layout.ep), "--stack", stack, str(jsonl)],
+                             {**env, **item.scenario.env})
         reference[item.scenario.name] = {int(line["rank"]): line["process_bytes"]
                                           for line in map(json.loads, jsonl.read_text().splitlines())}
     # 2. repeatability
@@ -104,7 +109,8 @@ def main() -> int:
     )
     gpu = comparison.runs[0].run.record.environment.get("gpu_model", "")
     lines = [
-        f"memprobe bench on {args.tp} x {gpu} (tp {args.tp}, ep {args.ep}); card: {gpu}",
+        f"memprobe bench on {comparison.runs[0].run.record.environment.get('gpu_count', '?')} x {gpu} "
+        f"({'scenarios ' + args.scenarios.name if args.scenarios else f'tp {args.tp}, ep {args.ep}'}); card: {gpu}",
         f"speed: {len(comparison.runs)} reference launches back to back (one per scenario compare ran) {reference_s:.1f} s; one memprobe run (full) {one_run_s:.1f} s; "
         f"memprobe compare (side by side) {memprobe_s:.1f} s; compare --jobs 1 {jobs_s:.1f} s",
         f"  ratio compare / {len(comparison.runs)} reference launches {memprobe_s / reference_s:.2f} (target <= 0.45); "

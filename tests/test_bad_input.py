@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(memprobe, tmp_path, ar
 
 def test_more_gpus_than_visible_is_refused_before_launch(monkeypatch):
     """The GPU-count check, with a fake NVML boundary reporting two GPUs."""
-    from memprobe.launch import supervisor as launcher
+    from memprobe.launch import prepare as launcher
     from memprobe.measure import nvml
     from memprobe.launch.options import LaunchOptions
     from memprobe.model.layout import Layout
@@ -113,7 +113,7 @@ def test_more_gpus_than_visible_is_refused_before_launch(monkeypatch):
 
 
 def test_no_gpu_at_all_says_to_use_cpu(monkeypatch):
-    from memprobe.launch import supervisor as launcher
+    from memprobe.launch import prepare as launcher
     from memprobe.measure import nvml
     from memprobe.launch.options import LaunchOptions
     from memprobe.model.layout import Layout

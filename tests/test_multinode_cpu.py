@@ -12,7 +12,7 @@ from test_pipeline_cpu import leftover_memprobe_processes
 
 import pytest
 
-from memprobe.launch.supervisor import free_port
+from memprobe.launch.processes import free_port
 from memprobe.model.timings import PHASES
 from memprobe.model.records import load_run
 

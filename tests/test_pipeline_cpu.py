@@ -11,7 +11,8 @@ import pytest
 
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.model.comparison import load_comparison
-from memprobe.launch.supervisor import RUN_TOKEN_VARIABLE, expected_readings
+from memprobe.launch.prepare import expected_readings
+from memprobe.model.records import RUN_TOKEN_VARIABLE
 from memprobe.model.layout import Layout, plan_groups
 from memprobe.model.records import load_run
 from memprobe.model.scenario import Scenario

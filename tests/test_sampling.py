@@ -158,7 +158,7 @@ def test_custom_allreduce_v2_sizes_match_sglang_tables():
 # ------------------------------------------------------------------ waiting for the driver to let go
 
 def _patch_launcher_nvml(monkeypatch, fake: FakeNvml) -> None:
-    from memprobe.launch import supervisor as launcher
+    from memprobe.launch import processes as launcher
 
     monkeypatch.setattr(launcher.nvml, "visible_gpus", lambda environment=None: list(fake.gpus))
     monkeypatch.setattr(launcher.nvml, "handle_by_uuid", fake.handle_by_uuid)
@@ -166,7 +166,7 @@ def _patch_launcher_nvml(monkeypatch, fake: FakeNvml) -> None:
 
 
 def test_wait_for_gpu_release_waits_while_nvml_still_lists_a_worker(monkeypatch):
-    from memprobe.launch.supervisor import wait_for_gpu_release
+    from memprobe.launch.processes import wait_for_gpu_release
 
     fake = FakeNvml()
     fake.processes["GPU-1"] = {4242: 600 * MiB, 7: 1 * MiB}  # 7: someone else's process, not waited for
@@ -185,7 +185,7 @@ def test_wait_for_gpu_release_waits_while_nvml_still_lists_a_worker(monkeypatch)
 
 
 def test_wait_for_gpu_release_gives_up_at_its_timeout_and_never_waits_without_pids_or_nvml(monkeypatch):
-    from memprobe.launch.supervisor import wait_for_gpu_release
+    from memprobe.launch.processes import wait_for_gpu_release
 
     fake = FakeNvml()
     fake.processes["GPU-0"] = {4242: 600 * MiB}
@@ -195,7 +195,7 @@ def test_wait_for_gpu_release_gives_up_at_its_timeout_and_never_waits_without_pi
     assert wait_for_gpu_release({99}, {}) < 0.05  # a PID NVML does not list (another PID namespace)
     fake.fail_processes = True
     assert wait_for_gpu_release({4242}, {}) < 0.05  # a failed query is not a reason to wait
-    from memprobe.launch import supervisor as launcher
+    from memprobe.launch import processes as launcher
 
     monkeypatch.setattr(launcher.nvml, "visible_gpus", lambda environment=None: nvml.NotAvailable("no driver"))
     assert wait_for_gpu_release({4242}, {}) == 0.0

@@ -9,11 +9,13 @@ from memprobe.reports.timings import timing_lines
 
 
 def events(start: float, offset: float = 0.0) -> list[dict]:
-    """One rank's stream: started, imported, three readings, gathered, done (times relative to ``start``)."""
+    """One rank's stream: the launcher's launched and imported, the measuring process's started, four readings,
+    gathered, done (times relative to ``start``)."""
     t = start + offset
     return [
-        {"type": "started", "time": t + 1.0},
+        {"type": "launched", "pid": 10, "time": t + 1.0},
         {"type": "phase", "name": "imported", "time": t + 3.0},
+        {"type": "started", "pid": 11, "time": t + 3.2},
         {"type": "reading", "sequence": 0, "group": "", "step": "start", "time": t + 3.5},
         {"type": "reading", "sequence": 1, "group": "", "step": "cuda_context", "time": t + 3.6},
         {"type": "reading", "sequence": 2, "group": "world", "step": "world", "time": t + 4.1},
@@ -29,14 +31,25 @@ def test_phases_follow_the_slowest_rank_and_add_up_to_the_total():
                           workers_exited_at=start + 6.0, exited_at=start + 6.5, gpu_release_s=0.5)
     phases = timings["phases"]
     assert list(phases) == list(PHASES)
-    assert phases["torchrun_start"] == pytest.approx(1.25)  # launch -> the slowest rank's started event
-    assert phases["import"] == pytest.approx(2.0) and phases["cuda_context"] == pytest.approx(0.6)
+    assert phases["torchrun_start"] == pytest.approx(1.25)  # launch -> the slowest rank's launcher
+    assert phases["import"] == pytest.approx(2.0) and phases["queued"] == pytest.approx(0.2)
+    assert phases["cuda_context"] == pytest.approx(0.4)
     assert phases["steps"] == pytest.approx(1.0) and phases["gather"] == pytest.approx(0.2)
     assert phases["teardown"] == pytest.approx(0.2)
     assert phases["workers_exit"] == pytest.approx(0.75) and phases["torchrun_exit"] == pytest.approx(0.5)
     assert phases["gpu_release"] == 0.5
     assert timings["total_s"] == pytest.approx(7.0) == pytest.approx(sum(phases.values()))
     assert timings["steps"] == [["world", "world", 0.5], ["", "end", 0.5]]
+
+
+def test_a_run_made_before_launchers_has_no_queue_and_its_workers_start_ends_torchrun_start():
+    start = 10.0
+    old = [event for event in events(start) if event["type"] != "launched"]
+    old[1]["time"] = start + 1.0  # then, the worker itself streamed started first
+    old[0], old[1] = old[1], old[0]
+    phases = run_timings({0: old}, start, start + 6.0, start + 6.5, None)["phases"]
+    assert phases["torchrun_start"] == pytest.approx(1.0) and phases["import"] == pytest.approx(2.0)
+    assert phases["queued"] is None and phases["cuda_context"] == pytest.approx(0.6)
 
 
 def test_a_phase_that_never_happened_is_missing_not_zero():
@@ -50,7 +63,7 @@ def test_a_phase_that_never_happened_is_missing_not_zero():
 def test_rendering_names_every_phase_and_the_slowest_steps():
     timings = run_timings({0: events(0.0)}, 0.0, 6.0, 6.5, 0.5)
     text = "\n".join(timing_lines("tp4-ep2-full", timings))
-    for label in ("torchrun start", "import", "CUDA context", "steps", "gather", "teardown", "workers exit",
+    for label in ("torchrun start", "import", "queued", "CUDA context", "steps", "gather", "teardown", "workers exit",
                   "torchrun exit", "GPU release wait", "total"):
         assert label in text
     assert "  total                               7.00 s" in text.splitlines()

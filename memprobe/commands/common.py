@@ -69,7 +69,7 @@ NODE_RANK = typer.Option(0, "--node-rank", envvar=ENV + "NODE_RANK", help="This 
 MASTER_ADDR = typer.Option("127.0.0.1", "--master-addr", envvar=ENV + "MASTER_ADDR", help="Rendezvous host (passed to torchrun).")
 MASTER_PORT = typer.Option(None, "--master-port", envvar=ENV + "MASTER_PORT",
                            help="Rendezvous port (default: a free port; needed with --nnodes > 1 unless --rdzv-endpoint is given).")
-RDZV_BACKEND = typer.Option("c10d", "--rdzv-backend", envvar=ENV + "RDZV_BACKEND", help="torchrun's dynamic rendezvous backend (with --rdzv-endpoint).")
+RDZV_BACKEND = typer.Option("c10d", "--rdzv-backend", envvar=ENV + "RDZV_BACKEND", help="torchrun's dynamic rendezvous backend (with --rdzv-endpoint): c10d or static.")
 RDZV_ENDPOINT = typer.Option(None, "--rdzv-endpoint", envvar=ENV + "RDZV_ENDPOINT",
                              help="HOST:PORT of torchrun's dynamic rendezvous (Slurm, Kubernetes); replaces --master-addr/--master-port "
                                   "and --node-rank decides only which ranks' streams this node keeps.")

@@ -110,7 +110,7 @@ def _default_tp(device: str, options: Any) -> int:
     if device == "cpu":
         return 4
     from memprobe.launch.options import worker_environment
-    from memprobe.launch.supervisor import visible_gpu_count
+    from memprobe.launch.prepare import visible_gpu_count
     from memprobe.model.layout import Layout
     from memprobe.model.scenario import Scenario
 

@@ -40,7 +40,8 @@ def run(
       memprobe run --tp 4 --ep 2 --stack lean
       memprobe run --device cpu --tp 4 --ep 2 --stack full
     """
-    from memprobe.launch.supervisor import new_run_dir, preflight, run_scenario
+    from memprobe.launch.prepare import new_run_dir, preflight
+    from memprobe.launch.several import run_scenario
     from memprobe.model.scenario import Scenario, parse_env_assignments
 
     layout = layout_from(tp, ep, pp, moe_dp, attn_dp, attn_cp)

@@ -12,6 +12,7 @@ from memprobe.model.records import NCCL_LOG_FOLDER
 from memprobe.model.scenario import ENV_PRESETS, Scenario
 
 DEVICES = ("cuda", "cpu")
+RDZV_BACKENDS = ("c10d", "static")
 DEFAULT_TIMEOUT_S = 300.0
 _NOT_SETTINGS = ("NCCL_VERSION",)  # image metadata, not a setting (set by NVIDIA containers)
 RECORDED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_DEVICE_ORDER",
@@ -59,8 +60,9 @@ class LaunchOptions:
             raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST[:PORT]")
         if self.rdzv_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.rdzv_id):
             raise UsageError(f"--rdzv-id {self.rdzv_id!r} may use only letters, digits, '.', '_' and '-'")
-        if self.rdzv_backend not in ("c10d", "etcd", "etcd-v2", "static"):
-            raise UsageError(f"--rdzv-backend must be c10d, etcd, etcd-v2 or static, got {self.rdzv_backend!r}")
+        # etcd rendezvous keeps its store from the workers, and each scenario rendezvouses in that store (issue 16)
+        if self.rdzv_backend not in RDZV_BACKENDS:
+            raise UsageError(f"--rdzv-backend must be c10d or static, got {self.rdzv_backend!r}")
         if self.run_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.run_id):
             raise UsageError(f"--run-id {self.run_id!r} may use only letters, digits, '.', '_' and '-'")
 

@@ -1,77 +1,94 @@
-"""Run the scenarios of a comparison, each in its own torchrun launch, one after another or side by side."""
+"""Measure a run's scenario or a comparison's, in as few torchrun launches as can share one (issue 16).
+
+A comparison's scenarios share one launch whenever their environments differ only in what is
+read after the fork (:mod:`memprobe.launch.plan`): torchrun starts and torch is imported once,
+then every scenario runs in processes of its own, side by side (``--jobs``) or in turn.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Callable
 
 from memprobe.errors import UsageError
+from memprobe.launch.options import LaunchOptions, nccl_log_environment, worker_environment
+from memprobe.launch.plan import Member, plan_launches
+from memprobe.launch.prepare import new_run_dir, preflight
+from memprobe.launch.supervisor import ProgressCallback, StopFlag, run_launch
 from memprobe.model.comparison import Comparison, ScenarioRun, write_comparison_index
-from memprobe.model.scenario import ScenarioSet
+from memprobe.model.records import Run
+from memprobe.model.scenario import Scenario, ScenarioSet
 
 
-def run_scenarios(scenario_set: ScenarioSet, options, progress=None, command: list[str] | None = None,
-                  jobs: int = 1) -> Comparison:
-    """Run every scenario in its own torchrun launch (fresh processes, fresh CUDA contexts).
+def member(scenario: Scenario, options: LaunchOptions, run_dir: Path) -> Member:
+    environment = worker_environment(scenario, options)
+    if options.nccl_log:  # NCCL's own account of every communicator (issue 14)
+        environment.update(nccl_log_environment(run_dir))
+    return Member(scenario=scenario, run_dir=run_dir, environment=environment)
 
-    Results go to ``options.out_dir/<comparison-id>/<scenario>/``; ``comparison.json`` is
-    rewritten after every scenario, so a comparison that stops early keeps what finished.
-    A failing scenario stops the comparison with :class:`MeasurementError`.
+
+def run_scenario(scenario: Scenario, options: LaunchOptions, run_dir: Path, progress: ProgressCallback | None = None,
+                 command: list[str] | None = None) -> Run:
+    """``memprobe run``: one scenario in one launch, into ``run_dir`` (created here).
+
+    Raises :class:`MeasurementError` when a rank fails, goes silent past ``options.timeout_s`` or
+    the launch breaks; ``run.json`` (status ``incomplete``) and every finished reading are kept.
     """
-    from memprobe.launch.supervisor import new_run_dir, preflight, run_scenario
+    [planned] = plan_launches([member(scenario, options, run_dir)])
+    return run_launch(planned, options, run_dir, jobs=1, progress=progress, command=command)[0]
 
-    preflight(list(scenario_set.scenarios), options)
+
+def run_scenarios(scenario_set: ScenarioSet, options: LaunchOptions, progress: ProgressCallback | None = None,
+                  command: list[str] | None = None, jobs: int = 1) -> Comparison:
+    """Every scenario, each in processes and CUDA contexts of its own, in as few launches as can share one.
+
+    Results go to ``options.out_dir/<comparison-id>/<scenario>/``. ``jobs`` scenarios run at once
+    (0: all of them side by side on GPUs, where per-process figures keep them apart; in turn on
+    CPUs, where a 2-core CI machine would only slow them down). A failing scenario does not stop
+    the others of its launch; the first failure is raised once they all ended.
+    """
+    scenarios = list(scenario_set.scenarios)
+    preflight(scenarios, options)
     root = Path(options.out_dir)
-    name = options.run_id or "compare-" + "-vs-".join(dict.fromkeys(s.layout.slug() for s in scenario_set.scenarios))
+    name = options.run_id or "compare-" + "-vs-".join(dict.fromkeys(s.layout.slug() for s in scenarios))
     path = root / options.run_id if options.run_id else new_run_dir(root, name)
     if path.exists():
         raise UsageError(f"output folder {path} already exists; choose another --run-id")
     path.mkdir(parents=True)
-    if options.nnodes > 1:
-        jobs = 1  # every node must launch the same scenario on the same rendezvous at the same time
-    if jobs <= 0:  # auto: side by side on GPUs (per-process figures), one after another on CPUs (2-core CI)
-        jobs = len(scenario_set.scenarios) if options.device == "cuda" else 1
-    folders = {scenario.name: scenario.name for scenario in scenario_set.scenarios}
-    write_comparison_index(path, path.name, scenario_set, folders)
-    if jobs <= 1:
-        runs = [ScenarioRun(scenario, run_scenario(scenario, options, path / scenario.name, progress=progress, command=command))
-                for scenario in scenario_set.scenarios]
+    if jobs <= 0:
+        jobs = len(scenarios) if options.device == "cuda" else 1
+    write_comparison_index(path, path.name, scenario_set, {scenario.name: scenario.name for scenario in scenarios})
+    launches = plan_launches([member(scenario, options, path / scenario.name) for scenario in scenarios])
+    calls = [functools.partial(run_launch, planned, options, path, jobs, "" if len(launches) == 1 else f"-{index + 1}",
+                               progress, command) for index, planned in enumerate(launches)]
+    if len(calls) > 1 and jobs >= len(scenarios):  # every scenario side by side, whichever launch it is in
+        done = _side_by_side(calls, path)
     else:
-        runs = _run_concurrently(scenario_set, options, path, jobs, progress, command)
-    return Comparison(comparison_id=path.name, baseline=scenario_set.baseline, runs=runs, path=path)
+        done = [run for call in calls for run in call()]
+    runs = {run.record.scenario: run for run in done}
+    return Comparison(comparison_id=path.name, baseline=scenario_set.baseline,
+                      runs=[ScenarioRun(scenario, runs[scenario.name]) for scenario in scenarios], path=path)
 
 
-def _run_concurrently(scenario_set: ScenarioSet, options, path: Path, jobs: int, progress, command) -> list[ScenarioRun]:
-    """``--jobs N``: scenarios run side by side, each in its own torchrun launch and processes.
-
-    Per-process NVML figures are unaffected by other processes on the same GPUs; device-level
-    figures are not, so a worker that cannot read per-process figures refuses to run on a GPU
-    other processes use (unless --allow-busy-gpu). Signals reach only this (main) thread, which
-    passes them on through a StopFlag.
-    """
+def _side_by_side(calls: list[Callable[..., list[Run]]], path: Path) -> list[Run]:
+    """Launches that cannot share one (another SGLang installation, say) run at the same time, each followed
+    from a thread of its own. Signals reach only this (main) thread, which passes them on through a StopFlag."""
     import concurrent.futures
     import signal as signals
 
     from memprobe.errors import Interrupted
-    from memprobe.launch.supervisor import StopFlag, run_scenario
-
-    import uuid
 
     stop = StopFlag()
-    token = uuid.uuid4().hex
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {scenario.name: pool.submit(run_scenario, scenario, options, path / scenario.name, progress, command,
-                                              stop, token)
-                   for scenario in scenario_set.scenarios}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call, stop=stop) for call in calls]
         try:
-            pending = set(futures.values())
+            pending = set(futures)
             while pending:
                 _, pending = concurrent.futures.wait(pending, timeout=0.2)
         except KeyboardInterrupt as interrupt:
             number = interrupt.args[0] if interrupt.args and isinstance(interrupt.args[0], int) else signals.SIGINT
             stop.stop(number)
-            concurrent.futures.wait(futures.values())
+            concurrent.futures.wait(futures)
             raise Interrupted(number, str(path)) from None
-    runs = []
-    for scenario in scenario_set.scenarios:
-        runs.append(ScenarioRun(scenario, futures[scenario.name].result()))  # re-raises the first failure in order
-    return runs
+    return [run for future in futures for run in future.result()]  # re-raises the first failure, in launch order

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from memprobe.measure.rendezvous import INIT_METHOD
 from memprobe.model.layout import GroupPlan, Layout, plan_groups
 from memprobe.model.records import CONCURRENT_VARIABLE, RankInfo, Reading
 from memprobe.model.stacks import GroupFlags, Stack
@@ -229,7 +230,9 @@ class ReferenceEngine:
     def _world(self) -> None:
         self.current = ("world", "world")
         backend = "gloo" if self.device_kind == "cpu" else "nccl"
-        dist.init_process_group(backend=backend, timeout=self.timeout)  # no device_id: lazy, as SGLang
+        # no device_id: lazy, as SGLang; the scenario's own keys in torchrun's store (issue 16)
+        dist.init_process_group(backend=backend, init_method=INIT_METHOD, rank=self.rank, world_size=self.world_size,
+                                timeout=self.timeout)
         world = self.plan.group("world")
         device_group, cpu_group = self._new_groups(world)
         self.device_groups["world"], self.cpu_groups["world"] = device_group, cpu_group

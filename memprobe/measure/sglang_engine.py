@@ -27,6 +27,7 @@ import inspect
 import os
 from typing import Any, Iterator
 
+from memprobe.measure.rendezvous import INIT_METHOD
 from memprobe.model.layout import GroupPlan, Layout
 from memprobe.model.steps import GROUP_INIT_STEPS
 
@@ -242,7 +243,7 @@ def make_sglang_engine(base: type) -> type:
             self.current = ("world", "world")
             ps.init_distributed_environment(
                 world_size=self.world_size, rank=self.rank, local_rank=self.local_rank,
-                distributed_init_method="env://", backend=backend, timeout=int(self.timeout.total_seconds()))
+                distributed_init_method=INIT_METHOD, backend=backend, timeout=int(self.timeout.total_seconds()))
             world = ps.get_world_group()
             self.device_groups["world"], self.cpu_groups["world"] = world.device_group, world.cpu_group
             self.world_cpu_group = world.cpu_group

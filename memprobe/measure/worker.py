@@ -1,9 +1,17 @@
-"""Worker entry point, started by torchrun once per rank: ``python -m memprobe.measure.worker RUN_DIR``.
+"""What torchrun starts once per rank: ``python -m memprobe.measure.worker LAUNCH_FILE``.
 
-The first thing a worker does is stream a ``started`` event (with its PID) into
-``RUN_DIR/ranks/rank-NNNNN.jsonl``; every reading follows as it is taken, so nothing
-finished is lost if the run dies. Rank 0 finally gathers everything over gloo and writes
-``readings.csv`` and ``ranks.json``.
+One torchrun launch measures every scenario of a comparison (issue 16). The process torchrun
+starts for a rank (the *launcher*) imports torch once, without touching CUDA, then forks one
+*measuring process* per scenario: side by side (up to ``jobs`` at once) or in turn. Each
+measuring process has its own PID and its own CUDA context, applies its scenario's environment
+(NCCL settings are read when NCCL starts, after the fork), and rendezvouses under its
+scenario's own keys (:mod:`memprobe.measure.rendezvous`); so its per-process readings are
+those of a launch of its own, without paying for torchrun and ``import torch`` again.
+
+Events go to ``RUN_DIR/ranks/rank-NNNNN.jsonl`` of each scenario as they happen: the launcher's
+``launched`` and ``imported``, then the measuring process's ``started`` (with its PID) and every
+reading, so nothing finished is lost if the run dies. Rank 0 of each scenario finally gathers
+its readings over gloo and writes ``readings.csv`` and ``ranks.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from memprobe.model.records import WORKERS_LOG, WORKER_CONFIG, stream_path
+
+FRESH = "--fresh-interpreter"
 
 
 class EventStream:
@@ -30,14 +41,156 @@ class EventStream:
         self.stream.write(json.dumps(event, sort_keys=True) + "\n")
         self.stream.flush()
 
+    def close(self) -> None:
+        self.stream.close()
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this worker if its torchrun agent dies (Linux PR_SET_PDEATHSIG)."""
+
+def _die_with_parent(parent: int | None = None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG)."""
     try:
         libc = ctypes.CDLL(None)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
-        pass
+        return
+    if parent is not None and os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
+def _ranks() -> tuple[int, int, int, int]:
+    return (int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]),
+            int(os.environ.get("GROUP_RANK", "0")))
+
+
+# ---------------------------------------------------------------------------- launcher
+
+class Launcher:
+    """Forks the measuring processes of one rank and passes a stop signal on to them."""
+
+    def __init__(self, launch: dict[str, Any], launch_file: Path) -> None:
+        self.launch_file = launch_file
+        self.entries = list(launch["scenarios"])
+        self.jobs = max(1, int(launch.get("jobs", 1)))
+        self.running: dict[int, str] = {}  # pid -> scenario
+        self.stopping = 0
+
+    def on_signal(self, number: int, frame: Any) -> None:
+        self.stopping = self.stopping or number
+        for pid in self.running:
+            try:
+                os.kill(pid, number)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        """Every scenario's measuring process, ``jobs`` at a time; the first failing exit code, else 0."""
+        queue, exit_code = list(self.entries), 0
+        while queue or self.running:
+            while queue and len(self.running) < self.jobs and not self.stopping:
+                entry = queue.pop(0)
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(_measuring_process(entry, self.launch_file, "forked"))
+                self.running[pid] = entry["name"]
+            if self.stopping:
+                queue.clear()
+            if not self.running:
+                break
+            pid, status = os.wait()
+            self.running.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0 and exit_code == 0:
+                exit_code = code if code > 0 else 128 - code  # killed by a signal: 128 + its number
+        return exit_code or (128 + self.stopping if self.stopping else 0)
+
+
+def main(argv: list[str]) -> int:
+    launch_file = Path(argv[1])
+    launch = json.loads(launch_file.read_text(encoding="utf-8"))
+    if argv[2:3] == [FRESH]:  # a measuring process that had to leave its fork for a fresh interpreter
+        entry = next(entry for entry in launch["scenarios"] if entry["name"] == argv[3])
+        return _measuring_process(entry, launch_file, "fresh")
+    rank, local_rank, _, group_rank = _ranks()
+    _die_with_parent()  # torchrun's agent
+    launched = {"type": "launched", "rank": rank, "local_rank": local_rank, "pid": os.getpid(), "group_rank": group_rank,
+                "time": time.time()}
+    for entry in launch["scenarios"]:
+        _announce(Path(entry["run_dir"]), rank, launched)
+    import torch  # noqa: F401  (once for every scenario; CUDA stays untouched until a measuring process starts)
+
+    import memprobe.measure.engine  # noqa: F401
+    import memprobe.measure.rendezvous  # noqa: F401
+
+    # fork() copies only the calling thread: a launcher with no other thread forks safely (the count is kept)
+    imported = {"type": "phase", "name": "imported", "time": time.time(), "threads": len(os.listdir("/proc/self/task"))}
+    for entry in launch["scenarios"]:
+        _announce(Path(entry["run_dir"]), rank, imported)
+    if len(launch["scenarios"]) == 1:  # `memprobe run`: nothing to share, so no fork (and no fork poison)
+        code = _measuring_process(launch["scenarios"][0], launch_file, "launcher")
+    else:
+        launcher = Launcher(launch, launch_file)
+        signal.signal(signal.SIGTERM, launcher.on_signal)
+        signal.signal(signal.SIGINT, launcher.on_signal)
+        code = launcher.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # nothing to finalise here; skipping interpreter shutdown saves ~0.6 s per launch
+
+
+def _announce(run_dir: Path, rank: int, event: dict[str, Any]) -> None:
+    stream = EventStream(stream_path(run_dir, rank))
+    stream(dict(event))
+    stream.close()  # closed before any fork: a measuring process opens its own
+
+
+# --------------------------------------------------------------------- measuring process
+
+def _in_bad_fork() -> bool:
+    """Whether CUDA was started in the launcher before the fork, which leaves it unusable here (torch's fork poison).
+
+    Seen on 2 x H200 with the offline SGLang sites of tools/sglang_offline: their sitecustomize.py imports SGLang
+    at interpreter start, and SGLang asks torch.cuda about the device when imported. ``MEMPROBE_TEST_BAD_FORK=1``
+    takes this path on CPU (tests).
+    """
+    if os.environ.get("MEMPROBE_TEST_BAD_FORK") == "1":
+        return True
+    import torch
+
+    return bool(getattr(torch.cuda, "_is_in_bad_fork", lambda: False)())
+
+
+def _measuring_process(entry: dict[str, Any], launch_file: Path, process: str) -> int:
+    """One scenario on this rank, in a ``forked`` child of the launcher, in the ``launcher`` itself (a launch of one
+    scenario) or in the ``fresh`` interpreter a forked child became. Returns the exit code, never raises."""
+    try:
+        parent = os.getppid()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _die_with_parent(parent)
+        for key in entry.get("unset", []):
+            os.environ.pop(key, None)
+        os.environ.update(entry.get("env", {}))
+        run_dir = Path(entry["run_dir"])
+        if process != "fresh":  # a fresh interpreter keeps the output its fork was given
+            log = os.open(run_dir / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(log)
+            if process == "forked" and _in_bad_fork():  # a fresh interpreter (same PID, same variables): slower, but CUDA works there
+                os.environ.pop("MEMPROBE_TEST_BAD_FORK", None)
+                os.execv(sys.executable, [sys.executable, "-u", "-m", "memprobe.measure.worker", str(launch_file),
+                                          FRESH, entry["name"]])
+        from memprobe.measure.rendezvous import use_scenario_store
+
+        use_scenario_store(entry["name"])
+        code = measure(run_dir, process)
+    except BaseException:  # anything before measure() could report it: torchrun sees the exit code
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
 
 
 def _results_location(engine: Any, run_dir: Path) -> dict[str, str]:
@@ -52,25 +205,12 @@ def _results_location(engine: Any, run_dir: Path) -> dict[str, str]:
     return location[0]
 
 
-def main(argv: list[str]) -> int:
-    run_dir = Path(argv[1])
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    world_size = int(os.environ["WORLD_SIZE"])
-    _die_with_parent()
-    from memprobe.model.records import WORKER_CONFIG, stream_path
-
-    emit = EventStream(stream_path(run_dir, rank))
-    emit({"type": "started", "rank": rank, "local_rank": local_rank, "pid": os.getpid(),
-          "group_rank": int(os.environ.get("GROUP_RANK", "0"))})
-    config = json.loads((run_dir / WORKER_CONFIG).read_text(encoding="utf-8"))
-
-    from memprobe.measure.engine import ReferenceEngine, format_exception
+def _engine(config: dict[str, Any], emit: EventStream) -> Any:
+    from memprobe.measure.engine import ReferenceEngine
     from memprobe.model.layout import Layout
     from memprobe.model.stacks import GroupFlags, Stack
 
-    emit({"type": "phase", "name": "imported"})  # torch and the engine are imported (issue 16's timings)
-
+    rank, local_rank, world_size, _ = _ranks()
     stack_document = config["stack"]
     stack = Stack(
         name=stack_document["name"],
@@ -83,11 +223,21 @@ def main(argv: list[str]) -> int:
         from memprobe.measure.sglang_engine import make_sglang_engine
 
         engine_class = make_sglang_engine(ReferenceEngine)
-    engine = engine_class(
+    return engine_class(
         layout=Layout(**config["layout"]), stack=stack, device=config["device"], warmup=config["warmup"],
         timeout_s=float(config["timeout_s"]), emit=emit, rank=rank, local_rank=local_rank, world_size=world_size,
         allow_busy_gpu=bool(config.get("allow_busy_gpu", False)),
     )
+
+
+def measure(run_dir: Path, process: str = "launcher") -> int:
+    """Measure the scenario of ``run_dir`` on this rank; the exit code (0, 1 on an error, 130 on an interrupt)."""
+    rank, local_rank, _, group_rank = _ranks()
+    emit = EventStream(stream_path(run_dir, rank))
+    emit({"type": "started", "rank": rank, "local_rank": local_rank, "pid": os.getpid(), "group_rank": group_rank,
+          "process": process})
+    config = json.loads((run_dir / WORKER_CONFIG).read_text(encoding="utf-8"))
+    engine = _engine(config, emit)
     try:
         engine.run()
         emit({"type": "info", **asdict(engine.info)})
@@ -102,13 +252,13 @@ def main(argv: list[str]) -> int:
         emit({"type": "phase", "name": "gathered"})
         engine.shutdown()
     except BaseException as error:  # report where it broke, then let torchrun see the failure
+        from memprobe.measure.engine import format_exception
+
         group, step = engine.current
         emit({"type": "info", **asdict(engine.info)})
         emit({"type": "error", "rank": rank, "group": group, "step": step,
               "message": f"{type(error).__name__}: {error}".splitlines()[0][:500], "traceback": format_exception(error)})
-        if isinstance(error, KeyboardInterrupt):
-            return 130
-        return 1
+        return 130 if isinstance(error, KeyboardInterrupt) else 1
     emit({"type": "done", "rank": rank, "results_at": results_at})
     return 0
 

@@ -28,8 +28,11 @@ SCHEMA_VERSION = 1
 
 # What the parent and its workers agree on besides the files: the variables that mark a run's processes.
 RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"  # every process of one launch (found again through /proc/PID/environ)
-CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"  # every process of one side-by-side comparison
+CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"  # every process of a launch whose scenarios run side by side
 WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into the run folder by the parent
+WORKERS_LOG = "workers.log"  # what the scenario's measuring processes on this node printed (issue 16)
+LAUNCH_FILE = "launch.json"  # the scenarios one torchrun launch measures, read by every rank's launcher
+TORCHRUN_LOG = "torchrun.log"  # torchrun's own output and its launchers'
 NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
 
 STATUSES: tuple[str, ...] = ("ok", "skipped", "failed")
@@ -124,6 +127,7 @@ class RunRecord:
     gpu_release_s: float | None = None  # seconds waited after the workers stopped until NVML no longer listed them
     timings: dict[str, Any] = field(default_factory=dict)  # where the time went: model/timings.py
     results_at: dict[str, Any] | None = None  # on a node other than 0: host and folder of the gathered results
+    launch: dict[str, Any] = field(default_factory=dict)  # the torchrun launch it shared: scenarios, jobs (issue 16)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -3,16 +3,19 @@
 Every event a worker streams carries ``time`` (``time.time()``, the host clock the parent
 shares for its own ranks). Phases, in order, each measured on the slowest local rank:
 
-* ``torchrun_start``: launch -> the first worker's ``started`` event (torchrun's own import,
-  rendezvous and worker spawn);
-* ``import``: ``started`` -> ``imported`` (interpreter, torch and memprobe's worker modules);
-* ``cuda_context``: ``imported`` -> the ``cuda_context`` reading (NVML set-up and the context);
+* ``torchrun_start``: launch -> the slowest rank's launcher runs (``launched``; ``started`` in runs
+  made before one launch measured several scenarios): torchrun's own import, rendezvous and spawn;
+* ``import``: -> ``imported`` (interpreter, torch and memprobe's worker modules), once per launch;
+* ``queued``: ``imported`` -> the scenario's measuring process ``started`` (the fork, and in-turn
+  launches the scenarios before it; none in older runs);
+* ``cuda_context``: -> the ``cuda_context`` reading (NVML set-up and the context);
 * ``steps``: ``cuda_context`` reading -> ``end`` reading (every group and communicator,
   broken down per step in ``steps``);
 * ``gather``: ``end`` reading -> ``gathered`` (rank 0 collects every reading; files written);
 * ``teardown``: ``gathered`` -> ``done`` (communicators and process groups destroyed);
-* ``workers_exit``: ``done`` -> the last worker process gone (interpreter shutdown);
-* ``torchrun_exit``: -> torchrun exited (it notices, runs its exit barrier and stops its store);
+* ``workers_exit``: ``done`` -> the scenario's last measuring process gone;
+* ``torchrun_exit``: -> torchrun exited (the launch's other scenarios, its launchers' exit, torchrun's exit
+  barrier and store);
 * ``gpu_release``: waiting until NVML no longer lists the workers.
 """
 
@@ -20,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-PHASES: tuple[str, ...] = ("torchrun_start", "import", "cuda_context", "steps", "gather", "teardown", "workers_exit", "torchrun_exit",
-                          "gpu_release")
+PHASES: tuple[str, ...] = ("torchrun_start", "import", "queued", "cuda_context", "steps", "gather", "teardown", "workers_exit",
+                          "torchrun_exit", "gpu_release")
 
 
 def _slowest(events_by_rank: dict[int, list[dict[str, Any]]], match) -> float | None:
@@ -52,14 +55,21 @@ def _step_times(events_by_rank: dict[int, list[dict[str, Any]]]) -> list[list[An
 def run_timings(events_by_rank: dict[int, list[dict[str, Any]]], launched_at: float, workers_exited_at: float | None,
                 exited_at: float, gpu_release_s: float | None) -> dict[str, Any]:
     """``{"phases": {phase: seconds or None}, "steps": [[group, step, seconds], ...], "total_s": ...}``."""
+    def kind(name: str):
+        return lambda e: e.get("type") == name
+
+    launched = _slowest(events_by_rank, kind("launched"))
+    started = _slowest(events_by_rank, kind("started"))
+    imported = _slowest(events_by_rank, lambda e: e.get("type") == "phase" and e.get("name") == "imported")
     marks = [
         launched_at,
-        _slowest(events_by_rank, lambda e: e.get("type") == "started"),
-        _slowest(events_by_rank, lambda e: e.get("type") == "phase" and e.get("name") == "imported"),
+        launched if launched is not None else started,  # a run made before launchers: its workers' start
+        imported,
+        started if launched is not None else imported,  # older runs: no queue, the context follows the import
         _slowest(events_by_rank, _reading("cuda_context")),
         _slowest(events_by_rank, _reading("end")),
         _slowest(events_by_rank, lambda e: e.get("type") == "phase" and e.get("name") == "gathered"),
-        _slowest(events_by_rank, lambda e: e.get("type") == "done"),
+        _slowest(events_by_rank, kind("done")),
         workers_exited_at,
         exited_at,
     ]
@@ -67,6 +77,8 @@ def run_timings(events_by_rank: dict[int, list[dict[str, Any]]], launched_at: fl
     for index, name in enumerate(PHASES[:-1]):
         start, end = marks[index], marks[index + 1]
         phases[name] = round(end - start, 3) if start is not None and end is not None else None
+    if launched is None:
+        phases["queued"] = None
     phases["gpu_release"] = gpu_release_s
     total = exited_at - launched_at + (gpu_release_s or 0.0)
     return {"phases": phases, "steps": _step_times(events_by_rank), "total_s": round(total, 3)}

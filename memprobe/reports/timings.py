@@ -6,9 +6,10 @@ from typing import IO, Any
 
 from memprobe.model.timings import PHASES
 
-LABELS = {"torchrun_start": "torchrun start", "import": "import (interpreter, torch)", "cuda_context": "CUDA context",
+LABELS = {"torchrun_start": "torchrun start", "import": "import (interpreter, torch)",
+          "queued": "queued (fork; earlier scenarios)", "cuda_context": "CUDA context",
           "steps": "steps (groups, communicators)", "gather": "gather", "teardown": "teardown (destroy groups)",
-          "workers_exit": "workers exit", "torchrun_exit": "torchrun exit",
+          "workers_exit": "workers exit", "torchrun_exit": "torchrun exit (launch ends)",
           "gpu_release": "GPU release wait"}
 SLOWEST_STEPS = 5
 

@@ -1,0 +1,151 @@
+"""After a launch: each scenario's run record, status and readings from what its processes left on disk."""
+
+from __future__ import annotations
+
+import json
+import platform
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memprobe import __version__
+from memprobe.errors import Interrupted, MeasurementError
+from memprobe.launch.follow import StreamFollower, root_cause
+from memprobe.launch.options import LaunchOptions, recorded_environment
+from memprobe.launch.plan import Member
+from memprobe.measure import nvml
+from memprobe.model.records import (
+    WORKERS_LOG, Failure, RankInfo, Run, RunRecord, atomic_write_text, load_stream, readings_from_csv, readings_to_csv,
+    stream_path,
+)
+from memprobe.model.timings import run_timings
+
+
+@dataclass
+class Tracked:
+    """One scenario of a launch while the supervisor follows it."""
+
+    member: Member
+    record: RunRecord
+    follower: StreamFollower
+    total: int  # readings each rank takes
+    state: str = "waiting"  # waiting (for its turn) -> running -> done | failed
+    failure: Failure | None = None  # a silent rank; an error is found again from the streams
+    error_seen_at: float | None = None
+    kill_at: float | None = None  # failed: when whatever of it is left gets SIGKILL
+    workers_exited_at: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ("done", "failed")
+
+
+@dataclass
+class LaunchOutcome:
+    """How one torchrun launch ended (the supervisor's answer; it knows nothing of reports)."""
+
+    return_code: int | None = None
+    interrupted: BaseException | None = None
+    launched_at: float = 0.0  # time.time(), the clock the workers stamp their events with
+    exited_at: float = 0.0
+    gpu_release_s: float | None = None
+
+
+def environment_summary(environment: dict[str, str], infos: list[RankInfo], device: str, world_size: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "memprobe": __version__,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "device": device,
+        "nccl_env": recorded_environment(environment),
+        "torch": next((i.torch_version for i in infos if i.torch_version), ""),
+        "cuda": next((i.cuda_version for i in infos if i.cuda_version), ""),
+        "nccl": next((i.nccl_version for i in infos if i.nccl_version), ""),
+        "sampling_mode": ",".join(sorted({i.sampling_mode for i in infos if i.sampling_mode})) or "",
+        "gpu_model": "",
+        "gpu_count": 0,
+        "driver": "",
+        "nvml_memory_api": "",
+    }
+    if device == "cuda":
+        driver = nvml.driver_version()
+        summary["driver"] = driver if nvml.is_available(driver) else ""
+        names = sorted({i.gpu_name for i in infos if i.gpu_name})
+        summary["gpu_model"] = ",".join(names)
+        summary["gpu_count"] = len({i.gpu_uuid for i in infos if i.gpu_uuid}) or world_size
+        first = next((i.gpu_uuid for i in infos if i.gpu_uuid), None)
+        if first:
+            memory = nvml.device_memory(nvml.handle_by_uuid(first))
+            summary["nvml_memory_api"] = memory.api if nvml.is_available(memory) else ""
+    return summary
+
+
+def rank_infos(run_dir: Path, world_size: int) -> list[RankInfo]:
+    ranks_file = run_dir / "ranks.json"
+    if ranks_file.is_file():
+        try:
+            return [RankInfo(**item) for item in json.loads(ranks_file.read_text(encoding="utf-8"))]
+        except (json.JSONDecodeError, TypeError):
+            pass
+    infos = []
+    for rank in range(world_size):
+        events, _ = load_stream(stream_path(run_dir, rank))
+        info_events = [e for e in events if e.get("type") == "info"]
+        if info_events:
+            data = {k: v for k, v in info_events[-1].items() if k not in ("type", "time")}
+            infos.append(RankInfo(**data))
+    return infos
+
+
+
+def assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, torchrun_log: Path) -> Run:
+    """The run's record and status from what the processes left on disk; raises on failure or interrupt."""
+    member, follower, record = tracked.member, tracked.follower, tracked.record
+    run_dir, world_size = member.run_dir, member.scenario.layout.world_size
+    holds_rank_0 = 0 in follower.paths  # this node's rank 0 gathered every reading
+    record.gpu_release_s = outcome.gpu_release_s
+    record.wall_time_s = round(outcome.exited_at - outcome.launched_at + (outcome.gpu_release_s or 0.0), 3)
+    events = {rank: load_stream(stream_path(run_dir, rank))[0] for rank in follower.paths}
+    record.timings = run_timings(events, outcome.launched_at, tracked.workers_exited_at, outcome.exited_at,
+                                 outcome.gpu_release_s)
+    record.ranks = sorted(rank_infos(run_dir, world_size), key=lambda info: info.rank)
+    record.environment = environment_summary(member.environment, record.ranks, options.device, world_size)
+    if member.scenario.engine == "sglang":
+        from memprobe.measure.sglang_install import sglang_installation
+
+        record.environment["sglang"] = sglang_installation(member.environment).as_record()
+    readings_path = run_dir / "readings.csv"
+    complete = (tracked.state == "done" and tracked.failure is None and not follower.errors
+                and (readings_path.is_file() or not holds_rank_0))
+    if complete and holds_rank_0:
+        readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
+    else:  # what this node's ranks streamed (another node holds the gathered readings)
+        readings = [reading for rank in range(world_size) for reading in load_stream(stream_path(run_dir, rank))[1]]
+        atomic_write_text(readings_path, readings_to_csv(readings))
+    record.status = "complete" if complete else "incomplete"
+    if complete and not holds_rank_0:
+        record.results_at = follower.results_at
+    if not complete:
+        record.failure = (tracked.failure or _interrupted_failure(outcome)
+                          or root_cause(follower, outcome.return_code, run_dir / WORKERS_LOG, torchrun_log))
+    atomic_write_text(run_dir / "run.json", record.to_json())
+    run = Run(record=record, readings=readings, path=run_dir)
+    if not complete and outcome.interrupted is None:
+        raise MeasurementError(f"{member.scenario.name}: {record.failure.describe() if record.failure else 'failed'}; "
+                               f"readings kept in {run_dir}", run_dir=str(run_dir))
+    return run
+
+
+def _interrupted_failure(outcome: LaunchOutcome) -> Failure | None:
+    if outcome.interrupted is None:
+        return None
+    return Failure(rank=None, group="", step="", message="interrupted; workers stopped")
+
+
+def raise_if_interrupted(outcome: LaunchOutcome, folder: Path) -> None:
+    if outcome.interrupted is not None:
+        interrupted = outcome.interrupted
+        number = interrupted.args[0] if interrupted.args and isinstance(interrupted.args[0], int) else signal.SIGINT
+        raise Interrupted(number, str(folder))

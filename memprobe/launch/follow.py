@@ -1,0 +1,185 @@
+"""Following one scenario's ranks through their event streams: progress, silence, and who failed first."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from memprobe.model.records import Failure, stream_path
+
+
+def _where(event: dict[str, Any]) -> str:
+    return f"{event['group']}/{event['step']}" if event.get("group") else str(event.get("step", ""))
+
+
+class StreamFollower:
+    """Reads each rank's event stream of one scenario incrementally."""
+
+    def __init__(self, run_dir: Path, ranks: range, per_node: int | None = None) -> None:
+        """``per_node`` set: torchrun's dynamic rendezvous picks this node's rank, so ``ranks`` is the whole world
+        until the first launcher's ``launched`` event tells which block of ``per_node`` ranks is local."""
+        self.per_node = per_node
+        self.known = per_node is None  # whether the local ranks are known
+        self.paths = {rank: stream_path(run_dir, rank) for rank in ranks}
+        self.offsets = {rank: 0 for rank in ranks}
+        self.readings = {rank: 0 for rank in ranks}
+        self.last_step = {rank: "" for rank in ranks}
+        self.pids: set[int] = set()  # the scenario's measuring processes
+        self.launcher_pids: set[int] = set()  # the processes torchrun started, shared by the launch's scenarios
+        self.errors: list[dict[str, Any]] = []
+        self.done: set[int] = set()
+        self.launched: set[int] = set()  # ranks whose launcher runs
+        self.started: set[int] = set()  # ranks whose measuring process runs
+        self.arrived: dict[int, str] = {}  # rank -> the step it finished, waiting for the other ranks there
+        self.last_progress = {rank: time.monotonic() for rank in ranks}  # launch or turn, then each new reading
+        self.results_at: dict[str, Any] | None = None  # where node 0 keeps the gathered results
+
+    def poll(self) -> None:
+        for rank, path in self.paths.items():
+            try:
+                with open(path, "rb") as stream:
+                    stream.seek(self.offsets[rank])
+                    data = stream.read()
+            except FileNotFoundError:
+                continue
+            complete = data.rfind(b"\n") + 1
+            self.offsets[rank] += complete
+            for line in data[:complete].splitlines():
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self._take(rank, event)
+        if not self.known and self.launched:
+            self._narrow(min(self.launched) // self.per_node)
+
+    def _take(self, rank: int, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "launched":
+            self.launcher_pids.add(int(event["pid"]))
+            self.launched.add(rank)
+        elif kind == "started":
+            self.pids.add(int(event["pid"]))
+            self.launched.add(rank)
+            self.started.add(rank)
+        elif kind == "reading":
+            self.readings[rank] += 1
+            self.last_progress[rank] = time.monotonic()
+            self.arrived.pop(rank, None)
+            self.last_step[rank] = _where(event)
+        elif kind == "arrived":
+            self.arrived[rank] = _where(event)
+        elif kind == "error":
+            self.errors.append(event)
+        elif kind == "done":
+            self.done.add(rank)
+            self.results_at = event.get("results_at") or self.results_at
+
+    def _narrow(self, node: int) -> None:
+        local = range(node * self.per_node, (node + 1) * self.per_node)
+        for table in (self.paths, self.offsets, self.readings, self.last_step, self.last_progress):
+            for rank in [r for r in table if r not in local]:
+                del table[rank]
+        self.known = True
+
+    def restart_clock(self) -> None:
+        """The scenario's turn came (in-turn launches): silence is counted from now."""
+        now = time.monotonic()
+        for rank in self.last_progress:
+            self.last_progress[rank] = now
+
+    @property
+    def finished_locally(self) -> bool:
+        return self.known and self.done >= set(self.paths)
+
+    def slowest(self) -> tuple[int, int, str]:
+        rank = min(self.readings, key=lambda r: (self.readings[r], r))
+        return rank, self.readings[rank], self.last_step[rank]
+
+
+def tail(path: Path, lines: int = 12) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def silence_failure(follower: StreamFollower, now: float, timeout_s: float, log_path: Path) -> Failure | None:
+    """The local rank silent longest, if it went ``timeout_s`` without a new reading (counted from its turn)."""
+    waiting = [rank for rank in follower.paths if rank not in follower.done]
+    if not waiting:
+        return None
+    if max(now - follower.last_progress[r] for r in waiting) <= timeout_s:
+        return None
+    # a rank that arrived at the next step waits for its peers there; blame one that did not arrive
+    rank = max(waiting, key=lambda r: (r not in follower.arrived, now - follower.last_progress[r], -r))
+    silent = now - follower.last_progress[rank]
+    if rank not in follower.started:
+        what = f"never started: no sign of it {silent:.0f} s after launch"
+    elif not follower.last_step[rank]:
+        what = f"started but took no reading in {silent:.0f} s"
+    elif rank in follower.arrived:
+        what = (f"stopped progressing after its {follower.last_step[rank]} reading: silent for {silent:.0f} s, "
+                f"waiting at {follower.arrived[rank]} for the other ranks (on another node?)")
+    else:
+        what = f"stopped progressing after its {follower.last_step[rank]} reading: silent for {silent:.0f} s"
+    return Failure(rank=rank, group="", step="", message=f"{what} (--timeout {timeout_s:g} s)", last_lines=tail(log_path))
+
+
+# A rank whose peer died reports these; the rank that died first is the cause, not them.
+_PEER_LOSS_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
+                      "remote process exited", "socket closed")
+
+
+def torchrun_root_cause(log_path: Path) -> tuple[int, str] | None:
+    """The rank torchrun names under "Root Cause (first observed failure)", with its exit code text."""
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+    section = text.rsplit("Root Cause (first observed failure)", 1)
+    if len(section) != 2:
+        return None
+    rank = re.search(r"rank\s*:\s*(\d+)", section[1])
+    exit_code = re.search(r"exitcode\s*:\s*([^\n]+)", section[1])
+    if rank is None:
+        return None
+    return int(rank.group(1)), (" ".join(exit_code.group(1).split()) if exit_code else "unknown")
+
+
+def last_lines(workers_log: Path, torchrun_log: Path) -> list[str]:
+    """The scenario's own output if its processes printed any, else torchrun's."""
+    return tail(workers_log) or tail(torchrun_log)
+
+
+def root_cause(follower: StreamFollower, return_code: int | None, workers_log: Path, torchrun_log: Path) -> Failure:
+    """Blame the rank that failed first on its own: an error that is not a lost peer, else a rank that went silent."""
+
+    def from_error(event: dict[str, Any]) -> Failure:
+        return Failure(rank=event.get("rank"), group=event.get("group", ""), step=event.get("step", ""),
+                       message=event.get("message", "error"), last_lines=event.get("traceback", [])[-12:])
+
+    def went_silent(rank: int, never_started: str, how: str) -> Failure:
+        last = follower.last_step.get(rank, "")
+        return Failure(rank=rank, group="", step="",
+                       message=(f"exited without reporting an error after its {last} reading " if last else never_started) + how,
+                       last_lines=last_lines(workers_log, torchrun_log))
+
+    errors = sorted(follower.errors, key=lambda e: e.get("time", 0))
+    own = [e for e in errors if not any(m in str(e.get("message", "")).lower() for m in _PEER_LOSS_MARKERS)]
+    if own:
+        return from_error(own[0])
+    cause = torchrun_root_cause(torchrun_log)
+    if cause is not None and cause[0] in follower.paths and cause[0] not in follower.done:
+        return went_silent(cause[0], "never started ", f"(torchrun: exit code {cause[1]})")
+    reported = {e.get("rank") for e in errors}
+    silent = [rank for rank in follower.paths if rank not in follower.done and rank not in reported]
+    if silent:
+        return went_silent(silent[0], f"never started (see {torchrun_log.name}) ",
+                           f"(killed or crashed; torchrun exit code {return_code})")
+    if errors:  # every error is a lost peer: the rank that failed first is on another node
+        lost = from_error(errors[0])
+        lost.message += " (it lost a peer: the rank that failed first is elsewhere, e.g. on another node; see its output)"
+        return lost
+    return Failure(rank=None, group="", step="", message=f"torchrun exited with code {return_code}",
+                   last_lines=tail(torchrun_log))

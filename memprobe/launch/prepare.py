@@ -1,0 +1,113 @@
+"""Before any process starts: checks (exit 2), run folders, the run record and what each worker measures."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from memprobe import __version__
+from memprobe.errors import UsageError
+from memprobe.launch.options import LaunchOptions, worker_environment
+from memprobe.measure import nvml
+from memprobe.model.layout import plan_groups
+from memprobe.model.records import WORKER_CONFIG, RunRecord, atomic_write_text
+from memprobe.model.scenario import Scenario
+from memprobe.model.steps import sequence
+
+# Collectives inside the workers time out this much later than --timeout, so that the parent, which
+# sees every rank, names the silent one; the workers' own timeout only matters if the parent is gone.
+WORKER_TIMEOUT_MARGIN_S = 60.0
+
+
+def expected_readings(scenario: Scenario) -> int:
+    """Readings each rank takes (the progress total)."""
+    return len(sequence(group.name for group in plan_groups(scenario.layout).built_groups()))
+
+
+def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
+    gpus = nvml.visible_gpus(environment)
+    if not nvml.is_available(gpus):
+        return 0, gpus.reason
+    return len(gpus), ""
+
+
+def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
+    """Everything that can be checked before a process starts (exit 2 on any problem)."""
+    for scenario in scenarios:
+        if scenario.engine == "sglang":  # each scenario may bring its own SGLang (issue 12)
+            from memprobe.measure.sglang_install import check_site, sglang_installation
+
+            if scenario.sglang:
+                check_site(scenario.sglang, f"scenario {scenario.name}: sglang {scenario.sglang}")
+            sglang_installation(worker_environment(scenario, options))
+    for scenario in scenarios:
+        if scenario.layout.world_size % options.nnodes:
+            raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over "
+                             f"--nnodes {options.nnodes}")
+    if worker_environment(scenarios[0], options).get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1":
+        raise UsageError("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 keeps torchrun's store from its workers, where each "
+                         "scenario rendezvouses; unset it")
+    if options.device == "cpu":
+        return
+    environment = worker_environment(scenarios[0], options)
+    count, reason = visible_gpu_count(environment)
+    if count == 0:
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu to run the pipeline without GPUs")
+    for scenario in scenarios:
+        needed = scenario.layout.world_size // options.nnodes
+        if needed > count:
+            tp = count
+            suggestion = f"memprobe compare --tp {tp} --ep {max(1, tp // 2)}" if tp > 1 else "memprobe run --tp 1"
+            raise UsageError(f"scenario {scenario.name} needs {needed} GPUs per node but this node has {count}; try: {suggestion}")
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    candidate = root / f"{stamp}-{name}"
+    suffix = 2
+    while candidate.exists():
+        candidate = root / f"{stamp}-{name}-{suffix}"
+        suffix += 1
+    return candidate
+
+
+
+def new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, command: list[str] | None) -> RunRecord:
+    stack = scenario.resolved_stack
+    plan = plan_groups(scenario.layout)
+    return RunRecord(
+        run_id=run_dir.name,
+        layout=scenario.layout.as_dict(),
+        world_size=scenario.layout.world_size,
+        stack=stack.as_dict(),
+        device=options.device,
+        warmup=scenario.warmup,
+        env_preset=scenario.env_preset,
+        env=dict(scenario.env),
+        plan=[{"name": g.name, "ranks": [list(r) for r in g.rank_lists], "alias_of": g.alias_of,
+               "communicators": stack.communicators_for(g)} for g in plan.groups],
+        scenario=scenario.name,
+        engine=scenario.engine,
+        definition=scenario.definition(),
+        memprobe_version=__version__,
+        created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        command=list(command or sys.argv),
+    )
+
+
+def write_worker_config(scenario: Scenario, options: LaunchOptions, run_dir: Path) -> None:
+    worker_config = {
+        "layout": scenario.layout.as_dict(), "stack": scenario.resolved_stack.as_dict(), "device": options.device,
+        "warmup": scenario.warmup, "timeout_s": options.timeout_s + WORKER_TIMEOUT_MARGIN_S, "allow_busy_gpu": options.allow_busy_gpu,
+        "engine": scenario.engine,
+    }
+    atomic_write_text(run_dir / WORKER_CONFIG, json.dumps(worker_config, indent=2, sort_keys=True) + "\n")
+
+
+def local_ranks(scenario: Scenario, options: LaunchOptions) -> range:
+    per_node = scenario.layout.world_size // options.nnodes
+    return range(options.node_rank * per_node, (options.node_rank + 1) * per_node)
+
+

@@ -1,0 +1,172 @@
+"""One torchrun launch for every scenario of a comparison (issue 16), on the real pipeline on CPU.
+
+torchrun starts one launcher per rank, which imports torch once and forks a measuring process per
+scenario; each scenario applies its own variables and rendezvouses under keys of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memprobe.launch.plan import Member, can_share, plan_launches
+from memprobe.model.comparison import load_comparison
+from memprobe.model.layout import Layout
+from memprobe.model.records import load_run, load_stream, stream_path
+from memprobe.model.scenario import Scenario
+from test_pipeline_cpu import leftover_memprobe_processes, only_run_folder
+
+TWO_SCENARIOS = """
+[defaults]
+tp = 2
+stack = "full"
+[[scenario]]
+name = "healthy"
+[[scenario]]
+name = "faulty"
+env = {{ MEMPROBE_TEST_FAULT = "{fault}" }}
+"""
+
+
+def events(run_dir: Path, rank: int) -> list[dict]:
+    return load_stream(stream_path(run_dir, rank))[0]
+
+
+def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprobe, tmp_path):
+    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    folder = only_run_folder(tmp_path)
+    assert sorted(p.name for p in folder.glob("launch*.json")) == ["launch.json"]
+    assert sorted(p.name for p in folder.glob("torchrun*.log")) == ["torchrun.log"]
+    launch = json.loads((folder / "launch.json").read_text())
+    assert [s["name"] for s in launch["scenarios"]] == ["tp2", "tp2-ep2-lean"] and launch["jobs"] == 2
+    comparison = load_comparison(folder)
+    for rank in (0, 1):
+        launchers, measuring = set(), []
+        for item in comparison.runs:
+            assert item.run.record.launch == {"scenarios": ["tp2", "tp2-ep2-lean"], "jobs": 2, "folder": folder.name}
+            stream = events(item.run.path, rank)
+            launchers |= {e["pid"] for e in stream if e["type"] == "launched"}
+            assert [e["name"] for e in stream if e["type"] == "phase"].count("imported") == 1
+            measuring += [e["pid"] for e in stream if e["type"] == "started"]
+            assert all(e["process"] == "forked" for e in stream if e["type"] == "started")
+            assert (item.run.path / "workers.log").is_file()
+        assert len(launchers) == 1, "one launcher (one torch import) per rank serves both scenarios"
+        assert len(set(measuring)) == 2 and not launchers & set(measuring), "each scenario in a process of its own"
+    for item in comparison.runs:
+        assert item.run.record.status == "complete"
+        assert item.run.record.timings["phases"]["queued"] is not None
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_in_turn_the_next_scenario_starts_after_the_last_one_ended(memprobe, tmp_path):
+    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    first, second = (item.run for item in load_comparison(only_run_folder(tmp_path)).runs)
+    first_done = max(e["time"] for rank in (0, 1) for e in events(first.path, rank) if e["type"] == "done")
+    second_started = min(e["time"] for rank in (0, 1) for e in events(second.path, rank) if e["type"] == "started")
+    assert second_started > first_done
+    assert second.record.timings["phases"]["queued"] > first.record.timings["phases"]["queued"]
+
+
+def test_a_failing_scenario_does_not_stop_the_one_beside_it(memprobe, tmp_path):
+    """The fault is in one scenario's own variables: only that scenario's process on rank 1 sees it."""
+    (tmp_path / "two.toml").write_text(TWO_SCENARIOS.format(fault="1:tp/groups_created:raise"))
+    result = memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "2", "--quiet")
+    assert result.returncode == 3, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("memprobe: error: faulty: rank 1 failed at tp/groups_created") and "injected fault" in line
+    folder = only_run_folder(tmp_path)
+    healthy, faulty = load_run(folder / "healthy"), load_run(folder / "faulty")
+    assert healthy.record.status == "complete" and healthy.record.failure is None
+    assert len(healthy.readings) == 2 * len({r.sequence for r in healthy.readings if r.rank == 0})
+    assert faulty.record.status == "incomplete" and faulty.record.failure.rank == 1
+    assert any(r.rank == 1 and r.group == "tp" and r.step == "before" for r in faulty.readings)  # kept
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_a_silent_scenario_times_out_alone_and_is_named(memprobe, tmp_path):
+    (tmp_path / "two.toml").write_text(TWO_SCENARIOS.format(fault="1:tp/groups_created:hang"))
+    result = memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "2", "--quiet", "--timeout", "15")
+    assert result.returncode == 3, result.stderr
+    assert "faulty: rank 1 failed: stopped progressing after its tp/before reading: silent for" in result.stderr
+    folder = only_run_folder(tmp_path)
+    assert load_run(folder / "healthy").record.status == "complete"
+    assert load_run(folder / "faulty").record.status == "incomplete"
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ the plan
+
+def _member(name: str, environment: dict[str, str], tp: int = 2) -> Member:
+    return Member(scenario=Scenario(name, Layout(tp=tp)), run_dir=Path(name), environment=environment)
+
+
+def test_scenarios_that_differ_in_what_nccl_reads_share_a_launch_and_keep_their_own_values():
+    base = {"PATH": "/bin", "NCCL_CUMEM_ENABLE": "0"}
+    first, second = _member("a", dict(base)), _member("b", {**base, "NCCL_CUMEM_ENABLE": "1", "NCCL_BUFFSIZE": "1048576"})
+    [launch] = plan_launches([first, second])
+    assert launch.environment == {"PATH": "/bin"}
+    assert first.overrides == {"NCCL_CUMEM_ENABLE": "0"}
+    assert second.overrides == {"NCCL_CUMEM_ENABLE": "1", "NCCL_BUFFSIZE": "1048576"}
+
+
+@pytest.mark.parametrize("difference", [{"PYTHONPATH": "/sglang-0.5.10"}, {"LD_PRELOAD": "/x.so"}, {"OMP_NUM_THREADS": "4"}])
+def test_what_is_read_before_the_fork_gets_a_launch_of_its_own(difference):
+    base = {"PATH": "/bin"}
+    first, second, third = _member("a", dict(base)), _member("b", {**base, **difference}), _member("c", dict(base))
+    assert not can_share(first, second)
+    launches = plan_launches([first, second, third])
+    assert [launch.scenarios for launch in launches] == [[first.scenario, third.scenario], [second.scenario]]
+    assert second.overrides == {} and launches[1].environment == second.environment
+
+
+def test_another_world_size_gets_a_launch_of_its_own():
+    assert not can_share(_member("a", {}), _member("b", {}, tp=4))
+    assert len(plan_launches([_member("a", {}), _member("b", {}, tp=4)])) == 2
+
+
+def test_a_launcher_that_started_cuda_hands_each_scenario_a_fresh_interpreter(memprobe, tmp_path):
+    """A forked child cannot use CUDA once the launcher started it (a sitecustomize importing SGLang does, seen on
+    2 x H200): the child then execs a fresh interpreter under the same PID. MEMPROBE_TEST_BAD_FORK takes that path."""
+    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "2", "--quiet",
+                      env={"MEMPROBE_TEST_BAD_FORK": "1"})
+    assert result.returncode == 0, result.stderr
+    for item in load_comparison(only_run_folder(tmp_path)).runs:
+        assert item.run.record.status == "complete"
+        for rank in (0, 1):
+            stream = events(item.run.path, rank)
+            [started] = [e for e in stream if e["type"] == "started"]
+            [launched] = [e for e in stream if e["type"] == "launched"]
+            assert started["process"] == "fresh" and started["pid"] != launched["pid"]
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_a_run_of_one_scenario_measures_in_the_launcher_itself(memprobe, tmp_path):
+    """Nothing to share: no fork, so nothing a sitecustomize did to CUDA in the launcher can get in the way."""
+    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "one", env={"MEMPROBE_TEST_BAD_FORK": "1"})
+    assert result.returncode == 0, result.stderr
+    run = load_run(tmp_path / "memprobe-runs" / "one")
+    for rank in (0, 1):
+        stream = events(run.path, rank)
+        [started] = [e for e in stream if e["type"] == "started"]
+        [launched] = [e for e in stream if e["type"] == "launched"]
+        assert started["process"] == "launcher" and started["pid"] == launched["pid"]
+    assert run.record.status == "complete"
+
+
+def test_scenarios_that_cannot_share_a_launch_still_run_side_by_side(memprobe, tmp_path):
+    """OMP_NUM_THREADS is read when torch is imported, before any fork: each scenario gets its own launch."""
+    (tmp_path / "two.toml").write_text('[defaults]\ntp = 2\n[[scenario]]\nname = "one"\n'
+                                       '[[scenario]]\nname = "two"\nenv = { OMP_NUM_THREADS = "2" }\n')
+    result = memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    folder = only_run_folder(tmp_path)
+    assert sorted(p.name for p in folder.glob("launch*.json")) == ["launch-1.json", "launch-2.json"]
+    assert sorted(p.name for p in folder.glob("torchrun*.log")) == ["torchrun-1.log", "torchrun-2.log"]
+    one, two = load_run(folder / "one"), load_run(folder / "two")
+    assert one.record.launch["scenarios"] == ["one"] and two.record.launch["scenarios"] == ["two"]
+    spans = [(min(e["time"] for e in events(run.path, 0)), max(e["time"] for e in events(run.path, 0))) for run in (one, two)]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], "the two launches overlap in time"
