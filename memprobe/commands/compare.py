@@ -39,9 +39,10 @@ def compare(
                                           "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed). "
                                           "Repeatable: e.g. one release before the PR and one after."),
     jobs: int = typer.Option(0, "--jobs", "-j", envvar=ENV + "COMPARE_JOBS",
-                             help="Scenarios run side by side, each still in its own processes and CUDA contexts "
-                                  "(per-process NVML figures do not see each other). 0 = auto: all at once on GPUs, "
-                                  "one after another with --device cpu; 1 = one after another.", show_default=True),
+                             help="How many scenarios run at once. They share one torchrun launch (torch imported once per "
+                                  "rank), each in processes and CUDA contexts of its own (per-process NVML figures do not "
+                                  "see each other). 0 = auto: all at once on GPUs, one after another with --device cpu; "
+                                  "1 = one after another.", show_default=True),
     csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "COMPARE_CSV", help="Long CSV: one row per scenario, rank, group and step."),
     summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "COMPARE_SUMMARY_CSV", help="One row per scenario and rank."),
     json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "COMPARE_JSON", help="Everything, as JSON with schema_version."),

@@ -166,9 +166,7 @@ def _measuring_process(entry: dict[str, Any], launch_file: Path, process: str) -
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _die_with_parent(parent)
-        for key in entry.get("unset", []):
-            os.environ.pop(key, None)
-        os.environ.update(entry.get("env", {}))
+        os.environ.update(entry.get("env", {}))  # the scenario's own variables (launch/plan.py)
         run_dir = Path(entry["run_dir"])
         if process != "fresh":  # a fresh interpreter keeps the output its fork was given
             log = os.open(run_dir / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
