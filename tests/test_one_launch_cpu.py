@@ -170,3 +170,29 @@ def test_scenarios_that_cannot_share_a_launch_still_run_side_by_side(memprobe, t
     assert one.record.launch["scenarios"] == ["one"] and two.record.launch["scenarios"] == ["two"]
     spans = [(min(e["time"] for e in events(run.path, 0)), max(e["time"] for e in events(run.path, 0))) for run in (one, two)]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], "the two launches overlap in time"
+
+
+# ------------------------------------------------------------------------------ who failed first
+
+def test_a_rank_that_reported_losing_its_peer_is_not_the_cause_even_if_torchrun_saw_it_first(tmp_path):
+    """Seen once in CI: rank 1 SIGKILLed itself, rank 0 then lost its gloo peer and exited 1, and torchrun's
+    "Root Cause" named rank 0 (both ended within one monitor interval). The killed, silent rank is blamed."""
+    import json as json_module
+
+    from memprobe.launch.follow import StreamFollower, root_cause
+
+    run_dir = tmp_path / "run"
+    for rank, events_of_rank in {
+        0: [{"type": "started", "pid": 100}, {"type": "reading", "group": "tp", "step": "groups_created"},
+            {"type": "error", "rank": 0, "group": "tp", "step": "pynccl", "message": "RuntimeError: Connection closed by peer"}],
+        1: [{"type": "started", "pid": 101}, {"type": "reading", "group": "tp", "step": "groups_created"}],
+    }.items():
+        path = stream_path(run_dir, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json_module.dumps(e) + "\n" for e in events_of_rank))
+    log = tmp_path / "torchrun.log"
+    log.write_text("Root Cause (first observed failure):\n[0]:\n  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 100)\n")
+    follower = StreamFollower(run_dir, range(2))
+    follower.poll()
+    failure = root_cause(follower, 1, run_dir / "workers.log", log)
+    assert failure.rank == 1 and "killed or crashed" in failure.message and "tp/groups_created" in failure.message

@@ -169,10 +169,12 @@ def root_cause(follower: StreamFollower, return_code: int | None, workers_log: P
     own = [e for e in errors if not any(m in str(e.get("message", "")).lower() for m in _PEER_LOSS_MARKERS)]
     if own:
         return from_error(own[0])
-    cause = torchrun_root_cause(torchrun_log)
-    if cause is not None and cause[0] in follower.paths and cause[0] not in follower.done:
-        return went_silent(cause[0], "never started ", f"(torchrun: exit code {cause[1]})")
     reported = {e.get("rank") for e in errors}
+    cause = torchrun_root_cause(torchrun_log)
+    # torchrun names the first exit it noticed; a rank that reported losing a peer is not the cause, even if
+    # torchrun noticed it first (a SIGKILLed rank and the peer it left behind end within one monitor interval)
+    if cause is not None and cause[0] in follower.paths and cause[0] not in follower.done | reported:
+        return went_silent(cause[0], "never started ", f"(torchrun: exit code {cause[1]})")
     silent = [rank for rank in follower.paths if rank not in follower.done and rank not in reported]
     if silent:
         return went_silent(silent[0], f"never started (see {torchrun_log.name}) ",
