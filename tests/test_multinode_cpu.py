@@ -67,11 +67,15 @@ def test_run_on_two_nodes_completes_on_both(tmp_path):
         assert leftover_memprobe_processes(tmp_path / node) == []
 
 
-def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_path):
-    """torchrun's c10d rendezvous picks which agent holds rank 0; that node gathers, the other points to it."""
-    results = two_nodes(tmp_path, "compare", "--tp", "2", "--ep", "2", "--stacks", "full", dynamic=True)
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_path, jobs):
+    """torchrun's c10d rendezvous picks which agent holds rank 0; that node gathers, the other points to it.
+    Both scenarios share one launch, in turn or side by side, across both nodes (issue 16)."""
+    results = two_nodes(tmp_path, "compare", "--tp", "2", "--ep", "2", "--stacks", "full", "--jobs", jobs, dynamic=True)
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
-    for name in ("tp2", "tp2-ep2-full"):  # each launch has its own rendezvous: rank 0 may land on either node
+    for node in (0, 1):
+        assert load_run(tmp_path / f"node{node}" / "memprobe-runs" / "two" / "tp2").record.launch["jobs"] == int(jobs)
+    for name in ("tp2", "tp2-ep2-full"):  # rank 0 may land on either node
         folders = {node: tmp_path / f"node{node}" / "memprobe-runs" / "two" / name for node in (0, 1)}
         [holder] = [node for node, folder in folders.items()
                     if (folder / "readings.csv").is_file() and load_run(folder).record.results_at is None]
