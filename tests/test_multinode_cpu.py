@@ -17,17 +17,23 @@ from memprobe.model.timings import PHASES
 from memprobe.model.records import load_run
 
 
-def two_nodes(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-              dynamic: bool = False) -> list[subprocess.CompletedProcess]:
+def two_nodes(tmp_path: Path, *args: str, env: dict[str, str] | None = None, dynamic: bool = False,
+              endpoint_backend: str | None = None, files: dict[str, str] | None = None) -> list[subprocess.CompletedProcess]:
     """The same command on node 0 and node 1 of ``--nnodes 2``, each in its own folder, at the same time;
-    ``dynamic``: torchrun's c10d rendezvous (it assigns the node ranks) instead of --master-port."""
+    ``dynamic``: torchrun's c10d rendezvous (it assigns the node ranks) instead of --master-port;
+    ``endpoint_backend``: --rdzv-endpoint with that --rdzv-backend and --node-rank; ``files``: written into
+    each node's folder first."""
     port = str(free_port())
     processes = []
     for node in (0, 1):
         rendezvous = (["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job"] if dynamic
+                      else ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-backend", endpoint_backend, "--node-rank",
+                            str(node)] if endpoint_backend
                       else ["--node-rank", str(node), "--master-port", port])
         folder = tmp_path / f"node{node}"
         (folder / "tmp").mkdir(parents=True)
+        for name, text in (files or {}).items():
+            (folder / name).write_text(text)
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "memprobe", *args, "--device", "cpu", "--quiet", "--nnodes", "2",
              *rendezvous, "--run-id", "two"],
@@ -83,6 +89,22 @@ def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_pa
         assert load_run(folders[holder]).ranks == [0, 1]
         assert f"{name}: this node's ranks" in results[other].stderr
         assert str(folders[holder]) in results[other].stderr
+
+
+def test_a_static_rendezvous_at_an_endpoint_gets_each_node_its_rank(tmp_path):
+    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2", endpoint_backend="static")
+    assert [node0.returncode, node1.returncode] == [0, 0], [node0.stderr, node1.stderr]
+    assert load_run(tmp_path / "node0" / "memprobe-runs" / "two").ranks == [0, 1]
+
+
+def test_scenarios_that_cannot_share_a_launch_run_one_launch_after_another_on_two_nodes(tmp_path):
+    """Two launches side by side would share --master-port; on several nodes they run in turn."""
+    scenarios = ('[defaults]\ntp = 2\n[[scenario]]\nname = "one"\n'
+                 '[[scenario]]\nname = "two"\nenv = { OMP_NUM_THREADS = "2" }\n')
+    results = two_nodes(tmp_path, "compare", "--scenarios", "two.toml", "--jobs", "2", files={"two.toml": scenarios})
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    for name in ("one", "two"):
+        assert load_run(tmp_path / "node0" / "memprobe-runs" / "two" / name).record.status == "complete"
 
 
 def test_a_rank_failing_on_node_1_fails_both_nodes(tmp_path):

@@ -196,3 +196,38 @@ def test_a_rank_that_reported_losing_its_peer_is_not_the_cause_even_if_torchrun_
     follower.poll()
     failure = root_cause(follower, 1, run_dir / "workers.log", log)
     assert failure.rank == 1 and "killed or crashed" in failure.message and "tp/groups_created" in failure.message
+
+
+def test_a_failed_scenario_does_not_get_the_next_one_killed_by_torchrun(memprobe, tmp_path):
+    """In turn: rank 1's launcher ends first while rank 0 still tears the healthy scenario down. A launcher that
+    exited non-zero for its failed scenario made torchrun stop rank 0's launcher, healthy scenario and all."""
+    (tmp_path / "two.toml").write_text('[defaults]\ntp = 2\n'
+                                       '[[scenario]]\nname = "faulty"\nenv = { MEMPROBE_TEST_FAULT = "1:tp/groups_created:raise" }\n'
+                                       '[[scenario]]\nname = "healthy"\nenv = { MEMPROBE_TEST_FAULT = "0:/teardown:sleep3" }\n')
+    result = memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "1", "--quiet")
+    assert result.returncode == 3, result.stderr
+    assert "faulty: rank 1 failed at tp/groups_created" in result.stderr
+    folder = only_run_folder(tmp_path)
+    assert load_run(folder / "healthy").record.status == "complete"
+    assert "death signal" not in (folder / "torchrun.log").read_text()
+    exited = [e for e in events(folder / "faulty", 1) if e["type"] == "exited"]
+    assert [e["code"] for e in exited] == [1]  # the launcher saw its measuring process fail, and said so
+    assert leftover_memprobe_processes(tmp_path) == []
+
+
+def test_a_launch_whose_other_node_never_comes_fails_every_scenario_within_one_timeout(memprobe, tmp_path):
+    import time
+
+    from memprobe.launch.processes import free_port
+
+    started = time.monotonic()
+    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "1", "--quiet",
+                      "--nnodes", "2", "--node-rank", "0", "--master-port", str(free_port()), "--timeout", "8")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert "never started" in result.stderr
+    folder = only_run_folder(tmp_path)
+    second = load_run(folder / "tp2-ep2-lean")
+    assert second.record.status == "incomplete" and second.record.failure.message.startswith("not run: rank 0 failed")
+    assert elapsed < 8 + 15, f"{elapsed:.0f} s: each waiting scenario waited a --timeout of its own"
+    assert leftover_memprobe_processes(tmp_path) == []

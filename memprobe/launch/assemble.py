@@ -6,7 +6,7 @@ import json
 import platform
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Tracked:
     error_seen_at: float | None = None
     kill_at: float | None = None  # failed: when whatever of it is left gets SIGKILL
     workers_exited_at: float | None = None
+    gone: set[int] = field(default_factory=set)  # its processes seen gone, never signalled again
 
     @property
     def ended(self) -> bool:

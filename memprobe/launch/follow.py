@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class StreamFollower:
         self.done: set[int] = set()
         self.launched: set[int] = set()  # ranks whose launcher runs
         self.started: set[int] = set()  # ranks whose measuring process runs
+        self.exited: dict[int, int] = {}  # rank -> its measuring process's exit code, as its launcher saw it
         self.arrived: dict[int, str] = {}  # rank -> the step it finished, waiting for the other ranks there
         self.last_progress = {rank: time.monotonic() for rank in ranks}  # launch or turn, then each new reading
         self.results_at: dict[str, Any] | None = None  # where node 0 keeps the gathered results
@@ -61,6 +63,10 @@ class StreamFollower:
         if kind == "launched":
             self.launcher_pids.add(int(event["pid"]))
             self.launched.add(rank)
+        elif kind == "forked":  # known before the process itself says anything: it can be stopped even then
+            self.pids.add(int(event["pid"]))
+        elif kind == "exited":
+            self.exited[rank] = int(event["code"])
         elif kind == "started":
             self.pids.add(int(event["pid"]))
             self.launched.add(rank)
@@ -90,6 +96,11 @@ class StreamFollower:
         now = time.monotonic()
         for rank in self.last_progress:
             self.last_progress[rank] = now
+
+    @property
+    def crashed(self) -> list[int]:
+        """Local ranks whose measuring process ended without finishing (killed, or exited non-zero)."""
+        return sorted(rank for rank, code in self.exited.items() if rank not in self.done and rank in self.paths)
 
     @property
     def finished_locally(self) -> bool:
@@ -159,6 +170,17 @@ def root_cause(follower: StreamFollower, return_code: int | None, workers_log: P
         return Failure(rank=event.get("rank"), group=event.get("group", ""), step=event.get("step", ""),
                        message=event.get("message", "error"), last_lines=event.get("traceback", [])[-12:])
 
+    def how_it_ended(rank: int, otherwise: str) -> str:
+        code = follower.exited.get(rank)
+        if code is None:
+            return otherwise
+        if code < 0:
+            try:
+                return f"(killed by {signal.Signals(-code).name})"
+            except ValueError:
+                return f"(killed by signal {-code})"
+        return f"(exit code {code})"
+
     def went_silent(rank: int, never_started: str, how: str) -> Failure:
         last = follower.last_step.get(rank, "")
         return Failure(rank=rank, group="", step="",
@@ -173,12 +195,15 @@ def root_cause(follower: StreamFollower, return_code: int | None, workers_log: P
     cause = torchrun_root_cause(torchrun_log)
     # torchrun names the first exit it noticed; a rank that reported losing a peer is not the cause, even if
     # torchrun noticed it first (a SIGKILLed rank and the peer it left behind end within one monitor interval)
+    for rank in follower.crashed:  # its launcher saw it end (one launch, several scenarios: issue 16)
+        if rank not in reported:
+            return went_silent(rank, "never started ", how_it_ended(rank, ""))
     if cause is not None and cause[0] in follower.paths and cause[0] not in follower.done | reported:
         return went_silent(cause[0], "never started ", f"(torchrun: exit code {cause[1]})")
     silent = [rank for rank in follower.paths if rank not in follower.done and rank not in reported]
     if silent:
         return went_silent(silent[0], f"never started (see {torchrun_log.name}) ",
-                           f"(killed or crashed; torchrun exit code {return_code})")
+                           how_it_ended(silent[0], f"(killed or crashed; torchrun exit code {return_code})"))
     if errors:  # every error is a lost peer: the rank that failed first is on another node
         lost = from_error(errors[0])
         lost.message += " (it lost a peer: the rank that failed first is elsewhere, e.g. on another node; see its output)"

@@ -8,6 +8,7 @@ then every scenario runs in processes of its own, side by side (``--jobs``) or i
 from __future__ import annotations
 
 import functools
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -60,9 +61,13 @@ def run_scenarios(scenario_set: ScenarioSet, options: LaunchOptions, progress: P
         jobs = len(scenarios) if options.device == "cuda" else 1
     write_comparison_index(path, path.name, scenario_set, {scenario.name: scenario.name for scenario in scenarios})
     launches = plan_launches([member(scenario, options, path / scenario.name) for scenario in scenarios])
+    # Separate launches side by side only on one node: on several, they would share --master-port (static) or
+    # the first launch's store (c10d), which goes when that launch ends.
+    together = len(launches) > 1 and jobs >= len(scenarios) and options.nnodes == 1
+    beside = uuid.uuid4().hex if together else None
     calls = [functools.partial(run_launch, planned, options, path, jobs, "" if len(launches) == 1 else f"-{index + 1}",
-                               progress, command) for index, planned in enumerate(launches)]
-    if len(calls) > 1 and jobs >= len(scenarios):  # every scenario side by side, whichever launch it is in
+                               progress, command, beside=beside) for index, planned in enumerate(launches)]
+    if together:  # every scenario side by side, whichever launch it is in
         done = _side_by_side(calls, path)
     else:
         done = [run for call in calls for run in call()]

@@ -33,7 +33,7 @@ from memprobe.launch.processes import (
     KILL_GRACE_S, alive, free_port, signal_own, stop_everything, wait_for_gpu_release,
 )
 from memprobe.model.records import (
-    CONCURRENT_VARIABLE, LAUNCH_FILE, NCCL_LOG_FOLDER, RUN_TOKEN_VARIABLE, TORCHRUN_LOG, WORKERS_LOG, Run,
+    CONCURRENT_VARIABLE, Failure, LAUNCH_FILE, NCCL_LOG_FOLDER, RUN_TOKEN_VARIABLE, TORCHRUN_LOG, WORKERS_LOG, Run,
     atomic_write_text,
 )
 
@@ -62,6 +62,8 @@ def launch_command(launch_file: Path, name: str, per_node: int, options: LaunchO
     if options.rdzv_endpoint:
         rendezvous = ["--rdzv-backend", options.rdzv_backend, "--rdzv-endpoint", options.rdzv_endpoint,
                       "--rdzv-id", f"{options.rdzv_id or 'memprobe'}-{name}"]  # one rendezvous per launch
+        if options.rdzv_backend == "static":  # a static rendezvous does not assign node ranks
+            rendezvous += ["--node-rank", str(options.node_rank)]
     else:
         rendezvous = ["--node-rank", str(options.node_rank), "--master-addr", options.master_addr, "--master-port", str(port)]
     return [
@@ -89,13 +91,15 @@ def _stop(tracked: Tracked, token: str, now: float) -> None:
     if tracked.kill_at is None:
         tracked.kill_at = now + KILL_GRACE_S
     number = signal.SIGKILL if now >= tracked.kill_at else signal.SIGTERM
-    signal_own({pid for pid in tracked.follower.pids if alive(pid)}, token, number)
+    living = {pid for pid in tracked.follower.pids - tracked.gone if alive(pid)}
+    tracked.gone |= tracked.follower.pids - living  # once seen gone, never signalled again (a PID may be reused)
+    signal_own(living, token, number)
 
 
 def _check(tracked: Tracked, now: float, options: LaunchOptions, torchrun_log: Path) -> None:
     """A running scenario: done when every local rank is, failed on an error or a silent rank."""
     follower = tracked.follower
-    if follower.errors:
+    if follower.errors or follower.crashed:
         if tracked.error_seen_at is None:
             tracked.error_seen_at = now  # let its other ranks report too, then stop them
         elif now - tracked.error_seen_at >= ERROR_GRACE_S:
@@ -120,6 +124,22 @@ def _turns(members: list[Tracked], jobs: int) -> None:
             tracked.state = "running"
             tracked.follower.restart_clock()
             running += 1
+
+
+def _fail_the_queue_if_never_launched(members: list[Tracked]) -> None:
+    """A scenario that timed out because a rank's launcher never started takes the ones waiting for their turn
+    with it: they would only wait the same --timeout again, each, for the same launcher."""
+    for tracked in members:
+        failure = tracked.failure
+        if (tracked.state == "failed" and failure is not None and failure.rank is not None
+                and failure.rank not in tracked.follower.launched):
+            for waiting in members:
+                if waiting.state == "waiting":
+                    waiting.state = "failed"
+                    waiting.failure = Failure(rank=failure.rank, group="", step="",
+                                              message=f"not run: {failure.describe()} (in {tracked.member.scenario.name}, "
+                                                      "the same launch)")
+            return
 
 
 def _note_exits(members: list[Tracked], token: str) -> None:
@@ -147,6 +167,7 @@ def _follow(process: subprocess.Popen[bytes], members: list[Tracked], options: L
             if tracked.state == "running":
                 _check(tracked, now, options, torchrun_log)
         _note_exits(members, token)
+        _fail_the_queue_if_never_launched(members)
         _turns(members, jobs)
         if process.poll() is not None:
             for tracked in members:
@@ -162,7 +183,10 @@ def _follow(process: subprocess.Popen[bytes], members: list[Tracked], options: L
 def _wait_for_own_exit(process: subprocess.Popen[bytes], members: list[Tracked], token: str) -> None:
     """After every scenario ended, the launchers and torchrun exit by themselves (torchrun exit 0 when all went well);
     notes when each scenario's last measuring process is gone (the timings tell it from torchrun's exit)."""
-    deadline = time.monotonic() + CLEAN_EXIT_S
+    # everything done: torchrun's exit barrier and store may take a moment; something failed: what is left of it
+    # is being stopped, and the rest is stop_everything's
+    wait_s = CLEAN_EXIT_S if all(tracked.state == "done" for tracked in members) else KILL_GRACE_S + 1.0
+    deadline = time.monotonic() + wait_s
     while process.poll() is None and time.monotonic() < deadline:
         _note_exits(members, token)
         time.sleep(0.02)
@@ -233,9 +257,10 @@ def _write_launch_file(path: Path, planned: PlannedLaunch, jobs: int) -> None:
 
 def run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path, jobs: int, suffix: str = "",
                progress: ProgressCallback | None = None, command: list[str] | None = None,
-               stop: StopFlag | None = None) -> list[Run]:
+               stop: StopFlag | None = None, beside: str | None = None) -> list[Run]:
     """Measure the scenarios of ``planned`` in one torchrun launch, ``jobs`` at a time; their runs, in order.
 
+    ``beside``: the token every process of the launches running beside this one carries too (one comparison).
     Every scenario ends (done, failed or timed out) before this returns; then the first failure is
     raised as :class:`MeasurementError` (each run.json says what happened, every finished reading
     kept), or :class:`Interrupted`.
@@ -248,8 +273,8 @@ def run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path,
     _write_launch_file(launch_file, planned, jobs)
     token = uuid.uuid4().hex
     environment = {**planned.environment, RUN_TOKEN_VARIABLE: token}
-    if jobs > 1:  # side by side on the same GPUs, on purpose (the engine tells them from strangers)
-        environment[CONCURRENT_VARIABLE] = token
+    if beside or jobs > 1:  # side by side on the same GPUs, on purpose (the engine tells them from strangers)
+        environment[CONCURRENT_VARIABLE] = beside or token
     per_node = planned.scenarios[0].layout.world_size // options.nnodes
     attempts = 1 if options.master_port or options.rdzv_endpoint else 3
     for attempt in range(attempts):

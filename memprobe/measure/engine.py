@@ -54,7 +54,7 @@ def _carries(pid: int, variable: str, value: str) -> bool:
 class FaultHook:
     """Test-only fault injection, off unless ``MEMPROBE_TEST_FAULT`` is set.
 
-    Format ``RANK:GROUP/STEP:ACTION`` (``GROUP`` empty for start/cuda_context/end), e.g.
+    Format ``RANK:GROUP/STEP:ACTION`` (``GROUP`` empty for start/cuda_context/end/teardown), e.g.
     ``1:tp/pynccl:raise``, several separated by commas; ACTION is ``raise``, ``exit`` (exit code 7),
     ``kill`` (SIGKILL to itself), ``hang`` (sleeps forever) or ``sleepN`` (sleeps N seconds, then goes on:
     a slow but healthy rank). It fires when the rank reaches that step, before the step's reading is taken.
@@ -363,6 +363,7 @@ class ReferenceEngine:
                 dist.barrier(group=self.world_cpu_group)
             except Exception:
                 pass
+            self.fault.fire("", "teardown")  # tests: a rank slower than its peers to tear down
             dist.destroy_process_group()
 
 

@@ -64,43 +64,61 @@ def _ranks() -> tuple[int, int, int, int]:
 # ---------------------------------------------------------------------------- launcher
 
 class Launcher:
-    """Forks the measuring processes of one rank and passes a stop signal on to them."""
+    """Forks the measuring processes of one rank and passes a stop signal on to them.
 
-    def __init__(self, launch: dict[str, Any], launch_file: Path) -> None:
+    It exits 0 once every measuring process ended, whatever their exit codes (each is written into its
+    scenario's stream as ``exited``): a non-zero exit would make torchrun stop the other ranks' launchers,
+    and with them the scenarios still running beside a failed one. Only a stop signal makes it exit non-zero.
+    """
+
+    def __init__(self, launch: dict[str, Any], launch_file: Path, rank: int, fork_safe: bool) -> None:
         self.launch_file = launch_file
+        self.rank = rank
+        self.fork_safe = fork_safe  # no thread besides this one: otherwise each child execs a fresh interpreter
         self.entries = list(launch["scenarios"])
         self.jobs = max(1, int(launch.get("jobs", 1)))
-        self.running: dict[int, str] = {}  # pid -> scenario
+        self.running: dict[int, dict[str, Any]] = {}  # pid -> its scenario's entry
         self.stopping = 0
 
     def on_signal(self, number: int, frame: Any) -> None:
         self.stopping = self.stopping or number
-        for pid in self.running:
+        for pid in list(self.running):
             try:
                 os.kill(pid, number)
             except ProcessLookupError:
                 pass
 
+    def _fork(self, entry: dict[str, Any]) -> None:
+        """Signals are blocked around the fork, so none is lost between fork() and ``running``, and the child
+        never runs the launcher's handler (it resets its own before unblocking)."""
+        launcher = os.getpid()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                process = "forked" if self.fork_safe else "fresh-exec"
+                os._exit(_measuring_process(entry, self.launch_file, process, launcher, unblock=blocked))
+            self.running[pid] = entry
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _announce(Path(entry["run_dir"]), self.rank, {"type": "forked", "pid": pid, "time": time.time()})
+
     def run(self) -> int:
-        """Every scenario's measuring process, ``jobs`` at a time; the first failing exit code, else 0."""
-        queue, exit_code = list(self.entries), 0
+        """Every scenario's measuring process, ``jobs`` at a time."""
+        queue = list(self.entries)
         while queue or self.running:
             while queue and len(self.running) < self.jobs and not self.stopping:
-                entry = queue.pop(0)
-                pid = os.fork()
-                if pid == 0:
-                    os._exit(_measuring_process(entry, self.launch_file, "forked"))
-                self.running[pid] = entry["name"]
+                self._fork(queue.pop(0))
             if self.stopping:
                 queue.clear()
             if not self.running:
                 break
             pid, status = os.wait()
-            self.running.pop(pid, None)
-            code = os.waitstatus_to_exitcode(status)
-            if code != 0 and exit_code == 0:
-                exit_code = code if code > 0 else 128 - code  # killed by a signal: 128 + its number
-        return exit_code or (128 + self.stopping if self.stopping else 0)
+            entry = self.running.pop(pid, None)
+            if entry is not None:
+                _announce(Path(entry["run_dir"]), self.rank, {"type": "exited", "pid": pid, "time": time.time(),
+                                                               "code": os.waitstatus_to_exitcode(status)})
+        return 128 + self.stopping if self.stopping else 0
 
 
 def main(argv: list[str]) -> int:
@@ -108,7 +126,7 @@ def main(argv: list[str]) -> int:
     launch = json.loads(launch_file.read_text(encoding="utf-8"))
     if argv[2:3] == [FRESH]:  # a measuring process that had to leave its fork for a fresh interpreter
         entry = next(entry for entry in launch["scenarios"] if entry["name"] == argv[3])
-        return _measuring_process(entry, launch_file, "fresh")
+        return _measuring_process(entry, launch_file, "fresh", os.getppid())
     rank, local_rank, _, group_rank = _ranks()
     _die_with_parent()  # torchrun's agent
     launched = {"type": "launched", "rank": rank, "local_rank": local_rank, "pid": os.getpid(), "group_rank": group_rank,
@@ -125,9 +143,9 @@ def main(argv: list[str]) -> int:
     for entry in launch["scenarios"]:
         _announce(Path(entry["run_dir"]), rank, imported)
     if len(launch["scenarios"]) == 1:  # `memprobe run`: nothing to share, so no fork (and no fork poison)
-        code = _measuring_process(launch["scenarios"][0], launch_file, "launcher")
+        code = _measuring_process(launch["scenarios"][0], launch_file, "launcher", os.getppid())
     else:
-        launcher = Launcher(launch, launch_file)
+        launcher = Launcher(launch, launch_file, rank, fork_safe=imported["threads"] == 1)
         signal.signal(signal.SIGTERM, launcher.on_signal)
         signal.signal(signal.SIGINT, launcher.on_signal)
         code = launcher.run()
@@ -158,13 +176,16 @@ def _in_bad_fork() -> bool:
     return bool(getattr(torch.cuda, "_is_in_bad_fork", lambda: False)())
 
 
-def _measuring_process(entry: dict[str, Any], launch_file: Path, process: str) -> int:
+def _measuring_process(entry: dict[str, Any], launch_file: Path, process: str, parent: int,
+                       unblock: Any = None) -> int:
     """One scenario on this rank, in a ``forked`` child of the launcher, in the ``launcher`` itself (a launch of one
-    scenario) or in the ``fresh`` interpreter a forked child became. Returns the exit code, never raises."""
+    scenario), or in the ``fresh`` interpreter a forked child became (``fresh-exec``: a child that must become one,
+    its launcher having had other threads). Returns the exit code, never raises."""
     try:
-        parent = os.getppid()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if unblock is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblock)
         _die_with_parent(parent)
         os.environ.update(entry.get("env", {}))  # the scenario's own variables (launch/plan.py)
         run_dir = Path(entry["run_dir"])
@@ -173,7 +194,8 @@ def _measuring_process(entry: dict[str, Any], launch_file: Path, process: str) -
             os.dup2(log, 1)
             os.dup2(log, 2)
             os.close(log)
-            if process == "forked" and _in_bad_fork():  # a fresh interpreter (same PID, same variables): slower, but CUDA works there
+            # a fresh interpreter (same PID, same variables): slower, but CUDA works there and no lock is held
+            if process == "fresh-exec" or (process == "forked" and _in_bad_fork()):
                 os.environ.pop("MEMPROBE_TEST_BAD_FORK", None)
                 os.execv(sys.executable, [sys.executable, "-u", "-m", "memprobe.measure.worker", str(launch_file),
                                           FRESH, entry["name"]])
