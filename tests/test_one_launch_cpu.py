@@ -79,6 +79,8 @@ def test_a_failing_scenario_does_not_stop_the_one_beside_it(memprobe, tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("memprobe: error: faulty: rank 1 failed at tp/groups_created") and "injected fault" in line
     folder = only_run_folder(tmp_path)
+    assert line.endswith(f"; finished: healthy (memprobe report {folder.relative_to(tmp_path)} shows them)")
+    assert "RuntimeError: injected fault" in (folder / "faulty" / "workers.log").read_text()  # the traceback
     healthy, faulty = load_run(folder / "healthy"), load_run(folder / "faulty")
     assert healthy.record.status == "complete" and healthy.record.failure is None
     assert len(healthy.readings) == 2 * len({r.sequence for r in healthy.readings if r.rank == 0})

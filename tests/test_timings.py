@@ -66,6 +66,6 @@ def test_rendering_names_every_phase_and_the_slowest_steps():
     for label in ("torchrun start", "import", "queued", "CUDA context", "steps", "gather", "teardown", "workers exit",
                   "torchrun exit", "GPU release wait", "total"):
         assert label in text
-    assert "  total                               7.00 s" in text.splitlines()
+    assert "  total (the whole launch)            7.00 s" in text.splitlines()
     assert "slowest steps: world/world 0.50 s, end 0.50 s" in text
     assert timing_lines("old", {}) == ["timings old: none recorded (a run made before memprobe recorded them)"]

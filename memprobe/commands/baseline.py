@@ -59,7 +59,7 @@ def update(
     ] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
-        help="The longest any rank may go without a new reading (counted from launch). Not used with --from.")
+        help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn). Not used with --from.")
     ] = DEFAULT_TIMEOUT_S,
 ) -> None:
     try:

@@ -62,8 +62,9 @@ DEVICE = typer.Option("cuda", "--device", envvar=ENV + "DEVICE",
 OUT_DIR = typer.Option(DEFAULT_OUT_DIR, "--out-dir", envvar=ENV + "OUT_DIR", help="Folder that receives one sub-folder per run.")
 RUN_ID = typer.Option(None, "--run-id", envvar=ENV + "RUN_ID", help="Name of the run folder (default: UTC time + layout).")
 TIMEOUT = typer.Option(300.0, "--timeout", envvar=ENV + "TIMEOUT",
-                       help="The longest any rank may go without a new reading (counted from launch, so a rank that never "
-                            "starts is caught too); then every process is stopped and the silent rank is named.")
+                       help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn "
+                            "when scenarios run in turn, so a rank that never starts is caught too); then that scenario's "
+                            "processes are stopped and the silent rank is named.")
 NNODES = typer.Option(1, "--nnodes", envvar=ENV + "NNODES", help="Nodes (passed to torchrun).")
 NODE_RANK = typer.Option(0, "--node-rank", envvar=ENV + "NODE_RANK", help="This node's rank (passed to torchrun).")
 MASTER_ADDR = typer.Option("127.0.0.1", "--master-addr", envvar=ENV + "MASTER_ADDR", help="Rendezvous host (passed to torchrun).")

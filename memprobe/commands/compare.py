@@ -85,8 +85,9 @@ def compare(
     scenario_set = with_engines(scenario_set, engines)
     nccl_settings = sorted({key for s in scenario_set.scenarios for key in s.env if key.startswith(("NCCL_", "TORCH_NCCL_"))})
     if device == "cpu" and nccl_settings:
-        print(f"memprobe: note: --device cpu builds gloo groups only: {', '.join(nccl_settings)} change nothing there "
-              f"(scenarios that differ only by them differ by host-memory noise)", file=sys.stderr)
+        print(f"memprobe: note: --device cpu builds gloo groups only: {', '.join(nccl_settings)} "
+              f"{'changes' if len(nccl_settings) == 1 else 'change'} nothing there (scenarios that differ only in "
+              f"{'it' if len(nccl_settings) == 1 else 'them'} differ by host-memory noise)", file=sys.stderr)
     check_out_dir(out_dir)
     comparison = measure(scenario_set, options, jobs=jobs)
     if gathered_elsewhere([(item.scenario.name, item.run) for item in comparison.runs]):

@@ -157,7 +157,7 @@ def gate(
         help="Folder that receives the run folders the gate measures (ignored with --results).")] = DEFAULT_OUT_DIR,
     timeout: Annotated[float, typer.Option(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
-        help="The longest any rank may go without a new reading (counted from launch).")] = DEFAULT_TIMEOUT_S,
+        help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn).")] = DEFAULT_TIMEOUT_S,
     sglang: Annotated[str, typer.Option(
         "--sglang", envvar="MEMPROBE_GATE_SGLANG", metavar="SITE",
         help="The SGLang under test for baseline scenarios recorded with --engine sglang: this site folder "

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from memprobe.errors import UsageError
+from memprobe.errors import MeasurementError, UsageError
 from memprobe.launch.options import LaunchOptions, nccl_log_environment, worker_environment
 from memprobe.launch.plan import Member, plan_launches
 from memprobe.launch.prepare import new_run_dir, preflight
@@ -67,13 +67,33 @@ def run_scenarios(scenario_set: ScenarioSet, options: LaunchOptions, progress: P
     beside = uuid.uuid4().hex if together else None
     calls = [functools.partial(run_launch, planned, options, path, jobs, "" if len(launches) == 1 else f"-{index + 1}",
                                progress, command, beside=beside) for index, planned in enumerate(launches)]
-    if together:  # every scenario side by side, whichever launch it is in
-        done = _side_by_side(calls, path)
-    else:
-        done = [run for call in calls for run in call()]
+    try:
+        if together:  # every scenario side by side, whichever launch it is in
+            done = _side_by_side(calls, path)
+        else:
+            done = [run for call in calls for run in call()]
+    except MeasurementError as failure:
+        raise _with_the_finished(failure, scenarios, path) from None
     runs = {run.record.scenario: run for run in done}
     return Comparison(comparison_id=path.name, baseline=scenario_set.baseline,
                       runs=[ScenarioRun(scenario, runs[scenario.name]) for scenario in scenarios], path=path)
+
+
+def _with_the_finished(failure: MeasurementError, scenarios: list[Scenario], path: Path) -> MeasurementError:
+    """The first failure, and which scenarios did finish (their tables are one `memprobe report` away)."""
+    from memprobe.model.records import load_run
+
+    finished = []
+    for scenario in scenarios:
+        try:
+            if load_run(path / scenario.name).record.status == "complete":
+                finished.append(scenario.name)
+        except UsageError:  # never started: no run.json
+            continue
+    if not finished:
+        return failure
+    return MeasurementError(f"{failure}; finished: {', '.join(finished)} (memprobe report {path} shows them)",
+                            run_dir=failure.run_dir)
 
 
 def _side_by_side(calls: list[Callable[..., list[Run]]], path: Path) -> list[Run]:

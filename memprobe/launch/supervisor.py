@@ -33,7 +33,7 @@ from memprobe.launch.processes import (
     KILL_GRACE_S, alive, free_port, signal_own, stop_everything, wait_for_gpu_release,
 )
 from memprobe.model.records import (
-    CONCURRENT_VARIABLE, Failure, LAUNCH_FILE, NCCL_LOG_FOLDER, RUN_TOKEN_VARIABLE, TORCHRUN_LOG, WORKERS_LOG, Run,
+    CONCURRENT_VARIABLE, Failure, NCCL_LOG_FOLDER, RUN_TOKEN_VARIABLE, WORKERS_LOG, Run, launch_paths,
     atomic_write_text,
 )
 
@@ -269,7 +269,7 @@ def run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path,
     launch = {"scenarios": [scenario.name for scenario in planned.scenarios], "jobs": jobs,
               "folder": launch_dir.name}
     members = [_prepare(member, options, command, launch) for member in planned.members]
-    launch_file, torchrun_log = launch_dir / f"launch{suffix}.json", launch_dir / f"torchrun{suffix}.log"
+    launch_file, torchrun_log = launch_paths(launch_dir, suffix)
     _write_launch_file(launch_file, planned, jobs)
     token = uuid.uuid4().hex
     environment = {**planned.environment, RUN_TOKEN_VARIABLE: token}

@@ -271,8 +271,12 @@ def measure(run_dir: Path, process: str = "launcher") -> int:
         results_at = _results_location(engine, run_dir)
         emit({"type": "phase", "name": "gathered"})
         engine.shutdown()
-    except BaseException as error:  # report where it broke, then let torchrun see the failure
+    except BaseException as error:  # report where it broke (stream and workers.log), then exit non-zero
+        import traceback
+
         from memprobe.measure.engine import format_exception
+
+        traceback.print_exception(error)
 
         group, step = engine.current
         emit({"type": "info", **asdict(engine.info)})

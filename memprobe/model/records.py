@@ -31,8 +31,6 @@ RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"  # every process of one launch (found 
 CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"  # every process of a launch whose scenarios run side by side
 WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into the run folder by the parent
 WORKERS_LOG = "workers.log"  # what the scenario's measuring processes on this node printed (issue 16)
-LAUNCH_FILE = "launch.json"  # the scenarios one torchrun launch measures, read by every rank's launcher
-TORCHRUN_LOG = "torchrun.log"  # torchrun's own output and its launchers'
 NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
 
 STATUSES: tuple[str, ...] = ("ok", "skipped", "failed")
@@ -287,6 +285,12 @@ def load_stream(path: Path) -> tuple[list[dict[str, Any]], list[Reading]]:
         if event.get("type") == "reading":
             readings.append(reading_from_event(event))
     return events, readings
+
+
+def launch_paths(folder: Path, suffix: str = "") -> tuple[Path, Path]:
+    """A launch's ``launch.json`` (the scenarios it measures, read by every rank's launcher) and ``torchrun.log``
+    (torchrun's own output and its launchers'); ``suffix`` -N where one comparison needs several launches."""
+    return folder / f"launch{suffix}.json", folder / f"torchrun{suffix}.log"
 
 
 def stream_path(run_dir: Path, rank: int) -> Path:

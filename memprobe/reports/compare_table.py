@@ -381,7 +381,7 @@ def _render_comparison(console: Console, comparison: Comparison, per_rank: bool)
         if dropped:
             console.print(_dropped_note(dropped, console.width))
     if comparison.path is not None:
-        console.print(f"files: {comparison.path} (comparison.json, one run folder per scenario)")
+        console.print(f"files: {comparison.path} (comparison.json, launch.json and torchrun.log, one run folder per scenario)")
 
 
 __all__ = ["TextTable", "headline", "lean_lines", "moe_table", "render_comparison"]

@@ -24,7 +24,7 @@ def timing_lines(name: str, timings: dict[str, Any]) -> list[str]:
     phases = timings.get("phases", {})
     lines = [f"timings {name} (each phase on the slowest rank of this node):"]
     lines += [f"  {LABELS[phase]:<32} {_seconds(phases.get(phase)):>9}" for phase in PHASES]
-    lines.append(f"  {'total':<32} {_seconds(timings.get('total_s')):>9}")
+    lines.append(f"  {'total (the whole launch)':<32} {_seconds(timings.get('total_s')):>9}")
     slowest = sorted(timings.get("steps", []), key=lambda item: -item[2])[:SLOWEST_STEPS]
     if slowest:
         lines.append("  slowest steps: " + ", ".join(f"{group + '/' if group else ''}{step} {seconds:.2f} s"
