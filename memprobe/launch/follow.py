@@ -118,7 +118,8 @@ def tail(path: Path, lines: int = 12) -> list[str]:
         return []
 
 
-def silence_failure(follower: StreamFollower, now: float, timeout_s: float, log_path: Path) -> Failure | None:
+def silence_failure(follower: StreamFollower, now: float, timeout_s: float, workers_log: Path,
+                    torchrun_log: Path) -> Failure | None:
     """The local rank silent longest, if it went ``timeout_s`` without a new reading (counted from its turn)."""
     waiting = [rank for rank in follower.paths if rank not in follower.done]
     if not waiting:
@@ -137,7 +138,8 @@ def silence_failure(follower: StreamFollower, now: float, timeout_s: float, log_
                 f"waiting at {follower.arrived[rank]} for the other ranks (on another node?)")
     else:
         what = f"stopped progressing after its {follower.last_step[rank]} reading: silent for {silent:.0f} s"
-    return Failure(rank=rank, group="", step="", message=f"{what} (--timeout {timeout_s:g} s)", last_lines=tail(log_path))
+    return Failure(rank=rank, group="", step="", message=f"{what} (--timeout {timeout_s:g} s)",
+                   last_lines=last_lines(workers_log, torchrun_log))
 
 
 # A rank whose peer died reports these; the rank that died first is the cause, not them.

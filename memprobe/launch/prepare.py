@@ -46,12 +46,12 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
         if scenario.layout.world_size % options.nnodes:
             raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over "
                              f"--nnodes {options.nnodes}")
-    if worker_environment(scenarios[0], options).get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1":
+    environment = worker_environment(scenarios[0], options)
+    if environment.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1":
         raise UsageError("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 keeps torchrun's store from its workers, where each "
                          "scenario rendezvouses; unset it")
     if options.device == "cpu":
         return
-    environment = worker_environment(scenarios[0], options)
     count, reason = visible_gpu_count(environment)
     if count == 0:
         raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu to run the pipeline without GPUs")

@@ -25,7 +25,7 @@ from typing import Callable
 
 from memprobe.errors import MeasurementError
 from memprobe.launch.assemble import LaunchOutcome, Tracked, assemble, raise_if_interrupted
-from memprobe.launch.follow import StreamFollower, silence_failure, tail
+from memprobe.launch.follow import StreamFollower, silence_failure
 from memprobe.launch.options import LaunchOptions
 from memprobe.launch.plan import Member, PlannedLaunch
 from memprobe.launch.prepare import expected_readings, local_ranks, new_record, write_worker_config
@@ -107,9 +107,8 @@ def _check(tracked: Tracked, now: float, options: LaunchOptions, torchrun_log: P
     elif follower.finished_locally:
         tracked.state = "done"
     else:
-        workers_log = tracked.member.run_dir / WORKERS_LOG
-        log = workers_log if tail(workers_log) else torchrun_log
-        tracked.failure = silence_failure(follower, now, options.timeout_s, log)
+        tracked.failure = silence_failure(follower, now, options.timeout_s, tracked.member.run_dir / WORKERS_LOG,
+                                          torchrun_log)
         if tracked.failure is not None:
             tracked.state = "failed"
 

@@ -9,8 +9,8 @@ scenario's own keys (:mod:`memprobe.measure.rendezvous`); so its per-process rea
 those of a launch of its own, without paying for torchrun and ``import torch`` again.
 
 Events go to ``RUN_DIR/ranks/rank-NNNNN.jsonl`` of each scenario as they happen: the launcher's
-``launched`` and ``imported``, then the measuring process's ``started`` (with its PID) and every
-reading, so nothing finished is lost if the run dies. Rank 0 of each scenario finally gathers
+``launched``, ``imported``, ``forked`` and ``exited`` (the measuring process's PID and exit code),
+and the measuring process's ``started`` and every reading, so nothing finished is lost if the run dies. Rank 0 of each scenario finally gathers
 its readings over gloo and writes ``readings.csv`` and ``ranks.json``.
 """
 
