@@ -12,6 +12,9 @@ import pytest
 from memprobe.errors import UsageError
 
 CASES = {
+    # etcd rendezvous keeps torchrun's store from the workers; each scenario rendezvouses there (issue 16)
+    "rdzv-backend-etcd": ["run", "--device", "cpu", "--tp", "2", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:29400",
+                          "--rdzv-backend", "etcd"],
     "ep larger than tp": ["plan", "--tp", "2", "--ep", "4"],
     "width that does not divide": ["run", "--device", "cpu", "--tp", "4", "--ep", "3"],
     "zero width": ["run", "--device", "cpu", "--tp", "0"],
@@ -123,3 +126,11 @@ def test_no_gpu_at_all_says_to_use_cpu(monkeypatch):
     with pytest.raises(UsageError) as error:
         launcher.preflight([Scenario("tp2", Layout(tp=2))], LaunchOptions())
     assert "--device cpu" in str(error.value) and "no driver" in str(error.value)
+
+
+def test_a_store_torchrun_keeps_from_its_workers_is_refused_before_launch(memprobe, tmp_path):
+    result = memprobe("run", "--device", "cpu", "--tp", "2", env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == ["memprobe: error: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 keeps torchrun's "
+                                                   "store from its workers, where each scenario rendezvouses; unset it"]
+    assert list(tmp_path.iterdir()) == []
