@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 _EXIT_TYPES = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 _ABORT_TYPES = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
 
-from memprobe.commands import baseline, compare, gate, plan, report, run
+from memprobe.commands import baseline, calibrate, compare, estimate, gate, plan, report, run
 from memprobe.errors import ExitCode, MemprobeError
 
 app = typer.Typer(
@@ -60,6 +60,8 @@ app.command()(plan.plan)
 app.command()(run.run)
 app.command()(compare.compare)
 app.command()(report.report)
+app.command()(estimate.estimate)
+app.command()(calibrate.calibrate)
 app.command("gate", help=gate.GATE_HELP, no_args_is_help=True)(gate.gate)
 baseline_app = typer.Typer(help="Make and refresh baseline files for `memprobe gate`.", no_args_is_help=True,
                            rich_markup_mode=None)

@@ -29,6 +29,8 @@ GROUP_ORDER: tuple[str, ...] = (
 )
 
 LAYOUT_FIELDS: tuple[str, ...] = ("tp", "ep", "pp", "moe_dp", "attn_dp", "attn_cp")
+#: The largest world size memprobe plans or estimates: a plan holds every rank list of every group.
+MAX_WORLD_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Layout:
                 f"--tp {self.tp} is not divisible by --attn-dp {self.attn_dp} x --attn-cp {self.attn_cp}; "
                 f"attention TP width = tp / attn_dp / attn_cp must be whole"
             )
+        if self.tp * self.pp > MAX_WORLD_SIZE:
+            raise UsageError(f"world size {self.tp * self.pp} (--tp x --pp) is above the {MAX_WORLD_SIZE} ranks memprobe plans")
 
     @property
     def world_size(self) -> int:

@@ -126,6 +126,7 @@ class RunRecord:
     timings: dict[str, Any] = field(default_factory=dict)  # where the time went: model/timings.py
     results_at: dict[str, Any] | None = None  # on a node other than 0: host and folder of the gathered results
     launch: dict[str, Any] = field(default_factory=dict)  # the torchrun launch it shared: scenarios, jobs (issue 16)
+    source: str = "measured"  # "estimated": made by memprobe estimate from NCCL's rules, never measured
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -86,10 +86,14 @@ def layout_of(run: Run) -> Layout | None:
         return None
 
 
+ESTIMATED_MEMORY = "ESTIMATED GPU memory (NCCL rules + calibration, not measured)"
+
+
 def measured_memory(runs: list[Run]) -> str:
-    """What the readings are, in words: GPU memory (NVML), or host memory (RSS) with --device cpu."""
-    kinds = {"host memory (RSS)" if run.record.device == "cpu" else "GPU memory" for run in runs}
-    return kinds.pop() if len(kinds) == 1 else "memory (GPU and host RSS mixed)"
+    """What the readings are, in words: GPU memory (NVML), host memory (RSS) with --device cpu, or an estimate."""
+    kinds = {ESTIMATED_MEMORY if run.record.source == "estimated" else
+             "host memory (RSS)" if run.record.device == "cpu" else "GPU memory" for run in runs}
+    return kinds.pop() if len(kinds) == 1 else "memory (" + " and ".join(sorted(kinds)) + " mixed)"
 
 
 def layout_flags(run: Run) -> str:

@@ -222,6 +222,9 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
         "units": "bytes",
         "scenarios": scenarios,
     }
+    estimated = [item.run for item in comparison.runs if item.run.record.source == "estimated"]
+    if estimated:  # memprobe estimate: say so at the top, with what the numbers were made from
+        document["estimate"] = {"estimated": True, "measured": False, **estimated[0].record.environment.get("estimate", {})}
     fidelity = fidelity_document(comparison)
     if fidelity:  # only comparisons run with --engine memprobe,sglang
         document["fidelity"] = fidelity

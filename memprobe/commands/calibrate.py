@@ -1,0 +1,159 @@
+"""``memprobe calibrate``: measure on one GPU the constants ``memprobe estimate`` cannot derive from NCCL's rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from memprobe.commands.common import ENV
+from memprobe.commands.paths import check_output_path
+from memprobe.errors import MeasurementError, UsageError
+
+MARK = "MEMPROBE-CALIBRATION "
+STEP_TIMEOUT_S = 180
+
+
+def calibrate(
+    out: Path = typer.Option(..., "--out", envvar=ENV + "CALIBRATE_OUT", help="The calibration file to write (.json)."),
+    nvlinks: Optional[int] = typer.Option(None, "--nvlinks", envvar=ENV + "CALIBRATE_NVLINKS",
+                                          help="NVLinks each GPU of the target node has to its NVSwitch (18 on HGX "
+                                               "H100/H200). Default: what NVML reports on this GPU; needed where NVML "
+                                               "reports none (a one-GPU VM)."),
+    gpu_index: int = typer.Option(0, "--gpu-index", envvar=ENV + "CALIBRATE_GPU_INDEX",
+                                  help="Which visible GPU to measure (CUDA order)."),
+) -> int:
+    """Measure one GPU's per-process constants for `memprobe estimate` (under a minute, one GPU).
+
+    For NCCL_CUMEM_ENABLE=0 (SGLang's setting) and =1: the CUDA context, a one-rank NCCL communicator,
+    and the once-per-process cost of a process's first multi-rank communicator (two processes on this one
+    GPU joined as two nodes). NCCL_NVLS_ENABLE stays 0. Example:
+
+    \b
+      memprobe calibrate --out my-h200.json --nvlinks 18
+      memprobe estimate --tp 8 --ep 4 --calibration my-h200.json
+    """
+    from memprobe.measure import nvml
+
+    check_output_path(out, "--out", suffixes=(".json",))
+    visible = nvml.visible_gpus()
+    if not nvml.is_available(visible) or not visible:
+        raise UsageError(f"memprobe calibrate needs one NVIDIA GPU; NVML sees none ({getattr(visible, 'reason', 'no GPU')})")
+    if not 0 <= gpu_index < len(visible):
+        raise UsageError(f"--gpu-index {gpu_index}: this node has {len(visible)} visible GPU(s)")
+    gpu = visible[gpu_index]
+    links, source = _nvlinks(nvml, gpu.uuid, nvlinks)
+    readings = {cumem: _measure(gpu.uuid, cumem) for cumem in (0, 1)}
+    calibration = _assemble(readings, gpu.name, links, source, str(nvml.driver_version()))
+    from memprobe.model.records import atomic_write_text
+
+    atomic_write_text(out, calibration.to_json())
+    _report(calibration, out)
+    return 0
+
+
+def _nvlinks(nvml: Any, uuid: str, given: Optional[int]) -> tuple[int, str]:
+    handle = nvml.handle_by_uuid(uuid)
+    active = 0
+    for link in range(18):  # NVML_NVLINK_MAX_LINKS on Hopper
+        state = nvml.query("nvmlDeviceGetNvLinkState", handle, link)
+        active += 1 if nvml.is_available(state) and int(state) == 1 else 0
+    if given is not None:
+        if not 1 <= given <= 18:
+            raise UsageError(f"--nvlinks {given}: an NVSwitch GPU has 1 to 18 NVLinks")
+        return given, f"--nvlinks {given} (NVML reports {active} active on the calibrated GPU)"
+    if active == 0:
+        raise UsageError("NVML reports no active NVLink on this GPU; pass --nvlinks N, the NVLinks each GPU of the "
+                         "node you estimate for has (nvidia-smi topo -m there shows NV18 on HGX H100/H200)")
+    return active, "NVML nvmlDeviceGetNvLinkState on the calibrated GPU"
+
+
+def _measure(uuid: str, cumem: int) -> dict[str, Any]:
+    environment = dict(os.environ, CUDA_VISIBLE_DEVICES=uuid, CUDA_DEVICE_ORDER="PCI_BUS_ID", NCCL_NVLS_ENABLE="0",
+                       NCCL_CUMEM_ENABLE=str(cumem), OMP_NUM_THREADS="1")
+    for key in ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE"):
+        environment.pop(key, None)
+    single = _lines([sys.executable, "-m", "memprobe.measure.calibrate", "single"], environment)
+    pair = _lines([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                   "--master-port", str(_free_port()), "-m", "memprobe.measure.calibrate", "pair"], environment)
+    if len(single) != 1 or len(pair) != 2:
+        raise MeasurementError(f"calibration with NCCL_CUMEM_ENABLE={cumem}: expected 1 + 2 readings, got {len(single)} + {len(pair)}")
+    return {"single": single[0], "pair": sorted(pair, key=lambda item: item["rank"])}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _lines(command: list[str], environment: dict[str, str]) -> list[dict[str, Any]]:
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=STEP_TIMEOUT_S,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise MeasurementError(f"{' '.join(command[1:4])} took over {STEP_TIMEOUT_S} s; stopped") from None
+    if done.returncode != 0:
+        raise MeasurementError(f"{' '.join(command[1:4])} exited {done.returncode} after {time.monotonic() - started:.0f} s: "
+                               f"{_last_error(done.stderr + done.stdout)}")
+    return [json.loads(line[len(MARK):]) for line in done.stdout.splitlines() if line.startswith(MARK)]
+
+
+def _last_error(output: str) -> str:
+    """The line that says what failed: a worker's exception, not torchrun's banner around it."""
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not set(line.strip()) <= set("=-*")]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def _assemble(readings: dict[int, dict[str, Any]], gpu_name: str, links: int, source: str, driver: str) -> Any:
+    from memprobe.estimate.calibration import Calibration, CalibrationPoint
+
+    points = []
+    for cumem, measured in readings.items():
+        single, pair = measured["single"], measured["pair"]
+        first = [_added(rank, 1) - _added(rank, 2) for rank in pair]
+        points.append(CalibrationPoint(
+            cumem=bool(cumem),
+            cuda_context_bytes=single["context_bytes"] - single["start_bytes"],
+            first_communicator_bytes=max(first),
+            one_rank_communicator_bytes=_added(single, 3),
+            two_rank_communicator_bytes=max(_added(rank, 2) for rank in pair),
+        ))
+    single = readings[0]["single"]
+    return Calibration(
+        gpu_model=gpu_name, compute_capability=int(single["compute_capability"]), sm_count=int(single["sm_count"]),
+        nvlinks_per_gpu=links, nvlinks_source=source, driver=driver, cuda=single["cuda"], torch=single["torch"],
+        nccl=single["nccl"], points=tuple(points), created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        host=socket.gethostname(),
+        method="memprobe calibrate: one process (CUDA context, one-rank communicators) and two processes on one GPU "
+               "joined as two nodes by NCCL_HOSTID (their first two-rank communicator minus their second)",
+        extra={"readings": {f"cumem_{cumem}": measured for cumem, measured in readings.items()}},
+    )
+
+
+def _added(reading: dict[str, Any], index: int) -> int:
+    """Bytes communicator ``index`` added outside torch's cache (its warm-up tensor's segment is torch's)."""
+    before = "context" if index == 1 else f"communicator_{index - 1}"
+    after = f"communicator_{index}"
+    return (reading[f"{after}_bytes"] - reading[f"{before}_bytes"]) - (reading[f"{after}_reserved"] - reading[f"{before}_reserved"])
+
+
+def _report(calibration: Any, out: Path) -> None:
+    from memprobe.units import mib
+
+    print(f"calibration of {calibration.gpu_model} (driver {calibration.driver}, torch {calibration.torch}, "
+          f"NCCL {calibration.nccl}), {calibration.nvlinks_per_gpu} NVLinks per GPU; MiB = 2^20 bytes")
+    for point in calibration.points:
+        print(f"  NCCL_CUMEM_ENABLE={int(point.cumem)}: CUDA context {mib(point.cuda_context_bytes)} MiB, first multi-rank "
+              f"communicator +{mib(point.first_communicator_bytes)} MiB once per process, one-rank communicator "
+              f"{mib(point.one_rank_communicator_bytes)} MiB")
+    print(f"memprobe: wrote {out}", file=sys.stderr)

@@ -1,0 +1,116 @@
+"""Calibration files: the per-process constants of one GPU model and software stack, measured on one GPU.
+
+``memprobe calibrate`` writes one; ``memprobe estimate`` reads one. The constants are what no NCCL
+rule sizes: the CUDA context, and the once-per-process cost of a process's first NCCL communicator of
+several ranks (NCCL's device code, its stack reservation and proxy; the committed NCCL logs name none
+of it). Both are measured per ``NCCL_CUMEM_ENABLE`` setting. The file also keeps what the
+calibration saw of a one-rank communicator, so the backtest can set NCCL's rules against it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memprobe.errors import UsageError
+
+CALIBRATION_SCHEMA = 1
+KIND = "memprobe-calibration"
+PACKAGED = Path(__file__).with_name("calibrations")
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """What one ``NCCL_CUMEM_ENABLE`` setting measured (bytes, NVML per-process figures)."""
+
+    cumem: bool
+    cuda_context_bytes: int  # set_device + a first tensor (its 2 MiB torch segment included)
+    first_communicator_bytes: int  # a process's first multi-rank communicator minus its second one
+    one_rank_communicator_bytes: int  # a second one-rank communicator, warmed, without its torch segment
+    two_rank_communicator_bytes: int  # the second two-process communicator the first one is measured against
+
+
+@dataclass(frozen=True)
+class Calibration:
+    gpu_model: str
+    compute_capability: int  # 90 for sm_90
+    sm_count: int
+    nvlinks_per_gpu: int
+    nvlinks_source: str
+    driver: str
+    cuda: str
+    torch: str
+    nccl: str
+    points: tuple[CalibrationPoint, ...]
+    created_utc: str = ""
+    host: str = ""
+    method: str = ""
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def point(self, cumem: bool) -> CalibrationPoint:
+        for point in self.points:
+            if point.cumem == cumem:
+                return point
+        raise UsageError(f"calibration {self.path or self.gpu_model} has no point for NCCL_CUMEM_ENABLE={int(cumem)}; "
+                         "run memprobe calibrate again")
+
+    def basis(self) -> dict[str, Any]:
+        """What an estimate made from this calibration records about it."""
+        return {"calibration": self.path, "gpu_model": self.gpu_model, "driver": self.driver, "cuda": self.cuda,
+                "torch": self.torch, "nccl": self.nccl, "nvlinks_per_gpu": self.nvlinks_per_gpu,
+                "created_utc": self.created_utc}
+
+    def to_json(self) -> str:
+        document = {"schema_version": CALIBRATION_SCHEMA, "kind": KIND, **asdict(self)}
+        document.pop("path")
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--calibration {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--calibration {path}: not a calibration file ({error})") from None
+    if not isinstance(document, dict) or document.get("kind") != KIND or document.get("schema_version") != CALIBRATION_SCHEMA:
+        raise UsageError(f"--calibration {path}: not a memprobe calibration file (schema {CALIBRATION_SCHEMA})")
+    try:
+        document = {key: value for key, value in document.items() if key not in ("kind", "schema_version")}
+        points = tuple(CalibrationPoint(**point) for point in document.pop("points"))
+        calibration = Calibration(points=points, path=str(path), **document)
+    except (TypeError, KeyError) as error:
+        raise UsageError(f"--calibration {path}: missing or unknown field ({error})") from None
+    for point in calibration.points:
+        for name, value in asdict(point).items():
+            if name != "cumem" and (not isinstance(value, int) or value < 0):
+                raise UsageError(f"--calibration {path}: {name} must be a whole number of bytes >= 0, got {value!r}")
+    return calibration
+
+
+def packaged_calibrations() -> list[Path]:
+    return sorted(PACKAGED.glob("*.json"))
+
+
+def find_calibration(gpu: str | None, path: str | Path | None) -> Calibration:
+    """The calibration asked for: a file, or the packaged one of ``gpu`` (default: the only packaged one)."""
+    if path is not None:
+        calibration = load_calibration(path)
+        if gpu is not None and gpu != calibration.gpu_model:
+            raise UsageError(f"--gpu {gpu!r} but --calibration {path} is for {calibration.gpu_model!r}")
+        return calibration
+    known = [load_calibration(file) for file in packaged_calibrations()]
+    if gpu is None:
+        if not known:
+            raise UsageError("no calibration is packaged; make one with: memprobe calibrate --out calibration.json")
+        return known[0]
+    for calibration in known:
+        if calibration.gpu_model == gpu:
+            return calibration
+    models = ", ".join(repr(c.gpu_model) for c in known) or "none"
+    raise UsageError(f"no calibration for GPU {gpu!r} (packaged: {models}); on one such GPU run "
+                     f"`memprobe calibrate --out FILE`, then pass --calibration FILE")

@@ -1,0 +1,200 @@
+"""The estimate set beside measured runs (``memprobe estimate --check``): per run, rank and step, the error.
+
+A measured run is estimated from what it was asked to measure (its scenario: layout, stack or SGLang's
+flags, NCCL settings, warm-up) on the node it ran on (its GPU model and count), never from its readings.
+The bound a total must meet: the larger of 2 % of the measured total and 16 MiB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from memprobe.errors import UsageError
+from memprobe.estimate.calibration import Calibration
+from memprobe.estimate.comparison import sglang_flags
+from memprobe.estimate.model import Topology, estimate_run
+from memprobe.model.comparison import load_comparison, scenario_from_run
+from memprobe.model.records import Reading, Run
+from memprobe.model.steps import END, FIRST_USE
+
+MiB = 1 << 20
+BOUND_FRACTION = 0.02
+BOUND_FLOOR = 16 * MiB
+
+
+def bound(measured: int) -> int:
+    return max(int(abs(measured) * BOUND_FRACTION), BOUND_FLOOR)
+
+
+@dataclass(frozen=True)
+class StepError:
+    group: str
+    step: str
+    measured: dict[int, int]  # rank -> bytes the step added
+    estimated: dict[int, int]
+
+    @property
+    def worst(self) -> tuple[int, int]:
+        """(rank, estimated minus measured) of the largest difference."""
+        return max(((rank, self.estimated.get(rank, 0) - value) for rank, value in self.measured.items()),
+                   key=lambda item: abs(item[1]), default=(0, 0))
+
+
+@dataclass(frozen=True)
+class TotalError:
+    rank: int
+    what: str  # "after init" or "after first use"
+    measured: int
+    estimated: int
+
+    @property
+    def error(self) -> int:
+        return self.estimated - self.measured
+
+    @property
+    def within(self) -> bool:
+        return abs(self.error) <= bound(self.measured)
+
+
+@dataclass
+class RunCheck:
+    path: str
+    scenario: str
+    gpu: str
+    gpus: int
+    world_size: int
+    skipped: str = ""
+    steps: list[StepError] = field(default_factory=list)
+    totals: list[TotalError] = field(default_factory=list)
+
+    @property
+    def within(self) -> bool:
+        return all(total.within for total in self.totals)
+
+    def worst(self, what: str) -> TotalError | None:
+        chosen = [total for total in self.totals if total.what == what]
+        return max(chosen, key=lambda total: abs(total.error), default=None)
+
+
+def measured_runs(paths: Iterable[str | Path]) -> list[tuple[str, Run]]:
+    """Every scenario run under the given run or comparison folders (folders of folders are searched)."""
+    found: list[tuple[str, Run]] = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise UsageError(f"--check {path}: no such folder")
+        folders = sorted({record.parent for record in path.rglob("run.json")}) if not (path / "run.json").is_file() \
+            and not (path / "comparison.json").is_file() else [path]
+        if not folders:
+            raise UsageError(f"--check {path}: holds no memprobe run (no run.json below it)")
+        for folder in folders:
+            if (folder / "comparison.json").is_file():
+                comparison = load_comparison(folder)
+                found += [(str(item.run.path or folder), item.run) for item in comparison.runs]
+            else:
+                found += [(str(folder), run) for run in [load_comparison(folder).runs[0].run]]
+    unique: dict[str, Run] = {}
+    for where, run in found:
+        unique.setdefault(where, run)
+    return list(unique.items())
+
+
+def check_run(where: str, run: Run, calibration_for: Callable[[str], Calibration | None]) -> RunCheck:
+    record = run.record
+    environment = record.environment
+    gpus = int(environment.get("gpu_count") or 0)
+    result = RunCheck(path=where, scenario=record.scenario or record.run_id, gpu=str(environment.get("gpu_model") or ""),
+                      gpus=gpus, world_size=record.world_size)
+    result.skipped = _why_not(run, calibration_for)
+    if result.skipped:
+        return result
+    calibration = calibration_for(result.gpu)
+    assert calibration is not None
+    scenario = scenario_from_run(run)
+    flags, implementation = None, None
+    if record.engine == "sglang":
+        try:
+            flags, implementation = sglang_flags(run)
+        except UsageError as error:
+            if record.stack_name == "installed":  # SGLang's own flags, and this run did not record them
+                result.skipped = f"not estimated: {error}"
+                return result
+    topology = Topology.for_world(record.world_size, gpus, None)
+    try:
+        estimate = estimate_run(scenario, topology, calibration, flags, implementation)
+    except UsageError as error:
+        result.skipped = f"not estimated: {error}"
+        return result
+    result.steps, result.totals = _compare(run.readings, estimate.readings)
+    return result
+
+
+def _why_not(run: Run, calibration_for: Callable[[str], Calibration | None]) -> str:
+    record = run.record
+    if record.source != "measured":
+        return "an estimate, not a measurement"
+    if record.device != "cuda":
+        return "host memory (--device cpu)"
+    if record.status != "complete":
+        return f"status {record.status}"
+    if record.results_at is not None or len(run.ranks) != record.world_size:
+        return f"readings of {len(run.ranks)} of {record.world_size} ranks here (another node gathered the run)"
+    gpu = str(record.environment.get("gpu_model") or "")
+    calibration = calibration_for(gpu)
+    if calibration is None:
+        return f"no calibration for {gpu or 'an unnamed GPU'}"
+    if str(record.environment.get("nccl")) != calibration.nccl:
+        return f"NCCL {record.environment.get('nccl')}: the calibration and rules are NCCL {calibration.nccl}'s"
+    if _split_visibility(run):
+        return "ranks split over CUDA_VISIBLE_DEVICES on one host (each process sees one GPU): no node layout the rules model"
+    if record.environment.get("sampling_mode") != "process":
+        return f"sampling {record.environment.get('sampling_mode')}: the calibration is per-process NVML"
+    return ""
+
+
+def _split_visibility(run: Run) -> bool:
+    """Two ranks of one host on the same CUDA device index: each process was shown a GPU of its own."""
+    seen = [(info.host, info.device) for info in run.record.ranks]
+    return len(set(seen)) < len(seen) or int(run.record.environment.get("gpu_count") or 0) < len(seen) // max(
+        1, len({info.host for info in run.record.ranks}))
+
+
+def _added(readings: list[Reading]) -> dict[tuple[int, str, str], int]:
+    added: dict[tuple[int, str, str], int] = {}
+    previous: dict[int, int] = {}
+    for reading in sorted(readings, key=lambda r: (r.rank, r.sequence)):
+        value = reading.primary_bytes if reading.primary_bytes is not None else previous.get(reading.rank, 0)
+        added[(reading.rank, reading.group, reading.step)] = value - previous.get(reading.rank, 0)
+        previous[reading.rank] = value
+    return added
+
+
+def _totals(readings: list[Reading]) -> dict[tuple[int, str], int]:
+    """Per rank, the reading before the first ``first_use`` (after init) and the ``end`` reading."""
+    totals: dict[tuple[int, str], int] = {}
+    last: dict[int, int] = {}
+    for reading in sorted(readings, key=lambda r: (r.rank, r.sequence)):
+        if reading.step == FIRST_USE and (reading.rank, "after init") not in totals:
+            totals[(reading.rank, "after init")] = last.get(reading.rank, 0)
+        if reading.step == END:
+            totals[(reading.rank, "after first use")] = reading.primary_bytes or 0
+        if reading.primary_bytes is not None:
+            last[reading.rank] = reading.primary_bytes
+    return totals
+
+
+def _compare(measured: list[Reading], estimated: list[Reading]) -> tuple[list[StepError], list[TotalError]]:
+    got, want = _added(measured), _added(estimated)
+    keys = list(dict.fromkeys((group, step) for (_, group, step) in [*got, *want]))
+    steps = []
+    for group, step in keys:
+        m = {rank: value for (rank, g, s), value in got.items() if (g, s) == (group, step)}
+        e = {rank: value for (rank, g, s), value in want.items() if (g, s) == (group, step)}
+        if any(m.values()) or any(e.values()):
+            steps.append(StepError(group=group, step=step, measured=m, estimated=e))
+    measured_totals, estimated_totals = _totals(measured), _totals(estimated)
+    totals = [TotalError(rank=rank, what=what, measured=value, estimated=estimated_totals.get((rank, what), 0))
+              for (rank, what), value in sorted(measured_totals.items())]
+    return steps, totals

@@ -1,0 +1,302 @@
+"""The estimate: per rank, the readings a measured run of a scenario would take, from NCCL's rules, SGLang's
+buffer sizes, torch's caching allocator and one GPU's calibration. It yields the records the worker yields
+(:class:`~memprobe.model.records.Run`), marked ``source = "estimated"``, so every report renders it.
+
+Each rank walks the step sequence of :mod:`memprobe.model.steps` as the reference engine does
+(``memprobe/measure/engine.py``): the CUDA context; per group ``groups_created`` (lazy NCCL and gloo
+groups: nothing on the GPU), ``pynccl`` (an eager NCCL communicator warmed by a 1-element all-reduce on
+a stream of its own), ``custom_allreduce``; then ``first_use`` (torch's lazy communicator of the group,
+created by its first all-reduce, followed by ``empty_cache``). Every reading's note says how its bytes
+were made up.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from memprobe.errors import UsageError
+from memprobe.estimate import nccl
+from memprobe.estimate.calibration import Calibration
+from memprobe.estimate.torch_cache import CachingAllocator
+from memprobe.measure.custom_allreduce_sizes import V1_WORLD_SIZES, V1Buffers, v2_supported_world_sizes, v2_workspace
+from memprobe.model.layout import GroupPlan, Plan, plan_groups
+from memprobe.model.records import SCHEMA_VERSION, RankInfo, Reading, Run, RunRecord
+from memprobe.model.scenario import ENV_PRESETS, Scenario
+from memprobe.model.stacks import GroupFlags
+from memprobe.model.steps import (
+    BEFORE, COMMUNICATOR_STEPS, CUDA_CONTEXT, CUSTOM_ALLREDUCE, END, FIRST_USE, GROUPS_CREATED, PYNCCL, START, WORLD,
+)
+
+SOURCE = "estimated"
+SAMPLING_MODE = "estimate"
+MAX_GPUS_PER_NODE = 8
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the ranks sit: ``nnodes`` nodes of ``gpus_per_node`` NVSwitch-joined GPUs, rank ``r`` on node
+    ``r // gpus_per_node``; between nodes one NIC per GPU with GPUDirect RDMA (see :mod:`memprobe.estimate.nccl`)."""
+
+    gpus_per_node: int
+    nnodes: int
+    nics_per_node: int
+
+    @classmethod
+    def for_world(cls, world_size: int, gpus_per_node: int | None, nnodes: int | None) -> "Topology":
+        if gpus_per_node is not None and gpus_per_node < 1:
+            raise UsageError(f"--gpus-per-node must be 1 or more, got {gpus_per_node}")
+        if nnodes is not None and nnodes < 1:
+            raise UsageError(f"--nnodes must be 1 or more, got {nnodes}")
+        if gpus_per_node is None:
+            gpus_per_node = -(-world_size // nnodes) if nnodes else min(world_size, MAX_GPUS_PER_NODE)
+        needed = -(-world_size // gpus_per_node)
+        nnodes = nnodes or needed
+        if nnodes * gpus_per_node < world_size:
+            raise UsageError(f"world size {world_size} does not fit on {nnodes} node(s) of {gpus_per_node} GPUs")
+        return cls(gpus_per_node=gpus_per_node, nnodes=nnodes, nics_per_node=gpus_per_node)
+
+    def node_of(self, rank: int) -> int:
+        return rank // self.gpus_per_node
+
+    def describe(self) -> str:
+        nodes = f"{self.nnodes} node{'s' if self.nnodes > 1 else ''} of {self.gpus_per_node} GPUs (NVSwitch)"
+        if self.nnodes > 1:
+            nodes += f", {self.nics_per_node} NICs per node with GPUDirect RDMA between nodes"
+        return nodes
+
+
+def effective_env(scenario: Scenario) -> dict[str, str]:
+    """What a measured run of the scenario sets: the preset, then the scenario's own ``env`` (it wins)."""
+    return {**ENV_PRESETS[scenario.env_preset], **scenario.env}
+
+
+@dataclass
+class _Rank:
+    """One rank's state while its steps are walked."""
+
+    rank: int
+    calibration: Calibration
+    cumem: bool
+    allocator: CachingAllocator = field(default_factory=CachingAllocator)
+    total: int = 0
+    reserved: int = 0
+    first_communicator_done: bool = False
+    readings: list[Reading] = field(default_factory=list)
+    decisions: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def record(self, step: str, group: str, added: int, note: str, status: str = "ok") -> None:
+        self.total += added
+        self.reserved = self.allocator.reserved
+        self.readings.append(Reading(rank=self.rank, sequence=len(self.readings), step=step, group=group, status=status,
+                                     primary_bytes=self.total, process_bytes=self.total, device_used_bytes=None,
+                                     torch_reserved_bytes=self.reserved, other_gpus_bytes=None, elapsed_s=0.0, note=note))
+
+    def torch_step(self, action) -> int:
+        """Bytes torch's cache adds (or gives back) while ``action`` runs on the allocator."""
+        before = self.allocator.reserved
+        action(self.allocator)
+        return self.allocator.reserved - before
+
+    def communicator(self, estimate: nccl.CommunicatorEstimate) -> tuple[int, str]:
+        """Bytes of one eager or lazy communicator, with the once-per-process cost of the first multi-rank one."""
+        added, note = estimate.bytes, estimate.describe()
+        if not self.first_communicator_done and estimate.n_ranks > 1:
+            first = self.calibration.point(self.cumem).first_communicator_bytes
+            added += first
+            note += f"; + {first / MiB:g} MiB once per process (first multi-rank communicator, calibration)"
+            self.first_communicator_done = True
+        return added, note
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every rank of one scenario shares."""
+
+    scenario: Scenario
+    plan: Plan
+    topology: Topology
+    calibration: Calibration
+    settings: nccl.NcclSettings
+    links: nccl.GpuLinks
+    flags: dict[str, GroupFlags]
+    custom_allreduce_impl: str
+
+
+def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibration,
+                 flags: dict[str, GroupFlags] | None = None, custom_allreduce_impl: str | None = None) -> Run:
+    """The estimated run of ``scenario``: one record, every rank's readings.
+
+    ``flags`` (per group: pynccl, custom all-reduce) default to the scenario's stack; an ``--engine sglang``
+    estimate passes what the installed SGLang's ``initialize_model_parallel`` asked for.
+    """
+    env = effective_env(scenario)
+    settings = nccl.NcclSettings.from_env(env)
+    stack = scenario.resolved_stack
+    assert stack is not None
+    plan = plan_groups(scenario.layout)
+    context = Context(
+        scenario=scenario, plan=plan, topology=topology, calibration=calibration, settings=settings,
+        links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu),
+        flags=flags or {group.name: stack.flags_for(group.name) for group in plan.groups},
+        custom_allreduce_impl=custom_allreduce_impl or stack.custom_allreduce_impl,
+    )
+    ranks = [_estimate_rank(context, rank) for rank in range(scenario.layout.world_size)]
+    return Run(record=_record(context, env, ranks), readings=[reading for rank in ranks for reading in rank.readings])
+
+
+def _estimate_rank(context: Context, rank: int) -> _Rank:
+    point = context.calibration.point(context.settings.cumem)
+    state = _Rank(rank=rank, calibration=context.calibration, cumem=context.settings.cumem)
+    state.record(START, "", 0, "before CUDA")
+    state.torch_step(lambda cache: cache.free(cache.allocate(4)))  # the context step's first tensor
+    state.record(CUDA_CONTEXT, "", point.cuda_context_bytes, "set_device + a first tensor (calibration)")
+    state.record(WORLD, WORLD, 0, "init_process_group without device_id: lazy NCCL, gloo on the host")
+    built = [group for group in context.plan.built_groups() if group.name != WORLD]
+    for group in built:
+        state.record(BEFORE, group.name, 0, "")
+        state.record(GROUPS_CREATED, group.name, 0, "new_group NCCL (lazy) + gloo (host) per rank list")
+        for kind in COMMUNICATOR_STEPS:
+            _communicator_step(context, state, group, kind)
+    for group in [context.plan.group(WORLD), *built]:
+        _first_use(context, state, group)
+    state.record(END, "", 0, "")
+    return state
+
+
+def _group_estimate(context: Context, group: GroupPlan, rank: int) -> nccl.CommunicatorEstimate:
+    ranks = group.ranks_of(rank)
+    per_node = _ranks_per_node(context.topology, ranks)
+    return nccl.communicator(ranks.index(rank), len(ranks), per_node, context.links, context.topology.nics_per_node,
+                             context.settings)
+
+
+def _ranks_per_node(topology: Topology, ranks: tuple[int, ...]) -> int:
+    counts: dict[int, int] = {}
+    for member in ranks:
+        counts[topology.node_of(member)] = counts.get(topology.node_of(member), 0) + 1
+    return max(counts.values())
+
+
+def _communicator_step(context: Context, state: _Rank, group: GroupPlan, kind: str) -> None:
+    decision = state.decisions.setdefault(group.name, {})
+    ranks = group.ranks_of(state.rank)
+    wanted = getattr(context.flags.get(group.name, GroupFlags()), kind)
+    skip = ("skipped: not in stack" if not wanted else
+            "skipped: width 1 (SGLang builds none)" if len(ranks) == 1 else None)
+    if skip is None and kind == CUSTOM_ALLREDUCE:
+        implementation, reason = _custom_allreduce_choice(context, ranks)
+        skip = None if implementation else f"disabled: {reason}"
+    if skip is not None:
+        decision[kind] = skip
+        state.record(kind, group.name, 0, skip, status="skipped")
+        return
+    if kind == PYNCCL:
+        added, note = state.communicator(_group_estimate(context, group, state.rank))
+        stream = f"pynccl:{group.name}"  # SGLang allocates the warm-up tensor on the communicator's new stream
+        added += state.torch_step(lambda cache: cache.free(cache.allocate(4, stream)))
+        decision[kind] = "built"
+        state.record(PYNCCL, group.name, added, note + "; warm-up tensor on a new stream (torch cache)")
+        return
+    implementation, _ = _custom_allreduce_choice(context, ranks)
+    added, note = _custom_allreduce_bytes(context, state, len(ranks), implementation)
+    decision[kind] = f"built {implementation}"
+    state.record(CUSTOM_ALLREDUCE, group.name, added, note)
+
+
+def _custom_allreduce_choice(context: Context, ranks: tuple[int, ...]) -> tuple[str | None, str]:
+    """As ``memprobe/measure/communicators.custom_allreduce_eligibility``: one node, a supported size; an
+    NVSwitch node is fully NVLink-connected."""
+    nodes = {context.topology.node_of(member) for member in ranks}
+    if len(nodes) > 1:
+        return None, "group spans several nodes"
+    size = len(ranks)
+    capability = context.calibration.compute_capability
+    if context.custom_allreduce_impl == "v2" and size in v2_supported_world_sizes(capability // 10, capability % 10,
+                                                                                 context.calibration.sm_count):
+        return "v2", "full NVLink, one node"
+    if size in V1_WORLD_SIZES:
+        return "v1", "v1 layout"
+    return None, f"world size {size} has no custom all-reduce"
+
+
+def _custom_allreduce_bytes(context: Context, state: _Rank, size: int, implementation: str | None) -> tuple[int, str]:
+    granule = nccl.CUMEM_GRANULARITY
+    capability = context.calibration.compute_capability
+    if implementation == "v2":
+        plan = v2_workspace(size, capability // 10, capability % 10, context.calibration.sm_count)
+        symmetric = -(-plan.symmetric_bytes // granule) * granule  # torch symmetric memory maps whole cuMem granules
+
+        def allocate(cache: CachingAllocator) -> None:
+            cache.allocate(plan.graph_params_bytes)  # torch.zeros graph table: kept
+            cache.allocate(plan.push_counter_bytes)  # push counter: kept
+
+        torch_added = state.torch_step(allocate)
+        return symmetric + torch_added, (f"v2: symmetric workspace {plan.symmetric_bytes} B -> {symmetric / MiB:g} MiB "
+                                         f"(cuMem granules); graph table {plan.graph_params_bytes / MiB:g} MiB and push "
+                                         f"counter in torch's cache (+{torch_added / MiB:g} MiB of segments)")
+    buffers = V1Buffers()
+    raw = sum(-(-nbytes // granule) * granule for nbytes in (buffers.meta_bytes, buffers.buffer_bytes))
+    torch_added = state.torch_step(lambda cache: cache.allocate(buffers.rank_data_bytes))
+    return raw + torch_added, (f"v1: meta + buffer cudaMalloc'd, {raw / MiB:g} MiB in 2 MiB pages; rank_data "
+                               f"{buffers.rank_data_bytes / MiB:g} MiB in torch's cache (+{torch_added / MiB:g} MiB of segments)")
+
+
+def _first_use(context: Context, state: _Rank, group: GroupPlan) -> None:
+    ranks = group.ranks_of(state.rank)
+    if context.scenario.warmup == "none":
+        state.record(FIRST_USE, group.name, 0, "--warmup none", status="skipped")
+        return
+    if len(ranks) == 1:
+        state.record(FIRST_USE, group.name, 0, "width 1: no collective", status="skipped")
+        return
+    added, note = state.communicator(_group_estimate(context, group, state.rank))
+
+    def collective(cache: CachingAllocator) -> None:
+        cache.free(cache.allocate(4))
+        cache.empty_cache()  # the engine empties the cache after the first collective
+
+    torch_added = state.torch_step(collective)
+    note += f"; torch's communicator, then empty_cache ({torch_added / MiB:+g} MiB of torch segments)"
+    state.record(FIRST_USE, group.name, added + torch_added, note)
+
+
+def _record(context: Context, env: dict[str, str], ranks: Iterable[_Rank]) -> RunRecord:
+    scenario, calibration, topology = context.scenario, context.calibration, context.topology
+    stack = scenario.resolved_stack
+    assert stack is not None
+    environment = {
+        "device": "cuda", "gpu_model": calibration.gpu_model, "gpu_count": topology.gpus_per_node,
+        "nnodes": topology.nnodes, "driver": calibration.driver, "cuda": calibration.cuda, "torch": calibration.torch,
+        "nccl": calibration.nccl, "nccl_env": dict(sorted((k, v) for k, v in env.items())),
+        "sampling_mode": SAMPLING_MODE, "memprobe": _version(),
+        "estimate": {"rules": f"NCCL {nccl.NCCL_VERSION} (memprobe/estimate/nccl.py)", "topology": topology.describe(),
+                     **calibration.basis()},
+    }
+    infos = [RankInfo(rank=state.rank, local_rank=state.rank % topology.gpus_per_node, host=f"node{topology.node_of(state.rank)}",
+                      device=f"cuda:{state.rank % topology.gpus_per_node}", gpu_name=calibration.gpu_model,
+                      sampling_mode=SAMPLING_MODE, torch_version=calibration.torch, nccl_version=calibration.nccl,
+                      communicators=state.decisions) for state in ranks]
+    return RunRecord(
+        run_id=scenario.name, layout=scenario.layout.as_dict(), world_size=scenario.layout.world_size,
+        stack=stack.as_dict(), device="cuda", warmup=scenario.warmup, env_preset=scenario.env_preset,
+        env=dict(scenario.env), plan=[_plan_entry(group, context) for group in context.plan.groups],
+        status="complete", scenario=scenario.name, engine=scenario.engine, definition=scenario.definition(),
+        memprobe_version=_version(), created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        environment=environment, ranks=infos, source=SOURCE, schema_version=SCHEMA_VERSION,
+    )
+
+
+def _plan_entry(group: GroupPlan, context: Context) -> dict:
+    flags = context.flags.get(group.name, GroupFlags())
+    built = GroupFlags() if group.is_alias or group.width == 1 else flags
+    return {"name": group.name, "ranks": [list(r) for r in group.rank_lists], "alias_of": group.alias_of,
+            "communicators": built.as_dict()}
+
+
+def _version() -> str:
+    from memprobe import __version__
+
+    return __version__

@@ -1,0 +1,388 @@
+"""How NCCL 2.28.9 sizes one communicator on one rank, as pure arithmetic (no torch, no GPU).
+
+Every rule cites the line of NVIDIA/nccl at tag v2.28.9-1 it comes from (``src/`` omitted). The rules
+cover what memprobe's groups do with a communicator: ``ncclCommInitRank`` and a 1-element fp32
+all-reduce, on GPUs of one node joined by an NVSwitch (all GPUs of a node reach each other over
+their NVLinks at the same bandwidth) and, between nodes, a network with GPUDirect RDMA.
+
+What is sized here (per rank, per communicator):
+
+* channels: the ring/tree search on an NVSwitch node (``graph/search.cc``), channel duplication
+  (``search.cc:961-974``, ``graph/connect.cc:452``) and ``NCCL_MIN/MAX_CTAS`` (``connect.cc:490-491``);
+  p2p channels (``graph/paths.cc:862-886``);
+* eager connection (cuMem off, or ``NCCL_RUNTIME_CONNECT=0``; ``init.cc:1269-1308``): every ring
+  and tree peer of every channel, plus the shared NET pool of the local proxy;
+* lazy connection (cuMem on): the per-channel structures at init, each a cuMem mapping of one
+  allocation granule (``channel.cc:42-56``, ``init.cc:512-514``), and the ring on the first all-reduce;
+* buffer sizes per connection: P2P (``transport/p2p.cc:377-380, 445-448``) and NET with GPUDirect
+  (``transport/net.cc:879-882``).
+
+Not sized: NVLS (memprobe keeps ``NCCL_NVLS_ENABLE=0``, as SGLang does), CollNet, PXN, NCCL's small
+per-channel structures when cuMem is off (a few hundred KiB per communicator that share 2 MiB pages
+of the CUDA allocator), and the once-per-process cost of NCCL's first communicator (device code,
+stack, proxy): that one comes from the calibration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Mapping
+
+from memprobe.errors import UsageError
+
+NCCL_VERSION = "2.28.9"
+KiB, MiB = 1 << 10, 1 << 20
+
+# include/device.h:24, 86, 92-93, 109-110; init.cc:697-699
+NCCL_STEPS = 8
+MAXCHANNELS = 64
+LL_BUFFSIZE = 8 * 512 * NCCL_STEPS * 16  # NCCL_LL_LINES_PER_THREAD x NCCL_LL_MAX_NTHREADS x steps x sizeof(ncclLLFifoLine)
+LL128_BUFFSIZE = 120 * 640 * NCCL_STEPS * 8  # NCCL_LL128_ELEMS_PER_THREAD x NCCL_LL128_MAX_NTHREADS x steps x 8 B
+SIMPLE_BUFFSIZE = 1 << 22
+CUDA_IPC_MIN = 2 * MiB  # include/comm.h:38: P2P buffers are rounded up to it
+CONN_MEM = 4096  # sizeof(ncclSendMem) = sizeof(ncclRecvMem) = MEM_ALIGN (include/comm.h:37, 45-69)
+SHARED_STEPS = 16  # transport/net.cc:628
+P2P_NVL_CHUNKSIZE, P2P_NET_CHUNKSIZE, P2P_PCI_CHUNKSIZE = 512 * KiB, 128 * KiB, 128 * KiB  # init.cc:704-706
+CUMEM_GRANULARITY = 2 * MiB  # CU_MEM_ALLOC_GRANULARITY_MINIMUM on Hopper; every cuMem allocation is rounded to it
+LOC_BW = 5000.0  # graph/topo.h:15: the bandwidth NCCL gives a single GPU talking to itself
+NVLINK_BW = {90: 20.6, 80: 20.0, 86: 12.0, 70: 20.0, 100: 40.1}  # graph/topo.h:16-21, per link, GB/s
+SM90_SPEEDS_INTRA = (60.0, 50.0, 40.0, 30.0, 24.0, 20.0, 15.0, 12.0, 11.0, 6.0, 3.0)  # graph/search.cc:981
+SM90_SPEEDS_INTER = (48.0, 45.0, 42.0, 40.0, 30.0, 24.0, 22.0, 20.0, 17.5, 15.0, 12.0, 6.0, 3.0, 2.4, 1.2, 0.24, 0.12)  # :982
+SEARCH_MAX_CHANNELS = MAXCHANNELS // 2  # init.cc: ringGraph/treeGraph maxChannels
+
+#: NCCL variables the rules read, with what NCCL takes when they are unset.
+MODELLED_VARIABLES = (
+    "NCCL_CUMEM_ENABLE", "NCCL_RUNTIME_CONNECT", "NCCL_BUFFSIZE", "NCCL_LL_BUFFSIZE", "NCCL_LL128_BUFFSIZE",
+    "NCCL_MAX_CTAS", "NCCL_MIN_CTAS", "NCCL_MAX_NCHANNELS", "NCCL_MIN_NCHANNELS", "NCCL_MAX_NRINGS", "NCCL_MIN_NRINGS",
+    "NCCL_MAX_P2P_NCHANNELS", "NCCL_MIN_P2P_NCHANNELS", "NCCL_P2P_NVL_CHUNKSIZE", "NCCL_P2P_NET_CHUNKSIZE",
+    "NCCL_P2P_PCI_CHUNKSIZE", "NCCL_P2P_READ_ENABLE", "NCCL_NVLS_ENABLE", "NCCL_NET_GDR_LEVEL",
+)
+#: NCCL variables that change no device allocation the rules size (logging, interface names).
+NEUTRAL_VARIABLES = ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE", "NCCL_SOCKET_IFNAME", "NCCL_IB_HCA",
+                     "NCCL_COMM_SPLIT_SHARE_RESOURCES", "NCCL_VERSION")
+
+
+def _align(value: int, granule: int) -> int:
+    return -(-value // granule) * granule
+
+
+def _pow2_up(value: int) -> int:
+    power = 1
+    while power < value:
+        power *= 2
+    return power
+
+
+@dataclass(frozen=True)
+class NcclSettings:
+    """The NCCL variables a scenario sets, read the way NCCL 2.28.9 reads them."""
+
+    cumem: bool
+    runtime_connect: bool = True
+    buffsizes: tuple[int, int, int] = (LL_BUFFSIZE, LL128_BUFFSIZE, SIMPLE_BUFFSIZE)  # LL, LL128, Simple
+    max_ctas: int = MAXCHANNELS
+    min_ctas: int = 1
+    max_p2p_channels: int = MAXCHANNELS
+    min_p2p_channels: int = 1
+    chunk_nvl: int = P2P_NVL_CHUNKSIZE
+    chunk_net: int = P2P_NET_CHUNKSIZE
+    p2p_read: bool | None = None  # None: NCCL decides (paths.cc:371)
+    gdr: bool = True
+
+    @property
+    def eager(self) -> bool:
+        """init.cc:1269: lazy (runtime) connection needs cuMem; without it init connects every ring and tree peer."""
+        return not (self.cumem and self.runtime_connect)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], cumem_default: bool = True) -> "NcclSettings":
+        unknown = sorted(key for key in env if key.startswith("NCCL_") and key not in MODELLED_VARIABLES + NEUTRAL_VARIABLES)
+        if unknown:
+            raise UsageError(f"the estimate does not model {', '.join(unknown)}; it models "
+                             f"{', '.join(MODELLED_VARIABLES)} (measure with memprobe run instead)")
+        if _int(env, "NCCL_NVLS_ENABLE", 0) not in (0,):
+            raise UsageError("the estimate models NCCL_NVLS_ENABLE=0 only (NVLink SHARP buffers are not sized)")
+        ll, ll128, simple = (_int(env, "NCCL_LL_BUFFSIZE", LL_BUFFSIZE), _int(env, "NCCL_LL128_BUFFSIZE", LL128_BUFFSIZE),
+                             _int(env, "NCCL_BUFFSIZE", SIMPLE_BUFFSIZE))
+        max_channels = _first_int(env, ("NCCL_MAX_NCHANNELS", "NCCL_MAX_NRINGS"), MAXCHANNELS)  # connect.cc:342-352
+        min_channels = _first_int(env, ("NCCL_MIN_NCHANNELS", "NCCL_MIN_NRINGS"), 0)
+        read = env.get("NCCL_P2P_READ_ENABLE")
+        return cls(
+            cumem=bool(_int(env, "NCCL_CUMEM_ENABLE", 1 if cumem_default else 0)),
+            runtime_connect=bool(_int(env, "NCCL_RUNTIME_CONNECT", 1)),
+            buffsizes=(ll, ll128, simple),
+            max_ctas=max(1, min(MAXCHANNELS, _int(env, "NCCL_MAX_CTAS", MAXCHANNELS), max_channels)),
+            min_ctas=max(1, min(MAXCHANNELS, max(_int(env, "NCCL_MIN_CTAS", 1), min_channels))),
+            max_p2p_channels=_int(env, "NCCL_MAX_P2P_NCHANNELS", MAXCHANNELS),
+            min_p2p_channels=_int(env, "NCCL_MIN_P2P_NCHANNELS", 1),
+            chunk_nvl=_int(env, "NCCL_P2P_NVL_CHUNKSIZE", P2P_NVL_CHUNKSIZE),
+            chunk_net=_int(env, "NCCL_P2P_NET_CHUNKSIZE", P2P_NET_CHUNKSIZE),
+            p2p_read=None if read is None else bool(_int(env, "NCCL_P2P_READ_ENABLE", 0)),
+            gdr=_int(env, "NCCL_NET_GDR_LEVEL", 1) != 0,
+        )
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    value = env.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise UsageError(f"{key}={value!r} is not an integer") from None
+
+
+def _first_int(env: Mapping[str, str], keys: tuple[str, ...], default: int) -> int:
+    for key in keys:
+        if key in env:
+            return _int(env, key, default)
+    return default
+
+
+@dataclass(frozen=True)
+class GpuLinks:
+    """What the channel search sees of one GPU: its compute capability and its NVLinks to the node's NVSwitch."""
+
+    compute_capability: int  # e.g. 90
+    nvlinks: int
+
+    @property
+    def nvlink_bw(self) -> float:
+        """graph/search.cc:29-37 getTotalBw: the sum of a GPU's NVLink bandwidths (topo.h:16-21 per link)."""
+        per_link = NVLINK_BW.get(self.compute_capability, NVLINK_BW[90] if self.compute_capability >= 90 else 20.0)
+        return self.nvlinks * per_link
+
+
+def _search_intra(bandwidth: float, speeds: tuple[float, ...]) -> tuple[int, float]:
+    """Channels and speed of NCCL's ring search inside one NVSwitch node (graph/search.cc:1072-1157).
+
+    On an NVSwitch every ring channel takes ``speed`` on each GPU's one link to the switch, in and out,
+    so ``floor(bw / speed)`` channels fit (up to the search's maximum). The search starts at the fastest
+    speed not above the path bandwidth (:1075), keeps a solution only if it moves more bytes
+    (``nChannels x speed``, ties keep the earlier one), and lowers the speed while the next one is above
+    0.49 of the best found (:1143-1146).
+    """
+    index = 0
+    while speeds[index] > bandwidth and index < len(speeds) - 1:
+        index += 1
+    best_channels, best_speed = 0, 0.0
+    while True:
+        speed = speeds[index]
+        channels = min(SEARCH_MAX_CHANNELS, int(bandwidth // speed))
+        if channels * speed > best_channels * best_speed:
+            best_channels, best_speed = channels, speed
+        if best_channels == SEARCH_MAX_CHANNELS:  # every channel found: the search stops as optimal
+            break
+        if index >= len(speeds) - 1 or (best_channels and speeds[index + 1] / best_speed <= 0.49):
+            break
+        index += 1
+    return max(1, best_channels), best_speed
+
+
+def _duplicate(channels: int, speed: float, compute_capability: int) -> int:
+    """graph/search.cc:961-974 ncclTopoDupChannels."""
+    if speed < 25.0:
+        return channels
+    if compute_capability > 80 and speed < 50.0 and channels > 4:
+        return channels
+    return min(channels * 2, SEARCH_MAX_CHANNELS)
+
+
+@dataclass(frozen=True)
+class Channels:
+    collective: int  # ring/tree channels ("coll channels" in NCCL's init log)
+    p2p: int  # "p2p channels": the NET pool and the structures of the channels above ``collective``
+    search: int  # channels the topology search found, before duplication
+    speed: float  # GB/s per channel of that search
+
+
+@lru_cache(maxsize=None)
+def channels(n_ranks: int, n_nodes: int, links: GpuLinks, nics_per_node: int, settings: NcclSettings) -> Channels:
+    """Channel counts of a communicator of ``n_ranks`` ranks over ``n_nodes`` nodes."""
+    if n_nodes <= 1:
+        # search.cc:41-45: a single GPU talks to itself at LOC_BW; else the NVLink bandwidth to the switch
+        bandwidth = LOC_BW if n_ranks == 1 else links.nvlink_bw
+        search, speed = _search_intra(bandwidth, SM90_SPEEDS_INTRA)
+        found = _duplicate(search, speed, links.compute_capability)
+    else:
+        # Between nodes every ring channel leaves a node through one NIC (assumed: one 400 Gb/s NIC
+        # per GPU, GPUDirect RDMA, as on HGX H100/H200 nodes); the search finds one channel per NIC at
+        # the first SM90 inter-node speed at or below the NIC's 50 GB/s (search.cc:982, 1075).
+        nics = max(1, min(nics_per_node, n_ranks // n_nodes))
+        speed = next(s for s in SM90_SPEEDS_INTER if s <= 50.0)
+        search = nics
+        found = _duplicate(search, speed, links.compute_capability)
+    collective = min(MAXCHANNELS, found * 2)  # connect.cc:452 "Duplication should be complete now"
+    if n_nodes > 1 and links.compute_capability >= 90 and speed > 45.0 and collective < 16:
+        collective *= 2  # connect.cc:480-483: 4 compute channels per search channel across nodes
+    collective = min(collective, settings.max_ctas)  # connect.cc:490
+    collective = max(collective, min(settings.min_ctas, MAXCHANNELS))  # connect.cc:491 copyChannels
+    p2p = max(min(collective, settings.max_p2p_channels), settings.min_p2p_channels)  # paths.cc:866-867
+    p2p = min(_pow2_up(p2p), MAXCHANNELS)  # paths.cc:883-885
+    return Channels(collective=collective, p2p=p2p, search=search, speed=speed)
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Per channel, the peers a rank receives from and sends to on the ring and the tree."""
+
+    recv_local: frozenset[int]
+    send_local: frozenset[int]
+    recv_remote: frozenset[int]
+    send_remote: frozenset[int]
+    ring_recv: int
+    ring_send: int
+
+
+def ring_and_tree_peers(rank: int, n_ranks: int, ranks_per_node: int, eager: bool) -> Peers:
+    """Whom a rank connects to per channel (transport/generic.cc:21-23 ring, :50-53 tree).
+
+    Ring and tree follow rank order: on an NVSwitch every order is equally fast and NCCL's search takes the
+    GPUs in index order, so ring ``r-1 -> r -> r+1`` and, inside a node, the tree is the chain of the
+    node's ranks (seen in every committed NCCL log: "Channel 00/24 : 0 1 2 3", "Trees ... 1/-1/-1->0->-1").
+    Across nodes the tree joins the nodes' first ranks in a binary tree (connect.cc connectTrees).
+    Connections are made once per (channel, peer, direction) (generic.cc via ncclTransportP2pConnect).
+    Lazy connection (cuMem on) connects only the ring, on the first all-reduce: a 4-byte all-reduce
+    runs Ring/LL on these nodes (the cuMem runs of 2 and 4 H200s connect no tree peer).
+    """
+    node = rank // ranks_per_node
+    prev, nxt = (rank - 1) % n_ranks, (rank + 1) % n_ranks
+    recv, send = {prev}, {nxt}
+    if eager:
+        first = node * ranks_per_node
+        last = min(n_ranks, first + ranks_per_node) - 1
+        chain = [peer for peer in (rank - 1, rank + 1) if first <= peer <= last]
+        recv.update(chain)
+        send.update(chain)
+        if rank == first:
+            for peer_node in _tree_neighbours(node, -(-n_ranks // ranks_per_node)):
+                recv.add(peer_node * ranks_per_node)
+                send.add(peer_node * ranks_per_node)
+    recv.discard(rank)
+    send.discard(rank)
+    local = lambda peer: peer // ranks_per_node == node  # noqa: E731
+    return Peers(
+        recv_local=frozenset(p for p in recv if local(p)), send_local=frozenset(p for p in send if local(p)),
+        recv_remote=frozenset(p for p in recv if not local(p)), send_remote=frozenset(p for p in send if not local(p)),
+        ring_recv=prev, ring_send=nxt,
+    )
+
+
+def _tree_neighbours(node: int, n_nodes: int) -> set[int]:
+    """Parent and children of ``node`` in a binary tree over the nodes (heap order)."""
+    neighbours = {child for child in (2 * node + 1, 2 * node + 2) if child < n_nodes}
+    if node > 0:
+        neighbours.add((node - 1) // 2)
+    return neighbours
+
+
+@dataclass(frozen=True)
+class Part:
+    """One kind of allocation in a communicator: how many, how large each, why."""
+
+    kind: str
+    count: int
+    each_bytes: int
+    rule: str
+
+    @property
+    def bytes(self) -> int:
+        return self.count * self.each_bytes
+
+
+@dataclass(frozen=True)
+class CommunicatorEstimate:
+    """What one rank's communicator allocates at init and at its first all-reduce."""
+
+    n_ranks: int
+    channels: Channels
+    init_parts: tuple[Part, ...] = field(default_factory=tuple)
+    first_use_parts: tuple[Part, ...] = field(default_factory=tuple)
+
+    @property
+    def init_bytes(self) -> int:
+        return sum(part.bytes for part in self.init_parts)
+
+    @property
+    def first_use_bytes(self) -> int:
+        return sum(part.bytes for part in self.first_use_parts)
+
+    @property
+    def bytes(self) -> int:
+        return self.init_bytes + self.first_use_bytes
+
+    def describe(self) -> str:
+        parts = [*self.init_parts, *self.first_use_parts]
+        text = " + ".join(f"{part.count} x {_mib(part.each_bytes)} {part.kind}" for part in parts if part.count)
+        return f"{self.n_ranks} ranks, {self.channels.collective} coll / {self.channels.p2p} p2p channels: {text or 'nothing'}"
+
+
+def _mib(value: int) -> str:
+    return f"{value / MiB:g} MiB"
+
+
+def p2p_buffer_sizes(settings: NcclSettings, read: bool) -> tuple[int, int]:
+    """(send, receive) bytes of one P2P connection (transport/p2p.cc:377-380, 445-448)."""
+    ll, ll128, simple = settings.buffsizes
+    send = CONN_MEM + (simple if read else 0)
+    recv = CONN_MEM + ll + ll128 + (0 if read else simple)
+    return _align(send, CUDA_IPC_MIN), _align(recv, CUDA_IPC_MIN)
+
+
+def net_buffer_sizes(settings: NcclSettings) -> tuple[int, int]:
+    """(send, receive) device bytes of one NET connection with GPUDirect (transport/net.cc:879-882, 1046-1049):
+    LL128 and Simple on the GPU on the send side (LL stays in host memory), every protocol on the receive side."""
+    if not settings.gdr:
+        return 0, 0
+    ll, ll128, simple = settings.buffsizes
+    return _align(ll128 + simple, CUDA_IPC_MIN), _align(ll + ll128 + simple, CUDA_IPC_MIN)
+
+
+def p2p_chunk(settings: NcclSettings, n_nodes: int) -> int:
+    """init.cc:716-721: the P2P chunk, at most an eighth of the Simple buffer."""
+    chunk = settings.chunk_net if n_nodes > 1 else settings.chunk_nvl
+    return min(chunk, settings.buffsizes[2] // NCCL_STEPS)
+
+
+@lru_cache(maxsize=None)
+def communicator(rank: int, n_ranks: int, ranks_per_node: int, links: GpuLinks, nics_per_node: int,
+                 settings: NcclSettings) -> CommunicatorEstimate:
+    """One rank's bytes of a communicator whose ranks fill nodes of ``ranks_per_node`` in rank order."""
+    n_nodes = -(-n_ranks // ranks_per_node)
+    chans = channels(n_ranks, n_nodes, links, nics_per_node, settings)
+    init: list[Part] = []
+    first_use: list[Part] = []
+    if settings.cumem:
+        # channel.cc:42,45,56: three cuMem allocations per channel initialised (every p2p channel too,
+        # paths.cc:889), plus devComm and rankToLocalRank (init.cc:512-514); each rounded to a granule
+        structures = 3 * max(chans.collective, chans.p2p) + 2
+        init.append(Part("channel structures", structures, CUMEM_GRANULARITY, "channel.cc:42-56, init.cc:512-514"))
+    if n_ranks == 1:  # generic.cc:18: a one-rank communicator connects no peer
+        if settings.eager:
+            init.append(_net_pool(chans, n_nodes, settings))
+        return CommunicatorEstimate(n_ranks, chans, tuple(init), tuple(first_use))
+    peers = ring_and_tree_peers(rank, n_ranks, ranks_per_node, settings.eager)
+    read = settings.p2p_read if settings.p2p_read is not None else links.compute_capability == 80  # paths.cc:371
+    p2p_send, p2p_recv = p2p_buffer_sizes(settings, read)
+    net_send, net_recv = net_buffer_sizes(settings)
+    c = chans.collective
+    connections = [
+        Part("P2P receive buffers", c * len(peers.recv_local), p2p_recv, "transport/p2p.cc:445-448"),
+        Part("P2P send buffers", c * len(peers.send_local), p2p_send, "transport/p2p.cc:377-380"),
+        Part("NET receive buffers", c * len(peers.recv_remote), net_recv, "transport/net.cc:1046-1049"),
+        Part("NET send buffers", c * len(peers.send_remote), net_send, "transport/net.cc:879-882"),
+    ]
+    connections = [part for part in connections if part.count and part.each_bytes]
+    if settings.eager:
+        init.extend(connections)
+        init.append(_net_pool(chans, n_nodes, settings))
+    else:
+        first_use.extend(connections)
+    return CommunicatorEstimate(n_ranks, chans, tuple(init), tuple(first_use))
+
+
+def _net_pool(chans: Channels, n_nodes: int, settings: NcclSettings) -> Part:
+    """init.cc:1307-1308 + transport/net.cc:647: the local NET proxy's shared pool, allocated at init in the
+    eager branch even when every peer is reached over NVLink: p2p channels x 16 steps x the P2P chunk."""
+    return Part("shared NET pool", 1, chans.p2p * SHARED_STEPS * p2p_chunk(settings, n_nodes), "init.cc:1307-1308, net.cc:647")
