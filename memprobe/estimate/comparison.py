@@ -46,7 +46,8 @@ def sglang_flags(run: Run) -> tuple[dict[str, GroupFlags], str]:
     if not flags:
         raise UsageError(f"{run.path or run.record.run_id}: the SGLang run recorded no group flags "
                          f"(expected use_pynccl / use_custom_allreduce per group)")
-    sglang: dict[str, Any] = run.record.environment.get("sglang") or {}
+    sglang: Any = run.record.environment.get("sglang") or {}
+    sglang = sglang if isinstance(sglang, dict) else {}  # older runs recorded the version string alone
     implementation = str(sglang.get("custom_allreduce_default") or "v2")
     return flags, implementation
 

@@ -60,7 +60,15 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
         if needed > count:
             tp = count
             suggestion = f"memprobe compare --tp {tp} --ep {max(1, tp // 2)}" if tp > 1 else "memprobe run --tp 1"
-            raise UsageError(f"scenario {scenario.name} needs {needed} GPUs per node but this node has {count}; try: {suggestion}")
+            raise UsageError(f"scenario {scenario.name} needs {needed} GPUs per node but this node has {count}; try: "
+                             f"{suggestion}, or estimate it without GPUs: {estimate_command(scenarios)}")
+
+
+def estimate_command(scenarios: list[Scenario]) -> str:
+    """The ``memprobe estimate`` command for the widest of ``scenarios`` (its MoE layout where there is one)."""
+    widest = max(scenarios, key=lambda s: (s.layout.world_size, s.layout.ep, s.layout.pp))
+    stacks = list(dict.fromkeys(s.stack for s in scenarios if s.layout == widest.layout))
+    return f"memprobe estimate {widest.layout.flags()} --stacks {','.join(stacks)}"
 
 
 def new_run_dir(root: Path, name: str) -> Path:
