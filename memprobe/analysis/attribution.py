@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from memprobe.model.records import Reading, Run
 from memprobe.model.steps import GROUP_INIT_STEPS
@@ -41,12 +41,27 @@ def _add(total: int | None, part: int | None) -> int | None:
 
 
 def rank_readings(run: Run) -> dict[int, list[Reading]]:
+    """Each rank's readings in order; ranks an estimate found alike share one list (``Run.classes``)."""
     per_rank: dict[int, list[Reading]] = {}
     for reading in run.readings:
         per_rank.setdefault(reading.rank, []).append(reading)
     for readings in per_rank.values():
         readings.sort(key=lambda r: r.sequence)
+    if run.classes:
+        return {rank: per_rank[representative] for rank, representative in sorted(run.classes.items())}
     return per_rank
+
+
+def _per_list(readings_by_rank: dict[int, list[Reading]], compute: Callable[[list[Reading]], Any]) -> dict[int, Any]:
+    """``compute`` once per distinct readings list (ranks that share one get equal copies)."""
+    done: dict[int, Any] = {}
+    result: dict[int, Any] = {}
+    for rank, readings in sorted(readings_by_rank.items()):
+        if id(readings) not in done:
+            done[id(readings)] = compute(readings)
+        value = done[id(readings)]
+        result[rank] = type(value)(value)
+    return result
 
 
 Measure = Callable[[Reading], "int | None"]
@@ -99,7 +114,7 @@ def skipped_keys(readings: list[Reading]) -> set[str]:
 
 
 def skipped_by_rank(run: Run) -> dict[int, set[str]]:
-    return {rank: skipped_keys(readings) for rank, readings in sorted(rank_readings(run).items())}
+    return _per_list(rank_readings(run), skipped_keys)
 
 
 def rank_components(readings: list[Reading], measure: Measure = primary) -> dict[str, int | None]:
@@ -134,7 +149,7 @@ def rank_components(readings: list[Reading], measure: Measure = primary) -> dict
 
 
 def components_by_rank(run: Run, measure: Measure = primary) -> dict[int, dict[str, int | None]]:
-    return {rank: rank_components(readings, measure) for rank, readings in sorted(rank_readings(run).items())}
+    return _per_list(rank_readings(run), lambda readings: rank_components(readings, measure))
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ def check_run(where: str, run: Run, calibration_for: Callable[[str], Calibration
     except UsageError as error:
         result.skipped = f"not estimated: {error}"
         return result
-    result.steps, result.totals = _compare(run.readings, estimate.readings)
+    result.steps, result.totals = _compare(run.readings, estimate.all_readings())
     return result
 
 

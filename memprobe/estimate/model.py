@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from memprobe.errors import UsageError
 from memprobe.estimate import nccl
@@ -143,11 +142,55 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
         flags=flags or {group.name: stack.flags_for(group.name) for group in plan.groups},
         custom_allreduce_impl=custom_allreduce_impl or stack.custom_allreduce_impl,
     )
-    ranks = [_estimate_rank(context, rank) for rank in range(scenario.layout.world_size)]
-    return Run(record=_record(context, env, ranks), readings=[reading for rank in ranks for reading in rank.readings])
+    representatives: dict[tuple, int] = {}
+    classes: dict[int, int] = {}
+    lists = _rank_lists(plan, topology)
+    for rank in range(scenario.layout.world_size):
+        classes[rank] = representatives.setdefault(_signature(context, lists, rank), rank)
+    ranks = [_estimate_rank(context, rank, lists) for rank in sorted(set(classes.values()))]
+    record = _record(context, env, ranks, classes)
+    readings = [reading for rank in ranks for reading in rank.readings]
+    return Run(record=record, readings=readings, classes=classes if len(ranks) < len(classes) else {})
 
 
-def _estimate_rank(context: Context, rank: int) -> _Rank:
+@dataclass(frozen=True)
+class Member:
+    """A rank's place in one group: its rank list, its index there, and how many of the list share a node."""
+
+    ranks: tuple[int, ...]
+    index: int
+    per_node: int
+
+
+def _rank_lists(plan: Plan, topology: Topology) -> dict[str, dict[int, Member]]:
+    """Per built group, every rank's :class:`Member` (``GroupPlan.ranks_of`` for all ranks at once)."""
+    lists: dict[str, dict[int, Member]] = {}
+    for group in plan.groups:
+        if group.is_alias:
+            continue
+        members: dict[int, Member] = {}
+        for ranks in group.rank_lists:
+            per_node = _ranks_per_node(topology, ranks)
+            for index, member in enumerate(ranks):
+                members[member] = Member(ranks, index, per_node)
+        lists[group.name] = members
+    return lists
+
+
+def _signature(context: Context, lists: dict[str, dict[int, Member]], rank: int) -> tuple:
+    """What a rank's readings depend on: per group, the width of its list, ranks per node, and how many ring
+    and tree peers it has on and off its node. Ranks with equal signatures read the same bytes at every step:
+    the rules see nothing else of them."""
+    eager = context.settings.eager
+    parts = []
+    for members in lists.values():
+        member = members[rank]
+        width = len(member.ranks)
+        parts.append((width, member.per_node, nccl.peer_counts(member.index, width, member.per_node, eager)))
+    return tuple(parts)
+
+
+def _estimate_rank(context: Context, rank: int, lists: dict[str, dict[int, Member]]) -> _Rank:
     point = context.calibration.point(context.settings.cumem)
     state = _Rank(rank=rank, calibration=context.calibration, cumem=context.settings.cumem)
     state.record(START, "", 0, "before CUDA")
@@ -159,30 +202,29 @@ def _estimate_rank(context: Context, rank: int) -> _Rank:
         state.record(BEFORE, group.name, 0, "")
         state.record(GROUPS_CREATED, group.name, 0, "new_group NCCL (lazy) + gloo (host) per rank list")
         for kind in COMMUNICATOR_STEPS:
-            _communicator_step(context, state, group, kind)
+            _communicator_step(context, state, group, kind, lists[group.name][rank])
     for group in [context.plan.group(WORLD), *built]:
-        _first_use(context, state, group)
+        _first_use(context, state, group, lists[group.name][rank])
     state.record(END, "", 0, "")
     return state
 
 
-def _group_estimate(context: Context, group: GroupPlan, rank: int) -> nccl.CommunicatorEstimate:
-    ranks = group.ranks_of(rank)
-    per_node = _ranks_per_node(context.topology, ranks)
-    return nccl.communicator(ranks.index(rank), len(ranks), per_node, context.links, context.topology.nics_per_node,
-                             context.settings)
+def _group_estimate(context: Context, member: Member) -> nccl.CommunicatorEstimate:
+    return nccl.communicator(member.index, len(member.ranks), member.per_node, context.links,
+                             context.topology.nics_per_node, context.settings)
 
 
 def _ranks_per_node(topology: Topology, ranks: tuple[int, ...]) -> int:
     counts: dict[int, int] = {}
     for member in ranks:
-        counts[topology.node_of(member)] = counts.get(topology.node_of(member), 0) + 1
+        node = member // topology.gpus_per_node
+        counts[node] = counts.get(node, 0) + 1
     return max(counts.values())
 
 
-def _communicator_step(context: Context, state: _Rank, group: GroupPlan, kind: str) -> None:
+def _communicator_step(context: Context, state: _Rank, group: GroupPlan, kind: str, member: Member) -> None:
     decision = state.decisions.setdefault(group.name, {})
-    ranks = group.ranks_of(state.rank)
+    ranks = member.ranks
     wanted = getattr(context.flags.get(group.name, GroupFlags()), kind)
     skip = ("skipped: not in stack" if not wanted else
             "skipped: width 1 (SGLang builds none)" if len(ranks) == 1 else None)
@@ -194,7 +236,7 @@ def _communicator_step(context: Context, state: _Rank, group: GroupPlan, kind: s
         state.record(kind, group.name, 0, skip, status="skipped")
         return
     if kind == PYNCCL:
-        added, note = state.communicator(_group_estimate(context, group, state.rank))
+        added, note = state.communicator(_group_estimate(context, member))
         stream = f"pynccl:{group.name}"  # SGLang allocates the warm-up tensor on the communicator's new stream
         added += state.torch_step(lambda cache: cache.free(cache.allocate(4, stream)))
         decision[kind] = "built"
@@ -244,15 +286,15 @@ def _custom_allreduce_bytes(context: Context, state: _Rank, size: int, implement
                                f"{buffers.rank_data_bytes / MiB:g} MiB in torch's cache (+{torch_added / MiB:g} MiB of segments)")
 
 
-def _first_use(context: Context, state: _Rank, group: GroupPlan) -> None:
-    ranks = group.ranks_of(state.rank)
+def _first_use(context: Context, state: _Rank, group: GroupPlan, member: Member) -> None:
+    ranks = member.ranks
     if context.scenario.warmup == "none":
         state.record(FIRST_USE, group.name, 0, "--warmup none", status="skipped")
         return
     if len(ranks) == 1:
         state.record(FIRST_USE, group.name, 0, "width 1: no collective", status="skipped")
         return
-    added, note = state.communicator(_group_estimate(context, group, state.rank))
+    added, note = state.communicator(_group_estimate(context, member))
 
     def collective(cache: CachingAllocator) -> None:
         cache.free(cache.allocate(4))
@@ -263,7 +305,7 @@ def _first_use(context: Context, state: _Rank, group: GroupPlan) -> None:
     state.record(FIRST_USE, group.name, added + torch_added, note)
 
 
-def _record(context: Context, env: dict[str, str], ranks: Iterable[_Rank]) -> RunRecord:
+def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: dict[int, int]) -> RunRecord:
     scenario, calibration, topology = context.scenario, context.calibration, context.topology
     stack = scenario.resolved_stack
     assert stack is not None
@@ -275,10 +317,11 @@ def _record(context: Context, env: dict[str, str], ranks: Iterable[_Rank]) -> Ru
         "estimate": {"rules": f"NCCL {nccl.NCCL_VERSION} (memprobe/estimate/nccl.py)", "topology": topology.describe(),
                      **calibration.basis()},
     }
-    infos = [RankInfo(rank=state.rank, local_rank=state.rank % topology.gpus_per_node, host=f"node{topology.node_of(state.rank)}",
-                      device=f"cuda:{state.rank % topology.gpus_per_node}", gpu_name=calibration.gpu_model,
+    decisions = {state.rank: state.decisions for state in ranks}
+    infos = [RankInfo(rank=rank, local_rank=rank % topology.gpus_per_node, host=f"node{topology.node_of(rank)}",
+                      device=f"cuda:{rank % topology.gpus_per_node}", gpu_name=calibration.gpu_model,
                       sampling_mode=SAMPLING_MODE, torch_version=calibration.torch, nccl_version=calibration.nccl,
-                      communicators=state.decisions) for state in ranks]
+                      communicators=decisions[representative]) for rank, representative in sorted(classes.items())]
     return RunRecord(
         run_id=scenario.name, layout=scenario.layout.as_dict(), world_size=scenario.layout.world_size,
         stack=stack.as_dict(), device="cuda", warmup=scenario.warmup, env_preset=scenario.env_preset,

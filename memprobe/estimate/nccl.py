@@ -269,6 +269,15 @@ def ring_and_tree_peers(rank: int, n_ranks: int, ranks_per_node: int, eager: boo
     )
 
 
+@lru_cache(maxsize=None)
+def peer_counts(rank: int, n_ranks: int, ranks_per_node: int, eager: bool) -> tuple[int, int, int, int]:
+    """(local receive, local send, remote receive, remote send) peers: all a rank's bytes depend on."""
+    if n_ranks == 1:
+        return (0, 0, 0, 0)
+    peers = ring_and_tree_peers(rank, n_ranks, ranks_per_node, eager)
+    return len(peers.recv_local), len(peers.send_local), len(peers.recv_remote), len(peers.send_remote)
+
+
 def _tree_neighbours(node: int, n_nodes: int) -> set[int]:
     """Parent and children of ``node`` in a binary tree over the nodes (heap order)."""
     neighbours = {child for child in (2 * node + 1, 2 * node + 2) if child < n_nodes}

@@ -17,7 +17,7 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -158,10 +158,24 @@ class Run:
     record: RunRecord
     readings: list[Reading]
     path: Path | None = None
+    #: An estimate's ranks whose groups sit alike share one representative's readings: rank -> representative.
+    classes: dict[int, int] = field(default_factory=dict)
 
     @property
     def ranks(self) -> list[int]:
+        if self.classes:
+            return sorted(self.classes)
         return sorted({reading.rank for reading in self.readings})
+
+    def all_readings(self) -> list[Reading]:
+        """Every rank's readings, those of shared representatives copied under each rank's number."""
+        if not self.classes:
+            return list(self.readings)
+        by_rank: dict[int, list[Reading]] = {}
+        for reading in self.readings:
+            by_rank.setdefault(reading.rank, []).append(reading)
+        return [reading if rank == representative else replace(reading, rank=rank)
+                for rank, representative in sorted(self.classes.items()) for reading in by_rank[representative]]
 
 
 # --------------------------------------------------------------------------- files

@@ -20,7 +20,10 @@ from memprobe.analysis.attribution import (
     WORLD,
     Spread,
     components_by_rank,
+    rank_components,
+    rank_readings,
     skipped_by_rank,
+    skipped_keys,
     spread,
     subtract,
 )
@@ -189,6 +192,20 @@ def choose_worst_rank(ranks: dict[int, RankSummary]) -> int | None:
     return min(ranks) if ranks else None
 
 
+def _rank_summaries(run: Run, plan: list[GroupInfo]) -> dict[int, RankSummary]:
+    """Every rank's summary; ranks that share a readings list (an estimate's alike ranks) are summed up once."""
+    done: dict[int, tuple[RankSummary, set[str]]] = {}
+    ranks: dict[int, RankSummary] = {}
+    for rank, readings in sorted(rank_readings(run).items()):
+        if id(readings) not in done:
+            done[id(readings)] = (_rank_summary(rank, rank_components(readings), plan), skipped_keys(readings))
+        template, skipped = done[id(readings)]
+        clone = object.__new__(RankSummary)  # dataclasses.replace per rank costs more than the summary on 4096 ranks
+        clone.__dict__.update(template.__dict__, rank=rank, skipped=set(skipped))
+        ranks[rank] = clone
+    return ranks
+
+
 def summarize(comparison: Comparison) -> list[ScenarioSummary]:
     """Every scenario of ``comparison`` in its order, deltas filled in against the baseline.
 
@@ -198,10 +215,7 @@ def summarize(comparison: Comparison) -> list[ScenarioSummary]:
     summaries = []
     for item in comparison.runs:
         plan = plan_of(item.run)
-        ranks = {rank: _rank_summary(rank, parts, plan) for rank, parts in components_by_rank(item.run).items()}
-        for rank, keys in skipped_by_rank(item.run).items():
-            if rank in ranks:
-                ranks[rank].skipped = keys
+        ranks = _rank_summaries(item.run, plan)
         summaries.append(
             ScenarioSummary(
                 item=item,

@@ -165,7 +165,8 @@ def _headline_notes(comparison: Comparison, summaries: list[ScenarioSummary], fo
             "rank spread = largest minus smallest total after first use across ranks"
         )
     if folded:
-        notes.append(f"width-1 groups, 0 {UNIT} wherever measured, not shown: {', '.join(folded)}")
+        how = "estimated" if all(item.run.record.source == "estimated" for item in comparison.runs) else "measured"
+        notes.append(f"width-1 groups, 0 {UNIT} wherever {how}, not shown: {', '.join(folded)}")
     if not columns.context:
         notes.append("CUDA context: skipped (--device cpu), not shown")
     alias_lines = aliases(summaries)

@@ -212,7 +212,7 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "nccl_account": nccl_account_document(item.run),
                 # component keys whose step was skipped (charged 0 above; issue 15)
                 "skipped_by_rank": {str(rank): sorted(keys) for rank, keys in skipped_by_rank(item.run).items()},
-                "readings": [reading.as_row() for reading in sorted(item.run.readings, key=lambda r: (r.rank, r.sequence))],
+                "readings": [reading.as_row() for reading in sorted(item.run.all_readings(), key=lambda r: (r.rank, r.sequence))],
             }
         )
     document = {

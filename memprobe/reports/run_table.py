@@ -87,7 +87,8 @@ def _is_zero_where_known(values: list[int | None]) -> bool:
 
 
 def component_rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]],
-                   skipped: dict[int, set[str]], device: str = "cuda") -> tuple[list[_Row], list[_Row], list[str]]:
+                   skipped: dict[int, set[str]], device: str = "cuda",
+                   how: str = "measured") -> tuple[list[_Row], list[_Row], list[str]]:
     """(component rows, total rows, notes about what was folded)."""
 
     def values(key: str) -> list[int | None]:
@@ -133,9 +134,9 @@ def component_rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | No
     totals = [_Row("total after init", TOTAL_AFTER_INIT), _Row("total after first use", TOTAL_AFTER_FIRST_USE)]
     notes = []
     if folded_groups:
-        notes.append(f"width-1 groups, 0 {UNIT} wherever measured, not shown: {', '.join(folded_groups)}")
+        notes.append(f"width-1 groups, 0 {UNIT} wherever {how}, not shown: {', '.join(folded_groups)}")
     if folded_steps:
-        notes.append(f"not built (0 {UNIT} wherever measured), not shown: {', '.join(folded_steps)}")
+        notes.append(f"not built (0 {UNIT} wherever {how}), not shown: {', '.join(folded_steps)}")
     if skipped_shown:
         notes.append(f"skipped on every rank (nothing built), not shown: {', '.join(skipped_shown)}")
     alias_names = [f"{g.name} = {g.alias_of}" for g in plan if g.is_alias]
@@ -185,7 +186,8 @@ def _render_run(console: Console, run: Run, per_rank: bool) -> None:
     if not per_rank_parts:
         console.print("no readings: nothing to show")
     else:
-        rows, totals, notes = component_rows(plan_of(run), per_rank_parts, skipped_by_rank(run), run.record.device)
+        rows, totals, notes = component_rows(plan_of(run), per_rank_parts, skipped_by_rank(run), run.record.device,
+                                             "estimated" if run.record.source == "estimated" else "measured")
         ranks = sorted(per_rank_parts)
         table = component_table([f"rank {rank}\n{UNIT}" for rank in ranks] if per_rank
                                 else [f"{label}\n{UNIT}" for label in ("min", "median", "max")] + ["worst rank"])
