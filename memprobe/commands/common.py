@@ -164,12 +164,12 @@ def render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path],
 
     render_fidelity(comparison, sys.stdout)
     print_rank_warnings([(item.scenario.name, item.run) for item in comparison.runs])
-    exports = ((csv_path, reports.write_csv), (summary_csv, reports.write_summary_csv), (json_path, reports.write_json),
-               (markdown, reports.write_markdown), (plot_path, reports.write_plot))
+    exports = ((csv_path, "write_csv"), (summary_csv, "write_summary_csv"), (json_path, "write_json"),
+               (markdown, "write_markdown"), (plot_path, "write_plot"))
     written = []
-    for path, write in exports:
-        if path:
-            write(comparison, path)
+    for path, writer in exports:
+        if path:  # the writer is looked up only when asked for: the exports import pandas
+            getattr(reports, writer)(comparison, path)
             written.append(str(path))
     if written:
         print(f"memprobe: wrote {', '.join(written)}", file=sys.stderr)

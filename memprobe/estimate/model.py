@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import NamedTuple
 
 from memprobe.errors import UsageError
 from memprobe.estimate import nccl
 from memprobe.estimate.calibration import Calibration
 from memprobe.estimate.torch_cache import CachingAllocator
 from memprobe.measure.custom_allreduce_sizes import V1_WORLD_SIZES, V1Buffers, v2_supported_world_sizes, v2_workspace
-from memprobe.model.layout import GroupPlan, Plan, plan_groups
+from memprobe.model.layout import GroupPlan, Layout, Plan, plan_groups
 from memprobe.model.records import SCHEMA_VERSION, RankInfo, Reading, Run, RunRecord
 from memprobe.model.scenario import ENV_PRESETS, Scenario
 from memprobe.model.stacks import GroupFlags
@@ -135,26 +137,21 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
     settings = nccl.NcclSettings.from_env(env)
     stack = scenario.resolved_stack
     assert stack is not None
-    plan = plan_groups(scenario.layout)
+    plan = _plan(scenario.layout)
     context = Context(
         scenario=scenario, plan=plan, topology=topology, calibration=calibration, settings=settings,
         links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu),
         flags=flags or {group.name: stack.flags_for(group.name) for group in plan.groups},
         custom_allreduce_impl=custom_allreduce_impl or stack.custom_allreduce_impl,
     )
-    representatives: dict[tuple, int] = {}
-    classes: dict[int, int] = {}
-    lists = _rank_lists(plan, topology)
-    for rank in range(scenario.layout.world_size):
-        classes[rank] = representatives.setdefault(_signature(context, lists, rank), rank)
+    lists, classes = _rank_classes(scenario.layout, topology, settings.eager)
     ranks = [_estimate_rank(context, rank, lists) for rank in sorted(set(classes.values()))]
     record = _record(context, env, ranks, classes)
     readings = [reading for rank in ranks for reading in rank.readings]
     return Run(record=record, readings=readings, classes=classes if len(ranks) < len(classes) else {})
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     """A rank's place in one group: its rank list, its index there, and how many of the list share a node."""
 
     ranks: tuple[int, ...]
@@ -162,32 +159,43 @@ class Member:
     per_node: int
 
 
-def _rank_lists(plan: Plan, topology: Topology) -> dict[str, dict[int, Member]]:
-    """Per built group, every rank's :class:`Member` (``GroupPlan.ranks_of`` for all ranks at once)."""
-    lists: dict[str, dict[int, Member]] = {}
-    for group in plan.groups:
-        if group.is_alias:
-            continue
-        members: dict[int, Member] = {}
+def _member(topology: Topology, group: GroupPlan, rank: int) -> Member:
+    ranks = group.ranks_of(rank)
+    return Member(ranks, ranks.index(rank), _ranks_per_node(topology, ranks))
+
+
+@lru_cache(maxsize=8)
+def _plan(layout: Layout) -> Plan:
+    return plan_groups(layout)
+
+
+@lru_cache(maxsize=8)  # the scenarios of one comparison share layouts: full and lean estimate the same ranks
+def _rank_classes(layout: Layout, topology: Topology, eager: bool) -> tuple[dict[str, dict[int, Member]], dict[int, int]]:
+    """rank -> the first rank whose readings it shares, and every representative's :class:`Member` per group.
+
+    A rank's readings depend, per group, on the width of its list, the list's ranks per node, and how many ring
+    and tree peers the rank has on and off its node (:func:`memprobe.estimate.nccl.peer_counts`): the rules see
+    nothing else of it, so ranks alike in all of them read the same bytes at every step.
+    """
+    plan = _plan(layout)
+    groups = [group for group in plan.groups if not group.is_alias]
+    signatures: list[list[tuple]] = [[] for _ in range(layout.world_size)]
+    for group in groups:
         for ranks in group.rank_lists:
             per_node = _ranks_per_node(topology, ranks)
+            pattern = _pattern(len(ranks), per_node, eager)
             for index, member in enumerate(ranks):
-                members[member] = Member(ranks, index, per_node)
-        lists[group.name] = members
-    return lists
+                signatures[member].append(pattern[index])
+    representatives: dict[tuple, int] = {}
+    classes = {rank: representatives.setdefault(tuple(signature), rank) for rank, signature in enumerate(signatures)}
+    lists = {group.name: {rank: _member(topology, group, rank) for rank in representatives.values()} for group in groups}
+    return lists, classes
 
 
-def _signature(context: Context, lists: dict[str, dict[int, Member]], rank: int) -> tuple:
-    """What a rank's readings depend on: per group, the width of its list, ranks per node, and how many ring
-    and tree peers it has on and off its node. Ranks with equal signatures read the same bytes at every step:
-    the rules see nothing else of them."""
-    eager = context.settings.eager
-    parts = []
-    for members in lists.values():
-        member = members[rank]
-        width = len(member.ranks)
-        parts.append((width, member.per_node, nccl.peer_counts(member.index, width, member.per_node, eager)))
-    return tuple(parts)
+@lru_cache(maxsize=None)
+def _pattern(width: int, per_node: int, eager: bool) -> tuple[tuple, ...]:
+    """Per index in a list of ``width`` ranks, what its bytes depend on (see :func:`_rank_classes`)."""
+    return tuple((width, per_node, nccl.peer_counts(index, width, per_node, eager)) for index in range(width))
 
 
 def _estimate_rank(context: Context, rank: int, lists: dict[str, dict[int, Member]]) -> _Rank:
@@ -215,6 +223,8 @@ def _group_estimate(context: Context, member: Member) -> nccl.CommunicatorEstima
 
 
 def _ranks_per_node(topology: Topology, ranks: tuple[int, ...]) -> int:
+    if ranks[0] // topology.gpus_per_node == ranks[-1] // topology.gpus_per_node:  # lists are in rank order
+        return len(ranks)
     counts: dict[int, int] = {}
     for member in ranks:
         node = member // topology.gpus_per_node
@@ -335,7 +345,7 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
 def _plan_entry(group: GroupPlan, context: Context) -> dict:
     flags = context.flags.get(group.name, GroupFlags())
     built = GroupFlags() if group.is_alias or group.width == 1 else flags
-    return {"name": group.name, "ranks": [list(r) for r in group.rank_lists], "alias_of": group.alias_of,
+    return {"name": group.name, "ranks": list(group.rank_lists), "alias_of": group.alias_of,
             "communicators": built.as_dict()}
 
 

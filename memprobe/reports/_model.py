@@ -206,12 +206,29 @@ def _rank_summaries(run: Run, plan: list[GroupInfo]) -> dict[int, RankSummary]:
     return ranks
 
 
+_LAST_SUMMARY: list = []  # (comparison, summaries) of the last call: one table asks for it three times
+
+
 def summarize(comparison: Comparison) -> list[ScenarioSummary]:
     """Every scenario of ``comparison`` in its order, deltas filled in against the baseline.
 
     The worst-rank delta compares worst rank with the baseline's worst rank; a per-rank delta
     compares with the same rank of the baseline (``None`` where the baseline has no such rank).
+    Comparisons are not changed once built, so the last one's summaries are kept for the next call.
     """
+    if _LAST_SUMMARY and _LAST_SUMMARY[0] is comparison and _LAST_SUMMARY[1] == _fingerprint(comparison):
+        return _LAST_SUMMARY[2]
+    summaries = _summarize(comparison)
+    _LAST_SUMMARY[:] = [comparison, _fingerprint(comparison), summaries]
+    return summaries
+
+
+def _fingerprint(comparison: Comparison) -> tuple:
+    """What a kept summary depends on: the runs, their readings lists and their lengths."""
+    return (comparison.baseline, tuple((id(item.run), id(item.run.readings), len(item.run.readings)) for item in comparison.runs))
+
+
+def _summarize(comparison: Comparison) -> list[ScenarioSummary]:
     summaries = []
     for item in comparison.runs:
         plan = plan_of(item.run)
@@ -283,9 +300,11 @@ def headline_groups(summaries: list[ScenarioSummary]) -> tuple[list[str], list[s
                 continue
             if group.width > 1 or any(group.builds(c) for c in COMMUNICATOR_STEPS):
                 keep = True
-            for rank in summary.ranks.values():
-                if rank.group_init.get(name) not in (0, None) or rank.parts.get(f"{name}/first_use") not in (0, None):
-                    keep = True
+                break
+            if any(rank.group_init.get(name) not in (0, None) or rank.parts.get(f"{name}/first_use") not in (0, None)
+                   for rank in summary.ranks.values()):
+                keep = True
+                break
         (shown if keep else folded).append(name)
     return shown, folded
 
