@@ -95,7 +95,7 @@ def _scenario_set(tp, ep, pp, moe_dp, attn_dp, attn_cp, stacks, baseline_tp, sce
         for name in names:
             resolve_stack(name, option="--stacks")
         if engine == "sglang":
-            names = ["installed"]
+            names = ["lean"]  # one MoE scenario: SGLang's own flags replace the stack below
         scenario_set = headline_scenarios(tp=tp, ep=ep if ep is not None else max(1, tp // 2), stacks=names, pp=pp,
                                           moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, baseline_tp=baseline_tp,
                                           env_preset=env_preset, env=extra_env, warmup=warmup)
@@ -116,9 +116,12 @@ def _on_sglang(scenario_set, site: str):
     from memprobe.model.stacks import resolve_stack
 
     site = check_site(site, f"--sglang {site}") if site else ""
-    scenarios = tuple(replace(s, engine="sglang", sglang=site, stack="installed", resolved_stack=resolve_stack("installed"))
-                      for s in scenario_set.scenarios)
-    return ScenarioSet(scenarios=scenarios, baseline=scenario_set.baseline)
+    names = {s.name: f"{s.layout.slug()}.sglang" for s in scenario_set.scenarios}
+    installed = resolve_stack("installed")
+    renamed = {names[s.name]: replace(s, name=names[s.name], engine="sglang", sglang=site, stack="installed",
+                                      resolved_stack=installed) for s in scenario_set.scenarios}
+    scenarios = tuple(renamed.values())
+    return ScenarioSet(scenarios=scenarios, baseline=names[scenario_set.baseline])
 
 
 def _sglang_flags_runs(scenario_set, quiet: bool):
