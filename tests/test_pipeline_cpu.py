@@ -79,10 +79,8 @@ def test_run_cpu_tp4_ep2_every_rank_and_step(memprobe, tmp_path):
     assert leftover_memprobe_processes(tmp_path) == []
 
 
-def test_compare_cpu_end_to_end_with_exports(memprobe, tmp_path):
-    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--quiet",
-                      "--csv", "long.csv", "--summary-csv", "summary.csv", "--json", "all.json", "--markdown", "table.md",
-                      timeout=400)
+def test_compare_cpu_end_to_end_with_exports(cpu_compare):
+    tmp_path, result = cpu_compare  # compare --device cpu --tp 2 --ep 2 with every export (conftest.py)
     assert result.returncode == 0, result.stderr
     comparison_dir = only_run_folder(tmp_path)
     comparison = load_comparison(comparison_dir)

@@ -47,10 +47,10 @@ def check_whole(record: Any, readings: list[Any], source: str) -> None:
     for reading in readings:
         held.setdefault(reading.rank, set()).add((reading.group, reading.step))
     absent = [rank for rank in range(record.world_size) if rank not in held]
-    if absent:
-        raise DamagedInput(f"{source}: no readings of rank {_shown([str(r) for r in absent])} although run.json says the "
-                           f"run completed on {record.world_size} ranks (truncated?)")
-    for rank in range(record.world_size):
+    for rank in range(record.world_size):  # the first rank that lacks anything, as a file cut short lacks it
+        if rank in absent:
+            raise DamagedInput(f"{source}: no readings of rank {_shown([str(r) for r in absent])} although run.json "
+                               f"says the run completed on {record.world_size} ranks (truncated?)")
         lacking = [f"{group}/{step}" if group and group != step else step for group, step in steps if (group, step) not in held[rank]]
         if lacking:
             raise DamagedInput(f"{source}: rank {rank} has no reading of {_shown(lacking)} although run.json says the "
