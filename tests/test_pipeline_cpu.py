@@ -67,7 +67,7 @@ def test_run_cpu_tp4_ep2_every_rank_and_step(memprobe, tmp_path):
     # moe_ep's first collective really ran over gloo (width 2); width-1 groups ran none
     first_use = {(r.group, r.status) for r in run.readings if r.step == "first_use"}
     assert ("moe_ep", "ok") in first_use and ("pp", "skipped") in first_use
-    assert {info.sampling_mode for info in run.record.ranks} == {"host_rss"}
+    assert {info.sampling_mode for info in run.record.ranks} == {"host_rss_anon"}
     assert sorted(info.rank for info in run.record.ranks) == [0, 1, 2, 3]
     parts = components_by_rank(run)
     assert set(parts) == {0, 1, 2, 3}
