@@ -393,7 +393,9 @@ def _judge_scenario(result: GateResult, baseline: Baseline, comparison: Comparis
     try:
         item = comparison.get(name)
     except KeyError:
-        result.findings.append(Finding("missing", name, None, None, None, None, "", "the results hold no run of this scenario"))
+        lost = [entry.split(" ", 1)[1].strip("()") for entry in comparison.missing if entry.split(" ", 1)[0] == name]
+        note = lost[0] if lost else "the results hold no run of this scenario"
+        result.findings.append(Finding("missing", name, None, None, None, None, "", note))
         result.cases.extend(Case(name, rank, "missing") for rank in stored.ranks)
         summary.status = "missing"
         return

@@ -263,7 +263,8 @@ def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
             raise DamagedInput(f"{source}:{line}: unknown step {row['step']!r}")
         if row["status"] not in STATUSES:
             raise DamagedInput(f"{source}:{line}: unknown status {row['status']!r}")
-        for key, what in (((rank, row["group"], row["step"]), f"{row['group']}/{row['step']}"),
+        step_name = f"{row['group']}/{row['step']}" if row["group"] and row["group"] != row["step"] else row["step"]
+        for key, what in (((rank, row["group"], row["step"]), step_name),
                           ((rank, sequence), f"sequence {sequence}")):
             if key in seen:
                 raise DamagedInput(f"{source}:{line}: rank {rank} {what} again (first on line {seen[key]}): duplicated rows")
