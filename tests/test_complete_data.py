@@ -274,3 +274,30 @@ def test_one_scenario_reads_the_same_alone_inside_compare_and_inside_gate(cpu_co
         for metric, value in alone[rank].items():
             assert abs(value - inside[rank][metric]) <= SAME_SCENARIO_NOISE_BYTES, (rank, metric, value, inside[rank][metric])
     assert load_comparison(compared).get("tp2-ep2-full").run.record.environment["sampling_mode"] == "host_rss_anon"
+
+
+def test_memory_kind_is_one_function_for_runs_and_baselines_and_judge_never_waives_it():
+    """Unit test on synthetic records (tests/support.py): the kind follows the sampling mode, a baseline of two
+    kinds is MIXED, and the pure judge keeps a scenario of another kind unjudged even with allow_env_mismatch."""
+    from dataclasses import replace
+
+    from support import ENVIRONMENT, synthetic_comparison
+
+    from memprobe.gate.baseline import build_baseline, parse_document
+    from memprobe.gate.judge import judge
+    from memprobe.model.memory_kind import GPU, HOST_RSS, HOST_RSS_ANON, MIXED, memory_kind
+
+    gpu = synthetic_comparison()
+    document = build_baseline(gpu)
+    assert memory_kind(gpu.runs[0].run) == memory_kind(document) == memory_kind(parse_document(document, "b")) == GPU
+    host = synthetic_comparison(environment=dict(ENVIRONMENT, sampling_mode="host_rss_anon"))
+    for item in host.runs:
+        item.run.record = replace(item.run.record, device="cpu")
+    assert memory_kind(host.runs[0].run) == HOST_RSS_ANON
+    assert memory_kind({"scenarios": {"a": {"environment_key": {"sampling_mode": "host_rss"}},
+                                      "b": {"environment_key": {"sampling_mode": "process"}}}}) == MIXED
+    assert memory_kind({"environment_key": {"sampling_mode": "host_rss"}}) == HOST_RSS
+    result = judge(parse_document(document, "b"), host, allow_env_mismatch=True)
+    assert int(result.exit_code) == 4 and not result.findings
+    assert all(not item.compared and item.kind_changed for item in result.incomparable)
+    assert "another kind of memory (memory_kind gpu -> host_rss_anon, sampling_mode process -> host_rss_anon)" in result.incomparable[0].line()

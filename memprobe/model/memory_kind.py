@@ -12,7 +12,7 @@ which only waives environment differences within one kind), and one baseline fil
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 GPU = "gpu"
 HOST_RSS_ANON = "host_rss_anon"
@@ -32,33 +32,33 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def _one_kind(kinds: Iterable[str]) -> str:
+    distinct = set(kinds)
+    return distinct.pop() if len(distinct) == 1 else MIXED
+
+
 def kind_of_modes(modes: str, device: str = "") -> str:
     """The kind of a sampling-mode field (``"device,process"`` where ranks differ); ``device`` decides where
     no rank recorded a mode (a run that failed before its first sample)."""
-    kinds = {KIND_OF_SAMPLING_MODE.get(mode, f"unknown sampling mode {mode}") for mode in modes.split(",") if mode}
-    if not kinds:
-        return KIND_OF_DEVICE.get(device, f"unknown device {device}")
-    return kinds.pop() if len(kinds) == 1 else MIXED
+    named = [mode for mode in modes.split(",") if mode]
+    if not named:
+        return KIND_OF_DEVICE.get(device, f"unknown device {device!r}")
+    return _one_kind(KIND_OF_SAMPLING_MODE.get(mode, f"unknown sampling mode {mode!r}") for mode in named)
 
 
 def memory_kind(item: Any) -> str:
-    """The kind of memory of a :class:`~memprobe.model.records.Run` or ``RunRecord``, a baseline scenario
-    (anything with an ``environment_key``), a loaded baseline or a baseline document (all its scenarios)."""
+    """The kind of memory of a run (:class:`~memprobe.model.records.Run` or its ``RunRecord``), of a baseline
+    scenario (parsed, or its object in a baseline document), or of a whole baseline (parsed or a document:
+    :data:`MIXED` where its scenarios differ)."""
     record = getattr(item, "record", item)
     if hasattr(record, "environment") and hasattr(record, "device"):
         return kind_of_modes(str((record.environment or {}).get("sampling_mode") or ""), record.device)
-    if hasattr(item, "environment_key"):
-        return kind_of_modes(str(item.environment_key.get("sampling_mode") or ""))
-    scenarios = getattr(item, "scenarios", None)
-    if scenarios is None and isinstance(item, Mapping):
-        scenarios = item.get("scenarios")
-        if isinstance(scenarios, Mapping):
-            kinds = {kind_of_modes(str((value.get("environment_key") or {}).get("sampling_mode") or ""))
-                     for value in scenarios.values() if isinstance(value, Mapping)}
-            return kinds.pop() if len(kinds) == 1 else MIXED
+    key = item.get("environment_key") if isinstance(item, Mapping) else getattr(item, "environment_key", None)
+    if isinstance(key, Mapping):
+        return kind_of_modes(str(key.get("sampling_mode") or ""))
+    scenarios = item.get("scenarios") if isinstance(item, Mapping) else getattr(item, "scenarios", None)
     if isinstance(scenarios, Mapping):
-        kinds = {memory_kind(scenario) for scenario in scenarios.values()}
-        return kinds.pop() if len(kinds) == 1 else MIXED
+        return _one_kind(memory_kind(scenario) for scenario in scenarios.values())
     raise TypeError(f"no kind of memory for {type(item).__name__}")
 
 
