@@ -9,7 +9,7 @@ Rules:
 * A metric (one component of one rank of one scenario) **regresses** when its increase is
   larger than ``relative * baseline`` **and** larger than ``absolute_bytes``; it **improves**
   when its decrease passes both the same way. ``max_bytes`` is an absolute cap on the current
-  value. Metrics the baseline does not hold are not judged.
+  value. A metric the results hold and the baseline lacks is missing (below), never silently passed.
 * Thresholds are layered field by field, later layers winning: the baseline's ``default``;
   its ``metrics`` patterns (least specific first: fewer wildcards, then longer pattern);
   its per-scenario settings; that scenario's ``metrics`` patterns; then the command line
