@@ -299,5 +299,6 @@ def test_memory_kind_is_one_function_for_runs_and_baselines_and_judge_never_waiv
     assert memory_kind({"environment_key": {"sampling_mode": "host_rss"}}) == HOST_RSS
     result = judge(parse_document(document, "b"), host, allow_env_mismatch=True)
     assert int(result.exit_code) == 4 and not result.findings
+    assert result.to_dict()["memory_kind"] == GPU  # every verdict says what kind of bytes it judged
     assert all(not item.compared and item.kind_changed for item in result.incomparable)
     assert "another kind of memory (memory_kind gpu -> host_rss_anon, sampling_mode process -> host_rss_anon)" in result.incomparable[0].line()

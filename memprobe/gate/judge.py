@@ -221,6 +221,7 @@ class GateResult:
     notes: list[str] = field(default_factory=list)  # what the verdict should say besides findings (issue 12: SGLang)
     allow_env_mismatch: bool = False
     error: str | None = None  # the run failed before anything could be judged
+    memory_kind: str = ""  # what the judged bytes are (memprobe.model.memory_kind): never judged against another kind
 
     def of_kind(self, *kinds: str) -> list[Finding]:
         return [finding for finding in self.findings if finding.kind in kinds]
@@ -293,6 +294,7 @@ class GateResult:
             "baseline": self.baseline_source,
             "results": self.results_source,
             "allow_env_mismatch": self.allow_env_mismatch,
+            "memory_kind": self.memory_kind,
             "error": self.error,
             "notes": list(self.notes),
             "findings": [finding.to_dict() for finding in self.findings],
@@ -374,7 +376,7 @@ def judge(
     if results_source is None and comparison.path is not None:
         results_source = str(comparison.path)
     result = GateResult(baseline_source=baseline.source, results_source=results_source,
-                        allow_env_mismatch=allow_env_mismatch)
+                        allow_env_mismatch=allow_env_mismatch, memory_kind=memory_kind(baseline))
     result.not_in_baseline = sorted(name for name in comparison.names() if name not in baseline.scenarios)
     if any(memory_kind(baseline.scenarios[name]) in (HOST_RSS_ANON, HOST_RSS) for name in selected):
         result.notes.append("the bytes are host memory (RSS) of each rank, measured with --device cpu: not GPU memory")
@@ -504,7 +506,7 @@ def failed_result(baseline: Baseline, message: str, scenarios: Sequence[str] | N
                   allow_env_mismatch: bool = False) -> GateResult:
     """A result for a run that failed before anything could be judged (exit 3), so reports still name every case."""
     result = GateResult(baseline_source=baseline.source, results_source=None, allow_env_mismatch=allow_env_mismatch,
-                        error=message)
+                        error=message, memory_kind=memory_kind(baseline))
     for name in baseline.select(scenarios):
         stored = baseline.scenarios[name]
         result.summaries.append(ScenarioVerdict(name, "missing", len(stored.ranks)))
