@@ -218,6 +218,10 @@ def _check_complete(name: str, run: Run) -> None:
             f"scenario {name}: the run did not complete ({why}); a baseline needs complete runs",
             str(run.path) if run.path else None,
         )
+    if record.results_at is not None:  # another node gathered the readings; this folder holds its own ranks only
+        where = record.results_at
+        raise MeasurementError(f"scenario {name}: this folder holds only this node's ranks; the gathered results are on "
+                               f"host {where.get('host', '?')} in {where.get('folder', '?')}", str(run.path) if run.path else None)
 
 
 def build_baseline(comparison: Comparison, thresholds: Mapping[str, Any] | None = None,
