@@ -27,6 +27,10 @@ class UsageError(MemprobeError):
     exit_code = ExitCode.USAGE
 
 
+class DamagedInput(UsageError):
+    """A saved file (readings.csv, run.json, a baseline) that contradicts itself or its run: exit 2, never judged."""
+
+
 class MeasurementError(MemprobeError):
     """A run started but did not finish; finished readings were kept."""
 
@@ -47,3 +51,9 @@ class Interrupted(MemprobeError):
         super().__init__(f"interrupted by {name}; workers stopped" + (f", readings kept in {run_dir}" if run_dir else ""))
         self.exit_code = ExitCode.TERMINATED if signal_number == signal.SIGTERM else ExitCode.INTERRUPTED
         self.run_dir = run_dir
+
+
+class IncomparableError(MemprobeError):
+    """Two sets of bytes that cannot be judged against each other (another kind of memory): exit 4."""
+
+    exit_code = ExitCode.INCOMPARABLE

@@ -32,3 +32,20 @@ def memprobe(tmp_path):
         )
 
     return run
+
+
+def run_memprobe(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 400):
+    return subprocess.run([sys.executable, "-m", "memprobe", *args], cwd=cwd, env=_memprobe_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cpu_compare(tmp_path_factory):
+    """ONE real CPU comparison per session (`compare --device cpu --tp 2 --ep 2` with every export), shared by the
+    tests that read it, so the suite pays its launch once. Its folder is ``memprobe-runs/c`` under ``folder``;
+    tests copy what they change and never write into it."""
+    folder = tmp_path_factory.mktemp("cpu-compare")
+    result = run_memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--quiet", "--run-id", "c",
+                          "--csv", "long.csv", "--summary-csv", "summary.csv", "--json", "all.json", "--markdown", "table.md",
+                          "--plot", "c.svg", cwd=folder)
+    return folder, result

@@ -679,14 +679,15 @@ def test_nccl_logging_does_not_make_a_run_incomparable():
 
 
 def test_a_gpu_baseline_is_not_measured_on_cpu(workdir):
-    """Host memory cannot be judged against GPU memory: one line and exit 2 before anything is measured."""
+    """Host memory is never judged against GPU memory, not even with --allow-env-mismatch (which waives environment
+    differences within one kind): one line and exit 4 before anything is measured."""
     make_baseline()  # recorded on GPUs (sampling mode process)
     runner = FakeRunner()
-    result = invoke(["gate", "--baseline", "baseline.json", "--device", "cpu"], runner)
-    assert result.exit_code == 2 and runner.calls == []
-    assert "was recorded on GPUs (GPU memory, NVML); measuring it with --device cpu would be incomparable" in result.stderr
-    allowed = invoke(["gate", "--baseline", "baseline.json", "--device", "cpu", "--allow-env-mismatch"], runner)
-    assert len(runner.calls) == 1 and allowed.exit_code != 2
+    for extra in ([], ["--allow-env-mismatch"]):
+        result = invoke(["gate", "--baseline", "baseline.json", "--device", "cpu", *extra], runner)
+        assert result.exit_code == 4 and runner.calls == [], result.output
+        assert result.stdout == "" and len(result.stderr.splitlines()) == 1
+        assert "holds GPU memory (NVML); measuring with --device cpu reads host memory" in result.stderr
 
 
 def test_baseline_update_shows_the_bytes_where_a_change_reads_alike_in_mib():

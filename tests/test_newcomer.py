@@ -148,16 +148,15 @@ def test_cpu_run_shows_skipped_steps_as_skipped_and_names_host_memory(memprobe, 
     assert "moe_ep: pynccl" not in out and "moe_ep/pynccl" in out.split("skipped on every rank")[1]
 
 
-def test_cpu_compare_says_what_is_degenerate_and_runs_only_what_differs(memprobe, tmp_path):
-    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--quiet", "--run-id", "c",
-                      "--plot", "c.svg", timeout=400)
+def test_cpu_compare_says_what_is_degenerate_and_runs_only_what_differs(memprobe, cpu_compare):
+    tmp_path, result = cpu_compare  # compare --device cpu --tp 2 --ep 2 --run-id c --plot c.svg ... (conftest.py)
     assert result.returncode == 0, result.stderr
     assert "tp2-ep2-lean would measure the same as tp2-ep2-full" in result.stderr
     assert sorted(p.name for p in (tmp_path / "memprobe-runs" / "c").iterdir() if p.is_dir()) == ["tp2", "tp2-ep2-full"]
     assert "lean saves" not in result.stdout and "GPU" not in result.stdout
     assert "host memory (RSS) per rank" in result.stdout
     # real CPU readings give width-1 groups a few host bytes, hence more columns: still within 80
-    narrow = memprobe("report", "memprobe-runs/c", env={"COLUMNS": "80"})
+    narrow = memprobe("report", str(tmp_path / "memprobe-runs" / "c"), env={"COLUMNS": "80"})
     assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80, narrow.stdout
     svg = (tmp_path / "c.svg").read_text()
     assert "GPU memory" not in svg and "host memory (RSS)" in svg

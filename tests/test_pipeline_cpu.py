@@ -67,7 +67,7 @@ def test_run_cpu_tp4_ep2_every_rank_and_step(memprobe, tmp_path):
     # moe_ep's first collective really ran over gloo (width 2); width-1 groups ran none
     first_use = {(r.group, r.status) for r in run.readings if r.step == "first_use"}
     assert ("moe_ep", "ok") in first_use and ("pp", "skipped") in first_use
-    assert {info.sampling_mode for info in run.record.ranks} == {"host_rss"}
+    assert {info.sampling_mode for info in run.record.ranks} == {"host_rss_anon"}
     assert sorted(info.rank for info in run.record.ranks) == [0, 1, 2, 3]
     parts = components_by_rank(run)
     assert set(parts) == {0, 1, 2, 3}
@@ -79,10 +79,8 @@ def test_run_cpu_tp4_ep2_every_rank_and_step(memprobe, tmp_path):
     assert leftover_memprobe_processes(tmp_path) == []
 
 
-def test_compare_cpu_end_to_end_with_exports(memprobe, tmp_path):
-    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--quiet",
-                      "--csv", "long.csv", "--summary-csv", "summary.csv", "--json", "all.json", "--markdown", "table.md",
-                      timeout=400)
+def test_compare_cpu_end_to_end_with_exports(cpu_compare):
+    tmp_path, result = cpu_compare  # compare --device cpu --tp 2 --ep 2 with every export (conftest.py)
     assert result.returncode == 0, result.stderr
     comparison_dir = only_run_folder(tmp_path)
     comparison = load_comparison(comparison_dir)

@@ -199,3 +199,24 @@ def test_wait_for_gpu_release_gives_up_at_its_timeout_and_never_waits_without_pi
 
     monkeypatch.setattr(launcher.nvml, "visible_gpus", lambda environment=None: nvml.NotAvailable("no driver"))
     assert wait_for_gpu_release({4242}, {}) == 0.0
+
+
+def test_host_sampler_reads_the_same_in_a_forked_child_as_in_its_parent():
+    """A measuring process forked from its launcher must read what the launcher would: fork() leaves a child's
+    file-backed pages unmapped until touched, so the whole RSS of a child lacks them; its own (anonymous and
+    shared) pages are what both hold."""
+    import os
+
+    import memprobe.reports  # noqa: F401  (maps pandas' libraries, as a launcher maps torch's)
+
+    reader, writer = os.pipe()
+    parent = HostSampler().sample().process_bytes
+    pid = os.fork()
+    if pid == 0:
+        os.write(writer, str(HostSampler().sample().process_bytes).encode())
+        os._exit(0)
+    os.close(writer)
+    child = int(os.read(reader, 64).decode())
+    os.close(reader)
+    os.waitpid(pid, 0)
+    assert abs(child - parent) <= 1 * MiB, (parent, child)

@@ -10,10 +10,11 @@ import typer
 from memprobe.commands.common import DEFAULT_OUT_DIR, measure
 from memprobe.commands.gate import _fail, gate_launch_options
 from memprobe.commands.paths import check_output_path
-from memprobe.errors import MemprobeError, UsageError
+from memprobe.errors import IncomparableError, MeasurementError, MemprobeError, UsageError
 from memprobe.gate.baseline import (
     Baseline,
     build_baseline,
+    check_same_kind,
     check_metric_pattern,
     default_thresholds,
     load_baseline,
@@ -23,6 +24,7 @@ from memprobe.gate.baseline import (
 from memprobe.units import mib_precise
 from memprobe.launch.options import DEFAULT_TIMEOUT_S
 from memprobe.model.comparison import Comparison, load_comparison
+from memprobe.model.memory_kind import KIND_OF_DEVICE, memory_kind
 from memprobe.model.scenario import ScenarioSet, load_scenario_file
 
 
@@ -70,6 +72,7 @@ def update(
         comparison: Comparison | None = None
         if from_dir is not None:
             comparison = _restrict(load_comparison(from_dir), wanted, str(from_dir))
+            refuse_other_kinds(existing, comparison, str(from_dir))
         elif scenarios_file is not None:
             loaded_set = load_scenario_file(scenarios_file)
             for name in wanted:
@@ -78,6 +81,8 @@ def update(
         else:
             assert existing is not None
             scenario_set = existing.scenario_set(wanted or None)
+        if comparison is None and existing is not None:
+            check_same_kind(existing, existing.names(), KIND_OF_DEVICE.get(device, device), f"measuring with --device {device} reads")
     except MemprobeError as error:
         raise _fail("baseline update", error) from None
 
@@ -123,7 +128,20 @@ def _validate_update(out: Path, scenarios_file: Path | None, from_dir: Path | No
     return existing
 
 
+def refuse_other_kinds(existing: Baseline | None, comparison: Comparison, source: str) -> None:
+    """One kind of memory per baseline file: runs of two kinds, or of another kind than the file's, are refused."""
+    kinds = {item.scenario.name: memory_kind(item.run) for item in comparison.runs}
+    if len(set(kinds.values())) > 1:
+        shown = ", ".join(f"{name} {kind}" for name, kind in kinds.items())
+        raise IncomparableError(f"{source} holds runs of several kinds of memory ({shown}); a baseline file holds one kind")
+    if existing is not None:
+        check_same_kind(existing, existing.names(), next(iter(kinds.values())), f"{source} holds")
+
+
 def _restrict(comparison: Comparison, wanted: list[str], source: str) -> Comparison:
+    if comparison.missing and (not wanted or any(entry.split(" ", 1)[0] in wanted for entry in comparison.missing)):
+        raise MeasurementError(f"{source}: {len(comparison.missing)} scenario(s) have no finished run: "
+                               f"{'; '.join(comparison.missing)}; a baseline needs complete runs")
     if not wanted:
         return comparison
     unknown = [name for name in wanted if name not in comparison.names()]

@@ -18,8 +18,8 @@ from memprobe.commands.common import (
     gathered_elsewhere,
 )
 from memprobe.commands.paths import check_output_path
-from memprobe.errors import ExitCode, MeasurementError, MemprobeError, UsageError
-from memprobe.gate.baseline import ThresholdRule, load_baseline
+from memprobe.errors import DamagedInput, ExitCode, IncomparableError, MeasurementError, MemprobeError, UsageError
+from memprobe.gate.baseline import Baseline, ThresholdRule, check_same_kind, load_baseline
 from memprobe.gate.judge import GateResult, failed_result, judge
 from memprobe.gate.render import (
     append_to_step_summary,
@@ -32,6 +32,7 @@ from memprobe.gate.render import (
 from memprobe.gate.thresholds import check_overrides, parse_relative, parse_size, parse_threshold_spec
 from memprobe.launch.options import DEFAULT_TIMEOUT_S, LaunchOptions
 from memprobe.model.comparison import Comparison, load_comparison
+from memprobe.model.memory_kind import KIND_OF_DEVICE, memory_kind
 
 
 def gate_launch_options(device: str, out_dir: Path, timeout: float, **nodes: Any) -> LaunchOptions:
@@ -54,6 +55,8 @@ def _load_results(path: Path) -> Comparison:
         raise MeasurementError(f"no results at {path} (did the measurement step run?)")
     try:
         return load_comparison(path)
+    except DamagedInput:  # a file that contradicts itself is bad input, never a verdict
+        raise
     except UsageError as error:
         raise MeasurementError(f"results {path}: {error}") from None
 
@@ -91,21 +94,22 @@ def _write_reports(result: GateResult, markdown: Path | None, junit_xml: Path | 
     return problems
 
 
-def _check_device_matches(loaded: Any, selected: list[str], device: str) -> None:
+def check_device_matches(baseline: Baseline, selected: list[str], device: str) -> None:
     """A baseline of GPU memory cannot judge host memory, nor the other way round: say so before measuring."""
+    check_same_kind(baseline, selected, KIND_OF_DEVICE.get(device, device), f"measuring with --device {device} reads")
+
+
+def check_results_match(baseline: Baseline, selected: list[str], comparison: Comparison, source: Path) -> None:
     for name in selected:
-        host = loaded.scenarios[name].environment_key.get("sampling_mode") == "host_rss"
-        if host != (device == "cpu"):
-            recorded = "--device cpu (host memory, RSS)" if host else "on GPUs (GPU memory, NVML)"
-            raise UsageError(f"baseline scenario {name} was recorded {recorded}; measuring it with --device {device} would be "
-                             f"incomparable: use --device {'cpu' if host else 'cuda'} (or --allow-env-mismatch)")
+        if name in comparison.names():
+            check_same_kind(baseline, [name], memory_kind(comparison.get(name).run), f"the results in {source} hold")
 
 
 GATE_HELP = """Judge GPU memory against a baseline kept in git; exit 1 on a regression.
 
 Runs the baseline's scenarios (or, with --results, judges a saved run without GPUs) and compares every rank's bytes per group and step. A metric regresses when it grows by more than BOTH the relative and the absolute threshold (default +5% and +64 MiB); thresholds can be set per metric, group or scenario in the baseline file, or here.
 
-Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version) or the scenario's definition changed.
+Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version), the scenario's definition changed, or the baseline holds another kind of memory (GPU against host RSS: never judged, not even with --allow-env-mismatch).
 
 Examples:
 
@@ -150,7 +154,7 @@ def gate(
         "--json", envvar="MEMPROBE_GATE_JSON", help="Write the verdict as JSON here.")] = None,
     device: Annotated[str, typer.Option(
         "--device", envvar="MEMPROBE_DEVICE",
-        help="cuda, or cpu (host RSS; only comparable with a baseline made with --device cpu). "
+        help="cuda, or cpu (host RSS; only judged against a baseline made with --device cpu, never a GPU one). "
              "Ignored with --results.")] = "cuda",
     out_dir: Annotated[Path, typer.Option(
         "--out-dir", envvar="MEMPROBE_OUT_DIR",
@@ -180,14 +184,15 @@ def gate(
             from memprobe.measure.sglang_install import check_site
 
             sglang = check_site(sglang)
-        if results is None and not allow_env_mismatch:
-            _check_device_matches(loaded, selected, device)
+        if results is None:
+            check_device_matches(loaded, selected, device)
     except MemprobeError as error:
         raise _fail("gate", error) from None
 
     try:
         if results is not None:
             comparison = _load_results(results)
+            check_results_match(loaded, selected, comparison, results)
         else:
             from memprobe.model.scenario import with_sglang
 
@@ -196,7 +201,7 @@ def gate(
                 raise typer.Exit(int(ExitCode.OK))
         result = judge(loaded, comparison, thresholds_override=overrides, allow_env_mismatch=allow_env_mismatch,
                        scenarios=selected, results_source=str(results) if results is not None else None)
-    except UsageError as error:
+    except (UsageError, IncomparableError) as error:
         raise _fail("gate", error) from None
     except MeasurementError as error:
         result = failed_result(loaded, str(error), selected, allow_env_mismatch)

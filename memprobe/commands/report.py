@@ -56,6 +56,12 @@ def report(
     if single:  # render_and_export prints them itself
         print_rank_warnings(runs)
     if comparison.missing:  # what is shown is incomplete: say so and fail (issue 15)
-        raise MeasurementError(f"{len(comparison.missing)} scenario(s) of the comparison have no saved run and are "
+        raise MeasurementError(f"{len(comparison.missing)} scenario(s) of the comparison have no finished run and are "
                                f"not shown (nor anything compared with them): {'; '.join(comparison.missing)}")
+    unfinished = [(name, run) for name, run in runs if run.record.status != "complete"]
+    if unfinished:  # shown as far as it got, never as a complete measurement
+        name, run = unfinished[0]
+        why = run.record.failure.describe() if run.record.failure else f"status {run.record.status}"
+        raise MeasurementError(f"{run.path}/run.json: {name} is incomplete ({why}); the table shows only what was "
+                               f"measured before it stopped" + (f" ({len(unfinished)} such runs)" if len(unfinished) > 1 else ""))
     return 0

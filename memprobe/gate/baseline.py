@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from memprobe.analysis.attribution import components_by_rank
-from memprobe.errors import MeasurementError, UsageError
+from memprobe.errors import DamagedInput, IncomparableError, MeasurementError, UsageError
 from memprobe.model.layout import GROUP_ORDER
+from memprobe.model.memory_kind import MIXED, describe as describe_kind, memory_kind
 from memprobe.model.records import Run, atomic_write_text
 from memprobe.model.steps import GROUP_INIT_STEPS
 from memprobe.model.comparison import Comparison
@@ -78,6 +79,8 @@ NOT_IN_KEY_PREFIXES: tuple[str, ...] = ("NCCL_DEBUG",)
 DEFAULT_RELATIVE = 0.05
 DEFAULT_ABSOLUTE_BYTES = 64 * MiB
 RULE_FIELDS: tuple[str, ...] = ("relative", "absolute_bytes", "max_bytes", "ignore")
+#: the one metric that is a remainder, not bytes a step added: host memory freed between steps makes it negative
+MAY_BE_NEGATIVE: frozenset[str] = frozenset({"unattributed"})
 
 _TOP_KEYS = {"schema_version", "memprobe_baseline", "scenarios", "thresholds", "description"}
 _SCENARIO_KEYS = {"definition", "definition_hash", "environment_key", "ranks", "measured_with"}
@@ -215,6 +218,10 @@ def _check_complete(name: str, run: Run) -> None:
             f"scenario {name}: the run did not complete ({why}); a baseline needs complete runs",
             str(run.path) if run.path else None,
         )
+    if record.results_at is not None:  # another node gathered the readings; this folder holds its own ranks only
+        where = record.results_at
+        raise MeasurementError(f"scenario {name}: this folder holds only this node's ranks; the gathered results are on "
+                               f"host {where.get('host', '?')} in {where.get('folder', '?')}", str(run.path) if run.path else None)
 
 
 def build_baseline(comparison: Comparison, thresholds: Mapping[str, Any] | None = None,
@@ -316,7 +323,7 @@ def load_baseline(path: str | Path) -> Baseline:
 
 
 def _fail(where: str, message: str) -> UsageError:
-    return UsageError(f"{where}: {message}")
+    return DamagedInput(f"{where}: {message}")
 
 
 def _is_int(value: Any) -> bool:
@@ -449,7 +456,10 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
         for metric, number in metrics.items():
             if not _is_int(number):
                 raise _fail(where, f"scenarios.{name}.ranks.{rank_text}.{metric} must be an integer number of bytes, got {number!r}")
+            if number < 0 and metric not in MAY_BE_NEGATIVE:
+                raise _fail(where, f"scenarios.{name}.ranks.{rank_text}.{metric} must be a whole number of bytes >= 0, got {number!r}")
         ranks[int(rank_text)] = dict(metrics)
+    _check_every_rank(name, ranks, scenario.layout.world_size, where)
     return BaselineScenario(
         name=name,
         definition=dict(value["definition"]),
@@ -458,6 +468,24 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
         ranks=dict(sorted(ranks.items())),
         measured_with=_measured_with(value.get("measured_with", {}), f"scenarios.{name}.measured_with", where),
     )
+
+
+def _check_every_rank(name: str, ranks: dict[int, dict[str, int]], world_size: int, where: str) -> None:
+    """A verdict needs every rank of the scenario's world, each with the same metrics (all ranks take the same
+    steps): a rank or metric deleted by hand would otherwise never be judged."""
+    absent = sorted(set(range(world_size)) - set(ranks))
+    if absent:
+        raise DamagedInput(f"{where}: scenarios.{name}.ranks lacks rank {', '.join(map(str, absent))} of the "
+                           f"scenario's {world_size} ranks; a baseline holds every rank")
+    extra = sorted(set(ranks) - set(range(world_size)))
+    if extra:
+        raise DamagedInput(f"{where}: scenarios.{name}.ranks holds rank {extra[0]}, outside the scenario's {world_size} ranks")
+    every = set().union(*ranks.values())
+    for rank, metrics in sorted(ranks.items()):
+        lacking = sorted(every - set(metrics), key=metric_sort_key)
+        if lacking:
+            raise DamagedInput(f"{where}: scenarios.{name}.ranks.{rank} lacks {', '.join(lacking[:3])}"
+                               f"{' and more' if len(lacking) > 3 else ''}, which the other ranks hold")
 
 
 def _measured_with(value: Any, path: str, where: str) -> dict[str, Any]:
@@ -480,8 +508,22 @@ def parse_document(document: Any, where: str, source: str | None = None) -> Base
     if not isinstance(scenarios_value, dict) or not scenarios_value:
         raise _fail(where, "scenarios must be a non-empty object keyed by scenario name")
     scenarios = {name: _parse_scenario(name, value, where) for name, value in sorted(scenarios_value.items())}
+    kinds = {name: memory_kind(scenario) for name, scenario in scenarios.items()}
+    if len(set(kinds.values())) > 1:
+        shown = ", ".join(f"{name} {kind}" for name, kind in kinds.items())
+        raise DamagedInput(f"{where}: mixes kinds of memory ({shown}); a baseline file holds one kind")
     rules = parse_thresholds(document["thresholds"], where, scenarios)
     return Baseline(source=source or where, scenarios=scenarios, rules=rules, document=document)
+
+
+def check_same_kind(baseline: "Baseline", selected: list[str], kind: str, what: str) -> None:
+    """Bytes of one kind of memory are never judged against another's, whatever --allow-env-mismatch says
+    (it waives environment differences within one kind): one line, exit 4, before anything is measured."""
+    for name in selected:
+        recorded = memory_kind(baseline.scenarios[name])
+        if recorded != kind:
+            raise IncomparableError(f"baseline {baseline.source} scenario {name} holds {describe_kind(recorded)}; {what} "
+                                    f"{describe_kind(kind)}: never judged against each other (record a baseline of that kind)")
 
 
 # --------------------------------------------------------------------------- display order

@@ -9,7 +9,7 @@ Rules:
 * A metric (one component of one rank of one scenario) **regresses** when its increase is
   larger than ``relative * baseline`` **and** larger than ``absolute_bytes``; it **improves**
   when its decrease passes both the same way. ``max_bytes`` is an absolute cap on the current
-  value. Metrics the baseline does not hold are not judged.
+  value. A metric the results hold and the baseline lacks is missing (below), never silently passed.
 * Thresholds are layered field by field, later layers winning: the baseline's ``default``;
   its ``metrics`` patterns (least specific first: fewer wildcards, then longer pattern);
   its per-scenario settings; that scenario's ``metrics`` patterns; then the command line
@@ -18,7 +18,9 @@ Rules:
   ``x``): not judged, exit 4, unless ``allow_env_mismatch`` (then judged, and said so). A
   changed scenario definition (``definition_hash``) is never judged: update the baseline.
 * A scenario, rank or metric that the baseline holds and the results lack is **missing**:
-  a measurement problem, exit 3.
+  a measurement problem, exit 3; so is a rank or metric the results hold and the baseline lacks.
+* Bytes of another kind of memory (:func:`memprobe.model.memory_kind.memory_kind`: GPU against host RSS)
+  are never judged, not even with ``allow_env_mismatch``.
 
 Exit code: 1 if any regression or cap exceeded; else 3 if anything is missing; else 4 if a
 scenario is incomparable and not allowed; else 0.
@@ -43,6 +45,7 @@ from memprobe.gate.baseline import (
 from memprobe.errors import ExitCode
 from memprobe.gate.thresholds import format_percent, resolve_limit
 from memprobe.model.comparison import Comparison
+from memprobe.model.memory_kind import HOST_RSS, HOST_RSS_ANON, memory_kind
 from memprobe.model.scenario import definition_differences
 from memprobe.units import mib_precise
 
@@ -50,6 +53,9 @@ MiB = 1 << 20
 GATE_JSON_SCHEMA_VERSION = 1
 
 FAILING_KINDS: tuple[str, ...] = ("regression", "cap_exceeded")
+MEMORY_KIND = "memory_kind"
+#: differences --allow-env-mismatch never waives: they change what the bytes are, not where they were read
+NEVER_WAIVED: tuple[str, ...] = (MEMORY_KIND, "definition_hash")
 
 
 # --------------------------------------------------------------------------- result model
@@ -160,12 +166,19 @@ class Incomparable:
     def definition_changed(self) -> bool:
         return any(d.key == "definition_hash" for d in self.differences)
 
+    @property
+    def kind_changed(self) -> bool:
+        return any(d.key == MEMORY_KIND for d in self.differences)
+
     def describe(self) -> str:
         return ", ".join(d.describe() for d in self.differences)
 
     def line(self) -> str:
         if self.compared:
             return f"{self.scenario}: environment differs from the baseline ({self.describe()}); compared anyway (--allow-env-mismatch)"
+        if self.kind_changed:
+            return (f"{self.scenario}: incomparable, another kind of memory ({self.describe()}); never judged, "
+                    f"not even with --allow-env-mismatch: record a baseline of this kind")
         if self.definition_changed:
             return (f"{self.scenario}: incomparable, the scenario definition changed ({self.describe()}); "
                     f"not judged: update the baseline")
@@ -208,6 +221,7 @@ class GateResult:
     notes: list[str] = field(default_factory=list)  # what the verdict should say besides findings (issue 12: SGLang)
     allow_env_mismatch: bool = False
     error: str | None = None  # the run failed before anything could be judged
+    memory_kind: str = ""  # what the judged bytes are (memprobe.model.memory_kind): never judged against another kind
 
     def of_kind(self, *kinds: str) -> list[Finding]:
         return [finding for finding in self.findings if finding.kind in kinds]
@@ -280,6 +294,7 @@ class GateResult:
             "baseline": self.baseline_source,
             "results": self.results_source,
             "allow_env_mismatch": self.allow_env_mismatch,
+            "memory_kind": self.memory_kind,
             "error": self.error,
             "notes": list(self.notes),
             "findings": [finding.to_dict() for finding in self.findings],
@@ -361,9 +376,9 @@ def judge(
     if results_source is None and comparison.path is not None:
         results_source = str(comparison.path)
     result = GateResult(baseline_source=baseline.source, results_source=results_source,
-                        allow_env_mismatch=allow_env_mismatch)
+                        allow_env_mismatch=allow_env_mismatch, memory_kind=memory_kind(baseline))
     result.not_in_baseline = sorted(name for name in comparison.names() if name not in baseline.scenarios)
-    if any(baseline.scenarios[name].environment_key.get("sampling_mode") == "host_rss" for name in selected):
+    if any(memory_kind(baseline.scenarios[name]) in (HOST_RSS_ANON, HOST_RSS) for name in selected):
         result.notes.append("the bytes are host memory (RSS) of each rank, measured with --device cpu: not GPU memory")
     for name in selected:
         _judge_scenario(result, baseline, comparison, name, overrides, allow_env_mismatch)
@@ -380,7 +395,9 @@ def _judge_scenario(result: GateResult, baseline: Baseline, comparison: Comparis
     try:
         item = comparison.get(name)
     except KeyError:
-        result.findings.append(Finding("missing", name, None, None, None, None, "", "the results hold no run of this scenario"))
+        lost = [entry.split(" ", 1)[1].strip("()") for entry in comparison.missing if entry.split(" ", 1)[0] == name]
+        note = lost[0] if lost else "the results hold no run of this scenario"
+        result.findings.append(Finding("missing", name, None, None, None, None, "", note))
         result.cases.extend(Case(name, rank, "missing") for rank in stored.ranks)
         summary.status = "missing"
         return
@@ -400,6 +417,10 @@ def _judge_scenario(result: GateResult, baseline: Baseline, comparison: Comparis
         result.cases.append(Case(name, rank, status, judged, summary.env_mismatch))
         summary.regressions += sum(1 for f in rank_findings if f.kind in FAILING_KINDS)
         summary.improvements += sum(1 for f in rank_findings if f.kind == "improvement")
+    for rank in sorted(set(current) - set(stored.ranks)):  # a verdict needs the reverse too
+        result.findings.append(Finding("missing", name, rank, None, None, None, "",
+                                       f"the baseline holds no rank {rank}, which the results hold"))
+        result.cases.append(Case(name, rank, "missing"))
     statuses = {case.status for case in result.cases if case.scenario == name}
     summary.status = "regression" if "regression" in statuses else "missing" if "missing" in statuses else "pass"
 
@@ -412,9 +433,12 @@ def _comparable(result: GateResult, summary: ScenarioVerdict, stored: Any, item:
         changed = [Difference(f"definition.{key}", old, new)
                    for key, old, new in definition_differences(stored.definition, item.scenario.definition())]
         differences[0:0] = [Difference("definition_hash", stored.definition_hash, current_hash), *changed]
+    kinds = memory_kind(stored), memory_kind(item.run)
+    if kinds[0] != kinds[1]:
+        differences.insert(0, Difference(MEMORY_KIND, *kinds))
     if not differences:
         return True
-    compared = allow_env_mismatch and differences[0].key != "definition_hash"
+    compared = allow_env_mismatch and not any(d.key in NEVER_WAIVED for d in differences)
     result.incomparable.append(Incomparable(summary.scenario, tuple(differences), compared))
     if not compared:
         result.cases.extend(Case(summary.scenario, rank, "incomparable") for rank in stored.ranks)
@@ -451,6 +475,8 @@ def _judge_rank(baseline: Baseline, overrides: tuple[ThresholdRule, ...], name: 
             continue
         judged += 1
         findings.extend(_metric_findings(limit, name, rank, metric, old, new))
+    unrecorded = [metric for metric, value in sorted(parts.items(), key=lambda item: metric_sort_key(item[0]))
+                  if value is not None and metric not in metrics]
     if lacking or failure_note:
         # partial sums of an unfinished rank look smaller than they are: no improvements
         findings = [f for f in findings if f.kind != "improvement"]
@@ -458,6 +484,9 @@ def _judge_rank(baseline: Baseline, overrides: tuple[ThresholdRule, ...], name: 
         shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
         note = f"no reading for {shown}" + (f"; {failure_note}" if failure_note else "")
         findings.append(Finding("missing", name, rank, None, None, None, "", note))
+    if unrecorded:
+        shown = ", ".join(unrecorded[:4]) + (f" and {len(unrecorded) - 4} more" if len(unrecorded) > 4 else "")
+        findings.append(Finding("missing", name, rank, None, None, None, "", f"the baseline holds no value for {shown}"))
     return findings, judged
 
 
@@ -477,7 +506,7 @@ def failed_result(baseline: Baseline, message: str, scenarios: Sequence[str] | N
                   allow_env_mismatch: bool = False) -> GateResult:
     """A result for a run that failed before anything could be judged (exit 3), so reports still name every case."""
     result = GateResult(baseline_source=baseline.source, results_source=None, allow_env_mismatch=allow_env_mismatch,
-                        error=message)
+                        error=message, memory_kind=memory_kind(baseline))
     for name in baseline.select(scenarios):
         stored = baseline.scenarios[name]
         result.summaries.append(ScenarioVerdict(name, "missing", len(stored.ranks)))

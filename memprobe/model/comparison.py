@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from memprobe.errors import UsageError
+from memprobe.errors import DamagedInput, MeasurementError, UsageError
+from memprobe.model.completeness import UNFINISHED, check_finished
 from memprobe.model.layout import Layout
 from memprobe.model.records import Run, atomic_write_text, load_run
 from memprobe.model.scenario import Scenario, ScenarioSet
@@ -76,7 +77,14 @@ def write_comparison_index(path: Path, comparison_id: str, scenario_set: Scenari
 
 
 def load_comparison(path: str | Path) -> Comparison:
-    """A comparison folder, or a single run folder (a comparison of one scenario)."""
+    """A comparison folder, or a single run folder (a comparison of one scenario).
+
+    Raises:
+        DamagedInput: a file contradicts itself or its record (a run that says complete lacks a rank or step).
+        MeasurementError: a single run folder whose run never finished (status running); in a comparison
+            such a scenario is listed in ``missing``, like one whose folder is gone.
+        UsageError: not a run or comparison folder.
+    """
     path = Path(path)
     index = path / COMPARISON_FILE
     if index.is_file():
@@ -85,7 +93,7 @@ def load_comparison(path: str | Path) -> Comparison:
             entries = document["scenarios"]
             baseline = document["baseline"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise UsageError(f"{index}: not a memprobe comparison index ({error})") from None
+            raise DamagedInput(f"{index}: not a memprobe comparison index ({error})") from None
         runs: list[ScenarioRun] = []
         missing: list[str] = []
         for entry in entries:
@@ -95,9 +103,12 @@ def load_comparison(path: str | Path) -> Comparison:
                 missing.append(f"{entry.get('name', '?')} (no {path / str(folder or '?') / 'run.json'})")
                 continue
             run = load_run(path / folder)
+            if run.record.status == UNFINISHED:  # memprobe stopped before this scenario ended: no measurement
+                missing.append(f"{entry.get('name', '?')} ({path / folder / 'run.json'} says status running: never finished)")
+                continue
             runs.append(ScenarioRun(scenario=replace(scenario_from_run(run), name=entry["name"]), run=run))
         if not runs:
-            raise UsageError(f"{path}: the comparison holds no finished run")
+            raise MeasurementError(f"{path}: the comparison holds no finished run ({'; '.join(missing)})", str(path))
         names = [item.scenario.name for item in runs]
         return Comparison(
             comparison_id=str(document.get("comparison_id", path.name)),
@@ -108,6 +119,7 @@ def load_comparison(path: str | Path) -> Comparison:
         )
     if (path / "run.json").is_file():
         run = load_run(path)
+        check_finished(run.record, path)
         scenario = scenario_from_run(run)
         return Comparison(comparison_id=run.record.run_id, baseline=scenario.name, runs=[ScenarioRun(scenario, run)], path=path)
     if not path.exists():

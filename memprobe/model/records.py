@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from memprobe.errors import UsageError
+from memprobe.errors import DamagedInput, UsageError
 from memprobe.model.steps import STEPS
 
 SCHEMA_VERSION = 1
@@ -34,7 +34,7 @@ WORKERS_LOG = "workers.log"  # what the scenario's measuring processes on this n
 NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
 
 STATUSES: tuple[str, ...] = ("ok", "skipped", "failed")
-SAMPLING_MODES: tuple[str, ...] = ("process", "device", "host_rss")
+SAMPLING_MODES: tuple[str, ...] = ("process", "device", "host_rss_anon", "host_rss")  # host_rss: earlier --device cpu runs
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class Reading:
 
     ``primary_bytes`` is the figure reports use: the rank's own per-process GPU memory
     (``process`` mode), the device's used memory when per-process figures are unavailable
-    (``device`` mode), or host RSS in ``--device cpu`` runs (``host_rss`` mode).
+    (``device`` mode), or the rank's own host RSS in ``--device cpu`` runs (``host_rss_anon`` mode:
+    anonymous and shared-memory pages; ``host_rss``, the whole resident set, in runs of an earlier memprobe).
     ``None`` means "not available", never zero.
     """
 
@@ -141,14 +142,14 @@ class RunRecord:
         try:
             data = dict(data)
             if data.get("schema_version") != SCHEMA_VERSION:
-                raise UsageError(f"{source}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+                raise DamagedInput(f"{source}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
             data["ranks"] = [RankInfo(**rank) for rank in data.get("ranks", [])]
             if data.get("failure") is not None:
                 data["failure"] = Failure(**data["failure"])
             known = {f.name for f in fields(cls)}
             return cls(**{key: value for key, value in data.items() if key in known})
         except (TypeError, KeyError) as error:
-            raise UsageError(f"{source}: not a memprobe run record ({error})") from None
+            raise DamagedInput(f"{source}: not a memprobe run record ({error})") from None
 
 
 @dataclass
@@ -249,28 +250,40 @@ def _parse_optional_int(value: str, column: str, source: str, line: int) -> int 
     if value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise UsageError(f"{source}:{line}: column {column} must be an integer number of bytes, got {value!r}") from None
+        raise DamagedInput(f"{source}:{line}: column {column} must be a whole number of bytes, got {value!r}") from None
+    if number < 0:
+        raise DamagedInput(f"{source}:{line}: column {column} must be a whole number of bytes >= 0, got {value!r}")
+    return number
 
 
 def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
+    """The readings of a ``readings.csv``; a damaged file (wrong header or columns, bytes that are not whole
+    numbers >= 0, a rank's step or sequence number twice) is :class:`DamagedInput` naming file and line."""
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or tuple(reader.fieldnames) != READING_COLUMNS:
-        raise UsageError(f"{source}: header must be {','.join(READING_COLUMNS)}")
+        raise DamagedInput(f"{source}: header must be {','.join(READING_COLUMNS)}")
     readings = []
+    seen: dict[tuple, int] = {}
     for line, row in enumerate(reader, start=2):
         if None in row or any(value is None for value in row.values()):
-            raise UsageError(f"{source}:{line}: wrong number of columns (truncated file?)")
+            raise DamagedInput(f"{source}:{line}: wrong number of columns (truncated file?)")
         try:
             rank, sequence = int(row["rank"]), int(row["sequence"])
             elapsed = float(row["elapsed_s"])
         except ValueError:
-            raise UsageError(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
+            raise DamagedInput(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
         if row["step"] not in STEPS:
-            raise UsageError(f"{source}:{line}: unknown step {row['step']!r}")
+            raise DamagedInput(f"{source}:{line}: unknown step {row['step']!r}")
         if row["status"] not in STATUSES:
-            raise UsageError(f"{source}:{line}: unknown status {row['status']!r}")
+            raise DamagedInput(f"{source}:{line}: unknown status {row['status']!r}")
+        step_name = f"{row['group']}/{row['step']}" if row["group"] and row["group"] != row["step"] else row["step"]
+        for key, what in (((rank, row["group"], row["step"]), step_name),
+                          ((rank, sequence), f"sequence {sequence}")):
+            if key in seen:
+                raise DamagedInput(f"{source}:{line}: rank {rank} {what} again (first on line {seen[key]}): duplicated rows")
+            seen[key] = line
         optional = {column: _parse_optional_int(row[column], column, source, line) for column in _OPTIONAL_INT_COLUMNS}
         readings.append(
             Reading(rank=rank, sequence=sequence, step=row["step"], group=row["group"], status=row["status"],
@@ -321,17 +334,22 @@ def load_run(run_dir: str | Path) -> Run:
     try:
         data = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise UsageError(f"{record_path}: unreadable or not JSON ({error})") from None
+        raise DamagedInput(f"{record_path}: unreadable or not JSON ({error})") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{record_path}: not a memprobe run record")
+        raise DamagedInput(f"{record_path}: not a memprobe run record")
     record = RunRecord.from_dict(data, str(record_path))
     readings_path = run_dir / "readings.csv"
     if readings_path.is_file():
         readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
+    elif record.status == "complete":
+        raise DamagedInput(f"{readings_path} does not exist although {record_path} says the run completed")
     else:
         readings = []
         for stream in sorted((run_dir / "ranks").glob("rank-*.jsonl")):
             readings.extend(load_stream(stream)[1])
+    from memprobe.model.completeness import check_whole
+
+    check_whole(record, readings, str(readings_path))
     return Run(record=record, readings=readings, path=run_dir)
 
 

@@ -10,11 +10,12 @@ Column contracts (stable; new columns are only ever appended):
 (i.e. per reading):
     scenario, stack, layout (slug, e.g. ``tp4-ep2``), rank, sequence, group, step, status,
     primary_bytes, process_bytes, device_used_bytes, torch_reserved_bytes, other_gpus_bytes,
-    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first and for a skipped
-    step, whose movement is host noise counted as unattributed), elapsed_s, note,
+    added_bytes (primary_bytes minus the rank's previous reading; 0 for the first; empty for a skipped
+    step, which built nothing: its movement is host noise counted as unattributed), elapsed_s, note,
     torch_cache_added_bytes (torch_reserved_bytes minus the rank's previous reading: the part of added_bytes
-    torch's caching allocator took; empty on CPU runs; 0 for a skipped step), rest_added_bytes (added_bytes
-    minus that part: NCCL, the CUDA driver, IPC mappings).
+    torch's caching allocator took; empty on CPU runs and for a skipped step), rest_added_bytes (added_bytes
+    minus that part: NCCL, the CUDA driver, IPC mappings), device (cuda or cpu) and sampling_mode (process,
+    device or host_rss_anon: what the bytes are).
 
 ``summary_dataframe`` / ``write_summary_csv`` (:func:`summary_columns`), one row per scenario and rank:
     scenario, stack, layout, rank, cuda_context_bytes (empty where skipped: --device cpu), world_bytes, ``<group>_init_bytes`` for every
@@ -22,7 +23,7 @@ Column contracts (stable; new columns are only ever appended):
     pp, self_pp; then any other group found in the runs), first_use_bytes, total_after_init_bytes,
     total_after_first_use_bytes, delta_vs_baseline_bytes (total after first use minus the same rank
     of the baseline), unattributed_bytes (bytes added between steps or across skipped steps), delta_after_init_vs_baseline_bytes,
-    is_worst_rank.
+    is_worst_rank, device, sampling_mode.
     ``<group>_init_bytes`` is empty for an alias group (it is the same object as another group and
     has no memory of its own) and for a value that is not available.
 """
@@ -68,6 +69,8 @@ LONG_COLUMNS: tuple[str, ...] = (
     "note",
     "torch_cache_added_bytes",
     "rest_added_bytes",
+    "device",
+    "sampling_mode",
 )
 _LONG_INT = ("rank", "sequence", "primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes",
              "other_gpus_bytes", "added_bytes", "torch_cache_added_bytes", "rest_added_bytes")
@@ -86,7 +89,9 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
         layout = item.scenario.layout.slug()
         for rank, readings in sorted(rank_readings(item.run).items()):
             cache_added = [cache for _, cache, _noise in charged_deltas(readings, torch_cache)]
-            for (reading, added, _noise), cache in zip(charged_deltas(readings), cache_added):  # skipped: 0 (issue 15)
+            for (reading, added, _noise), cache in zip(charged_deltas(readings), cache_added):
+                if _not_measured(reading):  # the step built nothing: empty, as in every other export
+                    added = cache = None
                 records.append(
                     {
                         "scenario": item.scenario.name,
@@ -107,12 +112,28 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
                         "note": reading.note,
                         "torch_cache_added_bytes": cache,
                         "rest_added_bytes": subtract(added, cache),
+                        **what_was_read(item.run),
                     }
                 )
     frame = pd.DataFrame.from_records(records, columns=list(LONG_COLUMNS))
     frame = _typed(frame, _LONG_INT)
     frame["elapsed_s"] = frame["elapsed_s"].astype("float64")
     return frame
+
+
+def _not_measured(reading: Any) -> bool:
+    return reading.status == "skipped" and reading.step != "start"
+
+
+def what_was_read(run: Any) -> dict[str, str]:
+    """The device and sampling mode of a run's bytes (host RSS on --device cpu), carried by every CSV row."""
+    return {"device": run.record.device, "sampling_mode": str((run.record.environment or {}).get("sampling_mode") or "")}
+
+
+def _without_skipped(parts_by_rank: dict[int, dict[str, Any]], skipped: dict[int, set[str]]) -> dict[str, dict[str, Any]]:
+    """Components as JSON: a skipped step was not measured, so null (an empty field in the CSV exports), never 0."""
+    return {str(rank): {key: None if key in skipped.get(rank, set()) else value for key, value in parts.items()}
+            for rank, parts in parts_by_rank.items()}
 
 
 def _group_columns(comparison: Comparison) -> list[str]:
@@ -142,6 +163,8 @@ def summary_columns(comparison: Comparison) -> list[str]:
         "unattributed_bytes",
         "delta_after_init_vs_baseline_bytes",
         "is_worst_rank",
+        "device",
+        "sampling_mode",
     ]
 
 
@@ -168,6 +191,7 @@ def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
                 "unattributed_bytes": values.unattributed,
                 "delta_after_init_vs_baseline_bytes": values.delta_after_init,
                 "is_worst_rank": rank == summary.worst_rank,
+                **what_was_read(summary.item.run),
             }
             for name in groups:
                 record[f"{name}_init_bytes"] = values.group_init.get(name)
@@ -207,8 +231,8 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "definition_hash": item.scenario.definition_hash(),
                 "run_path": None if item.run.path is None else str(item.run.path),
                 "run": asdict(item.run.record),
-                "components_by_rank": {str(rank): parts for rank, parts in components_by_rank(item.run).items()},
-                "torch_cache_by_rank": {str(rank): parts for rank, parts in components_by_rank(item.run, torch_cache).items()},
+                "components_by_rank": _without_skipped(components_by_rank(item.run), skipped_by_rank(item.run)),
+                "torch_cache_by_rank": _without_skipped(components_by_rank(item.run, torch_cache), skipped_by_rank(item.run)),
                 "nccl_account": nccl_account_document(item.run),
                 # component keys whose step was skipped (charged 0 above; issue 15)
                 "skipped_by_rank": {str(rank): sorted(keys) for rank, keys in skipped_by_rank(item.run).items()},

@@ -35,7 +35,8 @@ STEP_LABELS = {
 SAMPLING_LABELS = {
     "process": "process (the rank's own GPU memory, NVML)",
     "device": "device (whole-GPU used memory, NVML)",
-    "host_rss": "host_rss (host RSS, --device cpu)",
+    "host_rss_anon": "host_rss_anon (host RSS: anonymous and shared pages, --device cpu)",
+    "host_rss": "host_rss (whole host RSS, --device cpu of an earlier memprobe)",
 }
 
 

@@ -1,0 +1,64 @@
+"""Whether a run folder's readings are whole: every rank and step once, nothing more.
+
+A run whose ``run.json`` says ``complete`` must hold, for every rank of its world, one reading of every
+step the rank takes; anything less (a ``readings.csv`` cut short, a rank or step lost) contradicts the
+record, so the folder is damaged (exit 2) and nothing may be judged from it. A run still ``running``
+(its memprobe stopped before it wrote the results) holds no measurement to show (exit 3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from memprobe.errors import DamagedInput, MeasurementError
+from memprobe.model.layout import Layout, plan_groups
+from memprobe.model.steps import sequence
+
+UNFINISHED = "running"
+
+
+def expected_steps(record: Any, readings: Iterable[Any]) -> list[tuple[str, str]]:
+    """``(group, step)`` of every reading one rank takes. The reference engine builds the plan's groups;
+    real SGLang builds what its version builds (0.5.10 and 0.5.11 have no self_pp), so there every rank must
+    hold the steps any rank holds."""
+    if record.engine == "sglang":
+        return sorted({(reading.group, reading.step) for reading in readings})
+    return sequence(group.name for group in plan_groups(Layout(**record.layout)).built_groups())
+
+
+def _shown(items: list[str]) -> str:
+    return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+
+def check_ranks_in_world(record: Any, readings: Iterable[Any], source: str) -> None:
+    outside = sorted({reading.rank for reading in readings if not 0 <= reading.rank < record.world_size})
+    if outside:
+        raise DamagedInput(f"{source}: rank {outside[0]} is outside the run's world of {record.world_size} ranks")
+
+
+def check_whole(record: Any, readings: list[Any], source: str) -> None:
+    """Every rank and step of a run that says it completed (see the module docstring). A run gathered on
+    another node (``results_at``) holds only this node's ranks by design and is not checked here."""
+    check_ranks_in_world(record, readings, source)
+    if record.status != "complete" or record.results_at is not None:
+        return
+    steps = expected_steps(record, readings)
+    held: dict[int, set[tuple[str, str]]] = {}
+    for reading in readings:
+        held.setdefault(reading.rank, set()).add((reading.group, reading.step))
+    absent = [rank for rank in range(record.world_size) if rank not in held]
+    for rank in range(record.world_size):  # the first rank that lacks anything, as a file cut short lacks it
+        if rank in absent:
+            raise DamagedInput(f"{source}: no readings of rank {_shown([str(r) for r in absent])} although run.json "
+                               f"says the run completed on {record.world_size} ranks (truncated?)")
+        lacking = [f"{group}/{step}" if group and group != step else step for group, step in steps if (group, step) not in held[rank]]
+        if lacking:
+            raise DamagedInput(f"{source}: rank {rank} has no reading of {_shown(lacking)} although run.json says the "
+                               f"run completed (truncated or edited?)")
+
+
+def check_finished(record: Any, run_dir: Any) -> None:
+    """A run left ``running`` (memprobe died or was killed before it wrote the results): nothing to show or judge."""
+    if record.status == UNFINISHED:
+        raise MeasurementError(f"{run_dir}/run.json: status running: that run never finished (memprobe stopped before it "
+                               f"wrote readings.csv), so it holds no measurement", str(run_dir))
