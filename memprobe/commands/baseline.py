@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from memprobe.commands.common import DEFAULT_OUT_DIR, measure
-from memprobe.commands.gate import _fail, gate_launch_options
+from memprobe.commands.gate import CALIBRATION, ESTIMATE, _fail, check_device_matches, gate_launch_options
+from memprobe.estimate.calibration import find_calibration
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import IncomparableError, MeasurementError, MemprobeError, UsageError
 from memprobe.gate.baseline import (
@@ -38,6 +39,7 @@ Examples:
 memprobe baseline update --scenarios configs/scenarios/moe-stacks.toml -s tp4-ep2-lean --out my-baseline.json
 memprobe baseline update --from results/h200x4-20261127/compare-tp4-ep2 --out my-baseline.json
 memprobe baseline update --out my-baseline.json --device cpu   (an existing file: measures its own scenarios again)
+memprobe baseline update --estimate --scenarios configs/scenarios/moe-stacks.toml --out estimated-baseline.json   (no GPU)
 """
 
 
@@ -63,6 +65,10 @@ def update(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
         help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn). Not used with --from.")
     ] = DEFAULT_TIMEOUT_S,
+    estimate: bool = ESTIMATE, calibration: Optional[Path] = CALIBRATION,
+    gpus_per_node: Annotated[Optional[int], typer.Option(
+        "--gpus-per-node", envvar="MEMPROBE_BASELINE_UPDATE_GPUS_PER_NODE",
+        help="With --estimate: GPUs per node (default: the world size, at most 8).")] = None,
 ) -> None:
     try:
         existing = _validate_update(out, scenarios_file, from_dir)
@@ -81,15 +87,23 @@ def update(
         else:
             assert existing is not None
             scenario_set = existing.scenario_set(wanted or None)
+        if estimate and from_dir is not None:
+            raise UsageError("--estimate estimates the scenarios; --from takes saved runs: give one")
         if comparison is None and existing is not None:
-            check_same_kind(existing, existing.names(), KIND_OF_DEVICE.get(device, device), f"measuring with --device {device} reads")
+            check_device_matches(existing, existing.names(), "estimate" if estimate else device)
+        chosen = find_calibration(None, calibration) if estimate else None
     except MemprobeError as error:
         raise _fail("baseline update", error) from None
 
     try:
         if comparison is None:
             assert scenario_set is not None
-            comparison = measure(scenario_set, options)
+            if estimate:
+                from memprobe.commands.estimate import estimated
+
+                comparison = estimated(scenario_set, chosen, gpus_per_node, None, quiet=True)
+            else:
+                comparison = measure(scenario_set, options)
         document, notes = _new_document(comparison, existing, keep_others=bool(wanted))
         changes = _changes(existing.document if existing else None, document)
         changed = write_baseline(out, document)

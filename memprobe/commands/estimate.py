@@ -65,10 +65,7 @@ def estimate(
         return _check(check, chosen, gpu is not None or calibration is not None, per_rank)
     scenario_set = _scenario_set(tp, ep, pp, moe_dp, attn_dp, attn_cp, stacks, baseline_tp, scenarios, warmup,
                                  env_preset, env, engine, sglang)
-    from memprobe.estimate.comparison import estimate_comparison
-
-    sglang_runs = _sglang_flags_runs(scenario_set, quiet) if engine == "sglang" else None
-    comparison = estimate_comparison(scenario_set, chosen, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs)
+    comparison = estimated(scenario_set, chosen, gpus_per_node, nnodes, quiet)
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
     basis = comparison.runs[0].run.record.environment["estimate"]
     print(f"estimated (not measured) from {basis['rules']} and the calibration {basis['calibration']} "
@@ -124,15 +121,28 @@ def _on_sglang(scenario_set, site: str):
     return ScenarioSet(scenarios=scenarios, baseline=names[scenario_set.baseline])
 
 
+def estimated(scenario_set, calibration, gpus_per_node: Optional[int], nnodes: Optional[int], quiet: bool):
+    """Every scenario estimated (estimate, gate --estimate, baseline update --estimate); scenarios on real SGLang
+    first learn its flags from a --device cpu run of it."""
+    from memprobe.estimate.comparison import estimate_comparison
+
+    on_sglang = any(scenario.engine == "sglang" for scenario in scenario_set.scenarios)
+    sglang_runs = _sglang_flags_runs(scenario_set, quiet) if on_sglang else None
+    return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs)
+
+
 def _sglang_flags_runs(scenario_set, quiet: bool):
     """A --device cpu run of each scenario on real SGLang: the flags its groups were built with."""
     import tempfile
 
     from memprobe.commands.common import launch_options, measure
 
+    from memprobe.model.scenario import ScenarioSet
+
+    on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine == "sglang")
     with tempfile.TemporaryDirectory(prefix="memprobe-estimate-") as folder:
         options = launch_options("cpu", Path(folder), 300.0, 1, 0, "127.0.0.1", None, False, quiet, None)
-        comparison = measure(scenario_set, options)
+        comparison = measure(ScenarioSet(scenarios=on_sglang, baseline=on_sglang[0].name), options)
         return {item.scenario.name: item.run for item in comparison.runs}
 
 

@@ -32,7 +32,7 @@ from memprobe.gate.render import (
 from memprobe.gate.thresholds import check_overrides, parse_relative, parse_size, parse_threshold_spec
 from memprobe.launch.options import DEFAULT_TIMEOUT_S, LaunchOptions
 from memprobe.model.comparison import Comparison, load_comparison
-from memprobe.model.memory_kind import KIND_OF_DEVICE, memory_kind
+from memprobe.model.memory_kind import ESTIMATED_GPU, KIND_OF_DEVICE, memory_kind
 
 
 def gate_launch_options(device: str, out_dir: Path, timeout: float, **nodes: Any) -> LaunchOptions:
@@ -95,8 +95,40 @@ def _write_reports(result: GateResult, markdown: Path | None, junit_xml: Path | 
 
 
 def check_device_matches(baseline: Baseline, selected: list[str], device: str) -> None:
-    """A baseline of GPU memory cannot judge host memory, nor the other way round: say so before measuring."""
+    """A baseline of GPU memory cannot judge host memory, nor an estimate a measurement: say so before measuring.
+    ``device`` "estimate" stands for ``--estimate``."""
+    if device == "estimate":
+        check_same_kind(baseline, selected, ESTIMATED_GPU, "--estimate makes")
+        return
     check_same_kind(baseline, selected, KIND_OF_DEVICE.get(device, device), f"measuring with --device {device} reads")
+
+
+ESTIMATE = typer.Option(False, "--estimate", envvar="MEMPROBE_ESTIMATE",
+                        help="Estimate (memprobe estimate: NCCL's rules and a calibration, no GPU) instead of measuring. "
+                             "Only an estimated baseline is judged against an estimate, never a measured one (exit 4).")
+CALIBRATION = typer.Option(None, "--calibration", envvar="MEMPROBE_CALIBRATION",
+                           help="With --estimate: a calibration file from memprobe calibrate (default: the packaged one "
+                                "for the baseline's GPU model).")
+
+
+def _calibration(baseline: Baseline, selected: list[str], path: Optional[Path]) -> Any:
+    from memprobe.estimate.calibration import find_calibration
+
+    models = {baseline.scenarios[name].environment_key.get("gpu_model") for name in selected}
+    return find_calibration(None if path else next(iter(models)), path)
+
+
+def _estimated(baseline: Baseline, selected: list[str], scenario_set: Any, calibration: Any) -> Comparison:
+    """The baseline's scenarios estimated on the topology the baseline recorded (GPUs per node, nodes)."""
+    from memprobe.commands.estimate import estimated
+
+    keys = [baseline.scenarios[name].environment_key for name in selected]
+    gpus = {key.get("gpu_count") for key in keys}
+    nodes = {key.get("nnodes") for key in keys}
+    if len(gpus) > 1 or len(nodes) > 1:
+        raise UsageError(f"the selected baseline scenarios were estimated on different nodes ({sorted(map(str, gpus))} GPUs "
+                         f"per node); gate them one at a time with --scenario")
+    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop(), quiet=True)
 
 
 def check_results_match(baseline: Baseline, selected: list[str], comparison: Comparison, source: Path) -> None:
@@ -115,6 +147,7 @@ Examples:
 
 \b
 memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --junit-xml gate.xml
+memprobe gate --estimate --baseline configs/baselines/estimated-h200x8-tp8-ep4-lean.json   (no GPU: an estimated baseline)
 memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/compare-tp4-ep2/tp4-ep2-lean
 memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/compare-tp4-ep2/tp4-ep2-lean --threshold metric=moe_*/first_use,relative=2%,absolute=16MiB
 memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json --results results/h200x4-20261127/compare-tp4-ep2/tp4-ep2-lean --threshold scenario=tp4-ep2-lean,metric=total_after_first_use,max=4GiB
@@ -168,6 +201,7 @@ def gate(
              "(default: the importable SGLang). The verdict names both SGLangs.")] = "",
     nnodes: int = NNODES, node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
+    estimate: bool = ESTIMATE, calibration: Optional[Path] = CALIBRATION,
 ) -> None:
     try:
         loaded = load_baseline(baseline)
@@ -184,8 +218,11 @@ def gate(
             from memprobe.measure.sglang_install import check_site
 
             sglang = check_site(sglang)
+        if estimate and results is not None:
+            raise UsageError("--estimate estimates the baseline's scenarios again; --results judges saved runs: give one")
+        chosen = _calibration(loaded, selected, calibration) if estimate else None
         if results is None:
-            check_device_matches(loaded, selected, device)
+            check_device_matches(loaded, selected, "estimate" if estimate else device)
     except MemprobeError as error:
         raise _fail("gate", error) from None
 
@@ -196,7 +233,11 @@ def gate(
         else:
             from memprobe.model.scenario import with_sglang
 
-            comparison = measure(with_sglang(loaded.scenario_set(selected), sglang), options)
+            scenario_set = with_sglang(loaded.scenario_set(selected), sglang)
+            if estimate:
+                comparison = _estimated(loaded, selected, scenario_set, chosen)
+            else:
+                comparison = measure(scenario_set, options)
             if gathered_elsewhere([(item.scenario.name, item.run) for item in comparison.runs]):  # node 0 judges
                 raise typer.Exit(int(ExitCode.OK))
         result = judge(loaded, comparison, thresholds_override=overrides, allow_env_mismatch=allow_env_mismatch,

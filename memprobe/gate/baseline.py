@@ -190,6 +190,8 @@ def environment_key(run: Run) -> dict[str, Any]:
     }
     if key["memprobe"] is None and run.record.memprobe_version:
         key["memprobe"] = run.record.memprobe_version
+    if environment.get("nnodes"):  # an estimate's topology (gpu_count is per node there); measured runs have none
+        key["nnodes"] = environment["nnodes"]
     return key
 
 
@@ -437,7 +439,7 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
         raise _fail(where, f"scenarios.{name}.definition_hash {stored_hash} does not match its definition "
                            f"({scenario.definition_hash()}); was the definition edited by hand?")
     key = _require_keys(value["environment_key"], f"scenarios.{name}.environment_key", where,
-                        set(ENVIRONMENT_KEY_FIELDS), set(ENVIRONMENT_KEY_FIELDS))
+                        set(ENVIRONMENT_KEY_FIELDS), set(ENVIRONMENT_KEY_FIELDS) | {"nnodes"})
     for field_name, field_value in key.items():
         if field_name == "nccl_env":
             if not isinstance(field_value, dict) or not all(isinstance(v, str) for v in field_value.values()):

@@ -45,7 +45,7 @@ from memprobe.gate.baseline import (
 from memprobe.errors import ExitCode
 from memprobe.gate.thresholds import format_percent, resolve_limit
 from memprobe.model.comparison import Comparison
-from memprobe.model.memory_kind import HOST_RSS, HOST_RSS_ANON, memory_kind
+from memprobe.model.memory_kind import ESTIMATED_GPU, HOST_RSS, HOST_RSS_ANON, memory_kind
 from memprobe.model.scenario import definition_differences
 from memprobe.units import mib_precise
 
@@ -282,6 +282,8 @@ class GateResult:
         if not parts:
             parts.append(f"{len(judged)} scenario{'s' if len(judged) != 1 else ''} within limits")
         word = "PASS" if self.exit_code == ExitCode.OK else "FAIL"
+        if self.memory_kind == ESTIMATED_GPU:
+            word += " (estimated, not measured)"
         return f"memprobe gate: {word}, {'; '.join(parts)} (exit {int(self.exit_code)})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,6 +382,9 @@ def judge(
     result.not_in_baseline = sorted(name for name in comparison.names() if name not in baseline.scenarios)
     if any(memory_kind(baseline.scenarios[name]) in (HOST_RSS_ANON, HOST_RSS) for name in selected):
         result.notes.append("the bytes are host memory (RSS) of each rank, measured with --device cpu: not GPU memory")
+    if any(memory_kind(baseline.scenarios[name]) == ESTIMATED_GPU for name in selected):
+        result.notes.append("the bytes are ESTIMATED GPU memory (memprobe estimate: NCCL's rules and a calibration), "
+                            "estimated against an estimated baseline: nothing was measured")
     for name in selected:
         _judge_scenario(result, baseline, comparison, name, overrides, allow_env_mismatch)
     return result

@@ -7,7 +7,9 @@ which only waives environment differences within one kind), and one baseline fil
 * ``host_rss_anon``: host memory of a ``--device cpu`` rank, its resident anonymous and shared-memory
   pages (``RssAnon + RssShmem``), the same whether the rank measured in its launcher or in a forked child;
 * ``host_rss``: the whole host resident set, which ``--device cpu`` read before: a forked measuring
-  process lacks the file-backed pages its launcher had mapped, so it is a kind of its own.
+  process lacks the file-backed pages its launcher had mapped, so it is a kind of its own;
+* ``estimated_gpu``: GPU memory estimated by ``memprobe estimate`` (NCCL's rules and a calibration), never
+  measured: an estimate and a measurement are never judged against each other.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any, Iterable, Mapping
 GPU = "gpu"
 HOST_RSS_ANON = "host_rss_anon"
 HOST_RSS = "host_rss"
+ESTIMATED_GPU = "estimated_gpu"
 MIXED = "mixed"
 
 #: sampling mode (run.json's environment, a baseline's environment_key) -> kind of memory
-KIND_OF_SAMPLING_MODE: dict[str, str] = {"process": GPU, "device": GPU, HOST_RSS_ANON: HOST_RSS_ANON, HOST_RSS: HOST_RSS}
+KIND_OF_SAMPLING_MODE: dict[str, str] = {"process": GPU, "device": GPU, HOST_RSS_ANON: HOST_RSS_ANON, HOST_RSS: HOST_RSS,
+                                          "estimate": ESTIMATED_GPU}
 #: what a measurement on each --device reads now
 KIND_OF_DEVICE: dict[str, str] = {"cuda": GPU, "cpu": HOST_RSS_ANON}
 
@@ -28,6 +32,7 @@ DESCRIPTIONS: dict[str, str] = {
     GPU: "GPU memory (NVML)",
     HOST_RSS_ANON: "host memory (anonymous and shared RSS, --device cpu)",
     HOST_RSS: "host memory (whole RSS, --device cpu of an earlier memprobe)",
+    ESTIMATED_GPU: "ESTIMATED GPU memory (memprobe estimate, not measured)",
     MIXED: "memory of several kinds",
 }
 
