@@ -152,7 +152,7 @@ def check_exports(csv_path: Optional[Path], summary_csv: Optional[Path], json_pa
         try:
             import matplotlib  # noqa: F401  (only checks that the plot extra is installed)
         except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'memprobe[plot]'") from None
+            raise UsageError("--plot needs matplotlib: pip install matplotlib (the plot extra, 'memprobe-llm[plot]')") from None
 
 
 def render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path], summary_csv: Optional[Path],

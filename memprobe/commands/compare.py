@@ -47,7 +47,7 @@ def compare(
     summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "COMPARE_SUMMARY_CSV", help="One row per scenario and rank."),
     json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "COMPARE_JSON", help="Everything, as JSON with schema_version."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "COMPARE_MARKDOWN", help="The table as GitHub Markdown (also appended to $GITHUB_STEP_SUMMARY)."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "COMPARE_PLOT", help="Stacked bars per scenario (.png or .svg; needs memprobe[plot])."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "COMPARE_PLOT", help="Stacked bars per scenario (.png or .svg; needs matplotlib: memprobe-llm[plot])."),
 ) -> int:
     """Compare --tp T against --tp T --ep E with the full and the lean stack, per rank, group and communicator.
 
