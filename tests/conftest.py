@@ -40,11 +40,12 @@ def cpu_run(tmp_path_factory):
     baseline made from it: launching torchrun costs seconds, and CI's whole suite has a budget."""
     folder = tmp_path_factory.mktemp("cpu-run")
     command = [sys.executable, "-m", "memprobe", "run", "--device", "cpu", "--tp", "1", "--quiet",
-               "--out-dir", str(folder / "runs"), "--run-id", "tp1"]
+               "--out-dir", str(folder / "runs"), "--run-id", "tp1", "--json", str(folder / "run.json")]
     done = subprocess.run(command, cwd=folder, env=_memprobe_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     baseline = folder / "baseline.json"
     made = subprocess.run([sys.executable, "-m", "memprobe", "baseline", "update", "--from", str(folder / "runs" / "tp1"),
                            "--out", str(baseline)], cwd=folder, env=_memprobe_env(), capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
-    return {"folder": folder, "run_dir": folder / "runs" / "tp1", "baseline": baseline, "stdout": done.stdout}
+    return {"folder": folder, "run_dir": folder / "runs" / "tp1", "baseline": baseline, "json": folder / "run.json",
+            "stdout": done.stdout}

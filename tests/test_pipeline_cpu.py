@@ -101,6 +101,9 @@ def test_compare_cpu_end_to_end_with_exports(memprobe, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     document = json.loads((tmp_path / "all.json").read_text())
     assert document["schema_version"] == 1
+    from test_json_schemas import problems
+
+    assert problems("comparison", document) == []  # docs/schema/comparison.schema.json, on two scenarios
     # --device cpu skips the CUDA context and every GPU communicator: listed as skipped, no bytes in the summary
     assert "tp/pynccl" in document["scenarios"][0]["skipped_by_rank"]["0"]
     assert {row["cuda_context_bytes"] for row in csv.DictReader((tmp_path / "summary.csv").open())} == {""}

@@ -10,6 +10,9 @@ import typer
 
 from memprobe.commands.common import ATTN_CP, ATTN_DP, ENV, EP, MOE_DP, PP, STACK, TP, console_width, layout_from
 
+PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json
+
+
 def plan(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     stack: str = STACK,
@@ -40,7 +43,8 @@ def plan(
 
 def _stream_plan_json(groups_plan: Any, chosen: Any, stream: TextIO) -> None:
     """One JSON document, written group by group so that 4096-rank plans stream."""
-    head = {"world_size": groups_plan.layout.world_size, "layout": groups_plan.layout.as_dict(), "stack": chosen.name}
+    head = {"schema_version": PLAN_SCHEMA_VERSION, "world_size": groups_plan.layout.world_size,
+            "layout": groups_plan.layout.as_dict(), "stack": chosen.name}
     stream.write(json.dumps(head)[:-1] + ', "groups": [')
     for index, group in enumerate(groups_plan.groups):
         item = {"name": group.name, "ranks": [list(r) for r in group.rank_lists], "alias_of": group.alias_of,

@@ -14,6 +14,7 @@ from memprobe.commands.common import (
     WARMUP, check_choices, check_out_dir, console_width, launch_options, layout_from, print_rank_warnings,
     gathered_elsewhere, render_timings_of, show_attribution,
 )
+from memprobe.commands.paths import check_output_path
 from memprobe.errors import UsageError
 
 # A command: long only by its Typer option declarations (one per line with its help); its body is short.
@@ -31,6 +32,9 @@ def run(
     sglang: str = typer.Option("", "--sglang", envvar=ENV + "RUN_SGLANG", metavar="SITE",
                                help="With --engine sglang: the SGLang in this site folder (first on the workers' "
                                     "PYTHONPATH) instead of the importable one. --stack installed keeps its own flags."),
+    json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "RUN_JSON",
+                                             help="Also write the run as JSON (compare's schema, with schema_version: "
+                                                  "docs/schema/comparison.schema.json)."),
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
@@ -62,6 +66,7 @@ def run(
     scenario = Scenario(name=f"{layout.slug()}-{label}{suffix}", layout=layout, stack=stack, env_preset=env_preset,
                         env=parse_env_assignments(env), warmup=warmup, engine=engine, sglang=sglang)
     check_out_dir(out_dir)
+    check_output_path(json_path, "--json", suffixes=(".json",))
     preflight([scenario], options)
     run_dir = out_dir / run_id if run_id else new_run_dir(out_dir, scenario.name)
     if run_dir.exists():
@@ -79,4 +84,15 @@ def run(
     if timings:
         render_timings_of([(scenario.name, result)])
     print_rank_warnings([(scenario.name, result)])
+    if json_path is not None:
+        _write_json(run_dir, json_path)
     return 0
+
+
+def _write_json(run_dir: Path, json_path: Path) -> None:
+    """The document ``memprobe report RUN_DIR --json`` writes: read back from the run folder, so the two agree."""
+    from memprobe.model.comparison import load_comparison
+    from memprobe.reports import write_json
+
+    write_json(load_comparison(run_dir), json_path)
+    print(f"memprobe: wrote {json_path}", file=sys.stderr)
