@@ -50,6 +50,7 @@ def test_the_measured_cpu_gate_passes_with_every_output(cpu_run, tmp_path):
     assert "memprobe gate: PASS" in summary  # memprobe's own Markdown verdict, once
     assert summary.count("### ") == 1
     assert "memprobe gate: PASS" in done.stdout
+    assert "steps (" in done.stderr and "steps (" not in done.stdout  # progress on stderr, results on stdout
 
 
 def test_a_regression_fails_the_step_with_exit_1_and_a_junit_failure(cpu_run, tmp_path):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from memprobe.commands.common import DEFAULT_OUT_DIR, measure
+from memprobe.commands.common import DEFAULT_OUT_DIR, QUIET, VERBOSE, measure
 from memprobe.commands.gate import _fail, gate_launch_options
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import MemprobeError, UsageError
@@ -36,6 +36,8 @@ Examples:
 memprobe baseline update --scenarios configs/scenarios/moe-stacks.toml -s tp4-ep2-lean --out my-baseline.json
 memprobe baseline update --from results/h200x4-20261127/compare-tp4-ep2 --out my-baseline.json
 memprobe baseline update --out my-baseline.json --device cpu   (an existing file: measures its own scenarios again)
+
+Exit codes: 0 written or unchanged, 2 bad input (nothing measured or written), 3 the measurement failed (the file is left as it was).
 """
 
 
@@ -61,6 +63,7 @@ def update(
         "--timeout", envvar="MEMPROBE_TIMEOUT",
         help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn). Not used with --from.")
     ] = DEFAULT_TIMEOUT_S,
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     try:
         existing = _validate_update(out, scenarios_file, from_dir)

@@ -79,7 +79,21 @@ TIMINGS = typer.Option(False, "--timings", envvar=ENV + "TIMINGS",
                        help="Also show where the time went: torchrun start, import, CUDA context, each step, gather, teardown, GPU release.")
 ALLOW_BUSY = typer.Option(False, "--allow-busy-gpu", envvar=ENV + "ALLOW_BUSY_GPU",
                           help="Measure even when other processes use the GPUs and only device-level figures are available.")
-QUIET = typer.Option(False, "--quiet", "-q", envvar=ENV + "QUIET", help="No progress output.")
+def _verbosity_option(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
+    """Sets the level while the options are parsed, so that it holds before the command does anything."""
+    from memprobe import verbosity
+
+    given = ctx.meta.setdefault("memprobe.verbosity", set())
+    if value:
+        given.add(param.name)
+    verbosity.apply("quiet" in given, "verbose" in given)
+    return value
+
+
+QUIET = typer.Option(False, "--quiet", "-q", envvar=ENV + "QUIET", callback=_verbosity_option,
+                     help="No progress and no confirmations of files written, on stderr (results, notes, warnings and errors are still shown).")
+VERBOSE = typer.Option(False, "--verbose", "-v", envvar=ENV + "VERBOSE", callback=_verbosity_option,
+                       help="Also every progress step and what the command reads, measures and writes (on stderr).")
 ENV_OPT = typer.Option([], "--env", envvar=ENV + "ENV", help="KEY=VALUE for the workers' environment (repeatable), e.g. NCCL_BUFFSIZE=1048576.")
 ENV_PRESET = typer.Option("sglang", "--env-preset", envvar=ENV + "ENV_PRESET",
                           help="sglang: SGLang's engine settings (NCCL_CUMEM_ENABLE=0, NCCL_NVLS_ENABLE=0, "
@@ -172,7 +186,9 @@ def render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path],
             write(comparison, path)
             written.append(str(path))
     if written:
-        print(f"memprobe: wrote {', '.join(written)}", file=sys.stderr)
+        from memprobe.verbosity import info
+
+        info(f"memprobe: wrote {', '.join(written)}")
 
 
 
@@ -180,7 +196,10 @@ def measure(scenario_set: Any, options: Any, jobs: int = 0) -> Any:
     """Run a scenario set with progress on stderr (a bar on a terminal, sparse lines in CI logs)."""
     from memprobe.launch.progress import Progress
     from memprobe.launch.several import run_scenarios
+    from memprobe.verbosity import detail
 
+    detail(f"memprobe: measuring {', '.join(s.name for s in scenario_set.scenarios)} on --device {options.device}, "
+           f"run folders under {options.out_dir}")
     with Progress(enabled=options.progress) as progress:
         return run_scenarios(scenario_set, options, progress=progress, command=["memprobe", *sys.argv[1:]], jobs=jobs)
 

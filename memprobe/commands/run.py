@@ -10,7 +10,7 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, EP, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, VERBOSE, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
     WARMUP, check_choices, check_out_dir, console_width, launch_options, layout_from, print_rank_warnings,
     gathered_elsewhere, render_timings_of, show_attribution,
 )
@@ -24,7 +24,7 @@ def run(
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
-    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, split: bool = SPLIT,
+    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, verbose: bool = VERBOSE, split: bool = SPLIT,
     nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe: the reference engine; sglang: the installed SGLang's own "
@@ -43,6 +43,9 @@ def run(
     \b
       memprobe run --tp 4 --ep 2 --stack lean
       memprobe run --device cpu --tp 4 --ep 2 --stack full
+
+    Exit codes: 0 ok, 2 bad input (nothing launched), 3 the measurement failed (a rank failed, hung or did not
+    start; finished readings are kept), 130 or 143 interrupted by SIGINT or SIGTERM.
     """
     from memprobe.launch.prepare import new_run_dir, preflight
     from memprobe.launch.several import run_scenario
@@ -72,7 +75,9 @@ def run(
     if run_dir.exists():
         raise UsageError(f"run folder {run_dir} already exists; choose another --run-id")
     from memprobe.launch.progress import Progress
+    from memprobe.verbosity import detail
 
+    detail(f"memprobe: measuring {scenario.name} on --device {device} into {run_dir}")
     with Progress(enabled=options.progress) as progress:
         result = run_scenario(scenario, options, run_dir, progress=progress, command=["memprobe", *sys.argv[1:]])
     if gathered_elsewhere([(scenario.name, result)]):
@@ -94,5 +99,7 @@ def _write_json(run_dir: Path, json_path: Path) -> None:
     from memprobe.model.comparison import load_comparison
     from memprobe.reports import write_json
 
+    from memprobe.verbosity import info
+
     write_json(load_comparison(run_dir), json_path)
-    print(f"memprobe: wrote {json_path}", file=sys.stderr)
+    info(f"memprobe: wrote {json_path}")
