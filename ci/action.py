@@ -117,7 +117,19 @@ def build_arguments(out_dir: Path) -> tuple[str, list[str], dict[str, Path]]:
     exports = {name: out_dir / f"{slug}{EXPORT_SUFFIXES[name]}" for name in wanted_exports(command_name, command)}
     for name, path in exports.items():
         arguments += [f"--{name}", str(path)]
+    refuse_set_twice(extra, arguments[len(command_name.split()) + len(extra):])
     return command_name, arguments, exports
+
+
+def refuse_set_twice(extra: list[str], added: list[str]) -> None:
+    """An option in the command input that the action sets from another input (or for its exports) would be
+    overridden without a word: refused, naming where it belongs."""
+    ours = {word for word in added if word.startswith("--")}
+    clashes = sorted({word.split("=", 1)[0] for word in extra} & ours)
+    if clashes:
+        verb = "is" if len(clashes) == 1 else "are"
+        raise InputError(f"command: {', '.join(clashes)} {verb} set by the action (from its inputs and out-dir): "
+                         f"use the inputs instead")
 
 
 def prepare_out_dir() -> Path:
