@@ -45,11 +45,13 @@ def test_quiet_and_verbose_together_is_one_line_and_exit_2(memprobe):
     assert result.stderr == "memprobe: error: --quiet and --verbose contradict each other; give one of them\n"
 
 
-def test_quiet_drops_the_notes_verbose_adds_details_and_the_results_stay_the_same(memprobe, tmp_path):
+def test_quiet_drops_the_confirmations_verbose_adds_details_and_the_results_stay_the_same(level, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     write_comparison(tmp_path / "saved", synthetic_comparison(), headline_scenarios())
-    runs = {flag: memprobe("report", "saved", "--summary-csv", f"s{flag}.csv", *([flag] if flag else []))
+    runs = {flag: CliRunner().invoke(app, ["report", "saved", "--summary-csv", f"s{flag}.csv", *([flag] if flag else [])],
+                                     env={"COLUMNS": "200"})
             for flag in ("--quiet", "", "--verbose")}
-    assert all(result.returncode == 0 for result in runs.values()), [r.stderr for r in runs.values()]
+    assert all(result.exit_code == 0 for result in runs.values()), [r.output for r in runs.values()]
     assert runs["--quiet"].stdout == runs[""].stdout == runs["--verbose"].stdout != ""
     assert runs["--quiet"].stderr == ""
     assert runs[""].stderr == "memprobe: wrote s.csv\n"
@@ -89,6 +91,7 @@ def test_no_color_and_the_no_color_option_take_every_style_off_the_progress_bar(
 
 def test_shell_completion_completes_commands_and_options(memprobe):
     assert "--install-completion" in CliRunner().invoke(app, ["--help"]).output
-    bash = {"_MEMPROBE_COMPLETE": "complete_bash", "COMP_CWORD": "1"}
-    assert memprobe(env={**bash, "COMP_WORDS": "memprobe pl"}).stdout.split() == ["plan"]
-    assert "--baseline" in memprobe(env={**bash, "COMP_WORDS": "memprobe gate --ba", "COMP_CWORD": "2"}).stdout.split()
+    bash = {"_MEMPROBE_COMPLETE": "complete_bash", "COMP_WORDS": "memprobe pl", "COMP_CWORD": "1"}
+    assert memprobe(env=bash).stdout.split() == ["plan"]  # through the real entry point
+    bash.update(COMP_WORDS="memprobe gate --ba", COMP_CWORD="2")
+    assert "--baseline" in CliRunner().invoke(app, [], prog_name="memprobe", env=bash).output.split()
