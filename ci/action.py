@@ -94,31 +94,37 @@ def refuse_unused(command_name: str, command: Command) -> None:
         raise InputError(f"memprobe {command_name} takes no {', '.join(unused)} input")
 
 
+def options_from_inputs(command: Command, out_dir: Path) -> list[str]:
+    """The memprobe options that the action's inputs other than ``command`` and ``exports`` stand for."""
+    options: list[str] = []
+    for name, option in (("baseline", command.baseline), ("results", command.results)):
+        if read_input(name):
+            options += [option, read_input(name)]
+    if command.measures:
+        if read_input("device"):
+            options += ["--device", read_input("device")]
+        options += ["--out-dir", str(out_dir / "runs")]
+    for name in ("relative", "absolute"):
+        if read_input(name):
+            options += [f"--{name}", read_input(name)]
+    for spec in read_input("thresholds").splitlines():
+        if spec.strip():
+            options += ["--threshold", spec.strip()]
+    return options
+
+
 def build_arguments(out_dir: Path) -> tuple[str, list[str], dict[str, Path]]:
     """The memprobe argument list for the inputs, and the export files it will write by kind."""
     command_name, extra = split_command(read_input("command"))
     command = COMMANDS[command_name]
     refuse_unused(command_name, command)
-    arguments = [*command_name.split(), *extra]
-    for name, option in (("baseline", command.baseline), ("results", command.results)):
-        if read_input(name):
-            arguments += [option, read_input(name)]
-    if command.measures:
-        if read_input("device"):
-            arguments += ["--device", read_input("device")]
-        arguments += ["--out-dir", str(out_dir / "runs")]
-    for name in ("relative", "absolute"):
-        if read_input(name):
-            arguments += [f"--{name}", read_input(name)]
-    for spec in read_input("thresholds").splitlines():
-        if spec.strip():
-            arguments += ["--threshold", spec.strip()]
     slug = command_name.replace(" ", "-")
     exports = {name: out_dir / f"{slug}{EXPORT_SUFFIXES[name]}" for name in wanted_exports(command_name, command)}
+    added = options_from_inputs(command, out_dir)
     for name, path in exports.items():
-        arguments += [f"--{name}", str(path)]
-    refuse_set_twice(extra, arguments[len(command_name.split()) + len(extra):])
-    return command_name, arguments, exports
+        added += [f"--{name}", str(path)]
+    refuse_set_twice(extra, added)
+    return command_name, [*command_name.split(), *extra, *added], exports
 
 
 def refuse_set_twice(extra: list[str], added: list[str]) -> None:
