@@ -3,7 +3,7 @@ rendering of a finished comparison with its exports.
 
 Environment variables, one rule (issue 15): an option that means the same in every command that has
 it (those defined here: layout widths, --stack, --device, --warmup, --env-preset, --env, --engine,
---out-dir, --run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --quiet) reads
+--out-dir, --run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --quiet, --verbose) reads
 ``MEMPROBE_<OPTION>``; every other option, a command's own files and switches, reads
 ``MEMPROBE_<COMMAND>_<OPTION>`` (``MEMPROBE_COMPARE_JSON``, ``MEMPROBE_PLAN_JSON``,
 ``MEMPROBE_GATE_BASELINE``, ``MEMPROBE_BASELINE_UPDATE_OUT``), so setting one never changes another
@@ -79,6 +79,8 @@ TIMINGS = typer.Option(False, "--timings", envvar=ENV + "TIMINGS",
                        help="Also show where the time went: torchrun start, import, CUDA context, each step, gather, teardown, GPU release.")
 ALLOW_BUSY = typer.Option(False, "--allow-busy-gpu", envvar=ENV + "ALLOW_BUSY_GPU",
                           help="Measure even when other processes use the GPUs and only device-level figures are available.")
+
+
 def _verbosity_option(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
     """Sets the level while the options are parsed, so that it holds before the command does anything."""
     from memprobe import verbosity

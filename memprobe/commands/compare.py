@@ -10,7 +10,7 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, VERBOSE, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, WARMUP,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, VERBOSE, WARMUP,
     check_choices, check_exports, check_out_dir, launch_options, measure, gathered_elsewhere, render_and_export,
     render_timings_of, show_attribution,
 )

@@ -10,8 +10,8 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, EP, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, VERBOSE, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
-    WARMUP, check_choices, check_out_dir, console_width, launch_options, layout_from, print_rank_warnings,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
+    VERBOSE, WARMUP, check_choices, check_out_dir, console_width, launch_options, layout_from, print_rank_warnings,
     gathered_elsewhere, render_timings_of, show_attribution,
 )
 from memprobe.commands.paths import check_output_path
@@ -98,7 +98,6 @@ def _write_json(run_dir: Path, json_path: Path) -> None:
     """The document ``memprobe report RUN_DIR --json`` writes: read back from the run folder, so the two agree."""
     from memprobe.model.comparison import load_comparison
     from memprobe.reports import write_json
-
     from memprobe.verbosity import info
 
     write_json(load_comparison(run_dir), json_path)
