@@ -202,6 +202,15 @@ def summarize_without_markdown(command_name: str, verdict: str, code: int, last_
         stream.write(text + "\n")
 
 
+def step_outputs(code: int, out_dir: Path, exports: dict[str, Path], run_dirs: list[Path]) -> dict[str, str]:
+    written = {name: path for name, path in exports.items() if path.is_file()}
+    outputs = {"verdict": VERDICTS.get(code, "error"), "exit-code": str(code), "out-dir": str(out_dir),
+               "run-dirs": "\n".join(str(path) for path in run_dirs)}
+    outputs.update({name: str(written[name]) if name in written else "" for name in ("junit-xml", "markdown", "json")})
+    outputs["files"] = "\n".join(str(path) for path in [*written.values(), *run_dirs])
+    return outputs
+
+
 def main() -> int:
     try:
         out_dir = prepare_out_dir()
@@ -216,16 +225,12 @@ def main() -> int:
     runs = out_dir / "runs"
     before = set(runs.iterdir()) if runs.is_dir() else set()
     out_dir.mkdir(parents=True, exist_ok=True)
+    for path in exports.values():  # a file left by an earlier job in a kept workspace must not pass for this one's
+        path.unlink(missing_ok=True)
     code, last_lines = run_memprobe(arguments)
-    verdict = VERDICTS.get(code, "error")
-    written = {name: path for name, path in exports.items() if path.is_file()}
-    run_dirs = new_folders(runs, before)
-    if "markdown" not in written:
-        summarize_without_markdown(command_name, verdict, code, last_lines)
-    outputs = {"verdict": verdict, "exit-code": str(code), "out-dir": str(out_dir),
-               "run-dirs": "\n".join(str(path) for path in run_dirs)}
-    outputs.update({name: str(written[name]) if name in written else "" for name in ("junit-xml", "markdown", "json")})
-    outputs["files"] = "\n".join(str(path) for path in [*written.values(), *run_dirs])
+    outputs = step_outputs(code, out_dir, exports, new_folders(runs, before))
+    if not outputs["markdown"]:
+        summarize_without_markdown(command_name, outputs["verdict"], code, last_lines)
     write_outputs(outputs)
     return code
 

@@ -66,9 +66,12 @@ def test_a_regression_fails_the_step_with_exit_1_and_a_junit_failure(cpu_run, tm
 
 
 def test_memprobe_refusing_an_input_is_a_usage_error_named_in_the_summary(tmp_path):
+    stale = tmp_path / "memprobe-ci" / "gate.xml"  # an earlier job's, in a workspace the runner kept
+    stale.parent.mkdir()
+    stale.write_text("<testsuites/>")
     done, outputs, summary = run_action(tmp_path, command="gate", baseline="missing.json", device="cpu")
     assert done.returncode == 2
-    assert outputs["verdict"] == "usage-error" and outputs["junit-xml"] == ""
+    assert outputs["verdict"] == "usage-error" and outputs["junit-xml"] == "" and not stale.exists()
     assert "missing.json" in summary and "usage-error (exit 2)" in summary
     assert not (tmp_path / "memprobe-ci" / "runs").exists()
 
