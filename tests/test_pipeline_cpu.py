@@ -111,12 +111,11 @@ def test_compare_cpu_end_to_end_with_exports(memprobe, tmp_path):
     assert leftover_memprobe_processes(tmp_path) == []
 
 
-def test_report_rerenders_a_saved_run_without_launching(memprobe, tmp_path):
-    first = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "saved")
-    assert first.returncode == 0, first.stderr
-    again = memprobe("report", "memprobe-runs/saved")
+def test_report_rerenders_a_saved_run_without_launching(memprobe, cpu_run):
+    again = memprobe("report", str(cpu_run["run_dir"]))
     assert again.returncode == 0, again.stderr
-    assert "tp2" in again.stdout and "total after first use" in again.stdout
+    assert "tp1" in again.stdout and "total after first use" in again.stdout
+    assert again.stdout == cpu_run["stdout"]  # the very table the run printed
 
 
 @pytest.mark.parametrize(
