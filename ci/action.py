@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 USAGE = 2
@@ -114,17 +114,20 @@ def options_from_inputs(command: Command, out_dir: Path) -> list[str]:
 
 
 def build_arguments(out_dir: Path) -> tuple[str, list[str], dict[str, Path]]:
-    """The memprobe argument list for the inputs, and the export files it will write by kind."""
+    """What the command is called in messages, the memprobe argument list, and the export files by kind."""
     command_name, extra = split_command(read_input("command"))
     command = COMMANDS[command_name]
-    refuse_unused(command_name, command)
+    label = command_name
+    if "--estimate" in extra:  # estimated from sources: nothing is measured, so no --device and no run folders
+        command, label = replace(command, measures=False), f"{command_name} --estimate"
+    refuse_unused(label, command)
     slug = command_name.replace(" ", "-")
-    exports = {name: out_dir / f"{slug}{EXPORT_SUFFIXES[name]}" for name in wanted_exports(command_name, command)}
+    exports = {name: out_dir / f"{slug}{EXPORT_SUFFIXES[name]}" for name in wanted_exports(label, command)}
     added = options_from_inputs(command, out_dir)
     for name, path in exports.items():
         added += [f"--{name}", str(path)]
     refuse_set_twice(extra, added)
-    return command_name, [*command_name.split(), *extra, *added], exports
+    return label, [*command_name.split(), *extra, *added], exports
 
 
 def refuse_set_twice(extra: list[str], added: list[str]) -> None:

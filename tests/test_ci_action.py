@@ -83,6 +83,7 @@ def test_memprobe_refusing_an_input_is_a_usage_error_named_in_the_summary(tmp_pa
     ({"command": "gate", "exports": "html"}, "unknown export 'html'"),
     ({"command": "report x", "device": "cpu"}, "memprobe report takes no device input"),
     ({"command": "compare", "thresholds": "max=1GiB"}, "memprobe compare takes no thresholds input"),
+    ({"command": "gate --estimate", "device": "cpu"}, "memprobe gate --estimate takes no device input"),
     ({"command": "gate --scenario 'unclosed"}, "No closing quotation"),
     ({"command": "gate --out-dir elsewhere --json=x.json"}, "command: --json, --out-dir are set by the action"),
 ])
@@ -125,3 +126,11 @@ def test_each_example_workflow_gives_the_action_only_inputs_it_has(example):
     spec.loader.exec_module(action)
     assert action.split_command(given["command"])[0] == "gate"
     assert "upload-artifact" in example.read_text() and "if: always()" in example.read_text()
+
+
+def test_an_estimate_gets_no_run_folder_and_no_device(tmp_path):
+    """An estimate measures nothing; whether this memprobe has --estimate or not, the action's command line is the same."""
+    done, _outputs, _summary = run_action(tmp_path, command="gate --estimate --engine sglang", baseline="b.json")
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("memprobe-action: memprobe ")]
+    assert line == ("memprobe-action: memprobe gate --estimate --engine sglang --baseline b.json --junit-xml memprobe-ci/gate.xml "
+                    "--markdown memprobe-ci/gate.md --json memprobe-ci/gate.json")
