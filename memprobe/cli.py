@@ -7,6 +7,7 @@ interrupted). Every option can also come from a
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -33,10 +34,13 @@ app = typer.Typer(
         "  memprobe run --tp 4 --ep 2 --stack lean     # measure one layout (into memprobe-runs/)\n"
         "  memprobe compare --tp 4 --ep 2              # tp4 vs tp4/ep2 full vs lean, per rank\n"
         "  memprobe report results/h200x4-20261127/compare-tp4-ep2   # re-render saved runs\n"
-        "  memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json   # CI regression gate"
+        "  memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json   # CI regression gate\n\n"
+        "Results go to stdout, progress and notes to stderr (--quiet, --verbose on every command). Exit codes: 0 ok, "
+        "1 regression (gate), 2 bad input, 3 measurement failed or data missing, 4 incomparable (gate), "
+        "130/143 interrupted; each command's --help lists its own. Shell completion: memprobe --install-completion."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # Typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     rich_markup_mode=None,  # plain help: copyable (no boxes) and no Rich markup eating "memprobe[plot]" (issue 15)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -50,9 +54,16 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+def _no_color(value: bool) -> None:
+    if value:  # the environment, so that every Rich console (and any child process) honours it too
+        os.environ["NO_COLOR"] = "1"
+
+
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                       help="Print memprobe's version and exit.")) -> None:
+                                       help="Print memprobe's version and exit."),
+          no_color: bool = typer.Option(False, "--no-color", callback=_no_color, is_eager=True,
+                                        help="No colours or styles on a terminal (as NO_COLOR=1 does).")) -> None:
     """Per-rank GPU memory of process groups and communicators at LLM-engine start-up."""
 
 

@@ -49,3 +49,20 @@ def cpu_compare(tmp_path_factory):
                           "--csv", "long.csv", "--summary-csv", "summary.csv", "--json", "all.json", "--markdown", "table.md",
                           "--plot", "c.svg", cwd=folder)
     return folder, result
+
+
+@pytest.fixture(scope="session")
+def cpu_run(tmp_path_factory):
+    """One real CPU run (--tp 1, the smallest layout), shared by the tests that need real exports, and the
+    baseline made from it: launching torchrun costs seconds, and CI's whole suite has a budget."""
+    folder = tmp_path_factory.mktemp("cpu-run")
+    command = [sys.executable, "-m", "memprobe", "run", "--device", "cpu", "--tp", "1", "--quiet",
+               "--out-dir", str(folder / "runs"), "--run-id", "tp1", "--json", str(folder / "run.json")]
+    done = subprocess.run(command, cwd=folder, env=_memprobe_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    baseline = folder / "baseline.json"
+    made = subprocess.run([sys.executable, "-m", "memprobe", "baseline", "update", "--from", str(folder / "runs" / "tp1"),
+                           "--out", str(baseline)], cwd=folder, env=_memprobe_env(), capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    return {"folder": folder, "run_dir": folder / "runs" / "tp1", "baseline": baseline, "json": folder / "run.json",
+            "stdout": done.stdout}

@@ -99,6 +99,9 @@ def test_compare_cpu_end_to_end_with_exports(cpu_compare):
         assert (tmp_path / name).stat().st_size > 0
     document = json.loads((tmp_path / "all.json").read_text())
     assert document["schema_version"] == 1
+    from test_json_schemas import problems
+
+    assert problems("comparison", document) == []  # docs/schema/comparison.schema.json, on two scenarios
     # --device cpu skips the CUDA context and every GPU communicator: listed as skipped, no bytes in the summary
     assert "tp/pynccl" in document["scenarios"][0]["skipped_by_rank"]["0"]
     assert {row["cuda_context_bytes"] for row in csv.DictReader((tmp_path / "summary.csv").open())} == {""}
@@ -106,12 +109,11 @@ def test_compare_cpu_end_to_end_with_exports(cpu_compare):
     assert leftover_memprobe_processes(tmp_path) == []
 
 
-def test_report_rerenders_a_saved_run_without_launching(memprobe, tmp_path):
-    first = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "saved")
-    assert first.returncode == 0, first.stderr
-    again = memprobe("report", "memprobe-runs/saved")
+def test_report_rerenders_a_saved_run_without_launching(memprobe, cpu_run):
+    again = memprobe("report", str(cpu_run["run_dir"]))
     assert again.returncode == 0, again.stderr
-    assert "tp2" in again.stdout and "total after first use" in again.stdout
+    assert "tp1" in again.stdout and "total after first use" in again.stdout
+    assert again.stdout == cpu_run["stdout"]  # the very table the run printed
 
 
 @pytest.mark.parametrize(

@@ -322,7 +322,7 @@ def test_markdown_step_summary_created_when_absent(comparison, tmp_path, monkeyp
 
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
 def test_plot_writes_file(comparison, tmp_path, suffix):
-    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'memprobe[plot]')")
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install matplotlib)")
     path = tmp_path / f"plot{suffix}"
     write_plot(comparison, path)
     data = path.read_bytes()
@@ -342,7 +342,7 @@ def test_plot_without_matplotlib_is_a_usage_error(comparison, tmp_path, monkeypa
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    with pytest.raises(UsageError, match=r"--plot needs matplotlib: pip install 'memprobe\[plot\]'"):
+    with pytest.raises(UsageError, match=r"--plot needs matplotlib: pip install matplotlib \(the plot extra, 'memprobe-llm\[plot\]'\)"):
         write_plot(comparison, tmp_path / "plot.png")
     assert not (tmp_path / "plot.png").exists()
 

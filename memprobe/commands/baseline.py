@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from memprobe.commands.common import DEFAULT_OUT_DIR, measure
+from memprobe.commands.common import DEFAULT_OUT_DIR, QUIET, VERBOSE, measure
 from memprobe.commands.gate import CALIBRATION, ESTIMATE, _fail, check_device_matches, gate_launch_options
 from memprobe.estimate.calibration import find_calibration
 from memprobe.commands.paths import check_output_path
@@ -40,6 +40,8 @@ memprobe baseline update --scenarios configs/scenarios/moe-stacks.toml -s tp4-ep
 memprobe baseline update --from results/h200x4-20261127/compare-tp4-ep2 --out my-baseline.json
 memprobe baseline update --out my-baseline.json --device cpu   (an existing file: measures its own scenarios again)
 memprobe baseline update --estimate --scenarios configs/scenarios/moe-stacks.toml --out estimated-baseline.json   (no GPU)
+
+Exit codes: 0 written or unchanged, 2 bad input (nothing measured or written), 3 the measurement failed (the file is left as it was).
 """
 
 
@@ -69,6 +71,7 @@ def update(
     gpus_per_node: Annotated[Optional[int], typer.Option(
         "--gpus-per-node", envvar="MEMPROBE_BASELINE_UPDATE_GPUS_PER_NODE",
         help="With --estimate: GPUs per node (default: the world size, at most 8).")] = None,
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     try:
         existing = _validate_update(out, scenarios_file, from_dir)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from memprobe.commands.common import ENV
+from memprobe.commands.common import ENV, QUIET, VERBOSE
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import MeasurementError, UsageError
 
@@ -29,6 +29,7 @@ def calibrate(
                                                "reports none (a one-GPU VM)."),
     gpu_index: int = typer.Option(0, "--gpu-index", envvar=ENV + "CALIBRATE_GPU_INDEX",
                                   help="Which visible GPU to measure (CUDA order)."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
     """Measure one GPU's per-process constants for `memprobe estimate` (under a minute, one GPU).
 
@@ -39,6 +40,8 @@ def calibrate(
     \b
       memprobe calibrate --out my-h200.json --nvlinks 18
       memprobe estimate --tp 8 --ep 4 --calibration my-h200.json
+
+    Exit codes: 0 written, 2 bad input or no GPU (nothing written), 3 a measuring process failed (nothing written).
     """
     from memprobe.measure import nvml
 
@@ -156,4 +159,6 @@ def _report(calibration: Any, out: Path) -> None:
         print(f"  NCCL_CUMEM_ENABLE={int(point.cumem)}: CUDA context {mib(point.cuda_context_bytes)} MiB, first multi-rank "
               f"communicator +{mib(point.first_communicator_bytes)} MiB once per process, one-rank communicator "
               f"{mib(point.one_rank_communicator_bytes)} MiB")
-    print(f"memprobe: wrote {out}", file=sys.stderr)
+    from memprobe.verbosity import info
+
+    info(f"memprobe: wrote {out}")

@@ -3,7 +3,7 @@ rendering of a finished comparison with its exports.
 
 Environment variables, one rule (issue 15): an option that means the same in every command that has
 it (those defined here: layout widths, --stack, --device, --warmup, --env-preset, --env, --engine,
---out-dir, --run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --quiet) reads
+--out-dir, --run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --quiet, --verbose) reads
 ``MEMPROBE_<OPTION>``; every other option, a command's own files and switches, reads
 ``MEMPROBE_<COMMAND>_<OPTION>`` (``MEMPROBE_COMPARE_JSON``, ``MEMPROBE_PLAN_JSON``,
 ``MEMPROBE_GATE_BASELINE``, ``MEMPROBE_BASELINE_UPDATE_OUT``), so setting one never changes another
@@ -79,7 +79,23 @@ TIMINGS = typer.Option(False, "--timings", envvar=ENV + "TIMINGS",
                        help="Also show where the time went: torchrun start, import, CUDA context, each step, gather, teardown, GPU release.")
 ALLOW_BUSY = typer.Option(False, "--allow-busy-gpu", envvar=ENV + "ALLOW_BUSY_GPU",
                           help="Measure even when other processes use the GPUs and only device-level figures are available.")
-QUIET = typer.Option(False, "--quiet", "-q", envvar=ENV + "QUIET", help="No progress output.")
+
+
+def _verbosity_option(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
+    """Sets the level while the options are parsed, so that it holds before the command does anything."""
+    from memprobe import verbosity
+
+    given = ctx.meta.setdefault("memprobe.verbosity", set())
+    if value:
+        given.add(param.name)
+    verbosity.apply("quiet" in given, "verbose" in given)
+    return value
+
+
+QUIET = typer.Option(False, "--quiet", "-q", envvar=ENV + "QUIET", callback=_verbosity_option,
+                     help="No progress and no confirmations of files written, on stderr (results, notes, warnings and errors are still shown).")
+VERBOSE = typer.Option(False, "--verbose", "-v", envvar=ENV + "VERBOSE", callback=_verbosity_option,
+                       help="Also every progress step and what the command reads, measures and writes (on stderr).")
 ENV_OPT = typer.Option([], "--env", envvar=ENV + "ENV", help="KEY=VALUE for the workers' environment (repeatable), e.g. NCCL_BUFFSIZE=1048576.")
 ENV_PRESET = typer.Option("sglang", "--env-preset", envvar=ENV + "ENV_PRESET",
                           help="sglang: SGLang's engine settings (NCCL_CUMEM_ENABLE=0, NCCL_NVLS_ENABLE=0, "
@@ -152,7 +168,7 @@ def check_exports(csv_path: Optional[Path], summary_csv: Optional[Path], json_pa
         try:
             import matplotlib  # noqa: F401  (only checks that the plot extra is installed)
         except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'memprobe[plot]'") from None
+            raise UsageError("--plot needs matplotlib: pip install matplotlib (the plot extra, 'memprobe-llm[plot]')") from None
 
 
 def render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path], summary_csv: Optional[Path],
@@ -172,7 +188,9 @@ def render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path],
             getattr(reports, writer)(comparison, path)
             written.append(str(path))
     if written:
-        print(f"memprobe: wrote {', '.join(written)}", file=sys.stderr)
+        from memprobe.verbosity import info
+
+        info(f"memprobe: wrote {', '.join(written)}")
 
 
 
@@ -180,7 +198,10 @@ def measure(scenario_set: Any, options: Any, jobs: int = 0) -> Any:
     """Run a scenario set with progress on stderr (a bar on a terminal, sparse lines in CI logs)."""
     from memprobe.launch.progress import Progress
     from memprobe.launch.several import run_scenarios
+    from memprobe.verbosity import detail
 
+    detail(f"memprobe: measuring {', '.join(s.name for s in scenario_set.scenarios)} on --device {options.device}, "
+           f"run folders under {options.out_dir}")
     with Progress(enabled=options.progress) as progress:
         return run_scenarios(scenario_set, options, progress=progress, command=["memprobe", *sys.argv[1:]], jobs=jobs)
 

@@ -10,11 +10,12 @@ import typer
 
 from memprobe.commands.common import (
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV, ENV_OPT, ENV_PRESET, MASTER_ADDR, MASTER_PORT, MOE_DP, NNODES, NODE_RANK,
-    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, WARMUP,
+    NCCL_LOG, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, VERBOSE, WARMUP,
     check_choices, check_exports, check_out_dir, launch_options, measure, gathered_elsewhere, render_and_export,
     render_timings_of, show_attribution,
 )
 from memprobe.errors import UsageError
+from memprobe.verbosity import info
 
 # A command: long only by its Typer option declarations (one per line with its help); its body is short.
 def compare(
@@ -29,7 +30,7 @@ def compare(
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
-    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, split: bool = SPLIT,
+    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, verbose: bool = VERBOSE, split: bool = SPLIT,
     nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = typer.Option("memprobe", "--engine", envvar=ENV + "ENGINE",
                                help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
@@ -47,7 +48,7 @@ def compare(
     summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "COMPARE_SUMMARY_CSV", help="One row per scenario and rank."),
     json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "COMPARE_JSON", help="Everything, as JSON with schema_version."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "COMPARE_MARKDOWN", help="The table as GitHub Markdown (also appended to $GITHUB_STEP_SUMMARY)."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "COMPARE_PLOT", help="Stacked bars per scenario (.png or .svg; needs memprobe[plot])."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "COMPARE_PLOT", help="Stacked bars per scenario (.png or .svg; needs matplotlib: memprobe-llm[plot])."),
 ) -> int:
     """Compare --tp T against --tp T --ep E with the full and the lean stack, per rank, group and communicator.
 
@@ -57,6 +58,9 @@ def compare(
       memprobe compare --tp 4 --ep 2
       memprobe compare --device cpu --tp 4 --ep 2 --plot /tmp/compare.png
       memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv /tmp/knobs.csv
+
+    Exit codes: 0 ok, 2 bad input (nothing launched), 3 the measurement failed (a rank failed, hung or did not
+    start; finished readings are kept), 130 or 143 interrupted by SIGINT or SIGTERM.
     """
     from memprobe.model.scenario import load_scenario_file, parse_env_assignments, with_env
 
@@ -96,7 +100,7 @@ def compare(
     show_attribution([(item.scenario.name, item.run) for item in comparison.runs], split, nccl_log or None, per_rank)
     if timings:
         render_timings_of([(item.scenario.name, item.run) for item in comparison.runs])
-    print(f"memprobe: results in {comparison.path}", file=sys.stderr)
+    info(f"memprobe: results in {comparison.path}")
     return 0
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from memprobe.commands.common import (
-    ATTN_CP, ATTN_DP, ENV, ENV_OPT, ENV_PRESET, MOE_DP, PER_RANK, PP, QUIET, WARMUP, check_choices, check_exports,
+    ATTN_CP, ATTN_DP, ENV, ENV_OPT, ENV_PRESET, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, check_choices, check_exports,
     render_and_export,
 )
 from memprobe.errors import ExitCode, UsageError
@@ -39,7 +39,7 @@ def estimate(
     check: list[Path] = typer.Option([], "--check", envvar=ENV + "ESTIMATE_CHECK", metavar="RUN_OR_COMPARISON",
                                      help="Set the estimate beside measured runs (folders of runs are searched), per rank and step; "
                                           "exit 1 if a total is off by more than max(2 %, 16 MiB). Repeatable."),
-    per_rank: bool = PER_RANK, quiet: bool = QUIET,
+    per_rank: bool = PER_RANK, quiet: bool = QUIET, verbose: bool = VERBOSE,
     csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "ESTIMATE_CSV", help="Long CSV, as compare's (estimated)."),
     summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "ESTIMATE_SUMMARY_CSV", help="One row per scenario and rank."),
     json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "ESTIMATE_JSON", help="compare's JSON schema plus a top-level \"estimate\" marker."),
@@ -55,6 +55,9 @@ def estimate(
       memprobe estimate --tp 8 --ep 4 --stacks full:v1,lean:v1,lean --per-rank
       memprobe estimate --tp 16 --ep 8 --gpus-per-node 8
       memprobe estimate --check results/h200x4-20261127/compare-tp4-ep2
+
+    Exit codes: 0 done, 1 a --check total off by more than the bound, 2 bad input (nothing estimated or written),
+    3 --check found no run it could check.
     """
     from memprobe.estimate.calibration import find_calibration
 

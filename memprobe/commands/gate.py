@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from memprobe.commands.common import (
-    DEFAULT_OUT_DIR, MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, measure,
+    DEFAULT_OUT_DIR, MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, VERBOSE, measure,
     gathered_elsewhere,
 )
 from memprobe.commands.paths import check_output_path
@@ -202,6 +202,7 @@ def gate(
     nnodes: int = NNODES, node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
     estimate: bool = ESTIMATE, calibration: Optional[Path] = CALIBRATION,
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     try:
         loaded = load_baseline(baseline)
@@ -223,6 +224,10 @@ def gate(
         chosen = _calibration(loaded, selected, calibration) if estimate else None
         if results is None:
             check_device_matches(loaded, selected, "estimate" if estimate else device)
+        from memprobe.verbosity import detail
+
+        detail(f"memprobe gate: judging {', '.join(selected)} of {baseline} "
+               f"({'results in ' + str(results) if results is not None else ('estimated now' if estimate else 'measured now')})")
     except MemprobeError as error:
         raise _fail("gate", error) from None
 

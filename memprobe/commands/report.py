@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from memprobe.commands.common import (
-    ENV, PER_RANK, SPLIT, TIMINGS, check_exports, console_width, print_rank_warnings, render_and_export, render_timings_of,
+    ENV, PER_RANK, QUIET, SPLIT, TIMINGS, VERBOSE, check_exports, console_width, print_rank_warnings, render_and_export, render_timings_of,
     show_attribution,
 )
 from memprobe.errors import MeasurementError
@@ -27,6 +27,7 @@ def report(
                                         help="NCCL's account of each communicator from the run's NCCL logs (run --nccl-log); "
                                              "default: shown when the logs exist."),
     timings: bool = TIMINGS,
+    quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
     """Re-render saved runs (table, CSV, JSON, Markdown, plot) on any machine, without GPUs.
 
@@ -35,11 +36,18 @@ def report(
     \b
       memprobe report results/h200x4-20261127/compare-tp4-ep2
       memprobe report results/h200x4-20261127/compare-tp4-ep2 --markdown /tmp/table.md
+
+    Exit codes: 0 ok, 2 bad input (a path that is not a run or comparison folder, an export path that cannot be
+    written), 3 a scenario of the comparison has no saved run (the others are shown).
     """
     from memprobe.model.comparison import load_comparison, merge_comparisons
 
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
     comparisons = [load_comparison(path) for path in run_dirs]
+    from memprobe.verbosity import detail
+
+    for path, loaded in zip(run_dirs, comparisons):
+        detail(f"memprobe: read {path}: {', '.join(loaded.names())}")
     comparison = merge_comparisons(comparisons)
     single = (len(comparison.runs) == 1 and not comparison.missing
               and not any((csv_path, summary_csv, json_path, markdown, plot_path)))

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
 
 
+def _color_system() -> str | None:
+    """None (no styles at all, not only no colours) when NO_COLOR is set to anything (no-color.org; --no-color sets it)."""
+    return None if os.environ.get("NO_COLOR") else "auto"
+
+
 class Progress:
     def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+        from memprobe import verbosity
+
         self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.interactive = enabled and self.stream.isatty()
+        self.enabled = enabled and verbosity.level() > verbosity.QUIET
+        self.every_step = verbosity.level() >= verbosity.VERBOSE
+        self.interactive = self.enabled and self.stream.isatty()
         self._bar = None
         self._tasks: dict[str, int] = {}
         self._last_plain: dict[str, tuple[float, str]] = {}
@@ -24,7 +33,7 @@ class Progress:
 
             self._bar = RichProgress(TextColumn("[bold]{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("steps"), TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
-                                     console=Console(file=self.stream), transient=False)
+                                     console=Console(file=self.stream, color_system=_color_system()), transient=False)
             self._bar.__enter__()
         return self
 
@@ -43,6 +52,6 @@ class Progress:
         now = time.monotonic()
         last_time, last_text = self._last_plain.get(label, (0.0, ""))
         text = f"memprobe: {label}: {done}/{total} steps ({detail})"
-        if text != last_text and (now - last_time >= 2.0 or done in (0, total)):
+        if text != last_text and (self.every_step or now - last_time >= 2.0 or done in (0, total)):
             print(text, file=self.stream, flush=True)
             self._last_plain[label] = (now, text)

@@ -1,6 +1,6 @@
 """A stacked bar chart of a comparison: one bar per scenario (its worst rank), one segment per part.
 
-matplotlib is optional (``pip install 'memprobe[plot]'``) and imported only when a plot is asked
+matplotlib is optional (``pip install matplotlib``, or the ``memprobe-llm[plot]`` extra) and imported only when a plot is asked
 for. The figure is drawn on an Agg canvas object (no pyplot, no global backend switch, no display
 needed) and written atomically.
 """
@@ -25,7 +25,7 @@ from memprobe.reports._model import (
 from memprobe.model.comparison import Comparison
 
 PLOT_SUFFIXES: tuple[str, ...] = (".png", ".svg")
-MISSING_MATPLOTLIB = "--plot needs matplotlib: pip install 'memprobe[plot]'"
+MISSING_MATPLOTLIB = "--plot needs matplotlib: pip install matplotlib (the plot extra, 'memprobe-llm[plot]')"
 _STEP_LABELS = {"groups_created": "groups created", "pynccl": "pynccl", "custom_allreduce": "custom all-reduce"}
 _STEP_ALPHA = {"groups_created": 0.35, "pynccl": 1.0, "custom_allreduce": 0.6}
 
