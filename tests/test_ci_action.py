@@ -130,7 +130,7 @@ def test_each_example_workflow_gives_the_action_only_inputs_it_has(example):
 
 def test_an_estimate_gets_no_run_folder_and_no_device(tmp_path):
     """An estimate measures nothing; whether this memprobe has --estimate or not, the action's command line is the same."""
-    done, _outputs, _summary = run_action(tmp_path, command="gate --estimate --engine sglang", baseline="b.json")
+    done, _outputs, _summary = run_action(tmp_path, command="gate --estimate --sglang python", baseline="b.json")
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("memprobe-action: memprobe ")]
-    assert line == ("memprobe-action: memprobe gate --estimate --engine sglang --baseline b.json --junit-xml memprobe-ci/gate.xml "
+    assert line == ("memprobe-action: memprobe gate --estimate --sglang python --baseline b.json --junit-xml memprobe-ci/gate.xml "
                     "--markdown memprobe-ci/gate.md --json memprobe-ci/gate.json")

@@ -71,6 +71,10 @@ def update(
     gpus_per_node: Annotated[Optional[int], typer.Option(
         "--gpus-per-node", envvar="MEMPROBE_BASELINE_UPDATE_GPUS_PER_NODE",
         help="With --estimate: GPUs per node (default: the world size, at most 8).")] = None,
+    sglang: Annotated[str, typer.Option(
+        "--sglang", envvar="MEMPROBE_BASELINE_UPDATE_SGLANG", metavar="SITE",
+        help="The SGLang of scenarios with engine sglang: this site folder (default: the scenario's own, else "
+             "the importable SGLang).")] = "",
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> None:
     try:
@@ -95,6 +99,11 @@ def update(
         if comparison is None and existing is not None:
             check_device_matches(existing, existing.names(), "estimate" if estimate else device)
         chosen = find_calibration(None, calibration) if estimate else None
+        if sglang and scenario_set is not None:
+            from memprobe.measure.sglang_install import check_site
+            from memprobe.model.scenario import with_sglang
+
+            scenario_set = with_sglang(scenario_set, check_site(sglang))
     except MemprobeError as error:
         raise _fail("baseline update", error) from None
 
