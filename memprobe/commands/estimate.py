@@ -13,7 +13,7 @@ from memprobe.commands.common import (
     ATTN_CP, ATTN_DP, ENV, ENV_OPT, ENV_PRESET, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, check_choices, check_exports,
     render_and_export,
 )
-from memprobe.errors import ExitCode, UsageError
+from memprobe.errors import ExitCode, MeasurementError, MemprobeError, UsageError
 
 # A command: long only by its Typer option declarations (one per line with its help); its body is short.
 def estimate(
@@ -145,8 +145,26 @@ def _sglang_flags_runs(scenario_set, quiet: bool):
     on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine == "sglang")
     with tempfile.TemporaryDirectory(prefix="memprobe-estimate-") as folder:
         options = launch_options("cpu", Path(folder), 300.0, 1, 0, "127.0.0.1", None, False, quiet, None)
-        comparison = measure(ScenarioSet(scenarios=on_sglang, baseline=on_sglang[0].name), options)
+        try:
+            comparison = measure(ScenarioSet(scenarios=on_sglang, baseline=on_sglang[0].name), options)
+        except MeasurementError as error:  # its folder goes with the temporary one: say what failed here
+            raise MeasurementError(f"the --device cpu run of SGLang that tells its groups' flags failed: "
+                                   f"{_first_failure(Path(folder)) or error}") from None
         return {item.scenario.name: item.run for item in comparison.runs}
+
+
+def _first_failure(folder: Path) -> str:
+    from memprobe.model.records import load_run
+
+    for record in sorted(folder.rglob("run.json")):
+        try:
+            failure = load_run(record.parent).record.failure
+        except MemprobeError:
+            continue
+        if failure is not None:
+            last = failure.last_lines[-1].strip() if failure.last_lines else ""
+            return failure.describe() + (f"; last line: {last}" if last else "")
+    return ""
 
 
 def _check(paths: list[Path], calibration, explicit: bool, per_rank: bool) -> int:
