@@ -1,7 +1,7 @@
 """The ``memprobe`` command line: the app and its commands (one module each in
 :mod:`memprobe.commands`), and ``main``, which maps every outcome to an exit code 
-(0 ok, 1 regression, 2 bad input, 3 measurement failed, 4 incomparable environment, 130/143
-interrupted). Every option can also come from a
+(0 ok, 1 regression, 2 bad input, 3 measurement failed, 4 incomparable environment, 129/130/143
+hung up, interrupted, terminated). Every option can also come from a
 ``MEMPROBE_<OPTION>`` environment variable.
 """
 
@@ -21,7 +21,7 @@ _EXIT_TYPES = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 _ABORT_TYPES = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
 
 from memprobe.commands import baseline, compare, gate, plan, report, run
-from memprobe.errors import ExitCode, MemprobeError
+from memprobe.errors import ExitCode, MemprobeError, signal_exit_code
 
 app = typer.Typer(
     name="memprobe",
@@ -97,7 +97,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         import signal
 
         number = interrupt.args[0] if interrupt.args and isinstance(interrupt.args[0], int) else signal.SIGINT
-        code = ExitCode.TERMINATED if number == signal.SIGTERM else ExitCode.INTERRUPTED
+        code = signal_exit_code(number)
         print(f"memprobe: interrupted by {signal.Signals(number).name}; workers stopped, finished readings kept", file=sys.stderr)
         return int(code)
     finally:

@@ -142,7 +142,9 @@ def assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, t
 def _interrupted_failure(outcome: LaunchOutcome) -> Failure | None:
     if outcome.interrupted is None:
         return None
-    return Failure(rank=None, group="", step="", message="interrupted; workers stopped")
+    interrupted = outcome.interrupted
+    number = interrupted.args[0] if interrupted.args and isinstance(interrupted.args[0], int) else signal.SIGINT
+    return Failure(rank=None, group="", step="", message=f"interrupted by {signal.Signals(number).name}; workers stopped")
 
 
 def raise_if_interrupted(outcome: LaunchOutcome, folder: Path) -> None:

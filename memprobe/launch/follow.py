@@ -36,7 +36,7 @@ class StreamFollower:
         self.started: set[int] = set()  # ranks whose measuring process runs
         self.exited: dict[int, int] = {}  # rank -> its measuring process's exit code, as its launcher saw it
         self.arrived: dict[int, str] = {}  # rank -> the step it finished, waiting for the other ranks there
-        self.last_progress = {rank: time.monotonic() for rank in ranks}  # launch or turn, then each new reading
+        self.last_progress = {rank: time.monotonic() for rank in ranks}  # launch or turn, then each sign of life
         self.results_at: dict[str, Any] | None = None  # where node 0 keeps the gathered results
 
     def poll(self) -> None:
@@ -60,6 +60,8 @@ class StreamFollower:
 
     def _take(self, rank: int, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        if kind != "exited":  # every event but its end is a sign of life: the rank's silence counts from it
+            self.last_progress[rank] = time.monotonic()
         if kind == "launched":
             self.launcher_pids.add(int(event["pid"]))
             self.launched.add(rank)
@@ -73,7 +75,6 @@ class StreamFollower:
             self.started.add(rank)
         elif kind == "reading":
             self.readings[rank] += 1
-            self.last_progress[rank] = time.monotonic()
             self.arrived.pop(rank, None)
             self.last_step[rank] = _where(event)
         elif kind == "arrived":
@@ -129,10 +130,12 @@ def silence_failure(follower: StreamFollower, now: float, timeout_s: float, work
     # a rank that arrived at the next step waits for its peers there; blame one that did not arrive
     rank = max(waiting, key=lambda r: (r not in follower.arrived, now - follower.last_progress[r], -r))
     silent = now - follower.last_progress[rank]
-    if rank not in follower.started:
-        what = f"never started: no sign of it {silent:.0f} s after launch"
+    if rank not in follower.launched:
+        what = (f"no sign of it {silent:.0f} s after launch: torchrun had not started it yet; is this machine's "
+                "start-up (torchrun, import torch) longer than the timeout, or has a node not joined?")
     elif not follower.last_step[rank]:
-        what = f"started but took no reading in {silent:.0f} s"
+        what = (f"still starting, no reading {silent:.0f} s after its last sign of life; is this machine's "
+                "start-up (import torch, a CUDA context) longer than the timeout?")
     elif rank in follower.arrived:
         what = (f"stopped progressing after its {follower.last_step[rank]} reading: silent for {silent:.0f} s, "
                 f"waiting at {follower.arrived[rank]} for the other ranks (on another node?)")
