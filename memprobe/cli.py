@@ -7,6 +7,8 @@ hung up, interrupted, terminated). Every option can also come from a
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 from typing import Optional
 
@@ -71,9 +73,27 @@ def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is closed (``>&-``). Python then sets sys.stdout to None, and the first file memprobe
+    opens takes descriptor 1: the tables would go into a log, or be lost in a traceback after the whole run."""
+    if sys.stdout is None:
+        return True
+    try:
+        os.fstat(sys.stdout.fileno())
+    except (io.UnsupportedOperation, AttributeError):  # an in-memory stream (tests): open
+        return False
+    except (OSError, ValueError):  # EBADF; ValueError: the stream object itself was closed
+        return True
+    return False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from memprobe.launch.supervisor import interrupt_handlers
 
+    if _stdout_closed():
+        print("memprobe: error: standard output is closed; give memprobe a file or a pipe to print to (e.g. >/dev/null)",
+              file=sys.stderr)
+        return int(ExitCode.USAGE)
     restore = interrupt_handlers()
     try:
         result = app(args=argv, prog_name="memprobe", standalone_mode=False)

@@ -46,12 +46,20 @@ class MeasurementError(MemprobeError):
         self.run_dir = run_dir
 
 
-class OutputError(MemprobeError):
+class OutputError(MemprobeError, OSError):
     """A file could not be written (a full disk, a read-only folder); nothing was left half-written.
 
-    Exit 2 for an export the user asked for; a run turns it into a :class:`MeasurementError` (exit 3)."""
+    Exit 2 for an export the user asked for; a run turns it into a :class:`MeasurementError` (exit 3).
+    Also an OSError (same errno and strerror), for callers that collect write problems as OSErrors."""
 
     exit_code = ExitCode.USAGE
+
+    def __init__(self, path: str, error: OSError) -> None:
+        OSError.__init__(self, error.errno, error.strerror or str(error), path)
+        self.message = f"cannot write {path}: {error.strerror or error}"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Interrupted(MemprobeError):

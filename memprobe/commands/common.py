@@ -106,14 +106,9 @@ def check_choices(**given: str) -> None:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent if existing.parent != existing else Path(".")
-        if str(existing) in ("", "."):
-            existing = Path(".")
-            break
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise UsageError(f"--out-dir {out_dir}: {existing} is not a writable folder")
+    from memprobe.launch.prepare import check_out_dir as check
+
+    check(out_dir)
 
 
 WIDE_OUTPUT = 200  # files and pipes: every column (issue 15)

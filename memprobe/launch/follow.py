@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memprobe.launch.processes import is_stopped
 from memprobe.model.records import Failure, stream_path
 
 
@@ -29,6 +30,7 @@ class StreamFollower:
         self.readings = {rank: 0 for rank in ranks}
         self.last_step = {rank: "" for rank in ranks}
         self.pids: set[int] = set()  # the scenario's measuring processes
+        self.rank_pids: dict[int, int] = {}  # rank -> its measuring process
         self.launcher_pids: set[int] = set()  # the processes torchrun started, shared by the launch's scenarios
         self.errors: list[dict[str, Any]] = []
         self.done: set[int] = set()
@@ -67,10 +69,12 @@ class StreamFollower:
             self.launched.add(rank)
         elif kind == "forked":  # known before the process itself says anything: it can be stopped even then
             self.pids.add(int(event["pid"]))
+            self.rank_pids[rank] = int(event["pid"])
         elif kind == "exited":
             self.exited[rank] = int(event["code"])
         elif kind == "started":
             self.pids.add(int(event["pid"]))
+            self.rank_pids[rank] = int(event["pid"])
             self.launched.add(rank)
             self.started.add(rank)
         elif kind == "reading":
@@ -127,10 +131,16 @@ def silence_failure(follower: StreamFollower, now: float, timeout_s: float, work
         return None
     if max(now - follower.last_progress[r] for r in waiting) <= timeout_s:
         return None
-    # a rank that arrived at the next step waits for its peers there; blame one that did not arrive
-    rank = max(waiting, key=lambda r: (r not in follower.arrived, now - follower.last_progress[r], -r))
+    # a stopped process is silent on its own, whatever it streamed last; otherwise a rank that arrived at the
+    # next step waits for its peers there: blame one that did not arrive
+    stopped = {rank for rank in waiting if is_stopped(follower.rank_pids.get(rank))}
+    rank = max(waiting, key=lambda r: (r in stopped, r not in follower.arrived, now - follower.last_progress[r], -r))
     silent = now - follower.last_progress[rank]
-    if rank not in follower.launched:
+    if rank in stopped:
+        after = f" after its {follower.last_step[rank]} reading" if follower.last_step[rank] else ""
+        what = (f"its process {follower.rank_pids[rank]} is stopped (SIGSTOP or a debugger){after}: silent for "
+                f"{silent:.0f} s")
+    elif rank not in follower.launched:
         what = (f"no sign of it {silent:.0f} s after launch: torchrun had not started it yet; is this machine's "
                 "start-up (torchrun, import torch) longer than the timeout, or has a node not joined?")
     elif not follower.last_step[rank]:
@@ -161,6 +171,16 @@ def torchrun_root_cause(log_path: Path) -> tuple[int, str] | None:
     if rank is None:
         return None
     return int(rank.group(1)), (" ".join(exit_code.group(1).split()) if exit_code else "unknown")
+
+
+def rendezvous_port_taken(log_path: Path) -> str | None:
+    """Whether torchrun's store could not bind its port (torch's TCPStore: "... port: N, ... name: EADDRINUSE");
+    " N" when the log names the port, "" otherwise, None when the port was not the problem."""
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+    if "EADDRINUSE" not in text:
+        return None
+    port = re.search(r"port: (\d+)[^\n]*EADDRINUSE", text)
+    return f" {port.group(1)}" if port else ""
 
 
 def last_lines(workers_log: Path, torchrun_log: Path) -> list[str]:
@@ -196,6 +216,11 @@ def root_cause(follower: StreamFollower, return_code: int | None, workers_log: P
     own = [e for e in errors if not any(m in str(e.get("message", "")).lower() for m in _PEER_LOSS_MARKERS)]
     if own:
         return from_error(own[0])
+    taken = rendezvous_port_taken(torchrun_log)
+    if taken is not None and not follower.launched:
+        return Failure(rank=None, group="", step="", last_lines=tail(torchrun_log),
+                       message=f"torchrun could not listen on its rendezvous port{taken}: it is already in use "
+                               "(EADDRINUSE); choose another --master-port, or leave it out for a free one")
     reported = {e.get("rank") for e in errors}
     cause = torchrun_root_cause(torchrun_log)
     # torchrun names the first exit it noticed; a rank that reported losing a peer is not the cause, even if

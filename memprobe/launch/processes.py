@@ -78,6 +78,18 @@ def send_signal(pid: int, number: int, group: bool = False) -> None:
         pass
 
 
+def is_stopped(pid: int | None) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t in /proc/PID/stat (proc(5)).
+    Such a rank is silent on its own, while its peers, blocked in a collective with it, only wait."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stream:
+            return stream.read().rsplit(")", 1)[-1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

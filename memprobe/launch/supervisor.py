@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from memprobe.errors import MeasurementError
+from memprobe.errors import MeasurementError, OutputError
 from memprobe.launch.assemble import LaunchOutcome, Tracked, assemble, raise_if_interrupted
 from memprobe.launch.follow import StreamFollower, silence_failure
 from memprobe.launch.options import LaunchOptions
@@ -158,7 +158,9 @@ def _stop(tracked: Tracked, token: str, now: float, launchers_too: bool) -> None
 def _check(tracked: Tracked, now: float, options: LaunchOptions, torchrun_log: Path) -> None:
     """A running scenario: done when every local rank is, failed on an error or a silent rank."""
     follower = tracked.follower
-    if follower.errors or follower.crashed:
+    if not tracked.member.run_dir.is_dir():  # deleted under it: its ranks' readings have nowhere to go
+        tracked.state = "failed"
+    elif follower.errors or follower.crashed:
         if tracked.error_seen_at is None:
             tracked.error_seen_at = now  # let its other ranks report too, then stop them
         elif now - tracked.error_seen_at >= ERROR_GRACE_S:
@@ -304,6 +306,19 @@ def _prepare(member: Member, options: LaunchOptions, command: list[str] | None, 
     return Tracked(member=member, record=record, follower=_new_follower(member, options), total=expected_readings(scenario))
 
 
+def _prepare_all(planned: PlannedLaunch, options: LaunchOptions, command: list[str] | None, launch: dict) -> list[Tracked]:
+    """Every member's run folder, run.json and worker config; on a full disk, the folders made so far are removed."""
+    members: list[Tracked] = []
+    try:
+        for member in planned.members:
+            members.append(_prepare(member, options, command, launch))
+    except OutputError as error:
+        for made in [tracked.member.run_dir for tracked in members] + [planned.members[len(members)].run_dir]:
+            shutil.rmtree(made, ignore_errors=True)
+        raise MeasurementError(f"{error}; nothing was launched", run_dir=None) from None
+    return members
+
+
 def _new_follower(member: Member, options: LaunchOptions) -> StreamFollower:
     scenario = member.scenario
     dynamic = options.rdzv_endpoint is not None and options.nnodes > 1
@@ -342,7 +357,7 @@ def _run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path
     jobs = max(1, min(jobs, len(planned.members)))
     launch = {"scenarios": [scenario.name for scenario in planned.scenarios], "jobs": jobs,
               "folder": launch_dir.name}
-    members = [_prepare(member, options, command, launch) for member in planned.members]
+    members = _prepare_all(planned, options, command, launch)
     launch_file, torchrun_log = launch_paths(launch_dir, suffix)
     _write_launch_file(launch_file, planned, jobs)
     token = uuid.uuid4().hex

@@ -30,6 +30,10 @@ GROUP_ORDER: tuple[str, ...] = (
 
 LAYOUT_FIELDS: tuple[str, ...] = ("tp", "ep", "pp", "moe_dp", "attn_dp", "attn_cp")
 
+#: The most ranks a layout may have (tp x pp). Planning one holds every rank list of every group in memory
+#: (65536 ranks: ~1 s and a few hundred MB); far above any node or cluster SGLang runs on.
+MAX_WORLD_SIZE = 65536
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -47,6 +51,9 @@ class Layout:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+        if self.world_size > MAX_WORLD_SIZE:
+            raise UsageError(f"--tp {self.tp} x --pp {self.pp} = {self.world_size} ranks; memprobe plans and measures at "
+                             f"most {MAX_WORLD_SIZE}")
         if self.ep > self.tp:
             raise UsageError(f"--ep {self.ep} is larger than --tp {self.tp}; expert parallelism lives inside a TP group")
         if self.tp % (self.ep * self.moe_dp) != 0:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from memprobe.errors import UsageError
+from memprobe.errors import OutputError, UsageError
 from memprobe.model.steps import STEPS
 
 SCHEMA_VERSION = 1
@@ -173,8 +173,20 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file.
+
+    Raises :class:`OutputError` (one line) when it cannot: a full disk (ENOSPC from write or fsync), a
+    read-only or vanished folder; the old file, if any, is left as it was and the temporary is removed."""
     path = Path(path)
+    try:
+        _write_through_temporary(path, data)
+    except OSError as error:
+        if isinstance(error, OutputError):
+            raise
+        raise OutputError(str(path), error) from None
+
+
+def _write_through_temporary(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
