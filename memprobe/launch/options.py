@@ -14,6 +14,8 @@ from memprobe.model.scenario import ENV_PRESETS, Scenario, validate_name
 DEVICES = ("cuda", "cpu")
 RDZV_BACKENDS = ("c10d", "static")
 DEFAULT_TIMEOUT_S = 300.0
+#: --device cpu: the most ranks one node runs (each imports torch: ~300 MB of host memory and a core's share).
+CPU_RANKS_PER_NODE = 64
 _NOT_SETTINGS = ("NCCL_VERSION",)  # image metadata, not a setting (set by NVIDIA containers)
 RECORDED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_DEVICE_ORDER",
                          "CUDA_VISIBLE_DEVICES", "CUDA_MODULE_LOADING", "TORCH_SYMM_MEM_", "NVSHMEM_DISABLE_NVLS")

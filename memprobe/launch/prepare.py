@@ -13,7 +13,7 @@ from pathlib import Path
 
 from memprobe import __version__
 from memprobe.errors import UsageError
-from memprobe.launch.options import LaunchOptions, worker_environment
+from memprobe.launch.options import CPU_RANKS_PER_NODE, LaunchOptions, worker_environment
 from memprobe.measure import nvml
 from memprobe.model.layout import plan_groups
 from memprobe.model.records import WORKER_CONFIG, RunRecord, atomic_write_text
@@ -35,10 +35,6 @@ def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
     if not nvml.is_available(gpus):
         return 0, gpus.reason
     return len(gpus), ""
-
-
-#: --device cpu: the most ranks one node runs (each imports torch: ~300 MB of host memory and a core's share).
-CPU_RANKS_PER_NODE = 64
 
 
 def check_out_dir(out_dir: Path, option: str = "--out-dir") -> None:
