@@ -196,3 +196,16 @@ def test_a_run_that_cannot_write_its_readings_is_exit_3_with_the_streams_kept(tm
     assert failure.value.exit_code == 3
     assert "No space left on device" in str(failure.value) and "ranks/" in str(failure.value)
     assert stream.is_file()
+
+
+def test_a_run_that_cannot_write_its_first_files_launches_nothing_and_leaves_no_folder(tmp_path, monkeypatch):
+    from memprobe.errors import MeasurementError
+    from memprobe.launch.options import LaunchOptions
+    from memprobe.launch.several import run_scenario
+    from memprobe.model.layout import Layout
+    from memprobe.model.scenario import Scenario
+
+    _disk_full(monkeypatch)
+    with pytest.raises(MeasurementError, match="No space left on device") as failure:
+        run_scenario(Scenario("tp1", Layout(tp=1)), LaunchOptions(device="cpu", out_dir=tmp_path), tmp_path / "run")
+    assert failure.value.exit_code == 3 and list(tmp_path.iterdir()) == []

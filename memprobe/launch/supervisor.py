@@ -306,15 +306,18 @@ def _prepare(member: Member, options: LaunchOptions, command: list[str] | None, 
     return Tracked(member=member, record=record, follower=_new_follower(member, options), total=expected_readings(scenario))
 
 
-def _prepare_all(planned: PlannedLaunch, options: LaunchOptions, command: list[str] | None, launch: dict) -> list[Tracked]:
-    """Every member's run folder, run.json and worker config; on a full disk, the folders made so far are removed."""
+def _prepare_all(planned: PlannedLaunch, options: LaunchOptions, command: list[str] | None, launch: dict,
+                 launch_file: Path, jobs: int) -> list[Tracked]:
+    """Every member's run folder, run.json and worker config, then launch.json; on a full disk, the run folders
+    made so far are removed (nothing was measured in them)."""
     members: list[Tracked] = []
     try:
         for member in planned.members:
             members.append(_prepare(member, options, command, launch))
+        _write_launch_file(launch_file, planned, jobs)
     except OutputError as error:
-        for made in [tracked.member.run_dir for tracked in members] + [planned.members[len(members)].run_dir]:
-            shutil.rmtree(made, ignore_errors=True)
+        for member in planned.members[:len(members) + 1]:
+            shutil.rmtree(member.run_dir, ignore_errors=True)
         raise MeasurementError(f"{error}; nothing was launched", run_dir=None) from None
     return members
 
@@ -357,9 +360,8 @@ def _run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path
     jobs = max(1, min(jobs, len(planned.members)))
     launch = {"scenarios": [scenario.name for scenario in planned.scenarios], "jobs": jobs,
               "folder": launch_dir.name}
-    members = _prepare_all(planned, options, command, launch)
     launch_file, torchrun_log = launch_paths(launch_dir, suffix)
-    _write_launch_file(launch_file, planned, jobs)
+    members = _prepare_all(planned, options, command, launch, launch_file, jobs)
     token = uuid.uuid4().hex
     environment = {**planned.environment, RUN_TOKEN_VARIABLE: token}
     if beside or jobs > 1:  # side by side on the same GPUs, on purpose (the engine tells them from strangers)
