@@ -55,6 +55,7 @@ def test_killing_memprobe_takes_torchrun_and_every_worker_with_it(tmp_path):
     process.kill()  # nothing of memprobe runs after this: the kernel must end the rest
     process.communicate(timeout=30)
     assert gone_within(tmp_path, 20) == []
+    assert list((tmp_path / "tmp").iterdir()) == []  # torchrun removed its log folder on the way out
 
 
 def test_a_hang_up_ends_like_sigterm_and_keeps_the_readings(tmp_path):
@@ -86,6 +87,20 @@ def test_a_second_ctrl_c_during_the_cleanup_loses_nothing(tmp_path):
     run = load_run(run_dir)
     assert run.record.status == "incomplete" and "SIGINT" in run.record.failure.message
     assert any(r.step == "world" for r in run.readings)
+    assert gone_within(tmp_path, 10) == []
+
+
+def test_a_run_folder_deleted_mid_run_is_one_line_exit_3_and_stops_everything(tmp_path):
+    import shutil
+
+    process = start(tmp_path, "--run-id", "deleted", env=HANG)
+    wait_for(rank_stream(tmp_path, "deleted", 1), '"launched"', process)
+    shutil.rmtree(tmp_path / "memprobe-runs" / "deleted")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    assert stderr.strip().splitlines()[-1].endswith("its run folder memprobe-runs/deleted was deleted while it ran; "
+                                                    "its readings went with it"), stderr
+    assert "Traceback" not in stderr
     assert gone_within(tmp_path, 10) == []
 
 

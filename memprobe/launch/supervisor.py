@@ -27,7 +27,7 @@ from typing import Callable
 
 from memprobe.errors import MeasurementError, OutputError
 from memprobe.launch.assemble import LaunchOutcome, Tracked, assemble, raise_if_interrupted
-from memprobe.launch.follow import StreamFollower, silence_failure
+from memprobe.launch.follow import StreamFollower, rendezvous_port_taken, silence_failure
 from memprobe.launch.options import LaunchOptions
 from memprobe.launch.plan import Member, PlannedLaunch
 from memprobe.launch.prepare import expected_readings, local_ranks, new_record, write_worker_config
@@ -377,7 +377,7 @@ def _run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path
         finally:
             shutil.rmtree(log_dir, ignore_errors=True)
         launched = any(tracked.follower.launched for tracked in members)
-        port_taken = b"EADDRINUSE" in torchrun_log.read_bytes()
+        port_taken = rendezvous_port_taken(torchrun_log) is not None
         if attempt + 1 < attempts and not launched and port_taken and outcome.interrupted is None:
             for tracked in members:  # something took the rendezvous port between our probe and torchrun's bind
                 tracked.state, tracked.failure, tracked.follower = "waiting", None, _new_follower(tracked.member, options)
