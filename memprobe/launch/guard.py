@@ -18,6 +18,8 @@ import shutil
 import signal
 import sys
 
+from memprobe.model.records import TORCHRUN_PID_VARIABLE
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -27,6 +29,8 @@ def main(argv: list[str]) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # memprobe died before prctl took effect: nobody would stop us
             sys.exit(128 + signal.SIGTERM)
+        # the launchers torchrun starts check that it still runs once their own parent-death signal is set
+        os.environ[TORCHRUN_PID_VARIABLE] = str(os.getpid())
         sys.argv = ["torchrun", *argv[3:]]
         runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
     finally:  # torchrun's own log folder, also when memprobe is gone and cannot remove it
