@@ -1,12 +1,13 @@
 """The ``memprobe`` command line: the app and its commands (one module each in
 :mod:`memprobe.commands`), and ``main``, which maps every outcome to an exit code 
-(0 ok, 1 regression, 2 bad input, 3 measurement failed, 4 incomparable environment, 130/143
-interrupted). Every option can also come from a
+(0 ok, 1 regression, 2 bad input, 3 measurement failed, 4 incomparable environment, 129/130/143
+hung up, interrupted, terminated). Every option can also come from a
 ``MEMPROBE_<OPTION>`` environment variable.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import Optional
@@ -22,7 +23,7 @@ _EXIT_TYPES = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 _ABORT_TYPES = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
 
 from memprobe.commands import baseline, calibrate, compare, estimate, gate, plan, report, run
-from memprobe.errors import ExitCode, MemprobeError
+from memprobe.errors import ExitCode, MemprobeError, signal_exit_code
 
 app = typer.Typer(
     name="memprobe",
@@ -84,9 +85,27 @@ def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is closed (``>&-``). Python then sets sys.stdout to None, and the first file memprobe
+    opens takes descriptor 1: the tables would go into a log, or be lost in a traceback after the whole run."""
+    if sys.stdout is None:
+        return True
+    try:
+        os.fstat(sys.stdout.fileno())
+    except (io.UnsupportedOperation, AttributeError):  # an in-memory stream (tests): open
+        return False
+    except (OSError, ValueError):  # EBADF; ValueError: the stream object itself was closed
+        return True
+    return False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from memprobe.launch.supervisor import interrupt_handlers
 
+    if _stdout_closed():
+        print("memprobe: error: standard output is closed; give memprobe a file or a pipe to print to (e.g. >/dev/null)",
+              file=sys.stderr)
+        return int(ExitCode.USAGE)
     restore = interrupt_handlers()
     try:
         result = app(args=argv, prog_name="memprobe", standalone_mode=False)
@@ -110,7 +129,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         import signal
 
         number = interrupt.args[0] if interrupt.args and isinstance(interrupt.args[0], int) else signal.SIGINT
-        code = ExitCode.TERMINATED if number == signal.SIGTERM else ExitCode.INTERRUPTED
+        code = signal_exit_code(number)
         print(f"memprobe: interrupted by {signal.Signals(number).name}; workers stopped, finished readings kept", file=sys.stderr)
         return int(code)
     finally:

@@ -11,8 +11,17 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad input, caught before anything is launched
     MEASUREMENT = 3  # a worker failed, hung or could not be launched
     INCOMPARABLE = 4  # the gate's environment differs from the baseline's
+    HUNG_UP = 129  # SIGHUP (128 + 1): the terminal closed, a CI runner cancelled
     INTERRUPTED = 130  # SIGINT (128 + 2)
     TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+def signal_exit_code(signal_number: int) -> ExitCode:
+    """The shell's convention, 128 + the signal's number, for the signals memprobe stops on."""
+    import signal
+
+    codes = {signal.SIGHUP: ExitCode.HUNG_UP, signal.SIGTERM: ExitCode.TERMINATED}
+    return codes.get(signal_number, ExitCode.INTERRUPTED)
 
 
 class MemprobeError(Exception):
@@ -41,15 +50,31 @@ class MeasurementError(MemprobeError):
         self.run_dir = run_dir
 
 
+class OutputError(MemprobeError, OSError):
+    """A file could not be written (a full disk, a read-only folder); nothing was left half-written.
+
+    Exit 2 for an export the user asked for; a run turns it into a :class:`MeasurementError` (exit 3).
+    Also an OSError (same errno and strerror), for callers that collect write problems as OSErrors."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, path: str, error: OSError) -> None:
+        OSError.__init__(self, error.errno, error.strerror or str(error), path)
+        self.message = f"cannot write {path}: {error.strerror or error}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class Interrupted(MemprobeError):
-    """SIGINT or SIGTERM arrived; workers were stopped, readings kept."""
+    """SIGINT, SIGTERM or SIGHUP arrived; workers were stopped, readings kept."""
 
     def __init__(self, signal_number: int, run_dir: str | None = None) -> None:
         import signal
 
         name = signal.Signals(signal_number).name
         super().__init__(f"interrupted by {name}; workers stopped" + (f", readings kept in {run_dir}" if run_dir else ""))
-        self.exit_code = ExitCode.TERMINATED if signal_number == signal.SIGTERM else ExitCode.INTERRUPTED
+        self.exit_code = signal_exit_code(signal_number)
         self.run_dir = run_dir
 
 

@@ -227,7 +227,7 @@ def test_a_launch_whose_other_node_never_comes_fails_every_scenario_within_one_t
                       "--nnodes", "2", "--node-rank", "0", "--master-port", str(free_port()), "--timeout", "8")
     elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stderr
-    assert "never started" in result.stderr
+    assert "torchrun had not started it yet" in result.stderr and "has a node not joined?" in result.stderr
     folder = only_run_folder(tmp_path)
     second = load_run(folder / "tp2-ep2-lean")
     assert second.record.status == "incomplete" and second.record.failure.message.startswith("not run: rank 0 failed")

@@ -21,7 +21,7 @@ import typer
 
 from memprobe.commands.paths import check_output_path
 from memprobe.errors import UsageError
-from memprobe.launch.options import DEFAULT_OUT_DIR  # noqa: F401  (also the gate's and baseline update's default)
+from memprobe.launch.options import CPU_RANKS_PER_NODE, DEFAULT_OUT_DIR  # noqa: F401  (DEFAULT_OUT_DIR: also the gate's and baseline update's default)
 
 ENV = "MEMPROBE_"
 
@@ -58,11 +58,12 @@ def launch_options(device: str, out_dir: Path, timeout: float, nnodes: int, node
 
 DEVICE = typer.Option("cuda", "--device", envvar=ENV + "DEVICE",
                       help="cuda: one rank per GPU, NVML readings. cpu: the same pipeline on gloo with host-RSS readings "
-                           "(no GPU needed; pynccl and custom all-reduce are skipped).")
+                           f"(no GPU needed; pynccl and custom all-reduce are skipped; at most {CPU_RANKS_PER_NODE} ranks per node).")
 OUT_DIR = typer.Option(DEFAULT_OUT_DIR, "--out-dir", envvar=ENV + "OUT_DIR", help="Folder that receives one sub-folder per run.")
 RUN_ID = typer.Option(None, "--run-id", envvar=ENV + "RUN_ID", help="Name of the run folder (default: UTC time + layout).")
 TIMEOUT = typer.Option(300.0, "--timeout", envvar=ENV + "TIMEOUT",
-                       help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn "
+                       help="The longest any rank may go without a sign of life: an event in its stream, such as a new reading "
+                            "(counted from launch, or from its scenario's turn "
                             "when scenarios run in turn, so a rank that never starts is caught too); then that scenario's "
                             "processes are stopped and the silent rank is named.")
 NNODES = typer.Option(1, "--nnodes", envvar=ENV + "NNODES", help="Nodes (passed to torchrun).")
@@ -122,14 +123,9 @@ def check_choices(**given: str) -> None:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent if existing.parent != existing else Path(".")
-        if str(existing) in ("", "."):
-            existing = Path(".")
-            break
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise UsageError(f"--out-dir {out_dir}: {existing} is not a writable folder")
+    from memprobe.launch.prepare import check_out_dir as check
+
+    check(out_dir)
 
 
 WIDE_OUTPUT = 200  # files and pipes: every column (issue 15)

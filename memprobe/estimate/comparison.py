@@ -8,7 +8,6 @@ from memprobe.errors import UsageError
 from memprobe.estimate.calibration import Calibration
 from memprobe.estimate.model import Topology, estimate_run
 from memprobe.model.comparison import Comparison, ScenarioRun
-from memprobe.model.layout import MAX_WORLD_SIZE
 from memprobe.model.records import Run
 from memprobe.model.scenario import ScenarioSet
 from memprobe.model.stacks import COMMUNICATORS, GroupFlags
@@ -20,9 +19,7 @@ def estimate_comparison(scenario_set: ScenarioSet, calibration: Calibration, *, 
     of ``--engine sglang`` scenarios."""
     runs = []
     for scenario in scenario_set.scenarios:
-        world = scenario.layout.world_size
-        if world > MAX_WORLD_SIZE:
-            raise UsageError(f"scenario {scenario.name}: world size {world} is above the {MAX_WORLD_SIZE} ranks memprobe plans")
+        world = scenario.layout.world_size  # at most MAX_WORLD_SIZE: Layout refuses more
         topology = Topology.for_world(world, gpus_per_node, nnodes)
         flags, implementation = None, None
         if scenario.engine == "sglang":

@@ -422,7 +422,7 @@ def parse_thresholds(value: Any, where: str, scenarios: Mapping[str, BaselineSce
     return tuple(rules)
 
 
-_HASH = re.compile(r"^[0-9a-f]{16}$")
+_HASH = re.compile(r"[0-9a-f]{16}")
 
 
 def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
@@ -433,7 +433,7 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
     value = _require_keys(value, f"scenarios.{name}", where, _SCENARIO_KEYS - {"measured_with"}, _SCENARIO_KEYS)
     scenario = scenario_from_definition(value["definition"], name, where)
     stored_hash = value["definition_hash"]
-    if not isinstance(stored_hash, str) or not _HASH.match(stored_hash):
+    if not isinstance(stored_hash, str) or not _HASH.fullmatch(stored_hash):
         raise _fail(where, f"scenarios.{name}.definition_hash must be 16 hex digits")
     if stored_hash != scenario.definition_hash():
         raise _fail(where, f"scenarios.{name}.definition_hash {stored_hash} does not match its definition "

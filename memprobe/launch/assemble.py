@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe import __version__
-from memprobe.errors import Interrupted, MeasurementError
+from memprobe.errors import Interrupted, MeasurementError, OutputError
 from memprobe.launch.follow import StreamFollower, root_cause
 from memprobe.launch.options import LaunchOptions, recorded_environment
 from memprobe.launch.plan import Member
@@ -102,7 +102,22 @@ def rank_infos(run_dir: Path, world_size: int) -> list[RankInfo]:
 
 
 def assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, torchrun_log: Path) -> Run:
-    """The run's record and status from what the processes left on disk; raises on failure or interrupt."""
+    """The run's record and status from what the processes left on disk; raises on failure or interrupt.
+
+    A run folder that cannot take its last files (a full disk) or is gone is a :class:`MeasurementError`
+    (exit 3): what the ranks streamed so far stays where it is, nothing is left half-written or recreated."""
+    run_dir = tracked.member.run_dir
+    if not run_dir.is_dir():
+        raise MeasurementError(f"{tracked.member.scenario.name}: its run folder {run_dir} was deleted while it ran; "
+                               "its readings went with it", run_dir=str(run_dir))
+    try:
+        return _assemble(tracked, options, outcome, torchrun_log)
+    except OutputError as error:
+        raise MeasurementError(f"{tracked.member.scenario.name}: {error}; what the ranks streamed is kept in "
+                               f"{run_dir / 'ranks'}/", run_dir=str(run_dir)) from None
+
+
+def _assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, torchrun_log: Path) -> Run:
     member, follower, record = tracked.member, tracked.follower, tracked.record
     run_dir, world_size = member.run_dir, member.scenario.layout.world_size
     holds_rank_0 = 0 in follower.paths  # this node's rank 0 gathered every reading
@@ -142,7 +157,9 @@ def assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, t
 def _interrupted_failure(outcome: LaunchOutcome) -> Failure | None:
     if outcome.interrupted is None:
         return None
-    return Failure(rank=None, group="", step="", message="interrupted; workers stopped")
+    interrupted = outcome.interrupted
+    number = interrupted.args[0] if interrupted.args and isinstance(interrupted.args[0], int) else signal.SIGINT
+    return Failure(rank=None, group="", step="", message=f"interrupted by {signal.Signals(number).name}; workers stopped")
 
 
 def raise_if_interrupted(outcome: LaunchOutcome, folder: Path) -> None:

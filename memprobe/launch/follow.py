@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memprobe.launch.processes import is_stopped
 from memprobe.model.records import Failure, stream_path
 
 
@@ -29,6 +30,7 @@ class StreamFollower:
         self.readings = {rank: 0 for rank in ranks}
         self.last_step = {rank: "" for rank in ranks}
         self.pids: set[int] = set()  # the scenario's measuring processes
+        self.rank_pids: dict[int, int] = {}  # rank -> its measuring process
         self.launcher_pids: set[int] = set()  # the processes torchrun started, shared by the launch's scenarios
         self.errors: list[dict[str, Any]] = []
         self.done: set[int] = set()
@@ -36,7 +38,7 @@ class StreamFollower:
         self.started: set[int] = set()  # ranks whose measuring process runs
         self.exited: dict[int, int] = {}  # rank -> its measuring process's exit code, as its launcher saw it
         self.arrived: dict[int, str] = {}  # rank -> the step it finished, waiting for the other ranks there
-        self.last_progress = {rank: time.monotonic() for rank in ranks}  # launch or turn, then each new reading
+        self.last_progress = {rank: time.monotonic() for rank in ranks}  # launch or turn, then each sign of life
         self.results_at: dict[str, Any] | None = None  # where node 0 keeps the gathered results
 
     def poll(self) -> None:
@@ -60,20 +62,23 @@ class StreamFollower:
 
     def _take(self, rank: int, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        if kind != "exited":  # every event but its end is a sign of life: the rank's silence counts from it
+            self.last_progress[rank] = time.monotonic()
         if kind == "launched":
             self.launcher_pids.add(int(event["pid"]))
             self.launched.add(rank)
         elif kind == "forked":  # known before the process itself says anything: it can be stopped even then
             self.pids.add(int(event["pid"]))
+            self.rank_pids[rank] = int(event["pid"])
         elif kind == "exited":
             self.exited[rank] = int(event["code"])
         elif kind == "started":
             self.pids.add(int(event["pid"]))
+            self.rank_pids[rank] = int(event["pid"])
             self.launched.add(rank)
             self.started.add(rank)
         elif kind == "reading":
             self.readings[rank] += 1
-            self.last_progress[rank] = time.monotonic()
             self.arrived.pop(rank, None)
             self.last_step[rank] = _where(event)
         elif kind == "arrived":
@@ -126,13 +131,21 @@ def silence_failure(follower: StreamFollower, now: float, timeout_s: float, work
         return None
     if max(now - follower.last_progress[r] for r in waiting) <= timeout_s:
         return None
-    # a rank that arrived at the next step waits for its peers there; blame one that did not arrive
-    rank = max(waiting, key=lambda r: (r not in follower.arrived, now - follower.last_progress[r], -r))
+    # a stopped process is silent on its own, whatever it streamed last; otherwise a rank that arrived at the
+    # next step waits for its peers there: blame one that did not arrive
+    stopped = {rank for rank in waiting if is_stopped(follower.rank_pids.get(rank))}
+    rank = max(waiting, key=lambda r: (r in stopped, r not in follower.arrived, now - follower.last_progress[r], -r))
     silent = now - follower.last_progress[rank]
-    if rank not in follower.started:
-        what = f"never started: no sign of it {silent:.0f} s after launch"
+    if rank in stopped:
+        after = f" after its {follower.last_step[rank]} reading" if follower.last_step[rank] else ""
+        what = (f"its process {follower.rank_pids[rank]} is stopped (SIGSTOP or a debugger){after}: silent for "
+                f"{silent:.0f} s")
+    elif rank not in follower.launched:
+        what = (f"no sign of it {silent:.0f} s after launch: torchrun had not started it yet; is this machine's "
+                "start-up (torchrun, import torch) longer than the timeout, or has a node not joined?")
     elif not follower.last_step[rank]:
-        what = f"started but took no reading in {silent:.0f} s"
+        what = (f"still starting, no reading {silent:.0f} s after its last sign of life; is this machine's "
+                "start-up (import torch, a CUDA context) longer than the timeout?")
     elif rank in follower.arrived:
         what = (f"stopped progressing after its {follower.last_step[rank]} reading: silent for {silent:.0f} s, "
                 f"waiting at {follower.arrived[rank]} for the other ranks (on another node?)")
@@ -158,6 +171,16 @@ def torchrun_root_cause(log_path: Path) -> tuple[int, str] | None:
     if rank is None:
         return None
     return int(rank.group(1)), (" ".join(exit_code.group(1).split()) if exit_code else "unknown")
+
+
+def rendezvous_port_taken(log_path: Path) -> str | None:
+    """Whether torchrun's store could not bind its port (torch's TCPStore: "... port: N, ... name: EADDRINUSE");
+    " N" when the log names the port, "" otherwise, None when the port was not the problem."""
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+    if "EADDRINUSE" not in text:
+        return None
+    port = re.search(r"port: (\d+)[^\n]*EADDRINUSE", text)
+    return f" {port.group(1)}" if port else ""
 
 
 def last_lines(workers_log: Path, torchrun_log: Path) -> list[str]:
@@ -193,6 +216,11 @@ def root_cause(follower: StreamFollower, return_code: int | None, workers_log: P
     own = [e for e in errors if not any(m in str(e.get("message", "")).lower() for m in _PEER_LOSS_MARKERS)]
     if own:
         return from_error(own[0])
+    taken = rendezvous_port_taken(torchrun_log)
+    if taken is not None and not follower.launched:
+        return Failure(rank=None, group="", step="", last_lines=tail(torchrun_log),
+                       message=f"torchrun could not listen on its rendezvous port{taken}: it is already in use "
+                               "(EADDRINUSE); choose another --master-port, or leave it out for a free one")
     reported = {e.get("rank") for e in errors}
     cause = torchrun_root_cause(torchrun_log)
     # torchrun names the first exit it noticed; a rank that reported losing a peer is not the cause, even if

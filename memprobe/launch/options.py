@@ -9,15 +9,17 @@ from pathlib import Path
 
 from memprobe.errors import UsageError
 from memprobe.model.records import NCCL_LOG_FOLDER
-from memprobe.model.scenario import ENV_PRESETS, Scenario
+from memprobe.model.scenario import ENV_PRESETS, Scenario, validate_name
 
 DEVICES = ("cuda", "cpu")
 RDZV_BACKENDS = ("c10d", "static")
 DEFAULT_TIMEOUT_S = 300.0
+#: --device cpu: the most ranks one node runs (each imports torch: ~300 MB of host memory and a core's share).
+CPU_RANKS_PER_NODE = 64
 _NOT_SETTINGS = ("NCCL_VERSION",)  # image metadata, not a setting (set by NVIDIA containers)
 RECORDED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_DEVICE_ORDER",
                          "CUDA_VISIBLE_DEVICES", "CUDA_MODULE_LOADING", "TORCH_SYMM_MEM_", "NVSHMEM_DISABLE_NVLS")
-_HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
+_HOST = re.compile(r"[A-Za-z0-9._:-]+")  # always fullmatch: "$" would let a trailing newline in
 
 
 # Users' runs go to a git-ignored folder; results/ holds the committed evidence (issue 15)
@@ -52,19 +54,19 @@ class LaunchOptions:
             raise UsageError(f"--node-rank must be in [0, --nnodes) and --nnodes >= 1; got {self.node_rank} of {self.nnodes}")
         if self.master_port is not None and not (1 <= self.master_port <= 65535):
             raise UsageError(f"--master-port must be 1..65535, got {self.master_port}")
-        if not _HOST.match(self.master_addr):
+        if not _HOST.fullmatch(self.master_addr):
             raise UsageError(f"--master-addr {self.master_addr!r} is not a host name or address")
         if self.nnodes > 1 and self.master_port is None and self.rdzv_endpoint is None:
             raise UsageError("--nnodes > 1 needs the same --master-port on every node (or --rdzv-endpoint HOST:PORT)")
-        if self.rdzv_endpoint is not None and not _HOST.match(self.rdzv_endpoint):
+        if self.rdzv_endpoint is not None and not _HOST.fullmatch(self.rdzv_endpoint):
             raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST[:PORT]")
-        if self.rdzv_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.rdzv_id):
-            raise UsageError(f"--rdzv-id {self.rdzv_id!r} may use only letters, digits, '.', '_' and '-'")
+        if self.rdzv_id is not None:
+            validate_name(self.rdzv_id, "--rdzv-id")
         # etcd rendezvous keeps its store from the workers, and each scenario rendezvouses in that store (issue 16)
         if self.rdzv_backend not in RDZV_BACKENDS:
             raise UsageError(f"--rdzv-backend must be c10d or static, got {self.rdzv_backend!r}")
-        if self.run_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.run_id):
-            raise UsageError(f"--run-id {self.run_id!r} may use only letters, digits, '.', '_' and '-'")
+        if self.run_id is not None:
+            validate_name(self.run_id, "--run-id")
 
 
 def worker_environment(scenario: Scenario, options: LaunchOptions, base: dict[str, str] | None = None) -> dict[str, str]:

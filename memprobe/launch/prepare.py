@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import json
+import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from memprobe import __version__
 from memprobe.errors import UsageError
-from memprobe.launch.options import LaunchOptions, worker_environment
+from memprobe.launch.options import CPU_RANKS_PER_NODE, LaunchOptions, worker_environment
 from memprobe.measure import nvml
 from memprobe.model.layout import plan_groups
 from memprobe.model.records import WORKER_CONFIG, RunRecord, atomic_write_text
@@ -33,8 +37,60 @@ def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
     return len(gpus), ""
 
 
+def check_out_dir(out_dir: Path, option: str = "--out-dir") -> None:
+    """A folder can be made under ``out_dir``: its nearest existing folder is reachable and takes a new folder
+    (tried with one that is removed at once: /proc and /sys refuse it although root may write there)."""
+    existing = out_dir
+    while True:
+        try:
+            os.stat(existing)
+            break
+        except FileNotFoundError:
+            if existing.parent == existing:
+                break
+            existing = existing.parent
+        except OSError as error:  # a symlink loop, a name too long, no permission on the way
+            raise UsageError(f"{option} {out_dir}: {error.strerror or error}") from None
+    if not existing.is_dir():
+        raise UsageError(f"{option} {out_dir}: {existing} is not a writable folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".memprobe-probe-", dir=existing))
+    except OSError as error:
+        raise UsageError(f"{option} {out_dir}: cannot create a folder in {existing} ({error.strerror or error})") from None
+
+
+def check_rendezvous_port(options: LaunchOptions) -> None:
+    """A --master-port that this node (which hosts torchrun's store) cannot bind fails inside torchrun ~5 s
+    later, as a rank that never started; say which port, now."""
+    if options.master_port is None or options.rdzv_endpoint is not None or options.node_rank != 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore binds
+        try:
+            probe.bind((options.master_addr, options.master_port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UsageError(f"--master-port {options.master_port} is already in use on {options.master_addr}; "
+                                 "choose another, or leave it out for a free one") from None
+            raise UsageError(f"--master-addr {options.master_addr} --master-port {options.master_port}: cannot bind the "
+                             f"rendezvous there ({error.strerror or error})") from None
+
+
+def check_world_fits(scenarios: list[Scenario], options: LaunchOptions) -> None:
+    if options.device != "cpu":
+        return
+    for scenario in scenarios:
+        needed = scenario.layout.world_size // options.nnodes
+        if needed > CPU_RANKS_PER_NODE:
+            raise UsageError(f"scenario {scenario.name} needs {needed} CPU ranks per node; --device cpu runs at most "
+                             f"{CPU_RANKS_PER_NODE} per node (each imports torch)")
+
+
 def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     """Everything that can be checked before a process starts (exit 2 on any problem)."""
+    check_world_fits(scenarios, options)
+    check_out_dir(Path(options.out_dir))
+    check_rendezvous_port(options)
     for scenario in scenarios:
         if scenario.engine == "sglang":  # each scenario may bring its own SGLang (issue 12)
             from memprobe.measure.sglang_install import check_site, sglang_installation

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from typing import Callable
 
 from memprobe.measure import nvml
 from memprobe.model.records import RUN_TOKEN_VARIABLE
@@ -66,10 +67,27 @@ def pids_with_token(token: str) -> list[int]:
 
 
 def send_signal(pid: int, number: int, group: bool = False) -> None:
+    """``number`` to the process (or its group); SIGTERM with a SIGCONT after it, since a stopped process
+    (SIGSTOP, a debugger) keeps a SIGTERM pending until it is continued (signal(7))."""
+    kill = os.killpg if group else os.kill
     try:
-        (os.killpg if group else os.kill)(pid, number)
+        kill(pid, number)
+        if number == signal.SIGTERM:
+            kill(pid, signal.SIGCONT)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def is_stopped(pid: int | None) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t in /proc/PID/stat (proc(5)).
+    Such a rank is silent on its own, while its peers, blocked in a collective with it, only wait."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stream:
+            return stream.read().rsplit(")", 1)[-1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def alive(pid: int) -> bool:
@@ -86,15 +104,17 @@ def alive(pid: int) -> bool:
         return False
 
 
-def stop_everything(process: subprocess.Popen[bytes], token: str, worker_pids: set[int], grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM torchrun's group and every worker; SIGKILL what is left after ``grace_s``."""
+def stop_everything(process: subprocess.Popen[bytes], token: str, worker_pids: set[int], grace_s: float = KILL_GRACE_S,
+                    hurry: Callable[[], bool] = lambda: False) -> None:
+    """SIGTERM torchrun's group and every worker; SIGKILL what is left after ``grace_s``, or as soon as
+    ``hurry()`` says so (another stop signal arrived meanwhile)."""
     pids = {pid for pid in worker_pids if carries_token(pid, token)} | set(pids_with_token(token))
     if process.poll() is None:
         send_signal(process.pid, signal.SIGTERM, group=True)
     for pid in pids:
         send_signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not hurry():
         if process.poll() is not None and not any(alive(pid) for pid in pids):
             break
         time.sleep(0.05)

@@ -11,7 +11,9 @@ carry the launch's token (:mod:`memprobe.launch.processes`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,9 +25,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from memprobe.errors import MeasurementError
+from memprobe.errors import MeasurementError, OutputError
 from memprobe.launch.assemble import LaunchOutcome, Tracked, assemble, raise_if_interrupted
-from memprobe.launch.follow import StreamFollower, silence_failure
+from memprobe.launch.follow import StreamFollower, rendezvous_port_taken, silence_failure
 from memprobe.launch.options import LaunchOptions
 from memprobe.launch.plan import Member, PlannedLaunch
 from memprobe.launch.prepare import expected_readings, local_ranks, new_record, write_worker_config
@@ -43,6 +45,59 @@ ERROR_GRACE_S = 0.5  # after a rank's error: how long the scenario's other ranks
 ProgressCallback = Callable[[str, int, int, str], None]  # (label, done, total, detail)
 
 
+class Interrupts:
+    """The stop signals memprobe received (SIGINT, SIGTERM, SIGHUP), in order.
+
+    Outside a launch the first one raises KeyboardInterrupt wherever the main thread is. Inside one
+    (:meth:`deferred`) no signal raises: the launch sees the first between two polls and ends through
+    its cleanup (processes stopped, every finished reading and run.json written), and a later signal
+    only hurries that cleanup (SIGKILL at once instead of after the grace). An exception raised by a
+    second Ctrl-C in the middle of the cleanup would skip it and lose the readings.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.received: list[int] = []
+        self.acted_on = False
+        self._deferring = 0
+
+    def on_signal(self, number: int, frame: object) -> None:
+        self.received.append(number)
+        if self._deferring == 0 and not self.acted_on:
+            self.acted_on = True
+            raise KeyboardInterrupt(number)
+
+    @property
+    def first(self) -> int | None:
+        return self.received[0] if self.received else None
+
+    def take(self) -> KeyboardInterrupt:
+        """The first signal, as the exception that ends the launch acting on it."""
+        self.acted_on = True
+        return KeyboardInterrupt(self.first)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        with self._lock:
+            self._deferring += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._deferring -= 1
+                outermost = self._deferring == 0
+        # reached without an exception only: a signal that came after the launch's last poll is acted on now
+        if outermost and self.first is not None and not self.acted_on:
+            raise self.take()
+
+
+INTERRUPTS = Interrupts()
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopFlag(threading.Event):
     """Set from the main thread to stop a launch going on in another thread (signals reach the main thread only)."""
 
@@ -57,7 +112,8 @@ def launch_command(launch_file: Path, name: str, per_node: int, options: LaunchO
     """torchrun's command line: a static rendezvous (--master-addr/--master-port) or a dynamic one (--rdzv-*).
 
     ``--log-dir`` points torchrun at a folder memprobe removes afterwards (torch 2.x otherwise
-    leaves a ``/tmp/torchelastic_*`` folder behind after every run).
+    leaves a ``/tmp/torchelastic_*`` folder behind after every run); :mod:`memprobe.launch.guard` removes
+    it too when memprobe is gone.
     """
     if options.rdzv_endpoint:
         rendezvous = ["--rdzv-backend", options.rdzv_backend, "--rdzv-endpoint", options.rdzv_endpoint,
@@ -67,7 +123,7 @@ def launch_command(launch_file: Path, name: str, per_node: int, options: LaunchO
     else:
         rendezvous = ["--node-rank", str(options.node_rank), "--master-addr", options.master_addr, "--master-port", str(port)]
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "memprobe.launch.guard", str(os.getpid()), log_dir,  # torchrun dies with memprobe
         "--nnodes", str(options.nnodes), *rendezvous, "--nproc-per-node", str(per_node),
         "--max-restarts", "0", "--monitor-interval", "0.1", "--log-dir", log_dir,
         "-m", "memprobe.measure.worker", str(launch_file.resolve()),
@@ -86,20 +142,25 @@ def _report(tracked: Tracked, progress: ProgressCallback | None) -> None:
     progress(tracked.member.scenario.name, done, tracked.total, f"rank {rank}: {detail}" if detail else "starting")
 
 
-def _stop(tracked: Tracked, token: str, now: float) -> None:
-    """A failed scenario: SIGTERM its processes (and any that start late), SIGKILL what is left after the grace."""
+def _stop(tracked: Tracked, token: str, now: float, launchers_too: bool) -> None:
+    """A failed scenario: SIGTERM its processes (and any that start late), SIGKILL what is left after the grace.
+    ``launchers_too``: no other scenario needs the launch's launchers any more (a rank that timed out before its
+    measuring process started has only its launcher to stop)."""
     if tracked.kill_at is None:
         tracked.kill_at = now + KILL_GRACE_S
     number = signal.SIGKILL if now >= tracked.kill_at else signal.SIGTERM
-    living = {pid for pid in tracked.follower.pids - tracked.gone if alive(pid)}
-    tracked.gone |= tracked.follower.pids - living  # once seen gone, never signalled again (a PID may be reused)
+    own = tracked.follower.pids | (tracked.follower.launcher_pids if launchers_too else set())
+    living = {pid for pid in own - tracked.gone if alive(pid)}
+    tracked.gone |= own - living  # once seen gone, never signalled again (a PID may be reused)
     signal_own(living, token, number)
 
 
 def _check(tracked: Tracked, now: float, options: LaunchOptions, torchrun_log: Path) -> None:
     """A running scenario: done when every local rank is, failed on an error or a silent rank."""
     follower = tracked.follower
-    if follower.errors or follower.crashed:
+    if not tracked.member.run_dir.is_dir():  # deleted under it: its ranks' readings have nowhere to go
+        tracked.state = "failed"
+    elif follower.errors or follower.crashed:
         if tracked.error_seen_at is None:
             tracked.error_seen_at = now  # let its other ranks report too, then stop them
         elif now - tracked.error_seen_at >= ERROR_GRACE_S:
@@ -143,12 +204,13 @@ def _fail_the_queue_if_never_launched(members: list[Tracked]) -> None:
 
 def _note_exits(members: list[Tracked], token: str) -> None:
     now = time.monotonic()
+    all_ended = all(tracked.ended for tracked in members)
     for tracked in members:
         if tracked.state == "done" and tracked.workers_exited_at is None:
             if not any(alive(pid) for pid in tracked.follower.pids):
                 tracked.workers_exited_at = time.time()
         elif tracked.state == "failed":
-            _stop(tracked, token, now)
+            _stop(tracked, token, now, launchers_too=all_ended)
 
 
 def _follow(process: subprocess.Popen[bytes], members: list[Tracked], options: LaunchOptions, jobs: int, token: str,
@@ -158,6 +220,8 @@ def _follow(process: subprocess.Popen[bytes], members: list[Tracked], options: L
     while True:
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt(stop.signal_number)
+        if INTERRUPTS.first is not None:
+            raise INTERRUPTS.take()
         now = time.monotonic()
         for tracked in members:
             if tracked.state != "waiting":
@@ -187,6 +251,10 @@ def _wait_for_own_exit(process: subprocess.Popen[bytes], members: list[Tracked],
     wait_s = CLEAN_EXIT_S if all(tracked.state == "done" for tracked in members) else KILL_GRACE_S + 1.0
     deadline = time.monotonic() + wait_s
     while process.poll() is None and time.monotonic() < deadline:
+        if INTERRUPTS.first is not None:
+            raise INTERRUPTS.take()
+        for tracked in members:  # processes that announced themselves since: a failed scenario's are stopped too
+            tracked.follower.poll()
         _note_exits(members, token)
         time.sleep(0.02)
     _note_exits(members, token)
@@ -208,11 +276,13 @@ def supervise(command: list[str], environment: dict[str, str], token: str, membe
         try:
             _follow(process, members, options, jobs, token, torchrun_log, progress, stop)
             _wait_for_own_exit(process, members, token)
-        except KeyboardInterrupt as error:  # SIGINT, or SIGTERM turned into one by interrupt_handlers()
+        except KeyboardInterrupt as error:  # a stop signal (Interrupts), or one passed on through ``stop``
             outcome.interrupted = error
         finally:
-            pids = set().union(*(tracked.follower.pids for tracked in members))
-            stop_everything(process, token, pids)  # returns at once when everything already exited
+            pids = set().union(*(tracked.follower.pids | tracked.follower.launcher_pids for tracked in members))
+            signals_before = len(INTERRUPTS.received)
+            # returns at once when everything already exited; a signal during it skips the grace
+            stop_everything(process, token, pids, hurry=lambda: len(INTERRUPTS.received) > signals_before)
             outcome.exited_at = time.time()
             for tracked in members:
                 tracked.follower.poll()
@@ -234,6 +304,22 @@ def _prepare(member: Member, options: LaunchOptions, command: list[str] | None, 
     atomic_write_text(run_dir / "run.json", record.to_json())
     write_worker_config(scenario, options, run_dir)
     return Tracked(member=member, record=record, follower=_new_follower(member, options), total=expected_readings(scenario))
+
+
+def _prepare_all(planned: PlannedLaunch, options: LaunchOptions, command: list[str] | None, launch: dict,
+                 launch_file: Path, jobs: int) -> list[Tracked]:
+    """Every member's run folder, run.json and worker config, then launch.json; on a full disk, the run folders
+    made so far are removed (nothing was measured in them)."""
+    members: list[Tracked] = []
+    try:
+        for member in planned.members:
+            members.append(_prepare(member, options, command, launch))
+        _write_launch_file(launch_file, planned, jobs)
+    except OutputError as error:
+        for member in planned.members[:len(members) + 1]:
+            shutil.rmtree(member.run_dir, ignore_errors=True)
+        raise MeasurementError(f"{error}; nothing was launched", run_dir=None) from None
+    return members
 
 
 def _new_follower(member: Member, options: LaunchOptions) -> StreamFollower:
@@ -264,12 +350,18 @@ def run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path,
     raised as :class:`MeasurementError` (each run.json says what happened, every finished reading
     kept), or :class:`Interrupted`.
     """
+    with INTERRUPTS.deferred():
+        return _run_launch(planned, options, launch_dir, jobs, suffix, progress, command, stop, beside)
+
+
+def _run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path, jobs: int, suffix: str,
+                progress: ProgressCallback | None, command: list[str] | None, stop: StopFlag | None,
+                beside: str | None) -> list[Run]:
     jobs = max(1, min(jobs, len(planned.members)))
     launch = {"scenarios": [scenario.name for scenario in planned.scenarios], "jobs": jobs,
               "folder": launch_dir.name}
-    members = [_prepare(member, options, command, launch) for member in planned.members]
     launch_file, torchrun_log = launch_paths(launch_dir, suffix)
-    _write_launch_file(launch_file, planned, jobs)
+    members = _prepare_all(planned, options, command, launch, launch_file, jobs)
     token = uuid.uuid4().hex
     environment = {**planned.environment, RUN_TOKEN_VARIABLE: token}
     if beside or jobs > 1:  # side by side on the same GPUs, on purpose (the engine tells them from strangers)
@@ -285,7 +377,7 @@ def run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path,
         finally:
             shutil.rmtree(log_dir, ignore_errors=True)
         launched = any(tracked.follower.launched for tracked in members)
-        port_taken = b"EADDRINUSE" in torchrun_log.read_bytes()
+        port_taken = rendezvous_port_taken(torchrun_log) is not None
         if attempt + 1 < attempts and not launched and port_taken and outcome.interrupted is None:
             for tracked in members:  # something took the rendezvous port between our probe and torchrun's bind
                 tracked.state, tracked.failure, tracked.follower = "waiting", None, _new_follower(tracked.member, options)
@@ -309,14 +401,18 @@ def _runs(members: list[Tracked], options: LaunchOptions, outcome: LaunchOutcome
 
 
 def interrupt_handlers() -> Callable[[], None]:
-    """Turn SIGTERM into an exception like SIGINT's, so cleanup runs; returns a restore function."""
-    previous = signal.getsignal(signal.SIGTERM)
+    """SIGINT, SIGTERM and SIGHUP all go through :data:`INTERRUPTS` (Python's default SIGHUP action ends the
+    process at once, skipping every cleanup); returns a function that restores the previous handlers."""
+    INTERRUPTS.reset()
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number in STOP_SIGNALS:
+        signal.signal(number, INTERRUPTS.on_signal)
 
-    def on_term(number: int, frame: object) -> None:
-        raise KeyboardInterrupt(number)
+    def restore() -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
-    signal.signal(signal.SIGTERM, on_term)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    return restore
 
 
 __all__ = ["run_launch", "supervise", "launch_command", "StopFlag", "interrupt_handlers"]

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from memprobe.model.records import WORKERS_LOG, WORKER_CONFIG, stream_path
+from memprobe.model.records import TORCHRUN_PID_VARIABLE, WORKERS_LOG, WORKER_CONFIG, stream_path
 
 FRESH = "--fresh-interpreter"
 
@@ -128,7 +128,8 @@ def main(argv: list[str]) -> int:
         entry = next(entry for entry in launch["scenarios"] if entry["name"] == argv[3])
         return _measuring_process(entry, launch_file, "fresh", os.getppid())
     rank, local_rank, _, group_rank = _ranks()
-    _die_with_parent()  # torchrun's agent
+    torchrun = os.environ.get(TORCHRUN_PID_VARIABLE, "")
+    _die_with_parent(int(torchrun) if torchrun.isdigit() else None)  # torchrun's agent
     launched = {"type": "launched", "rank": rank, "local_rank": local_rank, "pid": os.getpid(), "group_rank": group_rank,
                 "time": time.time()}
     for entry in launch["scenarios"]:

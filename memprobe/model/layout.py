@@ -29,7 +29,8 @@ GROUP_ORDER: tuple[str, ...] = (
 )
 
 LAYOUT_FIELDS: tuple[str, ...] = ("tp", "ep", "pp", "moe_dp", "attn_dp", "attn_cp")
-#: The largest world size memprobe plans or estimates: a plan holds every rank list of every group.
+#: The most ranks a layout may have (tp x pp). Planning one holds every rank list of every group in memory
+#: (65536 ranks: ~1 s and a few hundred MB); far above any node or cluster SGLang runs on.
 MAX_WORLD_SIZE = 65536
 
 
@@ -49,6 +50,9 @@ class Layout:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+        if self.world_size > MAX_WORLD_SIZE:
+            raise UsageError(f"--tp {self.tp} x --pp {self.pp} = {self.world_size} ranks; memprobe plans and measures at "
+                             f"most {MAX_WORLD_SIZE}")
         if self.ep > self.tp:
             raise UsageError(f"--ep {self.ep} is larger than --tp {self.tp}; expert parallelism lives inside a TP group")
         if self.tp % (self.ep * self.moe_dp) != 0:
@@ -61,8 +65,6 @@ class Layout:
                 f"--tp {self.tp} is not divisible by --attn-dp {self.attn_dp} x --attn-cp {self.attn_cp}; "
                 f"attention TP width = tp / attn_dp / attn_cp must be whole"
             )
-        if self.tp * self.pp > MAX_WORLD_SIZE:
-            raise UsageError(f"world size {self.tp * self.pp} (--tp x --pp) is above the {MAX_WORLD_SIZE} ranks memprobe plans")
 
     @property
     def world_size(self) -> int:

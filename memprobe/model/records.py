@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from memprobe.errors import DamagedInput, UsageError
+from memprobe.errors import DamagedInput, OutputError, UsageError
 from memprobe.model.steps import STEPS
 
 SCHEMA_VERSION = 1
@@ -29,6 +29,7 @@ SCHEMA_VERSION = 1
 # What the parent and its workers agree on besides the files: the variables that mark a run's processes.
 RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"  # every process of one launch (found again through /proc/PID/environ)
 CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"  # every process of a launch whose scenarios run side by side
+TORCHRUN_PID_VARIABLE = "MEMPROBE_TORCHRUN_PID"  # torchrun's PID, the launchers' parent (memprobe.launch.guard)
 WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into the run folder by the parent
 WORKERS_LOG = "workers.log"  # what the scenario's measuring processes on this node printed (issue 16)
 NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
@@ -189,8 +190,20 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file.
+
+    Raises :class:`OutputError` (one line) when it cannot: a full disk (ENOSPC from write or fsync), a
+    read-only or vanished folder; the old file, if any, is left as it was and the temporary is removed."""
     path = Path(path)
+    try:
+        _write_through_temporary(path, data)
+    except OSError as error:
+        if isinstance(error, OutputError):
+            raise
+        raise OutputError(str(path), error) from None
+
+
+def _write_through_temporary(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -45,8 +45,13 @@ WARMUPS: tuple[str, ...] = ("none", "tiny", "sweep")
 DEFINITION_SCHEMA = 2  # 2: stack resolved to flags, engine and sglang always present (issue 12)
 _DEFINITION_KEYS = ("schema", "name", "layout", "stack", "env_preset", "env", "warmup", "engine", "sglang")
 ENGINES: tuple[str, ...] = ("memprobe", "sglang")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # always fullmatch: "$" would let a trailing newline in
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Names become folder names (a run folder is "<UTC time>-<name>"; Linux allows 255 bytes per name).
+MAX_NAME_LENGTH = 100
+#: Every process of a launch gets the scenario's variables; Linux refuses a single environment string over
+#: 128 KiB (MAX_ARG_STRLEN, execve: E2BIG), and NCCL and CUDA settings are short.
+MAX_ENV_VALUE_BYTES = 32 * 1024
 
 
 def parse_env_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -54,15 +59,17 @@ def parse_env_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not _ENV_KEY.match(key):
+        if not sep or not _ENV_KEY.fullmatch(key):
             raise UsageError(f"--env {item!r} is not KEY=VALUE (KEY: letters, digits and _, not starting with a digit)")
         env[key] = value
     return env
 
 
 def validate_name(name: str, what: str = "scenario name") -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise UsageError(f"{what} {name!r} must start with a letter or digit and use only letters, digits, '.', '_' and '-'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UsageError(f"{what} {name[:20]}... is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
     return name
 
 
@@ -101,8 +108,13 @@ class Scenario:
         if self.warmup not in WARMUPS:
             raise UsageError(f"scenario {self.name}: warmup {self.warmup!r} is not one of {list(WARMUPS)}")
         for key, value in self.env.items():
-            if not _ENV_KEY.match(key) or not isinstance(value, str):
+            if not isinstance(key, str) or not _ENV_KEY.fullmatch(key) or not isinstance(value, str):
                 raise UsageError(f"scenario {self.name}: env {key}={value!r} must be a string variable name and a string value")
+            if "\0" in value:  # no process environment can hold one (execve's strings end at NUL)
+                raise UsageError(f"scenario {self.name}: env {key} holds a NUL character")
+            if len(value.encode("utf-8", "surrogateescape")) > MAX_ENV_VALUE_BYTES:
+                raise UsageError(f"scenario {self.name}: env {key} is {len(value.encode('utf-8', 'surrogateescape'))} bytes "
+                                 f"long; at most {MAX_ENV_VALUE_BYTES}")
 
     def definition(self) -> dict[str, Any]:
         """The scenario's identity, as run.json, comparison.json and baselines record it (schema 2).
@@ -247,6 +259,8 @@ def load_scenario_file(path: str | Path) -> ScenarioSet:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise UsageError(f"cannot read scenario file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"scenario file {path} is not UTF-8 text (byte {error.start})") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"scenario file {path} is not valid TOML: {error}") from None
     unknown = set(document) - {"baseline", "defaults", "scenario", "description"}

@@ -126,7 +126,7 @@ def _parse_stack_document(document: dict, source: str) -> Stack:
         raise UsageError(f"{source}: sets neither base, custom_allreduce_impl nor [groups.*]; "
                          'write base = "lean" (or "full") to mean a built-in stack')
     base_name = document.get("base", "lean")
-    if base_name not in BUILTIN_STACKS:
+    if not isinstance(base_name, str) or base_name not in BUILTIN_STACKS:
         raise UsageError(f"{source}: base = {base_name!r} is not a built-in stack; use one of {sorted(BUILTIN_STACKS)}")
     base = BUILTIN_STACKS[base_name]
     flags = dict(base.flags)
@@ -163,6 +163,8 @@ def load_stack_file(path: str | Path) -> Stack:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise UsageError(f"cannot read stack file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"stack file {path} is not UTF-8 text (byte {error.start})") from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
