@@ -38,8 +38,8 @@ def sglang_flags(run: Run) -> tuple[dict[str, GroupFlags], str]:
     for info in run.record.ranks:
         for group, decision in info.communicators.items():
             if "use_pynccl" in decision:
-                flags[group] = GroupFlags(pynccl=decision["use_pynccl"] == "True",
-                                          custom_allreduce=decision.get("use_custom_allreduce") == "True")
+                flags[group] = GroupFlags(pynccl=_asked(decision, "use_pynccl"),
+                                          custom_allreduce=_asked(decision, "use_custom_allreduce"))
     if not flags:
         raise UsageError(f"{run.path or run.record.run_id}: the SGLang run recorded no group flags "
                          f"(expected use_pynccl / use_custom_allreduce per group)")
@@ -47,6 +47,15 @@ def sglang_flags(run: Run) -> tuple[dict[str, GroupFlags], str]:
     sglang = sglang if isinstance(sglang, dict) else {}  # older runs recorded the version string alone
     implementation = str(sglang.get("custom_allreduce_default") or "v2")
     return flags, implementation
+
+
+def _asked(decision: dict[str, str], flag: str) -> bool:
+    """What SGLang asked a group for: the flag ``initialize_model_parallel`` passed ("None" is SGLang's default,
+    on for both on CUDA), else (runs recorded before it was kept) the coordinator's attribute, which on a GPU is it."""
+    passed = decision.get(f"passed_{flag}")
+    if passed is not None:
+        return passed in ("None", "True")
+    return decision.get(flag) == "True"
 
 
 __all__ = ["COMMUNICATORS", "estimate_comparison", "sglang_flags"]

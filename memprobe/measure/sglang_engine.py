@@ -123,6 +123,13 @@ def coordinator_decisions(coordinator: Any) -> dict[str, str]:
     }
 
 
+def passed_flags(kwargs: dict[str, Any]) -> dict[str, str]:
+    """The communicator flags ``initialize_model_parallel`` passed for a group ("None": SGLang's default, which on
+    CUDA builds them: ``_ENABLE_CUSTOM_ALL_REDUCE`` and pynccl on, PS:2160-2201). The coordinator's own
+    attributes say what this platform allows; on CPU that is False for every group, so an estimate reads these."""
+    return {f"passed_{key}": str(kwargs.get(key)) for key in ("use_pynccl", "use_custom_allreduce")}
+
+
 class GroupHooks:
     """Wrappers around SGLang's group and communicator constructors that sample each step of each group."""
 
@@ -155,7 +162,7 @@ class GroupHooks:
             coordinator = original(group_ranks, *args, **kwargs)
             self.emit_until("end")
             engine.device_groups[name], engine.cpu_groups[name] = coordinator.device_group, coordinator.cpu_group
-            engine.info.communicators[name] = coordinator_decisions(coordinator)
+            engine.info.communicators[name] = {**coordinator_decisions(coordinator), **passed_flags(kwargs)}
             self.built.append(GroupPlan(name, tuple(tuple(r) for r in group_ranks)))
             self.group = None
             return coordinator
