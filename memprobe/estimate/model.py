@@ -137,7 +137,7 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
     settings = nccl.NcclSettings.from_env(env)
     stack = scenario.resolved_stack
     assert stack is not None
-    plan = _plan(scenario.layout)
+    plan = plan_groups(scenario.layout)
     context = Context(
         scenario=scenario, plan=plan, topology=topology, calibration=calibration, settings=settings,
         links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu),
@@ -164,11 +164,6 @@ def _member(topology: Topology, group: GroupPlan, rank: int) -> Member:
     return Member(ranks, ranks.index(rank), _ranks_per_node(topology, ranks))
 
 
-@lru_cache(maxsize=8)
-def _plan(layout: Layout) -> Plan:
-    return plan_groups(layout)
-
-
 @lru_cache(maxsize=8)  # the scenarios of one comparison share layouts: full and lean estimate the same ranks
 def _rank_classes(layout: Layout, topology: Topology, eager: bool) -> tuple[dict[str, dict[int, Member]], dict[int, int]]:
     """rank -> the first rank whose readings it shares, and every representative's :class:`Member` per group.
@@ -177,17 +172,20 @@ def _rank_classes(layout: Layout, topology: Topology, eager: bool) -> tuple[dict
     and tree peers the rank has on and off its node (:func:`memprobe.estimate.nccl.peer_counts`): the rules see
     nothing else of it, so ranks alike in all of them read the same bytes at every step.
     """
-    plan = _plan(layout)
+    plan = plan_groups(layout)
     groups = [group for group in plan.groups if not group.is_alias]
-    signatures: list[list[tuple]] = [[] for _ in range(layout.world_size)]
+    kinds: dict[tuple, int] = {}  # what a rank's bytes depend on in one group -> a small number
+    columns = []
     for group in groups:
+        column = [0] * layout.world_size
         for ranks in group.rank_lists:
-            per_node = _ranks_per_node(topology, ranks)
-            pattern = _pattern(len(ranks), per_node, eager)
+            pattern = [kinds.setdefault(item, len(kinds))
+                       for item in _pattern(len(ranks), _ranks_per_node(topology, ranks), eager)]
             for index, member in enumerate(ranks):
-                signatures[member].append(pattern[index])
+                column[member] = pattern[index]
+        columns.append(column)
     representatives: dict[tuple, int] = {}
-    classes = {rank: representatives.setdefault(tuple(signature), rank) for rank, signature in enumerate(signatures)}
+    classes = {rank: representatives.setdefault(signature, rank) for rank, signature in enumerate(zip(*columns))}
     lists = {group.name: {rank: _member(topology, group, rank) for rank in representatives.values()} for group in groups}
     return lists, classes
 

@@ -9,6 +9,7 @@ alias decisions and the fact that width-1 groups are still built as singletons.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterator
 
 from memprobe.errors import UsageError
@@ -149,6 +150,7 @@ def _lists(ranges: Iterator[range] | list[range]) -> tuple[tuple[int, ...], ...]
     return tuple(tuple(r) for r in ranges)
 
 
+@lru_cache(maxsize=16)  # a Plan is immutable; compare, distinct and the estimate ask for the same layouts again
 def plan_groups(layout: Layout) -> Plan:
     """Every group SGLang 0.5.23 creates for ``layout``, in creation order.
 

@@ -201,7 +201,7 @@ def _rank_summaries(run: Run, plan: list[GroupInfo]) -> dict[int, RankSummary]:
             done[id(readings)] = (_rank_summary(rank, rank_components(readings), plan), skipped_keys(readings))
         template, skipped = done[id(readings)]
         clone = object.__new__(RankSummary)  # dataclasses.replace per rank costs more than the summary on 4096 ranks
-        clone.__dict__.update(template.__dict__, rank=rank, skipped=set(skipped))
+        clone.__dict__.update(template.__dict__, rank=rank, skipped=skipped)  # never changed in place
         ranks[rank] = clone
     return ranks
 
