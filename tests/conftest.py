@@ -9,6 +9,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+def pytest_sessionstart(session):
+    """Byte-compile memprobe once: the suite starts it in hundreds of processes (CLI, torchrun launchers), and
+    where PYTHONDONTWRITEBYTECODE is set (this project's machines set it) each would compile every module again.
+    Existing bytecode is still read with that variable set; a stale file is recompiled in memory, never wrong."""
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "memprobe"), quiet=1)
+
+
 def _memprobe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

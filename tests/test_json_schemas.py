@@ -40,7 +40,7 @@ def test_run_json_is_what_report_writes_and_follows_the_comparison_schema(cpu_ru
     assert (tmp_path / "report.json").read_text() == written
     document = json.loads(written)
     assert problems("comparison", document) == []
-    assert document["scenarios"][0]["run"]["environment"]["sampling_mode"] == "host_rss"
+    assert document["scenarios"][0]["run"]["environment"]["sampling_mode"] == "host_rss_anon"
     broken = copy.deepcopy(document)  # the schema can fail: a byte count that is not an integer
     broken["scenarios"][0]["readings"][0]["primary_bytes"] = "512 MiB"
     del broken["schema_version"]

@@ -107,7 +107,8 @@ def assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, t
     A run folder that cannot take its last files (a full disk) or is gone is a :class:`MeasurementError`
     (exit 3): what the ranks streamed so far stays where it is, nothing is left half-written or recreated."""
     run_dir = tracked.member.run_dir
-    if not run_dir.is_dir():
+    # run.json is written before the launch; a launcher still streaming can make ranks/ again in a deleted folder
+    if not (run_dir / "run.json").is_file():
         raise MeasurementError(f"{tracked.member.scenario.name}: its run folder {run_dir} was deleted while it ran; "
                                "its readings went with it", run_dir=str(run_dir))
     try:
