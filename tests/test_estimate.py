@@ -232,3 +232,14 @@ def test_check_command_exits_0_on_committed_runs(memprobe):
     result = memprobe("estimate", "--check", str(RESULTS / "h200x2-sglang-20261128"), "--per-rank")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "largest total error on 2 GPU(s)" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--out", "cal.json"), "needs one NVIDIA GPU"),
+    (("--out", "cal.txt"), "must end in .json"),
+])
+def test_calibrate_without_a_gpu_or_with_a_bad_path_is_one_line_and_exit_2(memprobe, tmp_path, args, message):
+    result = memprobe("calibrate", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -84,8 +85,10 @@ def _measure(uuid: str, cumem: int) -> dict[str, Any]:
     for key in ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE"):
         environment.pop(key, None)
     single = _lines([sys.executable, "-m", "memprobe.measure.calibrate", "single"], environment)
-    pair = _lines([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                   "--master-port", str(_free_port()), "-m", "memprobe.measure.calibrate", "pair"], environment)
+    with tempfile.TemporaryDirectory(prefix="memprobe-calibrate-") as logs:  # else torchrun leaves /tmp/torchelastic_*
+        pair = _lines([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                       "--master-port", str(_free_port()), "--log-dir", logs, "-m", "memprobe.measure.calibrate", "pair"],
+                      environment)
     if len(single) != 1 or len(pair) != 2:
         raise MeasurementError(f"calibration with NCCL_CUMEM_ENABLE={cumem}: expected 1 + 2 readings, got {len(single)} + {len(pair)}")
     return {"single": single[0], "pair": sorted(pair, key=lambda item: item["rank"])}
