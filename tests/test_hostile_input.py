@@ -176,7 +176,7 @@ def test_a_run_that_cannot_write_its_readings_is_exit_3_with_the_streams_kept(tm
     from memprobe.launch.plan import Member
     from memprobe.launch.prepare import new_record
     from memprobe.model.layout import Layout
-    from memprobe.model.records import stream_path
+    from memprobe.model.records import stream_path, write_run
     from memprobe.model.scenario import Scenario
 
     scenario = Scenario("tp1", Layout(tp=1))
@@ -187,8 +187,9 @@ def test_a_run_that_cannot_write_its_readings_is_exit_3_with_the_streams_kept(tm
     options = LaunchOptions(device="cpu", out_dir=tmp_path)
     follower = StreamFollower(run_dir, range(1))
     follower.poll()
-    tracked = Tracked(member=Member(scenario, run_dir, {}), record=new_record(scenario, options, run_dir, ["memprobe"]),
-                      follower=follower, total=1, state="done")
+    record = new_record(scenario, options, run_dir, ["memprobe"])
+    write_run(run_dir, record, None)  # as prepare does before the launch (status running)
+    tracked = Tracked(member=Member(scenario, run_dir, {}), record=record, follower=follower, total=1, state="done")
     monkeypatch.setattr(assembling, "rank_infos", lambda run_dir, world_size: [])
     _disk_full(monkeypatch)
     with pytest.raises(MeasurementError) as failure:
