@@ -66,3 +66,6 @@ def test_the_built_wheel_installs_and_its_command_runs_from_a_fresh_venv(tmp_pat
     plan = subprocess.run(["memprobe", "plan", "--tp", "2", "--ep", "2"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=60)
     assert plan.returncode == 0 and "moe_ep" in plan.stdout, plan.stderr
+    estimate = subprocess.run(["memprobe", "estimate", "--tp", "2", "--ep", "2"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)  # the packaged calibration is in the wheel
+    assert estimate.returncode == 0 and "ESTIMATED" in estimate.stdout, estimate.stderr
