@@ -25,7 +25,7 @@ from memprobe.gate.baseline import (
 from memprobe.units import mib_precise
 from memprobe.launch.options import DEFAULT_TIMEOUT_S
 from memprobe.model.comparison import Comparison, load_comparison
-from memprobe.model.memory_kind import KIND_OF_DEVICE, memory_kind
+from memprobe.model.memory_kind import memory_kind
 from memprobe.model.scenario import ScenarioSet, load_scenario_file
 
 

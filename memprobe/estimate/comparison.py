@@ -10,7 +10,7 @@ from memprobe.estimate.model import Topology, estimate_run
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.records import Run
 from memprobe.model.scenario import ScenarioSet
-from memprobe.model.stacks import COMMUNICATORS, GroupFlags
+from memprobe.model.stacks import GroupFlags
 
 
 def estimate_comparison(scenario_set: ScenarioSet, calibration: Calibration, *, gpus_per_node: int | None,
@@ -58,4 +58,4 @@ def _asked(decision: dict[str, str], flag: str) -> bool:
     return decision.get(flag) == "True"
 
 
-__all__ = ["COMMUNICATORS", "estimate_comparison", "sglang_flags"]
+__all__ = ["estimate_comparison", "sglang_flags"]
