@@ -220,6 +220,10 @@ def test_estimate_command_labels_every_output(memprobe, tmp_path):
     (("--tp", "8", "--gpus-per-node", "0"), "--gpus-per-node"),
     (("--ep", "2"), "needs --tp"),
     (("--tp", "8", "--calibration", "no-such.json"), "no such file"),
+    (("--tp", "16", "--ep", "8", "--gpus-per-node", "6"), "does not fill nodes of 6 GPUs"),
+    (("--tp", "8", "--gpus-per-node", "16"), "at most 8 GPUs"),
+    (("--tp", "8", "--nnodes", "3"), "does not fill nodes"),
+    (("--check", "results", "--json", "out.json"), "--json would be ignored"),
 ])
 def test_estimate_bad_input_is_one_line_and_exit_2(memprobe, tmp_path, args, message):
     result = memprobe("estimate", *args, cwd=tmp_path)

@@ -55,6 +55,8 @@ def test_the_estimate_gate_fails_when_the_estimate_grows(memprobe, estimated_bas
 @pytest.mark.parametrize("args", [
     ("gate", "--estimate", "--baseline", str(MEASURED_BASELINE)),
     ("gate", "--baseline", "b.json", "--results", str(MEASURED_RUN)),
+    # results of another kind are refused even where no scenario name matches (not reported as missing)
+    ("gate", "--baseline", str(ROOT / "configs/baselines/estimated-h200x8-tp8-ep4-lean.json"), "--results", str(MEASURED_RUN)),
 ])
 def test_an_estimate_and_a_measurement_are_never_judged_against_each_other(memprobe, estimated_baseline, args):
     result = memprobe(*args)

@@ -39,7 +39,7 @@ Examples:
 memprobe baseline update --scenarios configs/scenarios/moe-stacks.toml -s tp4-ep2-lean --out my-baseline.json
 memprobe baseline update --from results/h200x4-20261127/compare-tp4-ep2 --out my-baseline.json
 memprobe baseline update --out my-baseline.json --device cpu   (an existing file: measures its own scenarios again)
-memprobe baseline update --estimate --scenarios configs/scenarios/moe-stacks.toml --out estimated-baseline.json   (no GPU)
+memprobe baseline update --estimate --scenarios configs/scenarios/moe-stacks.toml --out my-baseline.json   (no GPU: estimated)
 
 Exit codes: 0 written or unchanged, 2 bad input (nothing measured or written), 3 the measurement failed (the file is left as it was).
 """

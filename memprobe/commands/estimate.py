@@ -65,6 +65,12 @@ def estimate(
     check_choices(warmup=warmup, env_preset=env_preset, engine=engine)
     chosen = find_calibration(gpu, calibration)
     if check:
+        ignored = [option for option, value in (("--tp", tp), ("--ep", ep), ("--scenarios", scenarios), ("--csv", csv_path),
+                                                ("--summary-csv", summary_csv), ("--json", json_path),
+                                                ("--markdown", markdown), ("--plot", plot_path)) if value is not None]
+        if ignored:
+            raise UsageError(f"--check estimates the runs it is given and writes no export; {', '.join(ignored)} would be "
+                             f"ignored with it")
         return _check(check, chosen, gpu is not None or calibration is not None, per_rank)
     scenario_set = _scenario_set(tp, ep, pp, moe_dp, attn_dp, attn_cp, stacks, baseline_tp, scenarios, warmup,
                                  env_preset, env, engine, sglang)

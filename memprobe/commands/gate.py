@@ -132,16 +132,20 @@ def _estimated(baseline: Baseline, selected: list[str], scenario_set: Any, calib
 
 
 def check_results_match(baseline: Baseline, selected: list[str], comparison: Comparison, source: Path) -> None:
+    """Every run of the results holds the baseline's kind of memory, whether or not its name is in the baseline:
+    results of another kind are refused, not reported as missing scenarios."""
     for name in selected:
         if name in comparison.names():
             check_same_kind(baseline, [name], memory_kind(comparison.get(name).run), f"the results in {source} hold")
+    for item in comparison.runs:
+        check_same_kind(baseline, selected, memory_kind(item.run), f"the results in {source} ({item.scenario.name}) hold")
 
 
 GATE_HELP = """Judge GPU memory against a baseline kept in git; exit 1 on a regression.
 
 Runs the baseline's scenarios (or, with --results, judges a saved run without GPUs) and compares every rank's bytes per group and step. A metric regresses when it grows by more than BOTH the relative and the absolute threshold (default +5% and +64 MiB); thresholds can be set per metric, group or scenario in the baseline file, or here.
 
-Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version), the scenario's definition changed, or the baseline holds another kind of memory (GPU against host RSS: never judged, not even with --allow-env-mismatch).
+Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version), the scenario's definition changed, or the baseline holds another kind of memory (GPU against host RSS, or an estimate against a measurement: never judged, not even with --allow-env-mismatch).
 
 Examples:
 

@@ -53,11 +53,17 @@ class Topology:
             raise UsageError(f"--nnodes must be 1 or more, got {nnodes}")
         if gpus_per_node is None:
             gpus_per_node = -(-world_size // nnodes) if nnodes else min(world_size, MAX_GPUS_PER_NODE)
+        if gpus_per_node > MAX_GPUS_PER_NODE:
+            raise UsageError(f"--gpus-per-node {gpus_per_node}: the rules model NVSwitch nodes of at most "
+                             f"{MAX_GPUS_PER_NODE} GPUs (HGX H100/H200)")
+        if world_size > gpus_per_node and world_size % gpus_per_node:
+            raise UsageError(f"world size {world_size} does not fill nodes of {gpus_per_node} GPUs; give --gpus-per-node "
+                             f"a divisor of {world_size}")
         needed = -(-world_size // gpus_per_node)
-        nnodes = nnodes or needed
-        if nnodes * gpus_per_node < world_size:
-            raise UsageError(f"world size {world_size} does not fit on {nnodes} node(s) of {gpus_per_node} GPUs")
-        return cls(gpus_per_node=gpus_per_node, nnodes=nnodes, nics_per_node=gpus_per_node)
+        if nnodes is not None and nnodes != needed:
+            raise UsageError(f"world size {world_size} on nodes of {gpus_per_node} GPUs fills {needed} node(s), not "
+                             f"--nnodes {nnodes}")
+        return cls(gpus_per_node=gpus_per_node, nnodes=needed, nics_per_node=gpus_per_node)
 
     def node_of(self, rank: int) -> int:
         return rank // self.gpus_per_node
@@ -65,7 +71,8 @@ class Topology:
     def describe(self) -> str:
         nodes = f"{self.nnodes} node{'s' if self.nnodes > 1 else ''} of {self.gpus_per_node} GPUs (NVSwitch)"
         if self.nnodes > 1:
-            nodes += f", {self.nics_per_node} NICs per node with GPUDirect RDMA between nodes"
+            nodes += (f", {self.nics_per_node} NICs per node with GPUDirect RDMA between nodes (several nodes: beyond "
+                      f"anything measured, the rules' assumptions)")
         return nodes
 
 

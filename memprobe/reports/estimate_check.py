@@ -73,6 +73,8 @@ def _largest_steps(checked: list[RunCheck], stream: TextIO) -> None:
             if key not in worst or abs(error) > abs(worst[key][0]):
                 worst[key] = (error, result, rank)
     shown = [(key, value) for key, value in worst.items() if value[0]]
+    if not checked:
+        return
     if not shown:
         print("every step of every checked run: estimated to the byte", file=stream)
         return
