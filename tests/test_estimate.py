@@ -212,6 +212,9 @@ def test_estimate_command_labels_every_output(memprobe, tmp_path):
     assert document["estimate"]["estimated"] is True and document["estimate"]["measured"] is False
     assert {item["run"]["source"] for item in document["scenarios"]} == {"estimated"}
     assert "ESTIMATED" in (tmp_path / "e.md").read_text()
+    jsonschema = pytest.importorskip("jsonschema", reason="the dev extra installs jsonschema")
+    schema = json.loads((ROOT / "docs" / "schema" / "comparison.schema.json").read_text())
+    jsonschema.validators.validator_for(schema)(schema).validate(document)  # compare's schema: existing readers work
 
 
 @pytest.mark.parametrize("args, message", [
