@@ -16,7 +16,7 @@ from memprobe.estimate.calibration import Calibration
 from memprobe.estimate.comparison import sglang_flags
 from memprobe.estimate.model import Topology, estimate_run
 from memprobe.model.comparison import load_comparison, scenario_from_run
-from memprobe.model.records import Reading, Run
+from memprobe.model.records import Reading, Run, load_run
 from memprobe.model.steps import END, FIRST_USE
 
 MiB = 1 << 20
@@ -85,16 +85,13 @@ def measured_runs(paths: Iterable[str | Path]) -> list[tuple[str, Run]]:
         path = Path(path)
         if not path.exists():
             raise UsageError(f"--check {path}: no such folder")
-        folders = sorted({record.parent for record in path.rglob("run.json")}) if not (path / "run.json").is_file() \
-            and not (path / "comparison.json").is_file() else [path]
+        if (path / "comparison.json").is_file():
+            found += [(str(item.run.path or path), item.run) for item in load_comparison(path).runs]
+            continue
+        folders = [path] if (path / "run.json").is_file() else sorted({record.parent for record in path.rglob("run.json")})
         if not folders:
             raise UsageError(f"--check {path}: holds no memprobe run (no run.json below it)")
-        for folder in folders:
-            if (folder / "comparison.json").is_file():
-                comparison = load_comparison(folder)
-                found += [(str(item.run.path or folder), item.run) for item in comparison.runs]
-            else:
-                found += [(str(folder), run) for run in [load_comparison(folder).runs[0].run]]
+        found += [(str(folder), load_run(folder)) for folder in folders]
     unique: dict[str, Run] = {}
     for where, run in found:
         unique.setdefault(where, run)

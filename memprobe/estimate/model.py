@@ -243,6 +243,7 @@ def _communicator_step(context: Context, state: _Rank, group: GroupPlan, kind: s
     wanted = getattr(context.flags.get(group.name, GroupFlags()), kind)
     skip = ("skipped: not in stack" if not wanted else
             "skipped: width 1 (SGLang builds none)" if len(ranks) == 1 else None)
+    implementation = None
     if skip is None and kind == CUSTOM_ALLREDUCE:
         implementation, reason = _custom_allreduce_choice(context, ranks)
         skip = None if implementation else f"disabled: {reason}"
@@ -257,7 +258,6 @@ def _communicator_step(context: Context, state: _Rank, group: GroupPlan, kind: s
         decision[kind] = "built"
         state.record(PYNCCL, group.name, added, note + "; warm-up tensor on a new stream (torch cache)")
         return
-    implementation, _ = _custom_allreduce_choice(context, ranks)
     added, note = _custom_allreduce_bytes(context, state, len(ranks), implementation)
     decision[kind] = f"built {implementation}"
     state.record(CUSTOM_ALLREDUCE, group.name, added, note)
