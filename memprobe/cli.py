@@ -99,8 +99,23 @@ def _stdout_closed() -> bool:
     return False
 
 
+def _tune_garbage_collector() -> None:
+    """Let the cyclic collector skip what import built, and run it less often.
+
+    CPython (3.11-3.13) starts a collection every 700 net allocations: an estimate of 4096 ranks builds ~10^5 small
+    records and spent a fifth of its time in ~230 collections that freed nothing (records hold no cycles).
+    gc.freeze() also moves the imported modules' objects out of every later scan.
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from memprobe.launch.supervisor import interrupt_handlers
+
+    _tune_garbage_collector()
 
     if _stdout_closed():
         print("memprobe: error: standard output is closed; give memprobe a file or a pipe to print to (e.g. >/dev/null)",

@@ -166,11 +166,6 @@ class Member(NamedTuple):
     per_node: int
 
 
-def _member(topology: Topology, group: GroupPlan, rank: int) -> Member:
-    ranks = group.ranks_of(rank)
-    return Member(ranks, ranks.index(rank), _ranks_per_node(topology, ranks))
-
-
 @lru_cache(maxsize=8)  # the scenarios of one comparison share layouts: full and lean estimate the same ranks
 def _rank_classes(layout: Layout, topology: Topology, eager: bool) -> tuple[dict[str, dict[int, Member]], dict[int, int]]:
     """rank -> the first rank whose readings it shares, and every representative's :class:`Member` per group.
@@ -179,22 +174,55 @@ def _rank_classes(layout: Layout, topology: Topology, eager: bool) -> tuple[dict
     and tree peers the rank has on and off its node (:func:`memprobe.estimate.nccl.peer_counts`): the rules see
     nothing else of it, so ranks alike in all of them read the same bytes at every step.
     """
-    plan = plan_groups(layout)
-    groups = [group for group in plan.groups if not group.is_alias]
+    groups = [group for group in plan_groups(layout).groups if not group.is_alias]
     kinds: dict[tuple, int] = {}  # what a rank's bytes depend on in one group -> a small number
-    columns = []
-    for group in groups:
-        column = [0] * layout.world_size
-        for ranks in group.rank_lists:
-            pattern = [kinds.setdefault(item, len(kinds))
-                       for item in _pattern(len(ranks), _ranks_per_node(topology, ranks), eager)]
-            for index, member in enumerate(ranks):
-                column[member] = pattern[index]
-        columns.append(column)
+    placed = [_place_group(group, layout.world_size, topology, eager, kinds) for group in groups]
     representatives: dict[tuple, int] = {}
-    classes = {rank: representatives.setdefault(signature, rank) for rank, signature in enumerate(zip(*columns))}
-    lists = {group.name: {rank: _member(topology, group, rank) for rank in representatives.values()} for group in groups}
+    signatures = zip(*(column for column, _, _ in placed))
+    classes = {rank: representatives.setdefault(signature, rank) for rank, signature in enumerate(signatures)}
+    lists = {}
+    for group, (_, owner, per_node) in zip(groups, placed):
+        members = {}
+        for rank in representatives.values():
+            ranks = group.rank_lists[owner[rank]]
+            members[rank] = Member(ranks, ranks.index(rank), per_node[owner[rank]])
+        lists[group.name] = members
     return lists, classes
+
+
+def _place_group(group: GroupPlan, world_size: int, topology: Topology, eager: bool,
+                 kinds: dict[tuple, int]) -> tuple[list[int], list[int], list[int]]:
+    """Per rank of the world: the kind of its place in ``group`` (a number from ``kinds``) and its list's index;
+    per list: its ranks per node.
+
+    Lists of one shape (width, stride, first rank's place on its node) have the same ranks per node and so the
+    same pattern: it is worked out once per shape, and an evenly spaced list is written as one slice.
+    """
+    column, owner, per_node_of = [0] * world_size, [0] * world_size, []
+    patterns: dict[tuple, tuple[int, list[int]]] = {}
+    for index, ranks in enumerate(group.rank_lists):
+        if len(ranks) == 1:  # a singleton (self_pp: one per rank): nothing on the node to count
+            pattern = patterns.get(1) or patterns.setdefault(1, (1, [kinds.setdefault(_pattern(1, 1, eager)[0], len(kinds))]))
+            column[ranks[0]], owner[ranks[0]] = pattern[1][0], index
+            per_node_of.append(1)
+            continue
+        stride = ranks[1] - ranks[0]
+        even = stride > 0 and ranks == tuple(range(ranks[0], ranks[-1] + 1, stride))
+        shape = (len(ranks), stride, ranks[0] % topology.gpus_per_node) if even else ranks
+        known = patterns.get(shape)
+        if known is None:
+            per_node = _ranks_per_node(topology, ranks)
+            known = patterns[shape] = (per_node, [kinds.setdefault(item, len(kinds))
+                                                  for item in _pattern(len(ranks), per_node, eager)])
+        per_node, pattern = known
+        per_node_of.append(per_node)
+        if even:
+            column[ranks[0]:ranks[-1] + 1:stride] = pattern
+            owner[ranks[0]:ranks[-1] + 1:stride] = [index] * len(ranks)
+        else:
+            for place, member in enumerate(ranks):
+                column[member], owner[member] = pattern[place], index
+    return column, owner, per_node_of
 
 
 @lru_cache(maxsize=None)
@@ -332,11 +360,7 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
         "estimate": {"rules": f"NCCL {nccl.NCCL_VERSION} (memprobe/estimate/nccl.py)", "topology": topology.describe(),
                      **calibration.basis()},
     }
-    decisions = {state.rank: state.decisions for state in ranks}
-    infos = [RankInfo(rank=rank, local_rank=rank % topology.gpus_per_node, host=f"node{topology.node_of(rank)}",
-                      device=f"cuda:{rank % topology.gpus_per_node}", gpu_name=calibration.gpu_model,
-                      sampling_mode=SAMPLING_MODE, torch_version=calibration.torch, nccl_version=calibration.nccl,
-                      communicators=decisions[representative]) for rank, representative in sorted(classes.items())]
+    infos = _rank_infos(context, ranks, classes)
     return RunRecord(
         run_id=scenario.name, layout=scenario.layout.as_dict(), world_size=scenario.layout.world_size,
         stack=stack.as_dict(), device="cuda", warmup=scenario.warmup, env_preset=scenario.env_preset,
@@ -345,6 +369,25 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
         memprobe_version=_version(), created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         environment=environment, ranks=infos, source=SOURCE, schema_version=SCHEMA_VERSION,
     )
+
+
+def _rank_infos(context: Context, ranks: list[_Rank], classes: dict[int, int]) -> list[RankInfo]:
+    """Every rank's :class:`RankInfo`: one per representative, copied for the ranks alike to it (a dict copy per rank:
+    building 4096 dataclasses costs more than the estimate itself)."""
+    calibration, per_node = context.calibration, context.topology.gpus_per_node
+    templates = {state.rank: RankInfo(rank=state.rank, gpu_name=calibration.gpu_model, sampling_mode=SAMPLING_MODE,
+                                      torch_version=calibration.torch, nccl_version=calibration.nccl,
+                                      communicators=state.decisions) for state in ranks}
+    devices = [f"cuda:{local}" for local in range(per_node)]
+    hosts = [f"node{node}" for node in range(context.topology.nnodes)]
+    infos = []
+    for rank, representative in sorted(classes.items()):
+        local = rank % per_node
+        info = object.__new__(RankInfo)
+        info.__dict__ = {**templates[representative].__dict__, "rank": rank, "local_rank": local,
+                         "host": hosts[context.topology.node_of(rank)], "device": devices[local], "warnings": []}
+        infos.append(info)
+    return infos
 
 
 def _plan_entry(group: GroupPlan, context: Context) -> dict:

@@ -246,36 +246,45 @@ def ring_and_tree_peers(rank: int, n_ranks: int, ranks_per_node: int, eager: boo
     Lazy connection (cuMem on) connects only the ring, on the first all-reduce: a 4-byte all-reduce
     runs Ring/LL on these nodes (the cuMem runs of 2 and 4 H200s connect no tree peer).
     """
+    recv, send = _peer_sets(rank, n_ranks, ranks_per_node, eager)
     node = rank // ranks_per_node
-    prev, nxt = (rank - 1) % n_ranks, (rank + 1) % n_ranks
-    recv, send = {prev}, {nxt}
+    return Peers(
+        recv_local=frozenset(p for p in recv if p // ranks_per_node == node),
+        send_local=frozenset(p for p in send if p // ranks_per_node == node),
+        recv_remote=frozenset(p for p in recv if p // ranks_per_node != node),
+        send_remote=frozenset(p for p in send if p // ranks_per_node != node),
+        ring_recv=(rank - 1) % n_ranks, ring_send=(rank + 1) % n_ranks,
+    )
+
+
+def _peer_sets(rank: int, n_ranks: int, ranks_per_node: int, eager: bool) -> tuple[set[int], set[int]]:
+    """(peers received from, peers sent to) of :func:`ring_and_tree_peers`, without the rank itself."""
+    recv, send = {(rank - 1) % n_ranks}, {(rank + 1) % n_ranks}
     if eager:
+        node = rank // ranks_per_node
         first = node * ranks_per_node
         last = min(n_ranks, first + ranks_per_node) - 1
         chain = [peer for peer in (rank - 1, rank + 1) if first <= peer <= last]
         recv.update(chain)
         send.update(chain)
         if rank == first:
-            for peer_node in _tree_neighbours(node, -(-n_ranks // ranks_per_node)):
-                recv.add(peer_node * ranks_per_node)
-                send.add(peer_node * ranks_per_node)
+            heads = [peer_node * ranks_per_node for peer_node in _tree_neighbours(node, -(-n_ranks // ranks_per_node))]
+            recv.update(heads)
+            send.update(heads)
     recv.discard(rank)
     send.discard(rank)
-    local = lambda peer: peer // ranks_per_node == node  # noqa: E731
-    return Peers(
-        recv_local=frozenset(p for p in recv if local(p)), send_local=frozenset(p for p in send if local(p)),
-        recv_remote=frozenset(p for p in recv if not local(p)), send_remote=frozenset(p for p in send if not local(p)),
-        ring_recv=prev, ring_send=nxt,
-    )
+    return recv, send
 
 
-@lru_cache(maxsize=None)
 def peer_counts(rank: int, n_ranks: int, ranks_per_node: int, eager: bool) -> tuple[int, int, int, int]:
     """(local receive, local send, remote receive, remote send) peers: all a rank's bytes depend on."""
     if n_ranks == 1:
         return (0, 0, 0, 0)
-    peers = ring_and_tree_peers(rank, n_ranks, ranks_per_node, eager)
-    return len(peers.recv_local), len(peers.send_local), len(peers.recv_remote), len(peers.send_remote)
+    recv, send = _peer_sets(rank, n_ranks, ranks_per_node, eager)
+    node = rank // ranks_per_node
+    recv_local = sum(1 for peer in recv if peer // ranks_per_node == node)
+    send_local = sum(1 for peer in send if peer // ranks_per_node == node)
+    return recv_local, send_local, len(recv) - recv_local, len(send) - send_local
 
 
 def _tree_neighbours(node: int, n_nodes: int) -> set[int]:

@@ -147,7 +147,7 @@ class Plan:
 
 
 def _lists(ranges: Iterator[range] | list[range]) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(r) for r in ranges)
+    return tuple(map(tuple, ranges))
 
 
 @lru_cache(maxsize=16)  # a Plan is immutable; compare, distinct and the estimate ask for the same layouts again

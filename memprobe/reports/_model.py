@@ -142,6 +142,7 @@ class ScenarioSummary:
     worst_rank: int | None
     total_spread: Spread
     is_baseline: bool = False
+    distinct: list[RankSummary] = field(default_factory=list)  # the first rank of each distinct readings list
 
     @property
     def name(self) -> str:
@@ -192,17 +193,40 @@ def choose_worst_rank(ranks: dict[int, RankSummary]) -> int | None:
     return min(ranks) if ranks else None
 
 
-def _rank_summaries(run: Run, plan: list[GroupInfo]) -> dict[int, RankSummary]:
-    """Every rank's summary; ranks that share a readings list (an estimate's alike ranks) are summed up once."""
-    done: dict[int, tuple[RankSummary, set[str]]] = {}
-    ranks: dict[int, RankSummary] = {}
+def _rank_templates(run: Run, plan: list[GroupInfo]) -> dict[int, RankSummary]:
+    """rank -> its summary, computed once per readings list: ranks that share one (an estimate's alike ranks)
+    share one summary object here; :func:`_summarize` gives every rank its own."""
+    done: dict[int, RankSummary] = {}
+    templates: dict[int, RankSummary] = {}
     for rank, readings in sorted(rank_readings(run).items()):
-        if id(readings) not in done:
-            done[id(readings)] = (_rank_summary(rank, rank_components(readings), plan), skipped_keys(readings))
-        template, skipped = done[id(readings)]
-        clone = object.__new__(RankSummary)  # dataclasses.replace per rank costs more than the summary on 4096 ranks
-        clone.__dict__.update(template.__dict__, rank=rank, skipped=skipped)  # never changed in place
-        ranks[rank] = clone
+        template = done.get(id(readings))
+        if template is None:
+            template = done[id(readings)] = _rank_summary(rank, rank_components(readings), plan)
+            template.skipped = skipped_keys(readings)
+        templates[rank] = template
+    return templates
+
+
+def _own_summaries(templates: dict[int, RankSummary], reference: dict[int, RankSummary] | None) -> dict[int, RankSummary]:
+    """Every rank its own summary (its rank number, its deltas against the same rank of ``reference``).
+
+    Deltas are worked out once per (summary, reference summary) pair, and each rank's summary is one dict copy
+    (``dataclasses.replace`` per rank costs more than the summaries themselves on 4096 ranks); never changed in place.
+    """
+    deltas: dict[tuple[int, int], tuple[int | None, int | None]] = {}
+    ranks: dict[int, RankSummary] = {}
+    for rank, template in templates.items():
+        base = reference.get(rank) if reference is not None else None
+        fields = {**template.__dict__, "rank": rank}
+        if base is not None:
+            key = (id(template), id(base))
+            if key not in deltas:
+                deltas[key] = (subtract(template.total_after_init, base.total_after_init),
+                               subtract(template.total_after_first_use, base.total_after_first_use))
+            fields["delta_after_init"], fields["delta_after_first_use"] = deltas[key]
+        summary = object.__new__(RankSummary)
+        summary.__dict__ = fields
+        ranks[rank] = summary
     return ranks
 
 
@@ -229,10 +253,13 @@ def _fingerprint(comparison: Comparison) -> tuple:
 
 
 def _summarize(comparison: Comparison) -> list[ScenarioSummary]:
+    plans = [plan_of(item.run) for item in comparison.runs]
+    templates = [_rank_templates(item.run, plan) for item, plan in zip(comparison.runs, plans)]
+    reference = next((ranks for item, ranks in zip(comparison.runs, templates)
+                      if item.scenario.name == comparison.baseline), None)
     summaries = []
-    for item in comparison.runs:
-        plan = plan_of(item.run)
-        ranks = _rank_summaries(item.run, plan)
+    for item, plan, rank_templates in zip(comparison.runs, plans, templates):
+        ranks = _own_summaries(rank_templates, reference)
         summaries.append(
             ScenarioSummary(
                 item=item,
@@ -241,20 +268,18 @@ def _summarize(comparison: Comparison) -> list[ScenarioSummary]:
                 worst_rank=choose_worst_rank(ranks),
                 total_spread=spread({rank: s.total_after_first_use for rank, s in ranks.items()}),
                 is_baseline=item.scenario.name == comparison.baseline,
+                distinct=_first_of_each(rank_templates, ranks),
             )
         )
-    baseline = next((summary for summary in summaries if summary.is_baseline), None)
-    if baseline is not None:
-        for summary in summaries:
-            for rank, rank_summary in summary.ranks.items():
-                reference = baseline.ranks.get(rank)
-                if reference is None:
-                    continue
-                rank_summary.delta_after_init = subtract(rank_summary.total_after_init, reference.total_after_init)
-                rank_summary.delta_after_first_use = subtract(
-                    rank_summary.total_after_first_use, reference.total_after_first_use
-                )
     return summaries
+
+
+def _first_of_each(templates: dict[int, RankSummary], ranks: dict[int, RankSummary]) -> list[RankSummary]:
+    """The first rank's summary of every distinct readings list."""
+    first: dict[int, RankSummary] = {}
+    for rank, template in templates.items():
+        first.setdefault(id(template), ranks[rank])
+    return list(first.values())
 
 
 def worst_deltas(summary: ScenarioSummary, baseline: ScenarioSummary | None) -> tuple[int | None, int | None]:
@@ -302,7 +327,7 @@ def headline_groups(summaries: list[ScenarioSummary]) -> tuple[list[str], list[s
                 keep = True
                 break
             if any(rank.group_init.get(name) not in (0, None) or rank.parts.get(f"{name}/first_use") not in (0, None)
-                   for rank in summary.ranks.values()):
+                   for rank in summary.distinct):
                 keep = True
                 break
         (shown if keep else folded).append(name)
@@ -333,7 +358,7 @@ def aliases(summaries: list[ScenarioSummary]) -> list[str]:
 
 
 def any_unattributed(summaries: list[ScenarioSummary]) -> bool:
-    return any(rank.unattributed != 0 for summary in summaries for rank in summary.ranks.values())
+    return any(rank.unattributed != 0 for summary in summaries for rank in summary.distinct)
 
 
 # --------------------------------------------------------------------------- full vs lean

@@ -98,7 +98,7 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
     baseline = baseline_of(summaries)
     shown, folded = headline_groups(summaries)
     columns = _Columns(shown=shown, per_rank=per_rank, unattributed=any_unattributed(summaries),
-                       context=not all(CONTEXT in rank.skipped for summary in summaries for rank in summary.ranks.values()))
+                       context=not all(CONTEXT in rank.skipped for summary in summaries for rank in summary.distinct))
     headers = _headline_headers(columns)
     mode = "per rank" if per_rank else "worst rank (largest total after first use)"
     memory = measured_memory([summary.item.run for summary in summaries])
