@@ -200,10 +200,10 @@ def _place_group(group: GroupPlan, world_size: int, topology: Topology, eager: b
     """
     column, owner, per_node_of = [0] * world_size, [0] * world_size, []
     patterns: dict[tuple, tuple[int, list[int]]] = {}
+    singleton = kinds.setdefault(_pattern(1, 1, eager)[0], len(kinds))
     for index, ranks in enumerate(group.rank_lists):
-        if len(ranks) == 1:  # a singleton (self_pp: one per rank): nothing on the node to count
-            pattern = patterns.get(1) or patterns.setdefault(1, (1, [kinds.setdefault(_pattern(1, 1, eager)[0], len(kinds))]))
-            column[ranks[0]], owner[ranks[0]] = pattern[1][0], index
+        if len(ranks) == 1:  # self_pp has one per rank: skip the shape work
+            column[ranks[0]], owner[ranks[0]] = singleton, index
             per_node_of.append(1)
             continue
         stride = ranks[1] - ranks[0]
