@@ -4,6 +4,10 @@ and the command (labels, exports, refusals). No GPU: the estimate never touches 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,8 @@ from memprobe.errors import UsageError
 from memprobe.estimate import nccl
 from memprobe.estimate.calibration import find_calibration, load_calibration, packaged_calibrations
 from memprobe.estimate.check import bound, check_run, measured_runs
-from memprobe.estimate.model import Topology, estimate_run
+from memprobe.analysis.attribution import rank_readings
+from memprobe.estimate.model import Member, Topology, estimate_context, estimate_rank, estimate_run
 from memprobe.estimate.torch_cache import CachingAllocator
 from memprobe.model.layout import Layout
 from memprobe.model.records import load_run
@@ -250,3 +255,52 @@ def test_calibrate_without_a_gpu_or_with_a_bad_path_is_one_line_and_exit_2(mempr
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------- ranks found alike read alike
+
+def _alone(topology: Topology, group, rank: int) -> Member:
+    """A rank's place in ``group`` counted from scratch: its list, its index there, the most of the list on one node."""
+    ranks = group.ranks_of(rank)
+    nodes = Counter(member // topology.gpus_per_node for member in ranks)
+    return Member(ranks, ranks.index(rank), max(nodes.values()))
+
+
+def _key(reading) -> tuple:
+    return (reading.step, reading.group, reading.status, reading.primary_bytes, reading.torch_reserved_bytes, reading.note)
+
+
+@pytest.mark.parametrize("layout, gpus_per_node, env", [
+    (Layout(tp=8, ep=4), None, {}),
+    (Layout(tp=8, pp=4, ep=2), 8, {}),
+    (Layout(tp=8, pp=4, ep=2), 4, {"NCCL_CUMEM_ENABLE": "1"}),
+    (Layout(tp=6, pp=3, ep=3), 6, {}),  # lists whose first rank sits at different places on a node
+    (Layout(tp=4, pp=6), 3, {}),  # tp lists straddling nodes of 3
+    (Layout(tp=16, ep=8), 8, {}),
+])
+def test_every_rank_reads_what_its_class_reads(layout, gpus_per_node, env):
+    """The estimate works out one rank per class of alike ranks; each rank estimated on its own reads the same."""
+    scenario = Scenario(name="s", layout=layout, stack="full", env=env)
+    topology = Topology.for_world(layout.world_size, gpus_per_node, None)
+    calibration = find_calibration(None, None)
+    run = estimate_run(scenario, topology, calibration)
+    context = estimate_context(scenario, topology, calibration)
+    by_rank = rank_readings(run)
+    groups = [group for group in context.plan.groups if not group.is_alias]
+    for rank in range(layout.world_size):
+        alone = estimate_rank(context, rank, {g.name: {rank: _alone(topology, g, rank)} for g in groups})
+        assert [_key(r) for r in by_rank[rank]] == [_key(r) for r in alone.readings], \
+            f"rank {rank} of {layout.flags()} on nodes of {topology.gpus_per_node}"
+    if layout.tp * layout.pp <= 8 or gpus_per_node == 8:  # ranks of lists that do not straddle nodes unevenly
+        assert len(set(map(id, by_rank.values()))) < layout.world_size, "no two ranks found alike"
+
+
+def test_estimate_of_4096_ranks_never_imports_torch(tmp_path):
+    """The estimate's path is pure Python: no torch (seconds to import, and a GPU it must not touch)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "memprobe", "estimate", "--tp", "8", "--pp", "512",
+                           "--ep", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "import time:" in line}
+    assert "memprobe" in imported and "torch" not in imported
+    assert "4096 of 4096" in done.stdout or "of 4096" in done.stdout

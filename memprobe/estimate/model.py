@@ -140,22 +140,27 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
     ``flags`` (per group: pynccl, custom all-reduce) default to the scenario's stack; an ``--engine sglang``
     estimate passes what the installed SGLang's ``initialize_model_parallel`` asked for.
     """
-    env = effective_env(scenario)
-    settings = nccl.NcclSettings.from_env(env)
+    context = estimate_context(scenario, topology, calibration, flags, custom_allreduce_impl)
+    lists, classes = _rank_classes(scenario.layout, topology, context.settings.eager)
+    ranks = [estimate_rank(context, rank, lists) for rank in sorted(set(classes.values()))]
+    record = _record(context, effective_env(scenario), ranks, classes)
+    readings = [reading for rank in ranks for reading in rank.readings]
+    return Run(record=record, readings=readings, classes=classes if len(ranks) < len(classes) else {})
+
+
+def estimate_context(scenario: Scenario, topology: Topology, calibration: Calibration,
+                     flags: dict[str, GroupFlags] | None = None, custom_allreduce_impl: str | None = None) -> Context:
+    """What every rank of ``scenario`` shares (see :func:`estimate_run` for ``flags``)."""
+    settings = nccl.NcclSettings.from_env(effective_env(scenario))
     stack = scenario.resolved_stack
     assert stack is not None
     plan = plan_groups(scenario.layout)
-    context = Context(
+    return Context(
         scenario=scenario, plan=plan, topology=topology, calibration=calibration, settings=settings,
         links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu),
         flags=flags or {group.name: stack.flags_for(group.name) for group in plan.groups},
         custom_allreduce_impl=custom_allreduce_impl or stack.custom_allreduce_impl,
     )
-    lists, classes = _rank_classes(scenario.layout, topology, settings.eager)
-    ranks = [_estimate_rank(context, rank, lists) for rank in sorted(set(classes.values()))]
-    record = _record(context, env, ranks, classes)
-    readings = [reading for rank in ranks for reading in rank.readings]
-    return Run(record=record, readings=readings, classes=classes if len(ranks) < len(classes) else {})
 
 
 class Member(NamedTuple):
@@ -231,7 +236,8 @@ def _pattern(width: int, per_node: int, eager: bool) -> tuple[tuple, ...]:
     return tuple((width, per_node, nccl.peer_counts(index, width, per_node, eager)) for index in range(width))
 
 
-def _estimate_rank(context: Context, rank: int, lists: dict[str, dict[int, Member]]) -> _Rank:
+def estimate_rank(context: Context, rank: int, lists: dict[str, dict[int, Member]]) -> _Rank:
+    """One rank's readings; ``lists[group][rank]`` is its place in each built group."""
     point = context.calibration.point(context.settings.cumem)
     state = _Rank(rank=rank, calibration=context.calibration, cumem=context.settings.cumem)
     state.record(START, "", 0, "before CUDA")
