@@ -179,7 +179,14 @@ class BaselineUpdate:
         return sum(len(scenario["ranks"]) for scenario in self.document["scenarios"].values())
 
 
-Verdict = "GateResult"  # :func:`judge`'s value: ``exit_code`` (an ExitCode), ``findings``, ``headline()``
+def __getattr__(name: str) -> Any:
+    """``api.Verdict``: :func:`judge`'s value (memprobe.gate.judge.GateResult: ``exit_code``, ``findings``,
+    ``breaches``, ``headline()``), imported when first asked for so that the estimate path stays light."""
+    if name == "Verdict":
+        from memprobe.gate.judge import GateResult
+
+        return GateResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------- plan
@@ -608,12 +615,13 @@ def _scenario_run(value: "Comparison | ScenarioRun", scenario: Optional[str]) ->
 # ------------------------------------------------------------------------------------------- gate
 
 
-def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "GateResult":
+def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[GateResult]":
     """A gate's verdict: the baseline's scenarios measured now (or estimated, or ``results`` judged: a run or
     comparison folder, or a :class:`Comparison`) against the baseline file, per rank, group and step.
 
     The result's ``exit_code`` is the gate's (0 pass, 1 regression, 3 the measurement failed, 4 incomparable)
     and ``findings`` what it found. Bad input raises UsageError; another kind of memory, IncomparableError.
+    None on a node other than 0 of a multi-node measurement: node 0 gathered the readings and judges them.
 
     >>> verdict = judge(baseline="configs/baselines/h200x4-tp4-ep2-lean.json",
     ...                 results="results/h200x4-20261127/compare-tp4-ep2/tp4-ep2-lean")
@@ -645,7 +653,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "GateResult"
     try:
         comparison = _gate_comparison(conf, baseline, selected, sglang, calibration)
         if comparison is None:
-            return None  # type: ignore[return-value]
+            return None
         return judged(baseline, comparison, thresholds_override=overrides, allow_env_mismatch=conf.allow_env_mismatch,
                       scenarios=selected, results_source=str(_source(conf.results)) if conf.results is not None else None)
     except MeasurementError as error:

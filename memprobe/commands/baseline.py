@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from memprobe import api
-from memprobe.commands.gate import CALIBRATION, ESTIMATE, TIMEOUT
-from memprobe.commands.options import QUIET, VERBOSE, option
+from memprobe.commands.options import CALIBRATION, ESTIMATE, QUIET, VERBOSE, option
 from memprobe.launch.options import LaunchOptions
 
 Defaults = api.BaselineOptions
@@ -44,7 +43,9 @@ def update(
                          help="cuda, or cpu (host RSS readings; for CPU-only baselines). Not used with --from."),
     out_dir: Path = option(LaunchOptions.out_dir, "--out-dir", env="OUT_DIR",
                            help="Folder that receives the run folders measured for the baseline. Not used with --from."),
-    timeout: float = TIMEOUT,
+    timeout: float = option(LaunchOptions.timeout_s, "--timeout", env="TIMEOUT",
+                            help="The longest any rank may go without a new reading (counted from launch, or from its "
+                                 "scenario's turn). Not used with --from."),
     estimate: bool = ESTIMATE, calibration: Optional[Path] = CALIBRATION,
     gpus_per_node: Optional[int] = option(Defaults.gpus_per_node, "--gpus-per-node", env="BASELINE_UPDATE_GPUS_PER_NODE",
                                           help="With --estimate: GPUs per node (default: the world size, at most 8)."),

@@ -13,23 +13,14 @@ from typing import Any, Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, VERBOSE, option,
+    CALIBRATION, ESTIMATE, GATE_TIMEOUT, MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, QUIET, RDZV_BACKEND, RDZV_ENDPOINT,
+    RDZV_ID, VERBOSE, option,
 )
 from memprobe.errors import ExitCode
 from memprobe.launch.options import LaunchOptions
 from memprobe.paths import check_output_path
 
 Defaults = api.GateOptions
-
-ESTIMATE = option(Defaults.estimate, "--estimate", env="ESTIMATE",
-                  help="Estimate (memprobe estimate: NCCL's rules and a calibration, no GPU) instead of measuring. "
-                       "Only an estimated baseline is judged against an estimate, never a measured one (exit 4).")
-CALIBRATION = option(Defaults.calibration, "--calibration", env="CALIBRATION",
-                     help="With --estimate: a calibration file from memprobe calibrate (default: the packaged one "
-                          "for the baseline's GPU model).")
-TIMEOUT = option(LaunchOptions.timeout_s, "--timeout", env="TIMEOUT",
-                 help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn).")
-
 
 GATE_HELP = """Judge GPU memory against a baseline kept in git; exit 1 on a regression.
 
@@ -76,7 +67,7 @@ def gate(
                               "Ignored with --results."),
     out_dir: Path = option(LaunchOptions.out_dir, "--out-dir", env="OUT_DIR",
                            help="Folder that receives the run folders the gate measures (ignored with --results)."),
-    timeout: float = TIMEOUT,
+    timeout: float = GATE_TIMEOUT,
     sglang: str = option(Defaults.sglang, "--sglang", env="GATE_SGLANG", metavar="SITE",
                          help="The SGLang under test for baseline scenarios recorded with --engine sglang: this site folder "
                               "(default: the importable SGLang). The verdict names both SGLangs."),

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import typer
 
-from memprobe.api import RunOptions, Widths, Workers
+from memprobe.api import GateOptions, RunOptions, Widths, Workers
 from memprobe.launch.options import CPU_RANKS_PER_NODE, LaunchOptions
 
 ENV = "MEMPROBE_"
@@ -90,6 +90,15 @@ NCCL_LOG = option(LaunchOptions.nccl_log, "--nccl-log", env="NCCL_LOG",
 SPLIT = option(False, "--split", env="SPLIT",
                help="Also show every step's bytes split into torch's caching allocator (torch-reserved change) and the rest.")
 PER_RANK = option(False, "--per-rank", env="PER_RANK", help="Show every rank, not the worst rank and the spread.")
+
+ESTIMATE = option(GateOptions.estimate, "--estimate", env="ESTIMATE",
+                  help="Estimate (memprobe estimate: NCCL's rules and a calibration, no GPU) instead of measuring. "
+                       "Only an estimated baseline is judged against an estimate, never a measured one (exit 4).")
+CALIBRATION = option(GateOptions.calibration, "--calibration", env="CALIBRATION",
+                     help="With --estimate: a calibration file from memprobe calibrate (default: the packaged one "
+                          "for the baseline's GPU model).")
+GATE_TIMEOUT = option(LaunchOptions.timeout_s, "--timeout", env="TIMEOUT",  # the gate's and baseline update's wording
+                      help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn).")
 
 
 def launch_options(device: str, out_dir: Path, timeout: float, quiet: bool = False, nnodes: int = LaunchOptions.nnodes,
