@@ -557,7 +557,7 @@ def gathered_elsewhere(runs: "Sequence[ScenarioRun]") -> bool:
 
 
 def _command_line() -> list[str]:
-    """What run.json records as the command: the memprobe command line, or the script that called the API."""
+    """What run.json records as the command that made it: ``memprobe`` and this process's arguments."""
     return ["memprobe", *sys.argv[1:]]
 
 
