@@ -74,7 +74,7 @@ def command(function: Callable[..., Optional[int]], prefix: str = "memprobe") ->
     stderr (``<prefix>: error: ...``) and its exit code; the same under ``main`` and under click's own runner."""
 
     @functools.wraps(function)
-    def run(*args: Any, **kwargs: Any) -> None:
+    def as_command(*args: Any, **kwargs: Any) -> None:
         try:
             code = function(*args, **kwargs)
         except MemprobeError as error:
@@ -82,7 +82,7 @@ def command(function: Callable[..., Optional[int]], prefix: str = "memprobe") ->
         if code:
             raise typer.Exit(int(code))
 
-    return run
+    return as_command
 
 
 app.command()(command(plan.plan))
