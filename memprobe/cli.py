@@ -7,10 +7,11 @@ hung up, interrupted, terminated). Every option can also come from a
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -23,7 +24,7 @@ _EXIT_TYPES = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 _ABORT_TYPES = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
 
 from memprobe.commands import baseline, calibrate, compare, estimate, gate, plan, report, run
-from memprobe.errors import ExitCode, MemprobeError, signal_exit_code
+from memprobe.errors import ExitCode, MemprobeError, interrupt_signal, signal_exit_code
 
 app = typer.Typer(
     name="memprobe",
@@ -68,17 +69,40 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
     """Per-rank GPU memory of process groups and communicators at LLM-engine start-up."""
 
 
-app.command()(plan.plan)
-app.command()(run.run)
-app.command()(compare.compare)
-app.command()(report.report)
-app.command()(estimate.estimate)
-app.command()(calibrate.calibrate)
-app.command("gate", help=gate.GATE_HELP, no_args_is_help=True)(gate.gate)
+def command(function: Callable[..., Optional[int]], prefix: str = "memprobe") -> Callable[..., None]:
+    """A command as the app runs it: its int result becomes the exit code, and a MemprobeError one line on
+    stderr (``<prefix>: error: ...``) and its exit code; the same under ``main`` and under click's own runner."""
+
+    @functools.wraps(function)
+    def as_command(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = function(*args, **kwargs)
+        except MemprobeError as error:
+            raise typer.Exit(report_error(error, prefix)) from None
+        if code:
+            raise typer.Exit(int(code))
+
+    return as_command
+
+
+app.command()(command(plan.plan))
+app.command()(command(run.run))
+app.command()(command(compare.compare))
+app.command()(command(report.report))
+app.command()(command(estimate.estimate))
+app.command()(command(calibrate.calibrate))
+app.command("gate", help=gate.GATE_HELP, no_args_is_help=True)(command(gate.gate, "memprobe gate"))
 baseline_app = typer.Typer(help="Make and refresh baseline files for `memprobe gate`.", no_args_is_help=True,
                            rich_markup_mode=None)
-baseline_app.command("update", help=baseline.UPDATE_HELP, no_args_is_help=True)(baseline.update)
+baseline_app.command("update", help=baseline.UPDATE_HELP, no_args_is_help=True)(
+    command(baseline.update, "memprobe baseline update"))
 app.add_typer(baseline_app, name="baseline")
+
+
+def report_error(error: MemprobeError, prefix: str = "memprobe") -> int:
+    """The one way an error reaches the user: one line on stderr; its exit code."""
+    print(f"{prefix}: error: {_one_line(str(error))}", file=sys.stderr)
+    return int(error.exit_code)
 
 
 def _one_line(message: str) -> str:
@@ -137,13 +161,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         command = error.ctx.command_path if getattr(error, "ctx", None) else "memprobe"
         print(f"memprobe: error: {_one_line(error.format_message())} (see '{command} --help')", file=sys.stderr)
         return int(ExitCode.USAGE)
-    except MemprobeError as error:
-        print(f"memprobe: error: {_one_line(str(error))}", file=sys.stderr)
-        return int(error.exit_code)
+    except MemprobeError as error:  # raised while the options were parsed (their callbacks)
+        return report_error(error)
     except KeyboardInterrupt as interrupt:
         import signal
 
-        number = interrupt.args[0] if interrupt.args and isinstance(interrupt.args[0], int) else signal.SIGINT
+        number = interrupt_signal(interrupt)
         code = signal_exit_code(number)
         print(f"memprobe: interrupted by {signal.Signals(number).name}; workers stopped, finished readings kept", file=sys.stderr)
         return int(code)

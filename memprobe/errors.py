@@ -24,6 +24,15 @@ def signal_exit_code(signal_number: int) -> ExitCode:
     return codes.get(signal_number, ExitCode.INTERRUPTED)
 
 
+def interrupt_signal(interrupt: KeyboardInterrupt) -> int:
+    """The signal a KeyboardInterrupt stands for: memprobe's handlers raise it with the signal's number
+    (``KeyboardInterrupt(signal.SIGTERM)``); Python's own, for Ctrl-C, with none (SIGINT)."""
+    import signal
+
+    number = interrupt.args[0] if interrupt.args else None
+    return number if isinstance(number, int) else int(signal.SIGINT)
+
+
 class MemprobeError(Exception):
     """Base class: ``str(error)`` is the one line the user sees."""
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+KIB = 1 << 10
 MIB = 1 << 20
+GIB = 1 << 30
+TIB = 1 << 40
 NA = "n/a"
 UNIT = "MiB"
 

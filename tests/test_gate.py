@@ -691,7 +691,7 @@ def test_a_gpu_baseline_is_not_measured_on_cpu(workdir):
 
 
 def test_baseline_update_shows_the_bytes_where_a_change_reads_alike_in_mib():
-    from memprobe.commands.baseline import _change
+    from memprobe.gate.update import describe_change as _change
 
     assert _change(514 * MiB, 514 * MiB + 40960) == "514 MiB -> 514 MiB (+40,960 bytes)"
     assert _change(1142 * MiB, 1190 * MiB) == "1142 MiB -> 1190 MiB"

@@ -117,7 +117,7 @@ def test_run_table_and_plan_fit_80_columns(memprobe):
 
 
 def test_console_width_rules(monkeypatch):
-    from memprobe.commands.common import WIDE_OUTPUT, console_width
+    from memprobe.commands.output import WIDE_OUTPUT, console_width
 
     monkeypatch.setenv("COLUMNS", "93")
     assert console_width() == 93

@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-MIB = 1 << 20
+from memprobe.units import MIB
 CUMEM_GRANULARITY = 2 * MIB  # cuMemGetAllocationGranularity(MINIMUM) on H100/H200 (NCCL rounds every cuMem alloc)
 
 # ----------------------------------------------------------------------------------------------- line prefix
@@ -212,7 +212,7 @@ def classify(file: str | None, line: int | None, api: str, memory: str, size: in
         if memory == "device":
             return "devcomm"
         if api in ("cudaHostAlloc", "cuMemHost"):
-            return "work_fifo" if size >= (1 << 20) else "host_pinned_small"
+            return "work_fifo" if size >= MIB else "host_pinned_small"
         return "host_bookkeeping"
     if kind == "p2p_buffers" and memory == "host":
         return "p2p_host"

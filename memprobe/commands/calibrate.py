@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import typer
-
-from memprobe.commands.common import ENV, QUIET, VERBOSE
-from memprobe.commands.paths import check_output_path
+from memprobe.commands.options import QUIET, VERBOSE, option
+from memprobe.paths import check_output_path
 from memprobe.errors import MeasurementError, UsageError
 
 MARK = "MEMPROBE-CALIBRATION "
@@ -23,12 +21,12 @@ STEP_TIMEOUT_S = 180
 
 
 def calibrate(
-    out: Path = typer.Option(..., "--out", envvar=ENV + "CALIBRATE_OUT", help="The calibration file to write (.json)."),
-    nvlinks: Optional[int] = typer.Option(None, "--nvlinks", envvar=ENV + "CALIBRATE_NVLINKS",
+    out: Path = option(..., "--out", env="CALIBRATE_OUT", help="The calibration file to write (.json)."),
+    nvlinks: Optional[int] = option(None, "--nvlinks", env="CALIBRATE_NVLINKS",
                                           help="NVLinks each GPU of the target node has to its NVSwitch (18 on HGX "
                                                "H100/H200). Default: what NVML reports on this GPU; needed where NVML "
                                                "reports none (a one-GPU VM)."),
-    gpu_index: int = typer.Option(0, "--gpu-index", envvar=ENV + "CALIBRATE_GPU_INDEX",
+    gpu_index: int = option(0, "--gpu-index", env="CALIBRATE_GPU_INDEX",
                                   help="Which visible GPU to measure (CUDA order)."),
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:

@@ -6,9 +6,9 @@ import json
 import sys
 from typing import Any, TextIO
 
-import typer
-
-from memprobe.commands.common import ATTN_CP, ATTN_DP, ENV, EP, MOE_DP, PP, QUIET, STACK, TP, VERBOSE, console_width, layout_from
+from memprobe import api
+from memprobe.commands.options import ATTN_CP, ATTN_DP, EP, MOE_DP, PP, QUIET, STACK, TP, VERBOSE, option
+from memprobe.commands.output import console_width
 
 PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json
 
@@ -16,7 +16,7 @@ PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json
 def plan(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     stack: str = STACK,
-    json_output: bool = typer.Option(False, "--json", envvar=ENV + "PLAN_JSON", help="Print one JSON document instead of a table."),
+    json_output: bool = option(False, "--json", env="PLAN_JSON", help="Print one JSON document instead of a table."),
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
     """Print every group SGLang 0.5.23 builds for a layout, with rank lists, aliases and communicators.
@@ -29,21 +29,17 @@ def plan(
 
     Exit codes: 0 ok, 2 bad input.
     """
-    from memprobe.model.layout import plan_groups
-    from memprobe.model.stacks import resolve_stack
-
-    layout = layout_from(tp, ep, pp, moe_dp, attn_dp, attn_cp)
-    chosen = resolve_stack(stack)
-    groups_plan = plan_groups(layout)
+    planned = api.plan(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stack=stack)
     from memprobe.verbosity import detail
 
-    detail(f"memprobe: {len(groups_plan.groups)} groups for world size {layout.world_size}, stack {chosen.name}")
+    detail(f"memprobe: {len(planned.groups.groups)} groups for world size {planned.groups.layout.world_size}, "
+           f"stack {planned.stack.name}")
     if json_output:
-        _stream_plan_json(groups_plan, chosen, sys.stdout)
+        _stream_plan_json(planned.groups, planned.stack, sys.stdout)
         return 0
     from memprobe.reports.plan_table import render_plan
 
-    render_plan(groups_plan, chosen, sys.stdout, width=console_width())
+    render_plan(planned.groups, planned.stack, sys.stdout, width=console_width())
     return 0
 
 

@@ -8,22 +8,23 @@ from typing import Optional
 
 import typer
 
-from memprobe.commands.common import (
-    ENV, PER_RANK, QUIET, SPLIT, TIMINGS, VERBOSE, check_exports, console_width, print_rank_warnings, render_and_export, render_timings_of,
-    show_attribution,
+from memprobe import api
+from memprobe.commands.options import PER_RANK, QUIET, SPLIT, TIMINGS, VERBOSE, option
+from memprobe.commands.output import (
+    check_exports, console_width, named_runs, print_rank_warnings, render_and_export, render_timings_of, show_attribution,
 )
 from memprobe.errors import MeasurementError
 
 def report(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run or comparison folders written by memprobe run/compare.", show_default=False),
     per_rank: bool = PER_RANK,
-    csv_path: Optional[Path] = typer.Option(None, "--csv", envvar=ENV + "REPORT_CSV", help="Long CSV export."),
-    summary_csv: Optional[Path] = typer.Option(None, "--summary-csv", envvar=ENV + "REPORT_SUMMARY_CSV", help="Per scenario and rank CSV."),
-    json_path: Optional[Path] = typer.Option(None, "--json", envvar=ENV + "REPORT_JSON", help="Everything as JSON."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", envvar=ENV + "REPORT_MARKDOWN", help="GitHub Markdown table."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", envvar=ENV + "REPORT_PLOT", help="Stacked bars (.png or .svg)."),
+    csv_path: Optional[Path] = option(None, "--csv", env="REPORT_CSV", help="Long CSV export."),
+    summary_csv: Optional[Path] = option(None, "--summary-csv", env="REPORT_SUMMARY_CSV", help="Per scenario and rank CSV."),
+    json_path: Optional[Path] = option(None, "--json", env="REPORT_JSON", help="Everything as JSON."),
+    markdown: Optional[Path] = option(None, "--markdown", env="REPORT_MARKDOWN", help="GitHub Markdown table."),
+    plot_path: Optional[Path] = option(None, "--plot", env="REPORT_PLOT", help="Stacked bars (.png or .svg)."),
     split: bool = SPLIT,
-    nccl: Optional[bool] = typer.Option(None, "--nccl/--no-nccl", envvar=ENV + "REPORT_NCCL", show_default=False,
+    nccl: Optional[bool] = option(None, "--nccl/--no-nccl", env="REPORT_NCCL", show_default=False,
                                         help="NCCL's account of each communicator from the run's NCCL logs (run --nccl-log); "
                                              "default: shown when the logs exist."),
     timings: bool = TIMINGS,
@@ -40,15 +41,8 @@ def report(
     Exit codes: 0 ok, 2 bad input (a path that is not a run or comparison folder, an export path that cannot be
     written), 3 a scenario of the comparison has no saved run (the others are shown).
     """
-    from memprobe.model.comparison import load_comparison, merge_comparisons
-
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
-    comparisons = [load_comparison(path) for path in run_dirs]
-    from memprobe.verbosity import detail
-
-    for path, loaded in zip(run_dirs, comparisons):
-        detail(f"memprobe: read {path}: {', '.join(loaded.names())}")
-    comparison = merge_comparisons(comparisons)
+    comparison = api.load(*run_dirs)
     single = (len(comparison.runs) == 1 and not comparison.missing
               and not any((csv_path, summary_csv, json_path, markdown, plot_path)))
     if single:
@@ -57,7 +51,7 @@ def report(
         render_run(comparison.runs[0].run, sys.stdout, width=console_width(), per_rank=per_rank)
     else:
         render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
-    runs = [(item.scenario.name, item.run) for item in comparison.runs]
+    runs = named_runs(comparison)
     show_attribution(runs, split, False if nccl is None and not single else nccl, per_rank)
     if timings:
         render_timings_of(runs)

@@ -19,7 +19,7 @@ from memprobe.model.comparison import load_comparison, scenario_from_run
 from memprobe.model.records import Reading, Run, load_run
 from memprobe.model.steps import END, FIRST_USE
 
-MiB = 1 << 20
+from memprobe.units import MIB as MiB
 BOUND_FRACTION = 0.02
 BOUND_FLOOR = 16 * MiB
 

@@ -32,7 +32,7 @@ from typing import Mapping
 from memprobe.errors import UsageError
 
 NCCL_VERSION = "2.28.9"
-KiB, MiB = 1 << 10, 1 << 20
+from memprobe.units import KIB as KiB, MIB as MiB
 
 # include/device.h:24, 86, 92-93, 109-110; init.cc:697-699
 NCCL_STEPS = 8

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MiB = 1 << 20
+from memprobe.units import MIB as MiB
 MIN_BLOCK = 512
 SMALL_SIZE = 1 * MiB
 SMALL_BUFFER = 2 * MiB

@@ -54,8 +54,9 @@ from memprobe.model.steps import GROUP_INIT_STEPS
 from memprobe.model.comparison import Comparison
 from memprobe.model.scenario import Scenario, ScenarioSet, validate_name
 
+from memprobe.units import MIB as MiB
+
 BASELINE_SCHEMA_VERSION = 1
-MiB = 1 << 20
 
 #: Fields of ``run.record.environment`` that must match for two runs to be comparable.
 #: ``host`` and ``python`` are left out on purpose: CI runners change host names (asv #148).

@@ -10,10 +10,9 @@ from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
 from memprobe.errors import UsageError
-from memprobe.units import mib_precise
+from memprobe.units import GIB, KIB, MIB as MiB, TIB, mib_precise
 from memprobe.gate.baseline import DEFAULT_ABSOLUTE_BYTES, DEFAULT_RELATIVE, Baseline, ThresholdRule
 
-MiB = 1 << 20
 
 # --------------------------------------------------------------------------- formatting
 
@@ -90,7 +89,7 @@ def resolve_limit(scenario: str, metric: str, baseline_rules: Sequence[Threshold
 
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
-_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_UNITS = {"": 1, "b": 1, "kib": KIB, "mib": MiB, "gib": GIB, "tib": TIB}
 
 
 def parse_size(text: str, what: str = "size") -> int:

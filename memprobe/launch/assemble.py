@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe import __version__
-from memprobe.errors import Interrupted, MeasurementError, OutputError
+from memprobe.errors import Interrupted, MeasurementError, OutputError, interrupt_signal
 from memprobe.launch.follow import StreamFollower, root_cause
 from memprobe.launch.options import LaunchOptions, recorded_environment
 from memprobe.launch.plan import Member
@@ -159,12 +159,12 @@ def _interrupted_failure(outcome: LaunchOutcome) -> Failure | None:
     if outcome.interrupted is None:
         return None
     interrupted = outcome.interrupted
-    number = interrupted.args[0] if interrupted.args and isinstance(interrupted.args[0], int) else signal.SIGINT
+    number = interrupt_signal(interrupted)
     return Failure(rank=None, group="", step="", message=f"interrupted by {signal.Signals(number).name}; workers stopped")
 
 
 def raise_if_interrupted(outcome: LaunchOutcome, folder: Path) -> None:
     if outcome.interrupted is not None:
         interrupted = outcome.interrupted
-        number = interrupted.args[0] if interrupted.args and isinstance(interrupted.args[0], int) else signal.SIGINT
+        number = interrupt_signal(interrupted)
         raise Interrupted(number, str(folder))

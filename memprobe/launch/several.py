@@ -100,9 +100,8 @@ def _side_by_side(calls: list[Callable[..., list[Run]]], path: Path) -> list[Run
     """Launches that cannot share one (another SGLang installation, say) run at the same time, each followed
     from a thread of its own. Signals reach only this (main) thread, which passes them on through a StopFlag."""
     import concurrent.futures
-    import signal as signals
 
-    from memprobe.errors import Interrupted
+    from memprobe.errors import Interrupted, interrupt_signal
 
     stop = StopFlag()
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls)) as pool:
@@ -112,7 +111,7 @@ def _side_by_side(calls: list[Callable[..., list[Run]]], path: Path) -> list[Run
             while pending:
                 _, pending = concurrent.futures.wait(pending, timeout=0.2)
         except KeyboardInterrupt as interrupt:
-            number = interrupt.args[0] if interrupt.args and isinstance(interrupt.args[0], int) else signals.SIGINT
+            number = interrupt_signal(interrupt)
             stop.stop(number)
             concurrent.futures.wait(futures)
             raise Interrupted(number, str(path)) from None

@@ -319,6 +319,14 @@ def with_sglang(scenario_set: ScenarioSet, site: str) -> ScenarioSet:
     return ScenarioSet(scenarios=scenarios, baseline=scenario_set.baseline)
 
 
+def stack_label(spec: str, resolved_name: str | None = None) -> str:
+    """What a scenario's name says of its stack: a TOML file's stem, else the stack's name (``resolved_name``
+    where given, as ``memprobe run`` names its scenario after the stack it measures) with ``:`` as ``-``."""
+    if spec.endswith(".toml"):
+        return Path(spec).stem
+    return (resolved_name or spec).replace(":", "-")
+
+
 def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp: int = 1, attn_dp: int = 1,
                        attn_cp: int = 1, baseline_tp: int | None = None, env_preset: str = "sglang",
                        env: dict[str, str] | None = None, warmup: str = "tiny",
@@ -332,8 +340,7 @@ def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp:
                         env=env, warmup=warmup)
     scenarios = [baseline]
     for stack in stacks:
-        label = Path(stack).stem if stack.endswith(".toml") else stack.replace(":", "-")
-        scenarios.append(Scenario(name=f"{moe_layout.slug()}-{label}", layout=moe_layout, stack=stack,
+        scenarios.append(Scenario(name=f"{moe_layout.slug()}-{stack_label(stack)}", layout=moe_layout, stack=stack,
                                   env_preset=env_preset, env=env, warmup=warmup))
     for label, site in sglang_sites:
         scenarios.append(Scenario(name=f"{moe_layout.slug()}.sglang-{label}", layout=moe_layout, stack="installed",

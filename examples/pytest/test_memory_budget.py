@@ -1,0 +1,45 @@
+"""What an engine's CI writes: per-rank memory budgets, asserted through memprobe's Python API, on CPU.
+
+Two checks, no GPU needed:
+
+* the *estimate* (NCCL's rules and the packaged H200 calibration) of ``--tp 8 --ep 4`` with the stack the
+  engine ships: every rank's total once every group has run its first collective stays under a budget;
+* a real ``--device cpu --tp 2 --ep 2`` launch (torchrun, gloo groups): the MoE groups are built without
+  pynccl communicators, as the stack says.
+
+Run it with ``pytest examples/pytest/test_memory_budget.py``. The knobs an engine would hard-code are read
+from the environment here, so that memprobe's own suite can break them on purpose:
+``MEMPROBE_EXAMPLE_BUDGET_GIB`` (default 5) and ``MEMPROBE_EXAMPLE_STACK`` (default ``lean``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from memprobe import api
+from memprobe.units import GIB
+
+BUDGET_BYTES = int(float(os.environ.get("MEMPROBE_EXAMPLE_BUDGET_GIB", "5")) * GIB)
+STACK = os.environ.get("MEMPROBE_EXAMPLE_STACK", "lean")
+MOE_GROUPS = ("moe_ep", "moe_tp")  # the expert groups SGLang 0.5.23 builds without pynccl (an alias of tp is not built)
+
+
+def test_every_rank_of_the_estimate_fits_the_budget():
+    comparison = api.estimate(tp=8, ep=4, stacks=STACK)
+    assert api.is_estimate(comparison)  # an estimate, never a measurement: say so where it is used
+    moe = comparison.names()[-1]  # the baseline --tp 8 comes first, then the MoE layout with the stack
+    totals = api.total_after_first_use(comparison, moe)
+    assert sorted(totals) == list(range(8))
+    over = {rank: f"{total / GIB:.2f} GiB" for rank, total in totals.items() if total > BUDGET_BYTES}
+    assert not over, f"{moe}: estimated ranks over {BUDGET_BYTES / GIB:.2f} GiB: {over}"
+
+
+def test_the_moe_groups_build_no_pynccl(tmp_path):
+    launch = api.LaunchOptions(device="cpu", out_dir=tmp_path, progress=False)
+    measured = api.run(tp=2, ep=2, stack=STACK, launch=launch)
+    assert measured.run.record.status == "complete"
+    for rank, groups in api.communicators(measured).items():
+        moe_groups = {name: kinds for name, kinds in groups.items() if name in MOE_GROUPS}
+        assert moe_groups, f"rank {rank} recorded no MoE group"
+        built = {name: kinds["pynccl"] for name, kinds in moe_groups.items() if kinds["pynccl"] != "skipped: not in stack"}
+        assert not built, f"rank {rank}: pynccl asked for on MoE groups: {built}"

@@ -1,0 +1,115 @@
+"""The Typer options the commands share, each declared once with its default read from :mod:`memprobe.api`'s
+options (and :class:`memprobe.launch.options.LaunchOptions`), never the reverse.
+
+Environment variables, one rule: an option that means the same in every command that has it (those
+defined here: layout widths, --stack, --device, --warmup, --env-preset, --env, --engine, --out-dir,
+--run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --quiet, --verbose) reads
+``MEMPROBE_<OPTION>``; every other option, a command's own files and switches, reads
+``MEMPROBE_<COMMAND>_<OPTION>`` (``MEMPROBE_COMPARE_JSON``, ``MEMPROBE_PLAN_JSON``,
+``MEMPROBE_GATE_BASELINE``, ``MEMPROBE_BASELINE_UPDATE_OUT``), so setting one never changes another
+command's meaning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from memprobe.api import GateOptions, RunOptions, Widths, Workers
+from memprobe.launch.options import CPU_RANKS_PER_NODE, LaunchOptions
+
+ENV = "MEMPROBE_"
+
+
+def option(default: Any, *names: str, env: str, help: str, **settings: Any) -> Any:
+    """A Typer option reading ``MEMPROBE_<env>``: the one way every command declares its options."""
+    return typer.Option(default, *names, envvar=ENV + env, help=help, **settings)
+
+
+TP = option(..., "--tp", env="TP", help="Tensor-parallel width (SGLang --tp).", show_default=False)
+EP = option(RunOptions.ep, "--ep", env="EP", help="Expert-parallel width inside each TP group (SGLang --ep).")
+PP = option(Widths.pp, "--pp", env="PP", help="Pipeline-parallel width (SGLang --pp); world size = tp x pp.")
+MOE_DP = option(Widths.moe_dp, "--moe-dp", env="MOE_DP", help="MoE data-parallel width (SGLang --moe-dp-size).")
+ATTN_DP = option(Widths.attn_dp, "--attn-dp", env="ATTN_DP", help="Attention data-parallel width (SGLang --attn-dp-size).")
+ATTN_CP = option(Widths.attn_cp, "--attn-cp", env="ATTN_CP", help="Attention context-parallel width (SGLang --attn-cp-size).")
+STACK = option(RunOptions.stack, "--stack", env="STACK",
+               help="Communicator stack: full (before SGLang PR #22515), lean (SGLang 0.5.23), add ':v1' for the "
+                    "v1 custom all-reduce buffers, or a TOML file (see configs/).")
+DEVICE = option(LaunchOptions.device, "--device", env="DEVICE",
+                help="cuda: one rank per GPU, NVML readings. cpu: the same pipeline on gloo with host-RSS readings "
+                     f"(no GPU needed; pynccl and custom all-reduce are skipped; at most {CPU_RANKS_PER_NODE} ranks per node).")
+OUT_DIR = option(LaunchOptions.out_dir, "--out-dir", env="OUT_DIR", help="Folder that receives one sub-folder per run.")
+RUN_ID = option(LaunchOptions.run_id, "--run-id", env="RUN_ID", help="Name of the run folder (default: UTC time + layout).")
+TIMEOUT = option(LaunchOptions.timeout_s, "--timeout", env="TIMEOUT",
+                 help="The longest any rank may go without a sign of life: an event in its stream, such as a new reading "
+                      "(counted from launch, or from its scenario's turn "
+                      "when scenarios run in turn, so a rank that never starts is caught too); then that scenario's "
+                      "processes are stopped and the silent rank is named.")
+NNODES = option(LaunchOptions.nnodes, "--nnodes", env="NNODES", help="Nodes (passed to torchrun).")
+NODE_RANK = option(LaunchOptions.node_rank, "--node-rank", env="NODE_RANK", help="This node's rank (passed to torchrun).")
+MASTER_ADDR = option(LaunchOptions.master_addr, "--master-addr", env="MASTER_ADDR", help="Rendezvous host (passed to torchrun).")
+MASTER_PORT = option(LaunchOptions.master_port, "--master-port", env="MASTER_PORT",
+                     help="Rendezvous port (default: a free port; needed with --nnodes > 1 unless --rdzv-endpoint is given).")
+RDZV_BACKEND = option(LaunchOptions.rdzv_backend, "--rdzv-backend", env="RDZV_BACKEND",
+                      help="torchrun's dynamic rendezvous backend (with --rdzv-endpoint): c10d or static.")
+RDZV_ENDPOINT = option(LaunchOptions.rdzv_endpoint, "--rdzv-endpoint", env="RDZV_ENDPOINT",
+                       help="HOST:PORT of torchrun's dynamic rendezvous (Slurm, Kubernetes); replaces --master-addr/--master-port "
+                            "and --node-rank decides only which ranks' streams this node keeps.")
+RDZV_ID = option(LaunchOptions.rdzv_id, "--rdzv-id", env="RDZV_ID", help="Rendezvous id shared by all nodes (default: the scenario's name).")
+TIMINGS = option(False, "--timings", env="TIMINGS",
+                 help="Also show where the time went: torchrun start, import, CUDA context, each step, gather, teardown, GPU release.")
+ALLOW_BUSY = option(LaunchOptions.allow_busy_gpu, "--allow-busy-gpu", env="ALLOW_BUSY_GPU",
+                    help="Measure even when other processes use the GPUs and only device-level figures are available.")
+
+
+def _verbosity_option(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
+    """Sets the level while the options are parsed, so that it holds before the command does anything."""
+    from memprobe import verbosity
+
+    given = ctx.meta.setdefault("memprobe.verbosity", set())
+    if value:
+        given.add(param.name)
+    verbosity.apply("quiet" in given, "verbose" in given)
+    return value
+
+
+QUIET = option(False, "--quiet", "-q", env="QUIET", callback=_verbosity_option,
+               help="No progress and no confirmations of files written, on stderr (results, notes, warnings and errors are still shown).")
+VERBOSE = option(False, "--verbose", "-v", env="VERBOSE", callback=_verbosity_option,
+                 help="Also every progress step and what the command reads, measures and writes (on stderr).")
+ENV_OPT = option(list(Workers.env), "--env", env="ENV", help="KEY=VALUE for the workers' environment (repeatable), e.g. NCCL_BUFFSIZE=1048576.")
+ENV_PRESET = option(Workers.env_preset, "--env-preset", env="ENV_PRESET",
+                    help="sglang: SGLang's engine settings (NCCL_CUMEM_ENABLE=0, NCCL_NVLS_ENABLE=0, "
+                         "TORCH_NCCL_AVOID_RECORD_STREAMS=1, CUDA_DEVICE_MAX_CONNECTIONS=8) unless already set; none: NCCL defaults.")
+WARMUP = option(Workers.warmup, "--warmup", env="WARMUP",
+                help="First collective on each group after init: none, tiny (1-element all-reduce) or sweep (4 B..64 MiB all-reduce + all-gather).")
+NCCL_LOG = option(LaunchOptions.nccl_log, "--nccl-log", env="NCCL_LOG",
+                  help="Record NCCL's own account of every communicator: NCCL_DEBUG=INFO, NCCL_DEBUG_SUBSYS=ALLOC,INIT "
+                       "into <run>/nccl/ (one log per process); shown beside each step's bytes (see report --nccl).")
+SPLIT = option(False, "--split", env="SPLIT",
+               help="Also show every step's bytes split into torch's caching allocator (torch-reserved change) and the rest.")
+PER_RANK = option(False, "--per-rank", env="PER_RANK", help="Show every rank, not the worst rank and the spread.")
+
+ESTIMATE = option(GateOptions.estimate, "--estimate", env="ESTIMATE",
+                  help="Estimate (memprobe estimate: NCCL's rules and a calibration, no GPU) instead of measuring. "
+                       "Only an estimated baseline is judged against an estimate, never a measured one (exit 4).")
+CALIBRATION = option(GateOptions.calibration, "--calibration", env="CALIBRATION",
+                     help="With --estimate: a calibration file from memprobe calibrate (default: the packaged one "
+                          "for the baseline's GPU model).")
+GATE_TIMEOUT = option(LaunchOptions.timeout_s, "--timeout", env="TIMEOUT",  # the gate's and baseline update's wording
+                      help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn).")
+
+
+def launch_options(device: str, out_dir: Path, timeout: float, quiet: bool = False, nnodes: int = LaunchOptions.nnodes,
+                   node_rank: int = LaunchOptions.node_rank, master_addr: str = LaunchOptions.master_addr,
+                   master_port: Optional[int] = LaunchOptions.master_port, allow_busy_gpu: bool = LaunchOptions.allow_busy_gpu,
+                   run_id: Optional[str] = LaunchOptions.run_id, nccl_log: bool = LaunchOptions.nccl_log,
+                   rdzv_backend: str = LaunchOptions.rdzv_backend, rdzv_endpoint: Optional[str] = LaunchOptions.rdzv_endpoint,
+                   rdzv_id: Optional[str] = LaunchOptions.rdzv_id) -> LaunchOptions:
+    """The launch options from a command's; validated (UsageError). ``--env`` is not here: it belongs to each
+    scenario's identity."""
+    return LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout, nnodes=nnodes, node_rank=node_rank,
+                         master_addr=master_addr, master_port=master_port, allow_busy_gpu=allow_busy_gpu,
+                         progress=not quiet, run_id=run_id, nccl_log=nccl_log,
+                         rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
