@@ -14,7 +14,8 @@ import pytest
 from memprobe.launch.plan import Member, can_share, plan_launches
 from memprobe.model.comparison import load_comparison
 from memprobe.model.layout import Layout
-from memprobe.model.records import load_run, load_stream, stream_path
+from memprobe.model.events import load_stream
+from memprobe.model.records import load_run, stream_path
 from memprobe.model.scenario import Scenario
 from test_pipeline_cpu import leftover_memprobe_processes, only_run_folder
 
@@ -31,7 +32,8 @@ env = {{ MEMPROBE_TEST_FAULT = "{fault}" }}
 
 
 def events(run_dir: Path, rank: int) -> list[dict]:
-    return load_stream(stream_path(run_dir, rank))[0]
+    """The rank's stream as the JSON objects on its lines."""
+    return [json.loads(event.to_json()) for event in load_stream(stream_path(run_dir, rank))[0]]
 
 
 def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprobe, tmp_path):

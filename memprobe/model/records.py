@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,7 +35,44 @@ WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into 
 WORKERS_LOG = "workers.log"  # what the scenario's measuring processes on this node printed (issue 16)
 NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
 
-STATUSES: tuple[str, ...] = ("ok", "skipped", "failed")
+
+def process_carries(pid: int, variable: str, value: str) -> bool:
+    """Whether process ``pid`` has ``variable=value`` in its environment (same host, readable /proc/PID/environ;
+    a PID may have been reused since it was read, so the mark is checked again each time)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            return f"{variable}={value}".encode() in stream.read().split(b"\0")
+    except OSError:
+        return False
+
+
+
+class StepStatus(StrEnum):
+    """A reading's ``status``: the step ran, was not part of this run, or ran and failed."""
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class RunStatus(StrEnum):
+    """``run.json``'s ``status``: written ``running`` before the launch, then one of the other two."""
+
+    RUNNING = "running"
+    COMPLETE = "complete"  # every rank took every reading
+    INCOMPLETE = "incomplete"  # a rank failed, went silent, or the run was interrupted: ``failure`` says which
+
+
+class ScenarioStatus(StrEnum):
+    """Where the parent's supervisor is with one scenario of a launch: waiting (for its turn) -> running -> done | failed."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+STATUSES: tuple[str, ...] = tuple(StepStatus)
 SAMPLING_MODES: tuple[str, ...] = ("process", "device", "host_rss_anon", "host_rss")  # host_rss: earlier --device cpu runs
 
 
@@ -113,7 +151,7 @@ class RunRecord:
     env_preset: str
     env: dict[str, str]
     plan: list[dict[str, Any]]
-    status: str = "running"  # running | complete | incomplete
+    status: RunStatus = RunStatus.RUNNING
     scenario: str = ""
     engine: str = "memprobe"
     definition: dict[str, Any] = field(default_factory=dict)  # the scenario's identity (Scenario.definition)
@@ -145,6 +183,9 @@ class RunRecord:
             if data.get("schema_version") != SCHEMA_VERSION:
                 raise DamagedInput(f"{source}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
             data["ranks"] = [RankInfo(**rank) for rank in data.get("ranks", [])]
+            if data.get("status", RunStatus.RUNNING) not in tuple(RunStatus):
+                raise DamagedInput(f"{source}: status {data['status']!r} is not one of {', '.join(RunStatus)}")
+            data["status"] = RunStatus(data.get("status", RunStatus.RUNNING))
             if data.get("failure") is not None:
                 data["failure"] = Failure(**data["failure"])
             known = {f.name for f in fields(cls)}
@@ -305,29 +346,6 @@ def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
     return readings
 
 
-def reading_from_event(event: dict[str, Any]) -> Reading:
-    return Reading(**{name: event[name] for name in READING_COLUMNS if name in event})
-
-
-def load_stream(path: Path) -> tuple[list[dict[str, Any]], list[Reading]]:
-    """Events a worker streamed; a torn last line (worker killed mid-write) is ignored."""
-    events: list[dict[str, Any]] = []
-    readings: list[Reading] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return events, readings
-    for line in text.splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        events.append(event)
-        if event.get("type") == "reading":
-            readings.append(reading_from_event(event))
-    return events, readings
-
-
 def launch_paths(folder: Path, suffix: str = "") -> tuple[Path, Path]:
     """A launch's ``launch.json`` (the scenarios it measures, read by every rank's launcher) and ``torchrun.log``
     (torchrun's own output and its launchers'); ``suffix`` -N where one comparison needs several launches."""
@@ -354,10 +372,12 @@ def load_run(run_dir: str | Path) -> Run:
     readings_path = run_dir / "readings.csv"
     if readings_path.is_file():
         readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
-    elif record.status == "complete":
+    elif record.status == RunStatus.COMPLETE:
         raise DamagedInput(f"{readings_path} does not exist although {record_path} says the run completed")
     else:
         readings = []
+        from memprobe.model.events import load_stream
+
         for stream in sorted((run_dir / "ranks").glob("rank-*.jsonl")):
             readings.extend(load_stream(stream)[1])
     from memprobe.model.completeness import check_whole
