@@ -78,9 +78,9 @@ def _widths(run: Run, rank: int) -> dict[str, int]:
     """Group name -> width of this rank's instance of the group (from run.json's plan)."""
     out = {}
     for entry in run.record.plan:
-        for ranks in entry.get("ranks") or []:
+        for ranks in entry.ranks:
             if rank in ranks:
-                out[str(entry["name"])] = len(ranks)
+                out[entry.name] = len(ranks)
     return out
 
 

@@ -16,7 +16,7 @@ from memprobe.launch.options import CPU_RANKS_PER_NODE, LaunchOptions, worker_en
 from memprobe.measure import nvml
 from memprobe.model.layout import plan_groups
 from memprobe.model.launch_files import WorkerConfig
-from memprobe.model.records import WORKER_CONFIG, RunRecord, atomic_write_text
+from memprobe.model.records import WORKER_CONFIG, PlannedGroup, RunRecord, atomic_write_text
 from memprobe.model.scenario import Scenario
 from memprobe.model.steps import sequence
 
@@ -150,8 +150,8 @@ def new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, comman
         warmup=scenario.warmup,
         env_preset=scenario.env_preset,
         env=dict(scenario.env),
-        plan=[{"name": g.name, "ranks": [list(r) for r in g.rank_lists], "alias_of": g.alias_of,
-               "communicators": stack.communicators_for(g)} for g in plan.groups],
+        plan=[PlannedGroup(name=g.name, ranks=[list(r) for r in g.rank_lists], alias_of=g.alias_of,
+                           communicators=stack.communicators_for(g)) for g in plan.groups],
         scenario=scenario.name,
         engine=scenario.engine,
         definition=scenario.definition(),

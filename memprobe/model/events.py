@@ -53,9 +53,14 @@ def _now() -> float:
 @dataclass(frozen=True)
 class _Event:
     kind: ClassVar[EventKind]
+    #: Fields a line leaves out when they are None: lines of older memprobes lack them, and read back the same.
+    absent_when_none: ClassVar[tuple[str, ...]] = ()
 
     def fields_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._without_absent(asdict(self))
+
+    def _without_absent(self, document: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in document.items() if not (key in self.absent_when_none and value is None)}
 
     def to_json(self) -> str:
         return json.dumps({"type": self.kind.value, **self.fields_json()}, sort_keys=True)
@@ -87,15 +92,10 @@ class Launched(_Event):
 @dataclass(frozen=True)
 class PhaseReached(_Event):
     kind: ClassVar[EventKind] = EventKind.PHASE
+    absent_when_none: ClassVar[tuple[str, ...]] = ("threads",)
     name: PhaseName
     threads: int | None = None  # imported: the launcher's threads (fork() copies only the calling one)
     time: float = field(default_factory=_now)
-
-    def fields_json(self) -> dict[str, Any]:
-        document = {"name": self.name.value, "time": self.time}
-        if self.threads is not None:
-            document["threads"] = self.threads
-        return document
 
     @classmethod
     def from_fields(cls, data: dict[str, Any]) -> "PhaseReached":
@@ -124,11 +124,12 @@ class Exited(_Event):
 @dataclass(frozen=True)
 class Started(_Event):
     kind: ClassVar[EventKind] = EventKind.STARTED
+    absent_when_none: ClassVar[tuple[str, ...]] = ("group_rank", "process")  # both absent in older runs
     pid: int
     rank: int = 0
     local_rank: int = 0
-    group_rank: int = 0
-    process: str = ""  # launcher | forked | fresh (memprobe.measure.worker); absent in older runs
+    group_rank: int | None = None
+    process: str | None = None  # launcher | forked | fresh (memprobe.measure.worker)
     time: float = field(default_factory=_now)
 
 
@@ -214,12 +215,10 @@ class ResultsLocation:
 @dataclass(frozen=True)
 class Done(_Event):
     kind: ClassVar[EventKind] = EventKind.DONE
+    absent_when_none: ClassVar[tuple[str, ...]] = ("results_at",)  # absent in runs made before several nodes
     rank: int = 0
     results_at: ResultsLocation | None = None
     time: float = field(default_factory=_now)
-
-    def fields_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "results_at": asdict(self.results_at) if self.results_at else None, "time": self.time}
 
     @classmethod
     def from_fields(cls, data: dict[str, Any]) -> "Done":
@@ -253,7 +252,7 @@ def event_from_dict(data: Any) -> WorkerEvent:
 
 
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "str": (str,), "int | None": (int, type(None)),
+    "int": (int,), "float": (int, float), "str": (str,), "int | None": (int, type(None)), "str | None": (str, type(None)),
 }
 
 

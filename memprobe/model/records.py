@@ -140,6 +140,25 @@ class Failure:
         return f"{where} failed{at}: {self.message}"
 
 
+@dataclass(frozen=True)
+class PlannedGroup:
+    """One group of ``run.json``'s ``plan``: its rank lists, the group it aliases, the communicators it builds."""
+
+    name: str
+    ranks: list[list[int]]
+    alias_of: str | None = None
+    communicators: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return len(self.ranks[0]) if self.ranks else 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PlannedGroup":
+        return cls(name=str(data["name"]), ranks=[list(ranks) for ranks in data.get("ranks") or []],
+                   alias_of=data.get("alias_of"), communicators=dict(data.get("communicators") or {}))
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -150,7 +169,7 @@ class RunRecord:
     warmup: str
     env_preset: str
     env: dict[str, str]
-    plan: list[dict[str, Any]]
+    plan: list[PlannedGroup]
     status: RunStatus = RunStatus.RUNNING
     scenario: str = ""
     engine: str = "memprobe"
@@ -183,6 +202,7 @@ class RunRecord:
             if data.get("schema_version") != SCHEMA_VERSION:
                 raise DamagedInput(f"{source}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
             data["ranks"] = [RankInfo(**rank) for rank in data.get("ranks", [])]
+            data["plan"] = [PlannedGroup.from_dict(group) for group in data["plan"]]
             if data.get("status", RunStatus.RUNNING) not in tuple(RunStatus):
                 raise DamagedInput(f"{source}: status {data['status']!r} is not one of {', '.join(RunStatus)}")
             data["status"] = RunStatus(data.get("status", RunStatus.RUNNING))

@@ -140,9 +140,8 @@ def _group_columns(comparison: Comparison) -> list[str]:
     names = [name for name in GROUP_ORDER if name != "world"]
     for item in comparison.runs:
         for entry in item.run.record.plan:
-            name = str(entry["name"])
-            if name not in names and name != "world":
-                names.append(name)
+            if entry.name not in names and entry.name != "world":
+                names.append(entry.name)
     return names
 
 
