@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.model.events import (
-    Done, ErrorReported, Exited, Forked, InfoReported, Launched, PhaseName, PhaseReached, ResultsLocation, Started,
+    Done, ErrorReported, Exited, Forked, InfoReported, Launched, MeasuringProcess, PhaseName, PhaseReached, ResultsLocation, Started,
     WorkerEvent,
 )
 from memprobe.model.launch_files import LaunchFile, LaunchScenario, WorkerConfig
@@ -99,7 +99,7 @@ class Launcher:
         try:
             pid = os.fork()
             if pid == 0:
-                process = "forked" if self.fork_safe else "fresh-exec"
+                process = MeasuringProcess.FORKED if self.fork_safe else MeasuringProcess.FRESH_EXEC
                 os._exit(_measuring_process(entry, self.launch_file, process, launcher, unblock=blocked))
             self.running[pid] = entry
         finally:
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
     launch_file = Path(argv[1])
     launch = LaunchFile.from_json(launch_file.read_text(encoding="utf-8"))
     if argv[2:3] == [FRESH]:  # a measuring process that had to leave its fork for a fresh interpreter
-        return _measuring_process(launch.scenario(argv[3]), launch_file, "fresh", os.getppid())
+        return _measuring_process(launch.scenario(argv[3]), launch_file, MeasuringProcess.FRESH, os.getppid())
     rank, local_rank, _, group_rank = _ranks()
     torchrun = os.environ.get(TORCHRUN_PID_VARIABLE, "")
     _die_with_parent(int(torchrun) if torchrun.isdigit() else None)  # torchrun's agent
@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
     for entry in launch.scenarios:
         _announce(Path(entry.run_dir), rank, imported)
     if len(launch.scenarios) == 1:  # `memprobe run`: nothing to share, so no fork (and no fork poison)
-        code = _measuring_process(launch.scenarios[0], launch_file, "launcher", os.getppid())
+        code = _measuring_process(launch.scenarios[0], launch_file, MeasuringProcess.LAUNCHER, os.getppid())
     else:
         launcher = Launcher(launch, launch_file, rank, fork_safe=imported.threads == 1)
         signal.signal(signal.SIGTERM, launcher.on_signal)
@@ -177,7 +177,7 @@ def _in_bad_fork() -> bool:
     return bool(getattr(torch.cuda, "_is_in_bad_fork", lambda: False)())
 
 
-def _measuring_process(entry: LaunchScenario, launch_file: Path, process: str, parent: int,
+def _measuring_process(entry: LaunchScenario, launch_file: Path, process: MeasuringProcess, parent: int,
                        unblock: Any = None) -> int:
     """One scenario on this rank, in a ``forked`` child of the launcher, in the ``launcher`` itself (a launch of one
     scenario), or in the ``fresh`` interpreter a forked child became (``fresh-exec``: a child that must become one,
@@ -190,13 +190,13 @@ def _measuring_process(entry: LaunchScenario, launch_file: Path, process: str, p
         _die_with_parent(parent)
         os.environ.update(entry.env)  # the scenario's own variables (launch/plan.py)
         run_dir = Path(entry.run_dir)
-        if process != "fresh":  # a fresh interpreter keeps the output its fork was given
+        if process != MeasuringProcess.FRESH:  # a fresh interpreter keeps the output its fork was given
             log = os.open(run_dir / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(log, 1)
             os.dup2(log, 2)
             os.close(log)
             # a fresh interpreter (same PID, same variables): slower, but CUDA works there and no lock is held
-            if process == "fresh-exec" or (process == "forked" and _in_bad_fork()):
+            if process == MeasuringProcess.FRESH_EXEC or (process == MeasuringProcess.FORKED and _in_bad_fork()):
                 os.environ.pop("MEMPROBE_TEST_BAD_FORK", None)
                 os.execv(sys.executable, [sys.executable, "-u", "-m", "memprobe.measure.worker", str(launch_file),
                                           FRESH, entry.name])
@@ -242,7 +242,7 @@ def _engine(config: WorkerConfig, emit: EventStream) -> Any:
     )
 
 
-def measure(run_dir: Path, process: str = "launcher") -> int:
+def measure(run_dir: Path, process: MeasuringProcess = MeasuringProcess.LAUNCHER) -> int:
     """Measure the scenario of ``run_dir`` on this rank; the exit code (0, 1 on an error, 130 on an interrupt)."""
     rank, local_rank, _, group_rank = _ranks()
     emit = EventStream(stream_path(run_dir, rank))

@@ -42,6 +42,15 @@ class PhaseName(StrEnum):
     GATHERED = "gathered"
 
 
+class MeasuringProcess(StrEnum):
+    """Where a scenario's measuring process runs (``started``'s ``process``)."""
+
+    LAUNCHER = "launcher"  # the launcher itself: a launch of one scenario
+    FORKED = "forked"  # a child the launcher forked
+    FRESH_EXEC = "fresh-exec"  # a forked child that must exec a fresh interpreter (its launcher had other threads)
+    FRESH = "fresh"  # that fresh interpreter, or one a forked child became after torch's fork poison
+
+
 class MalformedEvent(ValueError):
     """A line that is JSON but no event: an unknown ``type``, a missing or mistyped field (one line of text)."""
 
@@ -129,7 +138,7 @@ class Started(_Event):
     rank: int = 0
     local_rank: int = 0
     group_rank: int | None = None
-    process: str | None = None  # launcher | forked | fresh (memprobe.measure.worker)
+    process: str | None = None  # a MeasuringProcess
     time: float = field(default_factory=_now)
 
 

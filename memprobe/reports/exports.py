@@ -46,7 +46,7 @@ from memprobe.model.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
 from memprobe.reports.fidelity import fidelity_document
-from memprobe.model.records import append_step_summary, atomic_write_text
+from memprobe.model.records import StepStatus, append_step_summary, atomic_write_text
 from memprobe.model.comparison import Comparison
 
 JSON_SCHEMA_VERSION = 1
@@ -122,7 +122,7 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
 
 
 def _not_measured(reading: Any) -> bool:
-    return reading.status == "skipped" and reading.step != "start"
+    return reading.status == StepStatus.SKIPPED and reading.step != "start"
 
 
 def what_was_read(run: Any) -> dict[str, str]:
