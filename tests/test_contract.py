@@ -18,7 +18,9 @@ from memprobe.model.events import (
     PhaseName, PhaseReached, ReadingTaken, ResultsLocation, Started, load_stream, parse_event,
 )
 from memprobe.model.launch_files import LaunchFile, WorkerConfig
-from memprobe.model.records import RankInfo, Reading, RunRecord, RunStatus, stream_path
+from memprobe.model.records import (
+    LaunchInfo, PlannedGroup, RankInfo, Reading, RunRecord, RunStatus, RunTimings, StepStatus, stream_path,
+)
 from memprobe.model.scenario import Scenario, ScenarioSet
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -153,12 +155,16 @@ def holds(written: object, old: object) -> bool:
 def test_every_committed_run_record_reads_back_and_writes_the_same_bytes():
     records = committed("run.json")
     assert len(records) > 100
-    whole = 0
+    whole = timed = shared = 0
     for path in records:
         record = RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
-        assert isinstance(record.status, RunStatus)
+        assert isinstance(record.status, RunStatus) and all(isinstance(group, PlannedGroup) for group in record.plan)
+        assert record.timings is None or isinstance(record.timings, RunTimings)
+        assert record.launch is None or isinstance(record.launch, LaunchInfo)
+        timed += record.timings is not None
+        shared += record.launch is not None
         whole += written_back(path, record.to_json())
-    assert whole >= 6  # those made by this memprobe, byte for byte
+    assert whole >= 6 and timed > 50 and shared > 20  # whole: those made by this memprobe, byte for byte
 
 
 def test_every_committed_worker_config_and_launch_file_writes_the_same_bytes():
@@ -198,3 +204,18 @@ def test_an_unknown_run_status_is_damaged_input():
     document = dict(json.loads(path.read_text(encoding="utf-8")), status="paused")
     with pytest.raises(DamagedInput, match="status 'paused' is not one of running, complete, incomplete"):
         RunRecord.from_dict(document, "run.json")
+
+
+def test_a_status_reads_as_its_bare_word_in_json_messages_and_repr():
+    """Messages that showed a plain-string status (``{status!r}``, ``{status}``) read the same with the Enum."""
+    assert json.dumps([RunStatus.COMPLETE, StepStatus.SKIPPED, EventKind.DONE]) == '["complete", "skipped", "done"]'
+    assert f"{RunStatus.INCOMPLETE} {RunStatus.INCOMPLETE!r}" == "incomplete 'incomplete'"
+    assert RunStatus.COMPLETE == "complete" and StepStatus("ok") is StepStatus.OK
+
+
+def test_a_run_without_timings_or_launch_writes_them_empty_as_before():
+    path = next(p for p in committed("run.json") if "timings" not in json.loads(p.read_text(encoding="utf-8")))
+    record = RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+    assert record.timings is None and record.launch is None
+    document = json.loads(record.to_json())
+    assert document["timings"] == {} and document["launch"] == {} and record.as_document() == document

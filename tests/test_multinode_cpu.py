@@ -60,7 +60,7 @@ def test_run_on_two_nodes_completes_on_both(tmp_path):
     assert kept.record.results_at["folder"] == str(tmp_path / "node0" / "memprobe-runs" / "two")
     assert (tmp_path / "node1" / "memprobe-runs" / "two" / "ranks" / "rank-00001.jsonl").is_file()
     # where the time went (issue 16): every phase measured, and together they make the wall time
-    phases = gathered.record.timings["phases"]
+    phases = gathered.record.timings.phases
     assert all(phases[name] is not None and phases[name] >= 0 for name in PHASES if name != "gpu_release")
     assert sum(value for value in phases.values() if value) == pytest.approx(gathered.record.wall_time_s, abs=0.02)
     shown = subprocess.run([sys.executable, "-m", "memprobe", "report", "memprobe-runs/two", "--timings"], cwd=tmp_path / "node0",

@@ -15,7 +15,7 @@ from memprobe.launch.plan import Member, can_share, plan_launches
 from memprobe.model.comparison import load_comparison
 from memprobe.model.layout import Layout
 from memprobe.model.events import load_stream
-from memprobe.model.records import load_run, stream_path
+from memprobe.model.records import LaunchInfo, load_run, stream_path
 from memprobe.model.scenario import Scenario
 from test_pipeline_cpu import leftover_memprobe_processes, only_run_folder
 
@@ -48,7 +48,7 @@ def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprob
     for rank in (0, 1):
         launchers, measuring = set(), []
         for item in comparison.runs:
-            assert item.run.record.launch == {"scenarios": ["tp2", "tp2-ep2-lean"], "jobs": 2, "folder": folder.name}
+            assert item.run.record.launch == LaunchInfo(scenarios=("tp2", "tp2-ep2-lean"), jobs=2, folder=folder.name)
             stream = events(item.run.path, rank)
             launchers |= {e["pid"] for e in stream if e["type"] == "launched"}
             assert [e["name"] for e in stream if e["type"] == "phase"].count("imported") == 1
@@ -59,7 +59,7 @@ def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprob
         assert len(set(measuring)) == 2 and not launchers & set(measuring), "each scenario in a process of its own"
     for item in comparison.runs:
         assert item.run.record.status == "complete"
-        assert item.run.record.timings["phases"]["queued"] is not None
+        assert item.run.record.timings.phases["queued"] is not None
     assert leftover_memprobe_processes(tmp_path) == []
 
 
@@ -70,7 +70,7 @@ def test_in_turn_the_next_scenario_starts_after_the_last_one_ended(memprobe, tmp
     first_done = max(e["time"] for rank in (0, 1) for e in events(first.path, rank) if e["type"] == "done")
     second_started = min(e["time"] for rank in (0, 1) for e in events(second.path, rank) if e["type"] == "started")
     assert second_started > first_done
-    assert second.record.timings["phases"]["queued"] > first.record.timings["phases"]["queued"]
+    assert second.record.timings.phases["queued"] > first.record.timings.phases["queued"]
 
 
 def test_a_failing_scenario_does_not_stop_the_one_beside_it(memprobe, tmp_path):

@@ -39,7 +39,7 @@ def test_phases_follow_the_slowest_rank_and_add_up_to_the_total():
     start = 1000.0
     timings = run_timings({0: events(start), 1: events(start, offset=0.25)}, launched_at=start,
                           workers_exited_at=start + 6.0, exited_at=start + 6.5, gpu_release_s=0.5)
-    phases = timings["phases"]
+    phases = timings.phases
     assert list(phases) == list(PHASES)
     assert phases["torchrun_start"] == pytest.approx(1.25)  # launch -> the slowest rank's launcher
     assert phases["import"] == pytest.approx(2.0) and phases["queued"] == pytest.approx(0.2)
@@ -48,8 +48,8 @@ def test_phases_follow_the_slowest_rank_and_add_up_to_the_total():
     assert phases["teardown"] == pytest.approx(0.2)
     assert phases["workers_exit"] == pytest.approx(0.75) and phases["torchrun_exit"] == pytest.approx(0.5)
     assert phases["gpu_release"] == 0.5
-    assert timings["total_s"] == pytest.approx(7.0) == pytest.approx(sum(phases.values()))
-    assert timings["steps"] == [["world", "world", 0.5], ["", "end", 0.5]]
+    assert timings.total_s == pytest.approx(7.0) == pytest.approx(sum(phases.values()))
+    assert timings.steps == [("world", "world", 0.5), ("", "end", 0.5)]
 
 
 def test_a_run_made_before_launchers_has_no_queue_and_its_workers_start_ends_torchrun_start():
@@ -57,7 +57,7 @@ def test_a_run_made_before_launchers_has_no_queue_and_its_workers_start_ends_tor
     old = [event for event in events(start) if not isinstance(event, Launched)]
     old[1] = replace(old[1], time=start + 1.0)  # then, the worker itself streamed started first
     old[0], old[1] = old[1], old[0]
-    phases = run_timings({0: old}, start, start + 6.0, start + 6.5, None)["phases"]
+    phases = run_timings({0: old}, start, start + 6.0, start + 6.5, None).phases
     assert phases["torchrun_start"] == pytest.approx(1.0) and phases["import"] == pytest.approx(2.0)
     assert phases["queued"] is None and phases["cuda_context"] == pytest.approx(0.6)
 
@@ -66,7 +66,7 @@ def test_a_phase_that_never_happened_is_missing_not_zero():
     start = 50.0
     stream = [event for event in events(start)
               if not isinstance(event, Done) and getattr(event, "name", None) != PhaseName.GATHERED]
-    phases = run_timings({0: stream}, start, None, start + 9.0, None)["phases"]
+    phases = run_timings({0: stream}, start, None, start + 9.0, None).phases
     assert phases["gather"] is None and phases["teardown"] is None and phases["workers_exit"] is None
     assert phases["gpu_release"] is None and phases["steps"] == pytest.approx(1.0)
 
@@ -79,4 +79,4 @@ def test_rendering_names_every_phase_and_the_slowest_steps():
         assert label in text
     assert "  total (the whole launch)            7.00 s" in text.splitlines()
     assert "slowest steps: world/world 0.50 s, end 0.50 s" in text
-    assert timing_lines("old", {}) == ["timings old: none recorded (a run made before memprobe recorded them)"]
+    assert timing_lines("old", None) == ["timings old: none recorded (a run made before memprobe recorded them)"]

@@ -33,9 +33,9 @@ from memprobe.launch.prepare import expected_readings, local_ranks, new_record, 
 from memprobe.launch.processes import (
     KILL_GRACE_S, alive, free_port, signal_own, stop_everything, wait_for_gpu_release,
 )
-from memprobe.model.launch_files import LaunchFile, LaunchInfo, LaunchScenario
+from memprobe.model.launch_files import LaunchFile, LaunchScenario
 from memprobe.model.records import (
-    CONCURRENT_VARIABLE, Failure, NCCL_LOG_FOLDER, RUN_TOKEN_VARIABLE, WORKERS_LOG, Run, ScenarioStatus, atomic_write_text,
+    CONCURRENT_VARIABLE, Failure, LaunchInfo, NCCL_LOG_FOLDER, RUN_TOKEN_VARIABLE, WORKERS_LOG, Run, ScenarioStatus, atomic_write_text,
     launch_paths,
 )
 
@@ -301,7 +301,7 @@ def _prepare(member: Member, options: LaunchOptions, command: list[str] | None, 
     if options.nccl_log:  # NCCL's own account of every communicator (issue 14)
         (run_dir / NCCL_LOG_FOLDER).mkdir()
     record = new_record(scenario, options, run_dir, command)
-    record.launch = launch.as_dict()
+    record.launch = launch
     atomic_write_text(run_dir / "run.json", record.to_json())
     write_worker_config(scenario, options, run_dir)
     return Tracked(member=member, record=record, follower=_new_follower(member, options), total=expected_readings(scenario))

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
-from memprobe.model.records import READING_COLUMNS, RankInfo, Reading
+from memprobe.model.records import READING_COLUMNS, RankInfo, Reading, Word
 
 
-class EventKind(StrEnum):
+class EventKind(Word):
     """The ``type`` of an event line (a ``str`` Enum: the JSON holds the bare word)."""
 
     LAUNCHED = "launched"  # a rank's launcher runs (one torchrun process, shared by the launch's scenarios)
@@ -37,12 +36,12 @@ class EventKind(StrEnum):
     DONE = "done"  # the rank finished
 
 
-class PhaseName(StrEnum):
+class PhaseName(Word):
     IMPORTED = "imported"
     GATHERED = "gathered"
 
 
-class MeasuringProcess(StrEnum):
+class MeasuringProcess(Word):
     """Where a scenario's measuring process runs (``started``'s ``process``)."""
 
     LAUNCHER = "launcher"  # the launcher itself: a launch of one scenario

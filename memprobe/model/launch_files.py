@@ -1,8 +1,9 @@
-"""What the parent writes for its workers before a launch, and what run.json keeps of the launch.
+"""What the parent writes for its workers before a launch.
 
 * ``launch.json`` (:class:`LaunchFile`): the scenarios one torchrun launch measures, read by every rank's launcher;
-* ``<run>/worker-config.json`` (:class:`WorkerConfig`): what each measuring process of a scenario measures;
-* ``run.json``'s ``launch`` (:class:`LaunchInfo`): the launch a run shared with other scenarios.
+* ``<run>/worker-config.json`` (:class:`WorkerConfig`): what each measuring process of a scenario measures.
+
+(What run.json keeps of the launch is :class:`memprobe.model.records.LaunchInfo`.)
 
 Each is written as ``json.dumps(..., indent=2, sort_keys=True)`` of the same keys as before these classes.
 """
@@ -69,15 +70,3 @@ class LaunchFile:
 
     def scenario(self, name: str) -> LaunchScenario:
         return next(entry for entry in self.scenarios if entry.name == name)
-
-
-@dataclass(frozen=True)
-class LaunchInfo:
-    """``run.json``'s ``launch``: the scenarios of the torchrun launch the run shared, its jobs and folder."""
-
-    scenarios: tuple[str, ...]
-    jobs: int
-    folder: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"scenarios": list(self.scenarios), "jobs": self.jobs, "folder": self.folder}

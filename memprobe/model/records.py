@@ -47,7 +47,15 @@ def process_carries(pid: int, variable: str, value: str) -> bool:
 
 
 
-class StepStatus(StrEnum):
+class Word(StrEnum):
+    """A ``str`` Enum that is its bare word everywhere: in JSON, CSV, f-strings and ``repr`` (so a message that
+    shows one with ``!r`` reads as it did when these were plain strings)."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class StepStatus(Word):
     """A reading's ``status``: the step ran, was not part of this run, or ran and failed."""
 
     OK = "ok"
@@ -55,7 +63,7 @@ class StepStatus(StrEnum):
     FAILED = "failed"
 
 
-class RunStatus(StrEnum):
+class RunStatus(Word):
     """``run.json``'s ``status``: written ``running`` before the launch, then one of the other two."""
 
     RUNNING = "running"
@@ -63,7 +71,7 @@ class RunStatus(StrEnum):
     INCOMPLETE = "incomplete"  # a rank failed, went silent, or the run was interrupted: ``failure`` says which
 
 
-class ScenarioStatus(StrEnum):
+class ScenarioStatus(Word):
     """Where the parent's supervisor is with one scenario of a launch: waiting (for its turn) -> running -> done | failed."""
 
     WAITING = "waiting"
@@ -159,6 +167,36 @@ class PlannedGroup:
                    alias_of=data.get("alias_of"), communicators=dict(data.get("communicators") or {}))
 
 
+@dataclass(frozen=True)
+class RunTimings:
+    """``run.json``'s ``timings``: where a run's time went (:mod:`memprobe.model.timings` says how it is measured)."""
+
+    phases: dict[str, float | None]  # phase -> seconds on the slowest local rank; None: it never happened
+    steps: list[tuple[str, str, float]]  # (group, step, seconds) of every step after the CUDA context
+    total_s: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RunTimings | None":
+        if not data:  # a run made before memprobe recorded timings, or one still running
+            return None
+        return cls(phases=dict(data["phases"]), steps=[tuple(item) for item in data["steps"]], total_s=data["total_s"])
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    """``run.json``'s ``launch``: the torchrun launch a run shared with other scenarios, its jobs and folder."""
+
+    scenarios: tuple[str, ...]
+    jobs: int
+    folder: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "LaunchInfo | None":
+        if not data:  # a run made before one launch measured several scenarios
+            return None
+        return cls(scenarios=tuple(data["scenarios"]), jobs=int(data["jobs"]), folder=str(data["folder"]))
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -182,9 +220,9 @@ class RunRecord:
     failure: Failure | None = None
     wall_time_s: float | None = None
     gpu_release_s: float | None = None  # seconds waited after the workers stopped until NVML no longer listed them
-    timings: dict[str, Any] = field(default_factory=dict)  # where the time went: model/timings.py
+    timings: RunTimings | None = None
     results_at: dict[str, Any] | None = None  # on a node other than 0: host and folder of the gathered results
-    launch: dict[str, Any] = field(default_factory=dict)  # the torchrun launch it shared: scenarios, jobs (issue 16)
+    launch: LaunchInfo | None = None
     source: str = "measured"  # "estimated": made by memprobe estimate from NCCL's rules, never measured
     schema_version: int = SCHEMA_VERSION
 
@@ -192,8 +230,16 @@ class RunRecord:
     def stack_name(self) -> str:
         return str(self.stack.get("name", ""))
 
+    def as_document(self) -> dict[str, Any]:
+        """run.json's object (also the JSON export's ``run``): no timings or launch is ``{}``, as it always was."""
+        document = asdict(self)
+        for name in ("timings", "launch"):
+            if document[name] is None:
+                document[name] = {}
+        return document
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.as_document(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "run.json") -> "RunRecord":
@@ -203,6 +249,8 @@ class RunRecord:
                 raise DamagedInput(f"{source}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
             data["ranks"] = [RankInfo(**rank) for rank in data.get("ranks", [])]
             data["plan"] = [PlannedGroup.from_dict(group) for group in data["plan"]]
+            data["timings"] = RunTimings.from_dict(data.get("timings"))
+            data["launch"] = LaunchInfo.from_dict(data.get("launch"))
             if data.get("status", RunStatus.RUNNING) not in tuple(RunStatus):
                 raise DamagedInput(f"{source}: status {data['status']!r} is not one of {', '.join(RunStatus)}")
             data["status"] = RunStatus(data.get("status", RunStatus.RUNNING))

@@ -21,9 +21,10 @@ shares for its own ranks). Phases, in order, each measured on the slowest local 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from memprobe.model.events import Done, Launched, PhaseName, PhaseReached, ReadingTaken, Started, WorkerEvent
+from memprobe.model.records import RunTimings
 from memprobe.model.steps import CUDA_CONTEXT, END
 
 PHASES: tuple[str, ...] = ("torchrun_start", "import", "queued", "cuda_context", "steps", "gather", "teardown", "workers_exit",
@@ -50,7 +51,7 @@ def _of(kind: type) -> Callable[[WorkerEvent], bool]:
     return lambda e: isinstance(e, kind)
 
 
-def _step_times(events_by_rank: EventsByRank) -> list[list[Any]]:
+def _step_times(events_by_rank: EventsByRank) -> list[tuple[str, str, float]]:
     """Seconds per step: the slowest rank's reading time minus the slowest rank's previous reading time."""
     per_sequence: dict[int, tuple[str, str, float]] = {}
     for events in events_by_rank.values():
@@ -61,13 +62,12 @@ def _step_times(events_by_rank: EventsByRank) -> list[list[Any]]:
                 if current is None or event.time > current[2]:
                     per_sequence[key] = (event.reading.group or "", event.reading.step, float(event.time))
     ordered = [per_sequence[key] for key in sorted(per_sequence)]
-    return [[group, step, round(stamp - ordered[index - 1][2], 3)]
+    return [(group, step, round(stamp - ordered[index - 1][2], 3))
             for index, (group, step, stamp) in enumerate(ordered) if index > 0 and step != CUDA_CONTEXT]
 
 
 def run_timings(events_by_rank: EventsByRank, launched_at: float, workers_exited_at: float | None,
-                exited_at: float, gpu_release_s: float | None) -> dict[str, Any]:
-    """``{"phases": {phase: seconds or None}, "steps": [[group, step, seconds], ...], "total_s": ...}``."""
+                exited_at: float, gpu_release_s: float | None) -> RunTimings:
     launched = _slowest(events_by_rank, _of(Launched))
     started = _slowest(events_by_rank, _of(Started))
     imported = _slowest(events_by_rank, _phase(PhaseName.IMPORTED))
@@ -91,4 +91,4 @@ def run_timings(events_by_rank: EventsByRank, launched_at: float, workers_exited
         phases["queued"] = None
     phases["gpu_release"] = gpu_release_s
     total = exited_at - launched_at + (gpu_release_s or 0.0)
-    return {"phases": phases, "steps": _step_times(events_by_rank), "total_s": round(total, 3)}
+    return RunTimings(phases=phases, steps=_step_times(events_by_rank), total_s=round(total, 3))

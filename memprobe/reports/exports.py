@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +228,7 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "definition": item.scenario.definition(),
                 "definition_hash": item.scenario.definition_hash(),
                 "run_path": None if item.run.path is None else str(item.run.path),
-                "run": asdict(item.run.record),
+                "run": item.run.record.as_document(),
                 "components_by_rank": _without_skipped(components_by_rank(item.run), skipped_by_rank(item.run)),
                 "torch_cache_by_rank": _without_skipped(components_by_rank(item.run, torch_cache), skipped_by_rank(item.run)),
                 "nccl_account": nccl_account_document(item.run),
