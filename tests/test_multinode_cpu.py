@@ -80,7 +80,7 @@ def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_pa
     results = two_nodes(tmp_path, "compare", "--tp", "2", "--ep", "2", "--stacks", "full", "--jobs", jobs, dynamic=True)
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     for node in (0, 1):
-        assert load_run(tmp_path / f"node{node}" / "memprobe-runs" / "two" / "tp2").record.launch["jobs"] == int(jobs)
+        assert load_run(tmp_path / f"node{node}" / "memprobe-runs" / "two" / "tp2").record.launch.jobs == int(jobs)
     for name in ("tp2", "tp2-ep2-full"):  # rank 0 may land on either node
         folders = {node: tmp_path / f"node{node}" / "memprobe-runs" / "two" / name for node in (0, 1)}
         [holder] = [node for node, folder in folders.items()

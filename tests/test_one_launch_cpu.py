@@ -171,7 +171,7 @@ def test_scenarios_that_cannot_share_a_launch_still_run_side_by_side(memprobe, t
     assert sorted(p.name for p in folder.glob("launch*.json")) == ["launch-1.json", "launch-2.json"]
     assert sorted(p.name for p in folder.glob("torchrun*.log")) == ["torchrun-1.log", "torchrun-2.log"]
     one, two = load_run(folder / "one"), load_run(folder / "two")
-    assert one.record.launch["scenarios"] == ["one"] and two.record.launch["scenarios"] == ["two"]
+    assert one.record.launch.scenarios == ("one",) and two.record.launch.scenarios == ("two",)
     spans = [(min(e["time"] for e in events(run.path, 0)), max(e["time"] for e in events(run.path, 0))) for run in (one, two)]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], "the two launches overlap in time"
 
