@@ -181,19 +181,24 @@ def test_scenarios_that_cannot_share_a_launch_still_run_side_by_side(memprobe, t
 def test_a_rank_that_reported_losing_its_peer_is_not_the_cause_even_if_torchrun_saw_it_first(tmp_path):
     """Seen once in CI: rank 1 SIGKILLed itself, rank 0 then lost its gloo peer and exited 1, and torchrun's
     "Root Cause" named rank 0 (both ended within one monitor interval). The killed, silent rank is blamed."""
-    import json as json_module
-
     from memprobe.launch.follow import StreamFollower, root_cause
+    from memprobe.model.events import ErrorReported, ReadingTaken, Started
+    from memprobe.model.records import Reading
+
+    def groups_created(rank: int) -> ReadingTaken:
+        return ReadingTaken(Reading(rank=rank, sequence=3, step="groups_created", group="tp", status="ok", primary_bytes=0,
+                                    process_bytes=0, device_used_bytes=None, torch_reserved_bytes=None,
+                                    other_gpus_bytes=None, elapsed_s=0.0))
 
     run_dir = tmp_path / "run"
     for rank, events_of_rank in {
-        0: [{"type": "started", "pid": 100}, {"type": "reading", "group": "tp", "step": "groups_created"},
-            {"type": "error", "rank": 0, "group": "tp", "step": "pynccl", "message": "RuntimeError: Connection closed by peer"}],
-        1: [{"type": "started", "pid": 101}, {"type": "reading", "group": "tp", "step": "groups_created"}],
+        0: [Started(pid=100), groups_created(0),
+            ErrorReported(rank=0, group="tp", step="pynccl", message="RuntimeError: Connection closed by peer")],
+        1: [Started(pid=101), groups_created(1)],
     }.items():
         path = stream_path(run_dir, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json_module.dumps(e) + "\n" for e in events_of_rank))
+        path.write_text("".join(event.to_json() + "\n" for event in events_of_rank))
     log = tmp_path / "torchrun.log"
     log.write_text("Root Cause (first observed failure):\n[0]:\n  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 100)\n")
     follower = StreamFollower(run_dir, range(2))
