@@ -11,7 +11,7 @@ from pathlib import Path
 
 from memprobe.model.comparison import write_comparison_index
 from memprobe.model.layout import Layout, plan_groups
-from memprobe.model.records import RankInfo, Reading, Run, RunRecord, write_run
+from memprobe.model.records import PlannedGroup, RankInfo, Reading, Run, RunRecord, write_run
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.scenario import Scenario, ScenarioSet
 from memprobe.model import steps
@@ -98,8 +98,8 @@ def synthetic_run(
         warmup=scenario.warmup,
         env_preset=scenario.env_preset,
         env=dict(scenario.env),
-        plan=[{"name": g.name, "ranks": [list(r) for r in g.rank_lists], "alias_of": g.alias_of,
-               "communicators": stack.communicators_for(g)} for g in plan.groups],
+        plan=[PlannedGroup(name=g.name, ranks=[list(r) for r in g.rank_lists], alias_of=g.alias_of,
+                           communicators=stack.communicators_for(g)) for g in plan.groups],
         status="complete",
         scenario=scenario.name,
         engine=scenario.engine,

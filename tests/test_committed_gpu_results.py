@@ -94,7 +94,7 @@ def test_the_three_scenario_benchmark_meets_both_targets_in_one_launch_and_the_r
     assert all(d == 0 for per in bench["footprint_bytes"].values() for d in per.values())
     comparison = load_comparison(ISSUE16 / "bench-three" / "memprobe" / "compare")
     names = comparison.names()
-    assert len(names) == 3 and all(item.run.record.launch["scenarios"] == names for item in comparison.runs)
+    assert len(names) == 3 and all(list(item.run.record.launch.scenarios) == names for item in comparison.runs)
     readme = (ROOT / "README.md").read_text()
     for figure in (f"**{bench['ratio']:.2f}**", f"**{bench['ratio_to_one_run']:.2f}**", f"{bench['memprobe_compare_s']:.1f} s",
                    f"{bench['reference_launches_s']:.1f} s"):

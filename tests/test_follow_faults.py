@@ -3,7 +3,6 @@ rendezvous port, a run folder deleted mid-run. The stopped rank is a real stoppe
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -13,15 +12,16 @@ import pytest
 
 from memprobe.launch.follow import StreamFollower, root_cause, silence_failure
 from memprobe.launch.processes import is_stopped
-from memprobe.model.records import stream_path
+from memprobe.model.events import Arrived, Launched, ReadingTaken, Started, WorkerEvent
+from memprobe.model.records import Reading, stream_path
 
 
-def write_events(run_dir: Path, rank: int, *events: dict) -> None:
+def write_events(run_dir: Path, rank: int, *events: WorkerEvent) -> None:
     path = stream_path(run_dir, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as stream:
         for event in events:
-            stream.write(json.dumps({"time": time.time(), **event}) + "\n")
+            stream.write(event.to_json() + "\n")
 
 
 def follower_of(run_dir: Path, ranks: int) -> StreamFollower:
@@ -31,12 +31,13 @@ def follower_of(run_dir: Path, ranks: int) -> StreamFollower:
     return follower
 
 
-def reading(group: str, step: str) -> dict:
-    return {"type": "reading", "group": group, "step": step}
+def reading(group: str, step: str) -> ReadingTaken:
+    return ReadingTaken(Reading(rank=0, sequence=0, step=step, group=group, status="ok", primary_bytes=0, process_bytes=0,
+                                device_used_bytes=None, torch_reserved_bytes=None, other_gpus_bytes=None, elapsed_s=0.0))
 
 
 def test_every_sign_of_life_restarts_the_clock_and_a_started_rank_is_never_never_started(tmp_path):
-    write_events(tmp_path, 0, {"type": "launched", "pid": 11, "rank": 0})
+    write_events(tmp_path, 0, Launched(pid=11, rank=0))
     follower = follower_of(tmp_path, 1)
     follower.poll()
     assert silence_failure(follower, time.monotonic(), 10, tmp_path / "w.log", tmp_path / "t.log") is None
@@ -56,8 +57,8 @@ def test_a_stopped_rank_is_blamed_not_the_peer_waiting_for_it(tmp_path):
         while not is_stopped(stopped.pid) and time.monotonic() < deadline:  # the kernel stops it asynchronously
             time.sleep(0.01)
         for rank, process in ((0, waiting), (1, stopped)):
-            write_events(tmp_path, rank, {"type": "started", "pid": process.pid, "rank": rank}, reading("world", "world"),
-                         {"type": "arrived", "group": "tp", "step": "before"})
+            write_events(tmp_path, rank, Started(pid=process.pid, rank=rank), reading("world", "world"),
+                         Arrived(group="tp", step="before"))
         follower = follower_of(tmp_path, 2)
         follower.poll()
         follower.last_progress[1] += 0.5  # rank 1 even streamed last

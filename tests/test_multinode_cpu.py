@@ -60,7 +60,7 @@ def test_run_on_two_nodes_completes_on_both(tmp_path):
     assert kept.record.results_at["folder"] == str(tmp_path / "node0" / "memprobe-runs" / "two")
     assert (tmp_path / "node1" / "memprobe-runs" / "two" / "ranks" / "rank-00001.jsonl").is_file()
     # where the time went (issue 16): every phase measured, and together they make the wall time
-    phases = gathered.record.timings["phases"]
+    phases = gathered.record.timings.phases
     assert all(phases[name] is not None and phases[name] >= 0 for name in PHASES if name != "gpu_release")
     assert sum(value for value in phases.values() if value) == pytest.approx(gathered.record.wall_time_s, abs=0.02)
     shown = subprocess.run([sys.executable, "-m", "memprobe", "report", "memprobe-runs/two", "--timings"], cwd=tmp_path / "node0",
@@ -80,7 +80,7 @@ def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_pa
     results = two_nodes(tmp_path, "compare", "--tp", "2", "--ep", "2", "--stacks", "full", "--jobs", jobs, dynamic=True)
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     for node in (0, 1):
-        assert load_run(tmp_path / f"node{node}" / "memprobe-runs" / "two" / "tp2").record.launch["jobs"] == int(jobs)
+        assert load_run(tmp_path / f"node{node}" / "memprobe-runs" / "two" / "tp2").record.launch.jobs == int(jobs)
     for name in ("tp2", "tp2-ep2-full"):  # rank 0 may land on either node
         folders = {node: tmp_path / f"node{node}" / "memprobe-runs" / "two" / name for node in (0, 1)}
         [holder] = [node for node, folder in folders.items()

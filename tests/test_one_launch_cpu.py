@@ -14,7 +14,8 @@ import pytest
 from memprobe.launch.plan import Member, can_share, plan_launches
 from memprobe.model.comparison import load_comparison
 from memprobe.model.layout import Layout
-from memprobe.model.records import load_run, load_stream, stream_path
+from memprobe.model.events import load_stream
+from memprobe.model.records import LaunchInfo, load_run, stream_path
 from memprobe.model.scenario import Scenario
 from test_pipeline_cpu import leftover_memprobe_processes, only_run_folder
 
@@ -31,7 +32,8 @@ env = {{ MEMPROBE_TEST_FAULT = "{fault}" }}
 
 
 def events(run_dir: Path, rank: int) -> list[dict]:
-    return load_stream(stream_path(run_dir, rank))[0]
+    """The rank's stream as the JSON objects on its lines."""
+    return [json.loads(event.to_json()) for event in load_stream(stream_path(run_dir, rank))[0]]
 
 
 def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprobe, tmp_path):
@@ -46,7 +48,7 @@ def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprob
     for rank in (0, 1):
         launchers, measuring = set(), []
         for item in comparison.runs:
-            assert item.run.record.launch == {"scenarios": ["tp2", "tp2-ep2-lean"], "jobs": 2, "folder": folder.name}
+            assert item.run.record.launch == LaunchInfo(scenarios=("tp2", "tp2-ep2-lean"), jobs=2, folder=folder.name)
             stream = events(item.run.path, rank)
             launchers |= {e["pid"] for e in stream if e["type"] == "launched"}
             assert [e["name"] for e in stream if e["type"] == "phase"].count("imported") == 1
@@ -57,7 +59,7 @@ def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprob
         assert len(set(measuring)) == 2 and not launchers & set(measuring), "each scenario in a process of its own"
     for item in comparison.runs:
         assert item.run.record.status == "complete"
-        assert item.run.record.timings["phases"]["queued"] is not None
+        assert item.run.record.timings.phases["queued"] is not None
     assert leftover_memprobe_processes(tmp_path) == []
 
 
@@ -68,7 +70,7 @@ def test_in_turn_the_next_scenario_starts_after_the_last_one_ended(memprobe, tmp
     first_done = max(e["time"] for rank in (0, 1) for e in events(first.path, rank) if e["type"] == "done")
     second_started = min(e["time"] for rank in (0, 1) for e in events(second.path, rank) if e["type"] == "started")
     assert second_started > first_done
-    assert second.record.timings["phases"]["queued"] > first.record.timings["phases"]["queued"]
+    assert second.record.timings.phases["queued"] > first.record.timings.phases["queued"]
 
 
 def test_a_failing_scenario_does_not_stop_the_one_beside_it(memprobe, tmp_path):
@@ -169,7 +171,7 @@ def test_scenarios_that_cannot_share_a_launch_still_run_side_by_side(memprobe, t
     assert sorted(p.name for p in folder.glob("launch*.json")) == ["launch-1.json", "launch-2.json"]
     assert sorted(p.name for p in folder.glob("torchrun*.log")) == ["torchrun-1.log", "torchrun-2.log"]
     one, two = load_run(folder / "one"), load_run(folder / "two")
-    assert one.record.launch["scenarios"] == ["one"] and two.record.launch["scenarios"] == ["two"]
+    assert one.record.launch.scenarios == ("one",) and two.record.launch.scenarios == ("two",)
     spans = [(min(e["time"] for e in events(run.path, 0)), max(e["time"] for e in events(run.path, 0))) for run in (one, two)]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], "the two launches overlap in time"
 
@@ -179,19 +181,24 @@ def test_scenarios_that_cannot_share_a_launch_still_run_side_by_side(memprobe, t
 def test_a_rank_that_reported_losing_its_peer_is_not_the_cause_even_if_torchrun_saw_it_first(tmp_path):
     """Seen once in CI: rank 1 SIGKILLed itself, rank 0 then lost its gloo peer and exited 1, and torchrun's
     "Root Cause" named rank 0 (both ended within one monitor interval). The killed, silent rank is blamed."""
-    import json as json_module
-
     from memprobe.launch.follow import StreamFollower, root_cause
+    from memprobe.model.events import ErrorReported, ReadingTaken, Started
+    from memprobe.model.records import Reading
+
+    def groups_created(rank: int) -> ReadingTaken:
+        return ReadingTaken(Reading(rank=rank, sequence=3, step="groups_created", group="tp", status="ok", primary_bytes=0,
+                                    process_bytes=0, device_used_bytes=None, torch_reserved_bytes=None,
+                                    other_gpus_bytes=None, elapsed_s=0.0))
 
     run_dir = tmp_path / "run"
     for rank, events_of_rank in {
-        0: [{"type": "started", "pid": 100}, {"type": "reading", "group": "tp", "step": "groups_created"},
-            {"type": "error", "rank": 0, "group": "tp", "step": "pynccl", "message": "RuntimeError: Connection closed by peer"}],
-        1: [{"type": "started", "pid": 101}, {"type": "reading", "group": "tp", "step": "groups_created"}],
+        0: [Started(pid=100), groups_created(0),
+            ErrorReported(rank=0, group="tp", step="pynccl", message="RuntimeError: Connection closed by peer")],
+        1: [Started(pid=101), groups_created(1)],
     }.items():
         path = stream_path(run_dir, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json_module.dumps(e) + "\n" for e in events_of_rank))
+        path.write_text("".join(event.to_json() + "\n" for event in events_of_rank))
     log = tmp_path / "torchrun.log"
     log.write_text("Root Cause (first observed failure):\n[0]:\n  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 100)\n")
     follower = StreamFollower(run_dir, range(2))

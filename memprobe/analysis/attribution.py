@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from memprobe.model.records import Reading, Run
+from memprobe.model.records import Reading, Run, StepStatus
 from memprobe.model.steps import GROUP_INIT_STEPS
 
 # Component keys, in display order, for one group ``G``:
@@ -97,7 +97,7 @@ def charged_deltas(readings: list[Reading], measure: Measure = primary) -> list[
     charged 0 and its delta (noise, it built nothing) is moved to ``unattributed`` (issue 15)."""
     result: list[tuple[Reading, int | None, int | None]] = []
     for reading, delta in step_deltas(readings, measure):
-        if reading.status == "skipped" and reading.step != "start":
+        if reading.status == StepStatus.SKIPPED and reading.step != "start":
             result.append((reading, None if delta is None else 0, delta))  # unknown stays unknown (CPU: no torch cache)
         else:
             result.append((reading, delta, 0))
@@ -108,7 +108,7 @@ def skipped_keys(readings: list[Reading]) -> set[str]:
     """Component keys (``G/step``, ``cuda_context``) whose step was skipped on this rank."""
     keys = set()
     for reading in readings:
-        if reading.status == "skipped" and reading.step != "start":
+        if reading.status == StepStatus.SKIPPED and reading.step != "start":
             keys.add(reading.step if not reading.group or reading.step == reading.group else f"{reading.group}/{reading.step}")
     return keys
 

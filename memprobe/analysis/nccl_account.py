@@ -15,7 +15,7 @@ from pathlib import Path
 
 from memprobe.analysis import nccl_log
 from memprobe.analysis.attribution import rank_readings, step_deltas, subtract, torch_cache
-from memprobe.model.records import NCCL_LOG_FOLDER, Reading, Run
+from memprobe.model.records import NCCL_LOG_FOLDER, Reading, Run, StepStatus
 
 COMM_STEPS = ("pynccl", "first_use")  # steps whose first NCCL call creates a communicator
 STEP_NAMES = {"pynccl": "pynccl", "first_use": "torch (first use)"}
@@ -71,16 +71,16 @@ def _comm_steps(readings: list[Reading], widths: dict[str, int]) -> list[tuple[R
     """The rank's steps that create an NCCL communicator, in order: (reading, step bytes, torch-cache bytes)."""
     cache = dict((r.sequence, d) for r, d in step_deltas(readings, torch_cache))
     return [(r, d, cache.get(r.sequence)) for r, d in step_deltas(readings)
-            if r.step in COMM_STEPS and r.status == "ok" and widths.get(r.group, 0) > 1]
+            if r.step in COMM_STEPS and r.status == StepStatus.OK and widths.get(r.group, 0) > 1]
 
 
 def _widths(run: Run, rank: int) -> dict[str, int]:
     """Group name -> width of this rank's instance of the group (from run.json's plan)."""
     out = {}
     for entry in run.record.plan:
-        for ranks in entry.get("ranks") or []:
+        for ranks in entry.ranks:
             if rank in ranks:
-                out[str(entry["name"])] = len(ranks)
+                out[entry.name] = len(ranks)
     return out
 
 

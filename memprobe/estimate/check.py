@@ -16,7 +16,7 @@ from memprobe.estimate.calibration import Calibration
 from memprobe.estimate.comparison import sglang_flags
 from memprobe.estimate.model import Topology, estimate_run
 from memprobe.model.comparison import load_comparison, scenario_from_run
-from memprobe.model.records import Reading, Run, load_run
+from memprobe.model.records import Reading, Run, RunStatus, load_run
 from memprobe.model.steps import END, FIRST_USE
 
 from memprobe.units import MIB as MiB
@@ -134,7 +134,7 @@ def _why_not(run: Run, calibration_for: Callable[[str], Calibration | None]) -> 
         return "an estimate, not a measurement"
     if record.device != "cuda":
         return "host memory (--device cpu)"
-    if record.status != "complete":
+    if record.status != RunStatus.COMPLETE:
         return f"status {record.status}"
     if record.results_at is not None or len(run.ranks) != record.world_size:
         return f"readings of {len(run.ranks)} of {record.world_size} ranks here (another node gathered the run)"

@@ -23,7 +23,7 @@ from memprobe.estimate.calibration import Calibration
 from memprobe.estimate.torch_cache import CachingAllocator
 from memprobe.measure.custom_allreduce_sizes import V1_WORLD_SIZES, V1Buffers, v2_supported_world_sizes, v2_workspace
 from memprobe.model.layout import GroupPlan, Layout, Plan, plan_groups
-from memprobe.model.records import SCHEMA_VERSION, RankInfo, Reading, Run, RunRecord
+from memprobe.model.records import SCHEMA_VERSION, PlannedGroup, RankInfo, Reading, Run, RunRecord, RunStatus, StepStatus
 from memprobe.model.scenario import ENV_PRESETS, Scenario
 from memprobe.model.stacks import GroupFlags
 from memprobe.model.steps import (
@@ -95,7 +95,7 @@ class _Rank:
     readings: list[Reading] = field(default_factory=list)
     decisions: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def record(self, step: str, group: str, added: int, note: str, status: str = "ok") -> None:
+    def record(self, step: str, group: str, added: int, note: str, status: str = StepStatus.OK) -> None:
         self.total += added
         self.reserved = self.allocator.reserved
         self.readings.append(Reading(rank=self.rank, sequence=len(self.readings), step=step, group=group, status=status,
@@ -283,7 +283,7 @@ def _communicator_step(context: Context, state: _Rank, group: GroupPlan, kind: s
         skip = None if implementation else f"disabled: {reason}"
     if skip is not None:
         decision[kind] = skip
-        state.record(kind, group.name, 0, skip, status="skipped")
+        state.record(kind, group.name, 0, skip, status=StepStatus.SKIPPED)
         return
     if kind == PYNCCL:
         added, note = state.communicator(_group_estimate(context, member))
@@ -338,10 +338,10 @@ def _custom_allreduce_bytes(context: Context, state: _Rank, size: int, implement
 def _first_use(context: Context, state: _Rank, group: GroupPlan, member: Member) -> None:
     ranks = member.ranks
     if context.scenario.warmup == "none":
-        state.record(FIRST_USE, group.name, 0, "--warmup none", status="skipped")
+        state.record(FIRST_USE, group.name, 0, "--warmup none", status=StepStatus.SKIPPED)
         return
     if len(ranks) == 1:
-        state.record(FIRST_USE, group.name, 0, "width 1: no collective", status="skipped")
+        state.record(FIRST_USE, group.name, 0, "width 1: no collective", status=StepStatus.SKIPPED)
         return
     added, note = state.communicator(_group_estimate(context, member))
 
@@ -371,7 +371,7 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
         run_id=scenario.name, layout=scenario.layout.as_dict(), world_size=scenario.layout.world_size,
         stack=stack.as_dict(), device="cuda", warmup=scenario.warmup, env_preset=scenario.env_preset,
         env=dict(scenario.env), plan=[_plan_entry(group, context) for group in context.plan.groups],
-        status="complete", scenario=scenario.name, engine=scenario.engine, definition=scenario.definition(),
+        status=RunStatus.COMPLETE, scenario=scenario.name, engine=scenario.engine, definition=scenario.definition(),
         memprobe_version=_version(), created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         environment=environment, ranks=infos, source=SOURCE, schema_version=SCHEMA_VERSION,
     )
@@ -396,11 +396,11 @@ def _rank_infos(context: Context, ranks: list[_Rank], classes: dict[int, int]) -
     return infos
 
 
-def _plan_entry(group: GroupPlan, context: Context) -> dict:
+def _plan_entry(group: GroupPlan, context: Context) -> PlannedGroup:
     flags = context.flags.get(group.name, GroupFlags())
     built = GroupFlags() if group.is_alias or group.width == 1 else flags
-    return {"name": group.name, "ranks": list(group.rank_lists), "alias_of": group.alias_of,
-            "communicators": built.as_dict()}
+    return PlannedGroup(name=group.name, ranks=[list(ranks) for ranks in group.rank_lists], alias_of=group.alias_of,
+                        communicators=built.as_dict())
 
 
 def _version() -> str:

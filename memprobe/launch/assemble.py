@@ -6,7 +6,7 @@ import json
 import platform
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ from memprobe.launch.follow import StreamFollower, root_cause
 from memprobe.launch.options import LaunchOptions, recorded_environment
 from memprobe.launch.plan import Member
 from memprobe.measure import nvml
+from memprobe.model.events import InfoReported, load_stream
 from memprobe.model.records import (
-    WORKERS_LOG, Failure, RankInfo, Run, RunRecord, atomic_write_text, load_stream, readings_from_csv, readings_to_csv,
+    WORKERS_LOG, Failure, RankInfo, Run, RunRecord, RunStatus, ScenarioStatus, atomic_write_text, readings_from_csv, readings_to_csv,
     stream_path,
 )
 from memprobe.model.timings import run_timings
@@ -31,7 +32,7 @@ class Tracked:
     record: RunRecord
     follower: StreamFollower
     total: int  # readings each rank takes
-    state: str = "waiting"  # waiting (for its turn) -> running -> done | failed
+    state: ScenarioStatus = ScenarioStatus.WAITING
     failure: Failure | None = None  # a silent rank; an error is found again from the streams
     error_seen_at: float | None = None
     kill_at: float | None = None  # failed: when whatever of it is left gets SIGKILL
@@ -40,7 +41,7 @@ class Tracked:
 
     @property
     def ended(self) -> bool:
-        return self.state in ("done", "failed")
+        return self.state in (ScenarioStatus.DONE, ScenarioStatus.FAILED)
 
 
 @dataclass
@@ -93,10 +94,9 @@ def rank_infos(run_dir: Path, world_size: int) -> list[RankInfo]:
     infos = []
     for rank in range(world_size):
         events, _ = load_stream(stream_path(run_dir, rank))
-        info_events = [e for e in events if e.get("type") == "info"]
-        if info_events:
-            data = {k: v for k, v in info_events[-1].items() if k not in ("type", "time")}
-            infos.append(RankInfo(**data))
+        reported = [event.info for event in events if isinstance(event, InfoReported)]
+        if reported:
+            infos.append(reported[-1])
     return infos
 
 
@@ -134,16 +134,16 @@ def _assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, 
 
         record.environment["sglang"] = sglang_installation(member.environment).as_record()
     readings_path = run_dir / "readings.csv"
-    complete = (tracked.state == "done" and tracked.failure is None and not follower.errors
+    complete = (tracked.state == ScenarioStatus.DONE and tracked.failure is None and not follower.errors
                 and (readings_path.is_file() or not holds_rank_0))
     if complete and holds_rank_0:
         readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
     else:  # what this node's ranks streamed (another node holds the gathered readings)
         readings = [reading for rank in range(world_size) for reading in load_stream(stream_path(run_dir, rank))[1]]
         atomic_write_text(readings_path, readings_to_csv(readings))
-    record.status = "complete" if complete else "incomplete"
+    record.status = RunStatus.COMPLETE if complete else RunStatus.INCOMPLETE
     if complete and not holds_rank_0:
-        record.results_at = follower.results_at
+        record.results_at = asdict(follower.results_at) if follower.results_at else None
     if not complete:
         record.failure = (tracked.failure or _interrupted_failure(outcome)
                           or root_cause(follower, outcome.return_code, run_dir / WORKERS_LOG, torchrun_log))

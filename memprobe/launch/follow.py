@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from memprobe.launch.processes import is_stopped
+from memprobe.model.events import (
+    Arrived, Done, ErrorReported, Exited, Forked, Launched, MalformedEvent, ReadingTaken, ResultsLocation, Started,
+    WorkerEvent, parse_event,
+)
 from memprobe.model.records import Failure, stream_path
-
-
-def _where(event: dict[str, Any]) -> str:
-    return f"{event['group']}/{event['step']}" if event.get("group") else str(event.get("step", ""))
 
 
 class StreamFollower:
@@ -32,14 +30,14 @@ class StreamFollower:
         self.pids: set[int] = set()  # the scenario's measuring processes
         self.rank_pids: dict[int, int] = {}  # rank -> its measuring process
         self.launcher_pids: set[int] = set()  # the processes torchrun started, shared by the launch's scenarios
-        self.errors: list[dict[str, Any]] = []
+        self.errors: list[ErrorReported] = []
         self.done: set[int] = set()
         self.launched: set[int] = set()  # ranks whose launcher runs
         self.started: set[int] = set()  # ranks whose measuring process runs
         self.exited: dict[int, int] = {}  # rank -> its measuring process's exit code, as its launcher saw it
         self.arrived: dict[int, str] = {}  # rank -> the step it finished, waiting for the other ranks there
         self.last_progress = {rank: time.monotonic() for rank in ranks}  # launch or turn, then each sign of life
-        self.results_at: dict[str, Any] | None = None  # where node 0 keeps the gathered results
+        self.results_at: ResultsLocation | None = None  # where node 0 keeps the gathered results
 
     def poll(self) -> None:
         for rank, path in self.paths.items():
@@ -53,41 +51,40 @@ class StreamFollower:
             self.offsets[rank] += complete
             for line in data[:complete].splitlines():
                 try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
+                    event = parse_event(line)
+                except MalformedEvent:  # a line no worker writes (garbage, an unknown kind): skipped, no sign of life
                     continue
                 self._take(rank, event)
         if not self.known and self.launched:
             self._narrow(min(self.launched) // self.per_node)
 
-    def _take(self, rank: int, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind != "exited":  # every event but its end is a sign of life: the rank's silence counts from it
+    def _take(self, rank: int, event: WorkerEvent) -> None:
+        if not isinstance(event, Exited):  # every event but its end is a sign of life: the rank's silence counts from it
             self.last_progress[rank] = time.monotonic()
-        if kind == "launched":
-            self.launcher_pids.add(int(event["pid"]))
+        if isinstance(event, Launched):
+            self.launcher_pids.add(event.pid)
             self.launched.add(rank)
-        elif kind == "forked":  # known before the process itself says anything: it can be stopped even then
-            self.pids.add(int(event["pid"]))
-            self.rank_pids[rank] = int(event["pid"])
-        elif kind == "exited":
-            self.exited[rank] = int(event["code"])
-        elif kind == "started":
-            self.pids.add(int(event["pid"]))
-            self.rank_pids[rank] = int(event["pid"])
+        elif isinstance(event, Forked):  # known before the process itself says anything: it can be stopped even then
+            self.pids.add(event.pid)
+            self.rank_pids[rank] = event.pid
+        elif isinstance(event, Exited):
+            self.exited[rank] = event.code
+        elif isinstance(event, Started):
+            self.pids.add(event.pid)
+            self.rank_pids[rank] = event.pid
             self.launched.add(rank)
             self.started.add(rank)
-        elif kind == "reading":
+        elif isinstance(event, ReadingTaken):
             self.readings[rank] += 1
             self.arrived.pop(rank, None)
-            self.last_step[rank] = _where(event)
-        elif kind == "arrived":
-            self.arrived[rank] = _where(event)
-        elif kind == "error":
+            self.last_step[rank] = event.where
+        elif isinstance(event, Arrived):
+            self.arrived[rank] = event.where
+        elif isinstance(event, ErrorReported):
             self.errors.append(event)
-        elif kind == "done":
+        elif isinstance(event, Done):
             self.done.add(rank)
-            self.results_at = event.get("results_at") or self.results_at
+            self.results_at = event.results_at or self.results_at
 
     def _narrow(self, node: int) -> None:
         local = range(node * self.per_node, (node + 1) * self.per_node)
@@ -191,9 +188,9 @@ def last_lines(workers_log: Path, torchrun_log: Path) -> list[str]:
 def root_cause(follower: StreamFollower, return_code: int | None, workers_log: Path, torchrun_log: Path) -> Failure:
     """Blame the rank that failed first on its own: an error that is not a lost peer, else a rank that went silent."""
 
-    def from_error(event: dict[str, Any]) -> Failure:
-        return Failure(rank=event.get("rank"), group=event.get("group", ""), step=event.get("step", ""),
-                       message=event.get("message", "error"), last_lines=event.get("traceback", [])[-12:])
+    def from_error(event: ErrorReported) -> Failure:
+        return Failure(rank=event.rank, group=event.group, step=event.step, message=event.message,
+                       last_lines=list(event.traceback[-12:]))
 
     def how_it_ended(rank: int, otherwise: str) -> str:
         code = follower.exited.get(rank)
@@ -212,8 +209,8 @@ def root_cause(follower: StreamFollower, return_code: int | None, workers_log: P
                        message=(f"exited without reporting an error after its {last} reading " if last else never_started) + how,
                        last_lines=last_lines(workers_log, torchrun_log))
 
-    errors = sorted(follower.errors, key=lambda e: e.get("time", 0))
-    own = [e for e in errors if not any(m in str(e.get("message", "")).lower() for m in _PEER_LOSS_MARKERS)]
+    errors = sorted(follower.errors, key=lambda e: e.time)
+    own = [e for e in errors if not any(m in e.message.lower() for m in _PEER_LOSS_MARKERS)]
     if own:
         return from_error(own[0])
     taken = rendezvous_port_taken(torchrun_log)
@@ -221,7 +218,7 @@ def root_cause(follower: StreamFollower, return_code: int | None, workers_log: P
         return Failure(rank=None, group="", step="", last_lines=tail(torchrun_log),
                        message=f"torchrun could not listen on its rendezvous port{taken}: it is already in use "
                                "(EADDRINUSE); choose another --master-port, or leave it out for a free one")
-    reported = {e.get("rank") for e in errors}
+    reported = {e.rank for e in errors}
     cause = torchrun_root_cause(torchrun_log)
     # torchrun names the first exit it noticed; a rank that reported losing a peer is not the cause, even if
     # torchrun noticed it first (a SIGKILLed rank and the peer it left behind end within one monitor interval)

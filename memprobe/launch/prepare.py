@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import json
 import os
 import socket
 import sys
@@ -16,7 +15,8 @@ from memprobe.errors import UsageError
 from memprobe.launch.options import CPU_RANKS_PER_NODE, LaunchOptions, worker_environment
 from memprobe.measure import nvml
 from memprobe.model.layout import plan_groups
-from memprobe.model.records import WORKER_CONFIG, RunRecord, atomic_write_text
+from memprobe.model.launch_files import WorkerConfig
+from memprobe.model.records import WORKER_CONFIG, PlannedGroup, RunRecord, atomic_write_text
 from memprobe.model.scenario import Scenario
 from memprobe.model.steps import sequence
 
@@ -150,8 +150,8 @@ def new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, comman
         warmup=scenario.warmup,
         env_preset=scenario.env_preset,
         env=dict(scenario.env),
-        plan=[{"name": g.name, "ranks": [list(r) for r in g.rank_lists], "alias_of": g.alias_of,
-               "communicators": stack.communicators_for(g)} for g in plan.groups],
+        plan=[PlannedGroup(name=g.name, ranks=[list(r) for r in g.rank_lists], alias_of=g.alias_of,
+                           communicators=stack.communicators_for(g)) for g in plan.groups],
         scenario=scenario.name,
         engine=scenario.engine,
         definition=scenario.definition(),
@@ -162,12 +162,10 @@ def new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, comman
 
 
 def write_worker_config(scenario: Scenario, options: LaunchOptions, run_dir: Path) -> None:
-    worker_config = {
-        "layout": scenario.layout.as_dict(), "stack": scenario.resolved_stack.as_dict(), "device": options.device,
-        "warmup": scenario.warmup, "timeout_s": options.timeout_s + WORKER_TIMEOUT_MARGIN_S, "allow_busy_gpu": options.allow_busy_gpu,
-        "engine": scenario.engine,
-    }
-    atomic_write_text(run_dir / WORKER_CONFIG, json.dumps(worker_config, indent=2, sort_keys=True) + "\n")
+    config = WorkerConfig(layout=scenario.layout, stack=scenario.resolved_stack, device=options.device,
+                          warmup=scenario.warmup, timeout_s=options.timeout_s + WORKER_TIMEOUT_MARGIN_S,
+                          allow_busy_gpu=options.allow_busy_gpu, engine=scenario.engine)
+    atomic_write_text(run_dir / WORKER_CONFIG, config.to_json())
 
 
 def local_ranks(scenario: Scenario, options: LaunchOptions) -> range:

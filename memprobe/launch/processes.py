@@ -15,7 +15,7 @@ import time
 from typing import Callable
 
 from memprobe.measure import nvml
-from memprobe.model.records import RUN_TOKEN_VARIABLE
+from memprobe.model.records import RUN_TOKEN_VARIABLE, process_carries
 
 GPU_RELEASE_TIMEOUT_S = 15.0
 KILL_GRACE_S = 5.0
@@ -53,11 +53,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def carries_token(pid: int, token: str) -> bool:
     """Whether process ``pid`` still carries this run's token (a PID may have been reused since it was read)."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as stream:
-            return f"{RUN_TOKEN_VARIABLE}={token}".encode() in stream.read().split(b"\0")
-    except OSError:
-        return False
+    return process_carries(pid, RUN_TOKEN_VARIABLE, token)
 
 
 def pids_with_token(token: str) -> list[int]:

@@ -81,12 +81,12 @@ def run_scenarios(scenario_set: ScenarioSet, options: LaunchOptions, progress: P
 
 def _with_the_finished(failure: MeasurementError, scenarios: list[Scenario], path: Path) -> MeasurementError:
     """The first failure, and which scenarios did finish (their tables are one `memprobe report` away)."""
-    from memprobe.model.records import load_run
+    from memprobe.model.records import RunStatus, load_run
 
     finished = []
     for scenario in scenarios:
         try:
-            if load_run(path / scenario.name).record.status == "complete":
+            if load_run(path / scenario.name).record.status == RunStatus.COMPLETE:
                 finished.append(scenario.name)
         except UsageError:  # never started: no run.json
             continue

@@ -12,7 +12,6 @@ carry the launch's token (:mod:`memprobe.launch.processes`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -34,9 +33,10 @@ from memprobe.launch.prepare import expected_readings, local_ranks, new_record, 
 from memprobe.launch.processes import (
     KILL_GRACE_S, alive, free_port, signal_own, stop_everything, wait_for_gpu_release,
 )
+from memprobe.model.launch_files import LaunchFile, LaunchScenario
 from memprobe.model.records import (
-    CONCURRENT_VARIABLE, Failure, NCCL_LOG_FOLDER, RUN_TOKEN_VARIABLE, WORKERS_LOG, Run, launch_paths,
-    atomic_write_text,
+    CONCURRENT_VARIABLE, Failure, LaunchInfo, NCCL_LOG_FOLDER, RUN_TOKEN_VARIABLE, WORKERS_LOG, Run, ScenarioStatus, atomic_write_text,
+    launch_paths,
 )
 
 CLEAN_EXIT_S = 30.0  # after every scenario ended: how long torchrun may take to exit by itself
@@ -135,7 +135,7 @@ def launch_command(launch_file: Path, name: str, per_node: int, options: LaunchO
 def _report(tracked: Tracked, progress: ProgressCallback | None) -> None:
     if progress is None:
         return
-    if tracked.state == "waiting":
+    if tracked.state == ScenarioStatus.WAITING:
         progress(tracked.member.scenario.name, 0, tracked.total, "waiting for its turn")
         return
     rank, done, detail = tracked.follower.slowest()
@@ -159,29 +159,29 @@ def _check(tracked: Tracked, now: float, options: LaunchOptions, torchrun_log: P
     """A running scenario: done when every local rank is, failed on an error or a silent rank."""
     follower = tracked.follower
     if not tracked.member.run_dir.is_dir():  # deleted under it: its ranks' readings have nowhere to go
-        tracked.state = "failed"
+        tracked.state = ScenarioStatus.FAILED
     elif follower.errors or follower.crashed:
         if tracked.error_seen_at is None:
             tracked.error_seen_at = now  # let its other ranks report too, then stop them
         elif now - tracked.error_seen_at >= ERROR_GRACE_S:
-            tracked.state = "failed"
+            tracked.state = ScenarioStatus.FAILED
     elif follower.finished_locally:
-        tracked.state = "done"
+        tracked.state = ScenarioStatus.DONE
     else:
         tracked.failure = silence_failure(follower, now, options.timeout_s, tracked.member.run_dir / WORKERS_LOG,
                                           torchrun_log)
         if tracked.failure is not None:
-            tracked.state = "failed"
+            tracked.state = ScenarioStatus.FAILED
 
 
 def _turns(members: list[Tracked], jobs: int) -> None:
     """Start the clock of the scenarios whose turn came (the launchers fork them in the same order)."""
-    running = sum(1 for tracked in members if tracked.state == "running")
+    running = sum(1 for tracked in members if tracked.state == ScenarioStatus.RUNNING)
     for tracked in members:
         if running >= jobs:
             return
-        if tracked.state == "waiting":
-            tracked.state = "running"
+        if tracked.state == ScenarioStatus.WAITING:
+            tracked.state = ScenarioStatus.RUNNING
             tracked.follower.restart_clock()
             running += 1
 
@@ -191,11 +191,11 @@ def _fail_the_queue_if_never_launched(members: list[Tracked]) -> None:
     with it: they would only wait the same --timeout again, each, for the same launcher."""
     for tracked in members:
         failure = tracked.failure
-        if (tracked.state == "failed" and failure is not None and failure.rank is not None
+        if (tracked.state == ScenarioStatus.FAILED and failure is not None and failure.rank is not None
                 and failure.rank not in tracked.follower.launched):
             for waiting in members:
-                if waiting.state == "waiting":
-                    waiting.state = "failed"
+                if waiting.state == ScenarioStatus.WAITING:
+                    waiting.state = ScenarioStatus.FAILED
                     waiting.failure = Failure(rank=failure.rank, group="", step="",
                                               message=f"not run: {failure.describe()} (in {tracked.member.scenario.name}, "
                                                       "the same launch)")
@@ -206,10 +206,10 @@ def _note_exits(members: list[Tracked], token: str) -> None:
     now = time.monotonic()
     all_ended = all(tracked.ended for tracked in members)
     for tracked in members:
-        if tracked.state == "done" and tracked.workers_exited_at is None:
+        if tracked.state == ScenarioStatus.DONE and tracked.workers_exited_at is None:
             if not any(alive(pid) for pid in tracked.follower.pids):
                 tracked.workers_exited_at = time.time()
-        elif tracked.state == "failed":
+        elif tracked.state == ScenarioStatus.FAILED:
             _stop(tracked, token, now, launchers_too=all_ended)
 
 
@@ -224,10 +224,10 @@ def _follow(process: subprocess.Popen[bytes], members: list[Tracked], options: L
             raise INTERRUPTS.take()
         now = time.monotonic()
         for tracked in members:
-            if tracked.state != "waiting":
+            if tracked.state != ScenarioStatus.WAITING:
                 tracked.follower.poll()
             _report(tracked, progress)
-            if tracked.state == "running":
+            if tracked.state == ScenarioStatus.RUNNING:
                 _check(tracked, now, options, torchrun_log)
         _note_exits(members, token)
         _fail_the_queue_if_never_launched(members)
@@ -236,7 +236,8 @@ def _follow(process: subprocess.Popen[bytes], members: list[Tracked], options: L
             for tracked in members:
                 tracked.follower.poll()
                 if not tracked.ended:
-                    tracked.state = "done" if tracked.follower.finished_locally and not tracked.follower.errors else "failed"
+                    tracked.state = (ScenarioStatus.DONE if tracked.follower.finished_locally and not tracked.follower.errors
+                                     else ScenarioStatus.FAILED)
             return
         if all(tracked.ended for tracked in members):
             return
@@ -248,7 +249,7 @@ def _wait_for_own_exit(process: subprocess.Popen[bytes], members: list[Tracked],
     notes when each scenario's last measuring process is gone (the timings tell it from torchrun's exit)."""
     # everything done: torchrun's exit barrier and store may take a moment; something failed: what is left of it
     # is being stopped, and the rest is stop_everything's
-    wait_s = CLEAN_EXIT_S if all(tracked.state == "done" for tracked in members) else KILL_GRACE_S + 1.0
+    wait_s = CLEAN_EXIT_S if all(tracked.state == ScenarioStatus.DONE for tracked in members) else KILL_GRACE_S + 1.0
     deadline = time.monotonic() + wait_s
     while process.poll() is None and time.monotonic() < deadline:
         if INTERRUPTS.first is not None:
@@ -259,7 +260,7 @@ def _wait_for_own_exit(process: subprocess.Popen[bytes], members: list[Tracked],
         time.sleep(0.02)
     _note_exits(members, token)
     for tracked in members:
-        if tracked.state == "done" and tracked.workers_exited_at is None:
+        if tracked.state == ScenarioStatus.DONE and tracked.workers_exited_at is None:
             tracked.workers_exited_at = time.time()
 
 
@@ -294,7 +295,7 @@ def supervise(command: list[str], environment: dict[str, str], token: str, membe
 
 # ------------------------------------------------------------------------------ one launch
 
-def _prepare(member: Member, options: LaunchOptions, command: list[str] | None, launch: dict) -> Tracked:
+def _prepare(member: Member, options: LaunchOptions, command: list[str] | None, launch: LaunchInfo) -> Tracked:
     scenario, run_dir = member.scenario, member.run_dir
     run_dir.mkdir(parents=True, exist_ok=False)
     if options.nccl_log:  # NCCL's own account of every communicator (issue 14)
@@ -306,7 +307,7 @@ def _prepare(member: Member, options: LaunchOptions, command: list[str] | None, 
     return Tracked(member=member, record=record, follower=_new_follower(member, options), total=expected_readings(scenario))
 
 
-def _prepare_all(planned: PlannedLaunch, options: LaunchOptions, command: list[str] | None, launch: dict,
+def _prepare_all(planned: PlannedLaunch, options: LaunchOptions, command: list[str] | None, launch: LaunchInfo,
                  launch_file: Path, jobs: int) -> list[Tracked]:
     """Every member's run folder, run.json and worker config, then launch.json; on a full disk, the run folders
     made so far are removed (nothing was measured in them)."""
@@ -335,9 +336,9 @@ def _launch_name(planned: PlannedLaunch) -> str:
 
 
 def _write_launch_file(path: Path, planned: PlannedLaunch, jobs: int) -> None:
-    document = {"jobs": jobs, "scenarios": [{"name": member.scenario.name, "run_dir": str(member.run_dir.resolve()),
-                                             "env": member.overrides} for member in planned.members]}
-    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    scenarios = tuple(LaunchScenario(name=member.scenario.name, run_dir=str(member.run_dir.resolve()), env=member.overrides)
+                      for member in planned.members)
+    atomic_write_text(path, LaunchFile(scenarios=scenarios, jobs=jobs).to_json())
 
 
 def run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path, jobs: int, suffix: str = "",
@@ -358,8 +359,7 @@ def _run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path
                 progress: ProgressCallback | None, command: list[str] | None, stop: StopFlag | None,
                 beside: str | None) -> list[Run]:
     jobs = max(1, min(jobs, len(planned.members)))
-    launch = {"scenarios": [scenario.name for scenario in planned.scenarios], "jobs": jobs,
-              "folder": launch_dir.name}
+    launch = LaunchInfo(scenarios=tuple(scenario.name for scenario in planned.scenarios), jobs=jobs, folder=launch_dir.name)
     launch_file, torchrun_log = launch_paths(launch_dir, suffix)
     members = _prepare_all(planned, options, command, launch, launch_file, jobs)
     token = uuid.uuid4().hex
@@ -380,7 +380,7 @@ def _run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path
         port_taken = rendezvous_port_taken(torchrun_log) is not None
         if attempt + 1 < attempts and not launched and port_taken and outcome.interrupted is None:
             for tracked in members:  # something took the rendezvous port between our probe and torchrun's bind
-                tracked.state, tracked.failure, tracked.follower = "waiting", None, _new_follower(tracked.member, options)
+                tracked.state, tracked.failure, tracked.follower = ScenarioStatus.WAITING, None, _new_follower(tracked.member, options)
             continue
         break
     return _runs(members, options, outcome, torchrun_log, launch_dir)

@@ -22,7 +22,6 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import asdict
 from typing import Any, Callable
 
 import torch
@@ -30,7 +29,8 @@ import torch.distributed as dist
 
 from memprobe.measure.rendezvous import INIT_METHOD
 from memprobe.model.layout import GroupPlan, Layout, plan_groups
-from memprobe.model.records import CONCURRENT_VARIABLE, RankInfo, Reading
+from memprobe.model.events import Arrived, ReadingTaken, WorkerEvent
+from memprobe.model.records import CONCURRENT_VARIABLE, RankInfo, Reading, StepStatus, process_carries
 from memprobe.model.stacks import GroupFlags, Stack
 from memprobe.model.steps import (
     BEFORE, COMMUNICATOR_STEPS, CUDA_CONTEXT, END, FIRST_USE, GROUPS_CREATED, PYNCCL, START,
@@ -40,15 +40,6 @@ SWEEP_ALL_REDUCE_ELEMENTS = (1, 1024, 256 * 1024, 16 * 1024 * 1024)  # fp32: 4 B
 SWEEP_ALL_GATHER_ELEMENTS = 256 * 1024  # 1 MiB per rank
 
 
-
-
-def _carries(pid: int, variable: str, value: str) -> bool:
-    """Whether process ``pid`` has ``variable=value`` in its environment (same host, readable /proc)."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as stream:
-            return f"{variable}={value}".encode() in stream.read().split(b"\0")
-    except OSError:
-        return False
 
 
 class FaultHook:
@@ -90,7 +81,7 @@ class FaultHook:
 
 class ReferenceEngine:
     def __init__(self, *, layout: Layout, stack: Stack, device: str, warmup: str, timeout_s: float,
-                 emit: Callable[[dict[str, Any]], None], rank: int, local_rank: int, world_size: int,
+                 emit: Callable[[WorkerEvent], None], rank: int, local_rank: int, world_size: int,
                  allow_busy_gpu: bool = False) -> None:
         self.layout = layout
         self.plan = plan_groups(layout)
@@ -127,12 +118,12 @@ class ReferenceEngine:
         if self.world_cpu_group is not None:
             dist.barrier(group=self.world_cpu_group)
 
-    def record(self, step: str, group: str = "", status: str = "ok", note: str = "") -> Reading:
+    def record(self, step: str, group: str = "", status: str = StepStatus.OK, note: str = "") -> Reading:
         self.current = (group, step)
         self.fault.fire(group, step)
         # this rank finished the step and now waits for the others: the parent tells a hung rank
         # from the ranks waiting for it (issue 13)
-        self.emit({"type": "arrived", "group": group, "step": step})
+        self.emit(Arrived(group=group, step=step))
         self._synchronize()
         sample = self.sampler.sample()
         now = time.monotonic()
@@ -150,7 +141,7 @@ class ReferenceEngine:
         """Number, keep and stream one reading (it reaches disk before the next step starts)."""
         self.sequence += 1
         self.readings.append(reading)
-        self.emit({"type": "reading", **asdict(reading)})
+        self.emit(ReadingTaken(reading))
 
     # ----------------------------------------------------------------- steps
     def _start_and_context(self) -> None:
@@ -161,7 +152,7 @@ class ReferenceEngine:
             self.info.sampling_mode = self.sampler.mode
             self.record(START)
             self.current = ("", CUDA_CONTEXT)
-            self.record(CUDA_CONTEXT, status="skipped", note="--device cpu: no CUDA context")
+            self.record(CUDA_CONTEXT, status=StepStatus.SKIPPED, note="--device cpu: no CUDA context")
             return
         from memprobe.measure import nvml
 
@@ -174,7 +165,7 @@ class ReferenceEngine:
         others = self.sampler.other_processes()
         concurrent = os.environ.get(CONCURRENT_VARIABLE, "")
         if concurrent:  # sibling scenarios of `compare --jobs` share the GPUs on purpose
-            others = {pid: used for pid, used in others.items() if not _carries(pid, CONCURRENT_VARIABLE, concurrent)}
+            others = {pid: used for pid, used in others.items() if not process_carries(pid, CONCURRENT_VARIABLE, concurrent)}
         if others:
             message = f"GPU {gpu.uuid} is shared with other processes (pids {sorted(others)})"
             self.info.warnings.append(message)
@@ -202,7 +193,7 @@ class ReferenceEngine:
         # before the CUDA context exists means 0 bytes in per-process mode.
         start_bytes = start_sample.process_bytes if start_sample.process_bytes is not None else (0 if mode == "process" else None)
         primary = start_bytes if mode == "process" else start_sample.device_used_bytes
-        reading = Reading(rank=self.rank, sequence=self.sequence, step="start", group="", status="ok",
+        reading = Reading(rank=self.rank, sequence=self.sequence, step="start", group="", status=StepStatus.OK,
                           primary_bytes=primary, process_bytes=start_bytes,
                           device_used_bytes=start_sample.device_used_bytes, torch_reserved_bytes=0,
                           other_gpus_bytes=start_sample.other_gpus_bytes, elapsed_s=0.0,
@@ -253,15 +244,15 @@ class ReferenceEngine:
         decision = self.info.communicators.setdefault(group.name, {})
         if not wanted:
             decision[kind] = "skipped: not in stack"
-            self.record(kind, group.name, status="skipped", note=decision[kind])
+            self.record(kind, group.name, status=StepStatus.SKIPPED, note=decision[kind])
             return
         if len(ranks) == 1:
             decision[kind] = "skipped: width 1 (SGLang builds none)"
-            self.record(kind, group.name, status="skipped", note=decision[kind])
+            self.record(kind, group.name, status=StepStatus.SKIPPED, note=decision[kind])
             return
         if self.device_kind == "cpu":
             decision[kind] = "skipped: --device cpu has no GPU communicators"
-            self.record(kind, group.name, status="skipped", note=decision[kind])
+            self.record(kind, group.name, status=StepStatus.SKIPPED, note=decision[kind])
             return
         from memprobe.measure import communicators
 
@@ -275,14 +266,14 @@ class ReferenceEngine:
             self.cpu_groups[group.name], ranks, self.info.gpu_uuid, self.stack.custom_allreduce_impl)
         if implementation is None:
             decision[kind] = f"disabled: {reason}"
-            self.record(kind, group.name, status="skipped", note=decision[kind])
+            self.record(kind, group.name, status=StepStatus.SKIPPED, note=decision[kind])
             return
         try:
             built, runtime = communicators.allocate_custom_allreduce(
                 self.cpu_groups[group.name], ranks, self.torch_device, implementation)
         except Exception as error:  # SGLang catches and only logs custom all-reduce failures (PS:502-518)
             decision[kind] = f"failed: {error}"
-            self.record(kind, group.name, status="failed", note=decision[kind][:300])
+            self.record(kind, group.name, status=StepStatus.FAILED, note=decision[kind][:300])
             return
         self.custom_allreduce[group.name] = built
         self.cuda_runtime = runtime or self.cuda_runtime
@@ -292,10 +283,10 @@ class ReferenceEngine:
     def _first_use(self, group: GroupPlan) -> None:
         ranks = group.ranks_of(self.rank)
         if self.warmup == "none":
-            self.record(FIRST_USE, group.name, status="skipped", note="--warmup none")
+            self.record(FIRST_USE, group.name, status=StepStatus.SKIPPED, note="--warmup none")
             return
         if len(ranks) == 1:  # SGLang returns before any collective on a width-1 group (PS:692)
-            self.record(FIRST_USE, group.name, status="skipped", note="width 1: no collective")
+            self.record(FIRST_USE, group.name, status=StepStatus.SKIPPED, note="width 1: no collective")
             return
         self.current = (group.name, FIRST_USE)
         device = self.torch_device or torch.device("cpu")

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 from memprobe.measure.rendezvous import INIT_METHOD
 from memprobe.model.layout import GroupPlan, Layout
+from memprobe.model.records import StepStatus
 from memprobe.model.steps import GROUP_INIT_STEPS
 
 
@@ -149,7 +150,7 @@ class GroupHooks:
                 if name == "groups_created":
                     self.engine.record(name, self.group)
                 else:
-                    self.engine.record(name, self.group, status="skipped", note="not built by SGLang (flag off or width 1)")
+                    self.engine.record(name, self.group, status=StepStatus.SKIPPED, note="not built by SGLang (flag off or width 1)")
 
     def group_wrapper(self, original: Any) -> Any:
         @functools.wraps(original)
@@ -191,7 +192,7 @@ class GroupHooks:
             try:
                 implementation = original(*args, **kwargs)
             except Exception as error:
-                self._custom_allreduce_done("failed", f"dispatch failed: {error}")
+                self._custom_allreduce_done(StepStatus.FAILED, f"dispatch failed: {error}")
                 raise
             return self._constructor(implementation)
 
@@ -202,10 +203,10 @@ class GroupHooks:
             try:
                 communicator = implementation(*args, **kwargs)
             except Exception as error:  # SGLang logs it and goes on without custom all-reduce
-                self._custom_allreduce_done("failed", str(error))
+                self._custom_allreduce_done(StepStatus.FAILED, str(error))
                 raise
             disabled = " (disabled)" if getattr(communicator, "disabled", False) else ""
-            self._custom_allreduce_done("ok", getattr(implementation, "__name__", str(implementation)) + disabled)
+            self._custom_allreduce_done(StepStatus.OK, getattr(implementation, "__name__", str(implementation)) + disabled)
             return communicator
 
         return construct

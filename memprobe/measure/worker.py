@@ -21,11 +21,15 @@ import json
 import os
 import signal
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from memprobe.model.events import (
+    Done, ErrorReported, Exited, Forked, InfoReported, Launched, MeasuringProcess, PhaseName, PhaseReached, ResultsLocation, Started,
+    WorkerEvent,
+)
+from memprobe.model.launch_files import LaunchFile, LaunchScenario, WorkerConfig
 from memprobe.model.records import TORCHRUN_PID_VARIABLE, WORKERS_LOG, WORKER_CONFIG, stream_path
 
 FRESH = "--fresh-interpreter"
@@ -36,9 +40,8 @@ class EventStream:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.stream = open(path, "a", encoding="utf-8")
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        event.setdefault("time", time.time())
-        self.stream.write(json.dumps(event, sort_keys=True) + "\n")
+    def __call__(self, event: WorkerEvent) -> None:
+        self.stream.write(event.to_json() + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -71,13 +74,13 @@ class Launcher:
     and with them the scenarios still running beside a failed one. Only a stop signal makes it exit non-zero.
     """
 
-    def __init__(self, launch: dict[str, Any], launch_file: Path, rank: int, fork_safe: bool) -> None:
+    def __init__(self, launch: LaunchFile, launch_file: Path, rank: int, fork_safe: bool) -> None:
         self.launch_file = launch_file
         self.rank = rank
         self.fork_safe = fork_safe  # no thread besides this one: otherwise each child execs a fresh interpreter
-        self.entries = list(launch["scenarios"])
-        self.jobs = max(1, int(launch.get("jobs", 1)))
-        self.running: dict[int, dict[str, Any]] = {}  # pid -> its scenario's entry
+        self.entries = list(launch.scenarios)
+        self.jobs = launch.jobs
+        self.running: dict[int, LaunchScenario] = {}  # pid -> its scenario's entry
         self.stopping = 0
 
     def on_signal(self, number: int, frame: Any) -> None:
@@ -88,7 +91,7 @@ class Launcher:
             except ProcessLookupError:
                 pass
 
-    def _fork(self, entry: dict[str, Any]) -> None:
+    def _fork(self, entry: LaunchScenario) -> None:
         """Signals are blocked around the fork, so none is lost between fork() and ``running``, and the child
         never runs the launcher's handler (it resets its own before unblocking)."""
         launcher = os.getpid()
@@ -96,12 +99,12 @@ class Launcher:
         try:
             pid = os.fork()
             if pid == 0:
-                process = "forked" if self.fork_safe else "fresh-exec"
+                process = MeasuringProcess.FORKED if self.fork_safe else MeasuringProcess.FRESH_EXEC
                 os._exit(_measuring_process(entry, self.launch_file, process, launcher, unblock=blocked))
             self.running[pid] = entry
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        _announce(Path(entry["run_dir"]), self.rank, {"type": "forked", "pid": pid, "time": time.time()})
+        _announce(Path(entry.run_dir), self.rank, Forked(pid=pid))
 
     def run(self) -> int:
         """Every scenario's measuring process, ``jobs`` at a time."""
@@ -116,37 +119,34 @@ class Launcher:
             pid, status = os.wait()
             entry = self.running.pop(pid, None)
             if entry is not None:
-                _announce(Path(entry["run_dir"]), self.rank, {"type": "exited", "pid": pid, "time": time.time(),
-                                                               "code": os.waitstatus_to_exitcode(status)})
+                _announce(Path(entry.run_dir), self.rank, Exited(pid=pid, code=os.waitstatus_to_exitcode(status)))
         return 128 + self.stopping if self.stopping else 0
 
 
 def main(argv: list[str]) -> int:
     launch_file = Path(argv[1])
-    launch = json.loads(launch_file.read_text(encoding="utf-8"))
+    launch = LaunchFile.from_json(launch_file.read_text(encoding="utf-8"))
     if argv[2:3] == [FRESH]:  # a measuring process that had to leave its fork for a fresh interpreter
-        entry = next(entry for entry in launch["scenarios"] if entry["name"] == argv[3])
-        return _measuring_process(entry, launch_file, "fresh", os.getppid())
+        return _measuring_process(launch.scenario(argv[3]), launch_file, MeasuringProcess.FRESH, os.getppid())
     rank, local_rank, _, group_rank = _ranks()
     torchrun = os.environ.get(TORCHRUN_PID_VARIABLE, "")
     _die_with_parent(int(torchrun) if torchrun.isdigit() else None)  # torchrun's agent
-    launched = {"type": "launched", "rank": rank, "local_rank": local_rank, "pid": os.getpid(), "group_rank": group_rank,
-                "time": time.time()}
-    for entry in launch["scenarios"]:
-        _announce(Path(entry["run_dir"]), rank, launched)
+    launched = Launched(rank=rank, local_rank=local_rank, pid=os.getpid(), group_rank=group_rank)
+    for entry in launch.scenarios:
+        _announce(Path(entry.run_dir), rank, launched)
     import torch  # noqa: F401  (once for every scenario; CUDA stays untouched until a measuring process starts)
 
     import memprobe.measure.engine  # noqa: F401
     import memprobe.measure.rendezvous  # noqa: F401
 
     # fork() copies only the calling thread: a launcher with no other thread forks safely (the count is kept)
-    imported = {"type": "phase", "name": "imported", "time": time.time(), "threads": len(os.listdir("/proc/self/task"))}
-    for entry in launch["scenarios"]:
-        _announce(Path(entry["run_dir"]), rank, imported)
-    if len(launch["scenarios"]) == 1:  # `memprobe run`: nothing to share, so no fork (and no fork poison)
-        code = _measuring_process(launch["scenarios"][0], launch_file, "launcher", os.getppid())
+    imported = PhaseReached(name=PhaseName.IMPORTED, threads=len(os.listdir("/proc/self/task")))
+    for entry in launch.scenarios:
+        _announce(Path(entry.run_dir), rank, imported)
+    if len(launch.scenarios) == 1:  # `memprobe run`: nothing to share, so no fork (and no fork poison)
+        code = _measuring_process(launch.scenarios[0], launch_file, MeasuringProcess.LAUNCHER, os.getppid())
     else:
-        launcher = Launcher(launch, launch_file, rank, fork_safe=imported["threads"] == 1)
+        launcher = Launcher(launch, launch_file, rank, fork_safe=imported.threads == 1)
         signal.signal(signal.SIGTERM, launcher.on_signal)
         signal.signal(signal.SIGINT, launcher.on_signal)
         code = launcher.run()
@@ -155,9 +155,9 @@ def main(argv: list[str]) -> int:
     os._exit(code)  # nothing to finalise here; skipping interpreter shutdown saves ~0.6 s per launch
 
 
-def _announce(run_dir: Path, rank: int, event: dict[str, Any]) -> None:
+def _announce(run_dir: Path, rank: int, event: WorkerEvent) -> None:
     stream = EventStream(stream_path(run_dir, rank))
-    stream(dict(event))
+    stream(event)
     stream.close()  # closed before any fork: a measuring process opens its own
 
 
@@ -177,7 +177,7 @@ def _in_bad_fork() -> bool:
     return bool(getattr(torch.cuda, "_is_in_bad_fork", lambda: False)())
 
 
-def _measuring_process(entry: dict[str, Any], launch_file: Path, process: str, parent: int,
+def _measuring_process(entry: LaunchScenario, launch_file: Path, process: MeasuringProcess, parent: int,
                        unblock: Any = None) -> int:
     """One scenario on this rank, in a ``forked`` child of the launcher, in the ``launcher`` itself (a launch of one
     scenario), or in the ``fresh`` interpreter a forked child became (``fresh-exec``: a child that must become one,
@@ -188,21 +188,21 @@ def _measuring_process(entry: dict[str, Any], launch_file: Path, process: str, p
         if unblock is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, unblock)
         _die_with_parent(parent)
-        os.environ.update(entry.get("env", {}))  # the scenario's own variables (launch/plan.py)
-        run_dir = Path(entry["run_dir"])
-        if process != "fresh":  # a fresh interpreter keeps the output its fork was given
+        os.environ.update(entry.env)  # the scenario's own variables (launch/plan.py)
+        run_dir = Path(entry.run_dir)
+        if process != MeasuringProcess.FRESH:  # a fresh interpreter keeps the output its fork was given
             log = os.open(run_dir / WORKERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(log, 1)
             os.dup2(log, 2)
             os.close(log)
             # a fresh interpreter (same PID, same variables): slower, but CUDA works there and no lock is held
-            if process == "fresh-exec" or (process == "forked" and _in_bad_fork()):
+            if process == MeasuringProcess.FRESH_EXEC or (process == MeasuringProcess.FORKED and _in_bad_fork()):
                 os.environ.pop("MEMPROBE_TEST_BAD_FORK", None)
                 os.execv(sys.executable, [sys.executable, "-u", "-m", "memprobe.measure.worker", str(launch_file),
-                                          FRESH, entry["name"]])
+                                          FRESH, entry.name])
         from memprobe.measure.rendezvous import use_scenario_store
 
-        use_scenario_store(entry["name"])
+        use_scenario_store(entry.name)
         code = measure(run_dir, process)
     except BaseException:  # anything before measure() could report it: torchrun sees the exit code
         import traceback
@@ -214,54 +214,45 @@ def _measuring_process(entry: dict[str, Any], launch_file: Path, process: str, p
     return code
 
 
-def _results_location(engine: Any, run_dir: Path) -> dict[str, str]:
+def _results_location(engine: Any, run_dir: Path) -> ResultsLocation:
     """Where rank 0 wrote the gathered results, told to every rank (a node other than 0 points there)."""
     import socket
 
     import torch.distributed as dist
 
-    location = [{"host": socket.gethostname(), "folder": str(run_dir.resolve())}]
+    location = [ResultsLocation(host=socket.gethostname(), folder=str(run_dir.resolve()))]
     if dist.is_initialized() and engine.world_cpu_group is not None:
         dist.broadcast_object_list(location, src=0, group=engine.world_cpu_group)
     return location[0]
 
 
-def _engine(config: dict[str, Any], emit: EventStream) -> Any:
+def _engine(config: WorkerConfig, emit: EventStream) -> Any:
     from memprobe.measure.engine import ReferenceEngine
-    from memprobe.model.layout import Layout
-    from memprobe.model.stacks import GroupFlags, Stack
 
     rank, local_rank, world_size, _ = _ranks()
-    stack_document = config["stack"]
-    stack = Stack(
-        name=stack_document["name"],
-        flags={name: GroupFlags(**flags) for name, flags in stack_document["groups"].items()},
-        custom_allreduce_impl=stack_document["custom_allreduce_impl"],
-        source=stack_document.get("source", ""),
-    )
     engine_class = ReferenceEngine
-    if config.get("engine", "memprobe") == "sglang":
+    if config.engine == "sglang":
         from memprobe.measure.sglang_engine import make_sglang_engine
 
         engine_class = make_sglang_engine(ReferenceEngine)
     return engine_class(
-        layout=Layout(**config["layout"]), stack=stack, device=config["device"], warmup=config["warmup"],
-        timeout_s=float(config["timeout_s"]), emit=emit, rank=rank, local_rank=local_rank, world_size=world_size,
-        allow_busy_gpu=bool(config.get("allow_busy_gpu", False)),
+        layout=config.layout, stack=config.stack, device=config.device, warmup=config.warmup,
+        timeout_s=config.timeout_s, emit=emit, rank=rank, local_rank=local_rank, world_size=world_size,
+        allow_busy_gpu=config.allow_busy_gpu,
     )
 
 
-def measure(run_dir: Path, process: str = "launcher") -> int:
+def measure(run_dir: Path, process: MeasuringProcess = MeasuringProcess.LAUNCHER) -> int:
     """Measure the scenario of ``run_dir`` on this rank; the exit code (0, 1 on an error, 130 on an interrupt)."""
     rank, local_rank, _, group_rank = _ranks()
     emit = EventStream(stream_path(run_dir, rank))
-    emit({"type": "started", "rank": rank, "local_rank": local_rank, "pid": os.getpid(), "group_rank": group_rank,
-          "process": process})
-    config = json.loads((run_dir / WORKER_CONFIG).read_text(encoding="utf-8"))
+    emit(Started(rank=rank, local_rank=local_rank, pid=os.getpid(), group_rank=group_rank, process=process))
+    config_path = run_dir / WORKER_CONFIG
+    config = WorkerConfig.from_json(config_path.read_text(encoding="utf-8"), str(config_path))
     engine = _engine(config, emit)
     try:
         engine.run()
-        emit({"type": "info", **asdict(engine.info)})
+        emit(InfoReported(engine.info))
         gathered = engine.gather()
         if gathered is not None:
             from memprobe.model.records import atomic_write_text, readings_to_csv
@@ -270,7 +261,7 @@ def measure(run_dir: Path, process: str = "launcher") -> int:
             atomic_write_text(run_dir / "ranks.json", json.dumps([asdict(info) for info in infos], indent=2, sort_keys=True) + "\n")
             atomic_write_text(run_dir / "readings.csv", readings_to_csv(readings))
         results_at = _results_location(engine, run_dir)
-        emit({"type": "phase", "name": "gathered"})
+        emit(PhaseReached(name=PhaseName.GATHERED))
         engine.shutdown()
     except BaseException as error:  # report where it broke (stream and workers.log), then exit non-zero
         import traceback
@@ -280,11 +271,12 @@ def measure(run_dir: Path, process: str = "launcher") -> int:
         traceback.print_exception(error)
 
         group, step = engine.current
-        emit({"type": "info", **asdict(engine.info)})
-        emit({"type": "error", "rank": rank, "group": group, "step": step,
-              "message": f"{type(error).__name__}: {error}".splitlines()[0][:500], "traceback": format_exception(error)})
+        emit(InfoReported(engine.info))
+        emit(ErrorReported(rank=rank, group=group, step=step,
+                           message=f"{type(error).__name__}: {error}".splitlines()[0][:500],
+                           traceback=tuple(format_exception(error))))
         return 130 if isinstance(error, KeyboardInterrupt) else 1
-    emit({"type": "done", "rank": rank, "results_at": results_at})
+    emit(Done(rank=rank, results_at=results_at))
     return 0
 
 

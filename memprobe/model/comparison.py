@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memprobe.errors import DamagedInput, MeasurementError, UsageError
-from memprobe.model.completeness import UNFINISHED, check_finished
+from memprobe.model.completeness import check_finished
 from memprobe.model.layout import Layout
-from memprobe.model.records import Run, atomic_write_text, load_run
+from memprobe.model.records import Run, RunStatus, atomic_write_text, load_run
 from memprobe.model.scenario import Scenario, ScenarioSet
 from memprobe.model.stacks import stack_from_record
 
@@ -103,7 +103,7 @@ def load_comparison(path: str | Path) -> Comparison:
                 missing.append(f"{entry.get('name', '?')} (no {path / str(folder or '?') / 'run.json'})")
                 continue
             run = load_run(path / folder)
-            if run.record.status == UNFINISHED:  # memprobe stopped before this scenario ended: no measurement
+            if run.record.status == RunStatus.RUNNING:  # memprobe stopped before this scenario ended: no measurement
                 missing.append(f"{entry.get('name', '?')} ({path / folder / 'run.json'} says status running: never finished)")
                 continue
             runs.append(ScenarioRun(scenario=replace(scenario_from_run(run), name=entry["name"]), run=run))

@@ -12,9 +12,8 @@ from typing import Any, Iterable
 
 from memprobe.errors import DamagedInput, MeasurementError
 from memprobe.model.layout import Layout, plan_groups
+from memprobe.model.records import RunStatus
 from memprobe.model.steps import sequence
-
-UNFINISHED = "running"
 
 
 def expected_steps(record: Any, readings: Iterable[Any]) -> list[tuple[str, str]]:
@@ -40,7 +39,7 @@ def check_whole(record: Any, readings: list[Any], source: str) -> None:
     """Every rank and step of a run that says it completed (see the module docstring). A run gathered on
     another node (``results_at``) holds only this node's ranks by design and is not checked here."""
     check_ranks_in_world(record, readings, source)
-    if record.status != "complete" or record.results_at is not None:
+    if record.status != RunStatus.COMPLETE or record.results_at is not None:
         return
     steps = expected_steps(record, readings)
     held: dict[int, set[tuple[str, str]]] = {}
@@ -59,6 +58,6 @@ def check_whole(record: Any, readings: list[Any], source: str) -> None:
 
 def check_finished(record: Any, run_dir: Any) -> None:
     """A run left ``running`` (memprobe died or was killed before it wrote the results): nothing to show or judge."""
-    if record.status == UNFINISHED:
+    if record.status == RunStatus.RUNNING:
         raise MeasurementError(f"{run_dir}/run.json: status running: that run never finished (memprobe stopped before it "
                                f"wrote readings.csv), so it holds no measurement", str(run_dir))

@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,7 +35,52 @@ WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into 
 WORKERS_LOG = "workers.log"  # what the scenario's measuring processes on this node printed (issue 16)
 NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
 
-STATUSES: tuple[str, ...] = ("ok", "skipped", "failed")
+
+def process_carries(pid: int, variable: str, value: str) -> bool:
+    """Whether process ``pid`` has ``variable=value`` in its environment (same host, readable /proc/PID/environ;
+    a PID may have been reused since it was read, so the mark is checked again each time)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            return f"{variable}={value}".encode() in stream.read().split(b"\0")
+    except OSError:
+        return False
+
+
+
+class Word(StrEnum):
+    """A ``str`` Enum that is its bare word everywhere: in JSON, CSV, f-strings and ``repr`` (so a message that
+    shows one with ``!r`` reads as it did when these were plain strings)."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class StepStatus(Word):
+    """A reading's ``status``: the step ran, was not part of this run, or ran and failed."""
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class RunStatus(Word):
+    """``run.json``'s ``status``: written ``running`` before the launch, then one of the other two."""
+
+    RUNNING = "running"
+    COMPLETE = "complete"  # every rank took every reading
+    INCOMPLETE = "incomplete"  # a rank failed, went silent, or the run was interrupted: ``failure`` says which
+
+
+class ScenarioStatus(Word):
+    """Where the parent's supervisor is with one scenario of a launch: waiting (for its turn) -> running -> done | failed."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+STATUSES: tuple[str, ...] = tuple(StepStatus)
 SAMPLING_MODES: tuple[str, ...] = ("process", "device", "host_rss_anon", "host_rss")  # host_rss: earlier --device cpu runs
 
 
@@ -102,6 +148,55 @@ class Failure:
         return f"{where} failed{at}: {self.message}"
 
 
+@dataclass(frozen=True)
+class PlannedGroup:
+    """One group of ``run.json``'s ``plan``: its rank lists, the group it aliases, the communicators it builds."""
+
+    name: str
+    ranks: list[list[int]]
+    alias_of: str | None = None
+    communicators: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return len(self.ranks[0]) if self.ranks else 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PlannedGroup":
+        return cls(name=str(data["name"]), ranks=[list(ranks) for ranks in data.get("ranks") or []],
+                   alias_of=data.get("alias_of"), communicators=dict(data.get("communicators") or {}))
+
+
+@dataclass(frozen=True)
+class RunTimings:
+    """``run.json``'s ``timings``: where a run's time went (:mod:`memprobe.model.timings` says how it is measured)."""
+
+    phases: dict[str, float | None]  # phase -> seconds on the slowest local rank; None: it never happened
+    steps: list[tuple[str, str, float]]  # (group, step, seconds) of every step after the CUDA context
+    total_s: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RunTimings | None":
+        if not data:  # a run made before memprobe recorded timings, or one still running
+            return None
+        return cls(phases=dict(data["phases"]), steps=[tuple(item) for item in data["steps"]], total_s=data["total_s"])
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    """``run.json``'s ``launch``: the torchrun launch a run shared with other scenarios, its jobs and folder."""
+
+    scenarios: tuple[str, ...]
+    jobs: int
+    folder: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "LaunchInfo | None":
+        if not data:  # a run made before one launch measured several scenarios
+            return None
+        return cls(scenarios=tuple(data["scenarios"]), jobs=int(data["jobs"]), folder=str(data["folder"]))
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -112,8 +207,8 @@ class RunRecord:
     warmup: str
     env_preset: str
     env: dict[str, str]
-    plan: list[dict[str, Any]]
-    status: str = "running"  # running | complete | incomplete
+    plan: list[PlannedGroup]
+    status: RunStatus = RunStatus.RUNNING
     scenario: str = ""
     engine: str = "memprobe"
     definition: dict[str, Any] = field(default_factory=dict)  # the scenario's identity (Scenario.definition)
@@ -125,9 +220,9 @@ class RunRecord:
     failure: Failure | None = None
     wall_time_s: float | None = None
     gpu_release_s: float | None = None  # seconds waited after the workers stopped until NVML no longer listed them
-    timings: dict[str, Any] = field(default_factory=dict)  # where the time went: model/timings.py
+    timings: RunTimings | None = None
     results_at: dict[str, Any] | None = None  # on a node other than 0: host and folder of the gathered results
-    launch: dict[str, Any] = field(default_factory=dict)  # the torchrun launch it shared: scenarios, jobs (issue 16)
+    launch: LaunchInfo | None = None
     source: str = "measured"  # "estimated": made by memprobe estimate from NCCL's rules, never measured
     schema_version: int = SCHEMA_VERSION
 
@@ -135,8 +230,16 @@ class RunRecord:
     def stack_name(self) -> str:
         return str(self.stack.get("name", ""))
 
+    def as_document(self) -> dict[str, Any]:
+        """run.json's object (also the JSON export's ``run``): no timings or launch is ``{}``, as it always was."""
+        document = asdict(self)
+        for name in ("timings", "launch"):
+            if document[name] is None:
+                document[name] = {}
+        return document
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.as_document(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "run.json") -> "RunRecord":
@@ -145,6 +248,12 @@ class RunRecord:
             if data.get("schema_version") != SCHEMA_VERSION:
                 raise DamagedInput(f"{source}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
             data["ranks"] = [RankInfo(**rank) for rank in data.get("ranks", [])]
+            data["plan"] = [PlannedGroup.from_dict(group) for group in data["plan"]]
+            data["timings"] = RunTimings.from_dict(data.get("timings"))
+            data["launch"] = LaunchInfo.from_dict(data.get("launch"))
+            if data.get("status", RunStatus.RUNNING) not in tuple(RunStatus):
+                raise DamagedInput(f"{source}: status {data['status']!r} is not one of {', '.join(RunStatus)}")
+            data["status"] = RunStatus(data.get("status", RunStatus.RUNNING))
             if data.get("failure") is not None:
                 data["failure"] = Failure(**data["failure"])
             known = {f.name for f in fields(cls)}
@@ -305,29 +414,6 @@ def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
     return readings
 
 
-def reading_from_event(event: dict[str, Any]) -> Reading:
-    return Reading(**{name: event[name] for name in READING_COLUMNS if name in event})
-
-
-def load_stream(path: Path) -> tuple[list[dict[str, Any]], list[Reading]]:
-    """Events a worker streamed; a torn last line (worker killed mid-write) is ignored."""
-    events: list[dict[str, Any]] = []
-    readings: list[Reading] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return events, readings
-    for line in text.splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        events.append(event)
-        if event.get("type") == "reading":
-            readings.append(reading_from_event(event))
-    return events, readings
-
-
 def launch_paths(folder: Path, suffix: str = "") -> tuple[Path, Path]:
     """A launch's ``launch.json`` (the scenarios it measures, read by every rank's launcher) and ``torchrun.log``
     (torchrun's own output and its launchers'); ``suffix`` -N where one comparison needs several launches."""
@@ -354,10 +440,12 @@ def load_run(run_dir: str | Path) -> Run:
     readings_path = run_dir / "readings.csv"
     if readings_path.is_file():
         readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
-    elif record.status == "complete":
+    elif record.status == RunStatus.COMPLETE:
         raise DamagedInput(f"{readings_path} does not exist although {record_path} says the run completed")
     else:
         readings = []
+        from memprobe.model.events import load_stream
+
         for stream in sorted((run_dir / "ranks").glob("rank-*.jsonl")):
             readings.extend(load_stream(stream)[1])
     from memprobe.model.completeness import check_whole

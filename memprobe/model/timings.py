@@ -21,55 +21,65 @@ shares for its own ranks). Phases, in order, each measured on the slowest local 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Callable
+
+from memprobe.model.events import Done, Launched, PhaseName, PhaseReached, ReadingTaken, Started, WorkerEvent
+from memprobe.model.records import RunTimings
+from memprobe.model.steps import CUDA_CONTEXT, END
 
 PHASES: tuple[str, ...] = ("torchrun_start", "import", "queued", "cuda_context", "steps", "gather", "teardown", "workers_exit",
                           "torchrun_exit", "gpu_release")
 
+EventsByRank = dict[int, list[WorkerEvent]]
 
-def _slowest(events_by_rank: dict[int, list[dict[str, Any]]], match) -> float | None:
-    stamps = [next((e["time"] for e in events if match(e)), None) for events in events_by_rank.values()]
+
+def _slowest(events_by_rank: EventsByRank, match: Callable[[WorkerEvent], bool]) -> float | None:
+    stamps = [next((e.time for e in events if match(e)), None) for events in events_by_rank.values()]
     stamps = [stamp for stamp in stamps if stamp is not None]
     return max(stamps) if stamps else None
 
 
-def _reading(step: str, group: str = ""):
-    return lambda e: e.get("type") == "reading" and e.get("step") == step and (e.get("group") or "") == group
+def _reading(step: str, group: str = "") -> Callable[[WorkerEvent], bool]:
+    return lambda e: isinstance(e, ReadingTaken) and e.reading.step == step and (e.reading.group or "") == group
 
 
-def _step_times(events_by_rank: dict[int, list[dict[str, Any]]]) -> list[list[Any]]:
+def _phase(name: PhaseName) -> Callable[[WorkerEvent], bool]:
+    return lambda e: isinstance(e, PhaseReached) and e.name == name
+
+
+def _of(kind: type) -> Callable[[WorkerEvent], bool]:
+    return lambda e: isinstance(e, kind)
+
+
+def _step_times(events_by_rank: EventsByRank) -> list[tuple[str, str, float]]:
     """Seconds per step: the slowest rank's reading time minus the slowest rank's previous reading time."""
     per_sequence: dict[int, tuple[str, str, float]] = {}
     for events in events_by_rank.values():
         for event in events:
-            if event.get("type") == "reading":
-                key = int(event["sequence"])
+            if isinstance(event, ReadingTaken):
+                key = event.reading.sequence
                 current = per_sequence.get(key)
-                if current is None or event["time"] > current[2]:
-                    per_sequence[key] = (event.get("group") or "", event["step"], float(event["time"]))
+                if current is None or event.time > current[2]:
+                    per_sequence[key] = (event.reading.group or "", event.reading.step, float(event.time))
     ordered = [per_sequence[key] for key in sorted(per_sequence)]
-    return [[group, step, round(stamp - ordered[index - 1][2], 3)]
-            for index, (group, step, stamp) in enumerate(ordered) if index > 0 and step != "cuda_context"]
+    return [(group, step, round(stamp - ordered[index - 1][2], 3))
+            for index, (group, step, stamp) in enumerate(ordered) if index > 0 and step != CUDA_CONTEXT]
 
 
-def run_timings(events_by_rank: dict[int, list[dict[str, Any]]], launched_at: float, workers_exited_at: float | None,
-                exited_at: float, gpu_release_s: float | None) -> dict[str, Any]:
-    """``{"phases": {phase: seconds or None}, "steps": [[group, step, seconds], ...], "total_s": ...}``."""
-    def kind(name: str):
-        return lambda e: e.get("type") == name
-
-    launched = _slowest(events_by_rank, kind("launched"))
-    started = _slowest(events_by_rank, kind("started"))
-    imported = _slowest(events_by_rank, lambda e: e.get("type") == "phase" and e.get("name") == "imported")
+def run_timings(events_by_rank: EventsByRank, launched_at: float, workers_exited_at: float | None,
+                exited_at: float, gpu_release_s: float | None) -> RunTimings:
+    launched = _slowest(events_by_rank, _of(Launched))
+    started = _slowest(events_by_rank, _of(Started))
+    imported = _slowest(events_by_rank, _phase(PhaseName.IMPORTED))
     marks = [
         launched_at,
         launched if launched is not None else started,  # a run made before launchers: its workers' start
         imported,
         started if launched is not None else imported,  # older runs: no queue, the context follows the import
-        _slowest(events_by_rank, _reading("cuda_context")),
-        _slowest(events_by_rank, _reading("end")),
-        _slowest(events_by_rank, lambda e: e.get("type") == "phase" and e.get("name") == "gathered"),
-        _slowest(events_by_rank, kind("done")),
+        _slowest(events_by_rank, _reading(CUDA_CONTEXT)),
+        _slowest(events_by_rank, _reading(END)),
+        _slowest(events_by_rank, _phase(PhaseName.GATHERED)),
+        _slowest(events_by_rank, _of(Done)),
         workers_exited_at,
         exited_at,
     ]
@@ -81,4 +91,4 @@ def run_timings(events_by_rank: dict[int, list[dict[str, Any]]], launched_at: fl
         phases["queued"] = None
     phases["gpu_release"] = gpu_release_s
     total = exited_at - launched_at + (gpu_release_s or 0.0)
-    return {"phases": phases, "steps": _step_times(events_by_rank), "total_s": round(total, 3)}
+    return RunTimings(phases=phases, steps=_step_times(events_by_rank), total_s=round(total, 3))

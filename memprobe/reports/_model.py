@@ -69,14 +69,12 @@ def plan_of(run: Run) -> list[GroupInfo]:
     groups = []
     real = sglang_built(run) if run.record.engine == "sglang" else {}
     for entry in run.record.plan:
-        rank_lists = entry.get("ranks") or [[]]
-        name = str(entry["name"])
         groups.append(
             GroupInfo(
-                name=name,
-                width=len(rank_lists[0]) if rank_lists else 0,
-                alias_of=entry.get("alias_of"),
-                communicators=real.get(name) or dict(entry.get("communicators") or {}),
+                name=entry.name,
+                width=entry.width,
+                alias_of=entry.alias_of,
+                communicators=real.get(entry.name) or dict(entry.communicators),
             )
         )
     return groups

@@ -37,6 +37,7 @@ from memprobe.reports._model import (
     worst_deltas,
 )
 from memprobe.model.comparison import Comparison
+from memprobe.model.records import RunStatus
 
 BASELINE_MARK = "base"
 
@@ -54,7 +55,7 @@ class TextTable:
 
 def _scenario_label(summary: ScenarioSummary) -> str:
     label = summary.name
-    if summary.item.run.record.status != "complete":
+    if summary.item.run.record.status != RunStatus.COMPLETE:
         label += f" ({summary.item.run.record.status})"
     return label
 

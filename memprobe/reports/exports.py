@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from memprobe.model.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
 from memprobe.reports.fidelity import fidelity_document
-from memprobe.model.records import append_step_summary, atomic_write_text
+from memprobe.model.records import StepStatus, append_step_summary, atomic_write_text
 from memprobe.model.comparison import Comparison
 
 JSON_SCHEMA_VERSION = 1
@@ -122,7 +121,7 @@ def long_dataframe(comparison: Comparison) -> pd.DataFrame:
 
 
 def _not_measured(reading: Any) -> bool:
-    return reading.status == "skipped" and reading.step != "start"
+    return reading.status == StepStatus.SKIPPED and reading.step != "start"
 
 
 def what_was_read(run: Any) -> dict[str, str]:
@@ -140,9 +139,8 @@ def _group_columns(comparison: Comparison) -> list[str]:
     names = [name for name in GROUP_ORDER if name != "world"]
     for item in comparison.runs:
         for entry in item.run.record.plan:
-            name = str(entry["name"])
-            if name not in names and name != "world":
-                names.append(name)
+            if entry.name not in names and entry.name != "world":
+                names.append(entry.name)
     return names
 
 
@@ -230,7 +228,7 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "definition": item.scenario.definition(),
                 "definition_hash": item.scenario.definition_hash(),
                 "run_path": None if item.run.path is None else str(item.run.path),
-                "run": asdict(item.run.record),
+                "run": item.run.record.as_document(),
                 "components_by_rank": _without_skipped(components_by_rank(item.run), skipped_by_rank(item.run)),
                 "torch_cache_by_rank": _without_skipped(components_by_rank(item.run, torch_cache), skipped_by_rank(item.run)),
                 "nccl_account": nccl_account_document(item.run),

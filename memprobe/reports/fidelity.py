@@ -14,6 +14,7 @@ from memprobe.analysis.attribution import (
 )
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.layout import plan_groups
+from memprobe.model.records import StepStatus
 from memprobe.model.steps import COMMUNICATOR_STEPS
 
 from memprobe.units import MIB as MiB, mib
@@ -109,7 +110,7 @@ def built_by(item: ScenarioRun) -> dict[tuple[str, str], bool]:
     for reading in item.run.readings:
         if reading.step in COMMUNICATOR_STEPS:
             key = (reading.group, reading.step)
-            built[key] = built.get(key, False) or reading.status == "ok"
+            built[key] = built.get(key, False) or reading.status == StepStatus.OK
     return built
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
+from memprobe.model.records import RunTimings
 from memprobe.model.timings import PHASES
 
 LABELS = {"torchrun_start": "torchrun start", "import": "import (interpreter, torch)",
@@ -18,14 +19,14 @@ def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} s"
 
 
-def timing_lines(name: str, timings: dict[str, Any]) -> list[str]:
-    if not timings:
+def timing_lines(name: str, timings: RunTimings | None) -> list[str]:
+    if timings is None:
         return [f"timings {name}: none recorded (a run made before memprobe recorded them)"]
-    phases = timings.get("phases", {})
+    phases = timings.phases
     lines = [f"timings {name} (each phase on the slowest rank of this node):"]
     lines += [f"  {LABELS[phase]:<32} {_seconds(phases.get(phase)):>9}" for phase in PHASES]
-    lines.append(f"  {'total (the whole launch)':<32} {_seconds(timings.get('total_s')):>9}")
-    slowest = sorted(timings.get("steps", []), key=lambda item: -item[2])[:SLOWEST_STEPS]
+    lines.append(f"  {'total (the whole launch)':<32} {_seconds(timings.total_s):>9}")
+    slowest = sorted(timings.steps, key=lambda item: -item[2])[:SLOWEST_STEPS]
     if slowest:
         lines.append("  slowest steps: " + ", ".join(f"{group + '/' if group else ''}{step} {seconds:.2f} s"
                                                      for group, step, seconds in slowest))
@@ -33,4 +34,4 @@ def timing_lines(name: str, timings: dict[str, Any]) -> list[str]:
 
 
 def render_timings(name: str, record: Any, stream: IO[str]) -> None:
-    stream.write("\n".join(timing_lines(name, getattr(record, "timings", {}) or {})) + "\n")
+    stream.write("\n".join(timing_lines(name, getattr(record, "timings", None))) + "\n")
