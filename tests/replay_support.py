@@ -93,6 +93,9 @@ class Script:
         self.actions.append({"exit": code})
         return self
 
+    def scenarios(self) -> set[str]:
+        return {action["stream"][0] for action in self.actions if "stream" in action}
+
     def for_launch(self, launch_file: Path) -> list[dict]:
         """The actions with every scenario resolved to its run folder, as ``launch.json`` lists them."""
         folders = {Path(s["run_dir"]).name: Path(s["run_dir"]) for s in json.loads(launch_file.read_text())["scenarios"]}
@@ -112,14 +115,17 @@ class Script:
 
 
 class Replays:
-    """Installed in place of torchrun's command line: each launch replays the next script."""
+    """Installed in place of torchrun's command line: each launch replays the first script left whose streams are
+    all of that launch's scenarios (launches side by side start from threads in any order)."""
 
     def __init__(self, scripts: list[Script]) -> None:
         self.scripts = list(scripts)
         self.log_dirs: list[Path] = []
 
     def command(self, launch_file: Path, name: str, per_node: int, options, port: int, log_dir: str) -> list[str]:
-        script = self.scripts.pop(0)
+        names = {Path(s["run_dir"]).name for s in json.loads(launch_file.read_text())["scenarios"]}
+        script = next(script for script in self.scripts if script.scenarios() <= names)
+        self.scripts.remove(script)
         self.log_dirs.append(Path(log_dir))
         path = Path(log_dir) / "replay.json"
         path.write_text(json.dumps(script.for_launch(launch_file)), encoding="utf-8")

@@ -58,14 +58,16 @@ def ranks_of(case: str) -> tuple[list[str], list[str]]:
     return fixture_lines(case, 0), fixture_lines(case, 1)
 
 
-def healthy_script(scenario: str, case: str = "healthy", ranks: tuple[int, ...] = (0, 1)) -> Script:
-    """A tp2 launch that completes: rank 0 writes the gathered files before its ``gathered`` phase."""
+def healthy_script(scenario: str, case: str = "healthy", ranks: tuple[int, ...] = (0, 1), pause_s: float = 0.0) -> Script:
+    """A tp2 launch that completes: rank 0 writes the gathered files before its ``gathered`` phase; ``pause_s``
+    between the last reading and the gathering."""
     lines = {rank: fixture_lines(case, rank) for rank in ranks}
     script = Script()
     for rank in ranks:
         script.spawn(f"rank{rank}", *pids_in(lines[rank]))
     for rank in ranks:
         script.stream(scenario, rank, up_to(lines[rank], "reading", "", "end"))
+    script.sleep(pause_s)
     if 0 in ranks:
         script.file(scenario, "readings.csv", FIXTURES / case / "readings.csv")
         script.file(scenario, "ranks.json", FIXTURES / case / "ranks.json")
@@ -374,3 +376,31 @@ def test_a_rank_failing_on_node_1_fails_both_nodes(here, capsys, monkeypatch, no
         assert "rank 0 failed at tp/groups_created: RuntimeError: [" in err and "Connection closed by peer" in err
         assert "it lost a peer: the rank that failed first is elsewhere, e.g. on another node" in err
     assert load_run(here / "memprobe-runs" / "two").record.status == "incomplete"
+
+
+def test_scenarios_that_cannot_share_a_launch_still_run_side_by_side(here, capsys, monkeypatch):
+    """OMP_NUM_THREADS is read when torch is imported, before any fork: each scenario gets its own launch, and on
+    one node the launches run at the same time, each followed from a thread of its own."""
+    replay(monkeypatch, healthy_script("one", pause_s=0.5), healthy_script("two", pause_s=0.5))
+    (here / "two.toml").write_text('[defaults]\ntp = 2\n[[scenario]]\nname = "one"\n'
+                                   '[[scenario]]\nname = "two"\nenv = { OMP_NUM_THREADS = "2" }\n')
+    code, _, err = memprobe(capsys, "compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "2", "--quiet",
+                            "--run-id", "two")
+    assert code == 0, err
+    folder = here / "memprobe-runs" / "two"
+    assert sorted(p.name for p in folder.glob("launch*.json")) == ["launch-1.json", "launch-2.json"]
+    assert sorted(p.name for p in folder.glob("torchrun*.log")) == ["torchrun-1.log", "torchrun-2.log"]
+    one, two = load_run(folder / "one"), load_run(folder / "two")
+    assert one.record.launch["scenarios"] == ["one"] and two.record.launch["scenarios"] == ["two"]
+    times = [[json.loads(line)["time"] for line in stream_path(folder / name, 0).read_text().splitlines()] for name in ("one", "two")]
+    assert min(times[0]) < max(times[1]) and min(times[1]) < max(times[0]), "the two launches overlap in time"
+
+
+def test_compare_without_tp_says_which_layout_it_chose(here, capsys, monkeypatch):
+    """--device cpu: the largest layout this node supports; the launch itself does not matter here (it fails)."""
+    replay(monkeypatch, Script().exit(1))
+    code, _, err = memprobe(capsys, "compare", "--device", "cpu", "--stacks", "lean", "--quiet", "--run-id", "chosen")
+    assert "no --tp given; comparing the largest layout this node supports: --tp 4 --ep 2" in err
+    assert code == 3
+    index = json.loads((here / "memprobe-runs" / "chosen" / "comparison.json").read_text())
+    assert [s["name"] for s in index["scenarios"]] == ["tp4", "tp4-ep2-lean"], index
