@@ -256,6 +256,7 @@ def test_committed_split_adds_up_and_tracing_costs_no_bytes():
     assert components_by_rank(load_run(GPU / "plain")) == components_by_rank(load_run(GPU / "trace"))
 
 
+@pytest.mark.e2e
 def test_split_and_nccl_log_options_through_the_cpu_pipeline(memprobe, tmp_path):
     result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--nccl-log", "--split", "--run-id", "r")
     assert result.returncode == 0, result.stderr
