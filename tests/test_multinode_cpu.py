@@ -109,9 +109,10 @@ def test_nnodes_needs_a_shared_rendezvous_port(memprobe, tmp_path):
 
 
 @pytest.mark.e2e
-def test_gate_on_two_nodes_judges_on_node_0_and_points_there_from_node_1(memprobe, tmp_path):
-    (tmp_path / "one.toml").write_text('[[scenario]]\nname = "tp2"\ntp = 2\n')
-    made = memprobe("baseline", "update", "--scenarios", "one.toml", "--device", "cpu", "--out", "base.json")
+def test_gate_on_two_nodes_judges_on_node_0_and_points_there_from_node_1(memprobe, tmp_path, cpu_compare):
+    """The baseline: tp2 of the session's one-node comparison (conftest.py); the gate measures it on two nodes."""
+    measured = cpu_compare[0] / "memprobe-runs" / "c"
+    made = memprobe("baseline", "update", "--from", str(measured), "-s", "tp2", "--out", "base.json")
     assert made.returncode == 0, made.stderr
     for node in ("node0", "node1"):
         (tmp_path / node).mkdir()

@@ -146,7 +146,7 @@ def test_cpu_run_shows_skipped_steps_as_skipped_and_names_host_memory(memprobe, 
     out = result.stdout
     assert "GPU" not in out and "CUDA context " not in out.split("skipped on every rank")[0]
     assert "host memory (RSS)" in out
-    assert "moe_ep: pynccl" not in out and "moe_ep/pynccl" in out.split("skipped on every rank")[1]
+    assert "tp: pynccl" not in out and "tp/pynccl" in out.split("skipped on every rank")[1]
 
 
 def test_cpu_compare_says_what_is_degenerate_and_runs_only_what_differs(memprobe, cpu_compare):

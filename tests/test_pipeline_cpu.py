@@ -64,9 +64,9 @@ def test_a_cpu_run_has_every_rank_and_step_with_real_host_memory(memprobe, cpu_c
         for r in readings:
             if r.step in ("pynccl", "custom_allreduce"):
                 assert r.status == "skipped" and r.note
-    # moe_ep's first collective really ran over gloo (width 2); width-1 groups ran none
+    # tp's first collective really ran over gloo (width 2; moe_ep is the same group here); width-1 groups ran none
     first_use = {(r.group, r.status) for r in run.readings if r.step == "first_use"}
-    assert ("moe_ep", "ok") in first_use and ("pp", "skipped") in first_use
+    assert ("tp", "ok") in first_use and ("pp", "skipped") in first_use
     assert {info.sampling_mode for info in run.record.ranks} == {"host_rss_anon"}
     assert sorted(info.rank for info in run.record.ranks) == [0, 1]
     parts = components_by_rank(run)

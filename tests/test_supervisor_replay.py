@@ -404,3 +404,40 @@ def test_compare_without_tp_says_which_layout_it_chose(here, capsys, monkeypatch
     assert code == 3
     index = json.loads((here / "memprobe-runs" / "chosen" / "comparison.json").read_text())
     assert [s["name"] for s in index["scenarios"]] == ["tp4", "tp4-ep2-lean"], index
+
+
+# ------------------------------------------------------------------------------ several nodes
+
+def test_torchrun_s_command_line_for_each_kind_of_rendezvous(tmp_path):
+    """A static rendezvous at an endpoint assigns no node ranks (each node passes its own); the dynamic one gets
+    a rendezvous id per launch; without an endpoint, --master-addr/--master-port (checked for real on two nodes
+    in test_multinode_cpu.py)."""
+    from memprobe.launch.options import LaunchOptions
+    from memprobe.launch.supervisor import launch_command
+
+    def command(**options) -> list[str]:
+        return launch_command(tmp_path / "launch.json", "tp2", 1, LaunchOptions(device="cpu", nnodes=2, **options), 29500,
+                              "/tmp/logs")
+
+    static = command(node_rank=1, rdzv_endpoint="10.0.0.1:29400", rdzv_backend="static")
+    assert static[static.index("--rdzv-backend") + 1] == "static" and static[static.index("--node-rank") + 1] == "1"
+    dynamic = command(rdzv_endpoint="10.0.0.1:29400", rdzv_id="job")
+    assert dynamic[dynamic.index("--rdzv-id") + 1] == "job-tp2" and "--node-rank" not in dynamic
+    fixed = command(node_rank=1, master_port=29511)
+    assert fixed[fixed.index("--master-port") + 1] == "29500" and fixed[fixed.index("--node-rank") + 1] == "1"
+    assert fixed[-3:] == ["-m", "memprobe.measure.worker", str((tmp_path / "launch.json").resolve())]
+
+
+def test_a_dynamic_rendezvous_narrows_the_follower_to_the_ranks_that_launched_here(tmp_path):
+    """torchrun's c10d rendezvous chose this node for ranks 2-3 of 4: the follower learns it from the first
+    launcher's event and waits for those two only."""
+    from memprobe.launch.follow import StreamFollower
+
+    healthy = fixture_lines("healthy", 0)
+    follower = StreamFollower(tmp_path, range(4), per_node=2)
+    for rank in (2, 3):
+        stream_path(tmp_path, rank).parent.mkdir(parents=True, exist_ok=True)
+        stream_path(tmp_path, rank).write_text("".join(healthy).replace('"rank": 0', f'"rank": {rank}'))
+    follower.poll()
+    assert sorted(follower.paths) == [2, 3] and follower.finished_locally
+    assert follower.results_at == {"folder": "/tmp/suite-cap/memprobe-runs/healthy", "host": "vm"}
