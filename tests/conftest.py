@@ -88,3 +88,18 @@ def cpu_run(tmp_path_factory):
     assert made.returncode == 0, made.stderr
     return {"folder": folder, "run_dir": folder / "runs" / "tp1", "baseline": baseline, "json": folder / "run.json",
             "stdout": done.stdout}
+
+
+@pytest.fixture
+def replay_folder(tmp_path, monkeypatch):
+    """A fresh working folder for a replayed launch in this process (replay_support.py), with memprobe's temp
+    folders under it: at the end, nothing the launch started runs and torchrun's log folder is gone."""
+    from replay_support import leftover_processes
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    yield tmp_path
+    assert leftover_processes(tmp_path) == [], "every process of the launch is gone at the end"
+    assert list((tmp_path / "tmp").iterdir()) == [], "torchrun's log folder was removed"

@@ -155,3 +155,34 @@ def leftover_processes(folder: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def memprobe(capsys, *args: str) -> tuple[int, str, str]:
+    """memprobe's CLI in this process: its exit code, stdout and stderr."""
+    from memprobe.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def healthy_script(scenario: str, case: str = "healthy", ranks: tuple[int, ...] = (0, 1), pause_s: float = 0.0) -> Script:
+    """A tp2 launch that completes: rank 0 writes the gathered files before its ``gathered`` phase; ``pause_s``
+    between the last reading and the gathering."""
+    lines = {rank: fixture_lines(case, rank) for rank in ranks}
+    script = Script()
+    for rank in ranks:
+        script.spawn(f"rank{rank}", *pids_in(lines[rank]))
+    for rank in ranks:
+        script.stream(scenario, rank, up_to(lines[rank], "reading", "", "end"))
+    script.sleep(pause_s)
+    if 0 in ranks:
+        script.file(scenario, "readings.csv", FIXTURES / case / "readings.csv")
+        script.file(scenario, "ranks.json", FIXTURES / case / "ranks.json")
+    for rank in ranks:
+        script.stream(scenario, rank, after(lines[rank], "reading", "", "end"))
+    for rank in ranks:
+        script.finish(f"rank{rank}")
+    return script
+
+

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from memprobe.cli import main
 from memprobe.launch.processes import free_port
 from memprobe.model.records import load_run, stream_path
 from memprobe.model.timings import PHASES
-from replay_support import FIXTURES, Script, after, fixture_lines, leftover_processes, pids_in, replay, up_to
+from replay_support import FIXTURES, Script, after, fixture_lines, healthy_script, memprobe, pids_in, replay, up_to
 
 TWO_SCENARIOS = """
 [defaults]
@@ -34,20 +33,8 @@ env = {{ MEMPROBE_TEST_FAULT = "{fault}" }}
 
 
 @pytest.fixture
-def here(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("tempfile.tempdir", None)
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    yield tmp_path
-    assert leftover_processes(tmp_path) == [], "every process of the launch is gone at the end"
-    assert list((tmp_path / "tmp").iterdir()) == [], "torchrun's log folder was removed"
-
-
-def memprobe(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+def here(replay_folder):
+    return replay_folder
 
 
 def last_line(stderr: str) -> str:
@@ -56,26 +43,6 @@ def last_line(stderr: str) -> str:
 
 def ranks_of(case: str) -> tuple[list[str], list[str]]:
     return fixture_lines(case, 0), fixture_lines(case, 1)
-
-
-def healthy_script(scenario: str, case: str = "healthy", ranks: tuple[int, ...] = (0, 1), pause_s: float = 0.0) -> Script:
-    """A tp2 launch that completes: rank 0 writes the gathered files before its ``gathered`` phase; ``pause_s``
-    between the last reading and the gathering."""
-    lines = {rank: fixture_lines(case, rank) for rank in ranks}
-    script = Script()
-    for rank in ranks:
-        script.spawn(f"rank{rank}", *pids_in(lines[rank]))
-    for rank in ranks:
-        script.stream(scenario, rank, up_to(lines[rank], "reading", "", "end"))
-    script.sleep(pause_s)
-    if 0 in ranks:
-        script.file(scenario, "readings.csv", FIXTURES / case / "readings.csv")
-        script.file(scenario, "ranks.json", FIXTURES / case / "ranks.json")
-    for rank in ranks:
-        script.stream(scenario, rank, after(lines[rank], "reading", "", "end"))
-    for rank in ranks:
-        script.finish(f"rank{rank}")
-    return script
 
 
 def hung_script(scenario: str, ranks=(0, 1), **spawn) -> Script:
