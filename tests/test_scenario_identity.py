@@ -96,15 +96,23 @@ def test_a_definition_from_an_older_memprobe_is_refused_with_the_way_out():
 
 
 @pytest.mark.e2e
-def test_a_stack_file_run_round_trips_through_the_real_pipeline_and_a_re_measuring_gate(memprobe, tmp_path):
-    """CPU, real torchrun: a baseline measured from a scenario with a stack file and env, the stack file deleted,
-    and the gate measures the scenario again from the baseline alone."""
+def test_a_stack_file_run_round_trips_through_the_real_pipeline_and_a_re_measuring_gate(memprobe, replay_folder, capsys,
+                                                                                         monkeypatch):
+    """A baseline measured from a scenario with a stack file and env (the launch replayed from a recorded tp2 CPU
+    launch: replay_support.py), the stack file deleted, and the gate measures the scenario again, with real
+    torchrun on CPU, from the baseline alone."""
+    from replay_support import healthy_script, replay
+    from replay_support import memprobe as in_process
+
+    tmp_path = replay_folder
     stack = _stack_file(tmp_path)
     (tmp_path / "s.toml").write_text(f'[[scenario]]\nname = "file"\ntp = 2\nstack = "{stack}"\n'
                                      'env = { NCCL_BUFFSIZE = "1048576" }\n')
-    base = memprobe("baseline", "update", "--scenarios", "s.toml", "--device", "cpu", "--out", "base.json",
-                    "--out-dir", "runs")
-    assert base.returncode == 0, base.stderr
+    with monkeypatch.context() as patched:  # the baseline's launch only
+        replay(patched, healthy_script("file"))
+        code, _, stderr = in_process(capsys, "baseline", "update", "--scenarios", "s.toml", "--device", "cpu", "--out",
+                                     "base.json", "--out-dir", "runs")
+    assert code == 0, stderr
     [first] = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     recorded = json.loads(next(first.rglob("run.json")).read_text())
     assert recorded["definition"]["stack"]["resolved"]["groups"]["moe_ep"]["pynccl"] is True
