@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.model.comparison import load_comparison
 from memprobe.launch.prepare import expected_readings
