@@ -18,6 +18,16 @@ def pytest_sessionstart(session):
     compileall.compile_dir(str(ROOT / "memprobe"), quiet=1)
 
 
+LAUNCHING_FIXTURES = ("cpu_compare", "cpu_run", "side_by_side")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that reads a shared real launch needs that launch: it is an e2e test like the ones that launch."""
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in LAUNCHING_FIXTURES):
+            item.add_marker(pytest.mark.e2e)
+
+
 def _memprobe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -63,11 +73,14 @@ def cpu_compare(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cpu_run(tmp_path_factory):
     """One real CPU run (--tp 1, the smallest layout), shared by the tests that need real exports, and the
-    baseline made from it: launching torchrun costs seconds, and CI's whole suite has a budget."""
+    baseline made from it: launching torchrun costs seconds, and CI's whole suite has a budget.
+    MEMPROBE_TEST_BAD_FORK is set: a scenario measured in a fork would exec a fresh interpreter, and one run
+    alone must measure in its launcher (test_one_launch_cpu.py)."""
     folder = tmp_path_factory.mktemp("cpu-run")
     command = [sys.executable, "-m", "memprobe", "run", "--device", "cpu", "--tp", "1", "--quiet",
                "--out-dir", str(folder / "runs"), "--run-id", "tp1", "--json", str(folder / "run.json")]
-    done = subprocess.run(command, cwd=folder, env=_memprobe_env(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, cwd=folder, env=_memprobe_env({"MEMPROBE_TEST_BAD_FORK": "1"}), capture_output=True,
+                          text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     baseline = folder / "baseline.json"
     made = subprocess.run([sys.executable, "-m", "memprobe", "baseline", "update", "--from", str(folder / "runs" / "tp1"),
@@ -75,3 +88,18 @@ def cpu_run(tmp_path_factory):
     assert made.returncode == 0, made.stderr
     return {"folder": folder, "run_dir": folder / "runs" / "tp1", "baseline": baseline, "json": folder / "run.json",
             "stdout": done.stdout}
+
+
+@pytest.fixture
+def replay_folder(tmp_path, monkeypatch):
+    """A fresh working folder for a replayed launch in this process (replay_support.py), with memprobe's temp
+    folders under it: at the end, nothing the launch started runs and torchrun's log folder is gone."""
+    from replay_support import leftover_processes
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    yield tmp_path
+    assert leftover_processes(tmp_path) == [], "every process of the launch is gone at the end"
+    assert list((tmp_path / "tmp").iterdir()) == [], "torchrun's log folder was removed"

@@ -1,5 +1,6 @@
-"""Faults around a real launch on CPU (memprobe -> torchrun -> workers): hang-ups, repeated signals, a killed
-memprobe, a --timeout shorter than start-up. Each waits only as long as its case needs (tiny layouts)."""
+"""Faults around a real launch on CPU (memprobe -> torchrun -> workers) that only real processes show: a killed
+memprobe (the parent-death signal ends torchrun and every worker), a hang-up through a real signal handler.
+Repeated signals, timeouts and deleted run folders are tested on replayed launches (test_supervisor_replay.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import _memprobe_env
 from memprobe.model.records import load_run
 from test_pipeline_cpu import leftover_memprobe_processes
+
+pytestmark = pytest.mark.e2e
 
 HANG = {"MEMPROBE_TEST_FAULT": "0:tp/groups_created:hang"}  # rank 0 hangs: the run never ends by itself
 
@@ -70,50 +75,3 @@ def test_a_hang_up_ends_like_sigterm_and_keeps_the_readings(tmp_path):
     assert any(r.step == "world" for r in run.readings)
     assert gone_within(tmp_path, 10) == []
     assert list((tmp_path / "tmp").iterdir()) == []  # torchrun's log folder went too
-
-
-def test_a_second_ctrl_c_during_the_cleanup_loses_nothing(tmp_path):
-    process = start(tmp_path, "--run-id", "twice", env=HANG)
-    wait_for(rank_stream(tmp_path, "twice", 0), '"world"', process)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert stderr.strip().splitlines() == [stderr.strip().splitlines()[-1]]  # one line
-    assert "interrupted by SIGINT" in stderr and "readings kept" in stderr
-    run_dir = tmp_path / "memprobe-runs" / "twice"
-    assert (run_dir / "readings.csv").is_file()
-    run = load_run(run_dir)
-    assert run.record.status == "incomplete" and "SIGINT" in run.record.failure.message
-    assert any(r.step == "world" for r in run.readings)
-    assert gone_within(tmp_path, 10) == []
-
-
-def test_a_run_folder_deleted_mid_run_is_one_line_exit_3_and_stops_everything(tmp_path):
-    import shutil
-
-    process = start(tmp_path, "--run-id", "deleted", env=HANG)
-    wait_for(rank_stream(tmp_path, "deleted", 1), '"launched"', process)
-    shutil.rmtree(tmp_path / "memprobe-runs" / "deleted")
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 3, stderr
-    assert stderr.strip().splitlines()[-1].endswith("its run folder memprobe-runs/deleted was deleted while it ran; "
-                                                    "its readings went with it"), stderr
-    assert "Traceback" not in stderr
-    assert gone_within(tmp_path, 10) == []
-
-
-def test_a_timeout_shorter_than_start_up_says_so_and_stops_everything(tmp_path):
-    started = time.monotonic()
-    process = start(tmp_path, "--run-id", "short", "--timeout", "2")
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 3, stderr
-    line = stderr.strip().splitlines()[-1]
-    assert " failed" in line and "start-up" in line and "longer than the timeout" in line, line
-    assert "never started" not in line
-    assert time.monotonic() - started < 2 + 25
-    run = load_run(tmp_path / "memprobe-runs" / "short")
-    assert run.record.status == "incomplete"
-    assert not any(r.step == "end" for r in run.readings)  # stopped, not left to finish
-    assert gone_within(tmp_path, 10) == []

@@ -1,5 +1,6 @@
 """Run lifecycle on CPU with real torchrun (issue 13): two torchrun agents on loopback as two nodes,
-clean ends (torchrun exits by itself, nothing left in the temp folder), and --nnodes checked before launch."""
+clean ends (torchrun exits by itself, nothing left in the temp folder), and --nnodes checked before launch.
+A failing node and launches in turn across nodes are tested on replayed launches (test_supervisor_replay.py)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ def two_nodes(tmp_path: Path, *args: str, env: dict[str, str] | None = None, dyn
     return results
 
 
+@pytest.mark.e2e
 def test_run_on_two_nodes_completes_on_both(tmp_path):
-    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2")
+    """A static rendezvous at an endpoint (torchrun assigns no node ranks: each node passes its own)."""
+    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2", endpoint_backend="static")
     assert node0.returncode == 0, node0.stderr
     assert node1.returncode == 0, node1.stderr
     gathered = load_run(tmp_path / "node0" / "memprobe-runs" / "two")
@@ -73,10 +76,11 @@ def test_run_on_two_nodes_completes_on_both(tmp_path):
         assert leftover_memprobe_processes(tmp_path / node) == []
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_path, jobs):
+@pytest.mark.e2e
+def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_path):
     """torchrun's c10d rendezvous picks which agent holds rank 0; that node gathers, the other points to it.
-    Both scenarios share one launch, in turn or side by side, across both nodes (issue 16)."""
+    Both scenarios share one launch, side by side, across both nodes (in turn: test_supervisor_replay.py)."""
+    jobs = "2"
     results = two_nodes(tmp_path, "compare", "--tp", "2", "--ep", "2", "--stacks", "full", "--jobs", jobs, dynamic=True)
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     for node in (0, 1):
@@ -89,32 +93,6 @@ def test_compare_on_two_nodes_with_a_dynamic_rendezvous_completes_on_both(tmp_pa
         assert load_run(folders[holder]).ranks == [0, 1]
         assert f"{name}: this node's ranks" in results[other].stderr
         assert str(folders[holder]) in results[other].stderr
-
-
-def test_a_static_rendezvous_at_an_endpoint_gets_each_node_its_rank(tmp_path):
-    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2", endpoint_backend="static")
-    assert [node0.returncode, node1.returncode] == [0, 0], [node0.stderr, node1.stderr]
-    assert load_run(tmp_path / "node0" / "memprobe-runs" / "two").ranks == [0, 1]
-
-
-def test_scenarios_that_cannot_share_a_launch_run_one_launch_after_another_on_two_nodes(tmp_path):
-    """Two launches side by side would share --master-port; on several nodes they run in turn."""
-    scenarios = ('[defaults]\ntp = 2\n[[scenario]]\nname = "one"\n'
-                 '[[scenario]]\nname = "two"\nenv = { OMP_NUM_THREADS = "2" }\n')
-    results = two_nodes(tmp_path, "compare", "--scenarios", "two.toml", "--jobs", "2", files={"two.toml": scenarios})
-    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
-    for name in ("one", "two"):
-        assert load_run(tmp_path / "node0" / "memprobe-runs" / "two" / name).record.status == "complete"
-
-
-def test_a_rank_failing_on_node_1_fails_both_nodes(tmp_path):
-    node0, node1 = two_nodes(tmp_path, "run", "--tp", "2", env={"MEMPROBE_TEST_FAULT": "1:tp/pynccl:raise"})
-    assert node1.returncode == 3, node1.stderr
-    assert "rank 1 failed at tp/pynccl: RuntimeError: injected fault" in node1.stderr
-    assert node0.returncode == 3, node0.stderr
-    assert load_run(tmp_path / "node0" / "memprobe-runs" / "two").record.status == "incomplete"
-    for node in ("node0", "node1"):
-        assert leftover_memprobe_processes(tmp_path / node) == []
 
 
 def test_nnodes_that_does_not_divide_the_world_is_refused_before_launch(memprobe, tmp_path):
@@ -130,9 +108,11 @@ def test_nnodes_needs_a_shared_rendezvous_port(memprobe, tmp_path):
     assert not (tmp_path / "memprobe-runs").exists()
 
 
-def test_gate_on_two_nodes_judges_on_node_0_and_points_there_from_node_1(memprobe, tmp_path):
-    (tmp_path / "one.toml").write_text('[[scenario]]\nname = "tp2"\ntp = 2\n')
-    made = memprobe("baseline", "update", "--scenarios", "one.toml", "--device", "cpu", "--out", "base.json")
+@pytest.mark.e2e
+def test_gate_on_two_nodes_judges_on_node_0_and_points_there_from_node_1(memprobe, tmp_path, cpu_compare):
+    """The baseline: tp2 of the session's one-node comparison (conftest.py); the gate measures it on two nodes."""
+    measured = cpu_compare[0] / "memprobe-runs" / "c"
+    made = memprobe("baseline", "update", "--from", str(measured), "-s", "tp2", "--out", "base.json")
     assert made.returncode == 0, made.stderr
     for node in ("node0", "node1"):
         (tmp_path / node).mkdir()

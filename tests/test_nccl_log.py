@@ -256,16 +256,23 @@ def test_committed_split_adds_up_and_tracing_costs_no_bytes():
     assert components_by_rank(load_run(GPU / "plain")) == components_by_rank(load_run(GPU / "trace"))
 
 
-def test_split_and_nccl_log_options_through_the_cpu_pipeline(memprobe, tmp_path):
-    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--nccl-log", "--split", "--run-id", "r")
-    assert result.returncode == 0, result.stderr
+def test_split_and_nccl_log_options_through_the_cpu_pipeline(replay_folder, capsys, monkeypatch):
+    """What the parent does with --nccl-log and --split (the workers' environment, the folder for NCCL's files, the
+    tables), on a replayed CPU launch (replay_support.py): gloo on CPU, so NCCL never starts."""
+    from replay_support import healthy_script, memprobe, replay
+
+    tmp_path = replay_folder
+    replay(monkeypatch, healthy_script("r"))
+    code, stdout, stderr = memprobe(capsys, "run", "--device", "cpu", "--tp", "2", "--quiet", "--nccl-log", "--split",
+                                    "--run-id", "r")
+    assert code == 0, stderr
     run = load_run(tmp_path / "memprobe-runs" / "r")
     nccl_env = run.record.environment["nccl_env"]
     assert (nccl_env["NCCL_DEBUG"], nccl_env["NCCL_DEBUG_SUBSYS"]) == ("INFO", "ALLOC,INIT")
     assert nccl_env["NCCL_DEBUG_FILE"] == str((tmp_path / "memprobe-runs" / "r" / "nccl").resolve() / "%h.%p.log")
     assert (tmp_path / "memprobe-runs" / "r" / "nccl").is_dir()
-    assert "split into torch cache" in result.stdout and "the split is not available" in result.stdout
-    assert "no NCCL logs of this run's ranks" in result.stdout  # gloo on CPU: NCCL never starts
+    assert "split into torch cache" in stdout and "the split is not available" in stdout
+    assert "no NCCL logs of this run's ranks" in stdout  # gloo on CPU: NCCL never starts
 
 
 def test_bench_reference_groups_match_memprobe_plan_without_importing_memprobe():

@@ -126,11 +126,12 @@ def test_console_width_rules(monkeypatch):
     assert console_width() == WIDE_OUTPUT
 
 
-def test_cpu_run_shows_skipped_steps_as_skipped_and_names_host_memory(memprobe, tmp_path):
-    result = memprobe("run", "--device", "cpu", "--tp", "4", "--ep", "2", "--stack", "full", "--quiet",
-                      "--run-id", "full")
+def test_cpu_run_shows_skipped_steps_as_skipped_and_names_host_memory(memprobe, cpu_compare):
+    folder, _ = cpu_compare  # its tp2-ep2-full run: the full stack, moe_ep of width 2 (conftest.py)
+    run_dir = folder / "memprobe-runs" / "c" / "tp2-ep2-full"
+    result = memprobe("report", str(run_dir))  # the table the run printed (test_pipeline_cpu.py)
     assert result.returncode == 0, result.stderr
-    run = load_run(tmp_path / "memprobe-runs" / "full")
+    run = load_run(run_dir)
     skipped = {(r.rank, f"{r.group}/{r.step}") for r in run.readings if r.status == "skipped" and r.group}
     assert skipped, "the CPU device skips every GPU communicator"
     for rank, parts in components_by_rank(run).items():
@@ -145,7 +146,7 @@ def test_cpu_run_shows_skipped_steps_as_skipped_and_names_host_memory(memprobe, 
     out = result.stdout
     assert "GPU" not in out and "CUDA context " not in out.split("skipped on every rank")[0]
     assert "host memory (RSS)" in out
-    assert "moe_ep: pynccl" not in out and "moe_ep/pynccl" in out.split("skipped on every rank")[1]
+    assert "tp: pynccl" not in out and "tp/pynccl" in out.split("skipped on every rank")[1]
 
 
 def test_cpu_compare_says_what_is_degenerate_and_runs_only_what_differs(memprobe, cpu_compare):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from memprobe.launch.plan import Member, can_share, plan_launches
+from memprobe.launch.prepare import expected_readings
 from memprobe.model.comparison import load_comparison
 from memprobe.model.layout import Layout
 from memprobe.model.events import load_stream
@@ -36,19 +37,46 @@ def events(run_dir: Path, rank: int) -> list[dict]:
     return [json.loads(event.to_json()) for event in load_stream(stream_path(run_dir, rank))[0]]
 
 
-def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprobe, tmp_path):
-    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "2", "--quiet")
+SIDE_BY_SIDE = """
+[defaults]
+tp = 1
+[[scenario]]
+name = "small-buffers"
+env = { NCCL_BUFFSIZE = "1048576" }
+[[scenario]]
+name = "default-buffers"
+"""
+
+
+@pytest.fixture(scope="module")
+def side_by_side(tmp_path_factory):
+    """ONE real comparison of two one-rank scenarios side by side (--jobs 2) in one launch, through the path a
+    launcher that started CUDA takes (MEMPROBE_TEST_BAD_FORK: each scenario execs a fresh interpreter); one rank
+    keeps it to three torch imports on a 2-core machine."""
+    from conftest import run_memprobe
+
+    folder = tmp_path_factory.mktemp("side-by-side")
+    (folder / "two.toml").write_text(SIDE_BY_SIDE)
+    result = run_memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "2", "--quiet",
+                          cwd=folder, env={"MEMPROBE_TEST_BAD_FORK": "1"})
+    return folder, result
+
+
+@pytest.mark.e2e
+def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(cpu_compare):
+    """The session's comparison (tp2, tp2-ep2-full, in turn): one launcher per rank forks both scenarios."""
+    tmp_path, result = cpu_compare
     assert result.returncode == 0, result.stderr
     folder = only_run_folder(tmp_path)
     assert sorted(p.name for p in folder.glob("launch*.json")) == ["launch.json"]
     assert sorted(p.name for p in folder.glob("torchrun*.log")) == ["torchrun.log"]
     launch = json.loads((folder / "launch.json").read_text())
-    assert [s["name"] for s in launch["scenarios"]] == ["tp2", "tp2-ep2-lean"] and launch["jobs"] == 2
+    assert [s["name"] for s in launch["scenarios"]] == ["tp2", "tp2-ep2-full"] and launch["jobs"] == 1
     comparison = load_comparison(folder)
     for rank in (0, 1):
         launchers, measuring = set(), []
         for item in comparison.runs:
-            assert item.run.record.launch == LaunchInfo(scenarios=("tp2", "tp2-ep2-lean"), jobs=2, folder=folder.name)
+            assert item.run.record.launch == LaunchInfo(scenarios=("tp2", "tp2-ep2-full"), jobs=1, folder=folder.name)
             stream = events(item.run.path, rank)
             launchers |= {e["pid"] for e in stream if e["type"] == "launched"}
             assert [e["name"] for e in stream if e["type"] == "phase"].count("imported") == 1
@@ -60,12 +88,11 @@ def test_a_comparison_is_one_launch_with_a_process_per_scenario_and_rank(memprob
     for item in comparison.runs:
         assert item.run.record.status == "complete"
         assert item.run.record.timings.phases["queued"] is not None
-    assert leftover_memprobe_processes(tmp_path) == []
 
 
-def test_in_turn_the_next_scenario_starts_after_the_last_one_ended(memprobe, tmp_path):
-    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "1", "--quiet")
-    assert result.returncode == 0, result.stderr
+@pytest.mark.e2e
+def test_in_turn_the_next_scenario_starts_after_the_last_one_ended(cpu_compare):
+    tmp_path, _ = cpu_compare  # --jobs defaults to 1 on CPU
     first, second = (item.run for item in load_comparison(only_run_folder(tmp_path)).runs)
     first_done = max(e["time"] for rank in (0, 1) for e in events(first.path, rank) if e["type"] == "done")
     second_started = min(e["time"] for rank in (0, 1) for e in events(second.path, rank) if e["type"] == "started")
@@ -73,33 +100,35 @@ def test_in_turn_the_next_scenario_starts_after_the_last_one_ended(memprobe, tmp
     assert second.record.timings.phases["queued"] > first.record.timings.phases["queued"]
 
 
-def test_a_failing_scenario_does_not_stop_the_one_beside_it(memprobe, tmp_path):
-    """The fault is in one scenario's own variables: only that scenario's process on rank 1 sees it."""
-    (tmp_path / "two.toml").write_text(TWO_SCENARIOS.format(fault="1:tp/groups_created:raise"))
-    result = memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "2", "--quiet")
-    assert result.returncode == 3, result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("memprobe: error: faulty: rank 1 failed at tp/groups_created") and "injected fault" in line
+@pytest.mark.e2e
+def test_side_by_side_scenarios_run_in_processes_of_their_own(side_by_side):
+    tmp_path, result = side_by_side
+    assert result.returncode == 0, result.stderr
     folder = only_run_folder(tmp_path)
-    assert line.endswith(f"; finished: healthy (memprobe report {folder.relative_to(tmp_path)} shows them)")
-    assert "RuntimeError: injected fault" in (folder / "faulty" / "workers.log").read_text()  # the traceback
-    healthy, faulty = load_run(folder / "healthy"), load_run(folder / "faulty")
-    assert healthy.record.status == "complete" and healthy.record.failure is None
-    assert len(healthy.readings) == 2 * len({r.sequence for r in healthy.readings if r.rank == 0})
-    assert faulty.record.status == "incomplete" and faulty.record.failure.rank == 1
-    assert any(r.rank == 1 and r.group == "tp" and r.step == "before" for r in faulty.readings)  # kept
+    comparison = load_comparison(folder)
+    assert comparison.names() == ["small-buffers", "default-buffers"]
+    assert json.loads((folder / "launch.json").read_text())["jobs"] == 2
+    first, second = ({info.pid for info in item.run.record.ranks} for item in comparison.runs)
+    assert first and second and not (first & second)
+    for item in comparison.runs:
+        assert item.run.record.status == "complete"
+        assert len(item.run.readings) == expected_readings(item.scenario)
+        assert item.run.record.environment["nccl_env"].get("NCCL_BUFFSIZE") == item.scenario.env.get("NCCL_BUFFSIZE")
     assert leftover_memprobe_processes(tmp_path) == []
 
 
-def test_a_silent_scenario_times_out_alone_and_is_named(memprobe, tmp_path):
-    (tmp_path / "two.toml").write_text(TWO_SCENARIOS.format(fault="1:tp/groups_created:hang"))
-    result = memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "2", "--quiet", "--timeout", "15")
-    assert result.returncode == 3, result.stderr
-    assert "faulty: rank 1 failed: stopped progressing after its tp/before reading: silent for" in result.stderr
-    folder = only_run_folder(tmp_path)
-    assert load_run(folder / "healthy").record.status == "complete"
-    assert load_run(folder / "faulty").record.status == "incomplete"
-    assert leftover_memprobe_processes(tmp_path) == []
+@pytest.mark.e2e
+def test_a_launcher_that_started_cuda_hands_each_scenario_a_fresh_interpreter(side_by_side):
+    """A forked child cannot use CUDA once the launcher started it (a sitecustomize importing SGLang does, seen on
+    2 x H200): the child then execs a fresh interpreter under the same PID. MEMPROBE_TEST_BAD_FORK takes that path."""
+    tmp_path, result = side_by_side
+    assert result.returncode == 0, result.stderr
+    for item in load_comparison(only_run_folder(tmp_path)).runs:
+        assert item.run.record.status == "complete"
+        stream = events(item.run.path, 0)
+        [started] = [e for e in stream if e["type"] == "started"]
+        [launched] = [e for e in stream if e["type"] == "launched"]
+        assert started["process"] == "fresh" and started["pid"] != launched["pid"]
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -132,48 +161,16 @@ def test_another_world_size_gets_a_launch_of_its_own():
     assert len(plan_launches([_member("a", {}), _member("b", {}, tp=4)])) == 2
 
 
-def test_a_launcher_that_started_cuda_hands_each_scenario_a_fresh_interpreter(memprobe, tmp_path):
-    """A forked child cannot use CUDA once the launcher started it (a sitecustomize importing SGLang does, seen on
-    2 x H200): the child then execs a fresh interpreter under the same PID. MEMPROBE_TEST_BAD_FORK takes that path."""
-    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "2", "--quiet",
-                      env={"MEMPROBE_TEST_BAD_FORK": "1"})
-    assert result.returncode == 0, result.stderr
-    for item in load_comparison(only_run_folder(tmp_path)).runs:
-        assert item.run.record.status == "complete"
-        for rank in (0, 1):
-            stream = events(item.run.path, rank)
-            [started] = [e for e in stream if e["type"] == "started"]
-            [launched] = [e for e in stream if e["type"] == "launched"]
-            assert started["process"] == "fresh" and started["pid"] != launched["pid"]
-    assert leftover_memprobe_processes(tmp_path) == []
-
-
-def test_a_run_of_one_scenario_measures_in_the_launcher_itself(memprobe, tmp_path):
-    """Nothing to share: no fork, so nothing a sitecustomize did to CUDA in the launcher can get in the way."""
-    result = memprobe("run", "--device", "cpu", "--tp", "2", "--quiet", "--run-id", "one", env={"MEMPROBE_TEST_BAD_FORK": "1"})
-    assert result.returncode == 0, result.stderr
-    run = load_run(tmp_path / "memprobe-runs" / "one")
-    for rank in (0, 1):
-        stream = events(run.path, rank)
-        [started] = [e for e in stream if e["type"] == "started"]
-        [launched] = [e for e in stream if e["type"] == "launched"]
-        assert started["process"] == "launcher" and started["pid"] == launched["pid"]
+@pytest.mark.e2e
+def test_a_run_of_one_scenario_measures_in_the_launcher_itself(cpu_run):
+    """Nothing to share: no fork, so nothing a sitecustomize did to CUDA in the launcher can get in the way
+    (the session's run has MEMPROBE_TEST_BAD_FORK set, which a fork would act on)."""
+    run = load_run(cpu_run["run_dir"])
+    stream = events(run.path, 0)
+    [started] = [e for e in stream if e["type"] == "started"]
+    [launched] = [e for e in stream if e["type"] == "launched"]
+    assert started["process"] == "launcher" and started["pid"] == launched["pid"]
     assert run.record.status == "complete"
-
-
-def test_scenarios_that_cannot_share_a_launch_still_run_side_by_side(memprobe, tmp_path):
-    """OMP_NUM_THREADS is read when torch is imported, before any fork: each scenario gets its own launch."""
-    (tmp_path / "two.toml").write_text('[defaults]\ntp = 2\n[[scenario]]\nname = "one"\n'
-                                       '[[scenario]]\nname = "two"\nenv = { OMP_NUM_THREADS = "2" }\n')
-    result = memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "2", "--quiet")
-    assert result.returncode == 0, result.stderr
-    folder = only_run_folder(tmp_path)
-    assert sorted(p.name for p in folder.glob("launch*.json")) == ["launch-1.json", "launch-2.json"]
-    assert sorted(p.name for p in folder.glob("torchrun*.log")) == ["torchrun-1.log", "torchrun-2.log"]
-    one, two = load_run(folder / "one"), load_run(folder / "two")
-    assert one.record.launch.scenarios == ("one",) and two.record.launch.scenarios == ("two",)
-    spans = [(min(e["time"] for e in events(run.path, 0)), max(e["time"] for e in events(run.path, 0))) for run in (one, two)]
-    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], "the two launches overlap in time"
 
 
 # ------------------------------------------------------------------------------ who failed first
@@ -207,6 +204,7 @@ def test_a_rank_that_reported_losing_its_peer_is_not_the_cause_even_if_torchrun_
     assert failure.rank == 1 and "killed or crashed" in failure.message and "tp/groups_created" in failure.message
 
 
+@pytest.mark.e2e
 def test_a_failed_scenario_does_not_get_the_next_one_killed_by_torchrun(memprobe, tmp_path):
     """In turn: rank 1's launcher ends first while rank 0 still tears the healthy scenario down. A launcher that
     exited non-zero for its failed scenario made torchrun stop rank 0's launcher, healthy scenario and all."""
@@ -215,28 +213,16 @@ def test_a_failed_scenario_does_not_get_the_next_one_killed_by_torchrun(memprobe
                                        '[[scenario]]\nname = "healthy"\nenv = { MEMPROBE_TEST_FAULT = "0:/teardown:sleep3" }\n')
     result = memprobe("compare", "--device", "cpu", "--scenarios", "two.toml", "--jobs", "1", "--quiet")
     assert result.returncode == 3, result.stderr
-    assert "faulty: rank 1 failed at tp/groups_created" in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("memprobe: error: faulty: rank 1 failed at tp/groups_created") and "injected fault" in line
     folder = only_run_folder(tmp_path)
+    assert line.endswith(f"; finished: healthy (memprobe report {folder.relative_to(tmp_path)} shows them)")
+    assert "RuntimeError: injected fault" in (folder / "faulty" / "workers.log").read_text()  # the traceback
     assert load_run(folder / "healthy").record.status == "complete"
+    faulty = load_run(folder / "faulty")
+    assert faulty.record.status == "incomplete" and faulty.record.failure.rank == 1
+    assert any(r.rank == 1 and r.group == "tp" and r.step == "before" for r in faulty.readings)  # kept
     assert "death signal" not in (folder / "torchrun.log").read_text()
     exited = [e for e in events(folder / "faulty", 1) if e["type"] == "exited"]
     assert [e["code"] for e in exited] == [1]  # the launcher saw its measuring process fail, and said so
-    assert leftover_memprobe_processes(tmp_path) == []
-
-
-def test_a_launch_whose_other_node_never_comes_fails_every_scenario_within_one_timeout(memprobe, tmp_path):
-    import time
-
-    from memprobe.launch.processes import free_port
-
-    started = time.monotonic()
-    result = memprobe("compare", "--device", "cpu", "--tp", "2", "--ep", "2", "--stacks", "lean", "--jobs", "1", "--quiet",
-                      "--nnodes", "2", "--node-rank", "0", "--master-port", str(free_port()), "--timeout", "8")
-    elapsed = time.monotonic() - started
-    assert result.returncode == 3, result.stderr
-    assert "torchrun had not started it yet" in result.stderr and "has a node not joined?" in result.stderr
-    folder = only_run_folder(tmp_path)
-    second = load_run(folder / "tp2-ep2-lean")
-    assert second.record.status == "incomplete" and second.record.failure.message.startswith("not run: rank 0 failed")
-    assert elapsed < 8 + 15, f"{elapsed:.0f} s: each waiting scenario waited a --timeout of its own"
     assert leftover_memprobe_processes(tmp_path) == []

@@ -95,20 +95,34 @@ def test_a_definition_from_an_older_memprobe_is_refused_with_the_way_out():
         Scenario.from_definition(old, "baseline.json")
 
 
-def test_a_stack_file_run_round_trips_through_the_real_pipeline_and_a_re_measuring_gate(memprobe, tmp_path):
-    """CPU, real torchrun: run with a stack file and --env, record a baseline from it, delete the stack
-    file, and let the gate measure the scenario again from the baseline alone."""
+@pytest.mark.e2e
+def test_a_stack_file_run_round_trips_through_the_real_pipeline_and_a_re_measuring_gate(memprobe, replay_folder, capsys,
+                                                                                         monkeypatch):
+    """A baseline measured from a scenario with a stack file and env (the launch replayed from a recorded tp2 CPU
+    launch: replay_support.py), the stack file deleted, and the gate measures the scenario again, with real
+    torchrun on CPU, from the baseline alone."""
+    from replay_support import healthy_script, replay
+    from replay_support import memprobe as in_process
+
+    tmp_path = replay_folder
     stack = _stack_file(tmp_path)
-    made = memprobe("run", "--device", "cpu", "--tp", "2", "--stack", stack, "--env", "NCCL_BUFFSIZE=1048576",
-                    "--quiet", "--out-dir", "runs", "--run-id", "first")
-    assert made.returncode == 0, made.stderr
-    recorded = json.loads((tmp_path / "runs" / "first" / "run.json").read_text())
+    (tmp_path / "s.toml").write_text(f'[[scenario]]\nname = "file"\ntp = 2\nstack = "{stack}"\n'
+                                     'env = { NCCL_BUFFSIZE = "1048576" }\n')
+    with monkeypatch.context() as patched:  # the baseline's launch only
+        replay(patched, healthy_script("file"))
+        code, _, stderr = in_process(capsys, "baseline", "update", "--scenarios", "s.toml", "--device", "cpu", "--out",
+                                     "base.json", "--out-dir", "runs")
+    assert code == 0, stderr
+    [first] = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    recorded = json.loads(next(first.rglob("run.json")).read_text())
     assert recorded["definition"]["stack"]["resolved"]["groups"]["moe_ep"]["pynccl"] is True
-    base = memprobe("baseline", "update", "--from", "runs/first", "--out", "base.json")
-    assert base.returncode == 0, base.stderr
+    assert recorded["environment"]["nccl_env"]["NCCL_BUFFSIZE"] == "1048576"
     Path(stack).unlink()
-    judged = memprobe("gate", "--baseline", "base.json", "--device", "cpu", "--out-dir", "gate-runs")
+    judged = memprobe("gate", "--baseline", "base.json", "--device", "cpu", "--out-dir", "gate-runs", "--junit-xml", "gate.xml")
+    # host RSS moves by a few MiB between runs; the default +5% and +64 MiB absorb it
     assert judged.returncode == 0, judged.stdout + judged.stderr
+    assert "PASS" in judged.stdout and (tmp_path / "gate.xml").is_file()
+    assert "host memory (RSS) of each rank, measured with --device cpu" in judged.stdout  # the gate says what it judged
     [again] = [p for p in (tmp_path / "gate-runs").iterdir() if p.is_dir()]
     run_json = next(again.rglob("run.json"))
     assert json.loads(run_json.read_text())["definition"] == {**recorded["definition"]}

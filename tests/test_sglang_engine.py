@@ -255,6 +255,7 @@ def test_engine_enters_the_identity_and_the_sglang_installation_does_not_enter_t
 
 @pytest.mark.skipif(not SGLANG_SITE, reason="set MEMPROBE_TEST_SGLANG_SITE to a folder with SGLang 0.5.23 (tools/sglang_offline)")
 @pytest.mark.parametrize("stack", ["full", "lean"])
+@pytest.mark.e2e
 def test_real_sglang_groups_line_up_with_the_reference_engine_on_cpu(memprobe, tmp_path, stack):
     env = {"PYTHONPATH": os.pathsep.join(p for p in (SGLANG_SITE, str(ROOT), EXTRA_PATH) if p)}
     for engine in ("memprobe", "sglang"):
@@ -275,6 +276,7 @@ def test_real_sglang_groups_line_up_with_the_reference_engine_on_cpu(memprobe, t
 
 @pytest.mark.skipif(not {"0.5.10.post1", "0.5.11"} <= set(SGLANG_SITES),
                     reason="set MEMPROBE_TEST_SGLANG_SITES=0.5.10.post1=SITE,0.5.11=SITE (tools/sglang_offline/install.sh)")
+@pytest.mark.e2e
 def test_real_releases_before_and_after_the_pr_in_one_comparison_on_cpu(memprobe, tmp_path):
     """compare --sglang LABEL=SITE twice: both releases next to the reference stacks, each through its own
     API (both kwargs-style), paired by what their ranks built, not by label."""

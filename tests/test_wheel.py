@@ -45,6 +45,7 @@ def fresh_venv(folder: Path) -> Path:
     return python
 
 
+@pytest.mark.e2e
 def test_the_built_wheel_installs_and_its_command_runs_from_a_fresh_venv(tmp_path):
     pytest.importorskip("build", reason="python -m build needs the dev extra: pip install -e '.[dev]'")
     wheel = build_wheel(tmp_path)
