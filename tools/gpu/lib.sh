@@ -1,4 +1,4 @@
-# Shared by the GPU campaign scripts (source it): the environment record and a timed command.
+# Shared by the GPU scripts of tools/gpu/ (source it): the environment record and a timed command.
 
 record_environment() {  # record_environment FILE: GPUs, driver, topology, versions, NCCL/CUDA variables
   {
