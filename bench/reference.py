@@ -1,8 +1,8 @@
 """An independent reference for memprobe's figures: builds what one scenario builds, imports nothing from memprobe.
 
 Run with ``python -m torch.distributed.run --nproc-per-node N bench/reference.py --tp 4 --ep 2 --stack full OUT.jsonl``.
-Written from SGLang 0.5.23's sources, not from memprobe's code (issue 14: the earlier version imported memprobe's
-communicators, so agreeing totals showed only that memprobe's sampling adds nothing):
+Written from SGLang 0.5.23's sources, not from memprobe's code, so that agreeing totals say more than that memprobe's
+sampling adds nothing:
 
 * groups (``parallel_state.initialize_model_parallel``, pp = attn_dp = attn_cp = moe_dp = 1): world; tp = the
   ranks ``0..tp-1``; moe_tp = consecutive blocks of ``tp / ep`` ranks; moe_ep = every ``tp / ep``-th rank of the

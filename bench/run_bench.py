@@ -8,7 +8,7 @@
    groups and communicators (target ratio
    <= 0.45) and against one ``memprobe run --tp T --ep E --stack full`` (target <= 1.4); ``--jobs 1``
    (one after another) for reference, its readings byte-identical to side by side; the per-phase
-   timings (issue 16) of both comparisons;
+   timings of both comparisons;
 2. repeatability: ``memprobe run`` of the lean MoE scenario N times; the spread of every
    (rank, group, step) reading across repeats;
 3. footprint: memprobe's per-rank total after first use against the reference's, per scenario.

@@ -1,6 +1,6 @@
 """Bad input: one line on stderr, exit code 2, nothing launched, no file or folder created.
 
-The README's "Bad input" table lists these same cases.
+The bad-input table of docs/reliability.md lists these same cases.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from memprobe.model.records import load_run
 MiB = 1 << 20
 GPU_BASELINE = ROOT / "configs" / "baselines" / "h200x4-tp4-ep2-lean.json"
 #: one scenario reads the same alone, inside compare and inside gate within this much, per rank and component
-#: (README, "CI memory-regression gate"); measured on 2 busy cores: 0.13 MiB at worst
+#: (docs/gate.md, "Like against like"); measured on 2 busy cores: 0.13 MiB at worst
 SAME_SCENARIO_NOISE_BYTES = 4 * MiB
 
 

@@ -1,5 +1,5 @@
 """Fidelity report (reference engine against real SGLang): synthetic pairs for the logic, committed GPU runs
-for what the README says of them.
+for what docs/attribution.md says of them.
 
 Synthetic SGLang runs copy the reference engine's and then add what pass 1 on 4 x H200 found
 (results/sglang-fidelity-20261127/x4-before-fix): a 2 MiB torch cache segment per pynccl warm-up stream,

@@ -1,6 +1,6 @@
 """Hostile input and a hostile node, without a launch: each is one line, exit 2 (3 for a run that cannot keep its
 files), and nothing created. The CLI runs in this process (``memprobe.cli.main``), so that each case costs
-milliseconds; the README's bad-input table lists them."""
+milliseconds; the bad-input table of docs/reliability.md lists them."""
 
 from __future__ import annotations
 

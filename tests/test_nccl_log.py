@@ -219,7 +219,7 @@ GPU = Path(__file__).resolve().parent.parent / "results" / "h200x4-nccl-20261128
 
 
 def test_committed_sglang_preset_account_explains_the_546_mib_and_the_rank_asymmetry():
-    """What the README's "where the 546 MiB go" and "why ranks differ" say, read from the committed files."""
+    """What docs/attribution.md's "NCCL's own account" says, read from the committed files."""
     account = run_account(load_run(GPU / "trace"))
     by = {(a.rank, a.label): a for a in account.accounts}
     assert len(account.accounts) == 4 * 7 and account.cumem is False

@@ -53,12 +53,12 @@ def checkable(token: str) -> bool:
 
 def test_every_path_in_help_and_readme_commands_exists():
     texts = [help_text(args) for args in COMMANDS]
-    readme = (ROOT / "README.md").read_text()
-    texts += re.findall(r"```(?:sh|yaml)\n(.*?)```", readme + (ROOT / "configs" / "baselines" / "README.md").read_text(), flags=re.S)
+    documents = [ROOT / "README.md", ROOT / "configs" / "baselines" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts += re.findall(r"```(?:sh|yaml)\n(.*?)```", "".join(path.read_text() for path in documents), flags=re.S)
     tokens = {token for text in texts for token in path_tokens(text) if checkable(token)}
     assert "configs/baselines/h200x4-tp4-ep2-lean.json" in tokens  # the check does see the examples
     missing = sorted(token for token in tokens if not (ROOT / token).exists())
-    assert missing == [], f"help or README names paths that do not exist: {missing}"
+    assert missing == [], f"help, README or docs/ name paths that do not exist: {missing}"
 
 
 def test_help_is_plain_text_that_can_be_copied():

@@ -2,8 +2,8 @@
 
     python tools/same_readings.py OLD_RUN NEW_RUN [OLD_RUN NEW_RUN ...]
 
-Used to show that a change of how runs are launched (issue 16: one torchrun launch, forked measuring
-processes) reads the same bytes as committed runs made before it, on the same kind of card.
+Shows that two ways of launching (one torchrun launch per scenario, or one per comparison with a measuring
+process forked per scenario) read the same bytes on the same kind of card.
 """
 
 from __future__ import annotations

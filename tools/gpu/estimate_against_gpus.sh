@@ -17,7 +17,7 @@ R="$O/runs"
 run() { echo "\$ $*" >> "$O/commands.txt"; if [ "${DRY_RUN:-0}" = 1 ]; then echo "$*"; return 0; fi
         "$@" > "$O/$LOG" 2>&1; echo "exit $?" >> "$O/commands.txt"; }
 mkdir -p "$R"
-if [ "${DRY_RUN:-0}" != 1 ]; then . "$(dirname "$0")/../gpu_lib.sh"; record_environment "$O/environment.txt"; fi
+if [ "${DRY_RUN:-0}" != 1 ]; then . "$(dirname "$0")/lib.sh"; record_environment "$O/environment.txt"; fi
 LOG=compare.txt run $M compare --tp $TP --ep $EP --stacks full,lean,full:v1,lean:v1 --per-rank --quiet --out-dir "$R" \
   --run-id compare-tp$TP-ep$EP --json "$O/compare.json" --markdown "$O/compare.md"
 LOG=nccl-log.txt run $M run --tp $TP --ep $EP --stack full --nccl-log --quiet --out-dir "$R" --run-id nccl-full
