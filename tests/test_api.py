@@ -118,3 +118,22 @@ def test_an_estimate_is_never_judged_against_a_measured_baseline():
     with pytest.raises(MemprobeError) as raised:
         api.judge(baseline=MEASURED_BASELINE, results=api.estimate(tp=4, ep=2, stacks="lean"))
     assert raised.value.exit_code == ExitCode.INCOMPARABLE
+
+
+def _readme_example() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Use it from Python", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("budget, passes", [("5 * GIB", True), ("4 * GIB", False)])
+def test_the_readme_example_runs_and_guards_its_budget(tmp_path, budget, passes):
+    """The README's block as written passes; with a budget below the estimate's worst rank it fails."""
+    code = _readme_example()
+    assert "5 * GIB" in code
+    (tmp_path / "test_memory_budget.py").write_text(code.replace("5 * GIB", budget))
+    environment = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert (result.returncode == 0) == passes, result.stdout + result.stderr
+    assert ("1 passed" if passes else "1 failed") in result.stdout

@@ -17,6 +17,7 @@ import pytest
 
 from memprobe.launch.processes import free_port
 from memprobe.model.records import load_run, stream_path
+from memprobe.model.events import ResultsLocation
 from memprobe.model.timings import PHASES
 from replay_support import FIXTURES, Script, after, fixture_lines, healthy_script, memprobe, pids_in, replay, up_to
 
@@ -411,4 +412,4 @@ def test_a_dynamic_rendezvous_narrows_the_follower_to_the_ranks_that_launched_he
         stream_path(tmp_path, rank).write_text("".join(healthy).replace('"rank": 0', f'"rank": {rank}'))
     follower.poll()
     assert sorted(follower.paths) == [2, 3] and follower.finished_locally
-    assert follower.results_at == {"folder": "/tmp/suite-cap/memprobe-runs/healthy", "host": "vm"}
+    assert follower.results_at == ResultsLocation(host="vm", folder="/tmp/suite-cap/memprobe-runs/healthy")
