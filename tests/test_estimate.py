@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from memprobe.analysis import nccl_log
 from memprobe.analysis.nccl_log import parse_file
 from memprobe.errors import UsageError
 from memprobe.estimate import nccl
@@ -47,7 +48,7 @@ def _clear_rule_caches() -> None:
 
 def _logged_communicators():
     """(run env, communicator) for every communicator in every committed NCCL log."""
-    for log in sorted(RESULTS.rglob("nccl/*.log")):
+    for log in sorted(path for pattern in nccl_log.LOG_PATTERNS for path in RESULTS.rglob(f"nccl/{pattern}")):
         run = load_run(log.parent.parent)
         env = dict(run.record.environment.get("nccl_env") or {})
         for communicator in parse_file(log).communicators:

@@ -2,6 +2,7 @@
 of each communicator beside the step bytes (analysis/nccl_account.py). Fixtures: tests/fixtures/nccl/README.md."""
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -318,3 +319,13 @@ def test_committed_knob_table_of_the_readme(run, four_ranks, two_ranks, net_pool
     assert {round(a.logged_bytes / MIB) for a in ep} == {two_ranks}
     assert {a.kinds.get("net_shared_buffers", 0) for a in tp + ep} == {net_pool * MIB}
     assert {round(a.remainder / MIB) for a in tp} <= {356, 358}
+
+
+def test_a_gzipped_log_reads_as_the_plain_one(tmp_path):
+    """Committed logs are kept gzipped (results/**/nccl/*.log.gz): the parser, the pid and the run's logs see no difference."""
+    plain = FX / "maxctas-rank3-two-comms.log"
+    packed = tmp_path / "vm.2556.log.gz"
+    with gzip.open(packed, "wt", encoding="utf-8") as f:
+        f.write(plain.read_text(encoding="utf-8"))
+    assert N.parse_file(packed).to_json().replace(str(packed), "PATH") == N.parse_file(plain).to_json().replace(str(plain), "PATH")
+    assert N.log_pid(packed) == 2556 and N.log_files(tmp_path) == [packed]

@@ -64,7 +64,7 @@ def log_folder(run: Run) -> Path | None:
 
 def has_logs(run: Run) -> bool:
     folder = log_folder(run)
-    return folder is not None and folder.is_dir() and any(folder.glob("*.log"))
+    return folder is not None and folder.is_dir() and bool(nccl_log.log_files(folder))
 
 
 def _comm_steps(readings: list[Reading], widths: dict[str, int]) -> list[tuple[Reading, int | None, int | None]]:

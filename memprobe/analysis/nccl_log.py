@@ -47,12 +47,13 @@ API (stdlib only):
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable
 
 from memprobe.units import MIB
 CUMEM_GRANULARITY = 2 * MIB  # cuMemGetAllocationGranularity(MINIMUM) on H100/H200 (NCCL rounds every cuMem alloc)
@@ -432,8 +433,23 @@ class ProcessLog:
 
 # -------------------------------------------------------------------------------------------------- parser
 
+LOG_PATTERNS = ("*.log", "*.log.gz")  # as NCCL_DEBUG_FILE writes them; gzipped as committed evidence is kept
+
+
+def open_log(path: str | os.PathLike) -> IO[str]:
+    """A log as text, whether plain or gzipped (``.gz``)."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, "r", encoding="utf-8", errors="replace")
+
+
+def log_files(folder: str | os.PathLike) -> list[Path]:
+    """The NCCL logs in ``folder``, plain or gzipped, in name order."""
+    return sorted(path for pattern in LOG_PATTERNS for path in Path(folder).glob(pattern) if path.is_file())
+
+
 def parse_file(path: str | os.PathLike, cumem: bool | None = None, env: dict[str, str] | None = None) -> ProcessLog:
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open_log(path) as f:
         return parse_lines(f, path=str(path), cumem=cumem, env=env)
 
 
@@ -834,12 +850,12 @@ _FILE_PID = re.compile(r"(?:^|[.\-_])(?P<pid>\d+)(?:\.[^.]*)?\.log$")
 
 def log_pid(path: str | os.PathLike) -> int | None:
     """PID of the process that wrote a log: from the file name (``%h.%p.log``), else from its first line."""
-    name = os.path.basename(str(path))
+    name = os.path.basename(str(path)).removesuffix(".gz")
     m = re.search(r"\.(\d+)\.log$", name) or _FILE_PID.search(name)
     if m:
         return int(m.group(1))
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
+        with open_log(path) as f:
             for text in f:
                 ll = parse_line(text)
                 if ll is not None:
