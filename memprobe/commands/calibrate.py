@@ -16,7 +16,6 @@ from memprobe.commands.options import QUIET, VERBOSE, option
 from memprobe.paths import check_output_path
 from memprobe.errors import MeasurementError, UsageError
 
-MARK = "MEMPROBE-CALIBRATION "
 STEP_TIMEOUT_S = 180
 
 
@@ -82,11 +81,12 @@ def _measure(uuid: str, cumem: int) -> dict[str, Any]:
                        NCCL_CUMEM_ENABLE=str(cumem), OMP_NUM_THREADS="1")
     for key in ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE"):
         environment.pop(key, None)
-    single = _lines([sys.executable, "-m", "memprobe.measure.calibrate", "single"], environment)
-    with tempfile.TemporaryDirectory(prefix="memprobe-calibrate-") as logs:  # else torchrun leaves /tmp/torchelastic_*
-        pair = _lines([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                       "--master-port", str(_free_port()), "--log-dir", logs, "-m", "memprobe.measure.calibrate", "pair"],
-                      environment)
+    with tempfile.TemporaryDirectory(prefix="memprobe-calibrate-") as work:  # torchrun's logs too: else /tmp/torchelastic_*
+        _run([sys.executable, "-m", "memprobe.measure.calibrate", "single", work], environment)
+        _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+              "--master-port", str(_free_port()), "--log-dir", os.path.join(work, "torchrun"), "-m",
+              "memprobe.measure.calibrate", "pair", work], environment)
+        single, pair = _readings(work, "single"), _readings(work, "pair")
     if len(single) != 1 or len(pair) != 2:
         raise MeasurementError(f"calibration with NCCL_CUMEM_ENABLE={cumem}: expected 1 + 2 readings, got {len(single)} + {len(pair)}")
     return {"single": single[0], "pair": sorted(pair, key=lambda item: item["rank"])}
@@ -98,7 +98,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _lines(command: list[str], environment: dict[str, str]) -> list[dict[str, Any]]:
+def _readings(folder: str, mode: str) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(Path(folder).glob(f"{mode}-*.json"))]
+
+
+def _run(command: list[str], environment: dict[str, str]) -> None:
     started = time.monotonic()
     try:
         done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=STEP_TIMEOUT_S,
@@ -108,7 +112,6 @@ def _lines(command: list[str], environment: dict[str, str]) -> list[dict[str, An
     if done.returncode != 0:
         raise MeasurementError(f"{' '.join(command[1:4])} exited {done.returncode} after {time.monotonic() - started:.0f} s: "
                                f"{_last_error(done.stderr + done.stdout)}")
-    return [json.loads(line[len(MARK):]) for line in done.stdout.splitlines() if line.startswith(MARK)]
 
 
 def _last_error(output: str) -> str:

@@ -11,7 +11,9 @@ Two modes, each in fresh processes so that "a process's first communicator" is r
   communicator of several ranks: a one-rank communicator takes a shorter path (enqueue.cc:2569-2570)
   and costs far less the first time, so it cannot stand in for it.
 
-Each process prints one JSON line: NVML per-process bytes after every step and torch-reserved bytes.
+Each process writes one JSON file into the folder it is given (``<mode>-<rank>.json``): NVML per-process bytes after
+every step and torch-reserved bytes. A file, not a line on stdout: torchrun's two workers share one stdout, and
+their lines can interleave mid-line.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def _steps(n_ranks: int, rank: int, handle: object, broadcast: object | None, ba
 
 
 def main(argv: list[str]) -> int:
-    mode = argv[0] if argv else ""
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m memprobe.measure.calibrate single|pair FOLDER")
+    mode, folder = argv
     visible = nvml.visible_gpus()
     if not nvml.is_available(visible) or not visible:
         raise SystemExit(f"no GPU visible through NVML: {visible!r}")
@@ -99,13 +103,16 @@ def main(argv: list[str]) -> int:
         dist.init_process_group("gloo")
         readings = _steps(2, rank, handle, lambda tensor: dist.broadcast(tensor, 0), dist.barrier)
     else:
-        raise SystemExit("usage: python -m memprobe.measure.calibrate single|pair")
+        raise SystemExit("usage: python -m memprobe.measure.calibrate single|pair FOLDER")
     properties = torch.cuda.get_device_properties(0)
     readings.update(rank=rank, mode=mode, pid=os.getpid(), gpu_model=properties.name,
                     compute_capability=properties.major * 10 + properties.minor, sm_count=properties.multi_processor_count,
                     torch=torch.__version__, cuda=str(torch.version.cuda or ""), nccl=nccl_library().version(),
                     nccl_library=nccl_library().path)
-    print("MEMPROBE-CALIBRATION " + json.dumps(readings, sort_keys=True), flush=True)
+    written = os.path.join(folder, f"{mode}-{rank}.json")
+    with open(written + ".part", "w", encoding="utf-8") as out:
+        json.dump(readings, out, sort_keys=True)
+    os.replace(written + ".part", written)  # whole or absent: the parent never reads half a file
     if mode == "pair":
         dist.barrier()
         dist.destroy_process_group()
