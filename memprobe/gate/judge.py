@@ -146,7 +146,7 @@ class Difference:
 def _show(value: Any) -> str:
     if value is None:
         return "(unset)"
-    if value == "":  # e.g. no driver on a --device cpu run (issue 15: printed as nothing)
+    if value == "":  # e.g. no driver on a --device cpu run: shown, not printed as nothing
         return "(none)"
     if isinstance(value, str):
         return value
@@ -324,7 +324,7 @@ class GateResult:
 
 
 def sglang_note(scenario: str, baseline: Any, current: Any) -> str | None:
-    """Which SGLang the baseline was recorded with and which one was judged (issue 12): the SGLang
+    """Which SGLang the baseline was recorded with and which one was judged: the SGLang
     under test may differ from the baseline's, since that is the change a gate in SGLang's CI judges."""
     if not baseline and not current:
         return None
