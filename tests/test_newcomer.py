@@ -63,7 +63,7 @@ def test_every_path_in_help_and_readme_commands_exists():
 
 def test_help_is_plain_text_that_can_be_copied():
     compare = help_text(["compare"])
-    assert "memprobe-llm[plot]" in compare  # Rich markup used to eat "[plot]"
+    assert "memprobe-llm[plot]" in compare  # Rich markup would eat "[plot]" as a tag
     assert "<bool>" not in compare and "│" not in compare
     assert re.search(r"--per-rank\s+Show every rank", compare)  # a flag, shown without a value
     assert "memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv /tmp/knobs.csv" in compare
