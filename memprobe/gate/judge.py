@@ -217,7 +217,8 @@ class GateResult:
     cases: list[Case] = field(default_factory=list)
     summaries: list[ScenarioVerdict] = field(default_factory=list)
     not_in_baseline: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what the verdict should say besides findings (e.g. which SGLang each side was measured with)
+    # what the verdict should say besides findings, e.g. which SGLang each side was measured with
+    notes: list[str] = field(default_factory=list)
     allow_env_mismatch: bool = False
     error: str | None = None  # the run failed before anything could be judged
     memory_kind: str = ""  # what the judged bytes are (memprobe.model.memory_kind): never judged against another kind
