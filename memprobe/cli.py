@@ -43,7 +43,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=True,  # Typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
-    rich_markup_mode=None,  # plain help: copyable (no boxes) and no Rich markup eating "memprobe[plot]" (issue 15)
+    rich_markup_mode=None,  # plain help: copyable (no boxes) and Rich markup would eat the brackets of "memprobe[plot]"
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

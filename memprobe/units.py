@@ -32,7 +32,7 @@ def mib(value: int | None, *, signed: bool = False, decimals: int | None = None)
     if magnitude < 10:
         text = f"{magnitude:,.1f}"
         if text == "0.0":  # a few bytes or KiB: not zero, so do not print as zero
-            return "<0.1" if value > 0 else ">-0.1"  # not "-<0.1" (issue 15)
+            return "<0.1" if value > 0 else ">-0.1"  # not "-<0.1", which reads as a typo
     else:
         text = f"{magnitude:,.0f}"
     sign = "-" if value < 0 else ("+" if signed else "")

@@ -12,7 +12,7 @@ import pytest
 from memprobe.errors import UsageError
 
 CASES = {
-    # etcd rendezvous keeps torchrun's store from the workers; each scenario rendezvouses there (issue 16)
+    # etcd rendezvous keeps torchrun's store from the workers; each scenario rendezvouses there
     "rdzv-backend-etcd": ["run", "--device", "cpu", "--tp", "2", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:29400",
                           "--rdzv-backend", "etcd"],
     "ep larger than tp": ["plan", "--tp", "2", "--ep", "4"],

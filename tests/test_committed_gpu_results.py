@@ -68,9 +68,9 @@ def test_gate_passes_the_committed_lean_run(memprobe):
 
 
 def test_a_stack_file_named_lean_no_longer_passes_for_lean(memprobe):
-    """regressed-lean was measured with a stack file named "lean" giving the MoE groups their full stack
-    (the old demonstration). Its identity holds the flags, so the gate refuses to judge it as lean (exit 4)
-    and names the flags that differ (issue 12)."""
+    """regressed-lean was measured with a stack file named "lean" giving the MoE groups their full stack.
+    Its identity holds the flags, so the gate refuses to judge it as lean (exit 4) and names the flags
+    that differ."""
     result = memprobe("gate", "--baseline", str(BASELINE), "--results", str(RESULTS / "runs" / "regressed-lean"))
     assert result.returncode == 4, result.stdout + result.stderr
     assert "the scenario definition changed" in result.stdout
@@ -79,7 +79,7 @@ def test_a_stack_file_named_lean_no_longer_passes_for_lean(memprobe):
             assert f"definition.stack.groups.{group}.{flag} false -> true" in result.stdout
 
 
-# ----------------------------------------------------------- issue 16: one launch (2 x NVIDIA H200)
+# ------------------------------------------- one launch for every scenario (2 x NVIDIA H200)
 
 ISSUE16 = ROOT / "results" / "h200x2-issue16-20261128"
 

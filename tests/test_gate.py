@@ -1,4 +1,4 @@
-"""The CI memory-regression gate (issue #4): baseline files, judging, renderers and the CLI.
+"""The CI memory-regression gate: baseline files, judging, renderers and the CLI.
 
 Inputs are synthetic runs from tests/support.py (a cost model, not measurements), so every
 expected number below follows from DEFAULT_COSTS: pynccl 484 MiB, custom all-reduce 38 MiB,
@@ -455,7 +455,7 @@ def test_table_is_plain_and_stable(workdir):
     text = stream.getvalue()
     assert "\x1b[" not in text
     assert max(len(line) for line in text.splitlines()) <= 120
-    # drawn like every other memprobe table (issue 15: ASCII borders here only)
+    # drawn like every other memprobe table, not with ASCII borders of its own
     assert any(line.split()[:2] == ["tp4", "REGRESSION"] for line in text.splitlines()), text
     assert "|" not in text and "+-" not in text
     assert "incomparable" in text

@@ -1,4 +1,4 @@
-"""Run lifecycle on CPU with real torchrun (issue 13): two torchrun agents on loopback as two nodes,
+"""Run lifecycle on CPU with real torchrun: two torchrun agents on loopback as two nodes,
 clean ends (torchrun exits by itself, nothing left in the temp folder), and --nnodes checked before launch.
 A failing node and launches in turn across nodes are tested on replayed launches (test_supervisor_replay.py)."""
 
@@ -62,7 +62,7 @@ def test_run_on_two_nodes_completes_on_both(tmp_path):
     assert kept.record.status == "complete" and kept.ranks == [1]
     assert kept.record.results_at["folder"] == str(tmp_path / "node0" / "memprobe-runs" / "two")
     assert (tmp_path / "node1" / "memprobe-runs" / "two" / "ranks" / "rank-00001.jsonl").is_file()
-    # where the time went (issue 16): every phase measured, and together they make the wall time
+    # where the time went: every phase measured, and together they make the wall time
     phases = gathered.record.timings.phases
     assert all(phases[name] is not None and phases[name] >= 0 for name in PHASES if name != "gpu_release")
     assert sum(value for value in phases.values() if value) == pytest.approx(gathered.record.wall_time_s, abs=0.02)

@@ -1,4 +1,4 @@
-"""Issue 15, a newcomer's first hour: help that runs as written, one env-var rule, tables that fit the
+"""A newcomer's first hour: help that runs as written, one env-var rule, tables that fit the
 terminal, honest CPU output (skipped steps never shown as bytes, host memory named as such), degenerate
 comparisons said and not run, a report that does not silently drop a scenario."""
 
@@ -63,7 +63,7 @@ def test_every_path_in_help_and_readme_commands_exists():
 
 def test_help_is_plain_text_that_can_be_copied():
     compare = help_text(["compare"])
-    assert "memprobe-llm[plot]" in compare  # Rich markup used to eat "[plot]"
+    assert "memprobe-llm[plot]" in compare  # Rich markup would eat "[plot]" as a tag
     assert "<bool>" not in compare and "│" not in compare
     assert re.search(r"--per-rank\s+Show every rank", compare)  # a flag, shown without a value
     assert "memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv /tmp/knobs.csv" in compare
@@ -88,7 +88,7 @@ def test_env_vars_follow_one_rule(memprobe, tmp_path):
     update = help_text(["baseline", "update"])
     assert "MEMPROBE_GATE_BASELINE" in gate and "MEMPROBE_BASELINE_UPDATE_OUT" in update
     assert "MEMPROBE_BASELINE]" not in gate + update and "MEMPROBE_BASELINE;" not in gate + update
-    # --sglang is a SITE for run and gate, LABEL=SITE for compare: each command's own variable (issue 12)
+    # --sglang is a SITE for run and gate, LABEL=SITE for compare: each command's own variable
     assert "MEMPROBE_GATE_SGLANG" in gate and "MEMPROBE_RUN_SGLANG" in help_text(["run"])
     assert "MEMPROBE_COMPARE_SGLANG" in help_text(["compare"]) and "MEMPROBE_SGLANG]" not in gate
 
@@ -174,7 +174,7 @@ def test_distinct_scenarios_of_degenerate_layouts():
 
 def test_distinct_scenarios_keep_every_sglang_installation():
     # compare --tp 2 --ep 2 --sglang a=/x --sglang b=/y: lean repeats full, the two
-    # real-SGLang scenarios (same layout, stack installed) differ by installation and both run (issue 12)
+    # real-SGLang scenarios (same layout, stack installed) differ by installation and both run
     scenario_set = real_headline(tp=2, ep=2, stacks=["full", "lean"], sglang_sites=[("a", "/x"), ("b", "/y")])
     kept, notes = distinct_scenarios(scenario_set)
     assert [s.name for s in kept.scenarios] == ["tp2", "tp2-ep2-full", "tp2-ep2.sglang-a", "tp2-ep2.sglang-b"]

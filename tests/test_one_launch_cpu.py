@@ -1,4 +1,4 @@
-"""One torchrun launch for every scenario of a comparison (issue 16), on the real pipeline on CPU.
+"""One torchrun launch for every scenario of a comparison, on the real pipeline on CPU.
 
 torchrun starts one launcher per rank, which imports torch once and forks a measuring process per
 scenario; each scenario applies its own variables and rendezvouses under keys of its own.

@@ -353,7 +353,7 @@ def test_plot_wrong_suffix(comparison, tmp_path):
 
 
 def test_a_group_a_finished_run_never_built_does_not_make_first_use_unknown():
-    """Real SGLang 0.5.10.post1 and 0.5.11 build no self_pp (issue 12): their finished runs have no self_pp
+    """Real SGLang 0.5.10.post1 and 0.5.11 build no self_pp: their finished runs have no self_pp
     readings, and the first-use column still adds up what they built; a run that stopped early stays unknown."""
     from memprobe.reports._model import summarize
 

@@ -92,8 +92,8 @@ def test_sample_waits_for_two_agreeing_reads():
 
 
 def test_a_sample_queries_the_other_gpus_once_not_in_every_stable_read():
-    """Issue 16: NVML process queries slow down with many processes on the GPUs; a stable sample on 4 GPUs
-    costs two reads of its own GPU and one of each other GPU (it used to cost eight)."""
+    """NVML process queries slow down with many processes on the GPUs; a stable sample on 4 GPUs costs
+    two reads of its own GPU and one of each other GPU, not all four GPUs in each of its two reads."""
     fake = FakeNvml(gpus=4)
     fake.processes["GPU-0"] = {100: 700 * MiB}
     fake.processes["GPU-3"] = {100: 4 * MiB}

@@ -1,4 +1,4 @@
-"""One scenario identity (issue 12): every kind of scenario that run and compare make round-trips
+"""One scenario identity: every kind of scenario that run and compare make round-trips
 through run.json -> baseline -> gate unchanged, and a stack file cannot pass for a built-in stack."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ OFFLINE_DATA = Path(os.environ.get("SGLANG_OFFLINE_DATA") or ROOT / ".sglang")
 SOURCES = ("sglang/__init__.py", "sglang/_version.py", "sglang/srt/distributed/parallel_state.py", "sglang/srt/runtime_context.py",
            "sglang/srt/distributed/device_communicators/pynccl.py",
            "sglang/srt/distributed/device_communicators/custom_all_reduce.py")
-# sha256 of each release's parallel_state.py as published in its wheel's RECORD (scratch/sglang-apis.md)
+# sha256 of each release's parallel_state.py as published in its wheel's RECORD
 PUBLISHED_PARALLEL_STATE = {
     "0.5.10.post1": "1eff90aa1b9be573fb37af8ac94c2cae452400d21c21f7da6cc8c7076a969284",
     "0.5.11": "6b2232effdd1b3ae72526990df3b74886d5e765b29384597a373130b714998ca",

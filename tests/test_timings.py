@@ -1,4 +1,4 @@
-"""Per-phase timings of a run (issue 16): computed from the workers' stamped events and the parent's clock."""
+"""Per-phase timings of a run: computed from the workers' stamped events and the parent's clock."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ unavailable is ``None`` (unknown), never zero.
 
 A step that was skipped (status ``skipped``: not in the stack, width 1, ``--device cpu``) built
 nothing, so it is charged 0 bytes and whatever the reading moved meanwhile (host-RSS noise on CPU)
-goes to ``unattributed`` (issue 15: CPU tables showed bytes for steps that did nothing).
+goes to ``unattributed``, so that no table shows bytes for a step that did nothing.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def step_deltas(readings: list[Reading], measure: Measure = primary) -> list[tup
 
 def charged_deltas(readings: list[Reading], measure: Measure = primary) -> list[tuple[Reading, int | None, int | None]]:
     """``(reading, bytes charged to its step, bytes moved to unattributed)``: a skipped step is
-    charged 0 and its delta (noise, it built nothing) is moved to ``unattributed`` (issue 15)."""
+    charged 0 and its delta (noise, it built nothing) is moved to ``unattributed``."""
     result: list[tuple[Reading, int | None, int | None]] = []
     for reading, delta in step_deltas(readings, measure):
         if reading.status == StepStatus.SKIPPED and reading.step != "start":

@@ -1,4 +1,4 @@
-"""NCCL's account of each communicator beside the NVML bytes of the step that created it (issue 14).
+"""NCCL's account of each communicator beside the NVML bytes of the step that created it.
 
 A run made with ``--nccl-log`` has one NCCL debug log per process in ``<run>/nccl/``. Each rank's
 communicators, in the order NCCL initialised them, are matched with the rank's steps that create one: the

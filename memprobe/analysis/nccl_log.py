@@ -1,4 +1,4 @@
-"""NCCL's own account of each communicator, from its debug log (issue 14). Standard library only.
+"""NCCL's own account of each communicator, from its debug log. Standard library only.
 
 Input: one file written by one process with ``NCCL_DEBUG=INFO``, ``NCCL_DEBUG_SUBSYS=ALLOC,INIT`` (or ``ALL``) and
 ``NCCL_DEBUG_FILE=dir/%h.%p.log``. Output: the communicators of that process in the order they were initialised,

@@ -57,7 +57,7 @@ def report(
         render_timings_of(runs)
     if single:  # render_and_export prints them itself
         print_rank_warnings(runs)
-    if comparison.missing:  # what is shown is incomplete: say so and fail (issue 15)
+    if comparison.missing:  # what is shown is incomplete: say so and fail
         raise MeasurementError(f"{len(comparison.missing)} scenario(s) of the comparison have no finished run and are "
                                f"not shown (nor anything compared with them): {'; '.join(comparison.missing)}")
     unfinished = [(name, run) for name, run in runs if run.record.status != "complete"]

@@ -74,7 +74,7 @@ ENVIRONMENT_KEY_FIELDS: tuple[str, ...] = (
 )
 NCCL_ENV_PREFIXES: tuple[str, ...] = ("NCCL_", "TORCH_NCCL_")
 # NCCL's own logging (--nccl-log) changes no byte: results/h200x4-nccl-20261128 read the same at every step
-# and rank traced and untraced (issue 14), so a traced run stays comparable with an untraced baseline.
+# and rank traced and untraced, so a traced run stays comparable with an untraced baseline.
 NOT_IN_KEY_PREFIXES: tuple[str, ...] = ("NCCL_DEBUG",)
 
 DEFAULT_RELATIVE = 0.05

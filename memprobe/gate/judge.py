@@ -146,7 +146,7 @@ class Difference:
 def _show(value: Any) -> str:
     if value is None:
         return "(unset)"
-    if value == "":  # e.g. no driver on a --device cpu run (issue 15: printed as nothing)
+    if value == "":  # e.g. no driver on a --device cpu run: shown, not printed as nothing
         return "(none)"
     if isinstance(value, str):
         return value
@@ -217,7 +217,8 @@ class GateResult:
     cases: list[Case] = field(default_factory=list)
     summaries: list[ScenarioVerdict] = field(default_factory=list)
     not_in_baseline: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what the verdict should say besides findings (issue 12: SGLang)
+    # what the verdict should say besides findings, e.g. which SGLang each side was measured with
+    notes: list[str] = field(default_factory=list)
     allow_env_mismatch: bool = False
     error: str | None = None  # the run failed before anything could be judged
     memory_kind: str = ""  # what the judged bytes are (memprobe.model.memory_kind): never judged against another kind
@@ -324,7 +325,7 @@ class GateResult:
 
 
 def sglang_note(scenario: str, baseline: Any, current: Any) -> str | None:
-    """Which SGLang the baseline was recorded with and which one was judged (issue 12): the SGLang
+    """Which SGLang the baseline was recorded with and which one was judged: the SGLang
     under test may differ from the baseline's, since that is the change a gate in SGLang's CI judges."""
     if not baseline and not current:
         return None

@@ -222,7 +222,7 @@ def root_cause(follower: StreamFollower, return_code: int | None, workers_log: P
     cause = torchrun_root_cause(torchrun_log)
     # torchrun names the first exit it noticed; a rank that reported losing a peer is not the cause, even if
     # torchrun noticed it first (a SIGKILLed rank and the peer it left behind end within one monitor interval)
-    for rank in follower.crashed:  # its launcher saw it end (one launch, several scenarios: issue 16)
+    for rank in follower.crashed:  # its launcher saw it end (one launch, several scenarios)
         if rank not in reported:
             return went_silent(rank, "never started ", how_it_ended(rank, ""))
     if cause is not None and cause[0] in follower.paths and cause[0] not in follower.done | reported:

@@ -22,7 +22,7 @@ RECORDED_ENV_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_DEVICE_MAX_CONNECTIONS", 
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")  # always fullmatch: "$" would let a trailing newline in
 
 
-# Users' runs go to a git-ignored folder; results/ holds the committed evidence (issue 15)
+# Users' runs go to a git-ignored folder; results/ holds the committed evidence
 DEFAULT_OUT_DIR = Path("memprobe-runs")
 
 
@@ -43,7 +43,7 @@ class LaunchOptions:
     allow_busy_gpu: bool = False
     progress: bool = True
     run_id: str | None = None
-    nccl_log: bool = False  # --nccl-log: NCCL's debug log of every worker into <run>/nccl/ (issue 14)
+    nccl_log: bool = False  # --nccl-log: NCCL's debug log of every worker into <run>/nccl/
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -62,7 +62,7 @@ class LaunchOptions:
             raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST[:PORT]")
         if self.rdzv_id is not None:
             validate_name(self.rdzv_id, "--rdzv-id")
-        # etcd rendezvous keeps its store from the workers, and each scenario rendezvouses in that store (issue 16)
+        # etcd rendezvous keeps its store from the workers, and each scenario rendezvouses in that store
         if self.rdzv_backend not in RDZV_BACKENDS:
             raise UsageError(f"--rdzv-backend must be c10d or static, got {self.rdzv_backend!r}")
         if self.run_id is not None:
@@ -80,7 +80,7 @@ def worker_environment(scenario: Scenario, options: LaunchOptions, base: dict[st
     for key, value in ENV_PRESETS[scenario.env_preset].items():
         environment.setdefault(key, value)
     environment.update(scenario.env)
-    if scenario.sglang:  # the SGLang installation this scenario asked for comes first (issue 12)
+    if scenario.sglang:  # the SGLang installation this scenario asked for comes first
         environment["PYTHONPATH"] = os.pathsep.join(p for p in (scenario.sglang, environment.get("PYTHONPATH", "")) if p)
     environment.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     environment.setdefault("OMP_NUM_THREADS", "1")

@@ -1,4 +1,4 @@
-"""Which scenarios share one torchrun launch, and the environment each one adds (issue 16).
+"""Which scenarios share one torchrun launch, and the environment each one adds.
 
 A launch starts one launcher per rank with one environment; the launcher imports torch once and
 forks a measuring process per scenario, which applies its scenario's own variables before

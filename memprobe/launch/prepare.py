@@ -92,7 +92,7 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     check_out_dir(Path(options.out_dir))
     check_rendezvous_port(options)
     for scenario in scenarios:
-        if scenario.engine == "sglang":  # each scenario may bring its own SGLang (issue 12)
+        if scenario.engine == "sglang":  # each scenario may bring its own SGLang
             from memprobe.measure.sglang_install import check_site, sglang_installation
 
             if scenario.sglang:

@@ -1,4 +1,4 @@
-"""Measure a run's scenario or a comparison's, in as few torchrun launches as can share one (issue 16).
+"""Measure a run's scenario or a comparison's, in as few torchrun launches as can share one.
 
 A comparison's scenarios share one launch whenever their environments differ only in what is
 read after the fork (:mod:`memprobe.launch.plan`): torchrun starts and torch is imported once,
@@ -24,7 +24,7 @@ from memprobe.model.scenario import Scenario, ScenarioSet
 
 def member(scenario: Scenario, options: LaunchOptions, run_dir: Path) -> Member:
     environment = worker_environment(scenario, options)
-    if options.nccl_log:  # NCCL's own account of every communicator (issue 14)
+    if options.nccl_log:  # NCCL's own account of every communicator
         environment.update(nccl_log_environment(run_dir))
     return Member(scenario=scenario, run_dir=run_dir, environment=environment)
 

@@ -298,7 +298,7 @@ def supervise(command: list[str], environment: dict[str, str], token: str, membe
 def _prepare(member: Member, options: LaunchOptions, command: list[str] | None, launch: LaunchInfo) -> Tracked:
     scenario, run_dir = member.scenario, member.run_dir
     run_dir.mkdir(parents=True, exist_ok=False)
-    if options.nccl_log:  # NCCL's own account of every communicator (issue 14)
+    if options.nccl_log:  # NCCL's own account of every communicator
         (run_dir / NCCL_LOG_FOLDER).mkdir()
     record = new_record(scenario, options, run_dir, command)
     record.launch = launch

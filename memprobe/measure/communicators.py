@@ -105,8 +105,8 @@ class PyNccl:
             )
             # As SGLang 0.5.23 (pynccl.py:132-138): the warm-up tensor is allocated *on* the new stream, so
             # torch's caching allocator keeps a 2 MiB segment per communicator until empty_cache. Allocating
-            # it on the current stream instead put the reference engine 2 MiB below SGLang per pynccl
-            # (4 x H200, results/sglang-fidelity-20261127/x4-before-fix/, issue 8).
+            # it on the current stream puts the reference engine 2 MiB below SGLang per pynccl
+            # (4 x H200, results/sglang-fidelity-20261127/x4-before-fix/).
             stream = torch.cuda.Stream()
             with torch.cuda.stream(stream):
                 data = torch.zeros(1, dtype=torch.float32, device=device)

@@ -122,7 +122,7 @@ class ReferenceEngine:
         self.current = (group, step)
         self.fault.fire(group, step)
         # this rank finished the step and now waits for the others: the parent tells a hung rank
-        # from the ranks waiting for it (issue 13)
+        # from the ranks waiting for it
         self.emit(Arrived(group=group, step=step))
         self._synchronize()
         sample = self.sampler.sample()
@@ -221,7 +221,7 @@ class ReferenceEngine:
     def _world(self) -> None:
         self.current = ("world", "world")
         backend = "gloo" if self.device_kind == "cpu" else "nccl"
-        # no device_id: lazy, as SGLang; the scenario's own keys in torchrun's store (issue 16)
+        # no device_id: lazy, as SGLang; the scenario's own keys in torchrun's store
         dist.init_process_group(backend=backend, init_method=INIT_METHOD, rank=self.rank, world_size=self.world_size,
                                 timeout=self.timeout)
         world = self.plan.group("world")

@@ -1,4 +1,4 @@
-"""Each scenario of one torchrun launch rendezvouses under keys of its own in torchrun's store (issue 16).
+"""Each scenario of one torchrun launch rendezvouses under keys of its own in torchrun's store.
 
 The scenarios of a comparison share one torchrun launch; their processes find each other through
 the store torchrun's agent hosts for its workers (``MASTER_ADDR:MASTER_PORT``, shared with the

@@ -100,7 +100,7 @@ class GpuSampler:
         return memory.used
 
     def _other_handles(self) -> list[Any] | None:
-        """The other GPUs' handles, looked up once (enumerating GPUs on every read cost NVML calls; issue 16)."""
+        """The other GPUs' handles, looked up once (enumerating GPUs on every read costs NVML calls)."""
         if self._others is None:
             gpus = self.nvml.all_gpus()
             if not self.nvml.is_available(gpus):
@@ -147,7 +147,7 @@ class GpuSampler:
     def sample(self) -> MemorySample:
         """Read until two consecutive reads agree (NVML lags freshly mapped memory briefly); the other GPUs
         and torch's cache once, after that. Each NVML process query costs time that grows with the processes
-        on the GPUs (side by side, 12 workers queried at once; issue 16), so the stable loop reads only what it compares."""
+        on the GPUs (side by side, 12 workers queried at once), so the stable loop reads only what it compares."""
         previous = self._read()
         for _ in range(self.stable_reads - 1):
             current = self._read()

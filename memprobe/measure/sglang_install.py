@@ -1,7 +1,7 @@
 """Which SGLang a scenario will import, and which parallel-state API it has: read from its source files,
-never imported (the parent CLI imports neither torch nor SGLang; issue 12).
+never imported (the parent CLI imports neither torch nor SGLang).
 
-Two API styles are known (research: scratch/sglang-apis.md, issue 12):
+Two API styles are known, read from the sources of these releases:
 
 * ``kwargs`` (0.5.10.post1, 0.5.11; 0.5.9 and 0.5.12 have it too): ``initialize_model_parallel`` takes
   the widths as keywords (``tensor_model_parallel_size=...``); ``dispatch_custom_allreduce()`` takes no

@@ -1,6 +1,6 @@
 """What torchrun starts once per rank: ``python -m memprobe.measure.worker LAUNCH_FILE``.
 
-One torchrun launch measures every scenario of a comparison (issue 16). The process torchrun
+One torchrun launch measures every scenario of a comparison. The process torchrun
 starts for a rank (the *launcher*) imports torch once, without touching CUDA, then forks one
 *measuring process* per scenario: side by side (up to ``jobs`` at once) or in turn. Each
 measuring process has its own PID and its own CUDA context, applies its scenario's environment

@@ -3,10 +3,10 @@
 Two scenarios measure the same when they build the same groups (rank lists, aliases) with the same
 communicators under the same settings: ``compare --tp 1`` (every group width 1, both stacks build
 nothing), ``--tp 2 --ep 1`` (no MoE group of its own, so full = lean = the baseline) or ``--tp 2 --ep 2``
-(moe_ep is the tp group and moe_tp has width 1, so full = lean). Issue 15: these ran and printed
+(moe_ep is the tp group and moe_tp has width 1, so full = lean). Run anyway, they would print
 "lean saves" lines over identical runs without a word.
 
-Real SGLang (issue 12) is never the same across installations: the ``sglang`` site is part of what is
+Real SGLang is never the same across installations: the ``sglang`` site is part of what is
 measured, and the ``installed`` stack forces no flags, so what it builds is that release's decision.
 """
 

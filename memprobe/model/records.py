@@ -32,8 +32,8 @@ RUN_TOKEN_VARIABLE = "MEMPROBE_RUN_TOKEN"  # every process of one launch (found 
 CONCURRENT_VARIABLE = "MEMPROBE_CONCURRENT_TOKEN"  # every process of a launch whose scenarios run side by side
 TORCHRUN_PID_VARIABLE = "MEMPROBE_TORCHRUN_PID"  # torchrun's PID, the launchers' parent (memprobe.launch.guard)
 WORKER_CONFIG = "worker-config.json"  # what each worker measures, written into the run folder by the parent
-WORKERS_LOG = "workers.log"  # what the scenario's measuring processes on this node printed (issue 16)
-NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process (issue 14)
+WORKERS_LOG = "workers.log"  # what the scenario's measuring processes on this node printed
+NCCL_LOG_FOLDER = "nccl"  # --nccl-log: NCCL_DEBUG_FILE=<run>/nccl/%h.%p.log, one NCCL debug log per process
 
 
 def process_carries(pid: int, variable: str, value: str) -> bool:

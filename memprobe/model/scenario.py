@@ -42,7 +42,7 @@ ENV_PRESETS: dict[str, dict[str, str]] = {
     "none": {},
 }
 WARMUPS: tuple[str, ...] = ("none", "tiny", "sweep")
-DEFINITION_SCHEMA = 2  # 2: stack resolved to flags, engine and sglang always present (issue 12)
+DEFINITION_SCHEMA = 2  # 2: stack resolved to flags, engine and sglang always present
 _DEFINITION_KEYS = ("schema", "name", "layout", "stack", "env_preset", "env", "warmup", "engine", "sglang")
 ENGINES: tuple[str, ...] = ("memprobe", "sglang")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # always fullmatch: "$" would let a trailing newline in
@@ -120,7 +120,7 @@ class Scenario:
         """The scenario's identity, as run.json, comparison.json and baselines record it (schema 2).
 
         ``stack`` holds the label the user gave and, under ``resolved``, the flags of every group and the
-        custom all-reduce layout: the identity is what is built, not what it is called (issue 12).
+        custom all-reduce layout: the identity is what is built, not what it is called.
         """
         assert self.resolved_stack is not None
         return {

@@ -75,7 +75,7 @@ class Stack:
 
     def identity(self) -> dict[str, Any]:
         """What the stack builds, for a scenario's identity: the flags of every group and the custom
-        all-reduce layout; not its name or file, so a file cannot pass for a built-in (issue 12)."""
+        all-reduce layout; not its name or file, so a file cannot pass for a built-in."""
         return {"custom_allreduce_impl": self.custom_allreduce_impl,
                 "groups": {name: self.flags[name].as_dict() for name in GROUP_ORDER if name in self.flags}}
 
@@ -122,7 +122,7 @@ def _parse_stack_document(document: dict, source: str) -> Stack:
     if unknown:
         raise UsageError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     if not {"base", "groups", "custom_allreduce_impl"} & set(document):
-        # an empty (or name-only) file would silently be the lean stack (issue 15)
+        # an empty (or name-only) file would silently be the lean stack
         raise UsageError(f"{source}: sets neither base, custom_allreduce_impl nor [groups.*]; "
                          'write base = "lean" (or "full") to mean a built-in stack')
     base_name = document.get("base", "lean")
@@ -151,7 +151,7 @@ def _parse_stack_document(document: dict, source: str) -> Stack:
     name = document.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
         raise UsageError(f"{source}: name must be a non-empty string")
-    if name in BUILTIN_NAMES:  # issue 12: a file named "lean" with other flags passed for the built-in lean
+    if name in BUILTIN_NAMES:  # a file named "lean" with other flags would pass for the built-in lean
         raise UsageError(f"{source}: name {name!r} is the name of a built-in stack; give the file's stack a name of its own")
     return Stack(name=name, flags=flags, custom_allreduce_impl=impl, description=str(document.get("description", "")),
                  source=source)

@@ -1,4 +1,4 @@
-"""The sequence of steps a worker takes, defined once (issue 13).
+"""The sequence of steps a worker takes, defined once.
 
 Per rank: ``start`` (before CUDA), ``cuda_context``, ``world``; then for every built group in
 SGLang's order ``before``, ``groups_created``, ``pynccl``, ``custom_allreduce``; then

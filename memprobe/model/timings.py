@@ -1,4 +1,4 @@
-"""Where a run's time went (issue 16), from the parent's clock and the workers' stamped events.
+"""Where a run's time went, from the parent's clock and the workers' stamped events.
 
 Every event a worker streams carries ``time`` (``time.time()``, the host clock the parent
 shares for its own ranks). Phases, in order, each measured on the slowest local rank:

@@ -167,7 +167,7 @@ def _rank_summary(rank: int, parts: dict[str, int | None], plan: list[GroupInfo]
     keys = [f"{group.name}/first_use" for group in plan if not group.is_alias]
     keys += [key for key in parts if key.endswith("/first_use") and key not in keys]
     if parts.get(TOTAL_AFTER_FIRST_USE) is not None:  # a finished run: a group it has no reading of was never built
-        keys = [key for key in keys if key in parts]  # (SGLang 0.5.10.post1 and 0.5.11 build no self_pp; issue 12)
+        keys = [key for key in keys if key in parts]  # (SGLang 0.5.10.post1 and 0.5.11 build no self_pp)
     first_use = sum_known([parts.get(key) for key in keys]) if keys else None
     return RankSummary(
         rank=rank,

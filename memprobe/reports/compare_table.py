@@ -61,8 +61,8 @@ def _scenario_label(summary: ScenarioSummary) -> str:
 
 
 def _stack_and_settings(summary: ScenarioSummary) -> str:
-    """The stack, plus what else sets this scenario apart (issue 15: NCCL knob scenarios all read
-    "--tp 4 --ep 2, full"): its --env settings, a non-default preset or warm-up."""
+    """The stack, plus what else sets this scenario apart (without it, NCCL knob scenarios
+    all read "--tp 4 --ep 2, full"): its --env settings, a non-default preset or warm-up."""
     scenario = summary.item.scenario
     parts = [scenario.stack]
     parts += [f"{key}={value}" for key, value in sorted(scenario.env.items())]
@@ -88,7 +88,7 @@ class _Columns:
     """Which optional columns the headline table has."""
 
     shown: list[str]  # groups with an init column
-    context: bool  # --device cpu skips the CUDA context on every rank: no column rather than a 0 (issue 15)
+    context: bool  # --device cpu skips the CUDA context on every rank: no column rather than a 0
     unattributed: bool
     per_rank: bool
 
@@ -213,7 +213,7 @@ def lean_lines(comparison: Comparison) -> list[list[str]]:
                 _lean_details(saving),
             ]
         )
-        if saving.full.item.run.record.device == "cpu":  # honest about what a CPU difference is (issue 15)
+        if saving.full.item.run.record.device == "cpu":  # honest about what a CPU difference is
             blocks[-1].append("--device cpu builds no pynccl or custom all-reduce: full and lean differ here only "
                               "by host-memory noise")
     return blocks
@@ -313,8 +313,8 @@ def _rich_table(table: TextTable, *, merge_scenario: bool) -> Table:
     return rich_table
 
 
-# Columns given up, in this order, when a table is wider than the terminal (issue 15: at 80 or 100
-# columns every line wrapped); files and pipes get the wide default and keep them all.
+# Columns given up, in this order, when a table is wider than the terminal (with all of them,
+# every line wraps at 80 or 100 columns); files and pipes get the wide default and keep them all.
 HEADLINE_DROP_ORDER: tuple[str, ...] = ("between steps", "Δ after init", "rank spread", "CUDA context", "world",
                                         "after init", "first use", "self_pp init", "pp init", "moe_dp init",
                                         "attn_cp init", "attention_tp init")

@@ -179,7 +179,7 @@ def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
                 "stack": summary.item.scenario.stack,
                 "layout": summary.item.scenario.layout.slug(),
                 "rank": rank,
-                # skipped (--device cpu): empty, not 0 (issue 15)
+                # skipped (--device cpu): empty, not 0, since nothing was measured
                 "cuda_context_bytes": None if "cuda_context" in values.skipped else values.cuda_context,
                 "world_bytes": values.world,
                 "first_use_bytes": values.first_use,
@@ -232,7 +232,7 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "components_by_rank": _without_skipped(components_by_rank(item.run), skipped_by_rank(item.run)),
                 "torch_cache_by_rank": _without_skipped(components_by_rank(item.run, torch_cache), skipped_by_rank(item.run)),
                 "nccl_account": nccl_account_document(item.run),
-                # component keys whose step was skipped (charged 0 above; issue 15)
+                # component keys whose step was skipped (charged 0 above)
                 "skipped_by_rank": {str(rank): sorted(keys) for rank, keys in skipped_by_rank(item.run).items()},
                 "readings": [reading.as_row() for reading in sorted(item.run.all_readings(), key=lambda r: (r.rank, r.sequence))],
             }
@@ -263,7 +263,7 @@ def write_json(comparison: Comparison, path: str | Path) -> None:
 
 def _escape(cell: str) -> str:
     """Text safe in a GitHub Markdown table cell (``|`` splits cells; ``<group>`` would vanish as HTML)."""
-    # only what GitHub would read as HTML is escaped, so that "<0.1" stays readable in the raw file (issue 15)
+    # only what GitHub would read as HTML is escaped, so that "<0.1" stays readable in the raw file
     cell = re.sub(r"&(?=[A-Za-z#])", "&amp;", cell)
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", cell).replace("|", "\\|")
 

@@ -36,7 +36,7 @@ def _render_plan(console, plan: Plan, stack: Stack) -> None:
     layout = plan.layout
     console.print(f"memprobe plan: {layout.flags()}  (world size {layout.world_size}, moe_tp {layout.moe_tp}, "
                   f"attn_tp {layout.attn_tp})  stack: {stack.name}")
-    # the same plain style as the other tables; names and numbers never wrap, only rank lists (issue 15)
+    # the same plain style as the other tables; names and numbers never wrap, only rank lists
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in ("group", "lists x\nwidth", "ranks", "alias\nof", "pynccl", "custom\nall-reduce", "new_group\ncalls"):
         table.add_column(column, overflow="fold", no_wrap=column != "ranks")

@@ -44,7 +44,8 @@ AT_START = "at_start"  # plot-only part: the reading before the first step (host
 
 def _add_start_parts(summaries: list[ScenarioSummary]) -> None:
     """Give each worst rank an ``at_start`` part, so that a bar's height is its total, not only what the
-    steps added (on CPU the process holds ~0.5 GiB before any step; issue 15: axis 0-3.5 MiB, label 515 MiB)."""
+    steps added (on CPU the process holds ~0.5 GiB before any step: an axis of the steps alone would read
+    0-3.5 MiB under a 515 MiB label)."""
     for summary in summaries:
         worst = summary.worst
         if worst is None or worst.total_after_first_use is None:

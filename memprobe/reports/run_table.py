@@ -95,7 +95,7 @@ def component_rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | No
     def values(key: str) -> list[int | None]:
         return [parts.get(key) for parts in per_rank.values()]
 
-    # A step skipped on every rank built nothing: it is no row, only a note (issue 15)
+    # A step skipped on every rank built nothing: it is no row, only a note
     skipped_everywhere = set.intersection(*skipped.values()) if skipped else set()
     skipped_shown: list[str] = []
     rows = []

@@ -1,4 +1,4 @@
-"""``--split``: every step's bytes in two measured parts (issue 14): torch's caching allocator (the change of
+"""``--split``: every step's bytes in two measured parts: torch's caching allocator (the change of
 ``torch.cuda.memory_reserved`` over the step) and everything else (NCCL, the CUDA driver, IPC mappings, custom
 all-reduce buffers allocated outside torch). Both are readings, not formulas: the parts add up to the step."""
 

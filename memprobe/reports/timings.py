@@ -1,4 +1,4 @@
-"""Where a run's time went (``--timings``; issue 16): phases, then the slowest steps."""
+"""Where a run's time went (``--timings``): phases, then the slowest steps."""
 
 from __future__ import annotations
 
