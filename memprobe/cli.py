@@ -137,7 +137,7 @@ def _tune_garbage_collector() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from memprobe.launch.supervisor import interrupt_handlers
+    from memprobe.launch.interrupts import interrupt_handlers
 
     _tune_garbage_collector()
 

@@ -305,3 +305,11 @@ def test_estimate_of_4096_ranks_never_imports_torch(tmp_path):
     imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "import time:" in line}
     assert "memprobe" in imported and "torch" not in imported
     assert "4096 of 4096" in done.stdout or "of 4096" in done.stdout
+
+
+def test_peer_counts_of_a_whole_list_are_each_ranks_own():
+    """list_peer_counts works out each kind of node once; every index must still read what it reads alone."""
+    shapes = [(n, p) for n in range(1, 41) for p in range(1, 9)] + [(4096, 8), (512, 1), (1000, 8), (96, 6)]
+    for n, p in shapes:
+        for eager in (True, False):
+            assert nccl.list_peer_counts(n, p, eager) == [nccl.peer_counts(i, n, p, eager) for i in range(n)], (n, p, eager)

@@ -233,7 +233,7 @@ def _place_group(group: GroupPlan, world_size: int, topology: Topology, eager: b
 @lru_cache(maxsize=None)
 def _pattern(width: int, per_node: int, eager: bool) -> tuple[tuple, ...]:
     """Per index in a list of ``width`` ranks, what its bytes depend on (see :func:`_rank_classes`)."""
-    return tuple((width, per_node, nccl.peer_counts(index, width, per_node, eager)) for index in range(width))
+    return tuple((width, per_node, counts) for counts in nccl.list_peer_counts(width, per_node, eager))
 
 
 def estimate_rank(context: Context, rank: int, lists: dict[str, dict[int, Member]]) -> _Rank:

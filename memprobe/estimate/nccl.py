@@ -287,6 +287,28 @@ def peer_counts(rank: int, n_ranks: int, ranks_per_node: int, eager: bool) -> tu
     return recv_local, send_local, len(recv) - recv_local, len(send) - send_local
 
 
+def list_peer_counts(n_ranks: int, ranks_per_node: int, eager: bool) -> list[tuple[int, int, int, int]]:
+    """:func:`peer_counts` of every index of a list of ``n_ranks``.
+
+    A node strictly between the first and the last, holding two ranks or more, has its ring neighbours on the
+    nodes either side and no rank of it is another node's first: its ranks' counts depend only on their place on
+    the node and on how many tree neighbours the node has, so each such kind of node is worked out once.
+    """
+    n_nodes = -(-n_ranks // ranks_per_node)
+    counts: list[tuple[int, int, int, int]] = []
+    kinds: dict[int, list[tuple[int, int, int, int]]] = {}
+    for node in range(n_nodes):
+        members = range(node * ranks_per_node, min(n_ranks, (node + 1) * ranks_per_node))
+        if ranks_per_node < 2 or node in (0, n_nodes - 1):
+            counts.extend(peer_counts(rank, n_ranks, ranks_per_node, eager) for rank in members)
+            continue
+        kind = len(_tree_neighbours(node, n_nodes)) if eager else 0
+        if kind not in kinds:
+            kinds[kind] = [peer_counts(rank, n_ranks, ranks_per_node, eager) for rank in members]
+        counts.extend(kinds[kind])
+    return counts
+
+
 def _tree_neighbours(node: int, n_nodes: int) -> set[int]:
     """Parent and children of ``node`` in a binary tree over the nodes (heap order)."""
     neighbours = {child for child in (2 * node + 1, 2 * node + 2) if child < n_nodes}

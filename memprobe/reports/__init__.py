@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from memprobe.reports.compare_table import render_comparison
-from memprobe.reports.plot import write_plot
-from memprobe.reports.run_table import render_run
 
 if TYPE_CHECKING:  # pragma: no cover
+    from memprobe.reports.plot import write_plot  # noqa: F401
+    from memprobe.reports.run_table import render_run  # noqa: F401
     from memprobe.reports.exports import (  # noqa: F401
         long_dataframe,
         render_markdown,
@@ -39,11 +39,19 @@ _EXPORTS = (
 
 
 def __getattr__(name: str) -> Any:
-    """Load the pandas-based exports on first use, so a plain table does not pay for importing pandas."""
+    """Load the exports (pandas), the plot and the one-run table on first use: a comparison's table pays for neither."""
     if name in _EXPORTS:
         from memprobe.reports import exports
 
         return getattr(exports, name)
+    if name == "write_plot":
+        from memprobe.reports.plot import write_plot
+
+        return write_plot
+    if name == "render_run":
+        from memprobe.reports.run_table import render_run
+
+        return render_run
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

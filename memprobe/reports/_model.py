@@ -196,7 +196,9 @@ def _rank_templates(run: Run, plan: list[GroupInfo]) -> dict[int, RankSummary]:
     share one summary object here; :func:`_summarize` gives every rank its own."""
     done: dict[int, RankSummary] = {}
     templates: dict[int, RankSummary] = {}
-    for rank, readings in sorted(rank_readings(run).items()):
+    by_rank = rank_readings(run)
+    for rank in sorted(by_rank):  # the ranks alone: comparing (rank, list) pairs costs far more on 4096 ranks
+        readings = by_rank[rank]
         template = done.get(id(readings))
         if template is None:
             template = done[id(readings)] = _rank_summary(rank, rank_components(readings), plan)
