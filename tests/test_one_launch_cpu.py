@@ -20,17 +20,6 @@ from memprobe.model.records import LaunchInfo, load_run, stream_path
 from memprobe.model.scenario import Scenario
 from test_pipeline_cpu import leftover_memprobe_processes, only_run_folder
 
-TWO_SCENARIOS = """
-[defaults]
-tp = 2
-stack = "full"
-[[scenario]]
-name = "healthy"
-[[scenario]]
-name = "faulty"
-env = {{ MEMPROBE_TEST_FAULT = "{fault}" }}
-"""
-
 
 def events(run_dir: Path, rank: int) -> list[dict]:
     """The rank's stream as the JSON objects on its lines."""

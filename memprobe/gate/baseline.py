@@ -48,7 +48,7 @@ from typing import Any, Iterable, Mapping
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.errors import DamagedInput, IncomparableError, MeasurementError, UsageError
 from memprobe.model.layout import GROUP_ORDER
-from memprobe.model.memory_kind import MIXED, describe as describe_kind, memory_kind
+from memprobe.model.memory_kind import describe as describe_kind, memory_kind
 from memprobe.model.records import Run, atomic_write_text
 from memprobe.model.steps import GROUP_INIT_STEPS
 from memprobe.model.comparison import Comparison

@@ -47,7 +47,7 @@ from memprobe.gate.thresholds import format_percent, resolve_limit
 from memprobe.model.comparison import Comparison
 from memprobe.model.memory_kind import ESTIMATED_GPU, HOST_RSS, HOST_RSS_ANON, memory_kind
 from memprobe.model.scenario import definition_differences
-from memprobe.units import MIB as MiB, mib_precise
+from memprobe.units import mib_precise
 
 GATE_JSON_SCHEMA_VERSION = 1
 
