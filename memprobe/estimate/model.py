@@ -29,11 +29,11 @@ from memprobe.model.stacks import GroupFlags
 from memprobe.model.steps import (
     BEFORE, COMMUNICATOR_STEPS, CUDA_CONTEXT, CUSTOM_ALLREDUCE, END, FIRST_USE, GROUPS_CREATED, PYNCCL, START, WORLD,
 )
+from memprobe.units import MIB as MiB
 
 SOURCE = "estimated"
 SAMPLING_MODE = "estimate"
 MAX_GPUS_PER_NODE = 8
-MiB = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KiB, MiB = 1 << 10, 1 << 20
+from memprobe.units import KIB as KiB, MIB as MiB
 ALIGN_BYTES = 1024
 SEMAPHORE_BYTES = 128
 MAX_GRAPH_INPUTS = 131072
