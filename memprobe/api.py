@@ -13,7 +13,8 @@ error is a :class:`memprobe.errors.MemprobeError` whose ``exit_code`` is the CLI
     >>> worst = max(api.total_after_first_use(estimate, "tp8-ep4-lean").values())
 
 Functions: :func:`plan` (groups of a layout), :func:`estimate` (a comparison estimated from NCCL's rules and a
-calibration), :func:`check_estimate` (estimate beside measured runs), :func:`run` (measure one layout),
+calibration), :func:`calibrate` (measure a GPU's constants for the estimate), :func:`check_estimate` (estimate
+beside measured runs), :func:`run` (measure one layout),
 :func:`compare` (measure several), :func:`load` (a saved run or comparison), :func:`make_baseline` (write a
 baseline file), :func:`judge` (a gate's verdict). Helpers read per-rank figures out of what they return:
 :func:`total_after_first_use`, :func:`communicators`. Launch settings (``--device cpu`` and the torchrun options)
@@ -41,9 +42,9 @@ if TYPE_CHECKING:  # the values' types; imported where used, so that `memprobe e
     from memprobe.model.stacks import Stack
 
 __all__ = [
-    "BaselineOptions", "BaselineUpdate", "CompareOptions", "EstimateOptions", "GateOptions", "LaunchOptions", "Plan",
-    "PlanOptions", "RunOptions", "Verdict", "check_estimate", "communicators", "compare", "estimate", "is_estimate",
-    "judge", "load", "make_baseline", "plan", "run", "total_after_first_use",
+    "BaselineOptions", "BaselineUpdate", "CalibrateOptions", "CompareOptions", "EstimateOptions", "GateOptions",
+    "LaunchOptions", "Plan", "PlanOptions", "RunOptions", "Verdict", "calibrate", "check_estimate", "communicators",
+    "compare", "estimate", "is_estimate", "judge", "load", "make_baseline", "plan", "run", "total_after_first_use",
 ]
 
 Options = TypeVar("Options")
@@ -151,6 +152,13 @@ class BaselineOptions:
     gpus_per_node: Optional[int] = None
     sglang: str = ""
     launch: LaunchOptions = LaunchOptions()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrateOptions:
+    out: Path  # the calibration file to write (.json)
+    nvlinks: Optional[int] = None  # NVLinks per GPU of the node estimated for (default: what NVML reports here)
+    gpu_index: int = 0  # which visible GPU to measure (CUDA order)
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -352,6 +360,19 @@ def _first_failure(folder: Path) -> str:
             last = failure.last_lines[-1].strip() if failure.last_lines else ""
             return failure.describe() + (f"; last line: {last}" if last else "")
     return ""
+
+
+def calibrate(options: Optional[CalibrateOptions] = None, **fields_: Any) -> "Calibration":
+    """Measure one GPU's per-process constants for :func:`estimate` and write them to ``out`` (needs a GPU; under a
+    minute). The parent reads NVML only; CUDA and NCCL run in processes of their own.
+
+    >>> calibration = calibrate(out="my-h200.json", nvlinks=18)           # doctest: +SKIP
+    >>> estimate(tp=8, ep=4, calibration="my-h200.json")                  # doctest: +SKIP
+    """
+    from memprobe.launch.calibrate import calibrate as measure_calibration
+
+    conf = _options(CalibrateOptions, options, fields_)
+    return measure_calibration(Path(conf.out), conf.nvlinks, conf.gpu_index)
 
 
 def check_estimate(paths: Sequence[Path | str], gpu: Optional[str] = None,

@@ -55,9 +55,11 @@ def test_estimate_takes_keywords_or_options_and_is_never_a_measurement():
     assert api.communicators(by_keywords, "tp8-ep4-full")[0]["moe_ep"]["pynccl"] == "built"
 
 
-@pytest.mark.parametrize("command, options", [("run", api.RunOptions), ("compare", api.CompareOptions),
-                                              ("estimate", api.EstimateOptions), ("plan", api.PlanOptions)])
-def test_the_cli_and_the_api_share_their_defaults(command, options):
+@pytest.mark.parametrize("command, options, at_least", [
+    ("run", api.RunOptions, 6), ("compare", api.CompareOptions, 6), ("estimate", api.EstimateOptions, 6),
+    ("plan", api.PlanOptions, 6), ("calibrate", api.CalibrateOptions, 2),
+])
+def test_the_cli_and_the_api_share_their_defaults(command, options, at_least):
     """A default changed on one side only would make `memprobe X` and `api.X()` measure different things."""
     import dataclasses
 
@@ -68,7 +70,7 @@ def test_the_cli_and_the_api_share_their_defaults(command, options):
     cli = {param.name: param.default for param in typer.main.get_command(app).commands[command].params}
     fields = {field.name: field.default for field in dataclasses.fields(options)
               if field.default is not dataclasses.MISSING and field.name in cli}
-    assert len(fields) >= 6
+    assert len(fields) >= at_least
     for name, default in fields.items():
         assert cli[name] == (list(default) if isinstance(default, tuple) else default), name
 
