@@ -67,7 +67,7 @@ def test_gate_passes_the_committed_lean_run(memprobe):
     assert "PASS" in result.stdout
 
 
-def test_a_stack_file_named_lean_no_longer_passes_for_lean(memprobe):
+def test_a_stack_file_named_lean_with_other_flags_does_not_pass_for_lean(memprobe):
     """regressed-lean was measured with a stack file named "lean" giving the MoE groups their full stack.
     Its identity holds the flags, so the gate refuses to judge it as lean (exit 4) and names the flags
     that differ."""
@@ -81,18 +81,18 @@ def test_a_stack_file_named_lean_no_longer_passes_for_lean(memprobe):
 
 # ------------------------------------------- one launch for every scenario (2 x NVIDIA H200)
 
-ISSUE16 = ROOT / "results" / "h200x2-issue16-20261128"
+ONE_LAUNCH_BENCH = ROOT / "results" / "h200x2-issue16-20261128"
 
 
 def test_the_three_scenario_benchmark_meets_both_targets_in_one_launch_and_the_docs_quote_it():
     import json
 
-    bench = json.loads((ISSUE16 / "bench-three" / "bench.json").read_text())
+    bench = json.loads((ONE_LAUNCH_BENCH / "bench-three" / "bench.json").read_text())
     assert bench["reference_launches"] == 3 and bench["gpu"] == "NVIDIA H200"
     assert bench["ratio"] <= 0.45 and bench["ratio_to_one_run"] <= 1.4
     assert bench["side_by_side_max_reading_difference_bytes"] == 0
     assert all(d == 0 for per in bench["footprint_bytes"].values() for d in per.values())
-    comparison = load_comparison(ISSUE16 / "bench-three" / "memprobe" / "compare")
+    comparison = load_comparison(ONE_LAUNCH_BENCH / "bench-three" / "memprobe" / "compare")
     names = comparison.names()
     assert len(names) == 3 and all(list(item.run.record.launch.scenarios) == names for item in comparison.runs)
     performance = (ROOT / "docs" / "performance.md").read_text()
@@ -106,11 +106,11 @@ def test_one_launch_reads_the_bytes_of_the_runs_made_with_a_launch_per_scenario(
     import subprocess
     import sys
 
-    earlier, now = ROOT / "results" / "h200x2-sglang-20261128" / "runs" / "compare", ISSUE16 / "sglang" / "runs" / "compare"
+    earlier, now = ROOT / "results" / "h200x2-sglang-20261128" / "runs" / "compare", ONE_LAUNCH_BENCH / "sglang" / "runs" / "compare"
     smoke = ROOT / "results" / "h200x2-20261128" / "final-smoke" / "runs" / "compare"
     pairs = [str(p) for name in ("tp2", "tp2-ep2-full", "tp2-ep2.sglang-0.5.10.post1", "tp2-ep2.sglang-0.5.11",
                                  "tp2-ep2.sglang-0.5.23") for p in (earlier / name, now / name)]
-    pairs += [str(smoke / "tp2-ep2-full"), str(ISSUE16 / "bench-three" / "memprobe" / "compare" / "tp2-ep2-full")]
+    pairs += [str(smoke / "tp2-ep2-full"), str(ONE_LAUNCH_BENCH / "bench-three" / "memprobe" / "compare" / "tp2-ep2-full")]
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "same_readings.py"), *pairs], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("same keys True, largest difference 0 bytes") == 6
