@@ -101,7 +101,7 @@ def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTab
     columns = _Columns(shown=shown, per_rank=per_rank, unattributed=any_unattributed(summaries),
                        context=not all(CONTEXT in rank.skipped for summary in summaries for rank in summary.distinct))
     headers = _headline_headers(columns)
-    mode = "per rank" if per_rank else "worst rank (largest total after first use)"
+    mode = "one row per rank" if per_rank else "worst rank (largest total after first use)"
     memory = measured_memory([summary.item.run for summary in summaries])
     title = f"comparison {comparison.comparison_id}: {memory} per rank, {mode}, {UNIT} = 2^20 bytes"
     table = TextTable(title=title, headers=headers, numeric=[False, False, False] + [True] * (len(headers) - 3))
