@@ -156,7 +156,16 @@ def test_run_table_header_and_files_line(comparison, tmp_path):
     assert "GPU NVIDIA H100 80GB HBM3" in text and "sampling process" in text
     assert "files:" not in text
     run.path = tmp_path / "run"
-    assert f"files: {tmp_path / 'run'} (run.json" in rendered(render_run, run)
+    (run.path / "ranks").mkdir(parents=True)
+    for name in ("run.json", "readings.csv", "ranks/rank-00000.jsonl"):
+        (run.path / name).write_text("")
+    def files_said() -> str:  # the last line, unwrapped (a long path wraps at the table's width)
+        text = " ".join(rendered(render_run, run).split())
+        return text[text.rindex("files: "):]
+
+    assert files_said() == f"files: {run.path} (run.json, readings.csv and ranks/rank-NNNNN.jsonl)"
+    (run.path / "ranks" / "rank-00000.jsonl").unlink()  # as committed runs keep no streams: the line names none
+    assert files_said() == f"files: {run.path} (run.json and readings.csv)"
 
 
 def test_run_table_worst_rank_column(comparison):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 from contextlib import contextmanager
-from typing import IO, Iterator
+from pathlib import Path
+from typing import IO, Iterator, Optional, Sequence
 
 from rich.console import Console, RenderableType
 
@@ -60,3 +61,16 @@ def print_table(console: Console, table: RenderableType) -> None:
     if "…" in text:
         text = _render_text(table, max(console.width, natural_width(table)))
     console.file.write(text)
+
+
+def files_line(folder: Path, kinds: Sequence[tuple[Optional[str], str]], tail: str = "") -> str:
+    """``files: FOLDER (a, b and c)``, naming only what ``folder`` holds: each ``(label, glob)`` found is its label,
+    or, with no label, the names it matches (a committed run may keep no event streams; a comparison may have
+    needed several launches, ``launch-N.json``)."""
+    names: list[str] = []
+    for label, pattern in kinds:
+        found = sorted(path.name for path in folder.glob(pattern))
+        names += ([label] if found else []) if label is not None else found
+    listed = " and ".join(filter(None, [", ".join(names[:-1]), names[-1] if names else ""]))
+    inside = ", ".join(filter(None, [listed, tail]))
+    return f"files: {folder} ({inside})" if inside else f"files: {folder}"

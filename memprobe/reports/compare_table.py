@@ -14,7 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from memprobe.reports._format import console_for, natural_width, print_table
+from memprobe.reports._format import console_for, files_line, natural_width, print_table
 
 from memprobe.analysis.attribution import CONTEXT
 from memprobe.units import NA, UNIT, mib, mib_range
@@ -313,6 +313,8 @@ def _rich_table(table: TextTable, *, merge_scenario: bool) -> Table:
     return rich_table
 
 
+COMPARISON_FILES = (("comparison.json", "comparison.json"), (None, "launch*.json"), (None, "torchrun*.log"))
+
 # Columns given up, in this order, when a table is wider than the terminal (with all of them,
 # every line wraps at 80 or 100 columns); files and pipes get the wide default and keep them all.
 HEADLINE_DROP_ORDER: tuple[str, ...] = ("between steps", "Δ after init", "rank spread", "CUDA context", "world",
@@ -383,7 +385,7 @@ def _render_comparison(console: Console, comparison: Comparison, per_rank: bool)
         if dropped:
             console.print(_dropped_note(dropped, console.width))
     if comparison.path is not None:
-        console.print(f"files: {comparison.path} (comparison.json, launch.json and torchrun.log, one run folder per scenario)")
+        console.print(files_line(comparison.path, COMPARISON_FILES, tail="one run folder per scenario"))
 
 
 __all__ = ["TextTable", "headline", "lean_lines", "moe_table", "render_comparison"]

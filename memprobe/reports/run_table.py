@@ -19,12 +19,14 @@ from memprobe.analysis.attribution import (
     skipped_by_rank,
     spread,
 )
-from memprobe.reports._format import console_for, print_table
+from memprobe.reports._format import console_for, files_line, print_table
 from memprobe.units import NA, UNIT, mib
 from memprobe.model.steps import COMMUNICATOR_STEPS
 from memprobe.reports._model import GroupInfo, layout_flags, measured_memory, plan_of
 from memprobe.model.records import Run
 from memprobe.model.steps import GROUP_INIT_STEPS
+
+RUN_FILES = (("run.json", "run.json"), ("readings.csv", "readings.csv"), ("ranks/rank-NNNNN.jsonl", "ranks/rank-*.jsonl"))
 
 CPU_GROUPS_LABEL = "groups created (gloo + gloo)"  # --device cpu: both of a group's new_group calls are gloo
 STEP_LABELS = {
@@ -210,4 +212,4 @@ def _render_run(console: Console, run: Run, per_rank: bool) -> None:
         for note in notes:
             console.print(note)
     if run.path is not None:
-        console.print(f"files: {run.path} (run.json, readings.csv, ranks/rank-NNNNN.jsonl)")
+        console.print(files_line(run.path, RUN_FILES))
