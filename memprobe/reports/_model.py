@@ -191,7 +191,7 @@ def choose_worst_rank(ranks: dict[int, RankSummary]) -> int | None:
 
 def _rank_templates(run: Run, plan: list[GroupInfo]) -> dict[int, RankSummary]:
     """rank -> its summary, computed once per readings list: ranks that share one (an estimate's alike ranks)
-    share one summary object here; :func:`_summarize` gives every rank its own."""
+    share one summary object here; :func:`summarize` gives every rank its own."""
     done: dict[int, RankSummary] = {}
     templates: dict[int, RankSummary] = {}
     by_rank = rank_readings(run)
@@ -228,29 +228,12 @@ def _own_summaries(templates: dict[int, RankSummary], reference: dict[int, RankS
     return ranks
 
 
-_LAST_SUMMARY: list = []  # (comparison, summaries) of the last call: one table asks for it three times
-
-
 def summarize(comparison: Comparison) -> list[ScenarioSummary]:
     """Every scenario of ``comparison`` in its order, deltas filled in against the baseline.
 
     The worst-rank delta compares worst rank with the baseline's worst rank; a per-rank delta
     compares with the same rank of the baseline (``None`` where the baseline has no such rank).
-    Comparisons are not changed once built, so the last one's summaries are kept for the next call.
     """
-    if _LAST_SUMMARY and _LAST_SUMMARY[0] is comparison and _LAST_SUMMARY[1] == _fingerprint(comparison):
-        return _LAST_SUMMARY[2]
-    summaries = _summarize(comparison)
-    _LAST_SUMMARY[:] = [comparison, _fingerprint(comparison), summaries]
-    return summaries
-
-
-def _fingerprint(comparison: Comparison) -> tuple:
-    """What a kept summary depends on: the runs, their readings lists and their lengths."""
-    return (comparison.baseline, tuple((id(item.run), id(item.run.readings), len(item.run.readings)) for item in comparison.runs))
-
-
-def _summarize(comparison: Comparison) -> list[ScenarioSummary]:
     plans = [plan_of(item.run) for item in comparison.runs]
     templates = [_rank_templates(item.run, plan) for item, plan in zip(comparison.runs, plans)]
     reference = next((ranks for item, ranks in zip(comparison.runs, templates)

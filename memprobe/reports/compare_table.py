@@ -93,9 +93,10 @@ class _Columns:
     per_rank: bool
 
 
-def headline(comparison: Comparison, *, per_rank: bool = False) -> tuple[TextTable, list[str]]:
-    """The headline table and the notes that go under it."""
-    summaries = summarize(comparison)
+def headline(comparison: Comparison, *, per_rank: bool = False,
+             summaries: list[ScenarioSummary] | None = None) -> tuple[TextTable, list[str]]:
+    """The headline table and the notes that go under it (``summaries``: the comparison's, if already made)."""
+    summaries = summaries if summaries is not None else summarize(comparison)
     baseline = baseline_of(summaries)
     shown, folded = headline_groups(summaries)
     columns = _Columns(shown=shown, per_rank=per_rank, unattributed=any_unattributed(summaries),
@@ -201,10 +202,10 @@ def _spread_text(values) -> str:  # values: attribution.Spread
     return f"min {mib(values.minimum)} / median {mib(values.median)} / max {mib(values.maximum)} {UNIT}"
 
 
-def lean_lines(comparison: Comparison) -> list[list[str]]:
+def lean_lines(comparison: Comparison, summaries: list[ScenarioSummary] | None = None) -> list[list[str]]:
     """Per full/lean pair with the same layout, the lines saying what lean saves (full minus lean, per rank)."""
     blocks = []
-    for saving in lean_savings(summarize(comparison)):
+    for saving in lean_savings(summaries if summaries is not None else summarize(comparison)):
         blocks.append(
             [
                 f"lean saves on {saving.flags} ({'real SGLang: ' if saving.real_sglang else ''}"
@@ -242,9 +243,9 @@ MOE_STEPS: tuple[tuple[str, str], ...] = (
 )
 
 
-def moe_table(comparison: Comparison) -> TextTable | None:
+def moe_table(comparison: Comparison, summaries: list[ScenarioSummary] | None = None) -> TextTable | None:
     """Per MoE group and communicator, the worst rank's bytes; ``None`` when no scenario has a MoE group of its own."""
-    summaries = summarize(comparison)
+    summaries = summaries if summaries is not None else summarize(comparison)
     if not moe_table_needed(summaries):
         return None
     headers = ["scenario", "worst rank"]
@@ -365,18 +366,19 @@ def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 1
 
 
 def _render_comparison(console: Console, comparison: Comparison, per_rank: bool) -> None:
-    table, notes = headline(comparison, per_rank=per_rank)
+    summaries = summarize(comparison)  # once: the three blocks below read the same
+    table, notes = headline(comparison, per_rank=per_rank, summaries=summaries)
     console.print(table.title)
     drawn, dropped = fit_table(table, console.width, HEADLINE_DROP_ORDER, merge_scenario=True)
     print_table(console, drawn)
     for note in notes + ([_dropped_note(dropped, console.width)] if dropped else []):
         console.print(note)
-    for block in lean_lines(comparison):
+    for block in lean_lines(comparison, summaries):
         console.print()
         console.print(block[0])
         for line in block[1:]:
             console.print(f"  {line}")
-    moe = moe_table(comparison)
+    moe = moe_table(comparison, summaries)
     if moe is not None:
         console.print()
         console.print(moe.title)

@@ -278,19 +278,20 @@ def _markdown_table(table: TextTable) -> list[str]:
 
 def render_markdown(comparison: Comparison, *, per_rank: bool = False) -> str:
     """The headline table, the lean-saves lines and the MoE communicator table as GitHub Markdown."""
-    table, notes = headline(comparison, per_rank=per_rank)
+    summaries = summarize(comparison)  # once: the three blocks below read the same
+    table, notes = headline(comparison, per_rank=per_rank, summaries=summaries)
     lines = [f"### memprobe: {_escape(comparison.comparison_id)}", "", f"{_escape(table.title)}", ""]
     lines += _markdown_table(table)
     lines.append("")
     lines += [f"- {_escape(note)}" for note in notes]
-    blocks = lean_lines(comparison)
+    blocks = lean_lines(comparison, summaries)
     if blocks:
         lines.append("")
         for block in blocks:
             lines.append(f"**{_escape(block[0])}**")
             lines += [f"- {_escape(line)}" for line in block[1:]]
             lines.append("")
-    moe = moe_table(comparison)
+    moe = moe_table(comparison, summaries)
     if moe is not None:
         if lines[-1] != "":
             lines.append("")
