@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import IO, Iterable
 
 from memprobe.units import MIB
+
 CUMEM_GRANULARITY = 2 * MIB  # cuMemGetAllocationGranularity(MINIMUM) on H100/H200 (NCCL rounds every cuMem alloc)
 
 # ----------------------------------------------------------------------------------------------- line prefix

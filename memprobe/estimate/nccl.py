@@ -30,9 +30,9 @@ from functools import lru_cache
 from typing import Mapping
 
 from memprobe.errors import UsageError
+from memprobe.units import KIB as KiB, MIB as MiB
 
 NCCL_VERSION = "2.28.9"
-from memprobe.units import KIB as KiB, MIB as MiB
 
 # include/device.h:24, 86, 92-93, 109-110; init.cc:697-699
 NCCL_STEPS = 8

@@ -38,20 +38,16 @@ _EXPORTS = (
 )
 
 
+_LAZY = {"write_plot": "memprobe.reports.plot", "render_run": "memprobe.reports.run_table",
+         **{name: "memprobe.reports.exports" for name in _EXPORTS}}
+
+
 def __getattr__(name: str) -> Any:
     """Load the exports (pandas), the plot and the one-run table on first use: a comparison's table pays for neither."""
-    if name in _EXPORTS:
-        from memprobe.reports import exports
+    if name in _LAZY:
+        import importlib
 
-        return getattr(exports, name)
-    if name == "write_plot":
-        from memprobe.reports.plot import write_plot
-
-        return write_plot
-    if name == "render_run":
-        from memprobe.reports.run_table import render_run
-
-        return render_run
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -71,6 +71,6 @@ def files_line(folder: Path, kinds: Sequence[tuple[Optional[str], str]], tail: s
     for label, pattern in kinds:
         found = sorted(path.name for path in folder.glob(pattern))
         names += ([label] if found else []) if label is not None else found
-    listed = " and ".join(filter(None, [", ".join(names[:-1]), names[-1] if names else ""]))
-    inside = ", ".join(filter(None, [listed, tail]))
+    listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+    inside = ", ".join(part for part in (listed, tail) if part)
     return f"files: {folder} ({inside})" if inside else f"files: {folder}"
