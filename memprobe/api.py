@@ -794,7 +794,7 @@ def make_baseline(options: Optional[BaselineOptions] = None, **fields_: Any) -> 
     >>> update.created, update.changed
     (True, True)
     """
-    from memprobe.gate.baseline import write_baseline
+    from memprobe.gate.baseline import baseline_lock, load_baseline, write_baseline
     from memprobe.gate.update import changes, new_document
 
     conf = _options(BaselineOptions, options, fields_)
@@ -805,9 +805,11 @@ def make_baseline(options: Optional[BaselineOptions] = None, **fields_: Any) -> 
             comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None)
         else:
             comparison = measure(scenario_set, conf.launch)
-    document, notes = new_document(comparison, existing, keep_others=bool(conf.scenarios))
-    changed_lines = changes(existing.document if existing else None, document)
-    changed = write_baseline(conf.out, document)
+    with baseline_lock(conf.out):  # another update of this file may have written it since: merge with what it holds now
+        existing = load_baseline(conf.out) if conf.out.exists() else None
+        document, notes = new_document(comparison, existing, keep_others=bool(conf.scenarios))
+        changed_lines = changes(existing.document if existing else None, document)
+        changed = write_baseline(conf.out, document)
     return BaselineUpdate(path=conf.out, document=document, changed=changed, created=existing is None,
                           changes=changed_lines, notes=notes)
 

@@ -79,6 +79,8 @@ def command(function: Callable[..., Optional[int]], prefix: str = "memprobe") ->
             code = function(*args, **kwargs)
         except MemprobeError as error:
             raise typer.Exit(report_error(error, prefix)) from None
+        except KeyboardInterrupt as interrupt:  # typer would make every one, SIGTERM's and SIGHUP's too, exit 130
+            raise typer.Exit(_interrupted(interrupt, prefix)) from None
         if code:
             raise typer.Exit(int(code))
 
@@ -137,23 +139,32 @@ def _tune_garbage_collector() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from memprobe.launch.interrupts import interrupt_handlers
+    from memprobe import streams
 
     _tune_garbage_collector()
-
+    streams.fall_back_to_ascii()
     if _stdout_closed():
         print("memprobe: error: standard output is closed; give memprobe a file or a pipe to print to (e.g. >/dev/null)",
               file=sys.stderr)
         return int(ExitCode.USAGE)
+    return streams.finish_output(_run(argv))
+
+
+def _run(argv: Optional[list[str]]) -> int:
+    from memprobe import streams
+    from memprobe.launch.interrupts import interrupt_handlers
+
     restore = interrupt_handlers()
     try:
         result = app(args=argv, prog_name="memprobe", standalone_mode=False)
         return int(result or 0)
     except _EXIT_TYPES as exit_:
         return int(exit_.exit_code)
-    except _ABORT_TYPES:
-        print("memprobe: interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+    except _ABORT_TYPES as abort:
+        # click turns a KeyboardInterrupt (and with it SIGTERM and SIGHUP, raised as one by memprobe's handlers)
+        # into Abort: the signal is its cause
+        cause = abort.__cause__ or abort.__context__
+        return _interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt())
     except click_exceptions.ClickException as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # `memprobe` alone: show the help
             error.show()
@@ -164,11 +175,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     except MemprobeError as error:  # raised while the options were parsed (their callbacks)
         return report_error(error)
     except KeyboardInterrupt as interrupt:
-        import signal
-
-        number = interrupt_signal(interrupt)
-        code = signal_exit_code(number)
-        print(f"memprobe: interrupted by {signal.Signals(number).name}; workers stopped, finished readings kept", file=sys.stderr)
-        return int(code)
+        return _interrupted(interrupt)
+    except SystemExit as exit_:
+        failed = streams.output_failure(exit_)
+        if failed is None:
+            raise
+        return failed
+    except Exception as error:  # a bug, or standard output failing
+        failed = streams.output_failure(error)
+        return streams.unexpected(error, argv) if failed is None else failed
     finally:
         restore()
+
+
+def _interrupted(interrupt: KeyboardInterrupt, prefix: str = "memprobe") -> int:
+    import signal
+
+    number = interrupt_signal(interrupt)
+    print(f"{prefix}: interrupted by {signal.Signals(number).name}", file=sys.stderr)
+    return int(signal_exit_code(number))

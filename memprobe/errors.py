@@ -11,8 +11,10 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad input, caught before anything is launched
     MEASUREMENT = 3  # a worker failed, hung or could not be launched
     INCOMPARABLE = 4  # the gate's environment differs from the baseline's
+    UNEXPECTED = 70  # an unexpected error (a bug in memprobe), never 1: the gate's "regression"; sysexits.h EX_SOFTWARE
     HUNG_UP = 129  # SIGHUP (128 + 1): the terminal closed, a CI runner cancelled
     INTERRUPTED = 130  # SIGINT (128 + 2)
+    PIPE_CLOSED = 141  # SIGPIPE (128 + 13): the reader of standard output went away (`| head -1`)
     TERMINATED = 143  # SIGTERM (128 + 15)
 
 

@@ -38,12 +38,13 @@ See :func:`memprobe.gate.thresholds.resolve_limit` for how rules are layered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.errors import DamagedInput, IncomparableError, MeasurementError, UsageError
@@ -57,6 +58,8 @@ from memprobe.model.scenario import Scenario, ScenarioSet, validate_name
 from memprobe.units import MIB as MiB
 
 BASELINE_SCHEMA_VERSION = 1
+MAX_BYTES = 2**63 - 1  # a byte count past int64 is no GPU's (and JSON readers other than Python's lose its digits)
+MAX_COUNT = 65536  # GPUs per node or nodes: memprobe plans at most 65536 ranks (MAX_WORLD_SIZE)
 
 #: Fields of ``run.record.environment`` that must match for two runs to be comparable.
 #: ``host`` and ``python`` are left out on purpose: CI runners change host names (asv #148).
@@ -274,6 +277,28 @@ def baseline_text(document: Mapping[str, Any]) -> str:
     return json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
+@contextlib.contextmanager
+def baseline_lock(path: str | Path) -> Iterator[None]:
+    """Hold the lock of the baseline file at ``path`` (through a symlink: its target's): two updates of one file
+    (``-s A`` and ``-s B`` at once) take turns reading, merging and writing it, so neither loses the other's
+    scenario. The lock is ``flock`` on the file's folder: a lock file beside the baseline would be one more file
+    in the user's tree, and the baseline itself is replaced by a rename, so a lock on it would not hold."""
+    import fcntl
+    import os
+
+    folder = Path(os.path.realpath(path)).parent
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # no folder yet: the write creates it and reports what goes wrong
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
 def write_baseline(path: str | Path, document: Mapping[str, Any]) -> bool:
     """Write ``document`` atomically and deterministically. Returns whether the file changed."""
     path = Path(path)
@@ -447,6 +472,7 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
                 raise _fail(where, f"scenarios.{name}.environment_key.nccl_env must be an object of strings")
         elif field_value is not None and not isinstance(field_value, (str, int)) or isinstance(field_value, bool):
             raise _fail(where, f"scenarios.{name}.environment_key.{field_name} must be a string, a number or null")
+    _check_counts(key, f"scenarios.{name}.environment_key", where)
     ranks_value = value["ranks"]
     if not isinstance(ranks_value, dict) or not ranks_value:
         raise _fail(where, f"scenarios.{name}.ranks must be a non-empty object keyed by rank")
@@ -457,8 +483,10 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
         if not isinstance(metrics, dict) or not metrics:
             raise _fail(where, f"scenarios.{name}.ranks.{rank_text} must be a non-empty object of metric: bytes")
         for metric, number in metrics.items():
-            if not _is_int(number):
-                raise _fail(where, f"scenarios.{name}.ranks.{rank_text}.{metric} must be an integer number of bytes, got {number!r}")
+            if not _is_int(number) or abs(number) > MAX_BYTES:
+                shown = repr(number) if not _is_int(number) else f"a number of {len(str(abs(number)))} digits"
+                raise _fail(where, f"scenarios.{name}.ranks.{rank_text}.{metric} must be an integer number of bytes "
+                                   f"(at most 2^63 - 1), got {shown}")
             if number < 0 and metric not in MAY_BE_NEGATIVE:
                 raise _fail(where, f"scenarios.{name}.ranks.{rank_text}.{metric} must be a whole number of bytes >= 0, got {number!r}")
         ranks[int(rank_text)] = dict(metrics)
@@ -471,6 +499,16 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
         ranks=dict(sorted(ranks.items())),
         measured_with=_measured_with(value.get("measured_with", {}), f"scenarios.{name}.measured_with", where),
     )
+
+
+def _check_counts(key: Mapping[str, Any], path: str, where: str) -> None:
+    """GPUs per node and nodes are counts: an estimate is remade on them (at least one GPU and one node), a
+    measured run records 0 GPUs on --device cpu."""
+    least = {"gpu_count": 1 if key.get("sampling_mode") == "estimate" else 0, "nnodes": 1}
+    for field_name, minimum in least.items():
+        number = key.get(field_name)
+        if number is not None and (not _is_int(number) or not minimum <= number <= MAX_COUNT):
+            raise _fail(where, f"{path}.{field_name} must be a whole number from {minimum} to {MAX_COUNT}, got {number!r}")
 
 
 def _check_every_rank(name: str, ranks: dict[int, dict[str, int]], world_size: int, where: str) -> None:

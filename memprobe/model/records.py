@@ -313,14 +313,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def _write_through_temporary(path: Path, data: bytes) -> None:
+    if path.is_symlink():  # write the link's target and keep the link, as `>` would; a rename would replace the link
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777  # a file written again keeps its mode (0444 stays read-only)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()  # mkstemp creates 0600; give the usual mode
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -347,13 +353,15 @@ def append_step_summary(markdown: str) -> Path | None:
     if not summary:
         return None
     path = Path(summary)
-    try:
-        existing = path.read_text(encoding="utf-8")
+    try:  # bytes: the summary is the runner's file, whatever another step wrote into it is kept as it was
+        existing = path.read_bytes()
     except FileNotFoundError:
-        existing = ""
-    if existing and not existing.endswith("\n"):
-        existing += "\n"
-    atomic_write_text(path, existing + ("\n" if existing else "") + markdown)
+        existing = b""
+    except OSError as error:  # a folder, no permission
+        raise OutputError(f"${STEP_SUMMARY_VARIABLE} {path}", error) from None
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    atomic_write_bytes(path, existing + (b"\n" if existing else b"") + markdown.encode("utf-8"))
     return path
 
 
