@@ -36,3 +36,18 @@ def check_output_path(path: Path | None, option: str, *, suffixes: tuple[str, ..
         raise UsageError(f"{option} {path}: folder {parent} does not exist")
     if not parent.is_dir() or not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise UsageError(f"{option} {path}: cannot write under {parent}")
+
+
+def refuse_writing_inputs(outputs: dict[str, Path | None], inputs: list[Path]) -> None:
+    """Refuse an output that is one of the command's inputs or lies inside an input folder (``report DIR --json
+    DIR/comparison.json`` would replace the measurement it reports on), before anything is written."""
+    read = [Path(os.path.realpath(path)) for path in inputs if path is not None]
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        target = Path(os.path.realpath(path))
+        for source in read:
+            if target == source or source in target.parents:
+                what = "is" if target == source else "lies inside"
+                raise UsageError(f"{option} {path} {what} {source}, which this command reads: writing it would "
+                                 f"change the evidence; write it elsewhere")

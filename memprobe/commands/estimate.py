@@ -13,6 +13,7 @@ from memprobe.commands.options import (
 )
 from memprobe.commands.output import check_exports, render_and_export
 from memprobe.errors import ExitCode, UsageError
+from memprobe.paths import refuse_writing_inputs
 
 Defaults = api.EstimateOptions
 
@@ -62,6 +63,8 @@ def estimate(
     3 --check found no run it could check.
     """
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    refuse_writing_inputs({"--csv": csv_path, "--summary-csv": summary_csv, "--json": json_path, "--markdown": markdown,
+                           "--plot": plot_path}, [path for path in (scenarios, calibration) if path is not None])
     if check:
         api.check_choices(warmup=warmup, env_preset=env_preset, engine=engine)
         ignored = [option for option, value in (("--tp", tp), ("--ep", ep), ("--scenarios", scenarios), ("--csv", csv_path),

@@ -18,7 +18,7 @@ from memprobe.commands.options import (
 )
 from memprobe.errors import ExitCode
 from memprobe.launch.options import LaunchOptions
-from memprobe.paths import check_output_path
+from memprobe.paths import check_output_path, refuse_writing_inputs
 
 Defaults = api.GateOptions
 
@@ -79,6 +79,8 @@ def gate(
     taken = {baseline.resolve(): "--baseline"}
     for name, path in (("--markdown", markdown), ("--junit-xml", junit_xml), ("--json", json_path)):
         check_output_path(path, name, missing_folders_allowed=True, taken=taken)
+    refuse_writing_inputs({"--markdown": markdown, "--junit-xml": junit_xml, "--json": json_path},
+                          [path for path in (results, calibration) if path is not None])
     launch = LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout, nnodes=nnodes, node_rank=node_rank,
                            master_addr=master_addr, master_port=master_port, rdzv_backend=rdzv_backend,
                            rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)

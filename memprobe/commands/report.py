@@ -14,6 +14,7 @@ from memprobe.commands.output import (
     check_exports, console_width, named_runs, print_rank_warnings, render_and_export, render_timings_of, show_attribution,
 )
 from memprobe.errors import MeasurementError
+from memprobe.paths import refuse_writing_inputs
 
 def report(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run or comparison folders written by memprobe run/compare.", show_default=False),
@@ -42,6 +43,8 @@ def report(
     written), 3 a scenario of the comparison has no saved run (the others are shown).
     """
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    refuse_writing_inputs({"--csv": csv_path, "--summary-csv": summary_csv, "--json": json_path, "--markdown": markdown,
+                           "--plot": plot_path}, list(run_dirs))
     comparison = api.load(*run_dirs)
     single = (len(comparison.runs) == 1 and not comparison.missing
               and not any((csv_path, summary_csv, json_path, markdown, plot_path)))

@@ -83,15 +83,17 @@ def render_table(result: GateResult, stream: TextIO, width: int = 120) -> None:
 
 
 def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """One Markdown cell or line: a line break would end the table (and a "#" after it start a heading)."""
+    text = " ".join(str(value).replace("|", "\\|").splitlines())
+    return "\\" + text if text.lstrip().startswith("#") else text
 
 
 def render_markdown(result: GateResult) -> str:
     """The verdict as GitHub-flavoured Markdown (for --markdown and $GITHUB_STEP_SUMMARY)."""
     out: list[str] = [f"### {result.headline()}", ""]
-    source = f"Baseline `{result.baseline_source}`"
+    source = f"Baseline `{_cell(result.baseline_source)}`"
     if result.results_source:
-        source += f", results `{result.results_source}`"
+        source += f", results `{_cell(result.results_source)}`"
     out += [source + ".", ""]
     if result.error:
         out += [f"**Measurement failed:** {_cell(result.error)}", ""]

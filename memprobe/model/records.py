@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -404,6 +405,8 @@ def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
             elapsed = float(row["elapsed_s"])
         except ValueError:
             raise DamagedInput(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
+        if not math.isfinite(elapsed) or elapsed < 0:  # "nan", "inf" parse as floats; no JSON can hold them
+            raise DamagedInput(f"{source}:{line}: elapsed_s must be a finite number of seconds >= 0, got {row['elapsed_s']!r}")
         if row["step"] not in STEPS:
             raise DamagedInput(f"{source}:{line}: unknown step {row['step']!r}")
         if row["status"] not in STATUSES:

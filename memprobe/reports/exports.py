@@ -201,7 +201,20 @@ def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
     return frame
 
 
+# a cell a spreadsheet would run as a formula (OWASP "CSV injection"): a stack or scenario named "=cmd|..."
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def _csv_text(frame: pd.DataFrame) -> str:
+    text_columns = [name for name in frame.columns if not pd.api.types.is_numeric_dtype(frame[name])]
+    if text_columns:
+        frame = frame.copy()
+        for name in text_columns:
+            frame[name] = frame[name].astype(object).map(_inert)
     return frame.to_csv(index=False, lineterminator="\n")
 
 
@@ -262,8 +275,11 @@ def write_json(comparison: Comparison, path: str | Path) -> None:
 
 
 def _escape(cell: str) -> str:
-    """Text safe in a GitHub Markdown table cell (``|`` splits cells; ``<group>`` would vanish as HTML)."""
+    """Text safe in a GitHub Markdown table cell or line (``|`` splits cells; ``<group>`` would vanish as HTML; a line
+    break in a name ends the table, and a ``#`` starting the next line would make it a heading)."""
     # only what GitHub would read as HTML is escaped, so that "<0.1" stays readable in the raw file
+    cell = re.sub(r"[\r\n\v\f\x85\u2028\u2029]+", " ", cell)
+    cell = re.sub(r"^(\s*)#", r"\1\\#", cell)
     cell = re.sub(r"&(?=[A-Za-z#])", "&amp;", cell)
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", cell).replace("|", "\\|")
 
