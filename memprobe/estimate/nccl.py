@@ -25,6 +25,7 @@ stack, proxy): that one comes from the calibration.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Mapping
@@ -103,17 +104,17 @@ class NcclSettings:
                              f"{', '.join(MODELLED_VARIABLES)} (measure with memprobe run instead)")
         if _int(env, "NCCL_NVLS_ENABLE", 0) not in (0,):
             raise UsageError("the estimate models NCCL_NVLS_ENABLE=0 only (NVLink SHARP buffers are not sized)")
-        ll, ll128, simple = (_int(env, "NCCL_LL_BUFFSIZE", LL_BUFFSIZE), _int(env, "NCCL_LL128_BUFFSIZE", LL128_BUFFSIZE),
-                             _int(env, "NCCL_BUFFSIZE", SIMPLE_BUFFSIZE))
-        max_channels = _first_int(env, ("NCCL_MAX_NCHANNELS", "NCCL_MAX_NRINGS"), MAXCHANNELS)  # connect.cc:342-352
-        min_channels = _first_int(env, ("NCCL_MIN_NCHANNELS", "NCCL_MIN_NRINGS"), 0)
+        ll, ll128, simple = (_buffsize(env, "NCCL_LL_BUFFSIZE", LL_BUFFSIZE), _buffsize(env, "NCCL_LL128_BUFFSIZE", LL128_BUFFSIZE),
+                             _buffsize(env, "NCCL_BUFFSIZE", SIMPLE_BUFFSIZE))
+        max_channels = min(MAXCHANNELS, max(1, _channels(env, "MAX", MAXCHANNELS)))  # connect.cc:342-355
+        min_channels = min(MAXCHANNELS, max(0, _channels(env, "MIN", 0)))  # connect.cc:328-338
         read = env.get("NCCL_P2P_READ_ENABLE")
         return cls(
             cumem=bool(_int(env, "NCCL_CUMEM_ENABLE", 1 if cumem_default else 0)),
             runtime_connect=bool(_int(env, "NCCL_RUNTIME_CONNECT", 1)),
             buffsizes=(ll, ll128, simple),
-            max_ctas=max(1, min(MAXCHANNELS, _int(env, "NCCL_MAX_CTAS", MAXCHANNELS), max_channels)),
-            min_ctas=max(1, min(MAXCHANNELS, max(_int(env, "NCCL_MIN_CTAS", 1), min_channels))),
+            max_ctas=max(1, min(MAXCHANNELS, _ctas(env, "NCCL_MAX_CTAS", MAXCHANNELS), max_channels)),
+            min_ctas=max(1, min(MAXCHANNELS, max(_ctas(env, "NCCL_MIN_CTAS", 1), min_channels))),
             max_p2p_channels=_int(env, "NCCL_MAX_P2P_NCHANNELS", MAXCHANNELS),
             min_p2p_channels=_int(env, "NCCL_MIN_P2P_NCHANNELS", 1),
             chunk_nvl=_int(env, "NCCL_P2P_NVL_CHUNKSIZE", P2P_NVL_CHUNKSIZE),
@@ -123,21 +124,69 @@ class NcclSettings:
         )
 
 
+# strtoll(str, nullptr, 0) as misc/param.cc:84 (ncclLoadParam) calls it: C whitespace, a sign, then 0x hex, 0 octal or
+# decimal digits, the rest of the text ignored ("1_048_576" is 1, "abc" is 0)
+_STRTOLL = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _strtoll(text: str) -> int | None:
+    """The number NCCL 2.28.9 reads from ``text``; None where strtoll sets errno (ERANGE past int64)."""
+    match = _STRTOLL.match(text)
+    if match is None:
+        return 0
+    digits = match.group(2)
+    value = int(digits[2:], 16) if digits[:2] in ("0x", "0X") else int(digits, 8) if digits.startswith("0") else int(digits)
+    value = -value if match.group(1) == "-" else value
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def _c_int(value: int) -> int:
+    """An int64 parameter stored in a C ``int`` (``int buffSizes[]``, include/comm.h:536; ``int maxCTAsEnv``,
+    init.cc:1636-1637): its low 32 bits, as the two's-complement conversion every NCCL build uses."""
+    return (value + 2**31) % 2**32 - 2**31
+
+
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
     value = env.get(key)
-    if value is None or value == "":
+    if value is None or value == "":  # param.cc:82: an empty value is unset
         return default
-    try:
-        return int(value, 0)
-    except ValueError:
-        raise UsageError(f"{key}={value!r} is not an integer") from None
+    parsed = _strtoll(value)
+    if parsed is None:  # NCCL would log "Invalid value" and run on its default: the scenario says otherwise
+        raise UsageError(f"{key}={value!r} is past int64: NCCL {NCCL_VERSION} ignores it and keeps its default "
+                         f"(misc/param.cc:85-87); leave it unset for that")
+    return parsed
 
 
-def _first_int(env: Mapping[str, str], keys: tuple[str, ...], default: int) -> int:
-    for key in keys:
-        if key in env:
-            return _int(env, key, default)
-    return default
+def _buffsize(env: Mapping[str, str], key: str, default: int) -> int:
+    """init.cc:700-713: -2 (the parameter's default) means NCCL's size; any other value is taken as given, in an int.
+    A size whose step (a buffer holds NCCL_STEPS of them) is under one byte leaves NCCL nothing to run with: refused."""
+    raw = _int(env, key, -2)
+    if raw == -2:
+        return default
+    size = _c_int(raw)
+    if size // NCCL_STEPS < 1 or raw != size:
+        read = f"{size:,} bytes" if raw == size else f"{raw:,}, kept in a C int as {size:,}"
+        raise UsageError(f"{key}={env[key]!r}: NCCL {NCCL_VERSION} reads it as {read} (strtoll, init.cc:713), no buffer "
+                         f"NCCL can run with; give a size of at least {NCCL_STEPS} bytes and below 2 GiB")
+    return size
+
+
+def _ctas(env: Mapping[str, str], key: str, default: int) -> int:
+    """init.cc:1661-1680: a value <= 0 (in an int) is ignored ("too low, leaving it set at ..."); above MAXCHANNELS it
+    is capped (init.cc:1760-1767)."""
+    value = _c_int(_int(env, key, default))
+    return default if value <= 0 else min(value, MAXCHANNELS)
+
+
+def _channels(env: Mapping[str, str], bound: str, default: int) -> int:
+    """connect.cc:328-355: NCCL_<bound>_NRINGS, then NCCL_<bound>_NCHANNELS over it, each -2 (its default) when unset."""
+    value = default
+    for key in (f"NCCL_{bound}_NRINGS", f"NCCL_{bound}_NCHANNELS"):
+        read = _int(env, key, -2)
+        if read != -2:
+            value = _c_int(read)
+    return value
 
 
 @dataclass(frozen=True)
