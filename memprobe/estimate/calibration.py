@@ -10,11 +10,11 @@ calibration saw of a one-rank communicator, so the backtest can set NCCL's rules
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from memprobe.errors import UsageError
+from memprobe.errors import DamagedInput, UsageError
 
 CALIBRATION_SCHEMA = 1
 KIND = "memprobe-calibration"
@@ -70,26 +70,66 @@ class Calibration:
 
 
 def load_calibration(path: str | Path) -> Calibration:
+    """A calibration file, every field checked for its type and range: a damaged one is one line naming the file and
+    the field (:class:`DamagedInput`, exit 2), never a traceback nor an estimate made from nonsense."""
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"--calibration {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"--calibration {path}: not a calibration file ({error})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        why = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise DamagedInput(f"--calibration {path}: not a calibration file ({why})") from None
     if not isinstance(document, dict) or document.get("kind") != KIND or document.get("schema_version") != CALIBRATION_SCHEMA:
-        raise UsageError(f"--calibration {path}: not a memprobe calibration file (schema {CALIBRATION_SCHEMA})")
+        raise DamagedInput(f"--calibration {path}: not a memprobe calibration file (schema {CALIBRATION_SCHEMA})")
+    document = {key: value for key, value in document.items() if key not in ("kind", "schema_version")}
+    _check_fields(document, path)
     try:
-        document = {key: value for key, value in document.items() if key not in ("kind", "schema_version")}
         points = tuple(CalibrationPoint(**point) for point in document.pop("points"))
         calibration = Calibration(points=points, path=str(path), **document)
     except (TypeError, KeyError) as error:
-        raise UsageError(f"--calibration {path}: missing or unknown field ({error})") from None
-    for point in calibration.points:
-        for name, value in asdict(point).items():
-            if name != "cumem" and (not isinstance(value, int) or value < 0):
-                raise UsageError(f"--calibration {path}: {name} must be a whole number of bytes >= 0, got {value!r}")
+        raise DamagedInput(f"--calibration {path}: missing or unknown field ({error})") from None
     return calibration
+
+
+MAX_BYTES = 2**40  # 1 TiB: more than any GPU holds
+# field: (lowest, highest) for the whole numbers; the text fields are one printable line each
+_COUNTS = {"compute_capability": (10, 199), "sm_count": (1, 1024), "nvlinks_per_gpu": (1, 64)}
+_TEXTS = ("gpu_model", "nvlinks_source", "driver", "cuda", "torch", "nccl", "created_utc", "host", "method")
+
+
+def _check_fields(document: dict[str, Any], path: Path) -> None:
+    def fail(message: str) -> DamagedInput:
+        return DamagedInput(f"--calibration {path}: {message}")
+
+    for name, (low, high) in _COUNTS.items():
+        value = document.get(name)
+        if not _is_int(value) or not low <= value <= high:
+            raise fail(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    for name in _TEXTS:
+        value = document.get(name, "")
+        if not isinstance(value, str) or not value.isprintable() or len(value) > 1000:
+            raise fail(f"{name} must be one line of printable text, got {value!r:.80}")
+    if not document.get("gpu_model"):
+        raise fail("gpu_model is empty")
+    if not isinstance(document.get("extra", {}), dict):
+        raise fail("extra must be an object")
+    points = document.get("points")
+    if not isinstance(points, list) or not 1 <= len(points) <= 2 or not all(isinstance(p, dict) for p in points):
+        raise fail("points must be a list of one or two objects (one per NCCL_CUMEM_ENABLE setting)")
+    for index, point in enumerate(points):
+        if not isinstance(point.get("cumem"), bool):
+            raise fail(f"points[{index}].cumem must be true or false, got {point.get('cumem')!r}")
+        for name in (f.name for f in fields(CalibrationPoint) if f.name != "cumem"):
+            value = point.get(name)
+            if not _is_int(value) or not 0 <= value <= MAX_BYTES:
+                raise fail(f"points[{index}].{name} must be a whole number of bytes from 0 to 2^40, got {value!r}")
+    if len({point["cumem"] for point in points}) < len(points):
+        raise fail("points holds NCCL_CUMEM_ENABLE=" + str(int(points[0]["cumem"])) + " twice")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def packaged_calibrations() -> list[Path]:

@@ -342,6 +342,8 @@ def load_baseline(path: str | Path) -> Baseline:
         raise UsageError(f"baseline {source} is empty")
     try:
         document = json.loads(text)
+    except RecursionError:
+        raise DamagedInput(f"baseline {source} is not a baseline: its JSON is nested too deeply") from None
     except json.JSONDecodeError as error:
         truncated = " (truncated?)" if not text.rstrip().endswith("}") else ""
         raise UsageError(

@@ -92,8 +92,8 @@ def load_comparison(path: str | Path) -> Comparison:
             document = json.loads(index.read_text(encoding="utf-8"))
             entries = document["scenarios"]
             baseline = document["baseline"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise DamagedInput(f"{index}: not a memprobe comparison index ({error})") from None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:  # ValueError: not UTF-8, not JSON
+            raise DamagedInput(f"{index}: not a memprobe comparison index ({type(error).__name__})") from None
         runs: list[ScenarioRun] = []
         missing: list[str] = []
         for entry in entries:

@@ -443,14 +443,19 @@ def load_run(run_dir: str | Path) -> Run:
         raise UsageError(f"{run_dir} is not a memprobe run folder (no run.json)")
     try:
         data = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DamagedInput(f"{record_path}: unreadable or not JSON ({error})") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not UTF-8, not JSON
+        why = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise DamagedInput(f"{record_path}: unreadable or not JSON ({why})") from None
     if not isinstance(data, dict):
         raise DamagedInput(f"{record_path}: not a memprobe run record")
     record = RunRecord.from_dict(data, str(record_path))
     readings_path = run_dir / "readings.csv"
     if readings_path.is_file():
-        readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
+        try:
+            text = readings_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise DamagedInput(f"{readings_path}: unreadable or not UTF-8 text ({error})") from None
+        readings = readings_from_csv(text, str(readings_path))
     elif record.status == RunStatus.COMPLETE:
         raise DamagedInput(f"{readings_path} does not exist although {record_path} says the run completed")
     else:
