@@ -53,6 +53,10 @@ class Topology:
             raise UsageError(f"--nnodes must be 1 or more, got {nnodes}")
         if gpus_per_node is None:
             gpus_per_node = -(-world_size // nnodes) if nnodes else min(world_size, MAX_GPUS_PER_NODE)
+            if gpus_per_node > MAX_GPUS_PER_NODE:  # nodes the user gave, too few for the world: say so, not --gpus-per-node
+                raise UsageError(f"world size {world_size} on --nnodes {nnodes} needs {gpus_per_node} GPUs per node; the "
+                                 f"rules model NVSwitch nodes of at most {MAX_GPUS_PER_NODE} GPUs: give --nnodes "
+                                 f"{-(-world_size // MAX_GPUS_PER_NODE)} or more")
         if gpus_per_node > MAX_GPUS_PER_NODE:
             raise UsageError(f"--gpus-per-node {gpus_per_node}: the rules model NVSwitch nodes of at most "
                              f"{MAX_GPUS_PER_NODE} GPUs (HGX H100/H200)")

@@ -506,11 +506,14 @@ def _parse_scenario(name: str, value: Any, where: str) -> BaselineScenario:
 def _check_counts(key: Mapping[str, Any], path: str, where: str) -> None:
     """GPUs per node and nodes are counts: an estimate is remade on them (at least one GPU and one node), a
     measured run records 0 GPUs on --device cpu."""
-    least = {"gpu_count": 1 if key.get("sampling_mode") == "estimate" else 0, "nnodes": 1}
-    for field_name, minimum in least.items():
+    estimated = key.get("sampling_mode") == "estimate"
+    if estimated:
+        from memprobe.estimate.model import MAX_GPUS_PER_NODE
+    bounds = {"gpu_count": (1, MAX_GPUS_PER_NODE) if estimated else (0, MAX_COUNT), "nnodes": (1, MAX_COUNT)}
+    for field_name, (lowest, highest) in bounds.items():
         number = key.get(field_name)
-        if number is not None and (not _is_int(number) or not minimum <= number <= MAX_COUNT):
-            raise _fail(where, f"{path}.{field_name} must be a whole number from {minimum} to {MAX_COUNT}, got {number!r}")
+        if number is not None and (not _is_int(number) or not lowest <= number <= highest):
+            raise _fail(where, f"{path}.{field_name} must be a whole number from {lowest} to {highest}, got {number!r}")
 
 
 def _check_every_rank(name: str, ranks: dict[int, dict[str, int]], world_size: int, where: str) -> None:

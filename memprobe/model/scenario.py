@@ -334,6 +334,8 @@ def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp:
     """``--tp T`` as the baseline (no MoE groups of its own), then the MoE layout once per stack, then once
     per real SGLang installation (``<moe-slug>.sglang-<LABEL>``: stack ``installed``, SGLang's own flags)."""
     env = dict(env or {})
+    if baseline_tp is not None and (isinstance(baseline_tp, bool) or not isinstance(baseline_tp, int) or baseline_tp < 1):
+        raise UsageError(f"--baseline-tp must be a whole number >= 1, got {baseline_tp!r}")  # 0 is no "default"
     baseline_layout = Layout(tp=baseline_tp or tp, pp=pp, attn_dp=attn_dp, attn_cp=attn_cp)
     moe_layout = Layout(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp)
     baseline = Scenario(name=baseline_layout.slug(), layout=baseline_layout, stack="lean", env_preset=env_preset,
