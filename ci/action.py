@@ -24,7 +24,9 @@ from pathlib import Path
 USAGE = 2
 MEASUREMENT = 3  # also what a failed installation exits with: the step that should produce results failed
 VERDICTS = {0: "pass", 1: "regression", 2: "usage-error", 3: "measurement-failure", 4: "incomparable",
-            130: "interrupted", 143: "interrupted"}
+            70: "error", 129: "interrupted", 130: "interrupted", 143: "interrupted"}  # 70: memprobe failed unexpectedly
+# memprobe's short options, as the long ones the action sets (click takes "-b B.json" and "-bB.json" alike)
+SHORT_OPTIONS = {"-b": "--baseline", "-o": "--out", "-t": "--threshold"}
 EXPORT_SUFFIXES = {"junit-xml": ".xml", "markdown": ".md", "json": ".json", "csv": ".csv", "summary-csv": "-summary.csv"}
 
 
@@ -134,7 +136,8 @@ def refuse_set_twice(extra: list[str], added: list[str]) -> None:
     """An option in the command input that the action sets from another input (or for its exports) would be
     overridden without a word: refused, naming where it belongs."""
     ours = {word for word in added if word.startswith("--")}
-    clashes = sorted({word.split("=", 1)[0] for word in extra} & ours)
+    given = {SHORT_OPTIONS.get(word[:2], word) if not word.startswith("--") else word.split("=", 1)[0] for word in extra}
+    clashes = sorted(given & ours)
     if clashes:
         verb = "is" if len(clashes) == 1 else "are"
         raise InputError(f"command: {', '.join(clashes)} {verb} set by the action (from its inputs and out-dir): "

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, TypeVar
 
-from memprobe.errors import MeasurementError, MemprobeError, UsageError
+from memprobe.errors import Interrupted, MeasurementError, MemprobeError, UsageError
 from memprobe.launch.options import LaunchOptions
 
 if TYPE_CHECKING:  # the values' types; imported where used, so that `memprobe estimate` starts fast
@@ -124,6 +124,7 @@ class EstimateOptions(Widths, Workers):
     engine: str = "memprobe"
     sglang: Optional[Path] = None
     progress: bool = True  # of the --device cpu run that learns real SGLang's flags (engine sglang)
+    timeout_s: float = LaunchOptions.timeout_s  # of that run: the longest a rank may go without a sign of life
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,7 +252,8 @@ def estimate(options: Optional[EstimateOptions] = None, **fields_: Any) -> "Comp
     check_choices(warmup=conf.warmup, env_preset=conf.env_preset, engine=conf.engine)
     calibration = find_calibration(conf.gpu, conf.calibration)
     scenario_set = _estimate_scenarios(conf)
-    return estimated(scenario_set, calibration, conf.gpus_per_node, conf.nnodes, progress=conf.progress)
+    return estimated(scenario_set, calibration, conf.gpus_per_node, conf.nnodes, progress=conf.progress,
+                     timeout_s=conf.timeout_s)
 
 
 def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
@@ -321,17 +323,18 @@ def _on_sglang(scenario_set: "ScenarioSet", site: str) -> "ScenarioSet":
 
 
 def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_node: Optional[int],
-              nnodes: Optional[int], progress: bool = False) -> "Comparison":
+              nnodes: Optional[int], progress: bool = False,
+              timeout_s: float = LaunchOptions.timeout_s) -> "Comparison":
     """Every scenario estimated (estimate, gate and baseline with ``estimate``); scenarios on real SGLang
-    first learn its flags from a --device cpu run of it."""
+    first learn its flags from a --device cpu run of it (``timeout_s``: its ranks' longest silence)."""
     from memprobe.estimate.comparison import estimate_comparison
 
     on_sglang = any(scenario.engine == "sglang" for scenario in scenario_set.scenarios)
-    sglang_runs = _sglang_flags_runs(scenario_set, progress) if on_sglang else None
+    sglang_runs = _sglang_flags_runs(scenario_set, progress, timeout_s) if on_sglang else None
     return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs)
 
 
-def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool) -> dict[str, Any]:
+def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: float) -> dict[str, Any]:
     """A --device cpu run of each scenario on real SGLang: the flags its groups were built with."""
     import tempfile
 
@@ -339,9 +342,11 @@ def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool) -> dict[str,
 
     on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine == "sglang")
     with tempfile.TemporaryDirectory(prefix="memprobe-estimate-") as folder:
-        options = LaunchOptions(device="cpu", out_dir=Path(folder), progress=progress)
+        options = LaunchOptions(device="cpu", out_dir=Path(folder), progress=progress, timeout_s=timeout_s)
         try:
             comparison = measure(ScenarioSet(scenarios=on_sglang, baseline=on_sglang[0].name), options)
+        except Interrupted as interrupt:  # its readings go with the temporary folder: name none
+            raise Interrupted(interrupt.signal_number) from None
         except MeasurementError as error:  # its folder goes with the temporary one: say what failed here
             raise MeasurementError(f"the --device cpu run of SGLang that tells its groups' flags failed: "
                                    f"{_first_failure(Path(folder)) or error}") from None
@@ -666,6 +671,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
         sglang = check_site(sglang)
     if conf.estimate and conf.results is not None:
         raise UsageError("--estimate estimates the baseline's scenarios again; --results judges saved runs: give one")
+    refuse_device_with_estimate(conf.estimate, conf.launch.device)
     calibration = _baseline_calibration(baseline, selected, conf.calibration) if conf.estimate else None
     if conf.results is None:
         check_device_matches(baseline, selected, "estimate" if conf.estimate else conf.launch.device)
@@ -692,7 +698,7 @@ def _gate_comparison(conf: GateOptions, baseline: "Baseline", selected: list[str
         return comparison  # type: ignore[return-value]
     scenario_set = with_sglang(baseline.scenario_set(selected), sglang)
     if conf.estimate:
-        return _estimated_as_recorded(baseline, selected, scenario_set, calibration)
+        return _estimated_as_recorded(baseline, selected, scenario_set, calibration, conf.launch.timeout_s)
     comparison = measure(scenario_set, conf.launch)
     if gathered_elsewhere(comparison.runs):
         return None
@@ -737,6 +743,12 @@ def _load_results(path: Path) -> "Comparison":
         raise MeasurementError(f"results {path}: {error}") from None
 
 
+def refuse_device_with_estimate(estimate: bool, device: str) -> None:
+    """--estimate makes GPU memory from NCCL's rules; --device cpu would ask for host memory measured: never both."""
+    if estimate and device != "cuda":
+        raise UsageError(f"--estimate estimates GPU memory; --device {device} measures another kind: give one")
+
+
 def check_device_matches(baseline: "Baseline", selected: list[str], device: str) -> None:
     """A baseline of GPU memory cannot judge host memory, nor an estimate a measurement: say so before measuring.
     ``device`` "estimate" stands for ``--estimate``."""
@@ -770,7 +782,7 @@ def _baseline_calibration(baseline: "Baseline", selected: list[str], path: Optio
 
 
 def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_set: "ScenarioSet",
-                           calibration: "Calibration") -> "Comparison":
+                           calibration: "Calibration", timeout_s: float) -> "Comparison":
     """The baseline's scenarios estimated on the topology the baseline recorded (GPUs per node, nodes)."""
     keys = [baseline.scenarios[name].environment_key for name in selected]
     gpus = {key.get("gpu_count") for key in keys}
@@ -778,7 +790,7 @@ def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_s
     if len(gpus) > 1 or len(nodes) > 1:
         raise UsageError(f"the selected baseline scenarios were estimated on different nodes ({sorted(map(str, gpus))} GPUs "
                          f"per node); gate them one at a time with --scenario")
-    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop())
+    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop(), timeout_s=timeout_s)
 
 
 # ------------------------------------------------------------------------------------------- baseline
@@ -802,7 +814,7 @@ def make_baseline(options: Optional[BaselineOptions] = None, **fields_: Any) -> 
     if comparison is None:
         assert scenario_set is not None
         if conf.estimate:
-            comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None)
+            comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None, timeout_s=conf.launch.timeout_s)
         else:
             comparison = measure(scenario_set, conf.launch)
     with baseline_lock(conf.out):  # another update of this file may have written it since: merge with what it holds now
@@ -838,6 +850,7 @@ def _baseline_inputs(conf: BaselineOptions) -> tuple[Any, Any, Any, Any]:
         scenario_set = existing.scenario_set(wanted or None)
     if conf.estimate and conf.from_dir is not None:
         raise UsageError("--estimate estimates the scenarios; --from takes saved runs: give one")
+    refuse_device_with_estimate(conf.estimate, conf.launch.device)
     if comparison is None and existing is not None:
         check_device_matches(existing, existing.names(), "estimate" if conf.estimate else conf.launch.device)
     calibration = find_calibration(None, conf.calibration) if conf.estimate else None

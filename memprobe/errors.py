@@ -86,6 +86,7 @@ class Interrupted(MemprobeError):
         name = signal.Signals(signal_number).name
         super().__init__(f"interrupted by {name}; workers stopped" + (f", readings kept in {run_dir}" if run_dir else ""))
         self.exit_code = signal_exit_code(signal_number)
+        self.signal_number = signal_number
         self.run_dir = run_dir
 
 

@@ -42,6 +42,9 @@ def estimate(
     check: list[Path] = option([], "--check", env="ESTIMATE_CHECK", metavar="RUN_OR_COMPARISON",
                                      help="Set the estimate beside measured runs (folders of runs are searched), per rank and step; "
                                           "exit 1 if a total is off by more than max(2 %, 16 MiB). Repeatable."),
+    timeout: float = option(Defaults.timeout_s, "--timeout", env="TIMEOUT",
+                            help="With --engine sglang: the longest a rank of the --device cpu run that learns SGLang's "
+                                 "flags may go without a sign of life."),
     per_rank: bool = PER_RANK, quiet: bool = QUIET, verbose: bool = VERBOSE,
     csv_path: Optional[Path] = option(None, "--csv", env="ESTIMATE_CSV", help="Long CSV, as compare's (estimated)."),
     summary_csv: Optional[Path] = option(None, "--summary-csv", env="ESTIMATE_SUMMARY_CSV", help="One row per scenario and rank."),
@@ -62,6 +65,8 @@ def estimate(
     Exit codes: 0 done, 1 a --check total off by more than the bound, 2 bad input (nothing estimated or written),
     3 --check found no run it could check.
     """
+    if not timeout > 0:  # checked here: only an --engine sglang estimate launches the run it limits
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
     refuse_writing_inputs({"--csv": csv_path, "--summary-csv": summary_csv, "--json": json_path, "--markdown": markdown,
                            "--plot": plot_path}, [path for path in (scenarios, calibration) if path is not None])
@@ -77,7 +82,7 @@ def estimate(
     comparison = api.estimate(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stacks=stacks,
                               baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                               env=tuple(env), gpus_per_node=gpus_per_node, nnodes=nnodes, gpu=gpu, calibration=calibration,
-                              engine=engine, sglang=sglang, progress=not quiet)
+                              engine=engine, sglang=sglang, progress=not quiet, timeout_s=timeout)
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
     basis = comparison.runs[0].run.record.environment["estimate"]
     print(f"estimated (not measured) from {basis['rules']} and the calibration {basis['calibration']} "

@@ -7,6 +7,8 @@ The bound a total must meet: the larger of 2 % of the measured total and 16 MiB.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -78,9 +80,15 @@ class RunCheck:
         return max(chosen, key=lambda total: abs(total.error), default=None)
 
 
-def measured_runs(paths: Iterable[str | Path]) -> list[tuple[str, Run]]:
-    """Every scenario run under the given run or comparison folders (folders of folders are searched)."""
-    found: list[tuple[str, Run]] = []
+MAX_SEARCH_DEPTH = 6  # <repo>/results/<machine>/<comparison>/<scenario>/run.json is 4 below a clone's root
+MAX_SEARCHED_FOLDERS = 5_000  # `--check /` would walk the whole disk
+
+
+def measured_runs(paths: Iterable[str | Path]) -> list[tuple[str, Run | str]]:
+    """Every scenario run under the given run or comparison folders (folders of folders are searched, at most
+    MAX_SEARCH_DEPTH deep): a folder given itself must load; one found by the search that does not (another
+    tool's run.json) is kept as the reason it was skipped, and the search goes on."""
+    found: list[tuple[str, Run | str]] = []
     for path in paths:
         path = Path(path)
         if not path.exists():
@@ -88,17 +96,44 @@ def measured_runs(paths: Iterable[str | Path]) -> list[tuple[str, Run]]:
         if (path / "comparison.json").is_file():
             found += [(str(item.run.path or path), item.run) for item in load_comparison(path).runs]
             continue
-        folders = [path] if (path / "run.json").is_file() else sorted({record.parent for record in path.rglob("run.json")})
+        if (path / "run.json").is_file():
+            found.append((str(path), load_run(path)))
+            continue
+        folders = _run_folders(path)
         if not folders:
             raise UsageError(f"--check {path}: holds no memprobe run (no run.json below it)")
-        found += [(str(folder), load_run(folder)) for folder in folders]
-    unique: dict[str, Run] = {}
+        found += [(str(folder), _load_or_why(folder)) for folder in folders]
+    unique: dict[str, Run | str] = {}
     for where, run in found:
         unique.setdefault(where, run)
     return list(unique.items())
 
 
-def check_run(where: str, run: Run, calibration_for: Callable[[str], Calibration | None]) -> RunCheck:
+def _run_folders(path: Path) -> list[Path]:
+    folders: list[Path] = []
+    for visited, (folder, subfolders, files) in enumerate(os.walk(path), start=1):  # symlinks not followed
+        if visited > MAX_SEARCHED_FOLDERS:
+            raise UsageError(f"--check {path}: more than {MAX_SEARCHED_FOLDERS} folders to search; give the run or "
+                             f"comparison folders themselves")
+        if "run.json" in files:
+            folders.append(Path(folder))
+            subfolders[:] = []  # a run's own folders hold no other run
+            continue
+        deep = len(Path(folder).relative_to(path).parts) >= MAX_SEARCH_DEPTH
+        subfolders[:] = [] if deep else sorted(name for name in subfolders if not name.startswith("."))
+    return sorted(folders)
+
+
+def _load_or_why(folder: Path) -> Run | str:
+    try:
+        return load_run(folder)
+    except UsageError as error:
+        return f"not a memprobe run it can read: {error}"
+
+
+def check_run(where: str, run: Run | str, calibration_for: Callable[[str], Calibration | None]) -> RunCheck:
+    if isinstance(run, str):  # found by the search but unreadable: why it was skipped
+        return RunCheck(path=where, scenario="?", gpu="", gpus=0, world_size=0, skipped=run)
     record = run.record
     environment = record.environment
     gpus = int(environment.get("gpu_count") or 0)

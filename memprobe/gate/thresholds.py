@@ -112,8 +112,8 @@ def parse_relative(text: str, what: str = "relative threshold") -> float:
         value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
         raise UsageError(f"{what} {text!r} is not a percentage like 5% or a fraction like 0.05") from None
-    if not (value >= 0) or value == float("inf"):
-        raise UsageError(f"{what} {text!r} must be >= 0")
+    if not (value >= 0) or value == float("inf"):  # nan, and 1e400 (inf as a float), are no fraction
+        raise UsageError(f"{what} {text!r} must be a finite number >= 0 (a percentage like 5% or a fraction like 0.05)")
     if not raw.endswith("%") and value > 1:
         raise UsageError(f"{what} {text!r} is ambiguous: write {raw}% for a percentage (a bare number is a fraction, 0.05 = 5%)")
     return value

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from memprobe.errors import DamagedInput, MeasurementError, UsageError
+from memprobe.errors import DamagedInput, IncomparableError, MeasurementError, UsageError
 from memprobe.model.completeness import check_finished
 from memprobe.model.layout import Layout
 from memprobe.model.records import Run, RunStatus, atomic_write_text, load_run
@@ -127,10 +127,22 @@ def load_comparison(path: str | Path) -> Comparison:
     raise UsageError(f"{path} is neither a run folder (run.json) nor a comparison folder ({COMPARISON_FILE})")
 
 
+def _refuse_kinds_side_by_side(comparisons: list[Comparison]) -> None:
+    """Folders shown together are set against the first one's baseline: GPU memory beside host RSS (--device cpu),
+    or an estimate beside a measurement, would be subtracted across kinds of memory; the gate refuses that too."""
+    from memprobe.model.memory_kind import describe, memory_kind
+
+    kinds = {memory_kind(item.run): item for comparison in comparisons for item in comparison.runs}
+    if len(kinds) > 1:
+        shown = "; ".join(f"{item.run.path or item.scenario.name}: {describe(kind)}" for kind, item in kinds.items())
+        raise IncomparableError(f"these folders hold different kinds of memory, never compared: {shown}")
+
+
 def merge_comparisons(comparisons: list[Comparison]) -> Comparison:
     """Several saved runs or comparisons shown as one; the first one's baseline stays the baseline."""
     if len(comparisons) == 1:
         return comparisons[0]
+    _refuse_kinds_side_by_side(comparisons)
     runs: list[ScenarioRun] = []
     seen: set[str] = set()
     for comparison in comparisons:
