@@ -86,6 +86,8 @@ def test_memprobe_refusing_an_input_is_a_usage_error_named_in_the_summary(tmp_pa
     ({"command": "gate --estimate", "device": "cpu"}, "memprobe gate --estimate takes no device input"),
     ({"command": "gate --scenario 'unclosed"}, "No closing quotation"),
     ({"command": "gate --out-dir elsewhere --json=x.json"}, "command: --json, --out-dir are set by the action"),
+    ({"command": "gate --estimate -b B.json", "baseline": "A.json"}, "command: --baseline is set by the action"),
+    ({"command": "gate --estimate -bB.json", "baseline": "A.json"}, "command: --baseline is set by the action"),
 ])
 def test_an_input_the_action_cannot_use_exits_2_before_anything_runs(tmp_path, inputs, message):
     done, outputs, _summary = run_action(tmp_path, install="pip-must-not-run", **inputs)

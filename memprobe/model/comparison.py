@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from memprobe.errors import DamagedInput, IncomparableError, MeasurementError, UsageError
 from memprobe.model.completeness import check_finished
@@ -52,6 +53,17 @@ def scenario_from_run(run: Run) -> Scenario:
     identity rebuilt from the layout, resolved stack and settings run.json has always held."""
     record = run.record
     where = str(run.path / "run.json") if run.path else record.run_id
+    try:
+        return _scenario_of(record, run, where)
+    except DamagedInput:
+        raise
+    except UsageError as error:  # a recorded field no scenario can have: the file is damaged, never "no results"
+        raise DamagedInput(f"{where}: {error}") from None
+    except (TypeError, ValueError) as error:  # a layout that is not an object of widths, a field of another type
+        raise DamagedInput(f"{where}: not a scenario memprobe recorded ({error})") from None
+
+
+def _scenario_of(record: Any, run: Run, where: str) -> Scenario:
     if record.definition:
         return Scenario.from_definition(record.definition, where)
     return Scenario(

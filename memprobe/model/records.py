@@ -248,6 +248,7 @@ class RunRecord:
             data = dict(data)
             if data.get("schema_version") != SCHEMA_VERSION:
                 raise DamagedInput(f"{source}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+            _check_record_types(data, source)
             data["ranks"] = [RankInfo(**rank) for rank in data.get("ranks", [])]
             data["plan"] = [PlannedGroup.from_dict(group) for group in data["plan"]]
             data["timings"] = RunTimings.from_dict(data.get("timings"))
@@ -261,6 +262,29 @@ class RunRecord:
             return cls(**{key: value for key, value in data.items() if key in known})
         except (TypeError, KeyError) as error:
             raise DamagedInput(f"{source}: not a memprobe run record ({error})") from None
+
+
+# run.json's fields and the JSON types they hold (None: may be null); a field of another type is a damaged file
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "layout": (dict,), "world_size": (int,), "stack": (dict,), "device": (str,), "warmup": (str,),
+    "env_preset": (str,), "env": (dict,), "plan": (list,), "scenario": (str,), "engine": (str,), "definition": (dict,),
+    "memprobe_version": (str,), "created_utc": (str,), "command": (list,), "environment": (dict,), "ranks": (list,),
+    "failure": (dict, type(None)), "wall_time_s": (int, float, type(None)), "gpu_release_s": (int, float, type(None)),
+    "timings": (dict, type(None)), "results_at": (dict, type(None)), "launch": (dict, type(None)), "source": (str,),
+}
+
+
+def _check_record_types(data: dict[str, Any], source: str) -> None:
+    for name, types in _RECORD_TYPES.items():
+        value = data.get(name)
+        if name in data and (not isinstance(value, types) or isinstance(value, bool)):
+            raise DamagedInput(f"{source}: {name} must be {' or '.join(t.__name__ for t in types)}, got {value!r:.60}")
+    for name, value in {**data.get("layout", {}), "world_size": data.get("world_size", 1)}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DamagedInput(f"{source}: {'layout.' if name != 'world_size' else ''}{name} must be a whole number >= 1, "
+                               f"got {value!r:.60}")
+    if not all(isinstance(value, str) for value in data.get("env", {}).values()):
+        raise DamagedInput(f"{source}: env must map names to strings")
 
 
 @dataclass
