@@ -39,7 +39,8 @@ app = typer.Typer(
         "  memprobe gate --baseline configs/baselines/h200x4-tp4-ep2-lean.json   # CI regression gate\n\n"
         "Results go to stdout, progress and notes to stderr (--quiet, --verbose on every command). Exit codes: 0 ok, "
         "1 regression (gate), 2 bad input, 3 measurement failed or data missing, 4 incomparable (gate), "
-        "130/143 interrupted; each command's --help lists its own. Shell completion: memprobe --install-completion."
+        "70 an unexpected error (its traceback in a temp file), 129/130/143 hung up/interrupted/terminated, 141 "
+        "standard output's reader went away; each command's --help lists its own. Shell completion: memprobe --install-completion."
     ),
     no_args_is_help=True,
     add_completion=True,  # Typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)

@@ -66,10 +66,15 @@ Help, tables, Markdown and logs are plain text always.
 | 2 | bad input: one line on stderr, before anything is launched or written | all |
 | 3 | the measurement failed (a rank failed, hung or did not start; finished readings are kept), or results / data are missing | `run`, `compare`, `gate`, `baseline update`, `report` (a scenario of a comparison has no saved run) |
 | 4 | incomparable: the environment (GPU, driver, CUDA, torch, NCCL and its settings, sampling mode, memprobe version) or the scenario's definition differs from the baseline's; an estimated baseline judged against measured results | `gate` |
-| 129, 130, 143 | hung up, interrupted by SIGINT, terminated by SIGTERM (workers stopped, finished readings kept) | `run`, `compare`, `gate`, `baseline update` |
+| 70 | an unexpected error (a bug in memprobe): one line on stderr naming it and the temp file its traceback was written to; never 1, which the gate and `estimate --check` use for their verdicts | all |
+| 129, 130, 143 | hung up, interrupted by SIGINT, terminated by SIGTERM (workers stopped, finished readings kept) | all |
+| 141 | standard output's reader went away (`\\| head -1`, `\\| true`): nothing more is printed, as a program ended by SIGPIPE | all |
+
+Standard output that cannot be written (`> /dev/full`) is one line and exit 2; a stream that cannot encode a
+character (`PYTHONIOENCODING=ascii`) gets an ASCII stand-in for it ("d" for "Δ", "-" for a box line).
 
 The GitHub Action maps them to its `verdict` output: `pass`, `regression`, `usage-error`,
-`measurement-failure`, `incomparable`, `interrupted`.
+`measurement-failure`, `incomparable`, `interrupted`, and `error` for 70 or any other code.
 
 **Machine-readable output.** `--json PATH` on `run`, `compare`, `report`, `estimate` and `gate` (and
 `plan --json` on stdout) writes a document with a `schema_version`; the schemas are in

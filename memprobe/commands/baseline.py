@@ -25,7 +25,9 @@ memprobe baseline update --from results/h200x4-20261127/compare-tp4-ep2 --out my
 memprobe baseline update --out my-baseline.json --device cpu   (an existing file: measures its own scenarios again)
 memprobe baseline update --estimate --scenarios configs/scenarios/moe-stacks.toml --out my-baseline.json   (no GPU: estimated)
 
-Exit codes: 0 written or unchanged, 2 bad input (nothing measured or written), 3 the measurement failed (the file is left as it was).
+Exit codes: 0 written or unchanged, 2 bad input (nothing measured or written), 3 the measurement failed (the file is left as it was). Every command: 70 an unexpected error (one line; its traceback in a temp file), 129/130/143 hung up, interrupted, terminated, 141 standard output's reader went away.
+
+Two updates of one file at once take turns (each keeps the other's scenarios); the file keeps its mode, and a symlink is written through (the link stays).
 """
 
 

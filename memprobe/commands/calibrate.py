@@ -32,6 +32,8 @@ def calibrate(
       memprobe estimate --tp 8 --ep 4 --calibration my-h200.json
 
     Exit codes: 0 written, 2 bad input or no GPU (nothing written), 3 a measuring process failed (nothing written).
+    Every command: 70 an unexpected error (one line; its traceback in a temp file), 129/130/143 hung up, interrupted,
+    terminated, 141 standard output's reader went away.
     """
     calibration = api.calibrate(out=out, nvlinks=nvlinks, gpu_index=gpu_index)
     _report(calibration, out)

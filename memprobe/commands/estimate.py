@@ -63,7 +63,8 @@ def estimate(
       memprobe estimate --check results/h200x4-20261127/compare-tp4-ep2
 
     Exit codes: 0 done, 1 a --check total off by more than the bound, 2 bad input (nothing estimated or written),
-    3 --check found no run it could check.
+    3 --check found no run it could check. Every command: 70 an unexpected error (one line; its traceback in a temp
+    file), 129/130/143 hung up, interrupted, terminated, 141 standard output's reader went away.
     """
     if not timeout > 0:  # checked here: only an --engine sglang estimate launches the run it limits
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")

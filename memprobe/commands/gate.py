@@ -26,7 +26,7 @@ GATE_HELP = """Judge GPU memory against a baseline kept in git; exit 1 on a regr
 
 Runs the baseline's scenarios (or, with --results, judges a saved run without GPUs) and compares every rank's bytes per group and step. A metric regresses when it grows by more than BOTH the relative and the absolute threshold (default +5% and +64 MiB); thresholds can be set per metric, group or scenario in the baseline file, or here.
 
-Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version), the scenario's definition changed, or the baseline holds another kind of memory (GPU against host RSS, or an estimate against a measurement: never judged, not even with --allow-env-mismatch).
+Exit codes: 0 pass, 1 regression, 2 usage or configuration error, 3 measurement or launch failure, 4 environment differs from the baseline's key (GPU, driver, CUDA, torch, NCCL and its settings, NVML sampling mode, memprobe version), the scenario's definition changed, or the baseline holds another kind of memory (GPU against host RSS, or an estimate against a measurement: never judged, not even with --allow-env-mismatch). Every command: 70 an unexpected error (one line; its traceback in a temp file, never 1), 129/130/143 hung up, interrupted, terminated, 141 standard output's reader went away.
 
 Examples:
 

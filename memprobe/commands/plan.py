@@ -27,7 +27,8 @@ def plan(
       memprobe plan --tp 8 --ep 4 --stack full
       memprobe plan --tp 4 --ep 2 --stack configs/lean.toml --json
 
-    Exit codes: 0 ok, 2 bad input.
+    Exit codes: 0 ok, 2 bad input. Every command: 70 an unexpected error (one line; its traceback in a temp file),
+    129/130/143 hung up, interrupted, terminated, 141 standard output's reader went away.
     """
     planned = api.plan(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stack=stack)
     from memprobe.verbosity import detail

@@ -40,7 +40,10 @@ def report(
       memprobe report results/h200x4-20261127/compare-tp4-ep2 --markdown /tmp/table.md
 
     Exit codes: 0 ok, 2 bad input (a path that is not a run or comparison folder, an export path that cannot be
-    written), 3 a scenario of the comparison has no saved run (the others are shown).
+    written, or inside a folder it reports on), 3 a scenario of the comparison has no saved run (the others are
+    shown), 4 folders holding different kinds of memory (GPU, host RSS, estimated). Every command: 70 an unexpected
+    error (one line; its traceback in a temp file), 129/130/143 hung up, interrupted, terminated, 141 standard
+    output's reader went away.
     """
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
     refuse_writing_inputs({"--csv": csv_path, "--summary-csv": summary_csv, "--json": json_path, "--markdown": markdown,

@@ -44,7 +44,9 @@ def run(
       memprobe run --device cpu --tp 4 --ep 2 --stack full
 
     Exit codes: 0 ok, 2 bad input (nothing launched), 3 the measurement failed (a rank failed, hung or did not
-    start; finished readings are kept), 130 or 143 interrupted by SIGINT or SIGTERM.
+    start; finished readings are kept), 129, 130 or 143 hung up, interrupted by SIGINT or terminated by SIGTERM.
+    Every command: 70 an unexpected error (one line; its traceback in a temp file), 141 standard output's reader
+    went away.
     """
     launch = launch_options(device, out_dir, timeout, quiet, nnodes, node_rank, master_addr, master_port, allow_busy_gpu,
                             run_id, nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
