@@ -135,6 +135,15 @@ def test_report_never_writes_into_the_folder_it_reports_on(tmp_path, capsys, opt
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
 
 
+def test_a_baseline_update_never_writes_into_the_run_it_takes_its_numbers_from(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(MEASURED_RESULTS, run)
+    before = (run / "run.json").read_bytes()
+    assert main(["baseline", "update", "--from", str(run), "--out", str(run / "run.json")]) == 2
+    assert "which this command reads" in _error_line(capsys)
+    assert (run / "run.json").read_bytes() == before
+
+
 def test_two_baseline_updates_at_once_lose_no_scenario(tmp_path):
     from memprobe import api
 

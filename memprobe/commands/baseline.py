@@ -8,6 +8,7 @@ from typing import Optional
 from memprobe import api
 from memprobe.commands.options import CALIBRATION, ESTIMATE, QUIET, VERBOSE, option
 from memprobe.launch.options import LaunchOptions
+from memprobe.paths import refuse_writing_inputs
 
 Defaults = api.BaselineOptions
 SHOWN_CHANGES = 20
@@ -56,6 +57,7 @@ def update(
                               "the importable SGLang)."),
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
+    refuse_writing_inputs({"--out": out}, [path for path in (from_dir, scenarios_file, calibration) if path is not None])
     launch = LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout)
     update = api.make_baseline(out=out, scenarios_file=scenarios_file, from_dir=from_dir, scenarios=tuple(scenario or ()),
                                estimate=estimate, calibration=calibration, gpus_per_node=gpus_per_node, sglang=sglang,
