@@ -671,7 +671,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
         sglang = check_site(sglang)
     if conf.estimate and conf.results is not None:
         raise UsageError("--estimate estimates the baseline's scenarios again; --results judges saved runs: give one")
-    refuse_device_with_estimate(conf.estimate, conf.launch.device)
+    _refuse_device_with_estimate(conf.estimate, conf.launch.device)
     calibration = _baseline_calibration(baseline, selected, conf.calibration) if conf.estimate else None
     if conf.results is None:
         check_device_matches(baseline, selected, "estimate" if conf.estimate else conf.launch.device)
@@ -743,7 +743,7 @@ def _load_results(path: Path) -> "Comparison":
         raise MeasurementError(f"results {path}: {error}") from None
 
 
-def refuse_device_with_estimate(estimate: bool, device: str) -> None:
+def _refuse_device_with_estimate(estimate: bool, device: str) -> None:
     """--estimate makes GPU memory from NCCL's rules; --device cpu would ask for host memory measured: never both."""
     if estimate and device != "cuda":
         raise UsageError(f"--estimate estimates GPU memory; --device {device} measures another kind: give one")
@@ -850,7 +850,7 @@ def _baseline_inputs(conf: BaselineOptions) -> tuple[Any, Any, Any, Any]:
         scenario_set = existing.scenario_set(wanted or None)
     if conf.estimate and conf.from_dir is not None:
         raise UsageError("--estimate estimates the scenarios; --from takes saved runs: give one")
-    refuse_device_with_estimate(conf.estimate, conf.launch.device)
+    _refuse_device_with_estimate(conf.estimate, conf.launch.device)
     if comparison is None and existing is not None:
         check_device_matches(existing, existing.names(), "estimate" if conf.estimate else conf.launch.device)
     calibration = find_calibration(None, conf.calibration) if conf.estimate else None
