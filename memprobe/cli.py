@@ -18,7 +18,7 @@ import typer
 try:  # typer >= 0.2x vendors click as typer._click; older releases depend on click itself
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - depends on the installed typer
-    import click.exceptions as click_exceptions
+    import click.exceptions as click_exceptions  # type: ignore[no-redef]  # the same module, where typer had it before
 
 _EXIT_TYPES = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 _ABORT_TYPES = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
@@ -170,7 +170,8 @@ def _run(argv: Optional[list[str]]) -> int:
         if type(error).__name__ == "NoArgsIsHelpError":  # `memprobe` alone: show the help
             error.show()
             return int(ExitCode.USAGE)
-        command = error.ctx.command_path if getattr(error, "ctx", None) else "memprobe"
+        context = getattr(error, "ctx", None)  # a UsageError's; other ClickExceptions have none
+        command = context.command_path if context else "memprobe"
         print(f"memprobe: error: {_one_line(error.format_message())} (see '{command} --help')", file=sys.stderr)
         return int(ExitCode.USAGE)
     except MemprobeError as error:  # raised while the options were parsed (their callbacks)

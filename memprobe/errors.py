@@ -22,7 +22,7 @@ def signal_exit_code(signal_number: int) -> ExitCode:
     """The shell's convention, 128 + the signal's number, for the signals memprobe stops on."""
     import signal
 
-    codes = {signal.SIGHUP: ExitCode.HUNG_UP, signal.SIGTERM: ExitCode.TERMINATED}
+    codes: dict[int, ExitCode] = {signal.SIGHUP: ExitCode.HUNG_UP, signal.SIGTERM: ExitCode.TERMINATED}
     return codes.get(signal_number, ExitCode.INTERRUPTED)
 
 
@@ -45,6 +45,11 @@ class UsageError(MemprobeError):
     """Bad input: reported before any process is started or file written."""
 
     exit_code = ExitCode.USAGE
+
+
+class OptionTypeError(UsageError, TypeError):
+    """A Python API value of the wrong type (a field of an options value, a path): exit 2 as bad input, and a
+    TypeError as Python's own wrong-argument errors are."""
 
 
 class DamagedInput(UsageError):

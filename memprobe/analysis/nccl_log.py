@@ -375,10 +375,10 @@ class Communicator:
         ring: dict[tuple[int, int], int] = {}
         for key in self.ring_links().values():
             ring[key] = ring.get(key, 0) + 1
-        tree: dict[tuple, int] = {}
+        tree: dict[tuple[int, tuple[int, ...]], int] = {}
         for t in self.trees.values():
-            key = (t["up"], tuple(t["down"]))
-            tree[key] = tree.get(key, 0) + 1
+            parent_children = (t["up"], tuple(t["down"]))
+            tree[parent_children] = tree.get(parent_children, 0) + 1
         return {"ring (prev, next): channels": ring, "tree (parent, children): channels": tree}
 
 

@@ -64,6 +64,7 @@ def run(
         render_timings_of(runs)
     print_rank_warnings(runs)
     if json_path is not None:
+        assert result.run.path is not None  # a measured run always has its folder
         _write_json(result.run.path, json_path)
     return 0
 

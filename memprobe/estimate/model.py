@@ -171,7 +171,7 @@ class Member(NamedTuple):
     """A rank's place in one group: its rank list, its index there, and how many of the list share a node."""
 
     ranks: tuple[int, ...]
-    index: int
+    position: int  # not "index": a NamedTuple field of that name would hide tuple.index
     per_node: int
 
 
@@ -261,7 +261,7 @@ def estimate_rank(context: Context, rank: int, lists: dict[str, dict[int, Member
 
 
 def _group_estimate(context: Context, member: Member) -> nccl.CommunicatorEstimate:
-    return nccl.communicator(member.index, len(member.ranks), member.per_node, context.links,
+    return nccl.communicator(member.position, len(member.ranks), member.per_node, context.links,
                              context.topology.nics_per_node, context.settings)
 
 

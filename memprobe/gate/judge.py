@@ -406,9 +406,9 @@ def _judge_scenario(result: GateResult, baseline: Baseline, comparison: Comparis
         result.cases.extend(Case(name, rank, "missing") for rank in stored.ranks)
         summary.status = "missing"
         return
-    note = sglang_note(name, stored.measured_with.get("sglang"), sglang_of(item.run))
-    if note:
-        result.notes.append(note)
+    sglang_change = sglang_note(name, stored.measured_with.get("sglang"), sglang_of(item.run))
+    if sglang_change:
+        result.notes.append(sglang_change)
     if not _comparable(result, summary, stored, item, allow_env_mismatch):
         return
     current = components_by_rank(item.run)

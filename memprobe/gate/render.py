@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Iterable, Literal, TextIO
 from xml.etree import ElementTree
 
 from memprobe.gate.judge import FAILING_KINDS, Finding, GateResult, ScenarioVerdict
@@ -67,9 +67,10 @@ def render_table(result: GateResult, stream: TextIO, width: int = 120) -> None:
     from rich.table import Table
 
     table = Table(title="memprobe gate", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False)  # as every other table
-    for name, justify in (("scenario", "left"), ("status", "left"), ("ranks", "right"), ("regressions", "right"),
-                          ("improvements", "right"), ("peak baseline", "right"), ("peak now", "right"),
-                          ("change", "right"), ("%", "right")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("scenario", "left"), ("status", "left"), ("ranks", "right"), ("regressions", "right"),
+        ("improvements", "right"), ("peak baseline", "right"), ("peak now", "right"), ("change", "right"), ("%", "right"))
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name in ("scenario", "status"))
     for summary in result.summaries:
         table.add_row(summary.scenario, _status_text(summary), str(summary.ranks), str(summary.regressions),

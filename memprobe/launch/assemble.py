@@ -49,7 +49,7 @@ class LaunchOutcome:
     """How one torchrun launch ended (the supervisor's answer; it knows nothing of reports)."""
 
     return_code: int | None = None
-    interrupted: BaseException | None = None
+    interrupted: KeyboardInterrupt | None = None  # what the stop signal raised (memprobe's handlers raise one)
     launched_at: float = 0.0  # time.time(), the clock the workers stamp their events with
     exited_at: float = 0.0
     gpu_release_s: float | None = None

@@ -55,8 +55,8 @@ class StreamFollower:
                 except MalformedEvent:  # a line no worker writes (garbage, an unknown kind): skipped, no sign of life
                     continue
                 self._take(rank, event)
-        if not self.known and self.launched:
-            self._narrow(min(self.launched) // self.per_node)
+        if not self.known and self.launched and self.per_node is not None:
+            self._narrow(min(self.launched) // self.per_node, self.per_node)
 
     def _take(self, rank: int, event: WorkerEvent) -> None:
         if not isinstance(event, Exited):  # every event but its end is a sign of life: the rank's silence counts from it
@@ -86,8 +86,8 @@ class StreamFollower:
             self.done.add(rank)
             self.results_at = event.results_at or self.results_at
 
-    def _narrow(self, node: int) -> None:
-        local = range(node * self.per_node, (node + 1) * self.per_node)
+    def _narrow(self, node: int, per_node: int) -> None:
+        local = range(node * per_node, (node + 1) * per_node)
         for table in (self.paths, self.offsets, self.readings, self.last_step, self.last_progress):
             for rank in [r for r in table if r not in local]:
                 del table[rank]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memprobe.errors import UsageError
+from memprobe.fields import check_fields
 from memprobe.model.records import NCCL_LOG_FOLDER
 from memprobe.model.scenario import ENV_PRESETS, Scenario, validate_name
 
@@ -46,6 +47,7 @@ class LaunchOptions:
     nccl_log: bool = False  # --nccl-log: NCCL's debug log of every worker into <run>/nccl/
 
     def __post_init__(self) -> None:
+        check_fields(self)  # out_dir as a str or os.PathLike becomes a Path; a value of the wrong type is one line
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not (self.timeout_s > 0):

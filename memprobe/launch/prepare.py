@@ -140,6 +140,7 @@ def new_run_dir(root: Path, name: str) -> Path:
 
 def new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, command: list[str] | None) -> RunRecord:
     stack = scenario.resolved_stack
+    assert stack is not None  # Scenario.__post_init__ resolves it
     plan = plan_groups(scenario.layout)
     return RunRecord(
         run_id=run_dir.name,
@@ -162,6 +163,7 @@ def new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, comman
 
 
 def write_worker_config(scenario: Scenario, options: LaunchOptions, run_dir: Path) -> None:
+    assert scenario.resolved_stack is not None  # Scenario.__post_init__ resolves it
     config = WorkerConfig(layout=scenario.layout, stack=scenario.resolved_stack, device=options.device,
                           warmup=scenario.warmup, timeout_s=options.timeout_s + WORKER_TIMEOUT_MARGIN_S,
                           allow_busy_gpu=options.allow_busy_gpu, engine=scenario.engine)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress, TaskID
 
 
-def _color_system() -> str | None:
+def _color_system() -> Literal["auto"] | None:
     """None (no styles at all, not only no colours) when NO_COLOR is set to anything (no-color.org; --no-color sets it)."""
     return None if os.environ.get("NO_COLOR") else "auto"
 
@@ -21,8 +24,8 @@ class Progress:
         self.enabled = enabled and verbosity.level() > verbosity.QUIET
         self.every_step = verbosity.level() >= verbosity.VERBOSE
         self.interactive = self.enabled and self.stream.isatty()
-        self._bar = None
-        self._tasks: dict[str, int] = {}
+        self._bar: RichProgress | None = None
+        self._tasks: dict[str, TaskID] = {}
         self._last_plain: dict[str, tuple[float, str]] = {}
 
     def __enter__(self) -> "Progress":
@@ -31,10 +34,11 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(TextColumn("[bold]{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("steps"), TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
-                                     console=Console(file=self.stream, color_system=_color_system()), transient=False)
-            self._bar.__enter__()
+            bar = RichProgress(TextColumn("[bold]{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("steps"), TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
+                               console=Console(file=self.stream, color_system=_color_system()), transient=False)
+            bar.__enter__()
+            self._bar = bar
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from memprobe.errors import MeasurementError, UsageError
 from memprobe.launch.options import LaunchOptions, nccl_log_environment, worker_environment
@@ -96,7 +96,7 @@ def _with_the_finished(failure: MeasurementError, scenarios: list[Scenario], pat
                             run_dir=failure.run_dir)
 
 
-def _side_by_side(calls: list[Callable[..., list[Run]]], path: Path) -> list[Run]:
+def _side_by_side(calls: Sequence[Callable[..., list[Run]]], path: Path) -> list[Run]:
     """Launches that cannot share one (another SGLang installation, say) run at the same time, each followed
     from a thread of its own. Signals reach only this (main) thread, which passes them on through a StopFlag."""
     import concurrent.futures

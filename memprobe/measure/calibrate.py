@@ -22,6 +22,7 @@ import ctypes
 import json
 import os
 import sys
+from typing import Callable
 
 import torch
 
@@ -52,7 +53,7 @@ def _communicator(n_ranks: int, rank: int, unique_id: NcclUniqueId) -> ctypes.c_
     return comm
 
 
-def _unique_id(rank: int, broadcast: object | None) -> NcclUniqueId:
+def _unique_id(rank: int, broadcast: Callable[[torch.Tensor], object] | None) -> NcclUniqueId:
     unique_id = NcclUniqueId()
     if rank == 0:
         nccl_library().check(nccl_library().lib.ncclGetUniqueId(ctypes.byref(unique_id)), "ncclGetUniqueId")
@@ -71,7 +72,8 @@ def _context(handle: object) -> dict[str, int]:
     return {"start_bytes": start, "context_bytes": _own_bytes(handle), "context_reserved": torch.cuda.memory_reserved()}
 
 
-def _steps(n_ranks: int, rank: int, handle: object, broadcast: object | None, barrier: object | None) -> dict[str, int]:
+def _steps(n_ranks: int, rank: int, handle: object, broadcast: Callable[[torch.Tensor], object] | None,
+           barrier: Callable[[], object] | None) -> dict[str, int]:
     readings = _context(handle)
     kept = []
     for index in (1, 2, 3):
@@ -105,13 +107,14 @@ def main(argv: list[str]) -> int:
     else:
         raise SystemExit("usage: python -m memprobe.measure.calibrate single|pair FOLDER")
     properties = torch.cuda.get_device_properties(0)
-    readings.update(rank=rank, mode=mode, pid=os.getpid(), gpu_model=properties.name,
-                    compute_capability=properties.major * 10 + properties.minor, sm_count=properties.multi_processor_count,
-                    torch=torch.__version__, cuda=str(torch.version.cuda or ""), nccl=nccl_library().version(),
-                    nccl_library=nccl_library().path)
+    record: dict[str, object] = dict(
+        readings, rank=rank, mode=mode, pid=os.getpid(), gpu_model=properties.name,
+        compute_capability=properties.major * 10 + properties.minor, sm_count=properties.multi_processor_count,
+        torch=torch.__version__, cuda=str(torch.version.cuda or ""), nccl=nccl_library().version(),
+        nccl_library=nccl_library().path)
     written = os.path.join(folder, f"{mode}-{rank}.json")
     with open(written + ".part", "w", encoding="utf-8") as out:
-        json.dump(readings, out, sort_keys=True)
+        json.dump(record, out, sort_keys=True)
     os.replace(written + ".part", written)  # whole or absent: the parent never reads half a file
     if mode == "pair":
         dist.barrier()

@@ -153,7 +153,7 @@ class CudaRuntime:
         pointer = ctypes.c_void_p()
         self.check(self.lib.cudaMalloc(ctypes.byref(pointer), nbytes), "cudaMalloc")
         self.check(self.lib.cudaMemset(pointer, 0, nbytes), "cudaMemset")
-        return int(pointer.value)
+        return pointer.value or 0  # ctypes reads a NULL pointer as None
 
     def ipc_handle(self, pointer: int) -> bytes:
         handle = self.IpcHandle()
@@ -165,7 +165,7 @@ class CudaRuntime:
         ctypes.memmove(ctypes.addressof(handle), raw, 64)
         pointer = ctypes.c_void_p()
         self.check(self.lib.cudaIpcOpenMemHandle(ctypes.byref(pointer), handle, 1), "cudaIpcOpenMemHandle")
-        return int(pointer.value)
+        return pointer.value or 0  # ctypes reads a NULL pointer as None
 
     def free(self, pointer: int) -> None:
         self.lib.cudaFree(ctypes.c_void_p(pointer))

@@ -256,6 +256,7 @@ class ReferenceEngine:
             return
         from memprobe.measure import communicators
 
+        assert self.torch_device is not None  # set with the CUDA context, for every device but cpu
         self.current = (group.name, kind)
         if kind == PYNCCL:
             self.pynccl[group.name] = communicators.PyNccl(self.cpu_groups[group.name], ranks, self.torch_device)

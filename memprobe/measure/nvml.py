@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+if TYPE_CHECKING:  # typing.TypeIs is Python 3.13's; the checker reads it from typing_extensions
+    from typing_extensions import TypeIs
+
+T = TypeVar("T")
 
 
 class NotAvailable:
@@ -32,7 +37,7 @@ class NotAvailable:
 NA = NotAvailable()
 
 
-def is_available(value: Any) -> bool:
+def is_available(value: T | NotAvailable) -> TypeIs[T]:
     return not isinstance(value, NotAvailable)
 
 

@@ -25,12 +25,15 @@ import contextlib
 import functools
 import inspect
 import os
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from memprobe.measure.rendezvous import INIT_METHOD
 from memprobe.model.layout import GroupPlan, Layout
 from memprobe.model.records import StepStatus
 from memprobe.model.steps import GROUP_INIT_STEPS
+
+if TYPE_CHECKING:
+    from memprobe.measure.engine import ReferenceEngine
 
 
 def forced_flags(stack: Any, group_name: str) -> dict[str, bool]:
@@ -223,10 +226,10 @@ class GroupHooks:
             ps.init_model_parallel_group, pynccl_module.PyNcclCommunicator, car.dispatch_custom_allreduce = originals
 
 
-def make_sglang_engine(base: type) -> type:
+def make_sglang_engine(base: type[ReferenceEngine]) -> type[ReferenceEngine]:
     """The SGLang engine as a subclass of the reference engine (imported lazily: torch lives there)."""
 
-    class SGLangEngine(base):  # type: ignore[misc, valid-type]
+    class SGLangEngine(base):  # type: ignore[misc, valid-type]  # a base given at run time (torch loads lazily)
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             # Import SGLang before the first reading, so that its import cost (host memory only)

@@ -246,7 +246,7 @@ def event_from_dict(data: Any) -> WorkerEvent:
     if not isinstance(data, dict):
         raise MalformedEvent(f"an event is a JSON object, not {type(data).__name__}")
     try:
-        kind = EventKind(data.get("type"))
+        kind = EventKind(data.get("type", ""))
     except ValueError:
         raise MalformedEvent(f"unknown event type {data.get('type')!r}") from None
     # a line without a stamp (none the worker writes) reads as time 0, never as "now"

@@ -34,8 +34,8 @@ EventsByRank = dict[int, list[WorkerEvent]]
 
 
 def _slowest(events_by_rank: EventsByRank, match: Callable[[WorkerEvent], bool]) -> float | None:
-    stamps = [next((e.time for e in events if match(e)), None) for events in events_by_rank.values()]
-    stamps = [stamp for stamp in stamps if stamp is not None]
+    firsts = [next((e.time for e in events if match(e)), None) for events in events_by_rank.values()]
+    stamps = [stamp for stamp in firsts if stamp is not None]
     return max(stamps) if stamps else None
 
 

@@ -297,7 +297,8 @@ def headline_groups(summaries: list[ScenarioSummary]) -> tuple[list[str], list[s
     unknown, and the totals show n/a for that rank anyway); anything with a communicator,
     width > 1 or a non-zero value keeps its column.
     """
-    shown, folded = [], []
+    shown: list[str] = []
+    folded: list[str] = []
     for name in built_group_names(summaries):
         keep = False
         for summary in summaries:

@@ -79,5 +79,5 @@ def _largest_steps(checked: list[RunCheck], stream: TextIO) -> None:
         print("every step of every checked run: estimated to the byte", file=stream)
         return
     print("largest step errors (estimated minus measured):", file=stream)
-    for (group, step), (error, result, rank) in sorted(shown, key=lambda item: -abs(item[1][0]))[:12]:
-        print(f"  {group or '-'}/{step}: {mib(error, signed=True)} {UNIT} (rank {rank} of {result.path})", file=stream)
+    for (group, step_name), (error, result, rank) in sorted(shown, key=lambda item: -abs(item[1][0]))[:12]:
+        print(f"  {group or '-'}/{step_name}: {mib(error, signed=True)} {UNIT} (rank {rank} of {result.path})", file=stream)

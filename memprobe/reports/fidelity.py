@@ -84,7 +84,8 @@ def _release_partner(item: ScenarioRun, comparison: Comparison) -> list[Scenario
     candidates = [other for other in comparison.runs if other.scenario.engine == "memprobe"
                   and other.scenario.layout == item.scenario.layout and other.scenario.resolved_stack is not None
                   and all(other.scenario.resolved_stack.flags_for(group).pynccl == wanted for group in own)]
-    return sorted(candidates, key=lambda other: other.scenario.resolved_stack.custom_allreduce_impl != layout)
+    return sorted(candidates, key=lambda other: other.scenario.resolved_stack is None
+                  or other.scenario.resolved_stack.custom_allreduce_impl != layout)
 
 
 def pairs(comparison: Comparison) -> list[tuple[ScenarioRun, ScenarioRun]]:

@@ -53,8 +53,9 @@ def _add_start_parts(summaries: list[ScenarioSummary]) -> None:
         step_parts = [value for key, value in worst.parts.items()
                       if key in ("cuda_context", "world", "unattributed") or key.endswith("/first_use")
                       or key.rsplit("/", 1)[-1] in GROUP_INIT_STEPS]
-        if all(value is not None for value in step_parts):
-            worst.parts[AT_START] = worst.total_after_first_use - sum(step_parts)
+        known = [value for value in step_parts if value is not None]
+        if len(known) == len(step_parts):
+            worst.parts[AT_START] = worst.total_after_first_use - sum(known)
 
 
 def _segments(summaries: list[ScenarioSummary], palette: list[str]) -> list[Segment]:

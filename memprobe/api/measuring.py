@@ -1,0 +1,193 @@
+"""run and compare: scenarios measured with real torchrun workers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from memprobe.api.options import CompareOptions, LaunchOptions, RunOptions, options_of
+from memprobe.api.scenarios import check_choices, distinct, headline, layout_of, stack_names
+from memprobe.errors import UsageError
+
+if TYPE_CHECKING:
+    from memprobe.model.comparison import Comparison, ScenarioRun
+    from memprobe.model.scenario import Scenario, ScenarioSet
+
+__all__ = ["compare", "gathered_elsewhere", "measure", "run"]
+
+
+def run(options: Optional[RunOptions] = None, **fields_: Any) -> "ScenarioRun":
+    """Measure one layout with real torchrun workers: per group and step, the bytes each rank added.
+
+    Writes ``readings.csv`` and ``run.json`` under ``launch.out_dir`` (the result's ``run.path``).
+    With ``launch=LaunchOptions(device="cpu")`` the same pipeline runs on gloo with host-RSS readings.
+
+    >>> measured = run(tp=2, ep=2, launch=LaunchOptions(device="cpu", out_dir=tmp_path, progress=False))
+    >>> measured.run.record.status
+    'complete'
+    """
+    from memprobe.launch.prepare import new_run_dir, preflight
+    from memprobe.launch.progress import Progress
+    from memprobe.launch.several import run_scenario
+    from memprobe.model.comparison import ScenarioRun
+    from memprobe.verbosity import detail
+
+    conf = options_of(RunOptions, options, fields_)
+    scenario = _run_scenario(conf)
+    launch = conf.launch
+    check_out_dir(launch.out_dir)
+    preflight([scenario], launch)
+    run_dir = launch.out_dir / launch.run_id if launch.run_id else new_run_dir(launch.out_dir, scenario.name)
+    if run_dir.exists():
+        raise UsageError(f"run folder {run_dir} already exists; choose another --run-id")
+    detail(f"memprobe: measuring {scenario.name} on --device {launch.device} into {run_dir}")
+    with Progress(enabled=launch.progress) as progress:
+        result = run_scenario(scenario, launch, run_dir, progress=progress, command=_command_line())
+    return ScenarioRun(scenario=scenario, run=result)
+
+
+def _run_scenario(conf: RunOptions) -> Any:
+    from memprobe.model.scenario import Scenario, parse_env_assignments, stack_label
+    from memprobe.model.stacks import resolve_stack
+
+    layout = layout_of(conf.tp, conf.ep, conf)
+    check_choices(warmup=conf.warmup, env_preset=conf.env_preset, engine=conf.engine)
+    chosen = resolve_stack(conf.stack)
+    sglang = conf.sglang
+    if sglang:
+        from memprobe.measure.sglang_install import check_site
+
+        if conf.engine != "sglang":
+            raise UsageError("--sglang needs --engine sglang")
+        sglang = check_site(sglang)
+    suffix = "" if conf.engine == "memprobe" else f".{conf.engine}"
+    return Scenario(name=f"{layout.slug()}-{stack_label(conf.stack, chosen.name)}{suffix}", layout=layout,
+                    stack=conf.stack, env_preset=conf.env_preset, env=parse_env_assignments(conf.env),
+                    warmup=conf.warmup, engine=conf.engine, sglang=sglang)
+
+
+def compare(options: Optional[CompareOptions] = None, **fields_: Any) -> "Comparison":
+    """Measure --tp T against --tp T --ep E with each stack (or a scenario file's scenarios), each in clean processes.
+
+    >>> comparison = compare(tp=2, ep=2, launch=LaunchOptions(device="cpu", out_dir=tmp_path, progress=False))
+    >>> comparison.names()
+    ['tp2', 'tp2-ep2-full', 'tp2-ep2-lean']
+    """
+    conf = options_of(CompareOptions, options, fields_)
+    scenario_set = compare_scenarios(conf)
+    check_out_dir(conf.launch.out_dir)
+    return measure(scenario_set, conf.launch, jobs=conf.jobs)
+
+
+def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
+    """The scenarios :func:`compare` measures, checked; notes (repeats, NCCL settings gloo ignores) on stderr."""
+    from memprobe.model.scenario import ENGINES, load_scenario_file, parse_env_assignments, with_engines, with_env
+
+    check_choices(warmup=conf.warmup, env_preset=conf.env_preset)
+    if conf.jobs < 0:
+        raise UsageError(f"--jobs must be 0 (auto) or more, got {conf.jobs}")
+    extra_env = parse_env_assignments(conf.env)
+    sglang_sites = _sglang_sites(conf.sglang)
+    if conf.scenarios is not None:
+        _refuse_ignored_with_file(conf, sglang_sites)
+        scenario_set = with_env(load_scenario_file(conf.scenarios), extra_env)
+    else:
+        scenario_set = _compare_headline(conf, extra_env, sglang_sites)
+    engines = list(dict.fromkeys(e.strip() for e in conf.engine.split(",") if e.strip()))
+    if not engines or any(e not in ENGINES for e in engines):
+        raise UsageError(f"--engine {conf.engine!r}: use memprobe, sglang or memprobe,sglang")
+    scenario_set = with_engines(scenario_set, engines)
+    _note_nccl_settings_on_cpu(scenario_set, conf.launch.device)
+    return scenario_set
+
+
+def _sglang_sites(items: Sequence[str]) -> list[tuple[str, str]]:
+    from memprobe.measure.sglang_install import check_site
+    from memprobe.model.scenario import parse_sglang_sites
+
+    return [(label, check_site(path, f"--sglang {label}={path}")) for label, path in parse_sglang_sites(list(items))]
+
+
+def _refuse_ignored_with_file(conf: CompareOptions, sglang_sites: list[tuple[str, str]]) -> None:
+    """A scenario file sets each scenario's layout, stacks, warm-up, preset and SGLang: the options for them
+    are refused with it unless left at their defaults (CompareOptions' own)."""
+    given = ("tp", "ep", "pp", "moe_dp", "attn_dp", "attn_cp", "stacks", "baseline_tp", "warmup", "env_preset")
+    defaults = CompareOptions()
+    ignored = [name for name in given if getattr(conf, name) != getattr(defaults, name)]
+    if sglang_sites:
+        ignored.append("sglang")
+    if ignored:
+        options = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise UsageError(f"--scenarios FILE sets each scenario's layout, stacks, warm-up, preset and SGLang; {options} "
+                         f"would be ignored with it: put them in the file (per scenario or under [defaults])")
+
+
+def _compare_headline(conf: CompareOptions, env: dict[str, str], sglang_sites: list[tuple[str, str]]) -> "ScenarioSet":
+    """--tp T as the baseline, the MoE layout once per stack and SGLang installation; repeats dropped with a note."""
+    tp = conf.tp if conf.tp is not None else _default_tp(conf.launch)
+    ep = conf.ep if conf.ep is not None else max(1, tp // 2)
+    scenario_set = headline(conf, tp, ep, stack_names(conf.stacks), env, sglang_sites)
+    if conf.tp is None:
+        print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
+    return distinct(scenario_set)
+
+
+def _default_tp(launch: LaunchOptions) -> int:
+    if launch.device == "cpu":
+        return 4
+    from memprobe.launch.options import worker_environment
+    from memprobe.launch.prepare import visible_gpu_count
+    from memprobe.model.layout import Layout
+    from memprobe.model.scenario import Scenario
+
+    count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=Layout(tp=1)), launch))
+    if count == 0:
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu or give --tp")
+    return count
+
+
+def _note_nccl_settings_on_cpu(scenario_set: "ScenarioSet", device: str) -> None:
+    settings = sorted({key for s in scenario_set.scenarios for key in s.env if key.startswith(("NCCL_", "TORCH_NCCL_"))})
+    if device == "cpu" and settings:
+        one = len(settings) == 1
+        print(f"memprobe: note: --device cpu builds gloo groups only: {', '.join(settings)} "
+              f"{'changes' if one else 'change'} nothing there (scenarios that differ only in "
+              f"{'it' if one else 'them'} differ by host-memory noise)", file=sys.stderr)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    from memprobe.launch.prepare import check_out_dir as check
+
+    check(out_dir)
+
+
+def measure(scenario_set: "ScenarioSet", launch: LaunchOptions, jobs: int = 0) -> "Comparison":
+    """Run a scenario set with progress on stderr (a bar on a terminal, sparse lines in CI logs)."""
+    from memprobe.launch.progress import Progress
+    from memprobe.launch.several import run_scenarios
+    from memprobe.verbosity import detail
+
+    detail(f"memprobe: measuring {', '.join(s.name for s in scenario_set.scenarios)} on --device {launch.device}, "
+           f"run folders under {launch.out_dir}")
+    with Progress(enabled=launch.progress) as progress:
+        return run_scenarios(scenario_set, launch, progress=progress, command=_command_line(), jobs=jobs)
+
+
+def gathered_elsewhere(runs: "Sequence[ScenarioRun]") -> bool:
+    """Whether another node gathered these runs' readings (torchrun across nodes: node 0 gathers them);
+    if so, says on stderr where they are and what this node kept, per run."""
+    if not any(item.run.record.results_at is not None for item in runs):
+        return False
+    for item in runs:
+        where = item.run.record.results_at or {}
+        ranks = sorted({info.rank for info in item.run.record.ranks} | set(item.run.ranks))
+        print(f"memprobe: {item.scenario.name}: this node's ranks {ranks[0]}-{ranks[-1]} finished; the gathered results "
+              f"are on host {where.get('host', '?')} in {where.get('folder', '?')}; this node kept its ranks' streams in "
+              f"{item.run.path}", file=sys.stderr)
+    return True
+
+
+def _command_line() -> list[str]:
+    """What run.json records as the command that made it: ``memprobe`` and this process's arguments."""
+    return ["memprobe", *sys.argv[1:]]

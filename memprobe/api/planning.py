@@ -1,0 +1,160 @@
+"""plan and estimate: the groups of a layout, and what they would cost, from NCCL's rules and a calibration (no GPU,
+nothing measured); check_estimate sets the estimate beside measured runs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from memprobe.api.measuring import measure
+from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, options_of
+from memprobe.api.results import Plan
+from memprobe.api.scenarios import check_choices, distinct, headline, layout_of, stack_names
+from memprobe.errors import MeasurementError, MemprobeError, OptionTypeError, UsageError
+from memprobe.fields import as_path
+
+if TYPE_CHECKING:
+    from memprobe.estimate.calibration import Calibration
+    from memprobe.estimate.check import RunCheck
+    from memprobe.model.comparison import Comparison
+    from memprobe.model.scenario import ScenarioSet
+
+__all__ = ["check_estimate", "estimate", "estimated", "plan"]
+
+
+def plan(options: Optional[PlanOptions] = None, **fields_: Any) -> Plan:
+    """Every group SGLang 0.5.23 builds for a layout, and the stack's communicators; nothing is launched.
+
+    >>> p = plan(tp=8, ep=4)
+    >>> [g.name for g in p.groups.groups][:2]
+    ['world', 'tp']
+    """
+    from memprobe.model.layout import plan_groups
+    from memprobe.model.stacks import resolve_stack
+
+    conf = options_of(PlanOptions, options, fields_)
+    layout = layout_of(conf.tp, conf.ep, conf)
+    stack = resolve_stack(conf.stack)
+    return Plan(groups=plan_groups(layout), stack=stack)
+
+
+def estimate(options: Optional[EstimateOptions] = None, **fields_: Any) -> "Comparison":
+    """compare's scenarios estimated from NCCL's rules and a one-GPU calibration: no GPU, nothing measured.
+
+    Every run of the result is marked as an estimate (``is_estimate``); never treat it as a measurement.
+
+    >>> comparison = estimate(tp=8, ep=4, stacks="lean")
+    >>> comparison.names()
+    ['tp8', 'tp8-ep4-lean']
+    """
+    from memprobe.estimate.calibration import find_calibration
+
+    conf = options_of(EstimateOptions, options, fields_)
+    check_choices(warmup=conf.warmup, env_preset=conf.env_preset, engine=conf.engine)
+    calibration = find_calibration(conf.gpu, conf.calibration)
+    scenario_set = _estimate_scenarios(conf)
+    return estimated(scenario_set, calibration, conf.gpus_per_node, conf.nnodes, progress=conf.progress)
+
+
+def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
+    from memprobe.model.scenario import load_scenario_file, parse_env_assignments, with_env
+
+    extra_env = parse_env_assignments(conf.env)
+    if conf.scenarios is not None:
+        if conf.tp is not None or conf.ep is not None:
+            raise UsageError("--scenarios FILE sets each scenario's layout; --tp/--ep would be ignored with it")
+        scenario_set = with_env(load_scenario_file(conf.scenarios), extra_env)
+    else:
+        if conf.tp is None:
+            raise UsageError("memprobe estimate needs --tp (or --scenarios FILE, or --check RUN)")
+        names = stack_names(conf.stacks)
+        if conf.engine == "sglang":
+            names = ["lean"]  # one MoE scenario: SGLang's own flags replace the stack below
+        scenario_set = distinct(headline(conf, conf.tp, conf.ep if conf.ep is not None else max(1, conf.tp // 2),
+                                           names, extra_env))
+    if conf.engine == "sglang":
+        scenario_set = _on_sglang(scenario_set, str(conf.sglang) if conf.sglang else "")
+    return scenario_set
+
+
+def _on_sglang(scenario_set: "ScenarioSet", site: str) -> "ScenarioSet":
+    """Every scenario on real SGLang (its own flags: stack installed), as ``--engine sglang`` measures it."""
+    from memprobe.measure.sglang_install import check_site
+    from memprobe.model.scenario import ScenarioSet
+    from memprobe.model.stacks import resolve_stack
+
+    site = check_site(site, f"--sglang {site}") if site else ""
+    names = {s.name: f"{s.layout.slug()}.sglang" for s in scenario_set.scenarios}
+    installed = resolve_stack("installed")
+    renamed = {names[s.name]: replace(s, name=names[s.name], engine="sglang", sglang=site, stack="installed",
+                                      resolved_stack=installed) for s in scenario_set.scenarios}
+    return ScenarioSet(scenarios=tuple(renamed.values()), baseline=names[scenario_set.baseline])
+
+
+def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_node: Optional[int],
+              nnodes: Optional[int], progress: bool = False) -> "Comparison":
+    """Every scenario estimated (estimate, gate and baseline with ``estimate``); scenarios on real SGLang
+    first learn its flags from a --device cpu run of it."""
+    from memprobe.estimate.comparison import estimate_comparison
+
+    on_sglang = any(scenario.engine == "sglang" for scenario in scenario_set.scenarios)
+    sglang_runs = _sglang_flags_runs(scenario_set, progress) if on_sglang else None
+    return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs)
+
+
+def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool) -> dict[str, Any]:
+    """A --device cpu run of each scenario on real SGLang: the flags its groups were built with."""
+    import tempfile
+
+    from memprobe.model.scenario import ScenarioSet
+
+    on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine == "sglang")
+    with tempfile.TemporaryDirectory(prefix="memprobe-estimate-") as folder:
+        options = LaunchOptions(device="cpu", out_dir=Path(folder), progress=progress)
+        try:
+            comparison = measure(ScenarioSet(scenarios=on_sglang, baseline=on_sglang[0].name), options)
+        except MeasurementError as error:  # its folder goes with the temporary one: say what failed here
+            raise MeasurementError(f"the --device cpu run of SGLang that tells its groups' flags failed: "
+                                   f"{_first_failure(Path(folder)) or error}") from None
+        return {item.scenario.name: item.run for item in comparison.runs}
+
+
+def _first_failure(folder: Path) -> str:
+    from memprobe.model.records import load_run
+
+    for record in sorted(folder.rglob("run.json")):
+        try:
+            failure = load_run(record.parent).record.failure
+        except MemprobeError:
+            continue
+        if failure is not None:
+            last = failure.last_lines[-1].strip() if failure.last_lines else ""
+            return failure.describe() + (f"; last line: {last}" if last else "")
+    return ""
+
+
+def check_estimate(paths: "Sequence[str | os.PathLike[str]] | str | os.PathLike[str]", gpu: Optional[str] = None,
+                   calibration: "Optional[str | os.PathLike[str]]" = None) -> list["RunCheck"]:
+    """The estimate of every measured run under ``paths`` beside its measurement, per rank and step.
+
+    ``paths``: folders, or one folder. Each run is estimated with the calibration of its GPU model (``gpu`` or
+    ``calibration``: that one for all).
+    A result's ``within`` says whether every total is inside max(2 %, 16 MiB); ``skipped`` why it was not checked.
+
+    >>> results = check_estimate(["results/h200x4-20261127/compare-tp4-ep2"])
+    >>> all(r.within for r in results if not r.skipped)
+    True
+    """
+    from memprobe.estimate.calibration import find_calibration, load_calibration, packaged_calibrations
+    from memprobe.estimate.check import check_run, measured_runs
+
+    folders = [as_path(path, "check_estimate: a run folder")
+               for path in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    if gpu is not None and not isinstance(gpu, str):
+        raise OptionTypeError(f"check_estimate: gpu must be a str, got {type(gpu).__name__}")
+    chosen = find_calibration(gpu, as_path(calibration, "check_estimate: calibration") if calibration is not None else None)
+    explicit = gpu is not None or calibration is not None
+    known = {c.gpu_model: c for c in ([chosen] if explicit else [load_calibration(p) for p in packaged_calibrations()])}
+    return [check_run(where, measured, known.get) for where, measured in measured_runs(folders)]
