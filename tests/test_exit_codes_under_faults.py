@@ -352,15 +352,13 @@ def test_an_option_is_blamed_by_its_own_name(capsys, args, message):
 
 
 def test_the_run_that_learns_sglangs_flags_gets_the_timeout_and_names_no_deleted_folder(tmp_path, monkeypatch, capsys):
-    from memprobe import api
-
     seen = []
 
     def interrupted(scenario_set, options):
         seen.append(options.timeout_s)
         raise Interrupted(signal.SIGINT, run_dir=str(options.out_dir / "run"))
 
-    monkeypatch.setattr(api, "measure", interrupted)
+    monkeypatch.setattr("memprobe.api.planning.measure", interrupted)  # the learning run's launch
     monkeypatch.setattr("memprobe.measure.sglang_install.check_site", lambda site, *args: str(site))
     monkeypatch.setenv("MEMPROBE_TIMEOUT", "7")
     assert main(["estimate", "--tp", "2", "--engine", "sglang", "--sglang", str(tmp_path)]) == 130

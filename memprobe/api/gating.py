@@ -54,6 +54,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
         sglang = check_site(sglang)
     if conf.estimate and conf.results is not None:
         raise UsageError("--estimate estimates the baseline's scenarios again; --results judges saved runs: give one")
+    _refuse_device_with_estimate(conf.estimate, conf.launch.device)
     calibration = _baseline_calibration(baseline, selected, conf.calibration) if conf.estimate else None
     if conf.results is None:
         check_device_matches(baseline, selected, "estimate" if conf.estimate else conf.launch.device)
@@ -80,7 +81,7 @@ def _gate_comparison(conf: GateOptions, baseline: "Baseline", selected: list[str
         return comparison
     scenario_set = with_sglang(baseline.scenario_set(selected), sglang)
     if conf.estimate:
-        return _estimated_as_recorded(baseline, selected, scenario_set, calibration)
+        return _estimated_as_recorded(baseline, selected, scenario_set, calibration, conf.launch.timeout_s)
     comparison = measure(scenario_set, conf.launch)
     if gathered_elsewhere(comparison.runs):
         return None
@@ -134,6 +135,12 @@ def _load_results(path: Path) -> "Comparison":
         raise MeasurementError(f"results {path}: {error}") from None
 
 
+def _refuse_device_with_estimate(estimate: bool, device: str) -> None:
+    """--estimate makes GPU memory from NCCL's rules; --device cpu would ask for host memory measured: never both."""
+    if estimate and device != "cuda":
+        raise UsageError(f"--estimate estimates GPU memory; --device {device} measures another kind: give one")
+
+
 def check_device_matches(baseline: "Baseline", selected: list[str], device: str) -> None:
     """A baseline of GPU memory cannot judge host memory, nor an estimate a measurement: say so before measuring.
     ``device`` "estimate" stands for ``--estimate``."""
@@ -167,7 +174,7 @@ def _baseline_calibration(baseline: "Baseline", selected: list[str], path: Optio
 
 
 def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_set: "ScenarioSet",
-                           calibration: "Calibration") -> "Comparison":
+                           calibration: "Calibration", timeout_s: float) -> "Comparison":
     """The baseline's scenarios estimated on the topology the baseline recorded (GPUs per node, nodes)."""
     keys = [baseline.scenarios[name].environment_key for name in selected]
     gpus = {key.get("gpu_count") for key in keys}
@@ -175,7 +182,7 @@ def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_s
     if len(gpus) > 1 or len(nodes) > 1:
         raise UsageError(f"the selected baseline scenarios were estimated on different nodes ({sorted(map(str, gpus))} GPUs "
                          f"per node); gate them one at a time with --scenario")
-    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop())
+    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop(), timeout_s=timeout_s)
 
 
 # ------------------------------------------------------------------------------------------- baseline
@@ -191,7 +198,7 @@ def make_baseline(options: Optional[BaselineOptions] = None, **fields_: Any) -> 
     >>> update.created, update.changed
     (True, True)
     """
-    from memprobe.gate.baseline import write_baseline
+    from memprobe.gate.baseline import baseline_lock, load_baseline, write_baseline
     from memprobe.gate.update import changes, new_document
 
     conf = options_of(BaselineOptions, options, fields_)
@@ -199,12 +206,14 @@ def make_baseline(options: Optional[BaselineOptions] = None, **fields_: Any) -> 
     if comparison is None:
         assert scenario_set is not None
         if conf.estimate:
-            comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None)
+            comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None, timeout_s=conf.launch.timeout_s)
         else:
             comparison = measure(scenario_set, conf.launch)
-    document, notes = new_document(comparison, existing, keep_others=bool(conf.scenarios))
-    changed_lines = changes(existing.document if existing else None, document)
-    changed = write_baseline(conf.out, document)
+    with baseline_lock(conf.out):  # another update of this file may have written it since: merge with what it holds now
+        existing = load_baseline(conf.out) if conf.out.exists() else None
+        document, notes = new_document(comparison, existing, keep_others=bool(conf.scenarios))
+        changed_lines = changes(existing.document if existing else None, document)
+        changed = write_baseline(conf.out, document)
     return BaselineUpdate(path=conf.out, document=document, changed=changed, created=existing is None,
                           changes=changed_lines, notes=notes)
 
@@ -233,6 +242,7 @@ def _baseline_inputs(conf: BaselineOptions) -> tuple[Any, Any, Any, Any]:
         scenario_set = existing.scenario_set(wanted or None)
     if conf.estimate and conf.from_dir is not None:
         raise UsageError("--estimate estimates the scenarios; --from takes saved runs: give one")
+    _refuse_device_with_estimate(conf.estimate, conf.launch.device)
     if comparison is None and existing is not None:
         check_device_matches(existing, existing.names(), "estimate" if conf.estimate else conf.launch.device)
     calibration = find_calibration(None, conf.calibration) if conf.estimate else None

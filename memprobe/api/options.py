@@ -106,6 +106,7 @@ class EstimateOptions(Widths, Workers):
     engine: str = "memprobe"
     sglang: Optional[Path] = None
     progress: bool = True  # of the --device cpu run that learns real SGLang's flags (engine sglang)
+    timeout_s: float = LaunchOptions.timeout_s  # of that run: the longest a rank may go without a sign of life
 
 
 @dataclass(frozen=True, kw_only=True)

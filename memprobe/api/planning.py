@@ -12,7 +12,7 @@ from memprobe.api.measuring import measure
 from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, options_of
 from memprobe.api.results import Plan
 from memprobe.api.scenarios import check_choices, distinct, headline, layout_of, stack_names
-from memprobe.errors import MeasurementError, MemprobeError, OptionTypeError, UsageError
+from memprobe.errors import Interrupted, MeasurementError, MemprobeError, OptionTypeError, UsageError
 from memprobe.fields import as_path
 
 if TYPE_CHECKING:
@@ -55,7 +55,8 @@ def estimate(options: Optional[EstimateOptions] = None, **fields_: Any) -> "Comp
     check_choices(warmup=conf.warmup, env_preset=conf.env_preset, engine=conf.engine)
     calibration = find_calibration(conf.gpu, conf.calibration)
     scenario_set = _estimate_scenarios(conf)
-    return estimated(scenario_set, calibration, conf.gpus_per_node, conf.nnodes, progress=conf.progress)
+    return estimated(scenario_set, calibration, conf.gpus_per_node, conf.nnodes, progress=conf.progress,
+                     timeout_s=conf.timeout_s)
 
 
 def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
@@ -94,17 +95,18 @@ def _on_sglang(scenario_set: "ScenarioSet", site: str) -> "ScenarioSet":
 
 
 def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_node: Optional[int],
-              nnodes: Optional[int], progress: bool = False) -> "Comparison":
+              nnodes: Optional[int], progress: bool = False,
+              timeout_s: float = LaunchOptions.timeout_s) -> "Comparison":
     """Every scenario estimated (estimate, gate and baseline with ``estimate``); scenarios on real SGLang
-    first learn its flags from a --device cpu run of it."""
+    first learn its flags from a --device cpu run of it (``timeout_s``: its ranks' longest silence)."""
     from memprobe.estimate.comparison import estimate_comparison
 
     on_sglang = any(scenario.engine == "sglang" for scenario in scenario_set.scenarios)
-    sglang_runs = _sglang_flags_runs(scenario_set, progress) if on_sglang else None
+    sglang_runs = _sglang_flags_runs(scenario_set, progress, timeout_s) if on_sglang else None
     return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs)
 
 
-def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool) -> dict[str, Any]:
+def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: float) -> dict[str, Any]:
     """A --device cpu run of each scenario on real SGLang: the flags its groups were built with."""
     import tempfile
 
@@ -112,9 +114,11 @@ def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool) -> dict[str,
 
     on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine == "sglang")
     with tempfile.TemporaryDirectory(prefix="memprobe-estimate-") as folder:
-        options = LaunchOptions(device="cpu", out_dir=Path(folder), progress=progress)
+        options = LaunchOptions(device="cpu", out_dir=Path(folder), progress=progress, timeout_s=timeout_s)
         try:
             comparison = measure(ScenarioSet(scenarios=on_sglang, baseline=on_sglang[0].name), options)
+        except Interrupted as interrupt:  # its readings go with the temporary folder: name none
+            raise Interrupted(interrupt.signal_number) from None
         except MeasurementError as error:  # its folder goes with the temporary one: say what failed here
             raise MeasurementError(f"the --device cpu run of SGLang that tells its groups' flags failed: "
                                    f"{_first_failure(Path(folder)) or error}") from None

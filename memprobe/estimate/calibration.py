@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memprobe.errors import DamagedInput, UsageError
+
+if TYPE_CHECKING:  # typing.TypeIs is Python 3.13's; the checker reads it from typing_extensions
+    from typing_extensions import TypeIs
 
 CALIBRATION_SCHEMA = 1
 KIND = "memprobe-calibration"
@@ -128,7 +131,7 @@ def _check_fields(document: dict[str, Any], path: Path) -> None:
         raise fail("points holds NCCL_CUMEM_ENABLE=" + str(int(points[0]["cumem"])) + " twice")
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeIs[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
