@@ -9,7 +9,7 @@ from typing import Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ATTN_CP, ATTN_DP, ENV_OPT, ENV_PRESET, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, option,
+    ALL_RANKS, ATTN_CP, ATTN_DP, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, option,
 )
 from memprobe.commands.output import check_exports, render_and_export
 from memprobe.errors import ExitCode, UsageError
@@ -41,7 +41,7 @@ def estimate(
     check: list[Path] = option([], "--check", env="ESTIMATE_CHECK", metavar="RUN_OR_COMPARISON",
                                      help="Set the estimate beside measured runs (folders of runs are searched), per rank and step; "
                                           "exit 1 if a total is off by more than max(2 %, 16 MiB). Repeatable."),
-    per_rank: bool = PER_RANK, quiet: bool = QUIET, verbose: bool = VERBOSE,
+    per_rank: bool = PER_RANK, all_ranks: bool = ALL_RANKS, json_schema: int = JSON_SCHEMA, quiet: bool = QUIET, verbose: bool = VERBOSE,
     csv_path: Optional[Path] = option(None, "--csv", env="ESTIMATE_CSV", help="Long CSV, as compare's (estimated)."),
     summary_csv: Optional[Path] = option(None, "--summary-csv", env="ESTIMATE_SUMMARY_CSV", help="One row per scenario and rank."),
     json_path: Optional[Path] = option(None, "--json", env="ESTIMATE_JSON", help="compare's JSON schema plus a top-level \"estimate\" marker."),
@@ -61,7 +61,7 @@ def estimate(
     Exit codes: 0 done, 1 a --check total off by more than the bound, 2 bad input (nothing estimated or written),
     3 --check found no run it could check.
     """
-    check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    check_exports(csv_path, summary_csv, json_path, markdown, plot_path, json_schema)
     if check:
         api.check_choices(warmup=warmup, env_preset=env_preset, engine=engine)
         ignored = [option for option, value in (("--tp", tp), ("--ep", ep), ("--scenarios", scenarios), ("--csv", csv_path),
@@ -75,7 +75,8 @@ def estimate(
                               baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                               env=tuple(env), gpus_per_node=gpus_per_node, nnodes=nnodes, gpu=gpu, calibration=calibration,
                               engine=engine, sglang=sglang, progress=not quiet)
-    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path,
+                      all_ranks=all_ranks, json_schema=json_schema)
     basis = comparison.runs[0].run.record.environment["estimate"]
     print(f"estimated (not measured) from {basis['rules']} and the calibration {basis['calibration']} "
           f"({basis['gpu_model']}, driver {basis['driver']}, torch {basis['torch']}); {basis['topology']}", file=sys.stdout)

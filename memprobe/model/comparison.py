@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memprobe.errors import DamagedInput, MeasurementError, UsageError
+from memprobe.model.comparison_json import load_comparison_json
 from memprobe.model.completeness import check_finished
 from memprobe.model.layout import Layout
 from memprobe.model.records import Run, RunStatus, atomic_write_text, load_run
@@ -77,7 +78,7 @@ def write_comparison_index(path: Path, comparison_id: str, scenario_set: Scenari
 
 
 def load_comparison(path: str | Path) -> Comparison:
-    """A comparison folder, or a single run folder (a comparison of one scenario).
+    """A comparison folder, a single run folder (a comparison of one scenario), or a comparison's JSON export.
 
     Raises:
         DamagedInput: a file contradicts itself or its record (a run that says complete lacks a rank or step).
@@ -86,6 +87,10 @@ def load_comparison(path: str | Path) -> Comparison:
         UsageError: not a run or comparison folder.
     """
     path = Path(path)
+    if path.suffix == ".json" and path.is_file():  # a comparison's JSON export (schema 1 or 2)
+        exported = load_comparison_json(path)
+        return Comparison(comparison_id=exported.comparison_id, baseline=exported.baseline,
+                          runs=[ScenarioRun(scenario, run) for scenario, run in exported.runs])
     index = path / COMPARISON_FILE
     if index.is_file():
         try:

@@ -303,21 +303,39 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     Raises :class:`OutputError` (one line) when it cannot: a full disk (ENOSPC from write or fsync), a
     read-only or vanished folder; the old file, if any, is left as it was and the temporary is removed."""
+    atomic_write_stream(path, lambda stream: stream.write(data))
+
+
+def atomic_write_lines(path: str | Path, lines: Iterable[str]) -> None:
+    """Write ``lines`` (text, each with its own line end) to ``path`` as they come, never the whole file in memory,
+    through a temporary file and a rename as :func:`atomic_write_bytes` does."""
+
+    def write(stream: Any) -> None:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=False)
+        text.writelines(lines)
+        text.flush()
+        text.detach()
+
+    atomic_write_stream(path, write)
+
+
+def atomic_write_stream(path: str | Path, write: Any) -> None:
+    """``write(binary stream)`` into a temporary file, then rename it to ``path`` (see :func:`atomic_write_bytes`)."""
     path = Path(path)
     try:
-        _write_through_temporary(path, data)
+        _write_through_temporary(path, write)
     except OSError as error:
         if isinstance(error, OutputError):
             raise
         raise OutputError(str(path), error) from None
 
 
-def _write_through_temporary(path: Path, data: bytes) -> None:
+def _write_through_temporary(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
