@@ -13,12 +13,13 @@ names a rank twice or names an unknown class (damaged input).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Callable
 
 from memprobe.errors import DamagedInput
 from memprobe.model.records import Reading, Run
 
-_ALL_BUT_RANK = tuple(f.name for f in fields(Reading) if f.name != "rank")
+_ALL_BUT_RANK = attrgetter(*(f.name for f in fields(Reading) if f.name != "rank"))
 
 
 @dataclass
@@ -99,7 +100,7 @@ def build_rank_table(run: Run) -> RankTable:
 
 
 def _reading_key(readings: list[Reading]) -> tuple:
-    return tuple(tuple(getattr(reading, name) for name in _ALL_BUT_RANK) for reading in readings)
+    return tuple(map(_ALL_BUT_RANK, readings))
 
 
 def rank_table(run: Run) -> RankTable:

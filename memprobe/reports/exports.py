@@ -371,12 +371,14 @@ _INFO_FIELDS = tuple(f.name for f in fields(RankInfo) if f.name != "rank")
 def _rank_info_by_class(table: Any, infos: dict[int, Any]) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
     """(per class: the rank-info fields all its ranks share; per field that differs within a class: every rank's
     value, in rank order)."""
-    varying = set()
+    varying: set[str] = set()
     for rank_class in table.classes:
         first = infos[rank_class.ranks[0]].__dict__
         for rank in rank_class.ranks[1:]:
             other = infos[rank].__dict__
-            varying.update(name for name in _INFO_FIELDS if name not in varying and other[name] != first[name])
+            for name in _INFO_FIELDS:
+                if name not in varying and other[name] != first[name]:
+                    varying.add(name)
     names = [name for name in _INFO_FIELDS if name in varying]
     shared = [{name: _plain(infos[rank_class.ranks[0]].__dict__[name]) for name in _INFO_FIELDS if name not in varying}
               for rank_class in table.classes]
