@@ -3,7 +3,8 @@
     python bench/exports_bench.py --repeats 3 --out results/bench-exports-NAME
 
 Each case runs ``python -m memprobe ...`` in a fresh process (exports into a temporary folder, removed after each run)
-and records the wall time and the process's peak resident memory (``wait4``'s ``ru_maxrss``). Targets:
+and records the wall time, its CPU time (user + system: less disturbed when the machine is shared) and the process's
+peak resident memory (``wait4``'s ``ru_maxrss``). Targets (on wall time):
 
 * ``estimate --tp 8 --pp 512 --ep 4`` (4096 ranks, three scenarios) with ``--json --csv --markdown``: under 2 s, and a
   JSON under 10 MB; ``--per-rank``: under 5 s;
@@ -70,8 +71,8 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
 
 
-def _once(arguments: list[str]) -> tuple[float, float, int | None]:
-    """(seconds, peak resident MiB, the JSON's bytes or None) of one whole process."""
+def _once(arguments: list[str]) -> tuple[float, float, int | None, float]:
+    """(seconds, peak resident MiB, the JSON's bytes or None, CPU seconds) of one whole process."""
     with tempfile.TemporaryDirectory(prefix="memprobe-bench-") as out:
         command = [sys.executable, "-m", "memprobe", *(a.replace("{out}", out) for a in arguments)]
         start = time.perf_counter()
@@ -82,7 +83,8 @@ def _once(arguments: list[str]) -> tuple[float, float, int | None]:
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"memprobe {' '.join(arguments)} exited {os.waitstatus_to_exitcode(status)}: {stderr[-300:]}")
         json_path = Path(out) / "e.json"
-        return elapsed, usage.ru_maxrss / 1024, json_path.stat().st_size if json_path.is_file() else None
+        size = json_path.stat().st_size if json_path.is_file() else None
+        return elapsed, usage.ru_maxrss / 1024, size, usage.ru_utime + usage.ru_stime
 
 
 def _versions() -> dict[str, str]:
@@ -123,7 +125,7 @@ def main() -> int:
                 continue
             arguments = [a.replace("{measured}", str(measured)) for a in arguments]
             runs = [_once(arguments) for _ in range(args.repeats)]
-            times, memory = [r[0] for r in runs], [r[1] for r in runs]
+            times, memory, cpu = [r[0] for r in runs], [r[1] for r in runs], [r[3] for r in runs]
             json_bytes = runs[-1][2]
             median = statistics.median(times)
             verdicts = [f"{'within' if median < seconds_target else 'OVER'} {seconds_target} s"]
@@ -132,10 +134,10 @@ def main() -> int:
             if json_target is not None and json_bytes is not None:
                 verdicts.append(f"JSON {json_bytes / 1e6:.1f} MB, {'within' if json_bytes < json_target * 1e6 else 'OVER'} "
                                 f"{json_target} MB")
-            lines.append(f"  {label}: median {median:.2f} s (min {min(times):.2f}, max {max(times):.2f}), peak "
-                         f"{max(memory):.0f} MiB; {'; '.join(verdicts)}")
+            lines.append(f"  {label}: median {median:.2f} s (min {min(times):.2f}, max {max(times):.2f}; CPU "
+                         f"{statistics.median(cpu):.2f} s), peak {max(memory):.0f} MiB; {'; '.join(verdicts)}")
             print(lines[-1], flush=True)
-            results["cases"][label] = {"arguments": [a if a != str(measured) else "MEASURED_4096" for a in arguments], "seconds": times, "median_s": median, "peak_mib": memory,
+            results["cases"][label] = {"arguments": [a if a != str(measured) else "MEASURED_4096" for a in arguments], "seconds": times, "median_s": median, "cpu_seconds": cpu, "peak_mib": memory,
                                        "json_bytes": json_bytes, "targets": {"seconds": seconds_target,
                                                                              "memory_mib": memory_target,
                                                                              "json_mb": json_target}}

@@ -1,7 +1,8 @@
 """Machine-readable exports of a comparison (CSV, JSON) and its GitHub Markdown summary.
 
-This is the reporting edge: the only module of memprobe that imports pandas. Byte columns use
-pandas' nullable ``Int64`` dtype, so a missing value is written as an empty CSV field and the
+This is the reporting edge: the only module of memprobe that imports pandas, and only for the DataFrames
+(:func:`long_dataframe`, :func:`summary_dataframe`): the CSV, JSON and Markdown files are written without it, so a
+command's exports do not pay pandas' import. Byte columns of the DataFrames use pandas' nullable ``Int64`` dtype, so a missing value is written as an empty CSV field and the
 others stay integers (a plain int column with one NaN would silently become float).
 
 Column contracts (stable; new columns are only ever appended):
@@ -36,9 +37,10 @@ import json
 import re
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 from memprobe.analysis.attribution import (
     charged_deltas, components_by_rank, rank_components, skipped_by_rank, skipped_keys, subtract, torch_cache,
@@ -80,6 +82,8 @@ _LONG_INT = ("rank", "sequence", "primary_bytes", "process_bytes", "device_used_
 
 
 def _typed(frame: pd.DataFrame, int_columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    import pandas as pd
+
     for column in int_columns:
         frame[column] = pd.array(frame[column].tolist(), dtype="Int64")
     return frame
@@ -115,6 +119,8 @@ def _class_long_rows(readings: list[Any]) -> list[list[Any]]:
 
 def long_dataframe(comparison: Comparison) -> pd.DataFrame:
     """Every reading of every scenario with the bytes it added (see the module docstring for columns)."""
+    import pandas as pd
+
     frame = pd.DataFrame.from_records(list(long_rows(comparison)), columns=list(LONG_COLUMNS))
     frame = _typed(frame, _LONG_INT)
     frame["elapsed_s"] = frame["elapsed_s"].astype("float64")
@@ -189,6 +195,8 @@ def summary_rows(comparison: Comparison) -> Iterator[list[Any]]:
 def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
     """One row per scenario and rank: the headline's numbers in bytes (see the module docstring)."""
     columns = summary_columns(comparison)
+    import pandas as pd
+
     frame = pd.DataFrame.from_records(list(summary_rows(comparison)), columns=columns)
     int_columns = [c for c in columns if c.endswith("_bytes") or c == "rank"]
     frame = _typed(frame, int_columns)
