@@ -138,7 +138,7 @@ def test_an_estimate_round_trips_with_its_classes(schema, tmp_path):
     comparison = api.estimate(tp=8, pp=8, ep=4)  # 64 ranks on 8 nodes
     path = tmp_path / "e.json"
     write_json(comparison, path, schema=schema)
-    again = load_comparison(path)
+    again = api.load(path)
     assert [item.run.record.source for item in again.runs] == ["estimated"] * 3
     assert _rendered(again, per_rank=True) == _rendered(comparison, per_rank=True)
     assert [r.__dict__ for r in again.runs[2].run.record.ranks] == [r.__dict__ for r in comparison.runs[2].run.record.ranks]

@@ -91,8 +91,8 @@ NCCL_LOG = option(LaunchOptions.nccl_log, "--nccl-log", env="NCCL_LOG",
 SPLIT = option(False, "--split", env="SPLIT",
                help="Also show every step's bytes split into torch's caching allocator (torch-reserved change) and the rest.")
 PER_RANK = option(False, "--per-rank", env="PER_RANK",
-                  help="Show every rank, not the worst rank and the spread; ranks that read alike share a row with "
-                       "their rank list (see --all-ranks).")
+                  help="Show every rank, not the worst rank and the spread; a comparison's table puts ranks that read "
+                       "alike in one row with their rank list (--all-ranks: a row each).")
 ALL_RANKS = option(False, "--all-ranks", env="ALL_RANKS",
                    help="With --per-rank: one row for every rank, even where ranks read alike.")
 JSON_SCHEMA = option(2, "--json-schema", env="JSON_SCHEMA", metavar="1|2",
