@@ -244,7 +244,8 @@ def test_csv_exports_carry_device_and_sampling_mode_and_every_format_leaves_skip
     assert skipped and {row["added_bytes"] for row in skipped} == {""}  # not measured: empty, not 0
     assert {row["cuda_context_bytes"] for row in summary_rows} == {""}
     document = json.loads((folder / "all.json").read_text())
-    tp2 = document["scenarios"][0]["components_by_rank"]["0"]
+    tp2_scenario = document["scenarios"][0]
+    tp2 = tp2_scenario["classes"][tp2_scenario["rank_classes"][0][2]]["components"]  # rank 0's class
     assert tp2["tp/pynccl"] is None and tp2["cuda_context"] is None  # null, as the CSVs leave it empty
     assert tp2["tp/groups_created"] is not None and tp2["total_after_first_use"] > 0
 

@@ -96,12 +96,13 @@ def test_compare_cpu_end_to_end_with_exports(cpu_compare):
     for name in ("long.csv", "summary.csv", "all.json", "table.md"):
         assert (tmp_path / name).stat().st_size > 0
     document = json.loads((tmp_path / "all.json").read_text())
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     from test_json_schemas import problems
 
     assert problems("comparison", document) == []  # docs/schema/comparison.schema.json, on two scenarios
     # --device cpu skips the CUDA context and every GPU communicator: listed as skipped, no bytes in the summary
-    assert "tp/pynccl" in document["scenarios"][0]["skipped_by_rank"]["0"]
+    first = document["scenarios"][0]
+    assert "tp/pynccl" in first["classes"][first["rank_classes"][0][2]]["skipped"]
     assert {row["cuda_context_bytes"] for row in csv.DictReader((tmp_path / "summary.csv").open())} == {""}
     assert "tp2-ep2-full" in result.stdout and "MiB" in result.stdout
     assert leftover_memprobe_processes(tmp_path) == []

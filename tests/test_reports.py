@@ -182,7 +182,20 @@ def test_compare_table_golden(comparison):
 
 
 def test_compare_table_per_rank_golden(comparison):
-    check_golden("compare_table_per_rank.txt", rendered(render_comparison, comparison, per_rank=True))
+    check_golden("compare_table_per_rank.txt", rendered(render_comparison, comparison, per_rank=True, all_ranks=True))
+
+
+def test_compare_table_per_rank_puts_alike_ranks_in_one_row(comparison):
+    """The synthetic ranks 0 and 2 read alike (in every scenario and the baseline): one row "0, 2", the rest as
+    --all-ranks shows them."""
+    text = rendered(render_comparison, comparison, per_rank=True)
+    every = rendered(render_comparison, comparison, per_rank=True, all_ranks=True)
+    assert "one row per rank class (ranks that read alike)" in text and "--all-ranks shows one row per rank" in text
+    full = [line for line in text.splitlines() if line.startswith("tp4-ep2-full")]
+    assert full and full[0].split()[1:3] == ["0,", "2"]
+    assert full[0].split()[3:] == [line for line in every.splitlines() if line.startswith("tp4-ep2-full")][0].split()[2:]
+    assert not [line for line in text.splitlines() if re.match(r"^\s+2\s", line)]  # rank 2 only in the "0, 2" row
+    assert len(text.splitlines()) == len(every.splitlines()) - 3 + 1  # a row fewer per scenario, one note more
 
 
 def test_compare_table_content(comparison):
@@ -225,14 +238,24 @@ def test_summary_csv_golden(comparison, tmp_path):
 
 
 def test_json_golden(tmp_path):
+    """Schema 1 (``--json-schema 1``), byte for byte as memprobe wrote it before schema 2."""
+    path = tmp_path / "comparison.json"
+    write_json(small_comparison(), path, schema=1)
+    check_golden("comparison_small.json", path.read_text(encoding="utf-8"))
+
+
+def test_json_schema_2_golden(tmp_path):
+    """Schema 2 is written compact (one line); its golden file is the same document indented, to be read."""
     path = tmp_path / "comparison.json"
     write_json(small_comparison(), path)
-    check_golden("comparison_small.json", path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    assert text.count("\n") == 1 and text.endswith("\n")
+    check_golden("comparison_small_v2.json", json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n")
 
 
 def test_json_contents(comparison, tmp_path):
     path = tmp_path / "comparison.json"
-    write_json(comparison, path)
+    write_json(comparison, path, schema=1)
     document = json.loads(path.read_text(encoding="utf-8"))
     assert document["schema_version"] == 1
     assert (document["comparison_id"], document["baseline"]) == ("synthetic", "tp4")

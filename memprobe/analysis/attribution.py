@@ -15,6 +15,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from memprobe.model.rank_table import rank_table
 from memprobe.model.records import Reading, Run, StepStatus
 from memprobe.model.steps import GROUP_INIT_STEPS
 
@@ -41,15 +42,9 @@ def _add(total: int | None, part: int | None) -> int | None:
 
 
 def rank_readings(run: Run) -> dict[int, list[Reading]]:
-    """Each rank's readings in order; ranks an estimate found alike share one list (``Run.classes``)."""
-    per_rank: dict[int, list[Reading]] = {}
-    for reading in run.readings:
-        per_rank.setdefault(reading.rank, []).append(reading)
-    for readings in per_rank.values():
-        readings.sort(key=lambda r: r.sequence)
-    if run.classes:
-        return {rank: per_rank[representative] for rank, representative in sorted(run.classes.items())}
-    return per_rank
+    """Each rank's readings in order; ranks that read alike (an estimate's alike ranks, measured ranks with the same
+    readings) share one list: the run's rank table (:mod:`memprobe.model.rank_table`), made once per run."""
+    return rank_table(run).by_rank()
 
 
 def _per_list(readings_by_rank: dict[int, list[Reading]], compute: Callable[[list[Reading]], Any]) -> dict[int, Any]:

@@ -118,13 +118,13 @@ def threshold_overrides(relative: Optional[str], absolute: Optional[str], specs:
 
 
 def _load_results(path: Path) -> "Comparison":
-    """Saved results for the gate. A path that is a file is a usage error (2); no or broken results
-    are a measurement problem (3): the step that should have produced them failed."""
+    """Saved results for the gate: a folder or a comparison's JSON export. Any other file is a usage error (2); no
+    or broken results are a measurement problem (3): the step that should have produced them failed."""
     from memprobe.errors import DamagedInput
     from memprobe.model.comparison import load_comparison
 
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--results {path} is a file; give a run folder or a comparison folder")
+    if path.exists() and not path.is_dir() and path.suffix != ".json":
+        raise UsageError(f"--results {path} is a file; give a run folder, a comparison folder or a --json export")
     if not path.exists():
         raise MeasurementError(f"no results at {path} (did the measurement step run?)")
     try:

@@ -15,7 +15,7 @@ __all__ = ["load"]
 
 
 def load(*paths: "str | os.PathLike[str]") -> "Comparison":
-    """Saved runs and comparisons (folders written by run or compare), as one comparison.
+    """Saved runs and comparisons (folders written by run or compare, or their ``--json`` exports), as one comparison.
 
     A scenario of a comparison without a finished run is listed in ``missing``, not raised.
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES, NODE_RANK,
+    ALL_RANKS, ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES, NODE_RANK,
     OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, VERBOSE, WARMUP,
     launch_options, option,
 )
@@ -31,7 +31,8 @@ def compare(
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
-    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, verbose: bool = VERBOSE, split: bool = SPLIT,
+    allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, all_ranks: bool = ALL_RANKS, json_schema: int = JSON_SCHEMA,
+    quiet: bool = QUIET, verbose: bool = VERBOSE, split: bool = SPLIT,
     nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = option(Defaults.engine, "--engine", env="ENGINE",
                          help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
@@ -69,13 +70,14 @@ def compare(
     """
     launch = launch_options(device, out_dir, timeout, quiet, nnodes, node_rank, master_addr, master_port, allow_busy_gpu,
                             run_id, nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
-    check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    check_exports(csv_path, summary_csv, json_path, markdown, plot_path, json_schema)
     comparison = api.compare(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stacks=stacks,
                              baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                              env=tuple(env), engine=engine, sglang=tuple(sglang), jobs=jobs, launch=launch)
     if api.gathered_elsewhere(comparison.runs):
         return 0
-    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path,
+                      all_ranks=all_ranks, json_schema=json_schema)
     show_attribution(named_runs(comparison), split, nccl_log or None, per_rank)
     if timings:
         render_timings_of(named_runs(comparison))

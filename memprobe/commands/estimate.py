@@ -9,7 +9,7 @@ from typing import Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ATTN_CP, ATTN_DP, ENV_OPT, ENV_PRESET, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, option,
+    ALL_RANKS, ATTN_CP, ATTN_DP, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, option,
 )
 from memprobe.commands.output import check_exports, render_and_export
 from memprobe.errors import ExitCode, UsageError
@@ -45,7 +45,8 @@ def estimate(
     timeout: float = option(Defaults.timeout_s, "--timeout", env="TIMEOUT",
                             help="With --engine sglang: the longest a rank of the --device cpu run that learns SGLang's "
                                  "flags may go without a sign of life."),
-    per_rank: bool = PER_RANK, quiet: bool = QUIET, verbose: bool = VERBOSE,
+    per_rank: bool = PER_RANK, all_ranks: bool = ALL_RANKS, json_schema: int = JSON_SCHEMA, quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
     csv_path: Optional[Path] = option(None, "--csv", env="ESTIMATE_CSV", help="Long CSV, as compare's (estimated)."),
     summary_csv: Optional[Path] = option(None, "--summary-csv", env="ESTIMATE_SUMMARY_CSV", help="One row per scenario and rank."),
     json_path: Optional[Path] = option(None, "--json", env="ESTIMATE_JSON", help="compare's JSON schema plus a top-level \"estimate\" marker."),
@@ -68,7 +69,7 @@ def estimate(
     """
     if not timeout > 0:  # checked here: only an --engine sglang estimate launches the run it limits
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
-    check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    check_exports(csv_path, summary_csv, json_path, markdown, plot_path, json_schema)
     refuse_writing_inputs({"--csv": csv_path, "--summary-csv": summary_csv, "--json": json_path, "--markdown": markdown,
                            "--plot": plot_path}, [path for path in (scenarios, calibration) if path is not None])
     if check:
@@ -84,7 +85,8 @@ def estimate(
                               baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                               env=tuple(env), gpus_per_node=gpus_per_node, nnodes=nnodes, gpu=gpu, calibration=calibration,
                               engine=engine, sglang=sglang, progress=not quiet, timeout_s=timeout)
-    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+    render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path,
+                      all_ranks=all_ranks, json_schema=json_schema)
     basis = comparison.runs[0].run.record.environment["estimate"]
     print(f"estimated (not measured) from {basis['rules']} and the calibration {basis['calibration']} "
           f"({basis['gpu_model']}, driver {basis['driver']}, torch {basis['torch']}); {basis['topology']}", file=sys.stdout)

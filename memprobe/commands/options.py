@@ -3,7 +3,8 @@ options (and :class:`memprobe.launch.options.LaunchOptions`), never the reverse.
 
 Environment variables, one rule: an option that means the same in every command that has it (those
 defined here: layout widths, --stack, --device, --warmup, --env-preset, --env, --engine, --out-dir,
---run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --quiet, --verbose) reads
+--run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --all-ranks, --json-schema, --quiet,
+--verbose) reads
 ``MEMPROBE_<OPTION>``; every other option, a command's own files and switches, reads
 ``MEMPROBE_<COMMAND>_<OPTION>`` (``MEMPROBE_COMPARE_JSON``, ``MEMPROBE_PLAN_JSON``,
 ``MEMPROBE_GATE_BASELINE``, ``MEMPROBE_BASELINE_UPDATE_OUT``), so setting one never changes another
@@ -89,7 +90,14 @@ NCCL_LOG = option(LaunchOptions.nccl_log, "--nccl-log", env="NCCL_LOG",
                        "into <run>/nccl/ (one log per process); shown beside each step's bytes (see report --nccl).")
 SPLIT = option(False, "--split", env="SPLIT",
                help="Also show every step's bytes split into torch's caching allocator (torch-reserved change) and the rest.")
-PER_RANK = option(False, "--per-rank", env="PER_RANK", help="Show every rank, not the worst rank and the spread.")
+PER_RANK = option(False, "--per-rank", env="PER_RANK",
+                  help="Show every rank, not the worst rank and the spread; a comparison's table puts ranks that read "
+                       "alike in one row with their rank list (--all-ranks: a row each).")
+ALL_RANKS = option(False, "--all-ranks", env="ALL_RANKS",
+                   help="With --per-rank: one row for every rank, even where ranks read alike.")
+JSON_SCHEMA = option(2, "--json-schema", env="JSON_SCHEMA", metavar="1|2",
+                     help="Schema of the --json export: 2 stores each rank class once (compact); 1 every rank in "
+                          "full, as before (kept for one release).")
 
 ESTIMATE = option(GateOptions.estimate, "--estimate", env="ESTIMATE",
                   help="Estimate (memprobe estimate: NCCL's rules and a calibration, no GPU) instead of measuring. "

@@ -42,7 +42,9 @@ def print_rank_warnings(runs: list[tuple[str, Any]]) -> None:
 
 
 def check_exports(csv_path: Optional[Path], summary_csv: Optional[Path], json_path: Optional[Path],
-                  markdown: Optional[Path], plot_path: Optional[Path]) -> None:
+                  markdown: Optional[Path], plot_path: Optional[Path], json_schema: int = 2) -> None:
+    if json_schema not in (1, 2):
+        raise UsageError(f"--json-schema must be 1 or 2, got {json_schema}")
     taken: dict[Path, str] = {}
     for path, option, suffixes in ((csv_path, "--csv", (".csv",)), (summary_csv, "--summary-csv", (".csv",)),
                                    (json_path, "--json", (".json",)), (markdown, "--markdown", (".md", ".markdown")),
@@ -56,11 +58,12 @@ def check_exports(csv_path: Optional[Path], summary_csv: Optional[Path], json_pa
 
 
 def render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path], summary_csv: Optional[Path],
-                      json_path: Optional[Path], markdown: Optional[Path], plot_path: Optional[Path]) -> None:
+                      json_path: Optional[Path], markdown: Optional[Path], plot_path: Optional[Path], *,
+                      all_ranks: bool = False, json_schema: int = 2) -> None:
     from memprobe import reports
     from memprobe.reports.fidelity import render_fidelity
 
-    reports.render_comparison(comparison, sys.stdout, width=console_width(), per_rank=per_rank)
+    reports.render_comparison(comparison, sys.stdout, width=console_width(), per_rank=per_rank, all_ranks=all_ranks)
     render_fidelity(comparison, sys.stdout)
     print_rank_warnings(named_runs(comparison))
     exports = ((csv_path, "write_csv"), (summary_csv, "write_summary_csv"), (json_path, "write_json"),
@@ -68,7 +71,10 @@ def render_and_export(comparison: Any, per_rank: bool, csv_path: Optional[Path],
     written = []
     for path, writer in exports:
         if path:  # the writer is looked up only when asked for: the exports import pandas
-            getattr(reports, writer)(comparison, path)
+            if writer == "write_json":
+                reports.write_json(comparison, path, schema=json_schema)
+            else:
+                getattr(reports, writer)(comparison, path)
             written.append(str(path))
     if written:
         from memprobe.verbosity import info

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from memprobe import api
-from memprobe.commands.options import PER_RANK, QUIET, SPLIT, TIMINGS, VERBOSE, option
+from memprobe.commands.options import ALL_RANKS, JSON_SCHEMA, PER_RANK, QUIET, SPLIT, TIMINGS, VERBOSE, option
 from memprobe.commands.output import (
     check_exports, console_width, named_runs, print_rank_warnings, render_and_export, render_timings_of, show_attribution,
 )
@@ -18,7 +18,7 @@ from memprobe.paths import refuse_writing_inputs
 
 def report(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="Run or comparison folders written by memprobe run/compare.", show_default=False),
-    per_rank: bool = PER_RANK,
+    per_rank: bool = PER_RANK, all_ranks: bool = ALL_RANKS, json_schema: int = JSON_SCHEMA,
     csv_path: Optional[Path] = option(None, "--csv", env="REPORT_CSV", help="Long CSV export."),
     summary_csv: Optional[Path] = option(None, "--summary-csv", env="REPORT_SUMMARY_CSV", help="Per scenario and rank CSV."),
     json_path: Optional[Path] = option(None, "--json", env="REPORT_JSON", help="Everything as JSON."),
@@ -45,7 +45,7 @@ def report(
     error (one line; its traceback in a temp file), 129/130/143 hung up, interrupted, terminated, 141 standard
     output's reader went away.
     """
-    check_exports(csv_path, summary_csv, json_path, markdown, plot_path)
+    check_exports(csv_path, summary_csv, json_path, markdown, plot_path, json_schema)
     refuse_writing_inputs({"--csv": csv_path, "--summary-csv": summary_csv, "--json": json_path, "--markdown": markdown,
                            "--plot": plot_path}, list(run_dirs))
     comparison = api.load(*run_dirs)
@@ -56,7 +56,8 @@ def report(
 
         render_run(comparison.runs[0].run, sys.stdout, width=console_width(), per_rank=per_rank)
     else:
-        render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path)
+        render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path,
+                      all_ranks=all_ranks, json_schema=json_schema)
     runs = named_runs(comparison)
     show_attribution(runs, split, False if nccl is None and not single else nccl, per_rank)
     if timings:

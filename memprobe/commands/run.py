@@ -8,11 +8,12 @@ from typing import Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, EP, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES,
+    ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, EP, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES,
     NODE_RANK, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
     VERBOSE, WARMUP, launch_options, option,
 )
 from memprobe.commands.output import console_width, print_rank_warnings, render_timings_of, show_attribution
+from memprobe.errors import UsageError
 from memprobe.paths import check_output_path
 
 
@@ -34,6 +35,7 @@ def run(
     json_path: Optional[Path] = option(None, "--json", env="RUN_JSON",
                                        help="Also write the run as JSON (compare's schema, with schema_version: "
                                             "docs/schema/comparison.schema.json)."),
+    json_schema: int = JSON_SCHEMA,
 ) -> int:
     """Measure one layout: per group and step, the bytes each rank added (min / median / max).
 
@@ -51,6 +53,8 @@ def run(
     launch = launch_options(device, out_dir, timeout, quiet, nnodes, node_rank, master_addr, master_port, allow_busy_gpu,
                             run_id, nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     check_output_path(json_path, "--json", suffixes=(".json",))
+    if json_schema not in (1, 2):
+        raise UsageError(f"--json-schema must be 1 or 2, got {json_schema}")
     result = api.run(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stack=stack, warmup=warmup,
                      env_preset=env_preset, env=tuple(env), engine=engine, sglang=sglang, launch=launch)
     if api.gathered_elsewhere([result]):
@@ -65,15 +69,15 @@ def run(
     print_rank_warnings(runs)
     if json_path is not None:
         assert result.run.path is not None  # a measured run always has its folder
-        _write_json(result.run.path, json_path)
+        _write_json(result.run.path, json_path, json_schema)
     return 0
 
 
-def _write_json(run_dir: Path, json_path: Path) -> None:
+def _write_json(run_dir: Path, json_path: Path, schema: int) -> None:
     """The document ``memprobe report RUN_DIR --json`` writes: read back from the run folder, so the two agree."""
     from memprobe.model.comparison import load_comparison
     from memprobe.reports import write_json
     from memprobe.verbosity import info
 
-    write_json(load_comparison(run_dir), json_path)
+    write_json(load_comparison(run_dir), json_path, schema=schema)
     info(f"memprobe: wrote {json_path}")

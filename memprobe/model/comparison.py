@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from memprobe.errors import DamagedInput, IncomparableError, MeasurementError, UsageError
+from memprobe.model.comparison_json import load_comparison_json
 from memprobe.model.completeness import check_finished
 from memprobe.model.layout import Layout
 from memprobe.model.records import Run, RunStatus, atomic_write_text, load_run
@@ -89,7 +90,7 @@ def write_comparison_index(path: Path, comparison_id: str, scenario_set: Scenari
 
 
 def load_comparison(path: str | Path) -> Comparison:
-    """A comparison folder, or a single run folder (a comparison of one scenario).
+    """A comparison folder, a single run folder (a comparison of one scenario), or a comparison's JSON export.
 
     Raises:
         DamagedInput: a file contradicts itself or its record (a run that says complete lacks a rank or step).
@@ -98,6 +99,10 @@ def load_comparison(path: str | Path) -> Comparison:
         UsageError: not a run or comparison folder.
     """
     path = Path(path)
+    if path.suffix == ".json" and path.is_file():  # a comparison's JSON export (schema 1 or 2)
+        exported = load_comparison_json(path)
+        return Comparison(comparison_id=exported.comparison_id, baseline=exported.baseline,
+                          runs=[ScenarioRun(scenario, run) for scenario, run in exported.runs])
     index = path / COMPARISON_FILE
     if index.is_file():
         try:

@@ -115,6 +115,7 @@ class Reading:
 
 READING_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Reading))
 _OPTIONAL_INT_COLUMNS = ("primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes", "other_gpus_bytes")
+_OPTIONAL_INT_INDEX = tuple((READING_COLUMNS.index(column), column) for column in _OPTIONAL_INT_COLUMNS)
 
 
 @dataclass
@@ -328,16 +329,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     Raises :class:`OutputError` (one line) when it cannot: a full disk (ENOSPC from write or fsync), a
     read-only or vanished folder; the old file, if any, is left as it was and the temporary is removed."""
+    atomic_write_stream(path, lambda stream: stream.write(data))
+
+
+def atomic_write_lines(path: str | Path, lines: Iterable[str]) -> None:
+    """Write ``lines`` (text, each with its own line end) to ``path`` as they come, never the whole file in memory,
+    through a temporary file and a rename as :func:`atomic_write_bytes` does."""
+
+    def write(stream: Any) -> None:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=False)
+        text.writelines(lines)
+        text.flush()
+        text.detach()
+
+    atomic_write_stream(path, write)
+
+
+def atomic_write_stream(path: str | Path, write: Any) -> None:
+    """``write(binary stream)`` into a temporary file, then rename it to ``path`` (see :func:`atomic_write_bytes`)."""
     path = Path(path)
     try:
-        _write_through_temporary(path, data)
+        _write_through_temporary(path, write)
     except OSError as error:
         if isinstance(error, OutputError):
             raise
         raise OutputError(str(path), error) from None
 
 
-def _write_through_temporary(path: Path, data: bytes) -> None:
+def _write_through_temporary(path: Path, write: Any) -> None:
     if path.is_symlink():  # write the link's target and keep the link, as `>` would; a rename would replace the link
         path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +367,7 @@ def _write_through_temporary(path: Path, data: bytes) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, mode)
@@ -415,38 +434,72 @@ def _parse_optional_int(value: str, column: str, source: str, line: int) -> int 
 
 def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
     """The readings of a ``readings.csv``; a damaged file (wrong header or columns, bytes that are not whole
-    numbers >= 0, a rank's step or sequence number twice) is :class:`DamagedInput` naming file and line."""
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or tuple(reader.fieldnames) != READING_COLUMNS:
+    numbers >= 0, a rank's step or sequence number twice) is :class:`DamagedInput` naming file and line.
+
+    A row's fields other than the rank are parsed and checked once per distinct content: ranks that read alike
+    (thousands of them in a large run) repeat the same rows under another rank number."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None or tuple(header) != READING_COLUMNS:
         raise DamagedInput(f"{source}: header must be {','.join(READING_COLUMNS)}")
     readings = []
     seen: dict[tuple, int] = {}
-    for line, row in enumerate(reader, start=2):
-        if None in row or any(value is None for value in row.values()):
+    parsed: dict[tuple[str, ...], dict[str, Any]] = {}
+    line = 1
+    for row in reader:
+        if not row:  # a blank line is no row (as csv.DictReader reads it)
+            continue
+        line += 1
+        if len(row) != len(READING_COLUMNS):
             raise DamagedInput(f"{source}:{line}: wrong number of columns (truncated file?)")
-        try:
-            rank, sequence = int(row["rank"]), int(row["sequence"])
-            elapsed = float(row["elapsed_s"])
-        except ValueError:
-            raise DamagedInput(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
-        if not math.isfinite(elapsed) or elapsed < 0:  # "nan", "inf" parse as floats; no JSON can hold them
-            raise DamagedInput(f"{source}:{line}: elapsed_s must be a finite number of seconds >= 0, got {row['elapsed_s']!r}")
-        if row["step"] not in STEPS:
-            raise DamagedInput(f"{source}:{line}: unknown step {row['step']!r}")
-        if row["status"] not in STATUSES:
-            raise DamagedInput(f"{source}:{line}: unknown status {row['status']!r}")
-        step_name = f"{row['group']}/{row['step']}" if row["group"] and row["group"] != row["step"] else row["step"]
-        for key, what in (((rank, row["group"], row["step"]), step_name),
-                          ((rank, sequence), f"sequence {sequence}")):
-            if key in seen:
-                raise DamagedInput(f"{source}:{line}: rank {rank} {what} again (first on line {seen[key]}): duplicated rows")
-            seen[key] = line
-        optional = {column: _parse_optional_int(row[column], column, source, line) for column in _OPTIONAL_INT_COLUMNS}
-        readings.append(
-            Reading(rank=rank, sequence=sequence, step=row["step"], group=row["group"], status=row["status"],
-                    elapsed_s=elapsed, note=row["note"], **optional)
-        )
+        content = tuple(row[1:])
+        fields_ = parsed.get(content)
+        if fields_ is None:  # checked in the order a reader meets the problems: numbers, names, duplicates, bytes
+            fields_ = _parse_reading_row(row, source, line)
+            _check_once(seen, int(row[0]), fields_, source, line)
+            fields_.update({column: _parse_optional_int(row[index], column, source, line)
+                            for index, column in _OPTIONAL_INT_INDEX})
+            parsed[content] = fields_
+        else:
+            try:
+                _check_once(seen, int(row[0]), fields_, source, line)
+            except ValueError:
+                raise DamagedInput(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
+        rank = int(row[0])
+        reading = object.__new__(Reading)  # a frozen dataclass: its fields were checked above
+        reading.__dict__.update(fields_, rank=rank)
+        readings.append(reading)
     return readings
+
+
+def _parse_reading_row(row: list[str], source: str, line: int) -> dict[str, Any]:
+    """A row's fields other than the rank and the optional bytes, checked (see :func:`readings_from_csv`), in
+    :class:`Reading`'s order (the bytes are filled in after the duplicate check)."""
+    values = dict(zip(READING_COLUMNS, row))
+    try:
+        int(values["rank"])
+        sequence = int(values["sequence"])
+        elapsed = float(values["elapsed_s"])
+    except ValueError:
+        raise DamagedInput(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
+    if not math.isfinite(elapsed) or elapsed < 0:  # "nan", "inf" parse as floats; no JSON can hold them
+        raise DamagedInput(f"{source}:{line}: elapsed_s must be a finite number of seconds >= 0, got {values['elapsed_s']!r}")
+    if values["step"] not in STEPS:
+        raise DamagedInput(f"{source}:{line}: unknown step {values['step']!r}")
+    if values["status"] not in STATUSES:
+        raise DamagedInput(f"{source}:{line}: unknown status {values['status']!r}")
+    return {"rank": 0, "sequence": sequence, "step": values["step"], "group": values["group"], "status": values["status"],
+            **dict.fromkeys(_OPTIONAL_INT_COLUMNS), "elapsed_s": elapsed, "note": values["note"]}
+
+
+def _check_once(seen: dict[tuple, int], rank: int, fields_: dict[str, Any], source: str, line: int) -> None:
+    """A rank's step, and its sequence number, once each."""
+    group, step, sequence = fields_["group"], fields_["step"], fields_["sequence"]
+    for key in ((rank, group, step), (rank, sequence)):
+        first = seen.setdefault(key, line)
+        if first != line:
+            what = (f"{group}/{step}" if group and group != step else step) if len(key) == 3 else f"sequence {sequence}"
+            raise DamagedInput(f"{source}:{line}: rank {rank} {what} again (first on line {first}): duplicated rows")
 
 
 def launch_paths(folder: Path, suffix: str = "") -> tuple[Path, Path]:

@@ -4,8 +4,8 @@ Bytes are integers up to here; these modules turn them into MiB text (binary, ``
 bytes) and show a missing value as ``n/a``, never as 0. Text renderers write to the stream they
 are given, at a fixed width, so their output is the same on any terminal (golden-file tested).
 
-pandas is imported with :mod:`memprobe.reports.exports` (the reporting edge), and matplotlib only
-inside :func:`write_plot`.
+pandas is imported by :mod:`memprobe.reports.exports`' DataFrame functions only (the export files need
+none), and matplotlib only inside :func:`write_plot`.
 """
 
 from __future__ import annotations

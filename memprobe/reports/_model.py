@@ -20,12 +20,12 @@ from memprobe.analysis.attribution import (
     WORLD,
     Spread,
     rank_components,
-    rank_readings,
     skipped_keys,
     spread,
     subtract,
 )
 from memprobe.model.layout import GROUP_ORDER, Layout
+from memprobe.model.rank_table import rank_table
 from memprobe.model.records import Run
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.steps import COMMUNICATOR_STEPS
@@ -139,6 +139,8 @@ class ScenarioSummary:
     total_spread: Spread
     is_baseline: bool = False
     distinct: list[RankSummary] = field(default_factory=list)  # the first rank of each distinct readings list
+    # ranks that read alike here and whose baseline ranks read alike too: one row each in a collapsed per-rank table
+    alike: list[list[int]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -190,19 +192,17 @@ def choose_worst_rank(ranks: dict[int, RankSummary]) -> int | None:
 
 
 def _rank_templates(run: Run, plan: list[GroupInfo]) -> dict[int, RankSummary]:
-    """rank -> its summary, computed once per readings list: ranks that share one (an estimate's alike ranks)
+    """rank -> its summary, computed once per rank class (:mod:`memprobe.model.rank_table`): the ranks of one class
     share one summary object here; :func:`summarize` gives every rank its own."""
-    done: dict[int, RankSummary] = {}
-    templates: dict[int, RankSummary] = {}
-    by_rank = rank_readings(run)
-    for rank in sorted(by_rank):  # the ranks alone: comparing (rank, list) pairs costs far more on 4096 ranks
-        readings = by_rank[rank]
-        template = done.get(id(readings))
-        if template is None:
-            template = done[id(readings)] = _rank_summary(rank, rank_components(readings), plan)
-            template.skipped = skipped_keys(readings)
-        templates[rank] = template
-    return templates
+    table = rank_table(run)
+
+    def template(readings: list) -> RankSummary:
+        summary = _rank_summary(readings[0].rank if readings else 0, rank_components(readings), plan)
+        summary.skipped = skipped_keys(readings)
+        return summary
+
+    per_class = [rank_class.derived("rank_summary", template) for rank_class in table.classes]
+    return {rank: per_class[index] for rank, index in table.class_of.items()}
 
 
 def _own_summaries(templates: dict[int, RankSummary], reference: dict[int, RankSummary] | None) -> dict[int, RankSummary]:
@@ -250,9 +250,19 @@ def summarize(comparison: Comparison) -> list[ScenarioSummary]:
                 total_spread=spread({rank: s.total_after_first_use for rank, s in ranks.items()}),
                 is_baseline=item.scenario.name == comparison.baseline,
                 distinct=_first_of_each(rank_templates, ranks),
+                alike=_alike(rank_templates, reference),
             )
         )
     return summaries
+
+
+def _alike(templates: dict[int, RankSummary], reference: dict[int, RankSummary] | None) -> list[list[int]]:
+    """Ranks grouped by (their summary, the baseline's summary of the same rank), in order of their first rank."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for rank, template in templates.items():
+        base = reference.get(rank) if reference is not None else None
+        groups.setdefault((id(template), id(base)), []).append(rank)
+    return list(groups.values())
 
 
 def _first_of_each(templates: dict[int, RankSummary], ranks: dict[int, RankSummary]) -> list[RankSummary]:

@@ -37,6 +37,7 @@ from memprobe.reports._model import (
     worst_deltas,
 )
 from memprobe.model.comparison import Comparison
+from memprobe.model.rank_table import rank_text
 from memprobe.model.records import RunStatus
 
 BASELINE_MARK = "base"
@@ -91,23 +92,33 @@ class _Columns:
     context: bool  # --device cpu skips the CUDA context on every rank: no column rather than a 0
     unattributed: bool
     per_rank: bool
+    all_ranks: bool = False  # per_rank: every rank its own row, even where ranks read alike
 
 
-def headline(comparison: Comparison, *, per_rank: bool = False,
+def _collapsed(summaries: list[ScenarioSummary], columns: _Columns) -> bool:
+    """Whether a per-rank table puts ranks that read alike into one row (some row then holds several ranks)."""
+    return columns.per_rank and not columns.all_ranks and any(len(ranks) > 1 for s in summaries for ranks in s.alike)
+
+
+def headline(comparison: Comparison, *, per_rank: bool = False, all_ranks: bool = False,
              summaries: list[ScenarioSummary] | None = None) -> tuple[TextTable, list[str]]:
-    """The headline table and the notes that go under it (``summaries``: the comparison's, if already made)."""
+    """The headline table and the notes that go under it (``summaries``: the comparison's, if already made).
+
+    ``per_rank``: a row per rank, ranks that read alike (same readings, and their baseline ranks alike) in one row
+    with their rank list unless ``all_ranks``."""
     summaries = summaries if summaries is not None else summarize(comparison)
     baseline = baseline_of(summaries)
     shown, folded = headline_groups(summaries)
-    columns = _Columns(shown=shown, per_rank=per_rank, unattributed=any_unattributed(summaries),
+    columns = _Columns(shown=shown, per_rank=per_rank, all_ranks=all_ranks, unattributed=any_unattributed(summaries),
                        context=not all(CONTEXT in rank.skipped for summary in summaries for rank in summary.distinct))
     headers = _headline_headers(columns)
-    mode = "one row per rank" if per_rank else "worst rank (largest total after first use)"
+    mode = ("one row per rank class (ranks that read alike)" if _collapsed(summaries, columns) else
+            "one row per rank" if per_rank else "worst rank (largest total after first use)")
     memory = measured_memory([summary.item.run for summary in summaries])
     title = f"comparison {comparison.comparison_id}: {memory} per rank, {mode}, {UNIT} = 2^20 bytes"
     table = TextTable(title=title, headers=headers, numeric=[False, False, False] + [True] * (len(headers) - 3))
     for index, summary in enumerate(summaries):
-        for rank_text, values, deltas in _entries(summary, baseline, per_rank):
+        for rank_text, values, deltas in _entries(summary, baseline, per_rank, columns.all_ranks):
             table.rows.append(_headline_row(summary, rank_text, values, deltas, columns))
             table.row_groups.append(index)
     return table, _headline_notes(comparison, summaries, folded, columns)
@@ -124,15 +135,18 @@ def _headline_headers(columns: _Columns) -> list[str]:
     return headers + ([] if columns.per_rank else [f"rank spread {UNIT}"])
 
 
-def _entries(summary: ScenarioSummary, baseline: ScenarioSummary | None, per_rank: bool) -> list[tuple[str, Any, tuple]]:
+def _entries(summary: ScenarioSummary, baseline: ScenarioSummary | None, per_rank: bool,
+             all_ranks: bool = False) -> list[tuple[str, Any, tuple]]:
     """``(rank text, rank summary, (Δ after init, Δ after first use))`` per row of one scenario."""
     if not per_rank:
         rank = summary.worst_rank
         return [(NA if rank is None else f"{rank} of {len(summary.ranks)}", summary.worst, worst_deltas(summary, baseline))]
+    rows = [[rank] for rank in sorted(summary.ranks)] if all_ranks else sorted(summary.alike, key=lambda ranks: ranks[0])
     entries = []
-    for rank in sorted(summary.ranks):
-        values = summary.ranks[rank]
-        text = str(rank) + (" (worst)" if rank == summary.worst_rank and len(summary.ranks) > 1 else "")
+    for ranks in rows:
+        shown = ranks[0] if summary.worst_rank not in ranks else summary.worst_rank  # the worst rank's values
+        values = summary.ranks[shown]
+        text = rank_text(ranks) + (" (worst)" if summary.worst_rank in ranks and len(summary.ranks) > 1 else "")
         entries.append((text, values, (values.delta_after_init, values.delta_after_first_use)))
     return entries or [(NA, None, (None, None))]
 
@@ -166,6 +180,9 @@ def _headline_notes(comparison: Comparison, summaries: list[ScenarioSummary], fo
             f"Δ = worst rank minus the baseline's worst rank ({comparison.baseline}); "
             "rank spread = largest minus smallest total after first use across ranks"
         )
+    if _collapsed(summaries, columns):
+        notes.append("a row's ranks read alike (the same readings, and the same in the baseline); "
+                     "--all-ranks shows one row per rank")
     if folded:
         how = "estimated" if all(item.run.record.source == "estimated" for item in comparison.runs) else "measured"
         notes.append(f"width-1 groups, 0 {UNIT} wherever {how}, not shown: {', '.join(folded)}")
@@ -352,22 +369,25 @@ def _dropped_note(dropped: list[str], width: int) -> str:
             "(a wider terminal, COLUMNS=200, --markdown or --csv shows every column)")
 
 
-def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 140, per_rank: bool = False) -> None:
+def render_comparison(comparison: Comparison, stream: IO[str], *, width: int = 140, per_rank: bool = False,
+                      all_ranks: bool = False) -> None:
     """Write the headline table, the lean-saves lines and the MoE communicator table to ``stream``.
 
     Args:
         comparison: runs of several scenarios (``memprobe.model.comparison.load_comparison``).
         stream: where the text goes.
         width: characters per line; fixed so that output does not depend on the terminal.
-        per_rank: one row per scenario and rank instead of the worst rank with the spread.
+        per_rank: one row per scenario and rank instead of the worst rank with the spread (ranks that read alike
+            share a row, with their rank list).
+        all_ranks: with ``per_rank``, one row for every rank even where ranks read alike.
     """
     with console_for(stream, width) as console:
-        _render_comparison(console, comparison, per_rank)
+        _render_comparison(console, comparison, per_rank, all_ranks)
 
 
-def _render_comparison(console: Console, comparison: Comparison, per_rank: bool) -> None:
+def _render_comparison(console: Console, comparison: Comparison, per_rank: bool, all_ranks: bool = False) -> None:
     summaries = summarize(comparison)  # once: the three blocks below read the same
-    table, notes = headline(comparison, per_rank=per_rank, summaries=summaries)
+    table, notes = headline(comparison, per_rank=per_rank, all_ranks=all_ranks, summaries=summaries)
     console.print(table.title)
     drawn, dropped = fit_table(table, console.width, HEADLINE_DROP_ORDER, merge_scenario=True)
     print_table(console, drawn)

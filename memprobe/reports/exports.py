@@ -1,7 +1,8 @@
 """Machine-readable exports of a comparison (CSV, JSON) and its GitHub Markdown summary.
 
-This is the reporting edge: the only module of memprobe that imports pandas. Byte columns use
-pandas' nullable ``Int64`` dtype, so a missing value is written as an empty CSV field and the
+This is the reporting edge: the only module of memprobe that imports pandas, and only for the DataFrames
+(:func:`long_dataframe`, :func:`summary_dataframe`): the CSV, JSON and Markdown files are written without it, so a
+command's exports do not pay pandas' import. Byte columns of the DataFrames use pandas' nullable ``Int64`` dtype, so a missing value is written as an empty CSV field and the
 others stay integers (a plain int column with one NaN would silently become float).
 
 Column contracts (stable; new columns are only ever appended):
@@ -30,22 +31,27 @@ Column contracts (stable; new columns are only ever appended):
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 from memprobe.analysis.attribution import (
-    charged_deltas, components_by_rank, rank_readings, skipped_by_rank, subtract, torch_cache,
+    charged_deltas, components_by_rank, rank_components, skipped_by_rank, skipped_keys, subtract, torch_cache,
 )
 from memprobe.reports.nccl_account import nccl_account_document
 from memprobe.model.layout import GROUP_ORDER
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
 from memprobe.reports.fidelity import fidelity_document
-from memprobe.model.records import StepStatus, append_step_summary, atomic_write_text
+from memprobe.model.rank_table import rank_table
+from memprobe.model.records import RankInfo, StepStatus, append_step_summary, atomic_write_lines, atomic_write_text
 from memprobe.model.comparison import Comparison
 
 JSON_SCHEMA_VERSION = 1
@@ -76,45 +82,46 @@ _LONG_INT = ("rank", "sequence", "primary_bytes", "process_bytes", "device_used_
 
 
 def _typed(frame: pd.DataFrame, int_columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    import pandas as pd
+
     for column in int_columns:
         frame[column] = pd.array(frame[column].tolist(), dtype="Int64")
     return frame
 
 
+def long_rows(comparison: Comparison) -> Iterator[list[Any]]:
+    """Every reading of every scenario with the bytes it added, one list of :data:`LONG_COLUMNS` values per reading.
+
+    The bytes added are worked out once per rank class; each rank's rows are those with its rank number."""
+    for item in comparison.runs:
+        head = [item.scenario.name, item.scenario.stack, item.scenario.layout.slug()]
+        tail = list(what_was_read(item.run).values())
+        table = rank_table(item.run)
+        per_class = [rank_class.derived("long_rows", _class_long_rows) for rank_class in table.classes]
+        for rank, index in table.class_of.items():
+            for values in per_class[index]:
+                yield [*head, rank, *values, *tail]
+
+
+def _class_long_rows(readings: list[Any]) -> list[list[Any]]:
+    """One rank's rows from ``sequence`` to ``rest_added_bytes`` (the columns that do not name scenario or rank)."""
+    rows = []
+    cache_added = [cache for _, cache, _noise in charged_deltas(readings, torch_cache)]
+    for (reading, added, _noise), cache in zip(charged_deltas(readings), cache_added):
+        if _not_measured(reading):  # the step built nothing: empty, as in every other export
+            added = cache = None
+        rows.append([reading.sequence, reading.group, reading.step, reading.status, reading.primary_bytes,
+                     reading.process_bytes, reading.device_used_bytes, reading.torch_reserved_bytes,
+                     reading.other_gpus_bytes, added, float(reading.elapsed_s), reading.note, cache,
+                     subtract(added, cache)])
+    return rows
+
+
 def long_dataframe(comparison: Comparison) -> pd.DataFrame:
     """Every reading of every scenario with the bytes it added (see the module docstring for columns)."""
-    records: list[dict[str, Any]] = []
-    for item in comparison.runs:
-        layout = item.scenario.layout.slug()
-        for rank, readings in sorted(rank_readings(item.run).items()):
-            cache_added = [cache for _, cache, _noise in charged_deltas(readings, torch_cache)]
-            for (reading, added, _noise), cache in zip(charged_deltas(readings), cache_added):
-                if _not_measured(reading):  # the step built nothing: empty, as in every other export
-                    added = cache = None
-                records.append(
-                    {
-                        "scenario": item.scenario.name,
-                        "stack": item.scenario.stack,
-                        "layout": layout,
-                        "rank": rank,
-                        "sequence": reading.sequence,
-                        "group": reading.group,
-                        "step": reading.step,
-                        "status": reading.status,
-                        "primary_bytes": reading.primary_bytes,
-                        "process_bytes": reading.process_bytes,
-                        "device_used_bytes": reading.device_used_bytes,
-                        "torch_reserved_bytes": reading.torch_reserved_bytes,
-                        "other_gpus_bytes": reading.other_gpus_bytes,
-                        "added_bytes": added,
-                        "elapsed_s": float(reading.elapsed_s),
-                        "note": reading.note,
-                        "torch_cache_added_bytes": cache,
-                        "rest_added_bytes": subtract(added, cache),
-                        **what_was_read(item.run),
-                    }
-                )
-    frame = pd.DataFrame.from_records(records, columns=list(LONG_COLUMNS))
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(list(long_rows(comparison)), columns=list(LONG_COLUMNS))
     frame = _typed(frame, _LONG_INT)
     frame["elapsed_s"] = frame["elapsed_s"].astype("float64")
     return frame
@@ -166,35 +173,31 @@ def summary_columns(comparison: Comparison) -> list[str]:
     ]
 
 
-def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
-    """One row per scenario and rank: the headline's numbers in bytes (see the module docstring)."""
+def summary_rows(comparison: Comparison) -> Iterator[list[Any]]:
+    """One list of :func:`summary_columns` values per scenario and rank: the headline's numbers in bytes."""
     groups = _group_columns(comparison)
-    columns = summary_columns(comparison)
-    records = []
     for summary in summarize(comparison):
+        head = [summary.name, summary.item.scenario.stack, summary.item.scenario.layout.slug()]
+        tail = list(what_was_read(summary.item.run).values())
         for rank in sorted(summary.ranks):
             values = summary.ranks[rank]
-            record: dict[str, Any] = {
-                "scenario": summary.name,
-                "stack": summary.item.scenario.stack,
-                "layout": summary.item.scenario.layout.slug(),
-                "rank": rank,
+            yield [
+                *head, rank,
                 # skipped (--device cpu): empty, not 0, since nothing was measured
-                "cuda_context_bytes": None if "cuda_context" in values.skipped else values.cuda_context,
-                "world_bytes": values.world,
-                "first_use_bytes": values.first_use,
-                "total_after_init_bytes": values.total_after_init,
-                "total_after_first_use_bytes": values.total_after_first_use,
-                "delta_vs_baseline_bytes": values.delta_after_first_use,
-                "unattributed_bytes": values.unattributed,
-                "delta_after_init_vs_baseline_bytes": values.delta_after_init,
-                "is_worst_rank": rank == summary.worst_rank,
-                **what_was_read(summary.item.run),
-            }
-            for name in groups:
-                record[f"{name}_init_bytes"] = values.group_init.get(name)
-            records.append(record)
-    frame = pd.DataFrame.from_records(records, columns=columns)
+                None if "cuda_context" in values.skipped else values.cuda_context,
+                values.world,
+                *(values.group_init.get(name) for name in groups),
+                values.first_use, values.total_after_init, values.total_after_first_use, values.delta_after_first_use,
+                values.unattributed, values.delta_after_init, rank == summary.worst_rank, *tail,
+            ]
+
+
+def summary_dataframe(comparison: Comparison) -> pd.DataFrame:
+    """One row per scenario and rank: the headline's numbers in bytes (see the module docstring)."""
+    columns = summary_columns(comparison)
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(list(summary_rows(comparison)), columns=columns)
     int_columns = [c for c in columns if c.endswith("_bytes") or c == "rank"]
     frame = _typed(frame, int_columns)
     frame["is_worst_rank"] = frame["is_worst_rank"].astype("bool")
@@ -209,23 +212,56 @@ def _inert(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
 
 
-def _csv_text(frame: pd.DataFrame) -> str:
-    text_columns = [name for name in frame.columns if not pd.api.types.is_numeric_dtype(frame[name])]
-    if text_columns:
-        frame = frame.copy()
-        for name in text_columns:
-            frame[name] = frame[name].astype(object).map(_inert)
-    return frame.to_csv(index=False, lineterminator="\n")
+def csv_line(values: Iterable[Any]) -> str:
+    """One CSV line (with its ``\\n``): ``None`` an empty field, a float as Python writes it, quoted where needed, as
+    pandas' ``to_csv`` writes it. Every cell of every CSV export is formatted here."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(["" if value is None else _inert(value) for value in values])
+    return buffer.getvalue()
+
+
+def write_rows(path: str | Path, columns: Iterable[str], rows: Iterable[list[Any]]) -> None:
+    """A CSV file of ``columns`` and ``rows``, each row formatted by :func:`csv_line`, written as it comes."""
+    atomic_write_lines(path, _lines(csv_line(columns), (csv_line(row) for row in rows)))
+
+
+def _lines(header: str, lines: Iterable[str]) -> Iterator[str]:
+    """``header`` then ``lines``, in chunks of about 1 MB (one write per chunk, never the whole file)."""
+    chunk, size = [header], len(header)
+    for line in lines:
+        chunk.append(line)
+        size += len(line)
+        if size > 1 << 20:
+            yield "".join(chunk)
+            chunk, size = [], 0
+    yield "".join(chunk)
 
 
 def write_csv(comparison: Comparison, path: str | Path) -> None:
-    """:func:`long_dataframe` as CSV, written atomically."""
-    atomic_write_text(path, _csv_text(long_dataframe(comparison)))
+    """Every reading (:data:`LONG_COLUMNS`), streamed: each rank class's rows are formatted once
+    (:func:`csv_line`) and written under every rank number of the class."""
+    atomic_write_lines(path, _lines(csv_line(LONG_COLUMNS), _long_lines(comparison)))
+
+
+def _long_lines(comparison: Comparison) -> Iterator[str]:
+    for item in comparison.runs:
+        head = csv_line([item.scenario.name, item.scenario.stack, item.scenario.layout.slug()])[:-1]
+        tail = list(what_was_read(item.run).values())
+        table = rank_table(item.run)
+
+        def formatted(readings: list[Any]) -> list[str]:
+            return [csv_line([*values, *tail]) for values in _class_long_rows(readings)]
+
+        per_class = [rank_class.derived(f"long_lines:{','.join(tail)}", formatted) for rank_class in table.classes]
+        for rank, index in table.class_of.items():
+            prefix = f"{head},{csv_line([rank])[:-1]},"
+            for line in per_class[index]:
+                yield prefix + line
 
 
 def write_summary_csv(comparison: Comparison, path: str | Path) -> None:
-    """:func:`summary_dataframe` as CSV, written atomically."""
-    atomic_write_text(path, _csv_text(summary_dataframe(comparison)))
+    """:func:`summary_rows` as CSV (:func:`summary_columns`), streamed."""
+    write_rows(path, summary_columns(comparison), summary_rows(comparison))
 
 
 def comparison_document(comparison: Comparison) -> dict[str, Any]:
@@ -266,9 +302,122 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
     return document
 
 
-def write_json(comparison: Comparison, path: str | Path) -> None:
-    """:func:`comparison_document` as indented JSON with sorted keys, written atomically."""
-    atomic_write_text(path, json.dumps(comparison_document(comparison), indent=2, sort_keys=True) + "\n")
+def comparison_document_v2(comparison: Comparison) -> dict[str, Any]:
+    """Schema 2: what :func:`comparison_document` holds, stored once per rank class (readings without their rank
+    number, components, torch-cache components, skipped keys, the rank info the class's ranks share) with the
+    rank-to-class map as ``[[first, last, class], ...]``, the rank info that differs within a class as one list per
+    field (``rank_info_columns``, in rank order), and each plan's rank lists once per layout (``plans``)."""
+    plans: dict[str, dict[str, list[list[int]]]] = {}
+    scenarios = [_scenario_v2(item, plans) for item in comparison.runs]
+    document = comparison_document_head(comparison)
+    document.update({"schema_version": 2, "plans": plans, "scenarios": scenarios})
+    return document
+
+
+def comparison_document_head(comparison: Comparison) -> dict[str, Any]:
+    """The top-level keys every schema holds besides ``scenarios``: identity, baseline, estimate marker, fidelity."""
+    document: dict[str, Any] = {"schema_version": JSON_SCHEMA_VERSION, "comparison_id": comparison.comparison_id,
+                                "baseline": comparison.baseline, "units": "bytes"}
+    estimated = [item.run for item in comparison.runs if item.run.record.source == "estimated"]
+    if estimated:  # memprobe estimate: say so at the top, with what the numbers were made from
+        document["estimate"] = {"estimated": True, "measured": False, **estimated[0].record.environment.get("estimate", {})}
+    fidelity = fidelity_document(comparison)
+    if fidelity:  # only comparisons run with --engine memprobe,sglang
+        document["fidelity"] = fidelity
+    return document
+
+
+def _scenario_v2(item: Any, plans: dict[str, dict[str, list[list[int]]]]) -> dict[str, Any]:
+    run = item.run
+    table = rank_table(run)
+    record = run.record
+    document = replace(record, ranks=[], plan=[]).as_document()
+    document["plan"] = [{"name": group.name, "alias_of": group.alias_of, "communicators": dict(group.communicators)}
+                        for group in record.plan]
+    document["plan_ranks"] = _plan_key(item.scenario.layout.slug(), {group.name: group.ranks for group in record.plan}, plans)
+    classes = [{"ranks": len(rank_class.ranks),
+                "readings": [_without_rank(reading) for reading in rank_class.readings],
+                **rank_class.derived("json_parts", _class_parts)} for rank_class in table.classes]
+    scenario = {
+        "name": item.scenario.name, "definition": item.scenario.definition(),
+        "definition_hash": item.scenario.definition_hash(),
+        "run_path": None if run.path is None else str(run.path), "run": document,
+        "nccl_account": nccl_account_document(run), "classes": classes, "rank_classes": table.ranges(),
+    }
+    infos = {info.rank: info for info in record.ranks}
+    if set(infos) == set(table.class_of) and len(infos) == len(record.ranks):
+        shared, columns = _rank_info_by_class(table, infos)
+        for entry, info in zip(classes, shared):
+            entry["rank_info"] = info
+        scenario["rank_info_columns"] = columns
+    else:  # rank info and readings of different ranks (a run that stopped early): every rank's info, as schema 1
+        document["ranks"] = [asdict(info) for info in record.ranks]
+    return scenario
+
+
+def _plan_key(slug: str, ranks: dict[str, list[list[int]]], plans: dict[str, dict[str, list[list[int]]]]) -> str:
+    """The key of ``ranks`` in ``plans`` (the layout's slug; a suffix where one slug has other rank lists)."""
+    key, suffix = slug, 2
+    while key in plans and plans[key] != ranks:
+        key, suffix = f"{slug}-{suffix}", suffix + 1
+    plans[key] = ranks
+    return key
+
+
+def _without_rank(reading: Any) -> dict[str, Any]:
+    row = reading.as_row()
+    del row["rank"]
+    return row
+
+
+def _class_parts(readings: list[Any]) -> dict[str, Any]:
+    """A class's components (all bytes, the torch-cache part) with skipped steps null, and its skipped keys."""
+    skipped = skipped_keys(readings)
+
+    def shown(parts: dict[str, Any]) -> dict[str, Any]:
+        return {key: None if key in skipped else value for key, value in parts.items()}
+
+    return {"components": shown(rank_components(readings)), "torch_cache": shown(rank_components(readings, torch_cache)),
+            "skipped": sorted(skipped)}
+
+
+_INFO_FIELDS = tuple(f.name for f in fields(RankInfo) if f.name != "rank")
+
+
+def _rank_info_by_class(table: Any, infos: dict[int, Any]) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
+    """(per class: the rank-info fields all its ranks share; per field that differs within a class: every rank's
+    value, in rank order)."""
+    varying: set[str] = set()
+    for rank_class in table.classes:
+        first = infos[rank_class.ranks[0]].__dict__
+        for rank in rank_class.ranks[1:]:
+            other = infos[rank].__dict__
+            for name in _INFO_FIELDS:
+                if name not in varying and other[name] != first[name]:
+                    varying.add(name)
+    names = [name for name in _INFO_FIELDS if name in varying]
+    shared = [{name: _plain(infos[rank_class.ranks[0]].__dict__[name]) for name in _INFO_FIELDS if name not in varying}
+              for rank_class in table.classes]
+    columns = {name: [_plain(infos[rank].__dict__[name]) for rank in table.class_of] for name in names}
+    return shared, columns
+
+
+def _plain(value: Any) -> Any:
+    return {key: dict(inner) for key, inner in value.items()} if isinstance(value, dict) else \
+        list(value) if isinstance(value, list) else value
+
+
+def write_json(comparison: Comparison, path: str | Path, *, schema: int = 2) -> None:
+    """The comparison as JSON with sorted keys, written atomically: schema 2 (:func:`comparison_document_v2`,
+    compact) by default; schema 1 (:func:`comparison_document`, indented, every rank in full) when asked, kept for
+    one release."""
+    if schema == 1:
+        atomic_write_text(path, json.dumps(comparison_document(comparison), indent=2, sort_keys=True) + "\n")
+        return
+    if schema != 2:
+        raise ValueError(f"JSON schema {schema}: memprobe writes 1 or 2")
+    # compact separators: json's C encoder (an indent drops to the pure-Python one, 20x slower on 4096 ranks)
+    atomic_write_text(path, json.dumps(comparison_document_v2(comparison), sort_keys=True, separators=(",", ":")) + "\n")
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -328,6 +477,10 @@ def write_markdown(comparison: Comparison, path: str | Path) -> None:
 __all__ = [
     "LONG_COLUMNS",
     "comparison_document",
+    "comparison_document_v2",
+    "long_rows",
+    "summary_rows",
+    "write_rows",
     "long_dataframe",
     "render_markdown",
     "summary_columns",
