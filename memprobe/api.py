@@ -124,6 +124,9 @@ class EstimateOptions(Widths, Workers):
     engine: str = "memprobe"
     sglang: Optional[Path] = None
     progress: bool = True  # of the --device cpu run that learns real SGLang's flags (engine sglang)
+    nccl: Optional[str] = None  # whose rules (default: the installed torch's NCCL, else the calibration's)
+    network: str = "ib-gdr"  # between nodes: ib-gdr, ib or socket
+    nic_gbps: Optional[float] = None  # NIC speed (default: 400 for ib-gdr/ib, 10 for socket)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +141,9 @@ class GateOptions:
     sglang: str = ""
     estimate: bool = False
     calibration: Optional[Path] = None
+    nccl: Optional[str] = None  # with estimate: as EstimateOptions
+    network: str = "ib-gdr"
+    nic_gbps: Optional[float] = None
     launch: LaunchOptions = LaunchOptions()
 
 
@@ -151,6 +157,9 @@ class BaselineOptions:
     calibration: Optional[Path] = None
     gpus_per_node: Optional[int] = None
     sglang: str = ""
+    nccl: Optional[str] = None  # with estimate: as EstimateOptions
+    network: str = "ib-gdr"
+    nic_gbps: Optional[float] = None
     launch: LaunchOptions = LaunchOptions()
 
 
@@ -251,7 +260,8 @@ def estimate(options: Optional[EstimateOptions] = None, **fields_: Any) -> "Comp
     check_choices(warmup=conf.warmup, env_preset=conf.env_preset, engine=conf.engine)
     calibration = find_calibration(conf.gpu, conf.calibration)
     scenario_set = _estimate_scenarios(conf)
-    return estimated(scenario_set, calibration, conf.gpus_per_node, conf.nnodes, progress=conf.progress)
+    return estimated(scenario_set, calibration, conf.gpus_per_node, conf.nnodes, progress=conf.progress,
+                     nccl=conf.nccl, network=conf.network, nic_gbps=conf.nic_gbps)
 
 
 def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
@@ -321,14 +331,20 @@ def _on_sglang(scenario_set: "ScenarioSet", site: str) -> "ScenarioSet":
 
 
 def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_node: Optional[int],
-              nnodes: Optional[int], progress: bool = False) -> "Comparison":
+              nnodes: Optional[int], progress: bool = False, nccl: Optional[str] = None, network: str = "ib-gdr",
+              nic_gbps: Optional[float] = None) -> "Comparison":
     """Every scenario estimated (estimate, gate and baseline with ``estimate``); scenarios on real SGLang
-    first learn its flags from a --device cpu run of it."""
+    first learn its flags from a --device cpu run of it. ``nccl``, ``network``, ``nic_gbps``: as EstimateOptions."""
     from memprobe.estimate.comparison import estimate_comparison
+    from memprobe.estimate.nccl import Network
+    from memprobe.estimate.nccl_versions import resolve
+
+    joined, version = Network.of(network, nic_gbps), resolve(nccl, calibration.nccl)[0]
 
     on_sglang = any(scenario.engine == "sglang" for scenario in scenario_set.scenarios)
     sglang_runs = _sglang_flags_runs(scenario_set, progress) if on_sglang else None
-    return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs)
+    return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs,
+                               network=joined, nccl_version=version)
 
 
 def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool) -> dict[str, Any]:
@@ -692,7 +708,7 @@ def _gate_comparison(conf: GateOptions, baseline: "Baseline", selected: list[str
         return comparison  # type: ignore[return-value]
     scenario_set = with_sglang(baseline.scenario_set(selected), sglang)
     if conf.estimate:
-        return _estimated_as_recorded(baseline, selected, scenario_set, calibration)
+        return _estimated_as_recorded(baseline, selected, scenario_set, calibration, conf)
     comparison = measure(scenario_set, conf.launch)
     if gathered_elsewhere(comparison.runs):
         return None
@@ -770,7 +786,7 @@ def _baseline_calibration(baseline: "Baseline", selected: list[str], path: Optio
 
 
 def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_set: "ScenarioSet",
-                           calibration: "Calibration") -> "Comparison":
+                           calibration: "Calibration", conf: GateOptions) -> "Comparison":
     """The baseline's scenarios estimated on the topology the baseline recorded (GPUs per node, nodes)."""
     keys = [baseline.scenarios[name].environment_key for name in selected]
     gpus = {key.get("gpu_count") for key in keys}
@@ -778,7 +794,8 @@ def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_s
     if len(gpus) > 1 or len(nodes) > 1:
         raise UsageError(f"the selected baseline scenarios were estimated on different nodes ({sorted(map(str, gpus))} GPUs "
                          f"per node); gate them one at a time with --scenario")
-    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop())
+    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop(), nccl=conf.nccl, network=conf.network,
+                     nic_gbps=conf.nic_gbps)
 
 
 # ------------------------------------------------------------------------------------------- baseline
@@ -802,7 +819,8 @@ def make_baseline(options: Optional[BaselineOptions] = None, **fields_: Any) -> 
     if comparison is None:
         assert scenario_set is not None
         if conf.estimate:
-            comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None)
+            comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None, nccl=conf.nccl,
+                                   network=conf.network, nic_gbps=conf.nic_gbps)
         else:
             comparison = measure(scenario_set, conf.launch)
     document, notes = new_document(comparison, existing, keep_others=bool(conf.scenarios))
