@@ -97,6 +97,7 @@ class _Rank:
     total: int = 0
     reserved: int = 0
     first_communicator_done: bool = False
+    kernel_stack: int = 0  # the largest per-thread stack of the NCCL kernels this process has launched
     readings: list[Reading] = field(default_factory=list)
     decisions: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -121,6 +122,16 @@ class _Rank:
             added += first
             note += f"; + {first / MiB:g} MiB once per process (first multi-rank communicator, calibration)"
             self.first_communicator_done = True
+            # the calibration's first communicator joins two one-GPU nodes: its warm-up launched that algorithm's kernel
+            self.kernel_stack = nccl.WARMUP_KERNEL_STACK[nccl.warmup_algorithm(2, 2)]
+        stack = nccl.WARMUP_KERNEL_STACK.get(estimate.warmup, 0)
+        if stack > self.kernel_stack:
+            sms = self.calibration.sm_count
+            grown = nccl.local_memory(stack, sms) - nccl.local_memory(self.kernel_stack, sms)
+            added += grown
+            note += (f"; + {grown / MiB:g} MiB of local memory: the first {estimate.warmup.upper()}_LL kernel needs a "
+                     f"{stack} B stack per thread ({self.kernel_stack} B so far)")
+            self.kernel_stack = stack
         return added, note
 
 

@@ -400,6 +400,41 @@ class Part:
         return self.count * self.each_bytes
 
 
+#: Per-thread stack of the 4-byte fp32 sum all-reduce kernels, from NCCL 2.28.9's sm_90 cubin (``cuobjdump
+#: -res-usage`` of nvidia-nccl-cu13 2.28.9's libnccl.so.2: ncclDevKernel_AllReduce_Sum_f32_RING_LL, _TREE_LL).
+WARMUP_KERNEL_STACK = {"ring": 1736, "tree": 1856}
+THREADS_PER_SM = 2048  # sm_90: the most resident threads per SM, each given the stack in local memory
+# graph/tuning.cc:143-166 tuner constants, LL protocol: base latency per algorithm, per-hop latency per link (us)
+LL_BASE_LATENCY = {"tree": 6.8, "ring": 6.6}
+LL_NVLINK_LATENCY = {"tree": 0.6, "ring": 0.6}
+LL_NET_LATENCY = {"tree": 5.0, "ring": 2.7}
+NET_OVERHEAD = 1.0  # tuning.cc:214-219 getNetOverhead on x86 Intel (2.0 on AMD): the least a ring step costs across nodes
+
+
+def _log2i(value: int) -> int:
+    return value.bit_length() - 1
+
+
+def warmup_algorithm(n_ranks: int, n_nodes: int) -> str:
+    """The algorithm NCCL's tuner picks for a 4-byte all-reduce: the LL latencies of graph/tuning.cc:353-385 (the
+    bandwidth term of 4 bytes is nil). On one node the ring is 0.2 us faster; across 3 or more nodes (or 2 nodes
+    of several GPUs) the tree's log2 hops win."""
+    per_node = n_ranks // n_nodes
+    steps, inter_steps = 2 * (n_ranks - 1), (0 if n_nodes == 1 else 2 * (n_nodes - 1))
+    inter = {algo: LL_NET_LATENCY["tree"] if per_node == 1 else LL_NET_LATENCY[algo] for algo in ("ring", "tree")}  # :356
+    intra = max(LL_NVLINK_LATENCY["ring"], NET_OVERHEAD) if n_nodes > 1 else LL_NVLINK_LATENCY["ring"]  # :371-377
+    ring = LL_BASE_LATENCY["ring"] + (steps - inter_steps) * intra + inter_steps * inter["ring"]
+    tree = LL_BASE_LATENCY["tree"] + 2 * ((per_node - 1) * LL_NVLINK_LATENCY["tree"] + _log2i(n_nodes) * inter["tree"])
+    return "tree" if tree < ring else "ring"
+
+
+def local_memory(stack: int, sm_count: int) -> int:
+    """What CUDA reserves on the GPU for a per-thread stack of ``stack`` bytes: every resident thread of every SM,
+    the stack rounded to 16 bytes, the whole in 2 MiB pages. CUDA grows it when a kernel needing a larger stack is
+    launched (NCCL leaves cudaLimitStackSize alone unless NCCL_SET_STACK_SIZE=1: init.cc:1412, 1537-1539)."""
+    return _align(_align(stack, 16) * THREADS_PER_SM * sm_count, CUMEM_GRANULARITY)
+
+
 @dataclass(frozen=True)
 class CommunicatorEstimate:
     """What one rank's communicator allocates at init and at its first all-reduce."""
@@ -408,6 +443,7 @@ class CommunicatorEstimate:
     channels: Channels
     init_parts: tuple[Part, ...] = field(default_factory=tuple)
     first_use_parts: tuple[Part, ...] = field(default_factory=tuple)
+    warmup: str = ""  # the algorithm of its first 4-byte all-reduce ("" for one rank)
 
     @property
     def init_bytes(self) -> int:
@@ -493,7 +529,7 @@ def communicator(rank: int, n_ranks: int, ranks_per_node: int, links: GpuLinks, 
         init.append(_net_pool(chans, n_nodes, settings, links))
     else:
         first_use.extend(connections)
-    return CommunicatorEstimate(n_ranks, chans, tuple(init), tuple(first_use))
+    return CommunicatorEstimate(n_ranks, chans, tuple(init), tuple(first_use), warmup_algorithm(n_ranks, n_nodes))
 
 
 def _net_pool(chans: Channels, n_nodes: int, settings: NcclSettings, links: GpuLinks) -> Part:
