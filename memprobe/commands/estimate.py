@@ -29,7 +29,7 @@ def estimate(
     gpus_per_node: Optional[int] = option(Defaults.gpus_per_node, "--gpus-per-node", env="ESTIMATE_GPUS_PER_NODE",
                                                 help="GPUs per node, joined by NVSwitch (default: the world size, at most 8)."),
     nnodes: Optional[int] = option(Defaults.nnodes, "--nnodes", env="ESTIMATE_NNODES",
-                                         help="Nodes (default: as many as the world size needs); between nodes one NIC per GPU with GPUDirect RDMA."),
+                                         help="Nodes (default: as many as the world size needs), joined by --network."),
     nccl: Optional[str] = option(Defaults.nccl, "--nccl", env="ESTIMATE_NCCL", metavar="VERSION",
                                  help="The NCCL whose rules apply (2.27.3 to 2.30.7; default: the installed torch's NCCL, read "
                                       "from package metadata without CUDA, else the calibration's)."),
@@ -64,7 +64,8 @@ def estimate(
     \b
       memprobe estimate --tp 8 --ep 4
       memprobe estimate --tp 8 --ep 4 --stacks full:v1,lean:v1,lean --per-rank
-      memprobe estimate --tp 16 --ep 8 --gpus-per-node 8
+      memprobe estimate --tp 16 --ep 8 --gpus-per-node 8 --network socket --nic-gbps 100
+      memprobe estimate --tp 8 --ep 4 --nccl 2.27.5 --calibration mine.json
       memprobe estimate --check results/h200x4-20261127/compare-tp4-ep2
 
     Exit codes: 0 done, 1 a --check total off by more than the bound, 2 bad input (nothing estimated or written),

@@ -19,10 +19,13 @@ What is sized here (per rank, per communicator):
 * buffer sizes per connection: P2P (``transport/p2p.cc:377-380, 445-448``) and NET, on the GPU only
   with GPUDirect (``transport/net.cc:881, 1048``).
 
+* the warm-up's algorithm (``graph/tuning.cc`` LL latencies) and the local memory CUDA adds when a process first
+  launches a kernel with a larger stack than its earlier ones (NCCL's tree kernel, from the sm_90 cubin).
+
 Not sized: NVLS (memprobe keeps ``NCCL_NVLS_ENABLE=0``, as SGLang does), CollNet, PXN, NCCL's small
 per-channel structures when cuMem is off (a few hundred KiB per communicator that share 2 MiB pages
 of the CUDA allocator), and the once-per-process cost of NCCL's first communicator (device code,
-stack, proxy): that one comes from the calibration.
+the ring kernel's stack, proxy): that one comes from the calibration.
 """
 
 from __future__ import annotations
