@@ -81,7 +81,7 @@ def _gate_comparison(conf: GateOptions, baseline: "Baseline", selected: list[str
         return comparison
     scenario_set = with_sglang(baseline.scenario_set(selected), sglang)
     if conf.estimate:
-        return _estimated_as_recorded(baseline, selected, scenario_set, calibration, conf.launch.timeout_s)
+        return _estimated_as_recorded(baseline, selected, scenario_set, calibration, conf)
     comparison = measure(scenario_set, conf.launch)
     if gathered_elsewhere(comparison.runs):
         return None
@@ -174,7 +174,7 @@ def _baseline_calibration(baseline: "Baseline", selected: list[str], path: Optio
 
 
 def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_set: "ScenarioSet",
-                           calibration: "Calibration", timeout_s: float) -> "Comparison":
+                           calibration: "Calibration", conf: GateOptions) -> "Comparison":
     """The baseline's scenarios estimated on the topology the baseline recorded (GPUs per node, nodes)."""
     keys = [baseline.scenarios[name].environment_key for name in selected]
     gpus = {key.get("gpu_count") for key in keys}
@@ -182,7 +182,8 @@ def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_s
     if len(gpus) > 1 or len(nodes) > 1:
         raise UsageError(f"the selected baseline scenarios were estimated on different nodes ({sorted(map(str, gpus))} GPUs "
                          f"per node); gate them one at a time with --scenario")
-    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop(), timeout_s=timeout_s)
+    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop(), timeout_s=conf.launch.timeout_s, nccl=conf.nccl,
+                     network=conf.network, nic_gbps=conf.nic_gbps)
 
 
 # ------------------------------------------------------------------------------------------- baseline
@@ -206,7 +207,8 @@ def make_baseline(options: Optional[BaselineOptions] = None, **fields_: Any) -> 
     if comparison is None:
         assert scenario_set is not None
         if conf.estimate:
-            comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None, timeout_s=conf.launch.timeout_s)
+            comparison = estimated(scenario_set, calibration, conf.gpus_per_node, None, timeout_s=conf.launch.timeout_s,
+                                   nccl=conf.nccl, network=conf.network, nic_gbps=conf.nic_gbps)
         else:
             comparison = measure(scenario_set, conf.launch)
     with baseline_lock(conf.out):  # another update of this file may have written it since: merge with what it holds now

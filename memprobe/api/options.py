@@ -107,6 +107,9 @@ class EstimateOptions(Widths, Workers):
     sglang: Optional[Path] = None
     progress: bool = True  # of the --device cpu run that learns real SGLang's flags (engine sglang)
     timeout_s: float = LaunchOptions.timeout_s  # of that run: the longest a rank may go without a sign of life
+    nccl: Optional[str] = None  # whose rules (default: the installed torch's NCCL, else the calibration's)
+    network: str = "ib-gdr"  # between nodes: ib-gdr, ib or socket
+    nic_gbps: Optional[float] = None  # NIC speed (default: 400 for ib-gdr/ib, 10 for socket)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +124,9 @@ class GateOptions(Checked):
     sglang: PathText = ""  # a site folder holding SGLang
     estimate: bool = False
     calibration: Optional[Path] = None
+    nccl: Optional[str] = None  # with estimate: as EstimateOptions
+    network: str = "ib-gdr"
+    nic_gbps: Optional[float] = None
     launch: LaunchOptions = LaunchOptions()
 
     def __post_init__(self) -> None:
@@ -139,6 +145,9 @@ class BaselineOptions(Checked):
     calibration: Optional[Path] = None
     gpus_per_node: Optional[int] = None
     sglang: PathText = ""  # a site folder holding SGLang
+    nccl: Optional[str] = None  # with estimate: as EstimateOptions
+    network: str = "ib-gdr"
+    nic_gbps: Optional[float] = None
     launch: LaunchOptions = LaunchOptions()
 
 

@@ -56,7 +56,7 @@ def estimate(options: Optional[EstimateOptions] = None, **fields_: Any) -> "Comp
     calibration = find_calibration(conf.gpu, conf.calibration)
     scenario_set = _estimate_scenarios(conf)
     return estimated(scenario_set, calibration, conf.gpus_per_node, conf.nnodes, progress=conf.progress,
-                     timeout_s=conf.timeout_s)
+                     timeout_s=conf.timeout_s, nccl=conf.nccl, network=conf.network, nic_gbps=conf.nic_gbps)
 
 
 def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
@@ -96,14 +96,21 @@ def _on_sglang(scenario_set: "ScenarioSet", site: str) -> "ScenarioSet":
 
 def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_node: Optional[int],
               nnodes: Optional[int], progress: bool = False,
-              timeout_s: float = LaunchOptions.timeout_s) -> "Comparison":
+              timeout_s: float = LaunchOptions.timeout_s, nccl: Optional[str] = None, network: str = "ib-gdr",
+              nic_gbps: Optional[float] = None) -> "Comparison":
     """Every scenario estimated (estimate, gate and baseline with ``estimate``); scenarios on real SGLang
-    first learn its flags from a --device cpu run of it (``timeout_s``: its ranks' longest silence)."""
+    first learn its flags from a --device cpu run of it (``timeout_s``: its ranks' longest silence).
+    ``nccl``, ``network``, ``nic_gbps``: as EstimateOptions."""
     from memprobe.estimate.comparison import estimate_comparison
+    from memprobe.estimate.nccl import Network
+    from memprobe.estimate.nccl_versions import resolve
+
+    joined, version = Network.of(network, nic_gbps), resolve(nccl, calibration.nccl)[0]
 
     on_sglang = any(scenario.engine == "sglang" for scenario in scenario_set.scenarios)
     sglang_runs = _sglang_flags_runs(scenario_set, progress, timeout_s) if on_sglang else None
-    return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs)
+    return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs,
+                               network=joined, nccl_version=version)
 
 
 def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: float) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from memprobe import api
-from memprobe.commands.options import CALIBRATION, ESTIMATE, QUIET, VERBOSE, option
+from memprobe.commands.options import CALIBRATION, ESTIMATE, NCCL, NETWORK, NIC_GBPS, QUIET, VERBOSE, option
 from memprobe.launch.options import LaunchOptions
 from memprobe.paths import refuse_writing_inputs
 
@@ -55,13 +55,14 @@ def update(
     sglang: str = option(Defaults.sglang, "--sglang", env="BASELINE_UPDATE_SGLANG", metavar="SITE",
                          help="The SGLang of scenarios with engine sglang: this site folder (default: the scenario's own, else "
                               "the importable SGLang)."),
+    nccl: Optional[str] = NCCL, network: str = NETWORK, nic_gbps: Optional[float] = NIC_GBPS,
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
     refuse_writing_inputs({"--out": out}, [path for path in (from_dir, scenarios_file, calibration) if path is not None])
     launch = LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout)
     update = api.make_baseline(out=out, scenarios_file=scenarios_file, from_dir=from_dir, scenarios=tuple(scenario or ()),
                                estimate=estimate, calibration=calibration, gpus_per_node=gpus_per_node, sglang=sglang,
-                               launch=launch)
+                               nccl=nccl, network=network, nic_gbps=nic_gbps, launch=launch)
     _show(update)
     return 0
 

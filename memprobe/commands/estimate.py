@@ -30,7 +30,16 @@ def estimate(
     gpus_per_node: Optional[int] = option(Defaults.gpus_per_node, "--gpus-per-node", env="ESTIMATE_GPUS_PER_NODE",
                                                 help="GPUs per node, joined by NVSwitch (default: the world size, at most 8)."),
     nnodes: Optional[int] = option(Defaults.nnodes, "--nnodes", env="ESTIMATE_NNODES",
-                                         help="Nodes (default: as many as the world size needs); between nodes one NIC per GPU with GPUDirect RDMA."),
+                                         help="Nodes (default: as many as the world size needs), joined by --network."),
+    nccl: Optional[str] = option(Defaults.nccl, "--nccl", env="ESTIMATE_NCCL", metavar="VERSION",
+                                 help="The NCCL whose rules apply (2.27.3 to 2.30.7; default: the installed torch's NCCL, read "
+                                      "from package metadata without CUDA, else the calibration's)."),
+    network: str = option(Defaults.network, "--network", env="ESTIMATE_NETWORK",
+                          help="Between nodes: ib-gdr (InfiniBand with GPUDirect RDMA, one NIC per GPU), ib (the same "
+                               "without GPUDirect: NET buffers in host memory) or socket (NCCL's socket transport, one "
+                               "interface per node)."),
+    nic_gbps: Optional[float] = option(Defaults.nic_gbps, "--nic-gbps", env="ESTIMATE_NIC_GBPS",
+                                       help="NIC speed in Gb/s (default: 400 for ib-gdr and ib, 10 for socket)."),
     gpu: Optional[str] = option(Defaults.gpu, "--gpu", env="ESTIMATE_GPU", help="GPU model (default: the packaged calibration's, NVIDIA H200)."),
     calibration: Optional[Path] = option(Defaults.calibration, "--calibration", env="ESTIMATE_CALIBRATION",
                                                help="A calibration file from `memprobe calibrate` (default: the packaged one for --gpu)."),
@@ -60,7 +69,8 @@ def estimate(
     \b
       memprobe estimate --tp 8 --ep 4
       memprobe estimate --tp 8 --ep 4 --stacks full:v1,lean:v1,lean --per-rank
-      memprobe estimate --tp 16 --ep 8 --gpus-per-node 8
+      memprobe estimate --tp 16 --ep 8 --gpus-per-node 8 --network socket --nic-gbps 100
+      memprobe estimate --tp 8 --ep 4 --nccl 2.27.5 --calibration mine.json
       memprobe estimate --check results/h200x4-20261127/compare-tp4-ep2
 
     Exit codes: 0 done, 1 a --check total off by more than the bound, 2 bad input (nothing estimated or written),
@@ -84,12 +94,16 @@ def estimate(
     comparison = api.estimate(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stacks=stacks,
                               baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                               env=tuple(env), gpus_per_node=gpus_per_node, nnodes=nnodes, gpu=gpu, calibration=calibration,
-                              engine=engine, sglang=sglang, progress=not quiet, timeout_s=timeout)
+                              engine=engine, sglang=sglang, progress=not quiet, timeout_s=timeout, nccl=nccl,
+                              network=network, nic_gbps=nic_gbps)
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path,
                       all_ranks=all_ranks, json_schema=json_schema)
     basis = comparison.runs[0].run.record.environment["estimate"]
     print(f"estimated (not measured) from {basis['rules']} and the calibration {basis['calibration']} "
-          f"({basis['gpu_model']}, driver {basis['driver']}, torch {basis['torch']}); {basis['topology']}", file=sys.stdout)
+          f"({basis['gpu_model']}, driver {basis['driver']}, torch {basis['torch']}, NCCL {basis['nccl']}); "
+          f"{basis['topology']}", file=sys.stdout)
+    for warning in basis.get("warnings", []):
+        print(f"memprobe: warning: {warning}", file=sys.stderr)
     return 0
 
 

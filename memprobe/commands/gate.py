@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    CALIBRATION, ESTIMATE, GATE_TIMEOUT, MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, QUIET, RDZV_BACKEND, RDZV_ENDPOINT,
-    RDZV_ID, VERBOSE, option,
+    CALIBRATION, ESTIMATE, GATE_TIMEOUT, MASTER_ADDR, MASTER_PORT, NCCL, NETWORK, NIC_GBPS, NNODES, NODE_RANK, QUIET,
+    RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, VERBOSE, option,
 )
 from memprobe.errors import ExitCode
 from memprobe.launch.options import LaunchOptions
@@ -74,6 +74,7 @@ def gate(
     nnodes: int = NNODES, node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
     estimate: bool = ESTIMATE, calibration: Optional[Path] = CALIBRATION,
+    nccl: Optional[str] = NCCL, network: str = NETWORK, nic_gbps: Optional[float] = NIC_GBPS,
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
     taken = {baseline.resolve(): "--baseline"}
@@ -86,7 +87,8 @@ def gate(
                            rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
     result = api.judge(baseline=baseline, results=results, scenarios=tuple(scenario or ()), relative=relative,
                        absolute=absolute, thresholds=tuple(threshold or ()), allow_env_mismatch=allow_env_mismatch,
-                       sglang=sglang, estimate=estimate, calibration=calibration, launch=launch)
+                       sglang=sglang, estimate=estimate, calibration=calibration, nccl=nccl, network=network,
+                       nic_gbps=nic_gbps, launch=launch)
     if result is None:  # another node gathered the measurement; it judges
         return int(ExitCode.OK)
     return _report(result, markdown, junit_xml, json_path)

@@ -105,6 +105,14 @@ ESTIMATE = option(GateOptions.estimate, "--estimate", env="ESTIMATE",
 CALIBRATION = option(GateOptions.calibration, "--calibration", env="CALIBRATION",
                      help="With --estimate: a calibration file from memprobe calibrate (default: the packaged one "
                           "for the baseline's GPU model).")
+NCCL = option(GateOptions.nccl, "--nccl", env="NCCL", metavar="VERSION",
+              help="With --estimate: the NCCL whose rules apply (2.27.3 to 2.30.7; default: the installed torch's NCCL, "
+                   "read from package metadata, else the calibration's).")
+NETWORK = option(GateOptions.network, "--network", env="NETWORK",
+                 help="With --estimate, between nodes: ib-gdr (InfiniBand with GPUDirect RDMA), ib (no GPUDirect: NET "
+                      "buffers in host memory) or socket (NCCL's socket transport, one interface per node).")
+NIC_GBPS = option(GateOptions.nic_gbps, "--nic-gbps", env="NIC_GBPS",
+                  help="With --estimate: NIC speed in Gb/s (default: 400 for ib-gdr and ib, 10 for socket).")
 GATE_TIMEOUT = option(LaunchOptions.timeout_s, "--timeout", env="TIMEOUT",  # the gate's and baseline update's wording
                       help="The longest any rank may go without a new reading (counted from launch, or from its scenario's turn).")
 

@@ -17,6 +17,8 @@ from memprobe.errors import UsageError
 from memprobe.estimate.calibration import Calibration
 from memprobe.estimate.comparison import sglang_flags
 from memprobe.estimate.model import Topology, estimate_run
+from memprobe.estimate import nccl
+from memprobe.estimate.nccl import Network
 from memprobe.model.comparison import load_comparison, scenario_from_run
 from memprobe.model.records import Reading, Run, RunStatus, load_run
 from memprobe.model.steps import END, FIRST_USE
@@ -68,6 +70,7 @@ class RunCheck:
     gpus: int
     world_size: int
     skipped: str = ""
+    network: str = ""  # between the run's nodes ("" on one node)
     steps: list[StepError] = field(default_factory=list)
     totals: list[TotalError] = field(default_factory=list)
 
@@ -153,14 +156,28 @@ def check_run(where: str, run: Run | str, calibration_for: Callable[[str], Calib
             if record.stack_name == "installed":  # SGLang's own flags, and this run did not record them
                 result.skipped = f"not estimated: {error}"
                 return result
-    topology = Topology.for_world(record.world_size, gpus, None)
     try:
+        topology = Topology.for_world(record.world_size, gpus, None, recorded_network(run))
+        result.network = topology.network.kind if topology.nnodes > 1 else ""
         estimate = estimate_run(scenario, topology, calibration, flags, implementation)
     except UsageError as error:
         result.skipped = f"not estimated: {error}"
         return result
     result.steps, result.totals = _compare(run.readings, estimate.all_readings())
     return result
+
+
+def recorded_network(run: Run) -> Network:
+    """The network a run's nodes were joined by, from the NCCL variables it recorded: ``NCCL_NET=Socket`` is NCCL's
+    socket transport, on the loopback interface (``NCCL_SOCKET_IFNAME=lo``, several nodes on one host by
+    ``NCCL_HOSTID``) at the 10 Gb/s NCCL takes for an interface whose speed it cannot read; else InfiniBand with
+    GPUDirect, the estimate's default (no committed run spans real nodes)."""
+    variables = run.record.environment.get("nccl_env") or {}
+    if str(variables.get("NCCL_NET", "")).lower() == "socket":
+        if variables.get("NCCL_SOCKET_IFNAME") != "lo":
+            raise UsageError("a socket run on an interface other than lo: its NIC speed is not recorded")
+        return Network.of("socket")
+    return Network()
 
 
 def _why_not(run: Run, calibration_for: Callable[[str], Calibration | None]) -> str:
@@ -179,11 +196,22 @@ def _why_not(run: Run, calibration_for: Callable[[str], Calibration | None]) -> 
         return f"no calibration for {gpu or 'an unnamed GPU'}"
     if str(record.environment.get("nccl")) != calibration.nccl:
         return f"NCCL {record.environment.get('nccl')}: the calibration and rules are NCCL {calibration.nccl}'s"
+    unmodelled = _unmodelled_variables(run)
+    if unmodelled:
+        return f"sets {', '.join(unmodelled)}, which the rules do not model"
     if _split_visibility(run):
         return "ranks split over CUDA_VISIBLE_DEVICES on one host (each process sees one GPU): no node layout the rules model"
     if record.environment.get("sampling_mode") != "process":
         return f"sampling {record.environment.get('sampling_mode')}: the calibration is per-process NVML"
     return ""
+
+
+def _unmodelled_variables(run: Run) -> list[str]:
+    """NCCL variables of the run's environment that the rules neither read nor know to be neutral (``NCCL_HOSTID``
+    and ``NCCL_NET`` name the nodes and the network: :func:`recorded_network`)."""
+    known = (*nccl.MODELLED_VARIABLES, *nccl.NEUTRAL_VARIABLES, "NCCL_HOSTID", "NCCL_NET")
+    variables = run.record.environment.get("nccl_env") or {}
+    return sorted(key for key in variables if key.startswith("NCCL_") and key not in known)
 
 
 def _split_visibility(run: Run) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 from memprobe.errors import UsageError
 from memprobe.estimate.calibration import Calibration
 from memprobe.estimate.model import Topology, estimate_run
+from memprobe.estimate.nccl import Network
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.records import Run
 from memprobe.model.scenario import ScenarioSet
@@ -14,19 +15,21 @@ from memprobe.model.stacks import GroupFlags
 
 
 def estimate_comparison(scenario_set: ScenarioSet, calibration: Calibration, *, gpus_per_node: int | None,
-                        nnodes: int | None, sglang_runs: dict[str, Run] | None = None) -> Comparison:
+                        nnodes: int | None, sglang_runs: dict[str, Run] | None = None,
+                        network: Network = Network(), nccl_version: str | None = None) -> Comparison:
     """Every scenario estimated; ``sglang_runs`` (scenario name -> a CPU run of real SGLang) gives the flags
-    of ``--engine sglang`` scenarios."""
+    of ``--engine sglang`` scenarios; ``network`` joins the nodes; ``nccl_version``: whose rules apply."""
     runs = []
     for scenario in scenario_set.scenarios:
         world = scenario.layout.world_size  # at most MAX_WORLD_SIZE: Layout refuses more
-        topology = Topology.for_world(world, gpus_per_node, nnodes)
+        topology = Topology.for_world(world, gpus_per_node, nnodes, network)
         flags, implementation = None, None
         if scenario.engine == "sglang":
             if not sglang_runs or scenario.name not in sglang_runs:
                 raise UsageError(f"scenario {scenario.name}: --engine sglang needs SGLang's own flags (a CPU run)")
             flags, implementation = sglang_flags(sglang_runs[scenario.name])
-        runs.append(ScenarioRun(scenario=scenario, run=estimate_run(scenario, topology, calibration, flags, implementation)))
+        run = estimate_run(scenario, topology, calibration, flags, implementation, nccl_version)
+        runs.append(ScenarioRun(scenario=scenario, run=run))
     label = "-vs-".join(dict.fromkeys(item.scenario.name for item in runs))
     return Comparison(comparison_id=f"estimate-{label}"[:120], baseline=scenario_set.baseline, runs=runs)
 

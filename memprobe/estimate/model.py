@@ -13,7 +13,7 @@ were made up.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -39,14 +39,16 @@ MAX_GPUS_PER_NODE = 8
 @dataclass(frozen=True)
 class Topology:
     """Where the ranks sit: ``nnodes`` nodes of ``gpus_per_node`` NVSwitch-joined GPUs, rank ``r`` on node
-    ``r // gpus_per_node``; between nodes one NIC per GPU with GPUDirect RDMA (see :mod:`memprobe.estimate.nccl`)."""
+    ``r // gpus_per_node``; between nodes the ``network`` (see :class:`memprobe.estimate.nccl.Network`)."""
 
     gpus_per_node: int
     nnodes: int
     nics_per_node: int
+    network: nccl.Network = nccl.Network()
 
     @classmethod
-    def for_world(cls, world_size: int, gpus_per_node: int | None, nnodes: int | None) -> "Topology":
+    def for_world(cls, world_size: int, gpus_per_node: int | None, nnodes: int | None,
+                  network: nccl.Network = nccl.Network()) -> "Topology":
         if gpus_per_node is not None and gpus_per_node < 1:
             raise UsageError(f"--gpus-per-node must be 1 or more, got {gpus_per_node}")
         if nnodes is not None and nnodes < 1:
@@ -67,7 +69,8 @@ class Topology:
         if nnodes is not None and nnodes != needed:
             raise UsageError(f"world size {world_size} on nodes of {gpus_per_node} GPUs fills {needed} node(s), not "
                              f"--nnodes {nnodes}")
-        return cls(gpus_per_node=gpus_per_node, nnodes=needed, nics_per_node=gpus_per_node)
+        return cls(gpus_per_node=gpus_per_node, nnodes=needed, nics_per_node=network.nics_per_node(gpus_per_node),
+                   network=network)
 
     def node_of(self, rank: int) -> int:
         return rank // self.gpus_per_node
@@ -75,8 +78,10 @@ class Topology:
     def describe(self) -> str:
         nodes = f"{self.nnodes} node{'s' if self.nnodes > 1 else ''} of {self.gpus_per_node} GPUs (NVSwitch)"
         if self.nnodes > 1:
-            nodes += (f", {self.nics_per_node} NICs per node with GPUDirect RDMA between nodes (several nodes: beyond "
-                      f"anything measured, the rules' assumptions)")
+            nics = f"{self.nics_per_node} NIC{'s' if self.nics_per_node > 1 else ''} per node"
+            nodes += f", {nics}: {self.network.describe()}"
+            if self.network.kind != "socket":
+                nodes += " (beyond anything measured: the rules' assumptions)"
         return nodes
 
 
@@ -96,6 +101,7 @@ class _Rank:
     total: int = 0
     reserved: int = 0
     first_communicator_done: bool = False
+    kernel_stack: int = 0  # the largest per-thread stack of the NCCL kernels this process has launched
     readings: list[Reading] = field(default_factory=list)
     decisions: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -120,6 +126,16 @@ class _Rank:
             added += first
             note += f"; + {first / MiB:g} MiB once per process (first multi-rank communicator, calibration)"
             self.first_communicator_done = True
+            # the calibration's first communicator joins two one-GPU nodes: its warm-up launched that algorithm's kernel
+            self.kernel_stack = nccl.WARMUP_KERNEL_STACK[nccl.warmup_algorithm(2, 2)]
+        stack = nccl.WARMUP_KERNEL_STACK.get(estimate.warmup, 0)
+        if stack > self.kernel_stack:
+            sms = self.calibration.sm_count
+            grown = nccl.local_memory(stack, sms) - nccl.local_memory(self.kernel_stack, sms)
+            added += grown
+            note += (f"; + {grown / MiB:g} MiB of local memory: the first {estimate.warmup.upper()}_LL kernel needs a "
+                     f"{stack} B stack per thread ({self.kernel_stack} B so far)")
+            self.kernel_stack = stack
         return added, note
 
 
@@ -138,13 +154,15 @@ class Context:
 
 
 def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibration,
-                 flags: dict[str, GroupFlags] | None = None, custom_allreduce_impl: str | None = None) -> Run:
+                 flags: dict[str, GroupFlags] | None = None, custom_allreduce_impl: str | None = None,
+                 nccl_version: str | None = None) -> Run:
     """The estimated run of ``scenario``: one record, every rank's readings.
 
     ``flags`` (per group: pynccl, custom all-reduce) default to the scenario's stack; an ``--engine sglang``
-    estimate passes what the installed SGLang's ``initialize_model_parallel`` asked for.
+    estimate passes what the installed SGLang's ``initialize_model_parallel`` asked for. ``nccl_version``: whose
+    rules apply (default: the calibration's NCCL, see :func:`memprobe.estimate.nccl_versions.resolve`).
     """
-    context = estimate_context(scenario, topology, calibration, flags, custom_allreduce_impl)
+    context = estimate_context(scenario, topology, calibration, flags, custom_allreduce_impl, nccl_version)
     lists, classes = _rank_classes(scenario.layout, topology, context.settings.eager)
     ranks = [estimate_rank(context, rank, lists) for rank in sorted(set(classes.values()))]
     record = _record(context, effective_env(scenario), ranks, classes)
@@ -153,9 +171,13 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
 
 
 def estimate_context(scenario: Scenario, topology: Topology, calibration: Calibration,
-                     flags: dict[str, GroupFlags] | None = None, custom_allreduce_impl: str | None = None) -> Context:
+                     flags: dict[str, GroupFlags] | None = None, custom_allreduce_impl: str | None = None,
+                     nccl_version: str | None = None) -> Context:
     """What every rank of ``scenario`` shares (see :func:`estimate_run` for ``flags``)."""
-    settings = nccl.NcclSettings.from_env(effective_env(scenario))
+    from memprobe.estimate.nccl_versions import resolve
+
+    version = resolve(nccl_version, calibration.nccl)[0] if nccl_version else calibration.nccl
+    settings = replace(nccl.NcclSettings.from_env(effective_env(scenario)), version=version)
     stack = scenario.resolved_stack
     assert stack is not None
     plan = plan_groups(scenario.layout)
@@ -262,7 +284,7 @@ def estimate_rank(context: Context, rank: int, lists: dict[str, dict[int, Member
 
 def _group_estimate(context: Context, member: Member) -> nccl.CommunicatorEstimate:
     return nccl.communicator(member.position, len(member.ranks), member.per_node, context.links,
-                             context.topology.nics_per_node, context.settings)
+                             context.topology.nics_per_node, context.settings, context.topology.network)
 
 
 def _ranks_per_node(topology: Topology, ranks: tuple[int, ...]) -> int:
@@ -365,10 +387,11 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
     environment = {
         "device": "cuda", "gpu_model": calibration.gpu_model, "gpu_count": topology.gpus_per_node,
         "nnodes": topology.nnodes, "driver": calibration.driver, "cuda": calibration.cuda, "torch": calibration.torch,
-        "nccl": calibration.nccl, "nccl_env": dict(sorted((k, v) for k, v in env.items())),
+        "nccl": context.settings.version, "nccl_env": dict(sorted((k, v) for k, v in env.items())),
         "sampling_mode": SAMPLING_MODE, "memprobe": _version(),
-        "estimate": {"rules": f"NCCL {nccl.NCCL_VERSION} (memprobe/estimate/nccl.py)", "topology": topology.describe(),
-                     **calibration.basis()},
+        "estimate": {"rules": f"NCCL {context.settings.version} (memprobe/estimate/nccl.py)", "topology": topology.describe(),
+                     **calibration.basis(), "rules_nccl": context.settings.version, "network": topology.network.kind,
+                     "nic_gbps": topology.network.nic_gbps, "warnings": _stack_warnings(context.settings.version, calibration)},
     }
     infos = _rank_infos(context, ranks, classes)
     return RunRecord(
@@ -381,12 +404,21 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
     )
 
 
+def _stack_warnings(version: str, calibration: Calibration) -> list[str]:
+    from memprobe.estimate.nccl_versions import normalise
+
+    if (normalise(calibration.nccl) or calibration.nccl) == version:
+        return []
+    return [f"the rules model NCCL {version} but the calibration was measured with NCCL {calibration.nccl}: its "
+            f"per-process constants are another stack's (run memprobe calibrate on your own stack)"]
+
+
 def _rank_infos(context: Context, ranks: list[_Rank], classes: dict[int, int]) -> list[RankInfo]:
     """Every rank's :class:`RankInfo`: one per representative, copied for the ranks alike to it (a dict copy per rank:
     building 4096 dataclasses costs more than the estimate itself)."""
     calibration, per_node = context.calibration, context.topology.gpus_per_node
     templates = {state.rank: RankInfo(rank=state.rank, gpu_name=calibration.gpu_model, sampling_mode=SAMPLING_MODE,
-                                      torch_version=calibration.torch, nccl_version=calibration.nccl,
+                                      torch_version=calibration.torch, nccl_version=context.settings.version,
                                       communicators=state.decisions) for state in ranks}
     devices = [f"cuda:{local}" for local in range(per_node)]
     hosts = [f"node{node}" for node in range(context.topology.nnodes)]

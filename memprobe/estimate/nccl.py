@@ -3,7 +3,9 @@
 Every rule cites the line of NVIDIA/nccl at tag v2.28.9-1 it comes from (``src/`` omitted). The rules
 cover what memprobe's groups do with a communicator: ``ncclCommInitRank`` and a 1-element fp32
 all-reduce, on GPUs of one node joined by an NVSwitch (all GPUs of a node reach each other over
-their NVLinks at the same bandwidth) and, between nodes, a network with GPUDirect RDMA.
+their NVLinks at the same bandwidth) and, between nodes, a :class:`Network`: InfiniBand with or
+without GPUDirect RDMA, or NCCL's socket transport. The same lines hold from NCCL 2.27.3 to 2.30.7
+(:mod:`memprobe.estimate.nccl_versions` lists them per release).
 
 What is sized here (per rank, per communicator):
 
@@ -14,13 +16,16 @@ What is sized here (per rank, per communicator):
   and tree peer of every channel, plus the shared NET pool of the local proxy;
 * lazy connection (cuMem on): the per-channel structures at init, each a cuMem mapping of one
   allocation granule (``channel.cc:42-56``, ``init.cc:512-514``), and the ring on the first all-reduce;
-* buffer sizes per connection: P2P (``transport/p2p.cc:377-380, 445-448``) and NET with GPUDirect
-  (``transport/net.cc:879-882``).
+* buffer sizes per connection: P2P (``transport/p2p.cc:377-380, 445-448``) and NET, on the GPU only
+  with GPUDirect (``transport/net.cc:881, 1048``).
+
+* the warm-up's algorithm (``graph/tuning.cc`` LL latencies) and the local memory CUDA adds when a process first
+  launches a kernel with a larger stack than its earlier ones (NCCL's tree kernel, from the sm_90 cubin).
 
 Not sized: NVLS (memprobe keeps ``NCCL_NVLS_ENABLE=0``, as SGLang does), CollNet, PXN, NCCL's small
 per-channel structures when cuMem is off (a few hundred KiB per communicator that share 2 MiB pages
 of the CUDA allocator), and the once-per-process cost of NCCL's first communicator (device code,
-stack, proxy): that one comes from the calibration.
+the ring kernel's stack, proxy): that one comes from the calibration.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class NcclSettings:
     chunk_net: int = P2P_NET_CHUNKSIZE
     p2p_read: bool | None = None  # None: NCCL decides (paths.cc:371)
     gdr: bool = True
+    version: str = NCCL_VERSION  # the NCCL whose rules apply (memprobe.estimate.nccl_versions)
 
     @property
     def eager(self) -> bool:
@@ -189,12 +195,55 @@ def _channels(env: Mapping[str, str], bound: str, default: int) -> int:
     return value
 
 
+NETWORKS = ("ib-gdr", "ib", "socket")
+#: NIC speed when none is given: a 400 Gb/s InfiniBand NIC; for sockets NCCL's own figure for an interface whose
+#: speed it cannot read (transport/net_socket.cc:104-106), which is what the loopback runs of results/ measured.
+DEFAULT_NIC_GBPS = {"ib-gdr": 400.0, "ib": 400.0, "socket": 10.0}
+
+
+@dataclass(frozen=True)
+class Network:
+    """How nodes are joined. ``ib-gdr``: InfiniBand (or RoCE) with GPUDirect RDMA, one NIC per GPU; ``ib``: the
+    same NICs without GPUDirect; ``socket``: NCCL's socket transport over one interface per node."""
+
+    kind: str = "ib-gdr"
+    nic_gbps: float = DEFAULT_NIC_GBPS["ib-gdr"]
+
+    @classmethod
+    def of(cls, kind: str, nic_gbps: float | None = None) -> "Network":
+        if kind not in NETWORKS:
+            raise UsageError(f"--network {kind!r}: one of {', '.join(NETWORKS)}")
+        if nic_gbps is not None and not 0 < nic_gbps <= 10_000:
+            raise UsageError(f"--nic-gbps {nic_gbps:g}: a NIC speed in Gb/s, above 0 and at most 10000")
+        return cls(kind, DEFAULT_NIC_GBPS[kind] if nic_gbps is None else float(nic_gbps))
+
+    @property
+    def gdr(self) -> bool:
+        """Whether NET buffers can sit on the GPU: only with GPUDirect RDMA (net.cc:881, 1048 use ``useGdr``); the
+        socket transport takes host pointers only, so NCCL's GDR check fails for it."""
+        return self.kind == "ib-gdr"
+
+    @property
+    def nic_bw(self) -> float:
+        """GB/s as NCCL's topology holds it: the NIC's speed in Mb/s over 8000 (graph/topo.cc:373)."""
+        return self.nic_gbps * 1000 / 8000
+
+    def nics_per_node(self, gpus_per_node: int) -> int:
+        return 1 if self.kind == "socket" else gpus_per_node
+
+    def describe(self) -> str:
+        what = {"ib-gdr": "InfiniBand with GPUDirect RDMA", "ib": "InfiniBand without GPUDirect (NET buffers in host memory)",
+                "socket": "NCCL's socket transport (NET buffers in host memory)"}[self.kind]
+        return f"{what}, {self.nic_gbps:g} Gb/s per NIC"
+
+
 @dataclass(frozen=True)
 class GpuLinks:
     """What the channel search sees of one GPU: its compute capability and its NVLinks to the node's NVSwitch."""
 
     compute_capability: int  # e.g. 90
     nvlinks: int
+    arm_host: bool = False  # the calibrated HGX H200 nodes are x86; only NCCL's NET chunk reads it
 
     @property
     def nvlink_bw(self) -> float:
@@ -229,6 +278,28 @@ def _search_intra(bandwidth: float, speeds: tuple[float, ...]) -> tuple[int, flo
     return max(1, best_channels), best_speed
 
 
+def _search_inter(nic_bw: float, nics: int) -> tuple[int, float]:
+    """Channels and speed of the ring search across nodes: as :func:`_search_intra`, each of ``nics`` NICs of
+    ``nic_bw`` GB/s carrying ``floor(nic_bw / speed)`` channels (a 400 Gb/s NIC: one at 48 GB/s; NCCL's
+    10 Gb/s socket default: one at 1.2 GB/s)."""
+    speeds = SM90_SPEEDS_INTER
+    index = 0
+    while speeds[index] > nic_bw and index < len(speeds) - 1:
+        index += 1
+    best_channels, best_speed = 0, 0.0
+    while True:
+        speed = speeds[index]
+        found = min(SEARCH_MAX_CHANNELS, nics * int(nic_bw // speed))
+        if found * speed > best_channels * best_speed:
+            best_channels, best_speed = found, speed
+        if best_channels == SEARCH_MAX_CHANNELS or index >= len(speeds) - 1:
+            break
+        if best_channels and speeds[index + 1] / best_speed <= 0.49:
+            break
+        index += 1
+    return (best_channels, best_speed) if best_channels else (1, speeds[-1])  # search.cc:1187-1194: a simple order
+
+
 def _duplicate(channels: int, speed: float, compute_capability: int) -> int:
     """graph/search.cc:961-974 ncclTopoDupChannels."""
     if speed < 25.0:
@@ -247,7 +318,8 @@ class Channels:
 
 
 @lru_cache(maxsize=None)
-def channels(n_ranks: int, n_nodes: int, links: GpuLinks, nics_per_node: int, settings: NcclSettings) -> Channels:
+def channels(n_ranks: int, n_nodes: int, links: GpuLinks, nics_per_node: int, settings: NcclSettings,
+             network: Network = Network()) -> Channels:
     """Channel counts of a communicator of ``n_ranks`` ranks over ``n_nodes`` nodes."""
     if n_nodes <= 1:
         # search.cc:41-45: a single GPU talks to itself at LOC_BW; else the NVLink bandwidth to the switch
@@ -255,12 +327,12 @@ def channels(n_ranks: int, n_nodes: int, links: GpuLinks, nics_per_node: int, se
         search, speed = _search_intra(bandwidth, SM90_SPEEDS_INTRA)
         found = _duplicate(search, speed, links.compute_capability)
     else:
-        # Between nodes every ring channel leaves a node through one NIC (assumed: one 400 Gb/s NIC
-        # per GPU, GPUDirect RDMA, as on HGX H100/H200 nodes); the search finds one channel per NIC at
-        # the first SM90 inter-node speed at or below the NIC's 50 GB/s (search.cc:982, 1075).
+        # Between nodes every ring channel leaves its node through a NIC: the search (search.cc:1072-1157, the
+        # inter-node speeds of :982) starts at the fastest speed not above the NIC's bandwidth (:1075), the GPU's
+        # path to it being no narrower (PCIe Gen5 x16), and fits floor(bw / speed) channels through each NIC.
+        # GPUDirect does not enter the search: NCCL asks for it when it connects (net.cc:301, 344).
         nics = max(1, min(nics_per_node, n_ranks // n_nodes))
-        speed = next(s for s in SM90_SPEEDS_INTER if s <= 50.0)
-        search = nics
+        search, speed = _search_inter(network.nic_bw, nics)
         found = _duplicate(search, speed, links.compute_capability)
     collective = min(MAXCHANNELS, found * 2)  # connect.cc:452 "Duplication should be complete now"
     if n_nodes > 1 and links.compute_capability >= 90 and speed > 45.0 and collective < 16:
@@ -380,6 +452,41 @@ class Part:
         return self.count * self.each_bytes
 
 
+#: Per-thread stack of the 4-byte fp32 sum all-reduce kernels, from NCCL 2.28.9's sm_90 cubin (``cuobjdump
+#: -res-usage`` of nvidia-nccl-cu13 2.28.9's libnccl.so.2: ncclDevKernel_AllReduce_Sum_f32_RING_LL, _TREE_LL).
+WARMUP_KERNEL_STACK = {"ring": 1736, "tree": 1856}
+THREADS_PER_SM = 2048  # sm_90: the most resident threads per SM, each given the stack in local memory
+# graph/tuning.cc:143-166 tuner constants, LL protocol: base latency per algorithm, per-hop latency per link (us)
+LL_BASE_LATENCY = {"tree": 6.8, "ring": 6.6}
+LL_NVLINK_LATENCY = {"tree": 0.6, "ring": 0.6}
+LL_NET_LATENCY = {"tree": 5.0, "ring": 2.7}
+NET_OVERHEAD = 1.0  # tuning.cc:214-219 getNetOverhead on x86 Intel (2.0 on AMD): the least a ring step costs across nodes
+
+
+def _log2i(value: int) -> int:
+    return value.bit_length() - 1
+
+
+def warmup_algorithm(n_ranks: int, n_nodes: int) -> str:
+    """The algorithm NCCL's tuner picks for a 4-byte all-reduce: the LL latencies of graph/tuning.cc:353-385 (the
+    bandwidth term of 4 bytes is nil). On one node the ring is 0.2 us faster; across 3 or more nodes (or 2 nodes
+    of several GPUs) the tree's log2 hops win."""
+    per_node = n_ranks // n_nodes
+    steps, inter_steps = 2 * (n_ranks - 1), (0 if n_nodes == 1 else 2 * (n_nodes - 1))
+    inter = {algo: LL_NET_LATENCY["tree"] if per_node == 1 else LL_NET_LATENCY[algo] for algo in ("ring", "tree")}  # :356
+    intra = max(LL_NVLINK_LATENCY["ring"], NET_OVERHEAD) if n_nodes > 1 else LL_NVLINK_LATENCY["ring"]  # :371-377
+    ring = LL_BASE_LATENCY["ring"] + (steps - inter_steps) * intra + inter_steps * inter["ring"]
+    tree = LL_BASE_LATENCY["tree"] + 2 * ((per_node - 1) * LL_NVLINK_LATENCY["tree"] + _log2i(n_nodes) * inter["tree"])
+    return "tree" if tree < ring else "ring"
+
+
+def local_memory(stack: int, sm_count: int) -> int:
+    """What CUDA reserves on the GPU for a per-thread stack of ``stack`` bytes: every resident thread of every SM,
+    the stack rounded to 16 bytes, the whole in 2 MiB pages. CUDA grows it when a kernel needing a larger stack is
+    launched (NCCL leaves cudaLimitStackSize alone unless NCCL_SET_STACK_SIZE=1: init.cc:1412, 1537-1539)."""
+    return _align(_align(stack, 16) * THREADS_PER_SM * sm_count, CUMEM_GRANULARITY)
+
+
 @dataclass(frozen=True)
 class CommunicatorEstimate:
     """What one rank's communicator allocates at init and at its first all-reduce."""
@@ -388,6 +495,7 @@ class CommunicatorEstimate:
     channels: Channels
     init_parts: tuple[Part, ...] = field(default_factory=tuple)
     first_use_parts: tuple[Part, ...] = field(default_factory=tuple)
+    warmup: str = ""  # the algorithm of its first 4-byte all-reduce ("" for one rank)
 
     @property
     def init_bytes(self) -> int:
@@ -419,27 +527,32 @@ def p2p_buffer_sizes(settings: NcclSettings, read: bool) -> tuple[int, int]:
     return _align(send, CUDA_IPC_MIN), _align(recv, CUDA_IPC_MIN)
 
 
-def net_buffer_sizes(settings: NcclSettings) -> tuple[int, int]:
-    """(send, receive) device bytes of one NET connection with GPUDirect (transport/net.cc:879-882, 1046-1049):
-    LL128 and Simple on the GPU on the send side (LL stays in host memory), every protocol on the receive side."""
-    if not settings.gdr:
+def net_buffer_sizes(settings: NcclSettings, network: Network = Network()) -> tuple[int, int]:
+    """(send, receive) device bytes of one NET connection (transport/net.cc:881, 1048): with GPUDirect, LL128 and
+    Simple on the GPU on the send side (LL stays in host memory), every protocol on the receive side; without it
+    (``ib``, ``socket`` or ``NCCL_NET_GDR_LEVEL=0``) all of them in host memory."""
+    if not (settings.gdr and network.gdr):
         return 0, 0
     ll, ll128, simple = settings.buffsizes
     return _align(ll128 + simple, CUDA_IPC_MIN), _align(ll + ll128 + simple, CUDA_IPC_MIN)
 
 
-def p2p_chunk(settings: NcclSettings, n_nodes: int) -> int:
-    """init.cc:716-721: the P2P chunk, at most an eighth of the Simple buffer."""
-    chunk = settings.chunk_net if n_nodes > 1 else settings.chunk_nvl
+def p2p_chunk(settings: NcclSettings, n_nodes: int, links: GpuLinks | None = None) -> int:
+    """init.cc:716-721: the P2P chunk, at most an eighth of the Simple buffer; from NCCL 2.29.2 the NET chunk is
+    doubled on Arm hosts with sm100 GPUs (init.cc:751-752 there; see :mod:`memprobe.estimate.nccl_versions`)."""
+    from memprobe.estimate.nccl_versions import net_chunk_ratio
+
+    ratio = net_chunk_ratio(settings.version, links.arm_host, links.compute_capability) if links else 1
+    chunk = settings.chunk_net * ratio if n_nodes > 1 else settings.chunk_nvl
     return min(chunk, settings.buffsizes[2] // NCCL_STEPS)
 
 
 @lru_cache(maxsize=None)
 def communicator(rank: int, n_ranks: int, ranks_per_node: int, links: GpuLinks, nics_per_node: int,
-                 settings: NcclSettings) -> CommunicatorEstimate:
+                 settings: NcclSettings, network: Network = Network()) -> CommunicatorEstimate:
     """One rank's bytes of a communicator whose ranks fill nodes of ``ranks_per_node`` in rank order."""
     n_nodes = -(-n_ranks // ranks_per_node)
-    chans = channels(n_ranks, n_nodes, links, nics_per_node, settings)
+    chans = channels(n_ranks, n_nodes, links, nics_per_node, settings, network)
     init: list[Part] = []
     first_use: list[Part] = []
     if settings.cumem:
@@ -449,29 +562,31 @@ def communicator(rank: int, n_ranks: int, ranks_per_node: int, links: GpuLinks, 
         init.append(Part("channel structures", structures, CUMEM_GRANULARITY, "channel.cc:42-56, init.cc:512-514"))
     if n_ranks == 1:  # generic.cc:18: a one-rank communicator connects no peer
         if settings.eager:
-            init.append(_net_pool(chans, n_nodes, settings))
+            init.append(_net_pool(chans, n_nodes, settings, links))
         return CommunicatorEstimate(n_ranks, chans, tuple(init), tuple(first_use))
     peers = ring_and_tree_peers(rank, n_ranks, ranks_per_node, settings.eager)
     read = settings.p2p_read if settings.p2p_read is not None else links.compute_capability == 80  # paths.cc:371
     p2p_send, p2p_recv = p2p_buffer_sizes(settings, read)
-    net_send, net_recv = net_buffer_sizes(settings)
+    net_send, net_recv = net_buffer_sizes(settings, network)
     c = chans.collective
     connections = [
         Part("P2P receive buffers", c * len(peers.recv_local), p2p_recv, "transport/p2p.cc:445-448"),
         Part("P2P send buffers", c * len(peers.send_local), p2p_send, "transport/p2p.cc:377-380"),
-        Part("NET receive buffers", c * len(peers.recv_remote), net_recv, "transport/net.cc:1046-1049"),
-        Part("NET send buffers", c * len(peers.send_remote), net_send, "transport/net.cc:879-882"),
+        Part("NET receive buffers", c * len(peers.recv_remote), net_recv, "transport/net.cc:1048"),
+        Part("NET send buffers", c * len(peers.send_remote), net_send, "transport/net.cc:881"),
     ]
     connections = [part for part in connections if part.count and part.each_bytes]
     if settings.eager:
         init.extend(connections)
-        init.append(_net_pool(chans, n_nodes, settings))
+        init.append(_net_pool(chans, n_nodes, settings, links))
     else:
         first_use.extend(connections)
-    return CommunicatorEstimate(n_ranks, chans, tuple(init), tuple(first_use))
+    return CommunicatorEstimate(n_ranks, chans, tuple(init), tuple(first_use), warmup_algorithm(n_ranks, n_nodes))
 
 
-def _net_pool(chans: Channels, n_nodes: int, settings: NcclSettings) -> Part:
+def _net_pool(chans: Channels, n_nodes: int, settings: NcclSettings, links: GpuLinks) -> Part:
     """init.cc:1307-1308 + transport/net.cc:647: the local NET proxy's shared pool, allocated at init in the
-    eager branch even when every peer is reached over NVLink: p2p channels x 16 steps x the P2P chunk."""
-    return Part("shared NET pool", 1, chans.p2p * SHARED_STEPS * p2p_chunk(settings, n_nodes), "init.cc:1307-1308, net.cc:647")
+    eager branch even when every peer is reached over NVLink: p2p channels x 16 steps x the P2P chunk. It is on
+    the GPU whatever the network (net.cc:706 passes ``cuda=1``), GPUDirect or not."""
+    size = chans.p2p * SHARED_STEPS * p2p_chunk(settings, n_nodes, links)
+    return Part("shared NET pool", 1, size, "init.cc:1307-1308, net.cc:647, 706")

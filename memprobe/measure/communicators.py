@@ -14,7 +14,6 @@ This module imports torch and is only imported inside workers.
 from __future__ import annotations
 
 import ctypes
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from memprobe.measure import nvml
+from memprobe.measure.rendezvous import nccl_host
 from memprobe.measure.custom_allreduce_sizes import V1_WORLD_SIZES, V1Buffers, v2_supported_world_sizes, v2_workspace
 
 
@@ -211,7 +211,7 @@ def custom_allreduce_eligibility(cpu_group: Any, ranks: tuple[int, ...], gpu_uui
     ``--enable-p2p-check``.
     """
     size = len(ranks)
-    hosts = _gather(cpu_group, socket.gethostname(), size)
+    hosts = _gather(cpu_group, nccl_host(), size)
     uuids = _gather(cpu_group, gpu_uuid, size)
     if len(set(hosts)) != 1:
         return None, "group spans several nodes"

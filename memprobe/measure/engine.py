@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import time
 import traceback
 from typing import Any, Callable
@@ -27,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from memprobe.measure.rendezvous import INIT_METHOD
+from memprobe.measure.rendezvous import INIT_METHOD, nccl_host
 from memprobe.model.layout import GroupPlan, Layout, plan_groups
 from memprobe.model.events import Arrived, ReadingTaken, WorkerEvent
 from memprobe.model.records import CONCURRENT_VARIABLE, RankInfo, Reading, StepStatus, process_carries
@@ -105,7 +104,7 @@ class ReferenceEngine:
         self.pynccl: dict[str, Any] = {}
         self.custom_allreduce: dict[str, Any] = {}
         self.cuda_runtime: Any = None
-        self.info = RankInfo(rank=rank, local_rank=local_rank, host=socket.gethostname(), pid=os.getpid(),
+        self.info = RankInfo(rank=rank, local_rank=local_rank, host=nccl_host(), pid=os.getpid(),
                              device="cpu" if device == "cpu" else f"cuda:{local_rank}",
                              torch_version=torch.__version__, cuda_version=str(torch.version.cuda or ""))
         self.sampler: Any = None

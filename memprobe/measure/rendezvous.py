@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlparse
 
@@ -45,3 +46,11 @@ def use_scenario_store(scenario: str) -> None:
         return _scenario_store(url, scenario, **kwargs)
 
     rendezvous.register_rendezvous_handler(SCHEME, handler)
+
+
+def nccl_host() -> str:
+    """The host NCCL takes this process to be on: ``NCCL_HOSTID`` replaces the host name in NCCL's host hash
+    (NCCL 2.28.9 misc/utils.cc:87-90), so processes of one machine with distinct ``NCCL_HOSTID``s are as many nodes
+    to NCCL, joined over its network transport; memprobe names their node the same way."""
+    host_id = os.environ.get("NCCL_HOSTID")
+    return f"{socket.gethostname()}/NCCL_HOSTID={host_id}" if host_id else socket.gethostname()

@@ -88,9 +88,19 @@ def layout_of(run: Run) -> Layout | None:
 ESTIMATED_MEMORY = "ESTIMATED GPU memory (NCCL rules + calibration, not measured)"
 
 
+def estimated_memory(run: Run) -> str:
+    """ESTIMATED_MEMORY naming the NCCL whose rules made it, and the calibration's NCCL where that is another."""
+    basis = run.record.environment.get("estimate") or {}
+    rules, calibrated = basis.get("rules_nccl"), basis.get("nccl")
+    if not rules:
+        return ESTIMATED_MEMORY
+    other = f" of NCCL {calibrated}: another NCCL" if calibrated and calibrated != rules else ""
+    return f"ESTIMATED GPU memory (NCCL {rules} rules + calibration{other}, not measured)"
+
+
 def measured_memory(runs: list[Run]) -> str:
     """What the readings are, in words: GPU memory (NVML), host memory (RSS) with --device cpu, or an estimate."""
-    kinds = {ESTIMATED_MEMORY if run.record.source == "estimated" else
+    kinds = {estimated_memory(run) if run.record.source == "estimated" else
              "host memory (RSS)" if run.record.device == "cpu" else "GPU memory" for run in runs}
     return kinds.pop() if len(kinds) == 1 else "memory (" + " and ".join(sorted(kinds)) + " mixed)"
 

@@ -53,14 +53,17 @@ def _step_lines(result: RunCheck, stream: TextIO) -> None:
 
 
 def _per_gpu_count(checked: list[RunCheck], stream: TextIO) -> None:
-    by_count: dict[int, list[tuple[int, str, RunCheck]]] = defaultdict(list)
+    """The largest total error per node shape: GPUs of one node, or nodes of N GPUs and the network joining them."""
+    by_count: dict[tuple[int, int, str], list[tuple[int, str, RunCheck]]] = defaultdict(list)
     for result in checked:
+        nodes = result.world_size // max(1, result.gpus) if result.network else 1
         for total in result.totals:
-            by_count[result.gpus].append((total.error, f"{total.what}, rank {total.rank}", result))
-    for count in sorted(by_count):
-        error, where, result = max(by_count[count], key=lambda item: abs(item[0]))
+            by_count[(nodes, result.gpus, result.network)].append((total.error, f"{total.what}, rank {total.rank}", result))
+    for nodes, count, network in sorted(by_count):
+        error, where, result = max(by_count[(nodes, count, network)], key=lambda item: abs(item[0]))
         measured = next(t.measured for t in result.totals if f"{t.what}, rank {t.rank}" == where)
-        print(f"largest total error on {count} GPU(s): {mib(error, signed=True)} {UNIT} ({_percent(error, measured)}; "
+        shape = f"{nodes} nodes of {count} GPU(s) over {network}" if network else f"{count} GPU(s)"
+        print(f"largest total error on {shape}: {mib(error, signed=True)} {UNIT} ({_percent(error, measured)}; "
               f"bound {mib(bound(measured))} {UNIT}) at {where} of {result.path}", file=stream)
 
 
