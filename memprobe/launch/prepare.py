@@ -97,7 +97,13 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
 
             if scenario.sglang:
                 check_site(scenario.sglang, f"scenario {scenario.name}: sglang {scenario.sglang}")
-            sglang_installation(worker_environment(scenario, options))
+            installation = sglang_installation(worker_environment(scenario, options))
+            if options.device == "cpu":
+                from memprobe.engines.sglang.cpu_install import requirements_problem
+
+                problem = requirements_problem(worker_environment(scenario, options), installation.version)
+                if problem:
+                    raise UsageError(problem)
     for scenario in scenarios:
         if scenario.layout.world_size % options.nnodes:
             raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over "
