@@ -134,7 +134,7 @@ def test_missing_sglang_is_exit_2_before_launch(memprobe, tmp_path, monkeypatch)
         pytest.skip("SGLang is installed here")
     assert result.returncode == 2
     assert result.stderr.strip() == ("memprobe: error: --engine sglang needs SGLang installed (pip install sglang, "
-                                     "or --sglang SITE_FOLDER); it was not found")
+                                     "or --sglang SITE_FOLDER); it was not found; on a CPU runner: python -m pip install --no-deps sglang")
     assert not (tmp_path / "memprobe-runs").exists()
 
 
