@@ -104,3 +104,19 @@ def test_a_verdict_on_memprobe_s_reproduction_says_the_engine_s_code_is_not_run(
     assert result.returncode == 0, result.stderr
     assert ("this verdict guards memprobe's reproduction of SGLang 0.5.23 (your engine's code is not run)"
             in result.stdout)
+
+
+@needs_releases
+@pytest.mark.e2e
+def test_the_pytest_example_asserts_on_the_engine_s_code_and_fails_on_the_revert():
+    import subprocess
+
+    example = ROOT / "examples" / "pytest" / "test_memory_budget.py"
+    outcomes = {}
+    for release in ("0.5.11", "0.5.10.post1"):
+        env = dict(os.environ, MEMPROBE_EXAMPLE_SGLANG=SITES[release], PYTHONPATH=_worker_env()["PYTHONPATH"])
+        outcomes[release] = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example),
+                                            "-k", "own"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert outcomes["0.5.11"].returncode == 0, outcomes["0.5.11"].stdout
+    assert outcomes["0.5.10.post1"].returncode == 1
+    assert "the installed SGLang's MoE groups build {'moe_ep/pynccl': 'built'" in outcomes["0.5.10.post1"].stdout
