@@ -534,7 +534,7 @@ def _default_tp(launch: LaunchOptions) -> int:
 
     count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=Layout(tp=1)), launch))
     if count == 0:
-        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu or give --tp")
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); `memprobe estimate` with the same flags answers without one (estimated GPU bytes); --device cpu measures host memory, not GPU bytes; or give --tp")
     return count
 
 

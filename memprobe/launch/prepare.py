@@ -116,7 +116,7 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
         return
     count, reason = visible_gpu_count(environment)
     if count == 0:
-        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu to run the pipeline without GPUs")
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); `memprobe estimate` with the same flags answers without one (estimated GPU bytes), and --device cpu runs the pipeline measuring host memory, not GPU bytes")
     for scenario in scenarios:
         needed = scenario.layout.world_size // options.nnodes
         if needed > count:
