@@ -533,8 +533,9 @@ def _default_tp(launch: LaunchOptions) -> int:
     from memprobe.model.scenario import Scenario
 
     count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=Layout(tp=1)), launch))
+    from memprobe.launch.no_gpu import no_gpu_hint  # only on this path
     if count == 0:
-        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); `memprobe estimate` with the same flags answers without one (estimated GPU bytes); --device cpu measures host memory, not GPU bytes; or give --tp")
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); {no_gpu_hint()}; or give --tp")
     return count
 
 

@@ -120,3 +120,23 @@ def test_the_pytest_example_asserts_on_the_engine_s_code_and_fails_on_the_revert
     assert outcomes["0.5.11"].returncode == 0, outcomes["0.5.11"].stdout
     assert outcomes["0.5.10.post1"].returncode == 1
     assert "the installed SGLang's MoE groups build {'moe_ep/pynccl': 'built'" in outcomes["0.5.10.post1"].stdout
+
+
+def test_without_a_gpu_the_measuring_commands_name_the_estimate_with_the_same_flags(memprobe):
+    from memprobe.launch.no_gpu import estimate_command
+
+    assert estimate_command(["memprobe", "compare", "--tp", "8", "--ep=4", "--device", "cuda", "--jobs", "2", "-q"]) == \
+        "memprobe estimate --tp 8 --ep=4"
+    assert estimate_command(["memprobe", "run", "--tp", "4", "--stack", "full", "--per-rank", "--run-id", "x"]) == \
+        "memprobe estimate --tp 4 --stacks full --per-rank"
+    assert estimate_command(["memprobe", "gate", "--baseline", "b.json"]) is None
+    result = memprobe("compare", "--tp", "8", "--ep", "4")
+    if "no NVIDIA GPU visible" not in result.stderr:
+        pytest.skip("a GPU is visible here")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "`memprobe estimate --tp 8 --ep 4` answers without one (estimated GPU bytes)" in result.stderr
+    assert "--device cpu runs the pipeline measuring host memory, not GPU bytes" in result.stderr
+    estimated = memprobe("estimate", "--tp", "8", "--ep", "4")  # the command named, as named
+    assert estimated.returncode == 0 and "ESTIMATED" in estimated.stdout
+    gate = memprobe("gate", "--baseline", str(ROOT / "configs" / "baselines" / "h200x4-tp4-ep2-lean.json"))
+    assert gate.returncode == 2 and "`memprobe gate --estimate` judges an estimated baseline" in gate.stderr

@@ -115,8 +115,9 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     if options.device == "cpu":
         return
     count, reason = visible_gpu_count(environment)
+    from memprobe.launch.no_gpu import no_gpu_hint  # only on this path
     if count == 0:
-        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); `memprobe estimate` with the same flags answers without one (estimated GPU bytes), and --device cpu runs the pipeline measuring host memory, not GPU bytes")
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); {no_gpu_hint()}")
     for scenario in scenarios:
         needed = scenario.layout.world_size // options.nnodes
         if needed > count:
