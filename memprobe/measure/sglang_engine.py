@@ -238,8 +238,8 @@ def make_sglang_engine(base: type) -> type:
             from sglang.srt.distributed import parallel_state  # noqa: F401
             from sglang.srt.distributed.device_communicators import custom_all_reduce, pynccl  # noqa: F401
 
-            if self.device_kind == "cpu" and standins.stood_in():
-                self.info.warnings.append(standins.note())
+            if self.device_kind == "cpu" and (note := standins.import_note()):
+                self.info.warnings.append(note)
 
         def _prepare_sglang(self, ps: Any) -> None:
             try:  # as SGLang's bootstrap does unless --enable-p2p-check

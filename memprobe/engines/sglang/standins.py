@@ -111,10 +111,18 @@ def stood_in() -> list[str]:
     return standins.stood_in()
 
 
+def import_note() -> str | None:
+    """After SGLang's ``parallel_state`` is imported: the module ``GroupCoordinator.__init__`` imports lazily in every
+    release checked (``sglang.srt.layers.dp_attention``, which reaches ``triton`` and, in 0.5.23, ``tvm_ffi``) is
+    imported too, so that the note names all the chain could not import; None if nothing was stood in."""
+    importlib.import_module("sglang.srt.layers.dp_attention")
+    return note() if stood_in() else None
+
+
 def note() -> str:
     """One line: what SGLang's import chain could not import here, and what memprobe did about it."""
     return (f"SGLang's import chain could not import {', '.join(stood_in())} here (not installed with --no-deps); "
             f"memprobe stood them in (memprobe/engines/sglang/standins.py), SGLang's group code ran as installed")
 
 
-__all__ = ["MODULES", "install", "install_own_standins", "note", "stood_in"]
+__all__ = ["MODULES", "import_note", "install", "install_own_standins", "note", "stood_in"]
