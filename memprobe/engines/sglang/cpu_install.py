@@ -2,14 +2,18 @@
 
 ``pip install --no-deps sglang==X`` gives SGLang's sources; its full dependency set cannot be installed on a CPU
 runner (it pins a CUDA torch and GPU-only kernels). Most of what its import chain names is stood in by memprobe
-(:mod:`memprobe.engines.sglang.standins`); these few of SGLang's own dependencies really run, or define the
+(:mod:`memprobe.engines.sglang.standins`); these five of SGLang's own dependencies really run, or define the
 classes that run, while the groups are built, so they are installed for real (small CPU wheels, memprobe's
 ``sglang`` extra). Checked on SGLang 0.5.10.post1, 0.5.11 and 0.5.23 with torch 2.13 (CPU):
 
 * ``msgspec``: 0.5.23's ``server_args`` collects the parallel widths with ``msgspec.structs.fields``;
 * ``pyzmq`` (``zmq``): every ``GroupCoordinator`` of width > 1 builds its message-queue broadcaster over zmq;
 * ``pydantic``: the ``BaseModel`` classes of the modules ``parallel_state`` imports;
-* ``pillow`` (``PIL``): ``srt/utils/common.py`` imports ``PIL.Image`` at module level.
+* ``pillow`` (``PIL``): ``srt/utils/common.py`` imports ``PIL.Image`` at module level;
+* ``packaging``: version checks at module level (``packaging.version``).
+
+Checked by hiding every other package of the test interpreter: with memprobe's own dependencies and these, all three
+releases build their groups on CPU; without ``packaging``, 0.5.23's ranks fail at import.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import sys
 from pathlib import Path
 
 #: import name -> pip requirement (the versions SGLang 0.5.23 asks for, where it pins one)
-REQUIREMENTS: dict[str, str] = {"msgspec": "msgspec", "zmq": "pyzmq>=25.1.2", "pydantic": "pydantic", "PIL": "pillow"}
+REQUIREMENTS: dict[str, str] = {"msgspec": "msgspec", "zmq": "pyzmq>=25.1.2", "pydantic": "pydantic", "PIL": "pillow",
+                                 "packaging": "packaging"}
 EXTRA = "memprobe-llm[sglang]"
 
 
