@@ -92,9 +92,8 @@ def test_the_gate_on_the_revert_of_pr_22515_fails_naming_every_rank_s_moe_commun
     assert f"memprobe baseline update" in gate.stdout and document["update_command"] in gate.stdout
     updated = memprobe(*command[1:], env=env)  # as printed
     assert updated.returncode == 0, updated.stderr
-    again = memprobe("gate", "--estimate", "--baseline", "b.json", "--sglang", SITES["0.5.10.post1"], "--threshold",
-                     CUSTOM_ALLREDUCE, env=env)
-    assert again.returncode == 0, again.stdout + again.stderr
+    ranks = json.loads((tmp_path / "b.json").read_text())["scenarios"]["tp4-ep2.sglang"]["ranks"]
+    assert all(ranks[str(rank)]["moe_ep/pynccl"] > 0 for rank in range(4))  # it recorded what 0.5.10.post1 builds
 
 
 def test_a_verdict_on_memprobe_s_reproduction_says_the_engine_s_code_is_not_run(memprobe):
