@@ -156,8 +156,8 @@ def install() -> bool:
     spec = read_input("install") or "action"
     if spec == "none":
         return True
-    if spec == "action":
-        spec = os.environ.get("GITHUB_ACTION_PATH") or str(Path(__file__).resolve().parent.parent)
+    if spec == "action" or spec.startswith("action["):  # action[sglang]: with an extra (pyproject.toml)
+        spec = (os.environ.get("GITHUB_ACTION_PATH") or str(Path(__file__).resolve().parent.parent)) + spec[len("action"):]
     print(f"memprobe-action: pip install {spec}", file=sys.stderr, flush=True)
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", spec])
     if done.returncode != 0:

@@ -30,9 +30,11 @@ app = typer.Typer(
     name="memprobe",
     help=(
         "Per-rank GPU memory of process groups and communicators at LLM-engine start-up.\n\n"
-        "Examples (each runs as written in a clone; add --device cpu where there is no GPU):\n\n"
+        "Examples (each runs as written in a clone; no GPU here: memprobe estimate answers with the same flags, and "
+        "--device cpu runs the pipeline measuring host memory):\n\n"
         "\b\n"  # click: keep these lines as they are (copyable), do not rewrap
         "  memprobe plan --tp 8 --ep 4                 # the groups SGLang 0.5.23 builds (no GPU)\n"
+        "  memprobe estimate --tp 8 --ep 4             # each rank's GPU bytes, ESTIMATED (no GPU, ~1 s)\n"
         "  memprobe run --tp 4 --ep 2 --stack lean     # measure one layout (into memprobe-runs/)\n"
         "  memprobe compare --tp 4 --ep 2              # tp4 vs tp4/ep2 full vs lean, per rank\n"
         "  memprobe report results/h200x4-20261127/compare-tp4-ep2   # re-render saved runs\n"

@@ -1,11 +1,15 @@
 """What an engine's CI writes: per-rank memory budgets, asserted through memprobe's Python API, on CPU.
 
-Two checks, no GPU needed:
+Three checks, no GPU needed:
 
+* the engine's OWN code: the installed SGLang (``MEMPROBE_EXAMPLE_SGLANG``: a site folder from
+  ``pip install --no-deps --target SITE sglang==X``, or SGLang's checkout's ``python``) runs its
+  ``initialize_model_parallel`` on CPU, and its MoE groups ask for no pynccl communicator nor custom all-reduce
+  (on SGLang 0.5.10.post1, before PR #22515, this fails; skipped where no SGLang is given);
 * the *estimate* (NCCL's rules and the packaged H200 calibration) of ``--tp 8 --ep 4`` with the stack the
   engine ships: every rank's total once every group has run its first collective stays under a budget;
-* a real ``--device cpu --tp 2 --ep 2`` launch (torchrun, gloo groups): the MoE groups are built without
-  pynccl communicators, as the stack says.
+* a real ``--device cpu --tp 2 --ep 2`` launch (torchrun, gloo groups) of memprobe's reproduction: the MoE groups
+  are built without pynccl communicators, as the stack says (memprobe's model of the engine, not its code).
 
 Run it with ``pytest examples/pytest/test_memory_budget.py``. The knobs an engine would hard-code are read
 from the environment here, so that memprobe's own suite can break them on purpose:
@@ -16,12 +20,25 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from memprobe import api
 from memprobe.units import GIB
 
 BUDGET_BYTES = int(float(os.environ.get("MEMPROBE_EXAMPLE_BUDGET_GIB", "5")) * GIB)
 STACK = os.environ.get("MEMPROBE_EXAMPLE_STACK", "lean")
+SGLANG_SITE = os.environ.get("MEMPROBE_EXAMPLE_SGLANG", "")
 MOE_GROUPS = ("moe_ep", "moe_tp")  # the expert groups SGLang 0.5.23 builds without pynccl (an alias of tp is not built)
+
+
+@pytest.mark.skipif(not SGLANG_SITE, reason="set MEMPROBE_EXAMPLE_SGLANG to an SGLang site folder or checkout's python/")
+def test_the_engine_s_own_moe_groups_build_no_communicators_of_their_own():
+    comparison = api.estimate(tp=4, ep=2, engine="sglang", sglang=SGLANG_SITE, progress=False)  # its code, on CPU
+    moe = comparison.names()[-1]
+    for rank, groups in api.communicators(comparison, moe).items():
+        built = {f"{group}/{kind}": state for group in MOE_GROUPS for kind, state in groups[group].items()
+                 if state.startswith("built")}
+        assert not built, f"rank {rank}: the installed SGLang's MoE groups build {built}"
 
 
 def test_every_rank_of_the_estimate_fits_the_budget():

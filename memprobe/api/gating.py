@@ -64,10 +64,26 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
         comparison = _gate_comparison(conf, baseline, selected, sglang, calibration)
         if comparison is None:
             return None
-        return judged(baseline, comparison, thresholds_override=overrides, allow_env_mismatch=conf.allow_env_mismatch,
-                      scenarios=selected, results_source=_source(conf.results) if conf.results is not None else None)
+        verdict = judged(baseline, comparison, thresholds_override=overrides, allow_env_mismatch=conf.allow_env_mismatch,
+                         scenarios=selected, results_source=_source(conf.results) if conf.results is not None else None)
     except MeasurementError as error:
-        return failed_result(baseline, str(error), selected, conf.allow_env_mismatch)
+        verdict = failed_result(baseline, str(error), selected, conf.allow_env_mismatch)
+    return _with_guards(verdict, conf, baseline, selected, sglang)
+
+
+def _with_guards(verdict: "GateResult", conf: GateOptions, baseline: "Baseline", selected: list[str], sglang: str) -> "GateResult":
+    """The verdict says whose code it guards, and its update command records the same scenarios the same way."""
+    from memprobe.gate.guards import guards, update_arguments
+    from memprobe.model.scenario import with_sglang
+
+    verdict.guards = guards(with_sglang(baseline.scenario_set(selected), sglang).scenarios)
+    verdict.notes.insert(0, f"this verdict guards {verdict.guards}")
+    gpus = {baseline.scenarios[name].environment_key.get("gpu_count") for name in selected}
+    verdict.update_arguments = update_arguments(
+        estimate=conf.estimate, sglang=sglang, scenarios=list(conf.scenarios), device=conf.launch.device,
+        calibration=conf.calibration, gpus_per_node=gpus.pop() if conf.estimate and len(gpus) == 1 else None,
+        from_results=verdict.results_source is not None)
+    return verdict
 
 
 def _gate_comparison(conf: GateOptions, baseline: "Baseline", selected: list[str], sglang: str,

@@ -143,7 +143,9 @@ def _default_tp(launch: LaunchOptions) -> int:
 
     count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=Layout(tp=1)), launch))
     if count == 0:
-        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu or give --tp")
+        from memprobe.launch.no_gpu import no_gpu_hint  # only on this path
+
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); {no_gpu_hint()}; or give --tp")
     return count
 
 

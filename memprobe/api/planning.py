@@ -4,6 +4,7 @@ nothing measured); check_estimate sets the estimate beside measured runs."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -129,6 +130,8 @@ def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: f
         except MeasurementError as error:  # its folder goes with the temporary one: say what failed here
             raise MeasurementError(f"the --device cpu run of SGLang that tells its groups' flags failed: "
                                    f"{_first_failure(Path(folder)) or error}") from None
+        for line in dict.fromkeys(w for item in comparison.runs for info in item.run.record.ranks for w in info.warnings):
+            print(f"memprobe: note: {line}", file=sys.stderr)  # e.g. what SGLang's import chain could not import here
         return {item.scenario.name: item.run for item in comparison.runs}
 
 

@@ -222,6 +222,8 @@ class GateResult:
     allow_env_mismatch: bool = False
     error: str | None = None  # the run failed before anything could be judged
     memory_kind: str = ""  # what the judged bytes are (memprobe.model.memory_kind): never judged against another kind
+    guards: str = ""  # whose code the bytes come from (memprobe.gate.guards)
+    update_arguments: list[str] = field(default_factory=list)  # baseline update's arguments for the same scenarios
 
     def of_kind(self, *kinds: str) -> list[Finding]:
         return [finding for finding in self.findings if finding.kind in kinds]
@@ -262,7 +264,7 @@ class GateResult:
         command = ["memprobe", "baseline", "update"]
         if self.results_source:
             command += ["--from", self.results_source]
-        command += ["--out", self.baseline_source]
+        command += [*self.update_arguments, "--out", self.baseline_source]
         return shlex.join(command)
 
     def headline(self) -> str:
@@ -299,6 +301,7 @@ class GateResult:
             "memory_kind": self.memory_kind,
             "error": self.error,
             "notes": list(self.notes),
+            "guards": self.guards,
             "findings": [finding.to_dict() for finding in self.findings],
             "incomparable": [
                 {"scenario": item.scenario, "compared": item.compared,

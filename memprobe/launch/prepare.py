@@ -97,7 +97,13 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
 
             if scenario.sglang:
                 check_site(scenario.sglang, f"scenario {scenario.name}: sglang {scenario.sglang}")
-            sglang_installation(worker_environment(scenario, options))
+            installation = sglang_installation(worker_environment(scenario, options))
+            if options.device == "cpu":
+                from memprobe.engines.sglang.cpu_install import requirements_problem
+
+                problem = requirements_problem(worker_environment(scenario, options), installation.version)
+                if problem:
+                    raise UsageError(problem)
     for scenario in scenarios:
         if scenario.layout.world_size % options.nnodes:
             raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over "
@@ -109,8 +115,9 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     if options.device == "cpu":
         return
     count, reason = visible_gpu_count(environment)
+    from memprobe.launch.no_gpu import no_gpu_hint  # only on this path
     if count == 0:
-        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu to run the pipeline without GPUs")
+        raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); {no_gpu_hint()}")
     for scenario in scenarios:
         needed = scenario.layout.world_size // options.nnodes
         if needed > count:

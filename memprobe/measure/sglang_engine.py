@@ -232,10 +232,17 @@ def make_sglang_engine(base: type[ReferenceEngine]) -> type[ReferenceEngine]:
     class SGLangEngine(base):  # type: ignore[misc, valid-type]  # a base given at run time (torch loads lazily)
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            if self.device_kind == "cpu":  # what a CPU runner with `pip install --no-deps sglang` lacks
+                from memprobe.engines.sglang import standins
+
+                standins.install()
             # Import SGLang before the first reading, so that its import cost (host memory only)
             # is not charged to a step.
             from sglang.srt.distributed import parallel_state  # noqa: F401
             from sglang.srt.distributed.device_communicators import custom_all_reduce, pynccl  # noqa: F401
+
+            if self.device_kind == "cpu" and (note := standins.import_note()):
+                self.info.warnings.append(note)
 
         def _prepare_sglang(self, ps: Any) -> None:
             try:  # as SGLang's bootstrap does unless --enable-p2p-check

@@ -72,7 +72,8 @@ def find_package(environ: dict[str, str]) -> Path:
             return candidate.parent
     found = importlib.util.find_spec("sglang")
     if found is None or not found.origin:
-        raise UsageError("--engine sglang needs SGLang installed (pip install sglang, or --sglang SITE_FOLDER); it was not found")
+        raise UsageError("--engine sglang needs SGLang installed (pip install sglang, or --sglang SITE_FOLDER); it was not found; "
+                         "on a CPU runner: python -m pip install --no-deps sglang")
     return Path(found.origin).parent
 
 
@@ -107,6 +108,13 @@ def _read(package: Path, relative: str) -> str:
     return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
 
 
+def _reinstall_hint(package: Path, version: str) -> str:
+    """A release whose files are missing is a broken install: the pip line that reinstalls it."""
+    if version == "unknown" or not (package / PARALLEL_STATE).is_file() or not any(package.parent.glob("sglang-*.dist-info")):
+        return ""
+    return f" (a broken install? python -m pip install --force-reinstall --no-deps sglang=={version})"
+
+
 def api_style(package: Path, version: str) -> tuple[str, str]:
     """``(api style, custom all-reduce default)`` from the sources; :class:`UsageError` naming what is missing."""
     where = f"SGLang {version} ({package})"
@@ -115,7 +123,7 @@ def api_style(package: Path, version: str) -> tuple[str, str]:
         missing = [name for name in names if name not in sources[relative]]
         if missing:
             raise UsageError(f"--engine sglang: {where} has an unknown parallel-state API: "
-                             f"{relative} lacks {', '.join(missing)}")
+                             f"{relative} lacks {', '.join(missing)}{_reinstall_hint(package, version)}")
     initialize = sources[PARALLEL_STATE]["initialize_model_parallel"]
     dispatch = sources["srt/distributed/device_communicators/custom_all_reduce.py"]["dispatch_custom_allreduce"]
     default = "v2" if dispatch else "v1"  # 0.5.23 dispatch(group, device): v2 unless disabled; 0.5.1x: v1

@@ -1,0 +1,67 @@
+"""What a gate's verdict guards (the installed engine's own code, or memprobe's reproduction of it), and the
+``memprobe baseline update`` arguments that record the same scenarios the same way (same engine site,
+``--estimate``, scenario selection), so that the printed update command runs as printed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any, Sequence
+
+#: the SGLang release memprobe's reference engine reproduces (memprobe/model/layout.py, memprobe/model/stacks.py)
+REFERENCE_RELEASE = "SGLang 0.5.23"
+
+
+def _installed_version(site: str) -> str:
+    from memprobe.errors import UsageError
+    from memprobe.measure.sglang_install import sglang_installation
+
+    environ = dict(os.environ)
+    if site:
+        environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, environ.get("PYTHONPATH", "")) if p)
+    try:
+        return sglang_installation(environ).version
+    except UsageError:
+        return "?"
+
+
+def guards(scenarios: Sequence[Any]) -> str:
+    """One line per kind of scenario judged: whose code the bytes come from."""
+    parts: list[str] = []
+    for scenario in scenarios:
+        if getattr(scenario, "engine", "memprobe") == "sglang":
+            where = f" at {scenario.sglang}" if scenario.sglang else ""
+            part = f"the installed SGLang {_installed_version(scenario.sglang)}'s code{where}"
+        else:
+            part = f"memprobe's reproduction of {REFERENCE_RELEASE} (your engine's code is not run)"
+        if part not in parts:
+            parts.append(part)
+    return "; ".join(parts)
+
+
+def update_arguments(*, estimate: bool, sglang: str, scenarios: Sequence[str], device: str,
+                     calibration: Any, gpus_per_node: Any, from_results: bool) -> list[str]:
+    """``baseline update`` arguments for what the gate judged (after ``--from RESULTS`` where it judged results)."""
+    arguments: list[str] = []
+    for name in scenarios:
+        arguments += ["--scenario", name]
+    if from_results:
+        return arguments
+    if estimate:
+        arguments.append("--estimate")
+        if calibration:
+            arguments += ["--calibration", str(calibration)]
+        if gpus_per_node:
+            arguments += ["--gpus-per-node", str(gpus_per_node)]
+    elif device and device != "cuda":
+        arguments += ["--device", device]
+    if sglang:
+        arguments += ["--sglang", sglang]
+    return arguments
+
+
+def quoted(arguments: Sequence[str]) -> str:
+    return shlex.join(arguments)
+
+
+__all__ = ["REFERENCE_RELEASE", "guards", "update_arguments"]
