@@ -16,6 +16,9 @@ def pytest_sessionstart(session):
     import compileall
 
     compileall.compile_dir(str(ROOT / "memprobe"), quiet=1)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest-xdist's workers start with COLUMNS=80 and LINES=24 (execnet):
+        for size in ("COLUMNS", "LINES"):    # the tables' widths would differ from a run without it
+            os.environ.pop(size, None)
 
 
 LAUNCHING_FIXTURES = ("cpu_compare", "cpu_run", "side_by_side")
