@@ -37,9 +37,9 @@ if TYPE_CHECKING:  # the values' types; imported where used, so that `memprobe e
     from memprobe.gate.baseline import Baseline
     from memprobe.gate.judge import GateResult
     from memprobe.model.comparison import Comparison, ScenarioRun
-    from memprobe.model.layout import GroupsPlan, Layout
+    from memprobe.engines.api import LayoutBase as Layout, Plan as GroupsPlan
     from memprobe.model.scenario import ScenarioSet
-    from memprobe.model.stacks import Stack
+    from memprobe.engines.stacks import Stack
 
 __all__ = [
     "BaselineOptions", "BaselineUpdate", "CalibrateOptions", "CompareOptions", "EstimateOptions", "GateOptions",
@@ -85,6 +85,7 @@ class PlanOptions(Widths):
     tp: int
     ep: int = 1
     stack: str = "lean"
+    engine: str = "memprobe"  # any name memprobe.engines knows: sglang-ref (memprobe), sglang, ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,27 +208,54 @@ def plan(options: Optional[PlanOptions] = None, **fields_: Any) -> Plan:
     >>> [g.name for g in p.groups.groups][:2]
     ['world', 'tp']
     """
-    from memprobe.model.layout import plan_groups
-    from memprobe.model.stacks import resolve_stack
-
     conf = _options(PlanOptions, options, fields_)
-    layout = layout_of(conf.tp, conf.ep, conf)
-    stack = resolve_stack(conf.stack)
-    return Plan(groups=plan_groups(layout), stack=stack)
+    check_choices(engine=conf.engine)
+    engine = _engine(conf.engine).engine
+    layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
+    stack = engine.resolve_stack(_stack_of(engine, conf.stack, PlanOptions.stack))
+    return Plan(groups=engine.plan(layout), stack=stack)
 
 
-def layout_of(tp: int, ep: int, widths: Widths) -> "Layout":
-    from memprobe.model.layout import Layout
+def _stack_of(engine: Any, given: str, default: str) -> str:
+    """``--stack`` as given, or, left at its default (SGLang's ``lean``) for an engine without that stack, the
+    engine's own default."""
+    if given == default and given not in engine.builtin_stack_names and not Path(given).exists():
+        return str(engine.default_stack)
+    return given
 
-    return Layout(tp=tp, ep=ep, pp=widths.pp, moe_dp=widths.moe_dp, attn_dp=widths.attn_dp, attn_cp=widths.attn_cp)
+
+def _stacks_of(engine: Any, given: str, default: str) -> str:
+    """``--stacks`` as given, or, left at its default for an engine without those stacks, the engine's pair."""
+    names = [name.strip() for name in given.split(",")]
+    if given == default and not all(name in engine.builtin_stack_names for name in names):
+        return ",".join(engine.stack_pair or (engine.default_stack,))
+    return given
+
+
+def _engine(name: str) -> Any:
+    """The engine and mode ``--engine name`` stands for (:class:`memprobe.engines.api.EngineRef`)."""
+    from memprobe import engines
+
+    return engines.get(name)
+
+
+def _widths(tp: Optional[int], ep: Optional[int], widths: Widths) -> dict[str, Optional[int]]:
+    return {"tp": tp, "ep": ep, "pp": widths.pp, "moe_dp": widths.moe_dp, "attn_dp": widths.attn_dp,
+            "attn_cp": widths.attn_cp}
+
+
+def layout_of(tp: int, ep: int, widths: Widths, engine: str = "memprobe") -> "Layout":
+    """The engine's layout from the width flags (one it does not have must stay at 1)."""
+    return _engine(engine).engine.layout(_widths(tp, ep, widths))
 
 
 def check_choices(**given: str) -> None:
     """--warmup, --env-preset and --engine checked as the user wrote them, before any scenario is named
     after them (a scenario name built from a bad --warmup would be what the error names)."""
-    from memprobe.model.scenario import ENGINES, ENV_PRESETS, WARMUPS
+    from memprobe import engines
+    from memprobe.model.scenario import WARMUPS, env_presets
 
-    allowed = {"warmup": WARMUPS, "env_preset": tuple(sorted(ENV_PRESETS)), "engine": ENGINES}
+    allowed = {"warmup": WARMUPS, "env_preset": tuple(sorted(env_presets())), "engine": engines.names()}
     for key, value in given.items():
         if value not in allowed[key]:
             raise UsageError(f"--{key.replace('_', '-')} {value!r}: use one of {', '.join(allowed[key])}")
@@ -265,35 +293,33 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
     else:
         if conf.tp is None:
             raise UsageError("memprobe estimate needs --tp (or --scenarios FILE, or --check RUN)")
-        names = stack_names(conf.stacks)
-        if conf.engine == "sglang":
-            names = ["lean"]  # one MoE scenario: SGLang's own flags replace the stack below
-        scenario_set = _distinct(_headline(conf, conf.tp, conf.ep if conf.ep is not None else max(1, conf.tp // 2),
+        ref = _engine(conf.engine)
+        names = stack_names(_stacks_of(ref.engine, conf.stacks, EstimateOptions.stacks), ref.name)
+        if ref.installed:
+            names = [ref.engine.default_stack]  # one scenario: the engine's own flags replace the stack below
+        scenario_set = _distinct(_headline(conf, ref.engine.name_for("reference") or ref.name, conf.tp, conf.ep,
                                            names, extra_env))
-    if conf.engine == "sglang":
-        scenario_set = _on_sglang(scenario_set, str(conf.sglang) if conf.sglang else "")
+    if _engine(conf.engine).installed:
+        scenario_set = _on_installed(scenario_set, conf.engine, str(conf.sglang) if conf.sglang else "")
     return scenario_set
 
 
-def stack_names(stacks: str) -> list[str]:
-    """``--stacks full,lean`` as names, each checked."""
-    from memprobe.model.stacks import resolve_stack
-
+def stack_names(stacks: str, engine: str = "memprobe") -> list[str]:
+    """``--stacks full,lean`` as names, each checked against the engine's stacks."""
     names = [name.strip() for name in stacks.split(",") if name.strip()]
     if not names:
         raise UsageError("--stacks needs at least one stack, e.g. full,lean")
     for name in names:
-        resolve_stack(name, option="--stacks")
+        _engine(engine).engine.resolve_stack(name, option="--stacks")
     return names
 
 
-def _headline(conf: "CompareOptions | EstimateOptions", tp: int, ep: int, names: list[str], env: dict[str, str],
-              sglang_sites: Sequence[tuple[str, str]] = ()) -> "ScenarioSet":
+def _headline(conf: "CompareOptions | EstimateOptions", engine: str, tp: int, ep: Optional[int], names: list[str],
+              env: dict[str, str], sglang_sites: Sequence[tuple[str, str]] = ()) -> "ScenarioSet":
     from memprobe.model.scenario import headline_scenarios
 
-    return headline_scenarios(tp=tp, ep=ep, stacks=names, pp=conf.pp, moe_dp=conf.moe_dp, attn_dp=conf.attn_dp,
-                              attn_cp=conf.attn_cp, baseline_tp=conf.baseline_tp, env_preset=conf.env_preset, env=env,
-                              warmup=conf.warmup, sglang_sites=list(sglang_sites))
+    return headline_scenarios(engine, _widths(tp, ep, conf), stacks=names, baseline_tp=conf.baseline_tp,
+                              env_preset=conf.env_preset, env=env, warmup=conf.warmup, sglang_sites=list(sglang_sites))
 
 
 def _distinct(scenario_set: "ScenarioSet") -> "ScenarioSet":
@@ -306,16 +332,15 @@ def _distinct(scenario_set: "ScenarioSet") -> "ScenarioSet":
     return scenario_set
 
 
-def _on_sglang(scenario_set: "ScenarioSet", site: str) -> "ScenarioSet":
-    """Every scenario on real SGLang (its own flags: stack installed), as ``--engine sglang`` measures it."""
-    from memprobe.measure.sglang_install import check_site
+def _on_installed(scenario_set: "ScenarioSet", engine: str, site: str) -> "ScenarioSet":
+    """Every scenario on the installed engine (its own flags: stack installed), as ``--engine sglang`` measures it."""
     from memprobe.model.scenario import ScenarioSet
-    from memprobe.model.stacks import resolve_stack
 
-    site = check_site(site, f"--sglang {site}") if site else ""
-    names = {s.name: f"{s.layout.slug()}.sglang" for s in scenario_set.scenarios}
-    installed = resolve_stack("installed")
-    renamed = {names[s.name]: replace(s, name=names[s.name], engine="sglang", sglang=site, stack="installed",
+    ref = _engine(engine)
+    site = ref.engine.check_site(site, f"--sglang {site}") if site else ""
+    names = {s.name: f"{s.layout.slug()}.{ref.name}" for s in scenario_set.scenarios}
+    installed = ref.engine.resolve_stack("installed")
+    renamed = {names[s.name]: replace(s, name=names[s.name], engine=ref.name, sglang=site, stack="installed",
                                       resolved_stack=installed) for s in scenario_set.scenarios}
     return ScenarioSet(scenarios=tuple(renamed.values()), baseline=names[scenario_set.baseline])
 
@@ -326,18 +351,18 @@ def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_
     first learn its flags from a --device cpu run of it."""
     from memprobe.estimate.comparison import estimate_comparison
 
-    on_sglang = any(scenario.engine == "sglang" for scenario in scenario_set.scenarios)
+    on_sglang = any(scenario.engine_ref.installed for scenario in scenario_set.scenarios)
     sglang_runs = _sglang_flags_runs(scenario_set, progress) if on_sglang else None
     return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs)
 
 
 def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool) -> dict[str, Any]:
-    """A --device cpu run of each scenario on real SGLang: the flags its groups were built with."""
+    """A --device cpu run of each scenario on an installed engine: the flags its groups were built with."""
     import tempfile
 
     from memprobe.model.scenario import ScenarioSet
 
-    on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine == "sglang")
+    on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine_ref.installed)
     with tempfile.TemporaryDirectory(prefix="memprobe-estimate-") as folder:
         options = LaunchOptions(device="cpu", out_dir=Path(folder), progress=progress)
         try:
@@ -349,7 +374,7 @@ def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool) -> dict[str,
 
 
 def _first_failure(folder: Path) -> str:
-    from memprobe.model.records import load_run
+    from memprobe.model.run_files import load_run
 
     for record in sorted(folder.rglob("run.json")):
         try:
@@ -437,22 +462,22 @@ def run(options: Optional[RunOptions] = None, **fields_: Any) -> "ScenarioRun":
 
 
 def _run_scenario(conf: RunOptions) -> Any:
-    from memprobe.model.scenario import Scenario, parse_env_assignments, stack_label
-    from memprobe.model.stacks import resolve_stack
+    from memprobe.model.scenario import DEFAULT_ENGINE, Scenario, parse_env_assignments, stack_label
 
-    layout = layout_of(conf.tp, conf.ep, conf)
-    check_choices(warmup=conf.warmup, env_preset=conf.env_preset, engine=conf.engine)
-    chosen = resolve_stack(conf.stack)
+    check_choices(engine=conf.engine)
+    ref = _engine(conf.engine)
+    layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
+    check_choices(warmup=conf.warmup, env_preset=conf.env_preset)
+    spec = _stack_of(ref.engine, conf.stack, RunOptions.stack)
+    chosen = ref.engine.resolve_stack(spec)
     sglang = conf.sglang
     if sglang:
-        from memprobe.measure.sglang_install import check_site
-
-        if conf.engine != "sglang":
+        if not ref.installed:
             raise UsageError("--sglang needs --engine sglang")
-        sglang = check_site(sglang)
-    suffix = "" if conf.engine == "memprobe" else f".{conf.engine}"
-    return Scenario(name=f"{layout.slug()}-{stack_label(conf.stack, chosen.name)}{suffix}", layout=layout,
-                    stack=conf.stack, env_preset=conf.env_preset, env=parse_env_assignments(conf.env),
+        sglang = ref.engine.check_site(sglang, f"--sglang {sglang}")
+    suffix = "" if ref.name == DEFAULT_ENGINE else f".{ref.name}"
+    return Scenario(name=f"{layout.slug()}-{stack_label(spec, chosen.name)}{suffix}", layout=layout,
+                    stack=spec, env_preset=conf.env_preset, env=parse_env_assignments(conf.env),
                     warmup=conf.warmup, engine=conf.engine, sglang=sglang)
 
 
@@ -471,9 +496,14 @@ def compare(options: Optional[CompareOptions] = None, **fields_: Any) -> "Compar
 
 def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
     """The scenarios :func:`compare` measures, checked; notes (repeats, NCCL settings gloo ignores) on stderr."""
-    from memprobe.model.scenario import ENGINES, load_scenario_file, parse_env_assignments, with_engines, with_env
+    from memprobe import engines as registry
+    from memprobe.model.scenario import load_scenario_file, parse_env_assignments, with_engines, with_env
 
     check_choices(warmup=conf.warmup, env_preset=conf.env_preset)
+    engines = list(dict.fromkeys(e.strip() for e in conf.engine.split(",") if e.strip()))
+    if not engines or any(e not in registry.names() for e in engines):
+        raise UsageError(f"--engine {conf.engine!r}: use {', '.join(registry.names())}, or several joined by a comma "
+                         f"(memprobe,sglang)")
     if conf.jobs < 0:
         raise UsageError(f"--jobs must be 0 (auto) or more, got {conf.jobs}")
     extra_env = parse_env_assignments(conf.env)
@@ -482,17 +512,14 @@ def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
         _refuse_ignored_with_file(conf, sglang_sites)
         scenario_set = with_env(load_scenario_file(conf.scenarios), extra_env)
     else:
-        scenario_set = _compare_headline(conf, extra_env, sglang_sites)
-    engines = list(dict.fromkeys(e.strip() for e in conf.engine.split(",") if e.strip()))
-    if not engines or any(e not in ENGINES for e in engines):
-        raise UsageError(f"--engine {conf.engine!r}: use memprobe, sglang or memprobe,sglang")
+        scenario_set = _compare_headline(conf, engines[0], extra_env, sglang_sites)
     scenario_set = with_engines(scenario_set, engines)
     _note_nccl_settings_on_cpu(scenario_set, conf.launch.device)
     return scenario_set
 
 
 def _sglang_sites(items: Sequence[str]) -> list[tuple[str, str]]:
-    from memprobe.measure.sglang_install import check_site
+    from memprobe.engines.sglang.install import check_site
     from memprobe.model.scenario import parse_sglang_sites
 
     return [(label, check_site(path, f"--sglang {label}={path}")) for label, path in parse_sglang_sites(list(items))]
@@ -512,11 +539,18 @@ def _refuse_ignored_with_file(conf: CompareOptions, sglang_sites: list[tuple[str
                          f"would be ignored with it: put them in the file (per scenario or under [defaults])")
 
 
-def _compare_headline(conf: CompareOptions, env: dict[str, str], sglang_sites: list[tuple[str, str]]) -> "ScenarioSet":
-    """--tp T as the baseline, the MoE layout once per stack and SGLang installation; repeats dropped with a note."""
+def _compare_headline(conf: CompareOptions, engine: str, env: dict[str, str],
+                      sglang_sites: list[tuple[str, str]]) -> "ScenarioSet":
+    """The engine's headline: for SGLang --tp T as the baseline, the MoE layout once per stack and SGLang
+    installation; repeats dropped with a note."""
+    ref = _engine(engine)
+    reference = ref.engine.name_for("reference") or ref.name
     tp = conf.tp if conf.tp is not None else _default_tp(conf.launch)
     ep = conf.ep if conf.ep is not None else max(1, tp // 2)
-    scenario_set = _headline(conf, tp, ep, stack_names(conf.stacks), env, sglang_sites)
+    if "ep" not in ref.engine.layout_type.field_names():
+        ep = conf.ep
+    stacks = _stacks_of(ref.engine, conf.stacks, CompareOptions.stacks)
+    scenario_set = _headline(conf, reference, tp, ep, stack_names(stacks, reference), env, sglang_sites)
     if conf.tp is None:
         print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
     return _distinct(scenario_set)
@@ -526,11 +560,11 @@ def _default_tp(launch: LaunchOptions) -> int:
     if launch.device == "cpu":
         return 4
     from memprobe.launch.options import worker_environment
+    from memprobe.engines.sglang.layout import SGLangLayout
     from memprobe.launch.prepare import visible_gpu_count
-    from memprobe.model.layout import Layout
     from memprobe.model.scenario import Scenario
 
-    count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=Layout(tp=1)), launch))
+    count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=SGLangLayout(tp=1)), launch))
     if count == 0:
         raise UsageError(f"no NVIDIA GPU visible ({reason or 'NVML found none'}); use --device cpu or give --tp")
     return count
@@ -661,7 +695,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
     check_overrides(baseline, overrides)
     sglang = conf.sglang
     if sglang:
-        from memprobe.measure.sglang_install import check_site
+        from memprobe.engines.sglang.install import check_site
 
         sglang = check_site(sglang)
     if conf.estimate and conf.results is not None:
@@ -840,7 +874,7 @@ def _baseline_inputs(conf: BaselineOptions) -> tuple[Any, Any, Any, Any]:
         check_device_matches(existing, existing.names(), "estimate" if conf.estimate else conf.launch.device)
     calibration = find_calibration(None, conf.calibration) if conf.estimate else None
     if conf.sglang and scenario_set is not None:
-        from memprobe.measure.sglang_install import check_site
+        from memprobe.engines.sglang.install import check_site
         from memprobe.model.scenario import with_sglang
 
         scenario_set = with_sglang(scenario_set, check_site(conf.sglang))

@@ -22,8 +22,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
-from memprobe.errors import DamagedInput, OutputError, UsageError
-from memprobe.model.steps import STEPS
+from memprobe import engines
+from memprobe.errors import DamagedInput, OutputError
+from memprobe.model.steps import GENERIC_STEPS
 
 SCHEMA_VERSION = 1
 
@@ -383,6 +384,7 @@ def _parse_optional_int(value: str, column: str, source: str, line: int) -> int 
 def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
     """The readings of a ``readings.csv``; a damaged file (wrong header or columns, bytes that are not whole
     numbers >= 0, a rank's step or sequence number twice) is :class:`DamagedInput` naming file and line."""
+    known_steps = {*GENERIC_STEPS, *engines.kinds_of_every_engine()}
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or tuple(reader.fieldnames) != READING_COLUMNS:
         raise DamagedInput(f"{source}: header must be {','.join(READING_COLUMNS)}")
@@ -396,7 +398,7 @@ def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
             elapsed = float(row["elapsed_s"])
         except ValueError:
             raise DamagedInput(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
-        if row["step"] not in STEPS:
+        if row["step"] not in known_steps:
             raise DamagedInput(f"{source}:{line}: unknown step {row['step']!r}")
         if row["status"] not in STATUSES:
             raise DamagedInput(f"{source}:{line}: unknown status {row['status']!r}")
@@ -422,39 +424,3 @@ def launch_paths(folder: Path, suffix: str = "") -> tuple[Path, Path]:
 
 def stream_path(run_dir: Path, rank: int) -> Path:
     return run_dir / "ranks" / f"rank-{rank:05d}.jsonl"
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Load a run folder. Raises :class:`UsageError` with one line when it is missing or corrupt."""
-    run_dir = Path(run_dir)
-    record_path = run_dir / "run.json"
-    if not record_path.is_file():
-        raise UsageError(f"{run_dir} is not a memprobe run folder (no run.json)")
-    try:
-        data = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DamagedInput(f"{record_path}: unreadable or not JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise DamagedInput(f"{record_path}: not a memprobe run record")
-    record = RunRecord.from_dict(data, str(record_path))
-    readings_path = run_dir / "readings.csv"
-    if readings_path.is_file():
-        readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
-    elif record.status == RunStatus.COMPLETE:
-        raise DamagedInput(f"{readings_path} does not exist although {record_path} says the run completed")
-    else:
-        readings = []
-        from memprobe.model.events import load_stream
-
-        for stream in sorted((run_dir / "ranks").glob("rank-*.jsonl")):
-            readings.extend(load_stream(stream)[1])
-    from memprobe.model.completeness import check_whole
-
-    check_whole(record, readings, str(readings_path))
-    return Run(record=record, readings=readings, path=run_dir)
-
-
-def write_run(run_dir: Path, record: RunRecord, readings: list[Reading] | None) -> None:
-    if readings is not None:
-        atomic_write_text(run_dir / "readings.csv", readings_to_csv(readings))
-    atomic_write_text(run_dir / "run.json", record.to_json())
