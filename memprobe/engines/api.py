@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Iterator, Literal, Mapping
 
+from memprobe.engines.stacks import resolve_stack
 from memprobe.errors import UsageError
 
 #: The world group: created by ``init_process_group`` in every engine, first in every plan.
@@ -343,8 +344,6 @@ class Engine:
 
     def resolve_stack(self, spec: str, option: str = "--stack") -> Any:
         """A built-in stack by name, or a TOML stack file checked against this engine's groups and kinds."""
-        from memprobe.engines.stacks import resolve_stack
-
         return resolve_stack(self, spec, option)
 
     def stack_options(self, options: Mapping[str, Any], where: str, recorded: bool = False) -> dict[str, str]:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from memprobe.engines.api import Engine, GroupPlan
 from memprobe.errors import UsageError
+
+if TYPE_CHECKING:  # the engine hands its stacks its kinds and group order: no import of it at run time
+    from memprobe.engines.api import Engine, GroupPlan
 
 Flags = dict[str, bool]
 
@@ -24,19 +26,16 @@ Flags = dict[str, bool]
 @dataclass(frozen=True)
 class Stack:
     """Communicator flags per group name, and the engine's own settings (``options``, e.g. the custom all-reduce
-    layout), for the engine named ``engine``."""
+    layout), for the engine named ``engine``, whose kinds and group order it carries."""
 
     name: str
     engine: str
+    kinds: tuple[str, ...]
+    group_order: tuple[str, ...]
     flags: dict[str, Flags] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     description: str = ""
     source: str = ""  # the TOML file it came from; "" for the built-ins
-
-    def _engine(self) -> Engine:
-        from memprobe import engines
-
-        return engines.engine(self.engine)
 
     def option(self, name: str) -> str:
         return self.options[name]
@@ -44,16 +43,16 @@ class Stack:
     def flags_for(self, group: str) -> Flags:
         """Every kind of the engine: whether the stack asks ``group`` for it."""
         given = self.flags.get(group, {})
-        return {kind: bool(given.get(kind, False)) for kind in self._engine().kind_names}
+        return {kind: bool(given.get(kind, False)) for kind in self.kinds}
 
-    def communicators_for(self, group: GroupPlan) -> Flags:
+    def communicators_for(self, group: "GroupPlan") -> Flags:
         """What the group builds: nothing for an alias or a width-1 group (:attr:`GroupPlan.builds_nothing`)."""
         if group.builds_nothing:
-            return {kind: False for kind in self._engine().kind_names}
+            return {kind: False for kind in self.kinds}
         return self.flags_for(group.name)
 
     def _groups(self) -> dict[str, Flags]:
-        return {name: self.flags_for(name) for name in self._engine().group_order if name in self.flags}
+        return {name: self.flags_for(name) for name in self.group_order if name in self.flags}
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.options, "groups": self._groups(), "source": self.source}
@@ -64,20 +63,27 @@ class Stack:
         return {**self.options, "groups": self._groups()}
 
 
-def stack_from_record(engine: Engine, document: Mapping[str, Any], where: str) -> Stack:
+def new_stack(engine: "Engine", name: str, flags: dict[str, Flags] | None = None, options: dict[str, str] | None = None,
+              description: str = "", source: str = "") -> Stack:
+    """A stack of ``engine`` (its kinds and group order filled in)."""
+    return Stack(name=name, engine=engine.name, kinds=engine.kind_names, group_order=engine.group_order,
+                 flags=dict(flags or {}), options=dict(options or {}), description=description, source=source)
+
+
+def stack_from_record(engine: "Engine", document: Mapping[str, Any], where: str) -> Stack:
     """The stack a run or baseline recorded (:meth:`Stack.as_dict`), rebuilt without reading any file."""
     try:
         flags = {str(name): {str(k): bool(v) for k, v in dict(value).items()} for name, value in document["groups"].items()}
         options = {key: value for key, value in document.items() if key not in ("name", "groups", "source", "description")}
-        stack = Stack(name=str(document["name"]), engine=engine.name, flags=flags,
-                      options=engine.stack_options(options, where, recorded=True), source=str(document.get("source", "")))
+        stack = new_stack(engine, str(document["name"]), flags, engine.stack_options(options, where, recorded=True),
+                          source=str(document.get("source", "")))
     except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise UsageError(f"{where}: the stack is not a recorded stack (name, groups and the engine's settings): "
                          f"{error}") from None
     return stack
 
 
-def _parse_stack_document(engine: Engine, document: dict, source: str) -> Stack:
+def _parse_stack_document(engine: "Engine", document: dict, source: str) -> Stack:
     builtins = engine.stacks()
     option_keys = set(engine.stack_option_names)
     allowed = {"name", "description", "base", "groups"} | option_keys
@@ -114,11 +120,10 @@ def _parse_stack_document(engine: Engine, document: dict, source: str) -> Stack:
         raise UsageError(f"{source}: name must be a non-empty string")
     if name in engine.builtin_stack_names:  # a file named "lean" with other flags would pass for the built-in lean
         raise UsageError(f"{source}: name {name!r} is the name of a built-in stack; give the file's stack a name of its own")
-    return Stack(name=name, engine=engine.name, flags=flags, options=options,
-                 description=str(document.get("description", "")), source=source)
+    return new_stack(engine, name, flags, options, description=str(document.get("description", "")), source=source)
 
 
-def load_stack_file(engine: Engine, path: str | Path) -> Stack:
+def load_stack_file(engine: "Engine", path: str | Path) -> Stack:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -133,7 +138,7 @@ def load_stack_file(engine: Engine, path: str | Path) -> Stack:
     return _parse_stack_document(engine, document, str(path))
 
 
-def resolve_stack(engine: Engine, spec: str, option: str = "--stack") -> Stack:
+def resolve_stack(engine: "Engine", spec: str, option: str = "--stack") -> Stack:
     """A built-in stack of ``engine`` (:meth:`Engine.builtin_stack`) or a TOML path. ``option`` is how errors name
     where the value came from (``--stacks``, a scenario file)."""
     if not spec:

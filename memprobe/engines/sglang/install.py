@@ -21,12 +21,12 @@ import importlib.util
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from memprobe.engines.sglang.layout import MOE_GROUPS, plan_groups
-from memprobe.engines.sglang.stacks import CUSTOM_ALLREDUCE_IMPL, ENGINE_NAME
+from memprobe.engines.sglang.stacks import CUSTOM_ALLREDUCE_IMPL, INSTALLED
 from memprobe.engines.stacks import Stack
 from memprobe.errors import UsageError
 
@@ -159,7 +159,7 @@ def learnt_stack(run: Any) -> Stack:
     sglang: Any = run.record.environment.get("sglang") or {}
     sglang = sglang if isinstance(sglang, dict) else {}  # older runs recorded the version string alone
     implementation = str(sglang.get("custom_allreduce_default") or "v2")
-    return Stack(name="installed", engine=ENGINE_NAME, flags=flags, options={CUSTOM_ALLREDUCE_IMPL: implementation})
+    return replace(INSTALLED, flags=flags, options={CUSTOM_ALLREDUCE_IMPL: implementation})
 
 
 def _asked(decision: dict[str, str], flag: str) -> bool:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from memprobe.engines.sglang.communicators import KINDS
+from memprobe.engines.sglang.layout import GROUP_ORDER
 from memprobe.engines.stacks import Flags, Stack
 from memprobe.errors import UsageError
 
 ENGINE_NAME = "sglang"
+_OF_SGLANG = {"engine": ENGINE_NAME, "kinds": tuple(kind.name for kind in KINDS), "group_order": GROUP_ORDER}
 CUSTOM_ALLREDUCE_IMPL = "custom_allreduce_impl"  # the stack setting: which custom all-reduce layout to allocate
 CUSTOM_ALLREDUCE_IMPLEMENTATIONS: tuple[str, ...] = ("v2", "v1")
 
@@ -38,18 +41,18 @@ _LEAN_FLAGS: dict[str, Flags] = {
 _V2 = {CUSTOM_ALLREDUCE_IMPL: "v2"}
 
 LEAN = Stack(
-    name="lean", engine=ENGINE_NAME, flags=dict(_LEAN_FLAGS), options=dict(_V2),
+    name="lean", **_OF_SGLANG, flags=dict(_LEAN_FLAGS), options=dict(_V2),
     description="SGLang 0.5.23 (after PR #22515): moe_ep and moe_tp get torch's NCCL and gloo groups only",
 )
 FULL = Stack(
-    name="full", engine=ENGINE_NAME,
+    name="full", **_OF_SGLANG,
     flags={**_LEAN_FLAGS, "moe_ep": _flags(pynccl=True, custom_allreduce=True),
            "moe_tp": _flags(pynccl=True, custom_allreduce=True)},
     options=dict(_V2),
     description="SGLang before PR #22515: moe_ep and moe_tp also get pynccl and custom all-reduce",
 )
 INSTALLED = Stack(
-    name="installed", engine=ENGINE_NAME, options=dict(_V2),
+    name="installed", **_OF_SGLANG, options=dict(_V2),
     description="--engine sglang only: SGLang's own flags, as the installed release passes them; memprobe forces none",
 )
 BUILTIN_STACKS: dict[str, Stack] = {"full": FULL, "lean": LEAN, "installed": INSTALLED}

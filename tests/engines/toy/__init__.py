@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from memprobe.engines.api import (
     REFERENCE, Allocation, Decision, Engine, Facts, GroupPlan, Kind, LayoutBase, Plan, Verdict, flag_field,
 )
-from memprobe.engines.stacks import Stack
+from memprobe.engines.stacks import Stack, new_stack
 from memprobe.errors import UsageError
 
 MIB = 1024 * 1024
@@ -54,8 +54,8 @@ class ToyEngine(Engine):
         return Plan(layout=layout, groups=(GroupPlan("world", (world,)), GroupPlan("pairs", pairs)))
 
     def stacks(self) -> Mapping[str, Stack]:
-        return {"on": Stack("on", self.name, flags={"pairs": {"scratch": True}}),
-                "off": Stack("off", self.name, flags={"pairs": {"scratch": False}})}
+        return {"on": new_stack(self, "on", {"pairs": {"scratch": True}}),
+                "off": new_stack(self, "off", {"pairs": {"scratch": False}})}
 
     @property
     def gpu_kinds(self) -> tuple[str, ...]:
