@@ -307,7 +307,7 @@ def with_engines(scenario_set: ScenarioSet, names: list[str]) -> ScenarioSet:
     own is named ``<name>.<engine>`` (``tp2.sglang``)."""
     stored = list(dict.fromkeys(engines.get(name).name for name in names))
     own = {scenario.engine for scenario in scenario_set.scenarios}
-    if len(own) == 1 and stored == list(own):
+    if stored == [DEFAULT_ENGINE] or (len(own) == 1 and stored == list(own)):  # the default: as the scenarios say
         return scenario_set
     scenarios = []
     for scenario in scenario_set.scenarios:
