@@ -371,6 +371,10 @@ class Engine:
             return Decision(group.name, kind, Verdict.NO_DEVICE, reason="--device cpu has no GPU communicators")
         return None
 
+    def own_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The engine's own variables (:attr:`env_prefixes`) of an environment: what its rules may read (Facts.env)."""
+        return {key: value for key, value in sorted(environ.items()) if key.startswith(self.env_prefixes)}
+
     @property
     def gpu_kinds(self) -> tuple[str, ...]:
         """Kinds that need a GPU (all but host-memory ones); ``--device cpu`` skips them."""

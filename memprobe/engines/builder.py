@@ -10,6 +10,7 @@ installed code builds its groups itself overrides :meth:`GroupBuilder.world_and_
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -82,8 +83,9 @@ class GroupBuilder:
         """What the engine's rule looks at, for this rank's list of ``group``. On a GPU, when the stack asks the
         group for anything, hosts and NVLink are gathered over the group's gloo group (every member calls it)."""
         recorder = self.recorder
+        env = self.engine.own_env(os.environ)
         if recorder.device_kind == "cpu" or len(ranks) == 1 or not any(recorder.stack.flags_for(group.name).values()):
-            return Facts(width=len(ranks), device=recorder.device_kind)
+            return Facts(width=len(ranks), device=recorder.device_kind, env=env)
         from memprobe.measure import nvml
 
         cpu_group = recorder.cpu_groups[group.name]
@@ -96,7 +98,7 @@ class GroupBuilder:
         properties = torch.cuda.get_device_properties(torch.cuda.current_device())
         return Facts(width=len(ranks), nodes=len(set(hosts)), full_nvlink=full_nvlink,
                      capability=properties.major * 10 + properties.minor, sm_count=properties.multi_processor_count,
-                     device=recorder.device_kind)
+                     device=recorder.device_kind, env=env)
 
     def communicator_step(self, group: GroupPlan, ranks: tuple[int, ...], decision: Decision, facts: Facts) -> None:
         recorder = self.recorder

@@ -129,6 +129,7 @@ class Context:
     settings: nccl.NcclSettings
     links: nccl.GpuLinks
     stack: Stack
+    engine_env: dict[str, str]  # the engine's own variables of the scenario's environment (Facts.env)
 
 
 def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibration, stack: Stack | None = None) -> Run:
@@ -156,6 +157,7 @@ def estimate_context(scenario: Scenario, topology: Topology, calibration: Calibr
         scenario=scenario, engine=engine, plan=engine.plan(scenario.layout), topology=topology,
         calibration=calibration, settings=settings,
         links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu), stack=stack,
+        engine_env=engine.own_env(effective_env(scenario)),
     )
 
 
@@ -274,7 +276,8 @@ def _facts(context: Context, member: Member) -> Facts:
     NVLink-connected; the GPU's generation and SM count from the calibration."""
     nodes = {context.topology.node_of(rank) for rank in member.ranks}
     return Facts(width=len(member.ranks), nodes=len(nodes), full_nvlink=True,
-                 capability=context.calibration.compute_capability, sm_count=context.calibration.sm_count)
+                 capability=context.calibration.compute_capability, sm_count=context.calibration.sm_count,
+                 env=context.engine_env)
 
 
 def _communicator_step(context: Context, state: _Rank, group: GroupPlan, decision: Decision, member: Member) -> None:
