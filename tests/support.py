@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from memprobe.model.comparison import write_comparison_index
-from memprobe.model.layout import Layout, plan_groups
-from memprobe.model.records import PlannedGroup, RankInfo, Reading, Run, RunRecord, write_run
+from memprobe.engines.sglang.layout import SGLangLayout as Layout, plan_groups
+from memprobe.model.records import PlannedGroup, RankInfo, Reading, Run, RunRecord
+from memprobe.model.run_files import write_run
 from memprobe.model.comparison import Comparison, ScenarioRun
 from memprobe.model.scenario import Scenario, ScenarioSet
 from memprobe.model import steps
@@ -72,16 +73,17 @@ def synthetic_run(
             sequence += 1
 
         built = {g.name: g for g in plan.groups if not g.is_alias and g.name != "world"}
-        for group_name, step in steps.sequence(built):
+        kinds = scenario.engine_ref.engine.kind_names
+        for group_name, step in steps.sequence(built, kinds):
             group = plan.group(group_name) if group_name else None
             extra = (group_extra or {}).get((group_name, step), 0)
             if step in (steps.START, steps.BEFORE, steps.END):
                 add(step, group_name, 0)
             elif step in (steps.CUDA_CONTEXT, steps.WORLD, steps.GROUPS_CREATED):
                 add(step, group_name, costs[step])
-            elif step in steps.COMMUNICATOR_STEPS:
+            elif step in kinds:
                 if stack.communicators_for(group)[step]:
-                    extra += (rank_extra or {}).get(rank, 0) if step == steps.PYNCCL else 0
+                    extra += (rank_extra or {}).get(rank, 0) if step == "pynccl" else 0
                     add(step, group_name, costs[step] + extra)
                 else:
                     add(step, group_name, 0, status="skipped", note="not in stack" if group.width > 1 else "width 1")

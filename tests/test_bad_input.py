@@ -71,7 +71,7 @@ def _prepare(folder: Path) -> None:
     (folder / "corrupt-run").mkdir()
     (folder / "corrupt-run" / "run.json").write_text('{"schema_version": 1, "run_id": ')
     from support import headline_scenarios, synthetic_run
-    from memprobe.model.records import write_run
+    from memprobe.model.run_files import write_run
 
     run = synthetic_run(headline_scenarios().scenarios[0])
     (folder / "truncated-run").mkdir()
@@ -104,7 +104,7 @@ def test_more_gpus_than_visible_is_refused_before_launch(monkeypatch):
     from memprobe.launch import prepare as launcher
     from memprobe.measure import nvml
     from memprobe.launch.options import LaunchOptions
-    from memprobe.model.layout import Layout
+    from memprobe.engines.sglang.layout import SGLangLayout as Layout
     from memprobe.model.scenario import Scenario
 
     gpus = [nvml.GpuIdentity(i, f"GPU-{i}", "NVIDIA H100 80GB HBM3", f"0000:0{i}:00.0") for i in range(2)]
@@ -119,7 +119,7 @@ def test_no_gpu_at_all_says_to_use_cpu(monkeypatch):
     from memprobe.launch import prepare as launcher
     from memprobe.measure import nvml
     from memprobe.launch.options import LaunchOptions
-    from memprobe.model.layout import Layout
+    from memprobe.engines.sglang.layout import SGLangLayout as Layout
     from memprobe.model.scenario import Scenario
 
     monkeypatch.setattr(nvml, "visible_gpus", lambda environ=None: nvml.NotAvailable("NVML unavailable: no driver"))

@@ -24,7 +24,7 @@ from conftest import ROOT, run_memprobe
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.cli import main
 from memprobe.model.comparison import load_comparison
-from memprobe.model.records import load_run
+from memprobe.model.run_files import load_run
 
 MiB = 1 << 20
 GPU_BASELINE = ROOT / "configs" / "baselines" / "h200x4-tp4-ep2-lean.json"

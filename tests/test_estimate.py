@@ -21,8 +21,8 @@ from memprobe.estimate.check import bound, check_run, measured_runs
 from memprobe.analysis.attribution import rank_readings
 from memprobe.estimate.model import Member, Topology, estimate_context, estimate_rank, estimate_run
 from memprobe.estimate.torch_cache import CachingAllocator
-from memprobe.model.layout import Layout
-from memprobe.model.records import load_run
+from memprobe.engines.sglang.layout import SGLangLayout as Layout
+from memprobe.model.run_files import load_run
 from memprobe.model.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent

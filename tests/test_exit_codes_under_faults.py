@@ -359,7 +359,7 @@ def test_the_run_that_learns_sglangs_flags_gets_the_timeout_and_names_no_deleted
         raise Interrupted(signal.SIGINT, run_dir=str(options.out_dir / "run"))
 
     monkeypatch.setattr("memprobe.api.planning.measure", interrupted)  # the learning run's launch
-    monkeypatch.setattr("memprobe.measure.sglang_install.check_site", lambda site, *args: str(site))
+    monkeypatch.setattr("memprobe.engines.sglang.install.check_site", lambda site, *args: str(site))
     monkeypatch.setenv("MEMPROBE_TIMEOUT", "7")
     assert main(["estimate", "--tp", "2", "--engine", "sglang", "--sglang", str(tmp_path)]) == 130
     assert seen == [7.0]
@@ -372,14 +372,14 @@ def test_the_run_that_learns_sglangs_flags_gets_the_timeout_and_names_no_deleted
 def _sglang_baseline(tmp_path: Path) -> Path:
     """The estimated baseline's scenario recorded on the installed SGLang (its definition, and so its hash, with it)."""
     from memprobe.gate.baseline import scenario_from_definition
-    from memprobe.model.stacks import resolve_stack
+    from memprobe import engines
 
     document = json.loads(ESTIMATED_BASELINE.read_text())
     [(name, scenario)] = document["scenarios"].items()
     rebuilt = scenario_from_definition(scenario["definition"], name)
     from dataclasses import replace
 
-    on_sglang = replace(rebuilt, engine="sglang", stack="installed", resolved_stack=resolve_stack("installed"),
+    on_sglang = replace(rebuilt, engine="sglang", stack="installed", resolved_stack=engines.engine("sglang").resolve_stack("installed"),
                         sglang=str(tmp_path))
     scenario["definition"], scenario["definition_hash"] = on_sglang.definition(), on_sglang.definition_hash()
     path = tmp_path / "sglang-baseline.json"

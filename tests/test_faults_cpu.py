@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _memprobe_env
-from memprobe.model.records import load_run
+from memprobe.model.run_files import load_run
 from test_pipeline_cpu import leftover_memprobe_processes
 
 pytestmark = pytest.mark.e2e

@@ -88,7 +88,7 @@ def test_a_run_folder_deleted_mid_run_fails_its_scenario_and_is_not_recreated(tm
     from memprobe.launch.plan import Member
     from memprobe.launch.prepare import new_record
     from memprobe.launch.supervisor import _check
-    from memprobe.model.layout import Layout
+    from memprobe.engines.sglang.layout import SGLangLayout as Layout
     from memprobe.model.scenario import Scenario
 
     scenario, run_dir = Scenario("tp2", Layout(tp=2)), tmp_path / "gone"

@@ -44,7 +44,7 @@ from memprobe.gate.thresholds import Limit, parse_size, parse_threshold_spec, re
 from memprobe.model.records import Failure  # noqa: E402
 from memprobe.model.comparison import Comparison, ScenarioRun  # noqa: E402
 from memprobe.model.scenario import Scenario, ScenarioSet  # noqa: E402
-from memprobe.model.stacks import resolve_stack  # noqa: E402
+from memprobe.engines.sglang import ENGINE  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "gate"
 LEAN = "tp4-ep2-lean"
@@ -82,7 +82,7 @@ def lean_reverted() -> ScenarioRun:
     """tp4-ep2-lean whose moe_ep/moe_tp build pynccl and custom all-reduce again (sglang PR #22515 undone)."""
     lean = scenarios().get(LEAN)
     run = synthetic_run(scenarios().get("tp4-ep2-full"))
-    run.record = replace(run.record, stack=resolve_stack("lean").as_dict(), scenario=LEAN, run_id="synthetic-reverted",
+    run.record = replace(run.record, stack=ENGINE.resolve_stack("lean").as_dict(), scenario=LEAN, run_id="synthetic-reverted",
                          definition=lean.definition())
     return ScenarioRun(lean, run)
 

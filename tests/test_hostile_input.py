@@ -95,7 +95,8 @@ def test_a_rendezvous_port_in_use_is_named_before_launch(tmp_path, monkeypatch, 
 
 def test_the_world_size_limit_is_one_constant_and_4096_ranks_plan_fast():
     from memprobe.errors import UsageError
-    from memprobe.model.layout import MAX_WORLD_SIZE, Layout, plan_groups
+    from memprobe.engines.api import MAX_WORLD_SIZE
+    from memprobe.engines.sglang.layout import SGLangLayout as Layout, plan_groups
 
     assert MAX_WORLD_SIZE == 65536
     Layout(tp=MAX_WORLD_SIZE)  # the limit itself is allowed
@@ -147,7 +148,7 @@ def test_a_write_on_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path, m
 def _saved_run(folder: Path) -> Path:
     from support import headline_scenarios, synthetic_run
 
-    from memprobe.model.records import write_run
+    from memprobe.model.run_files import write_run
 
     run = synthetic_run(headline_scenarios().scenarios[0])
     write_run(folder / "saved", run.record, run.readings)
@@ -175,8 +176,9 @@ def test_a_run_that_cannot_write_its_readings_is_exit_3_with_the_streams_kept(tm
     from memprobe.launch.options import LaunchOptions
     from memprobe.launch.plan import Member
     from memprobe.launch.prepare import new_record
-    from memprobe.model.layout import Layout
-    from memprobe.model.records import stream_path, write_run
+    from memprobe.engines.sglang.layout import SGLangLayout as Layout
+    from memprobe.model.records import stream_path
+    from memprobe.model.run_files import write_run
     from memprobe.model.scenario import Scenario
 
     scenario = Scenario("tp1", Layout(tp=1))
@@ -203,7 +205,7 @@ def test_a_run_that_cannot_write_its_first_files_launches_nothing_and_leaves_no_
     from memprobe.errors import MeasurementError
     from memprobe.launch.options import LaunchOptions
     from memprobe.launch.several import run_scenario
-    from memprobe.model.layout import Layout
+    from memprobe.engines.sglang.layout import SGLangLayout as Layout
     from memprobe.model.scenario import Scenario
 
     _disk_full(monkeypatch)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from memprobe.errors import ExitCode, UsageError
-from memprobe.model.layout import GROUP_ORDER, Layout, plan_groups
-from memprobe.model.stacks import FULL, LEAN, GroupFlags
+from memprobe.engines.sglang.layout import GROUP_ORDER, SGLangLayout as Layout, plan_groups
+from memprobe.engines.sglang.stacks import FULL, LEAN
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sglang-0.5.23-layouts.json"
 #: sha256 of sglang/srt/distributed/parallel_state.py in the sglang-0.5.23 wheel.
@@ -109,9 +109,9 @@ def test_plan_matches_sglang(entry: dict) -> None:
         else:
             assert call["group_name"] == group.name
             # The lean stack's flags are SGLang's, after its None-defaulting.
-            assert LEAN.flags_for(group.name) == GroupFlags(
-                pynccl=call["use_pynccl"], custom_allreduce=call["use_custom_allreduce"]
-            ), group.name
+            assert LEAN.flags_for(group.name) == {
+                "pynccl": call["use_pynccl"], "custom_allreduce": call["use_custom_allreduce"]
+            }, group.name
 
 
 def test_every_recorded_flag_pair_is_lean() -> None:
@@ -123,17 +123,17 @@ def test_every_recorded_flag_pair_is_lean() -> None:
     assert set(seen) == set(GROUP_ORDER) - {"world"}
     for name, pairs in seen.items():
         flags = LEAN.flags_for(name)
-        assert pairs == {(flags.pynccl, flags.custom_allreduce)}, name
+        assert pairs == {(flags["pynccl"], flags["custom_allreduce"])}, name
 
 
 def test_full_differs_from_lean_only_on_moe_ep_and_moe_tp() -> None:
     for name in GROUP_ORDER:
         if name in ("moe_ep", "moe_tp"):
-            assert LEAN.flags_for(name) == GroupFlags(pynccl=False, custom_allreduce=False)
-            assert FULL.flags_for(name) == GroupFlags(pynccl=True, custom_allreduce=True)
+            assert LEAN.flags_for(name) == {"pynccl": False, "custom_allreduce": False}
+            assert FULL.flags_for(name) == {"pynccl": True, "custom_allreduce": True}
         else:
             assert FULL.flags_for(name) == LEAN.flags_for(name), name
-    assert LEAN.flags_for("world") == GroupFlags(pynccl=False, custom_allreduce=False)
+    assert LEAN.flags_for("world") == {"pynccl": False, "custom_allreduce": False}
 
 
 # --------------------------------------------------------------------------- worked examples (notes §2.3)

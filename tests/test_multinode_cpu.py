@@ -15,7 +15,7 @@ import pytest
 
 from memprobe.launch.processes import free_port
 from memprobe.model.timings import PHASES
-from memprobe.model.records import load_run
+from memprobe.model.run_files import load_run
 
 
 def two_nodes(tmp_path: Path, *args: str, env: dict[str, str] | None = None, dynamic: bool = False,

@@ -11,7 +11,7 @@ import pytest
 from memprobe.analysis import nccl_log as N
 from memprobe.analysis.attribution import Split
 from memprobe.analysis.nccl_account import run_account
-from memprobe.model.records import load_run
+from memprobe.model.run_files import load_run
 
 FX = Path(__file__).parent / "fixtures" / "nccl"
 MIB = 1 << 20
@@ -281,7 +281,7 @@ def test_bench_reference_groups_match_memprobe_plan_without_importing_memprobe()
     import ast
     import importlib.util
 
-    from memprobe.model.layout import Layout, plan_groups
+    from memprobe.engines.sglang.layout import SGLangLayout as Layout, plan_groups
 
     path = Path(__file__).resolve().parent.parent / "bench" / "reference.py"
     imported = {node.module if isinstance(node, ast.ImportFrom) else alias.name

@@ -20,9 +20,10 @@ from memprobe.analysis.attribution import UNATTRIBUTED, components_by_rank
 from memprobe.cli import app
 from memprobe.errors import UsageError
 from memprobe.model.distinct import distinct_scenarios
-from memprobe.model.records import load_run
+from memprobe.model.run_files import load_run
 from memprobe.model.scenario import headline_scenarios as real_headline
-from memprobe.model.stacks import load_stack_file, resolve_stack
+from memprobe.engines.stacks import load_stack_file
+from memprobe.engines.sglang import ENGINE
 from memprobe.reports import render_comparison, render_run
 from memprobe.units import mib
 
@@ -164,23 +165,23 @@ def test_cpu_compare_says_what_is_degenerate_and_runs_only_what_differs(memprobe
 
 
 def test_distinct_scenarios_of_degenerate_layouts():
-    kept, notes = distinct_scenarios(real_headline(tp=1, ep=1, stacks=["full", "lean"]))
+    kept, notes = distinct_scenarios(real_headline("memprobe", {"tp": 1, "ep": 1}, stacks=["full", "lean"]))
     assert [s.name for s in kept.scenarios] == ["tp1"] and len(notes) == 2
-    kept, _ = distinct_scenarios(real_headline(tp=2, ep=1, stacks=["full", "lean"]))
+    kept, _ = distinct_scenarios(real_headline("memprobe", {"tp": 2, "ep": 1}, stacks=["full", "lean"]))
     assert [s.name for s in kept.scenarios] == ["tp2"]
-    kept, notes = distinct_scenarios(real_headline(tp=4, ep=2, stacks=["full", "lean"]))
+    kept, notes = distinct_scenarios(real_headline("memprobe", {"tp": 4, "ep": 2}, stacks=["full", "lean"]))
     assert [s.name for s in kept.scenarios] == ["tp4", "tp4-ep2-full", "tp4-ep2-lean"] and notes == []
 
 
 def test_distinct_scenarios_keep_every_sglang_installation():
     # compare --tp 2 --ep 2 --sglang a=/x --sglang b=/y: lean repeats full, the two
     # real-SGLang scenarios (same layout, stack installed) differ by installation and both run
-    scenario_set = real_headline(tp=2, ep=2, stacks=["full", "lean"], sglang_sites=[("a", "/x"), ("b", "/y")])
+    scenario_set = real_headline("memprobe", {"tp": 2, "ep": 2}, stacks=["full", "lean"], sglang_sites=[("a", "/x"), ("b", "/y")])
     kept, notes = distinct_scenarios(scenario_set)
     assert [s.name for s in kept.scenarios] == ["tp2", "tp2-ep2-full", "tp2-ep2.sglang-a", "tp2-ep2.sglang-b"]
     assert len(notes) == 1 and notes[0].startswith("tp2-ep2-lean would measure the same as tp2-ep2-full")
     # the same installation twice is one measurement
-    kept, notes = distinct_scenarios(real_headline(tp=2, ep=2, stacks=["lean"], sglang_sites=[("a", "/x"), ("b", "/x")]))
+    kept, notes = distinct_scenarios(real_headline("memprobe", {"tp": 2, "ep": 2}, stacks=["lean"], sglang_sites=[("a", "/x"), ("b", "/x")]))
     assert [s.name for s in kept.scenarios] == ["tp2", "tp2-ep2-lean", "tp2-ep2.sglang-a"]
     assert notes[-1].startswith("tp2-ep2.sglang-b would measure the same as tp2-ep2.sglang-a")
 
@@ -198,11 +199,11 @@ def test_stack_errors_name_what_the_user_wrote(memprobe, tmp_path):
     assert result.returncode == 2 and "--stacks 'medium'" in result.stderr
     result = memprobe("run", "--device", "cpu", "--tp", "2", "--warmup", "huge")
     assert result.returncode == 2 and result.stderr.startswith("memprobe: error: --warmup 'huge'")
-    assert resolve_stack("lean:v2").custom_allreduce_impl == "v2"
+    assert ENGINE.resolve_stack("lean:v2").option("custom_allreduce_impl") == "v2"
     empty = tmp_path / "empty.toml"
     empty.write_text("")
     with pytest.raises(UsageError, match="sets neither base"):
-        load_stack_file(empty)
+        load_stack_file(ENGINE, empty)
 
 
 def test_small_negative_numbers_read_as_such():

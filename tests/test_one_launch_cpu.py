@@ -14,9 +14,10 @@ import pytest
 from memprobe.launch.plan import Member, can_share, plan_launches
 from memprobe.launch.prepare import expected_readings
 from memprobe.model.comparison import load_comparison
-from memprobe.model.layout import Layout
+from memprobe.engines.sglang.layout import SGLangLayout as Layout
 from memprobe.model.events import load_stream
-from memprobe.model.records import LaunchInfo, load_run, stream_path
+from memprobe.model.records import LaunchInfo, stream_path
+from memprobe.model.run_files import load_run
 from memprobe.model.scenario import Scenario
 from test_pipeline_cpu import leftover_memprobe_processes, only_run_folder
 

@@ -11,8 +11,8 @@ from memprobe.analysis.attribution import components_by_rank
 from memprobe.model.comparison import load_comparison
 from memprobe.launch.prepare import expected_readings
 from memprobe.model.records import RUN_TOKEN_VARIABLE
-from memprobe.model.layout import Layout, plan_groups
-from memprobe.model.records import load_run
+from memprobe.engines.sglang.layout import SGLangLayout as Layout, plan_groups
+from memprobe.model.run_files import load_run
 from memprobe.model.scenario import Scenario
 
 
@@ -119,7 +119,7 @@ def test_rank_warnings_reach_the_user(memprobe, tmp_path):
     """A warning a worker records (here: written into a saved run) is printed by report, once."""
     from support import headline_scenarios, synthetic_run
 
-    from memprobe.model.records import write_run
+    from memprobe.model.run_files import write_run
 
     run = synthetic_run(headline_scenarios().scenarios[1])
     for info in run.record.ranks:

@@ -7,8 +7,8 @@ import json
 import time
 
 from memprobe.commands.plan import _stream_plan_json
-from memprobe.model.layout import Layout, plan_groups
-from memprobe.model.stacks import FULL, LEAN
+from memprobe.engines.sglang.layout import SGLangLayout as Layout, plan_groups
+from memprobe.engines.sglang.stacks import FULL, LEAN
 
 
 def test_plan_json_is_one_document_in_the_documented_shape(memprobe):

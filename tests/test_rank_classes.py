@@ -22,7 +22,7 @@ from memprobe import api  # noqa: E402
 from memprobe.errors import DamagedInput  # noqa: E402
 from memprobe.model import records  # noqa: E402
 from memprobe.model.comparison import load_comparison  # noqa: E402
-from memprobe.model.layout import Layout  # noqa: E402
+from memprobe.engines.sglang.layout import SGLangLayout as Layout  # noqa: E402
 from memprobe.model.rank_table import build_rank_table, classes_from_ranges, rank_text  # noqa: E402
 from memprobe.model.scenario import Scenario  # noqa: E402
 from memprobe.reports import exports, render_comparison, render_markdown, write_csv, write_json, write_summary_csv  # noqa: E402

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support import MiB, headline_scenarios, synthetic_comparison, synthetic_run, write_comparison  # noqa: E402
 
 from memprobe.errors import UsageError  # noqa: E402
-from memprobe.model.layout import Layout  # noqa: E402
+from memprobe.engines.sglang.layout import SGLangLayout as Layout  # noqa: E402
 from memprobe.reports import (  # noqa: E402
     long_dataframe,
     render_comparison,

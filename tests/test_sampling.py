@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from memprobe.measure import nvml
-from memprobe.measure.custom_allreduce_sizes import v2_supported_world_sizes, v2_workspace
+from memprobe.engines.sglang.sizes import v2_supported_world_sizes, v2_workspace
 from memprobe.measure.sampling import GpuSampler, HostSampler, host_rss_bytes
 
 MiB = 1 << 20

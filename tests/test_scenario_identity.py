@@ -13,8 +13,8 @@ from memprobe.errors import UsageError
 from memprobe.gate.baseline import build_baseline, load_baseline, write_baseline
 from memprobe.gate.judge import judge
 from memprobe.model.comparison import Comparison, ScenarioRun, load_comparison
-from memprobe.model.layout import Layout
-from memprobe.model.records import write_run
+from memprobe.engines.sglang.layout import SGLangLayout as Layout
+from memprobe.model.run_files import write_run
 from memprobe.model.scenario import Scenario, definition_differences, load_scenario_file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,12 +20,13 @@ import pytest
 
 from memprobe.model.scenario import with_engines
 from memprobe.errors import UsageError
-from memprobe.model.layout import Layout
-from memprobe.model.records import load_run
+from memprobe.engines.sglang.layout import SGLangLayout as Layout
+from memprobe.model.run_files import load_run
 from memprobe.model.scenario import Scenario, ScenarioSet, headline_scenarios, parse_sglang_sites, with_sglang
-from memprobe.measure.sglang_engine import forced_flags, keyword_widths, sglang_widths
-from memprobe.measure.sglang_install import check_site, sglang_installation
-from memprobe.model.stacks import load_stack_file, resolve_stack
+from memprobe.engines.sglang.real import forced_flags, keyword_widths, sglang_widths
+from memprobe.engines.sglang.install import check_site, sglang_installation
+from memprobe.engines.stacks import load_stack_file
+from memprobe.engines.sglang import ENGINE
 
 ROOT = Path(__file__).resolve().parent.parent
 SGLANG_SITE = os.environ.get("MEMPROBE_TEST_SGLANG_SITE", "")
@@ -44,7 +45,7 @@ PUBLISHED_PARALLEL_STATE = {
 
 
 def test_installed_forces_nothing_and_the_other_stacks_force_every_group_they_name():
-    installed, lean, full = resolve_stack("installed"), resolve_stack("lean"), resolve_stack("full")
+    installed, lean, full = ENGINE.resolve_stack("installed"), ENGINE.resolve_stack("lean"), ENGINE.resolve_stack("full")
     for group in ("tp", "moe_ep", "moe_tp", "pp", "attn_cp"):
         assert forced_flags(installed, group) == {}
     assert forced_flags(lean, "moe_ep") == {"use_pynccl": False, "use_custom_allreduce": False}  # PR #22515 on 0.5.10.post1
@@ -54,7 +55,7 @@ def test_installed_forces_nothing_and_the_other_stacks_force_every_group_they_na
 
 
 def test_a_stack_file_forces_the_flags_it_gives():
-    stack = load_stack_file(ROOT / "configs" / "regressions" / "lean.toml")
+    stack = load_stack_file(ENGINE, ROOT / "configs" / "regressions" / "lean.toml")
     assert stack.name == "lean-reverted" and stack.source
     assert forced_flags(stack, "moe_ep") == {"use_pynccl": True, "use_custom_allreduce": True}
     assert forced_flags(stack, "world") == {"use_pynccl": False, "use_custom_allreduce": False}
@@ -177,7 +178,7 @@ def test_an_sglang_with_an_unknown_api_is_exit_2_before_launch(memprobe, tmp_pat
 
 def test_each_installation_is_one_more_scenario_of_the_moe_layout(tmp_path):
     sites = parse_sglang_sites(["0.5.10.post1=/opt/a", "0.5.11=/opt/b"])
-    scenario_set = headline_scenarios(tp=4, ep=2, stacks=["full", "lean"], sglang_sites=sites)
+    scenario_set = headline_scenarios("memprobe", {"tp": 4, "ep": 2}, stacks=["full", "lean"], sglang_sites=sites)
     names = [s.name for s in scenario_set.scenarios]
     assert names == ["tp4", "tp4-ep2-full", "tp4-ep2-lean", "tp4-ep2.sglang-0.5.10.post1", "tp4-ep2.sglang-0.5.11"]
     real = scenario_set.get("tp4-ep2.sglang-0.5.11")
@@ -199,7 +200,7 @@ def _real_release_comparison(moe_communicators_by_label: dict[str, bool]):
     from memprobe.model.comparison import Comparison, ScenarioRun
 
     sites = [(label, f"/opt/{label}") for label in moe_communicators_by_label]
-    scenario_set = headline_scenarios(tp=4, ep=2, stacks=["full", "lean"], sglang_sites=sites)
+    scenario_set = headline_scenarios("memprobe", {"tp": 4, "ep": 2}, stacks=["full", "lean"], sglang_sites=sites)
     runs = []
     for scenario in scenario_set.scenarios:
         run = synthetic_run(scenario)
@@ -321,7 +322,7 @@ def test_where_moe_groups_build_nothing_any_stack_matches_and_the_release_custom
     from memprobe.model.comparison import Comparison, ScenarioRun
     from memprobe.reports.fidelity import pairs
 
-    scenario_set = headline_scenarios(tp=2, ep=2, stacks=["full", "full:v1"], sglang_sites=[("old", "/opt/old"), ("new", "/opt/new")])
+    scenario_set = headline_scenarios("memprobe", {"tp": 2, "ep": 2}, stacks=["full", "full:v1"], sglang_sites=[("old", "/opt/old"), ("new", "/opt/new")])
     runs = []
     for scenario in scenario_set.scenarios:
         run = synthetic_run(scenario)

@@ -8,16 +8,18 @@ import pytest
 
 from memprobe.launch.options import LaunchOptions, recorded_environment, worker_environment
 from memprobe.errors import UsageError
-from memprobe.model.layout import Layout
+from memprobe.engines.sglang.layout import SGLangLayout as Layout
 from memprobe.model.scenario import Scenario, load_scenario_file
-from memprobe.model.stacks import FULL, LEAN, load_stack_file, resolve_stack
+from memprobe.engines.sglang.stacks import FULL, LEAN
+from memprobe.engines.stacks import load_stack_file
+from memprobe.engines.sglang import ENGINE
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_shipped_stack_files_equal_the_built_ins():
-    assert load_stack_file(ROOT / "configs" / "full.toml").identity() == FULL.identity()
-    assert load_stack_file(ROOT / "configs" / "lean.toml").identity() == LEAN.identity()
+    assert load_stack_file(ENGINE, ROOT / "configs" / "full.toml").identity() == FULL.identity()
+    assert load_stack_file(ENGINE, ROOT / "configs" / "lean.toml").identity() == LEAN.identity()
 
 
 @pytest.mark.parametrize("name", ["lean", "full", "full:v1", "installed"])
@@ -25,15 +27,15 @@ def test_a_stack_file_cannot_take_a_built_in_name(tmp_path, name):
     path = tmp_path / "mine.toml"
     path.write_text(f'name = "{name}"\nbase = "lean"\n')
     with pytest.raises(UsageError, match="name of a built-in stack"):
-        load_stack_file(path)
+        load_stack_file(ENGINE, path)
 
 
 def test_stack_file_overrides_one_group(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text('name = "mine"\nbase = "lean"\ncustom_allreduce_impl = "v1"\n[groups.moe_ep]\npynccl = true\n')
-    stack = load_stack_file(path)
-    assert stack.name == "mine" and stack.custom_allreduce_impl == "v1"
-    assert stack.flags_for("moe_ep").pynccl and not stack.flags_for("moe_ep").custom_allreduce
+    stack = load_stack_file(ENGINE, path)
+    assert stack.name == "mine" and stack.option("custom_allreduce_impl") == "v1"
+    assert stack.flags_for("moe_ep")["pynccl"] and not stack.flags_for("moe_ep")["custom_allreduce"]
     assert stack.flags_for("moe_tp") == LEAN.flags_for("moe_tp")
 
 
@@ -43,14 +45,14 @@ def test_bad_stack_files_are_usage_errors(tmp_path, text):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(UsageError):
-        load_stack_file(path)
+        load_stack_file(ENGINE, path)
 
 
 def test_v1_variants_of_the_built_ins():
-    assert resolve_stack("full:v1").custom_allreduce_impl == "v1"
-    assert resolve_stack("lean").custom_allreduce_impl == "v2"
+    assert ENGINE.resolve_stack("full:v1").option("custom_allreduce_impl") == "v1"
+    assert ENGINE.resolve_stack("lean").option("custom_allreduce_impl") == "v2"
     with pytest.raises(UsageError):
-        resolve_stack("lean:v9")
+        ENGINE.resolve_stack("lean:v9")
 
 
 def test_shipped_scenario_files_load():

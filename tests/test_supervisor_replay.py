@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from memprobe.launch.processes import free_port
-from memprobe.model.records import load_run, stream_path
+from memprobe.model.records import stream_path
+from memprobe.model.run_files import load_run
 from memprobe.model.events import ResultsLocation
 from memprobe.model.timings import PHASES
 from replay_support import FIXTURES, Script, after, fixture_lines, healthy_script, memprobe, pids_in, replay, up_to

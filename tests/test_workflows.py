@@ -126,7 +126,7 @@ CHECKOUT_SITE = dict(item.split("=", 1) for item in os.environ.get("MEMPROBE_TES
 @pytest.mark.skipif(not CHECKOUT_SITE, reason="set MEMPROBE_TEST_SGLANG_SITE(S): SGLang sites as .ci/run installs them")
 @pytest.mark.e2e
 def test_the_cpu_workflow_gates_sglang_s_own_code_as_written(tmp_path):
-    from memprobe.measure.sglang_install import read_version
+    from memprobe.engines.sglang.install import read_version
 
     (tmp_path / "python").symlink_to(Path(CHECKOUT_SITE).resolve())
     (tmp_path / "sglang-tp4-ep2.toml").write_text((ROOT / "configs" / "scenarios" / "sglang-tp4-ep2.toml").read_text())

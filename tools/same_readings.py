@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memprobe.model.records import load_run  # noqa: E402
+from memprobe.model.run_files import load_run  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -1,8 +1,8 @@
 """Record the process groups SGLang's own ``initialize_model_parallel`` builds, for many layouts.
 
 This writes ``tests/fixtures/sglang-0.5.23-layouts.json``, the ground truth that
-``tests/test_layout.py`` checks ``memprobe.model.layout.plan_groups`` and
-``memprobe.model.stacks.LEAN`` against.
+``tests/test_layout.py`` checks ``memprobe.engines.sglang.layout.plan_groups`` and
+``memprobe.engines.sglang.stacks.LEAN`` against.
 
 How it works (no GPU, no torch, no sglang install needed):
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from memprobe.model.rank_table import rank_table
 from memprobe.model.records import Reading, Run, StepStatus
-from memprobe.model.steps import GROUP_INIT_STEPS
+from memprobe.model.steps import is_group_init_step
 
 # Component keys, in display order, for one group ``G``:
 #   G/groups_created, G/pynccl, G/custom_allreduce  (bytes added while the group was built)
@@ -125,7 +125,7 @@ def rank_components(readings: list[Reading], measure: Measure = primary) -> dict
             parts[CONTEXT] = delta
         elif reading.step == "world":
             parts[WORLD] = delta
-        elif reading.step in GROUP_INIT_STEPS:
+        elif is_group_init_step(reading.step):
             parts[f"{reading.group}/{reading.step}"] = delta
             key = f"{reading.group}/init"
             parts[key] = _add(parts.get(key, 0), delta)

@@ -13,12 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memprobe import engines
 from memprobe.analysis import nccl_log
 from memprobe.analysis.attribution import rank_readings, step_deltas, subtract, torch_cache
 from memprobe.model.records import NCCL_LOG_FOLDER, Reading, Run, StepStatus
 
-COMM_STEPS = ("pynccl", "first_use")  # steps whose first NCCL call creates a communicator
-STEP_NAMES = {"pynccl": "pynccl", "first_use": "torch (first use)"}
+FIRST_USE_NAME = "torch (first use)"
+
+
+def _communicator_steps() -> dict[str, str]:
+    """Steps whose first NCCL call creates a communicator: every engine's NCCL kinds and first use, with their names."""
+    nccl = {kind.name: kind.label for kind in engines.kinds(engines.names()) if kind.nccl}
+    return {**nccl, "first_use": FIRST_USE_NAME}
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,9 @@ def has_logs(run: Run) -> bool:
 def _comm_steps(readings: list[Reading], widths: dict[str, int]) -> list[tuple[Reading, int | None, int | None]]:
     """The rank's steps that create an NCCL communicator, in order: (reading, step bytes, torch-cache bytes)."""
     cache = dict((r.sequence, d) for r, d in step_deltas(readings, torch_cache))
+    steps = _communicator_steps()
     return [(r, d, cache.get(r.sequence)) for r, d in step_deltas(readings)
-            if r.step in COMM_STEPS and r.status == StepStatus.OK and widths.get(r.group, 0) > 1]
+            if r.step in steps and r.status == StepStatus.OK and widths.get(r.group, 0) > 1]
 
 
 def _widths(run: Run, rank: int) -> dict[str, int]:
@@ -107,7 +114,7 @@ def run_account(run: Run) -> RunAccount:
 def _account(rank: int, comm: nccl_log.Communicator, step: tuple[Reading, int | None, int | None] | None) -> CommAccount:
     reading, step_bytes, cache = step if step is not None else (None, None, None)
     plan = _plan_matching_buffers(comm)
-    label = f"{reading.group} {STEP_NAMES[reading.step]}" if reading is not None else f"unmatched {comm.key}"
+    label = f"{reading.group} {_communicator_steps()[reading.step]}" if reading is not None else f"unmatched {comm.key}"
     return CommAccount(
         rank=rank, label=label, group=reading.group if reading else None, step=reading.step if reading else None,
         nccl_rank=comm.rank, nranks=comm.nranks, step_bytes=step_bytes, torch_cache_bytes=cache,

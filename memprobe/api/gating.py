@@ -49,7 +49,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
     check_overrides(baseline, overrides)
     sglang = conf.sglang
     if sglang:
-        from memprobe.measure.sglang_install import check_site
+        from memprobe.engines.sglang.install import check_site
 
         sglang = check_site(sglang)
     if conf.estimate and conf.results is not None:
@@ -265,7 +265,7 @@ def _baseline_inputs(conf: BaselineOptions) -> tuple[Any, Any, Any, Any]:
         check_device_matches(existing, existing.names(), "estimate" if conf.estimate else conf.launch.device)
     calibration = find_calibration(None, conf.calibration) if conf.estimate else None
     if conf.sglang and scenario_set is not None:
-        from memprobe.measure.sglang_install import check_site
+        from memprobe.engines.sglang.install import check_site
         from memprobe.model.scenario import with_sglang
 
         scenario_set = with_sglang(scenario_set, check_site(conf.sglang))

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from memprobe.api.options import CompareOptions, LaunchOptions, RunOptions, options_of
-from memprobe.api.scenarios import check_choices, distinct, headline, layout_of, stack_names
+from memprobe.api.scenarios import (
+    check_choices, distinct, engine_of, headline, layout_of, stack_names, stack_of, stacks_of,
+)
 from memprobe.errors import UsageError
 
 if TYPE_CHECKING:
@@ -48,22 +50,22 @@ def run(options: Optional[RunOptions] = None, **fields_: Any) -> "ScenarioRun":
 
 
 def _run_scenario(conf: RunOptions) -> Any:
-    from memprobe.model.scenario import Scenario, parse_env_assignments, stack_label
-    from memprobe.model.stacks import resolve_stack
+    from memprobe.model.scenario import DEFAULT_ENGINE, Scenario, parse_env_assignments, stack_label
 
-    layout = layout_of(conf.tp, conf.ep, conf)
-    check_choices(warmup=conf.warmup, env_preset=conf.env_preset, engine=conf.engine)
-    chosen = resolve_stack(conf.stack)
+    check_choices(engine=conf.engine)
+    ref = engine_of(conf.engine)
+    layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
+    check_choices(warmup=conf.warmup, env_preset=conf.env_preset)
+    spec = stack_of(ref.engine, conf.stack, RunOptions.stack)
+    chosen = ref.engine.resolve_stack(spec)
     sglang = conf.sglang
     if sglang:
-        from memprobe.measure.sglang_install import check_site
-
-        if conf.engine != "sglang":
+        if not ref.installed:
             raise UsageError("--sglang needs --engine sglang")
-        sglang = check_site(sglang)
-    suffix = "" if conf.engine == "memprobe" else f".{conf.engine}"
-    return Scenario(name=f"{layout.slug()}-{stack_label(conf.stack, chosen.name)}{suffix}", layout=layout,
-                    stack=conf.stack, env_preset=conf.env_preset, env=parse_env_assignments(conf.env),
+        sglang = ref.engine.check_site(sglang, f"--sglang {sglang}")
+    suffix = "" if ref.name == DEFAULT_ENGINE else f".{ref.name}"
+    return Scenario(name=f"{layout.slug()}-{stack_label(spec, chosen.name)}{suffix}", layout=layout,
+                    stack=spec, env_preset=conf.env_preset, env=parse_env_assignments(conf.env),
                     warmup=conf.warmup, engine=conf.engine, sglang=sglang)
 
 
@@ -82,9 +84,14 @@ def compare(options: Optional[CompareOptions] = None, **fields_: Any) -> "Compar
 
 def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
     """The scenarios :func:`compare` measures, checked; notes (repeats, NCCL settings gloo ignores) on stderr."""
-    from memprobe.model.scenario import ENGINES, load_scenario_file, parse_env_assignments, with_engines, with_env
+    from memprobe import engines as registry
+    from memprobe.model.scenario import load_scenario_file, parse_env_assignments, with_engines, with_env
 
     check_choices(warmup=conf.warmup, env_preset=conf.env_preset)
+    engines = list(dict.fromkeys(e.strip() for e in conf.engine.split(",") if e.strip()))
+    if not engines or any(e not in registry.names() for e in engines):
+        raise UsageError(f"--engine {conf.engine!r}: use {', '.join(registry.names())}, or several joined by a comma "
+                         f"(memprobe,sglang)")
     if conf.jobs < 0:
         raise UsageError(f"--jobs must be 0 (auto) or more, got {conf.jobs}")
     extra_env = parse_env_assignments(conf.env)
@@ -93,17 +100,14 @@ def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
         _refuse_ignored_with_file(conf, sglang_sites)
         scenario_set = with_env(load_scenario_file(conf.scenarios), extra_env)
     else:
-        scenario_set = _compare_headline(conf, extra_env, sglang_sites)
-    engines = list(dict.fromkeys(e.strip() for e in conf.engine.split(",") if e.strip()))
-    if not engines or any(e not in ENGINES for e in engines):
-        raise UsageError(f"--engine {conf.engine!r}: use memprobe, sglang or memprobe,sglang")
+        scenario_set = _compare_headline(conf, engines[0], extra_env, sglang_sites)
     scenario_set = with_engines(scenario_set, engines)
     _note_nccl_settings_on_cpu(scenario_set, conf.launch.device)
     return scenario_set
 
 
 def _sglang_sites(items: Sequence[str]) -> list[tuple[str, str]]:
-    from memprobe.measure.sglang_install import check_site
+    from memprobe.engines.sglang.install import check_site
     from memprobe.model.scenario import parse_sglang_sites
 
     return [(label, check_site(path, f"--sglang {label}={path}")) for label, path in parse_sglang_sites(list(items))]
@@ -123,11 +127,18 @@ def _refuse_ignored_with_file(conf: CompareOptions, sglang_sites: list[tuple[str
                          f"would be ignored with it: put them in the file (per scenario or under [defaults])")
 
 
-def _compare_headline(conf: CompareOptions, env: dict[str, str], sglang_sites: list[tuple[str, str]]) -> "ScenarioSet":
-    """--tp T as the baseline, the MoE layout once per stack and SGLang installation; repeats dropped with a note."""
+def _compare_headline(conf: CompareOptions, engine: str, env: dict[str, str],
+                      sglang_sites: list[tuple[str, str]]) -> "ScenarioSet":
+    """The engine's headline: for SGLang --tp T as the baseline, the MoE layout once per stack and SGLang
+    installation; repeats dropped with a note."""
+    ref = engine_of(engine)
+    reference = ref.engine.name_for("reference") or ref.name
     tp = conf.tp if conf.tp is not None else _default_tp(conf.launch)
-    ep = conf.ep if conf.ep is not None else max(1, tp // 2)
-    scenario_set = headline(conf, tp, ep, stack_names(conf.stacks), env, sglang_sites)
+    ep: Optional[int] = conf.ep if conf.ep is not None else max(1, tp // 2)
+    if "ep" not in ref.engine.layout_type.field_names():
+        ep = conf.ep
+    stacks = stacks_of(ref.engine, conf.stacks, CompareOptions.stacks)
+    scenario_set = headline(conf, reference, tp, ep, stack_names(stacks, reference), env, sglang_sites)
     if conf.tp is None:
         print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
     return distinct(scenario_set)
@@ -138,10 +149,10 @@ def _default_tp(launch: LaunchOptions) -> int:
         return 4
     from memprobe.launch.options import worker_environment
     from memprobe.launch.prepare import visible_gpu_count
-    from memprobe.model.layout import Layout
+    from memprobe.engines.sglang.layout import SGLangLayout
     from memprobe.model.scenario import Scenario
 
-    count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=Layout(tp=1)), launch))
+    count, reason = visible_gpu_count(worker_environment(Scenario(name="probe", layout=SGLangLayout(tp=1)), launch))
     if count == 0:
         from memprobe.launch.no_gpu import no_gpu_hint  # only on this path
 

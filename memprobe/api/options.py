@@ -67,6 +67,7 @@ class PlanOptions(Widths):
     tp: int
     ep: int = 1
     stack: str = "lean"
+    engine: str = "memprobe"  # any name memprobe.engines knows: sglang-ref (memprobe), sglang, ...
 
 
 @dataclass(frozen=True, kw_only=True)

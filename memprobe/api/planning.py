@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from memprobe.api.measuring import measure
 from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, options_of
 from memprobe.api.results import Plan
-from memprobe.api.scenarios import check_choices, distinct, headline, layout_of, stack_names
+from memprobe.api.scenarios import (
+    check_choices, distinct, engine_of, headline, layout_of, stack_names, stack_of, stacks_of,
+)
 from memprobe.errors import Interrupted, MeasurementError, MemprobeError, OptionTypeError, UsageError
 from memprobe.fields import as_path
 
@@ -32,13 +34,12 @@ def plan(options: Optional[PlanOptions] = None, **fields_: Any) -> Plan:
     >>> [g.name for g in p.groups.groups][:2]
     ['world', 'tp']
     """
-    from memprobe.model.layout import plan_groups
-    from memprobe.model.stacks import resolve_stack
-
     conf = options_of(PlanOptions, options, fields_)
-    layout = layout_of(conf.tp, conf.ep, conf)
-    stack = resolve_stack(conf.stack)
-    return Plan(groups=plan_groups(layout), stack=stack)
+    check_choices(engine=conf.engine)
+    engine = engine_of(conf.engine).engine
+    layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
+    stack = engine.resolve_stack(stack_of(engine, conf.stack, PlanOptions.stack))
+    return Plan(groups=engine.plan(layout), stack=stack)
 
 
 def estimate(options: Optional[EstimateOptions] = None, **fields_: Any) -> "Comparison":
@@ -71,26 +72,26 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
     else:
         if conf.tp is None:
             raise UsageError("memprobe estimate needs --tp (or --scenarios FILE, or --check RUN)")
-        names = stack_names(conf.stacks)
-        if conf.engine == "sglang":
-            names = ["lean"]  # one MoE scenario: SGLang's own flags replace the stack below
-        scenario_set = distinct(headline(conf, conf.tp, conf.ep if conf.ep is not None else max(1, conf.tp // 2),
-                                           names, extra_env))
-    if conf.engine == "sglang":
-        scenario_set = _on_sglang(scenario_set, str(conf.sglang) if conf.sglang else "")
+        ref = engine_of(conf.engine)
+        names = stack_names(stacks_of(ref.engine, conf.stacks, EstimateOptions.stacks), ref.name)
+        if ref.installed:
+            names = [ref.engine.default_stack]  # one scenario: the engine's own flags replace the stack below
+        scenario_set = distinct(headline(conf, ref.engine.name_for("reference") or ref.name, conf.tp, conf.ep,
+                                         names, extra_env))
+    if engine_of(conf.engine).installed:
+        scenario_set = _on_installed(scenario_set, conf.engine, str(conf.sglang) if conf.sglang else "")
     return scenario_set
 
 
-def _on_sglang(scenario_set: "ScenarioSet", site: str) -> "ScenarioSet":
-    """Every scenario on real SGLang (its own flags: stack installed), as ``--engine sglang`` measures it."""
-    from memprobe.measure.sglang_install import check_site
+def _on_installed(scenario_set: "ScenarioSet", engine: str, site: str) -> "ScenarioSet":
+    """Every scenario on the installed engine (its own flags: stack installed), as ``--engine sglang`` measures it."""
     from memprobe.model.scenario import ScenarioSet
-    from memprobe.model.stacks import resolve_stack
 
-    site = check_site(site, f"--sglang {site}") if site else ""
-    names = {s.name: f"{s.layout.slug()}.sglang" for s in scenario_set.scenarios}
-    installed = resolve_stack("installed")
-    renamed = {names[s.name]: replace(s, name=names[s.name], engine="sglang", sglang=site, stack="installed",
+    ref = engine_of(engine)
+    site = ref.engine.check_site(site, f"--sglang {site}") if site else ""
+    names = {s.name: f"{s.layout.slug()}.{ref.name}" for s in scenario_set.scenarios}
+    installed = ref.engine.resolve_stack("installed")
+    renamed = {names[s.name]: replace(s, name=names[s.name], engine=ref.name, sglang=site, stack="installed",
                                       resolved_stack=installed) for s in scenario_set.scenarios}
     return ScenarioSet(scenarios=tuple(renamed.values()), baseline=names[scenario_set.baseline])
 
@@ -108,19 +109,19 @@ def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_
 
     joined, version = Network.of(network, nic_gbps), resolve(nccl, calibration.nccl)[0]
 
-    on_sglang = any(scenario.engine == "sglang" for scenario in scenario_set.scenarios)
+    on_sglang = any(scenario.engine_ref.installed for scenario in scenario_set.scenarios)
     sglang_runs = _sglang_flags_runs(scenario_set, progress, timeout_s) if on_sglang else None
     return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs,
                                network=joined, nccl_version=version)
 
 
 def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: float) -> dict[str, Any]:
-    """A --device cpu run of each scenario on real SGLang: the flags its groups were built with."""
+    """A --device cpu run of each scenario on an installed engine: the flags its groups were built with."""
     import tempfile
 
     from memprobe.model.scenario import ScenarioSet
 
-    on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine == "sglang")
+    on_sglang = tuple(scenario for scenario in scenario_set.scenarios if scenario.engine_ref.installed)
     with tempfile.TemporaryDirectory(prefix="memprobe-estimate-") as folder:
         options = LaunchOptions(device="cpu", out_dir=Path(folder), progress=progress, timeout_s=timeout_s)
         try:
@@ -136,7 +137,7 @@ def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: f
 
 
 def _first_failure(folder: Path) -> str:
-    from memprobe.model.records import load_run
+    from memprobe.model.run_files import load_run
 
     for record in sorted(folder.rglob("run.json")):
         try:

@@ -11,8 +11,8 @@ from memprobe.errors import OptionTypeError, UsageError
 
 if TYPE_CHECKING:  # the values' types; imported where used, so that `memprobe estimate` starts fast
     from memprobe.model.comparison import Comparison, ScenarioRun
-    from memprobe.model.layout import Plan as GroupsPlan
-    from memprobe.model.stacks import Stack
+    from memprobe.engines.api import Plan as GroupsPlan
+    from memprobe.engines.stacks import Stack
 
 __all__ = ["BaselineUpdate", "Plan", "communicators", "is_estimate", "total_after_first_use"]
 

@@ -4,52 +4,78 @@ estimate and compare)."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from memprobe.api.options import CompareOptions, EstimateOptions, Widths
 from memprobe.errors import UsageError
 
 if TYPE_CHECKING:
-    from memprobe.model.layout import Layout
+    from memprobe.engines.api import EngineRef, LayoutBase
     from memprobe.model.scenario import ScenarioSet
 
 
-def layout_of(tp: int, ep: int, widths: Widths) -> "Layout":
-    from memprobe.model.layout import Layout
+def engine_of(name: str) -> "EngineRef":
+    """The engine and mode ``--engine name`` stands for (:class:`memprobe.engines.api.EngineRef`)."""
+    from memprobe import engines
 
-    return Layout(tp=tp, ep=ep, pp=widths.pp, moe_dp=widths.moe_dp, attn_dp=widths.attn_dp, attn_cp=widths.attn_cp)
+    return engines.get(name)
+
+
+def widths_of(tp: Optional[int], ep: Optional[int], widths: Widths) -> dict[str, Optional[int]]:
+    return {"tp": tp, "ep": ep, "pp": widths.pp, "moe_dp": widths.moe_dp, "attn_dp": widths.attn_dp,
+            "attn_cp": widths.attn_cp}
+
+
+def layout_of(tp: int, ep: int, widths: Widths, engine: str = "memprobe") -> "LayoutBase":
+    """The engine's layout from the width flags (one it does not have must stay at 1)."""
+    return engine_of(engine).engine.layout(widths_of(tp, ep, widths))
+
+
+def stack_of(engine: Any, given: str, default: str) -> str:
+    """``--stack`` as given, or, left at its default (SGLang's ``lean``) for an engine without that stack, the
+    engine's own default."""
+    if given == default and given not in engine.builtin_stack_names and not Path(given).exists():
+        return str(engine.default_stack)
+    return given
+
+
+def stacks_of(engine: Any, given: str, default: str) -> str:
+    """``--stacks`` as given, or, left at its default for an engine without those stacks, the engine's pair."""
+    names = [name.strip() for name in given.split(",")]
+    if given == default and not all(name in engine.builtin_stack_names for name in names):
+        return ",".join(engine.stack_pair or (engine.default_stack,))
+    return given
 
 
 def check_choices(**given: str) -> None:
     """--warmup, --env-preset and --engine checked as the user wrote them, before any scenario is named
     after them (a scenario name built from a bad --warmup would be what the error names)."""
-    from memprobe.model.scenario import ENGINES, ENV_PRESETS, WARMUPS
+    from memprobe import engines
+    from memprobe.model.scenario import WARMUPS, env_presets
 
-    allowed = {"warmup": WARMUPS, "env_preset": tuple(sorted(ENV_PRESETS)), "engine": ENGINES}
+    allowed = {"warmup": WARMUPS, "env_preset": tuple(sorted(env_presets())), "engine": engines.names()}
     for key, value in given.items():
         if value not in allowed[key]:
             raise UsageError(f"--{key.replace('_', '-')} {value!r}: use one of {', '.join(allowed[key])}")
 
 
-def stack_names(stacks: str) -> list[str]:
-    """``--stacks full,lean`` as names, each checked."""
-    from memprobe.model.stacks import resolve_stack
-
+def stack_names(stacks: str, engine: str = "memprobe") -> list[str]:
+    """``--stacks full,lean`` as names, each checked against the engine's stacks."""
     names = [name.strip() for name in stacks.split(",") if name.strip()]
     if not names:
         raise UsageError("--stacks needs at least one stack, e.g. full,lean")
     for name in names:
-        resolve_stack(name, option="--stacks")
+        engine_of(engine).engine.resolve_stack(name, option="--stacks")
     return names
 
 
-def headline(conf: "CompareOptions | EstimateOptions", tp: int, ep: int, names: list[str], env: dict[str, str],
-              sglang_sites: Sequence[tuple[str, str]] = ()) -> "ScenarioSet":
+def headline(conf: "CompareOptions | EstimateOptions", engine: str, tp: int, ep: Optional[int], names: list[str],
+             env: dict[str, str], sglang_sites: Sequence[tuple[str, str]] = ()) -> "ScenarioSet":
     from memprobe.model.scenario import headline_scenarios
 
-    return headline_scenarios(tp=tp, ep=ep, stacks=names, pp=conf.pp, moe_dp=conf.moe_dp, attn_dp=conf.attn_dp,
-                              attn_cp=conf.attn_cp, baseline_tp=conf.baseline_tp, env_preset=conf.env_preset, env=env,
-                              warmup=conf.warmup, sglang_sites=list(sglang_sites))
+    return headline_scenarios(engine, widths_of(tp, ep, conf), stacks=names, baseline_tp=conf.baseline_tp,
+                              env_preset=conf.env_preset, env=env, warmup=conf.warmup, sglang_sites=list(sglang_sites))
 
 
 def distinct(scenario_set: "ScenarioSet") -> "ScenarioSet":

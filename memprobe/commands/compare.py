@@ -35,7 +35,7 @@ def compare(
     quiet: bool = QUIET, verbose: bool = VERBOSE, split: bool = SPLIT,
     nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = option(Defaults.engine, "--engine", env="ENGINE",
-                         help="memprobe, sglang, or memprobe,sglang: every scenario on both engines plus a "
+                         help="memprobe (also named sglang-ref), sglang, or memprobe,sglang: every scenario on both engines plus a "
                               "fidelity report (reference engine against real SGLang, per rank, group and step)."),
     sglang: list[str] = option(list(Defaults.sglang), "--sglang", env="COMPARE_SGLANG", metavar="LABEL=SITE",
                                help="Add the MoE layout on a real SGLang installation (a site folder), as "

@@ -1,4 +1,4 @@
-"""``memprobe plan``: the groups SGLang builds for a layout, as a table or streamed JSON; nothing is launched."""
+"""``memprobe plan``: the groups an engine builds for a layout, as a table or streamed JSON; nothing is launched."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json
 def plan(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     stack: str = STACK,
+    engine: str = option(api.PlanOptions.engine, "--engine", env="ENGINE",
+                         help="Whose groups: memprobe or sglang-ref (SGLang 0.5.23's, as memprobe reproduces them) or "
+                              "another registered engine's."),
     json_output: bool = option(False, "--json", env="PLAN_JSON", help="Print one JSON document instead of a table."),
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
@@ -30,7 +33,8 @@ def plan(
     Exit codes: 0 ok, 2 bad input. Every command: 70 an unexpected error (one line; its traceback in a temp file),
     129/130/143 hung up, interrupted, terminated, 141 standard output's reader went away.
     """
-    planned = api.plan(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stack=stack)
+    planned = api.plan(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stack=stack,
+                       engine=engine)
     from memprobe.verbosity import detail
 
     detail(f"memprobe: {len(planned.groups.groups)} groups for world size {planned.groups.layout.world_size}, "

@@ -27,8 +27,9 @@ def run(
     allow_busy_gpu: bool = ALLOW_BUSY, per_rank: bool = PER_RANK, quiet: bool = QUIET, verbose: bool = VERBOSE, split: bool = SPLIT,
     nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = option(api.RunOptions.engine, "--engine", env="ENGINE",
-                         help="memprobe: the reference engine; sglang: the installed SGLang's own "
-                              "initialize_model_parallel, sampled around every group it builds."),
+                         help="sglang-ref (or its older name memprobe): memprobe's reproduction of SGLang's start-up; "
+                              "sglang: the installed SGLang's own initialize_model_parallel, sampled around every "
+                              "group it builds."),
     sglang: str = option(api.RunOptions.sglang, "--sglang", env="RUN_SGLANG", metavar="SITE",
                          help="With --engine sglang: the SGLang in this site folder (first on the workers' "
                               "PYTHONPATH) instead of the importable one. --stack installed keeps its own flags."),

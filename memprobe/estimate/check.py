@@ -15,12 +15,12 @@ from typing import Callable, Iterable
 
 from memprobe.errors import UsageError
 from memprobe.estimate.calibration import Calibration
-from memprobe.estimate.comparison import sglang_flags
 from memprobe.estimate.model import Topology, estimate_run
 from memprobe.estimate import nccl
 from memprobe.estimate.nccl import Network
 from memprobe.model.comparison import load_comparison, scenario_from_run
-from memprobe.model.records import Reading, Run, RunStatus, load_run
+from memprobe.model.records import Reading, Run, RunStatus
+from memprobe.model.run_files import load_run
 from memprobe.model.steps import END, FIRST_USE
 
 from memprobe.units import MIB as MiB
@@ -148,18 +148,18 @@ def check_run(where: str, run: Run | str, calibration_for: Callable[[str], Calib
     calibration = calibration_for(result.gpu)
     assert calibration is not None
     scenario = scenario_from_run(run)
-    flags, implementation = None, None
-    if record.engine == "sglang":
+    stack = None
+    if scenario.engine_ref.installed:
         try:
-            flags, implementation = sglang_flags(run)
+            stack = scenario.engine_ref.engine.learn_stack(run)
         except UsageError as error:
-            if record.stack_name == "installed":  # SGLang's own flags, and this run did not record them
+            if record.stack_name == "installed":  # the engine's own flags, and this run did not record them
                 result.skipped = f"not estimated: {error}"
                 return result
     try:
         topology = Topology.for_world(record.world_size, gpus, None, recorded_network(run))
         result.network = topology.network.kind if topology.nnodes > 1 else ""
-        estimate = estimate_run(scenario, topology, calibration, flags, implementation)
+        estimate = estimate_run(scenario, topology, calibration, stack)
     except UsageError as error:
         result.skipped = f"not estimated: {error}"
         return result

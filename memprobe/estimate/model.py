@@ -1,13 +1,14 @@
-"""The estimate: per rank, the readings a measured run of a scenario would take, from NCCL's rules, SGLang's
+"""The estimate: per rank, the readings a measured run of a scenario would take, from NCCL's rules, the engine's
 buffer sizes, torch's caching allocator and one GPU's calibration. It yields the records the worker yields
 (:class:`~memprobe.model.records.Run`), marked ``source = "estimated"``, so every report renders it.
 
-Each rank walks the step sequence of :mod:`memprobe.model.steps` as the reference engine does
-(``memprobe/measure/engine.py``): the CUDA context; per group ``groups_created`` (lazy NCCL and gloo
-groups: nothing on the GPU), ``pynccl`` (an eager NCCL communicator warmed by a 1-element all-reduce on
-a stream of its own), ``custom_allreduce``; then ``first_use`` (torch's lazy communicator of the group,
-created by its first all-reduce, followed by ``empty_cache``). Every reading's note says how its bytes
-were made up.
+Each rank walks the step sequence of :mod:`memprobe.model.steps` as the worker does
+(``memprobe/measure/recorder.py``): the CUDA context; per group ``groups_created`` (lazy NCCL and gloo
+groups: nothing on the GPU), then each communicator kind of the engine as the engine's one rule decides it
+(:meth:`Engine.decide`): an NCCL kind (an eager NCCL communicator warmed by a 1-element all-reduce on a stream of
+its own) from NCCL's rules, any other kind from the engine's sizes (:meth:`Engine.sizes`); then ``first_use``
+(torch's lazy communicator of the group, created by its first all-reduce, followed by ``empty_cache``). Every
+reading's note says how its bytes were made up. Nothing here names an engine's groups or kinds.
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import NamedTuple
 
+from memprobe.engines.api import Allocation, Decision, Engine, Facts, GroupPlan, LayoutBase, Plan
+from memprobe.engines.stacks import Stack
 from memprobe.errors import UsageError
 from memprobe.estimate import nccl
 from memprobe.estimate.calibration import Calibration
 from memprobe.estimate.torch_cache import CachingAllocator
-from memprobe.measure.custom_allreduce_sizes import V1_WORLD_SIZES, V1Buffers, v2_supported_world_sizes, v2_workspace
-from memprobe.model.layout import GroupPlan, Layout, Plan, plan_groups
 from memprobe.model.records import SCHEMA_VERSION, PlannedGroup, RankInfo, Reading, Run, RunRecord, RunStatus, StepStatus
-from memprobe.model.scenario import ENV_PRESETS, Scenario
-from memprobe.model.stacks import GroupFlags
-from memprobe.model.steps import (
-    BEFORE, COMMUNICATOR_STEPS, CUDA_CONTEXT, CUSTOM_ALLREDUCE, END, FIRST_USE, GROUPS_CREATED, PYNCCL, START, WORLD,
-)
+from memprobe.model.scenario import Scenario, env_presets
+from memprobe.model.steps import BEFORE, CUDA_CONTEXT, END, FIRST_USE, GROUPS_CREATED, START, WORLD
 from memprobe.units import MIB as MiB
 
 SOURCE = "estimated"
@@ -87,7 +85,7 @@ class Topology:
 
 def effective_env(scenario: Scenario) -> dict[str, str]:
     """What a measured run of the scenario sets: the preset, then the scenario's own ``env`` (it wins)."""
-    return {**ENV_PRESETS[scenario.env_preset], **scenario.env}
+    return {**env_presets()[scenario.env_preset], **scenario.env}
 
 
 @dataclass
@@ -144,26 +142,26 @@ class Context:
     """What every rank of one scenario shares."""
 
     scenario: Scenario
+    engine: Engine
     plan: Plan
     topology: Topology
     calibration: Calibration
     settings: nccl.NcclSettings
     links: nccl.GpuLinks
-    flags: dict[str, GroupFlags]
-    custom_allreduce_impl: str
+    stack: Stack
+    engine_env: dict[str, str]  # the engine's own variables of the scenario's environment (Facts.env)
 
 
-def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibration,
-                 flags: dict[str, GroupFlags] | None = None, custom_allreduce_impl: str | None = None,
+def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibration, stack: Stack | None = None,
                  nccl_version: str | None = None) -> Run:
     """The estimated run of ``scenario``: one record, every rank's readings.
 
-    ``flags`` (per group: pynccl, custom all-reduce) default to the scenario's stack; an ``--engine sglang``
-    estimate passes what the installed SGLang's ``initialize_model_parallel`` asked for. ``nccl_version``: whose
-    rules apply (default: the calibration's NCCL, see :func:`memprobe.estimate.nccl_versions.resolve`).
+    ``stack`` defaults to the scenario's; an installed engine's estimate (``--engine sglang``) passes the stack
+    its CPU run taught (what the installed SGLang's ``initialize_model_parallel`` asked for). ``nccl_version``:
+    whose rules apply (default: the calibration's NCCL, see :func:`memprobe.estimate.nccl_versions.resolve`).
     """
-    context = estimate_context(scenario, topology, calibration, flags, custom_allreduce_impl, nccl_version)
-    lists, classes = _rank_classes(scenario.layout, topology, context.settings.eager)
+    context = estimate_context(scenario, topology, calibration, stack, nccl_version)
+    lists, classes = _rank_classes(context.engine, scenario.layout, topology, context.settings.eager)
     ranks = [estimate_rank(context, rank, lists) for rank in sorted(set(classes.values()))]
     record = _record(context, effective_env(scenario), ranks, classes)
     readings = [reading for rank in ranks for reading in rank.readings]
@@ -171,21 +169,20 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
 
 
 def estimate_context(scenario: Scenario, topology: Topology, calibration: Calibration,
-                     flags: dict[str, GroupFlags] | None = None, custom_allreduce_impl: str | None = None,
-                     nccl_version: str | None = None) -> Context:
-    """What every rank of ``scenario`` shares (see :func:`estimate_run` for ``flags``)."""
+                     stack: Stack | None = None, nccl_version: str | None = None) -> Context:
+    """What every rank of ``scenario`` shares (see :func:`estimate_run` for ``stack`` and ``nccl_version``)."""
     from memprobe.estimate.nccl_versions import resolve
 
     version = resolve(nccl_version, calibration.nccl)[0] if nccl_version else calibration.nccl
     settings = replace(nccl.NcclSettings.from_env(effective_env(scenario)), version=version)
-    stack = scenario.resolved_stack
+    stack = stack or scenario.resolved_stack
     assert stack is not None
-    plan = plan_groups(scenario.layout)
+    engine = scenario.engine_ref.engine
     return Context(
-        scenario=scenario, plan=plan, topology=topology, calibration=calibration, settings=settings,
-        links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu),
-        flags=flags or {group.name: stack.flags_for(group.name) for group in plan.groups},
-        custom_allreduce_impl=custom_allreduce_impl or stack.custom_allreduce_impl,
+        scenario=scenario, engine=engine, plan=engine.plan(scenario.layout), topology=topology,
+        calibration=calibration, settings=settings,
+        links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu), stack=stack,
+        engine_env=engine.own_env(effective_env(scenario)),
     )
 
 
@@ -198,14 +195,15 @@ class Member(NamedTuple):
 
 
 @lru_cache(maxsize=8)  # the scenarios of one comparison share layouts: full and lean estimate the same ranks
-def _rank_classes(layout: Layout, topology: Topology, eager: bool) -> tuple[dict[str, dict[int, Member]], dict[int, int]]:
+def _rank_classes(engine: Engine, layout: LayoutBase, topology: Topology, eager: bool
+                  ) -> tuple[dict[str, dict[int, Member]], dict[int, int]]:
     """rank -> the first rank whose readings it shares, and every representative's :class:`Member` per group.
 
     A rank's readings depend, per group, on the width of its list, the list's ranks per node, and how many ring
     and tree peers the rank has on and off its node (:func:`memprobe.estimate.nccl.peer_counts`): the rules see
     nothing else of it, so ranks alike in all of them read the same bytes at every step.
     """
-    groups = [group for group in plan_groups(layout).groups if not group.is_alias]
+    groups = [group for group in engine.plan(layout).groups if not group.is_alias]
     kinds: dict[tuple, int] = {}  # what a rank's bytes depend on in one group -> a small number
     placed = [_place_group(group, layout.world_size, topology, eager, kinds) for group in groups]
     representatives: dict[tuple, int] = {}
@@ -274,8 +272,9 @@ def estimate_rank(context: Context, rank: int, lists: dict[str, dict[int, Member
     for group in built:
         state.record(BEFORE, group.name, 0, "")
         state.record(GROUPS_CREATED, group.name, 0, "new_group NCCL (lazy) + gloo (host) per rank list")
-        for kind in COMMUNICATOR_STEPS:
-            _communicator_step(context, state, group, kind, lists[group.name][rank])
+        member = lists[group.name][rank]
+        for decision in context.engine.decide(group, context.stack, _facts(context, member)):
+            _communicator_step(context, state, group, decision, member)
     for group in [context.plan.group(WORLD), *built]:
         _first_use(context, state, group, lists[group.name][rank])
     state.record(END, "", 0, "")
@@ -297,68 +296,49 @@ def _ranks_per_node(topology: Topology, ranks: tuple[int, ...]) -> int:
     return max(counts.values())
 
 
-def _communicator_step(context: Context, state: _Rank, group: GroupPlan, kind: str, member: Member) -> None:
-    decision = state.decisions.setdefault(group.name, {})
-    ranks = member.ranks
-    wanted = getattr(context.flags.get(group.name, GroupFlags()), kind)
-    skip = ("skipped: not in stack" if not wanted else
-            "skipped: width 1 (SGLang builds none)" if len(ranks) == 1 else None)
-    implementation = None
-    if skip is None and kind == CUSTOM_ALLREDUCE:
-        implementation, reason = _custom_allreduce_choice(context, ranks)
-        skip = None if implementation else f"disabled: {reason}"
-    if skip is not None:
-        decision[kind] = skip
-        state.record(kind, group.name, 0, skip, status=StepStatus.SKIPPED)
+def _facts(context: Context, member: Member) -> Facts:
+    """What the engine's rule sees of a rank's list: its nodes from the topology; an NVSwitch node is fully
+    NVLink-connected; the GPU's generation and SM count from the calibration."""
+    nodes = {context.topology.node_of(rank) for rank in member.ranks}
+    return Facts(width=len(member.ranks), nodes=len(nodes), full_nvlink=True,
+                 capability=context.calibration.compute_capability, sm_count=context.calibration.sm_count,
+                 env=context.engine_env)
+
+
+def _communicator_step(context: Context, state: _Rank, group: GroupPlan, decision: Decision, member: Member) -> None:
+    state.decisions.setdefault(group.name, {})[decision.kind] = decision.text()
+    if not decision.built:
+        state.record(decision.kind, group.name, 0, decision.text(), status=StepStatus.SKIPPED)
         return
-    if kind == PYNCCL:
+    if context.engine.kind(decision.kind).nccl:
         added, note = state.communicator(_group_estimate(context, member))
-        stream = f"pynccl:{group.name}"  # SGLang allocates the warm-up tensor on the communicator's new stream
+        stream = f"{decision.kind}:{group.name}"  # the warm-up tensor is allocated on the communicator's new stream
         added += state.torch_step(lambda cache: cache.free(cache.allocate(4, stream)))
-        decision[kind] = "built"
-        state.record(PYNCCL, group.name, added, note + "; warm-up tensor on a new stream (torch cache)")
+        state.record(decision.kind, group.name, added, note + "; warm-up tensor on a new stream (torch cache)")
         return
-    added, note = _custom_allreduce_bytes(context, state, len(ranks), implementation)
-    decision[kind] = f"built {implementation}"
-    state.record(CUSTOM_ALLREDUCE, group.name, added, note)
+    allocations = context.engine.sizes(decision, _facts(context, member))
+    added, note = _allocated(state, allocations)
+    prefix = f"{decision.implementation}: " if decision.implementation else ""
+    state.record(decision.kind, group.name, added, prefix + note)
 
 
-def _custom_allreduce_choice(context: Context, ranks: tuple[int, ...]) -> tuple[str | None, str]:
-    """As ``memprobe/measure/communicators.custom_allreduce_eligibility``: one node, a supported size; an
-    NVSwitch node is fully NVLink-connected."""
-    nodes = {context.topology.node_of(member) for member in ranks}
-    if len(nodes) > 1:
-        return None, "group spans several nodes"
-    size = len(ranks)
-    capability = context.calibration.compute_capability
-    if context.custom_allreduce_impl == "v2" and size in v2_supported_world_sizes(capability // 10, capability % 10,
-                                                                                 context.calibration.sm_count):
-        return "v2", "full NVLink, one node"
-    if size in V1_WORLD_SIZES:
-        return "v1", "v1 layout"
-    return None, f"world size {size} has no custom all-reduce"
-
-
-def _custom_allreduce_bytes(context: Context, state: _Rank, size: int, implementation: str | None) -> tuple[int, str]:
+def _allocated(state: _Rank, allocations: list[Allocation]) -> tuple[int, str]:
+    """Bytes on the GPU of an engine's own communicator: cudaMalloc'd and cuMem-mapped buffers in whole 2 MiB
+    granules, torch tensors through the caching allocator (kept), host memory not at all; and how."""
     granule = nccl.CUMEM_GRANULARITY
-    capability = context.calibration.compute_capability
-    if implementation == "v2":
-        plan = v2_workspace(size, capability // 10, capability % 10, context.calibration.sm_count)
-        symmetric = -(-plan.symmetric_bytes // granule) * granule  # torch symmetric memory maps whole cuMem granules
+    rounded = {id(a): -(-a.nbytes // granule) * granule for a in allocations if a.pool in ("raw", "cumem")}
 
-        def allocate(cache: CachingAllocator) -> None:
-            cache.allocate(plan.graph_params_bytes)  # torch.zeros graph table: kept
-            cache.allocate(plan.push_counter_bytes)  # push counter: kept
+    def allocate(cache: CachingAllocator) -> None:
+        for allocation in allocations:
+            if allocation.pool == "torch_cache":
+                cache.allocate(allocation.nbytes)
 
-        torch_added = state.torch_step(allocate)
-        return symmetric + torch_added, (f"v2: symmetric workspace {plan.symmetric_bytes} B -> {symmetric / MiB:g} MiB "
-                                         f"(cuMem granules); graph table {plan.graph_params_bytes / MiB:g} MiB and push "
-                                         f"counter in torch's cache (+{torch_added / MiB:g} MiB of segments)")
-    buffers = V1Buffers()
-    raw = sum(-(-nbytes // granule) * granule for nbytes in (buffers.meta_bytes, buffers.buffer_bytes))
-    torch_added = state.torch_step(lambda cache: cache.allocate(buffers.rank_data_bytes))
-    return raw + torch_added, (f"v1: meta + buffer cudaMalloc'd, {raw / MiB:g} MiB in 2 MiB pages; rank_data "
-                               f"{buffers.rank_data_bytes / MiB:g} MiB in torch's cache (+{torch_added / MiB:g} MiB of segments)")
+    torch_added = state.torch_step(allocate)
+    where = {"raw": "cudaMalloc'd", "cumem": "cuMem-mapped", "torch_cache": "in torch's cache",
+             "host": "host memory, not on the GPU"}
+    parts = [f"{a.what} {a.nbytes} B" + (f" -> {rounded[id(a)] / MiB:g} MiB" if id(a) in rounded else "")
+             + f" ({where[a.pool]})" for a in allocations]
+    return sum(rounded.values()) + torch_added, "; ".join(parts) + f"; +{torch_added / MiB:g} MiB of torch segments"
 
 
 def _first_use(context: Context, state: _Rank, group: GroupPlan, member: Member) -> None:
@@ -433,10 +413,8 @@ def _rank_infos(context: Context, ranks: list[_Rank], classes: dict[int, int]) -
 
 
 def _plan_entry(group: GroupPlan, context: Context) -> PlannedGroup:
-    flags = context.flags.get(group.name, GroupFlags())
-    built = GroupFlags() if group.is_alias or group.width == 1 else flags
     return PlannedGroup(name=group.name, ranks=[list(ranks) for ranks in group.rank_lists], alias_of=group.alias_of,
-                        communicators=built.as_dict())
+                        communicators=context.stack.communicators_for(group))
 
 
 def _version() -> str:

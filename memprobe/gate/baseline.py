@@ -46,12 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from memprobe import engines
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.errors import DamagedInput, IncomparableError, MeasurementError, UsageError
-from memprobe.model.layout import GROUP_ORDER
 from memprobe.model.memory_kind import describe as describe_kind, memory_kind
 from memprobe.model.records import Run, atomic_write_text
-from memprobe.model.steps import GROUP_INIT_STEPS
+from memprobe.model.steps import GROUPS_CREATED
 from memprobe.model.comparison import Comparison
 from memprobe.model.scenario import Scenario, ScenarioSet, validate_name
 
@@ -137,7 +137,7 @@ class BaselineScenario:
     definition_hash: str
     environment_key: dict[str, Any]
     ranks: dict[int, dict[str, int]]
-    measured_with: dict[str, Any] = field(default_factory=dict)  # not part of the key: {"sglang": ...}
+    measured_with: dict[str, Any] = field(default_factory=dict)  # not part of the key: {"sglang": <installation>}
 
     def scenario(self) -> Scenario:
         """The scenario to run again (already checked by :func:`load_baseline`)."""
@@ -199,9 +199,17 @@ def environment_key(run: Run) -> dict[str, Any]:
     return key
 
 
+def installed_engine(run: Run) -> str | None:
+    """The name of the installed engine a run imported (``sglang``), None for a reproduction."""
+    ref = engines.get(run.record.engine, where=f"run {run.record.run_id}: engine")
+    return ref.engine.name if ref.installed else None
+
+
 def sglang_of(run: Run) -> Any:
-    """The SGLang a run imported, as run.json's environment records it (None for the reference engine)."""
-    return (run.record.environment or {}).get("sglang") or None
+    """The installed engine a run imported (the SGLang), as run.json's environment records it under the engine's
+    name (None for a reproduction)."""
+    name = installed_engine(run)
+    return (run.record.environment or {}).get(name) or None if name else None
 
 
 def describe_sglang(sglang: Any) -> str:
@@ -255,7 +263,7 @@ def build_baseline(comparison: Comparison, thresholds: Mapping[str, Any] | None 
             "definition": item.scenario.definition(),
             "definition_hash": item.scenario.definition_hash(),
             "environment_key": environment_key(item.run),
-            **({"measured_with": {"sglang": sglang_of(item.run)}} if sglang_of(item.run) else {}),
+            **({"measured_with": {installed_engine(item.run): sglang_of(item.run)}} if sglang_of(item.run) else {}),
             "ranks": {
                 str(rank): {metric: int(value) for metric, value in sorted(parts.items()) if value is not None}
                 for rank, parts in sorted(per_rank.items())
@@ -535,8 +543,9 @@ def _check_every_rank(name: str, ranks: dict[int, dict[str, int]], world_size: i
 
 
 def _measured_with(value: Any, path: str, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or set(value) - {"sglang"}:
-        raise _fail(where, f"{path} must be an object with at most the key sglang")
+    installed = sorted(engine.name for engine in engines.all_engines() if engine.name_for("installed"))
+    if not isinstance(value, dict) or set(value) - set(installed):
+        raise _fail(where, f"{path} must be an object with at most the key {' or '.join(installed)}")
     return dict(value)
 
 
@@ -582,8 +591,9 @@ def metric_sort_key(metric: str) -> tuple:
     if metric in fixed:
         return fixed[metric] + ("",)
     group, _, step = metric.partition("/")
-    group_index = GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
-    init_steps = (*GROUP_INIT_STEPS, "init")
+    order = engines.group_order(engines.names())
+    group_index = order.index(group) if group in order else len(order)
+    init_steps = (GROUPS_CREATED, *(kind.name for kind in engines.kinds(engines.names())), "init")
     if step in init_steps:
         return (2, group_index, group, init_steps.index(step))
     if step == "first_use":

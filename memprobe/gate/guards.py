@@ -4,36 +4,21 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from typing import Any, Sequence
-
-#: the SGLang release memprobe's reference engine reproduces (memprobe/model/layout.py, memprobe/model/stacks.py)
-REFERENCE_RELEASE = "SGLang 0.5.23"
-
-
-def _installed_version(site: str) -> str:
-    from memprobe.errors import UsageError
-    from memprobe.measure.sglang_install import sglang_installation
-
-    environ = dict(os.environ)
-    if site:
-        environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, environ.get("PYTHONPATH", "")) if p)
-    try:
-        return sglang_installation(environ).version
-    except UsageError:
-        return "?"
 
 
 def guards(scenarios: Sequence[Any]) -> str:
     """One line per kind of scenario judged: whose code the bytes come from."""
     parts: list[str] = []
     for scenario in scenarios:
-        if getattr(scenario, "engine", "memprobe") == "sglang":
+        ref = scenario.engine_ref
+        if ref.installed:
             where = f" at {scenario.sglang}" if scenario.sglang else ""
-            part = f"the installed SGLang {_installed_version(scenario.sglang)}'s code{where}"
+            part = f"the installed {ref.engine.label} {ref.engine.installed_version(scenario.sglang)}'s code{where}"
         else:
-            part = f"memprobe's reproduction of {REFERENCE_RELEASE} (your engine's code is not run)"
+            release = ref.engine.reference_release or ref.engine.label
+            part = f"memprobe's reproduction of {release} (your engine's code is not run)"
         if part not in parts:
             parts.append(part)
     return "; ".join(parts)
@@ -64,4 +49,4 @@ def quoted(arguments: Sequence[str]) -> str:
     return shlex.join(arguments)
 
 
-__all__ = ["REFERENCE_RELEASE", "guards", "update_arguments"]
+__all__ = ["guards", "update_arguments"]

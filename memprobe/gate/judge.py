@@ -36,6 +36,7 @@ from typing import Any, Iterable, Sequence
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.gate.baseline import (
     describe_sglang,
+    installed_engine,
     sglang_of,
     Baseline,
     ThresholdRule,
@@ -409,7 +410,8 @@ def _judge_scenario(result: GateResult, baseline: Baseline, comparison: Comparis
         result.cases.extend(Case(name, rank, "missing") for rank in stored.ranks)
         summary.status = "missing"
         return
-    sglang_change = sglang_note(name, stored.measured_with.get("sglang"), sglang_of(item.run))
+    installed = installed_engine(item.run) or next(iter(stored.measured_with), None)
+    sglang_change = sglang_note(name, stored.measured_with.get(installed) if installed else None, sglang_of(item.run))
     if sglang_change:
         result.notes.append(sglang_change)
     if not _comparable(result, summary, stored, item, allow_env_mismatch):

@@ -129,10 +129,9 @@ def _assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, 
                                  outcome.gpu_release_s)
     record.ranks = sorted(rank_infos(run_dir, world_size), key=lambda info: info.rank)
     record.environment = environment_summary(member.environment, record.ranks, options.device, world_size)
-    if member.scenario.engine == "sglang":
-        from memprobe.measure.sglang_install import sglang_installation
-
-        record.environment["sglang"] = sglang_installation(member.environment).as_record()
+    ref = member.scenario.engine_ref
+    if ref.installed:  # the installed engine the workers imported, as read from its sources
+        record.environment[ref.engine.name] = ref.engine.installation(member.environment, member.scenario.sglang)
     readings_path = run_dir / "readings.csv"
     complete = (tracked.state == ScenarioStatus.DONE and tracked.failure is None and not follower.errors
                 and (readings_path.is_file() or not holds_rank_0))

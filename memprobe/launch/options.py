@@ -10,7 +10,7 @@ from pathlib import Path
 from memprobe.errors import UsageError
 from memprobe.fields import check_fields
 from memprobe.model.records import NCCL_LOG_FOLDER
-from memprobe.model.scenario import ENV_PRESETS, Scenario, validate_name
+from memprobe.model.scenario import Scenario, env_presets, validate_name
 
 DEVICES = ("cuda", "cpu")
 RDZV_BACKENDS = ("c10d", "static")
@@ -74,12 +74,12 @@ class LaunchOptions:
 def worker_environment(scenario: Scenario, options: LaunchOptions, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment workers start with.
 
-    The ``sglang`` preset sets SGLang's engine variables *unless the user already did*
+    An engine's preset (``sglang``: SGLang's engine variables) is applied *unless the user already did*
     (``entrypoints/engine.py:1878-1921``); scenario ``env`` and ``--env`` always win.
     ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` makes CUDA's device order match the NVML mapping.
     """
     environment = dict(os.environ if base is None else base)
-    for key, value in ENV_PRESETS[scenario.env_preset].items():
+    for key, value in env_presets()[scenario.env_preset].items():
         environment.setdefault(key, value)
     environment.update(scenario.env)
     if scenario.sglang:  # the SGLang installation this scenario asked for comes first

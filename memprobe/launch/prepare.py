@@ -10,14 +10,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from memprobe import __version__
+from memprobe import __version__, engines
 from memprobe.errors import UsageError
 from memprobe.launch.options import CPU_RANKS_PER_NODE, LaunchOptions, worker_environment
 from memprobe.measure import nvml
-from memprobe.model.layout import plan_groups
 from memprobe.model.launch_files import WorkerConfig
 from memprobe.model.records import WORKER_CONFIG, PlannedGroup, RunRecord, atomic_write_text
-from memprobe.model.scenario import Scenario
+from memprobe.model.scenario import DEFAULT_ENGINE, Scenario
 from memprobe.model.steps import sequence
 
 # Collectives inside the workers time out this much later than --timeout, so that the parent, which
@@ -27,7 +26,8 @@ WORKER_TIMEOUT_MARGIN_S = 60.0
 
 def expected_readings(scenario: Scenario) -> int:
     """Readings each rank takes (the progress total)."""
-    return len(sequence(group.name for group in plan_groups(scenario.layout).built_groups()))
+    engine = scenario.engine_ref.engine
+    return len(sequence((group.name for group in engine.plan(scenario.layout).built_groups()), engine.kind_names))
 
 
 def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
@@ -92,18 +92,15 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
     check_out_dir(Path(options.out_dir))
     check_rendezvous_port(options)
     for scenario in scenarios:
-        if scenario.engine == "sglang":  # each scenario may bring its own SGLang
-            from memprobe.measure.sglang_install import check_site, sglang_installation
-
+        ref = scenario.engine_ref
+        if ref.installed:  # each scenario may bring its own installation of the engine
             if scenario.sglang:
-                check_site(scenario.sglang, f"scenario {scenario.name}: sglang {scenario.sglang}")
-            installation = sglang_installation(worker_environment(scenario, options))
-            if options.device == "cpu":
-                from memprobe.engines.sglang.cpu_install import requirements_problem
-
-                problem = requirements_problem(worker_environment(scenario, options), installation.version)
-                if problem:
-                    raise UsageError(problem)
+                ref.engine.check_site(scenario.sglang, f"scenario {scenario.name}: sglang {scenario.sglang}")
+            environ = worker_environment(scenario, options)
+            installation = ref.engine.installation(environ, scenario.sglang)
+            problem = ref.engine.cpu_requirements_problem(environ, installation) if options.device == "cpu" else None
+            if problem:
+                raise UsageError(problem)
     for scenario in scenarios:
         if scenario.layout.world_size % options.nnodes:
             raise UsageError(f"scenario {scenario.name}: world size {scenario.layout.world_size} does not split over "
@@ -129,9 +126,11 @@ def preflight(scenarios: list[Scenario], options: LaunchOptions) -> None:
 
 def estimate_command(scenarios: list[Scenario]) -> str:
     """The ``memprobe estimate`` command for the widest of ``scenarios`` (its MoE layout where there is one)."""
-    widest = max(scenarios, key=lambda s: (s.layout.world_size, s.layout.ep, s.layout.pp))
+    widest = max(scenarios, key=lambda s: (s.layout.world_size, *tuple(s.layout.as_dict().values())[1:]))
     stacks = list(dict.fromkeys(s.stack for s in scenarios if s.layout == widest.layout))
-    return f"memprobe estimate {widest.layout.flags()} --stacks {','.join(stacks)}"
+    default = engines.get(DEFAULT_ENGINE).engine
+    engine = "" if widest.engine_ref.engine is default else f" --engine {widest.engine}"
+    return f"memprobe estimate {widest.layout.flags()}{engine} --stacks {','.join(stacks)}"
 
 
 def new_run_dir(root: Path, name: str) -> Path:
@@ -148,7 +147,7 @@ def new_run_dir(root: Path, name: str) -> Path:
 def new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, command: list[str] | None) -> RunRecord:
     stack = scenario.resolved_stack
     assert stack is not None  # Scenario.__post_init__ resolves it
-    plan = plan_groups(scenario.layout)
+    plan = scenario.engine_ref.engine.plan(scenario.layout)
     return RunRecord(
         run_id=run_dir.name,
         layout=scenario.layout.as_dict(),

@@ -81,7 +81,8 @@ def run_scenarios(scenario_set: ScenarioSet, options: LaunchOptions, progress: P
 
 def _with_the_finished(failure: MeasurementError, scenarios: list[Scenario], path: Path) -> MeasurementError:
     """The first failure, and which scenarios did finish (their tables are one `memprobe report` away)."""
-    from memprobe.model.records import RunStatus, load_run
+    from memprobe.model.records import RunStatus
+    from memprobe.model.run_files import load_run
 
     finished = []
     for scenario in scenarios:

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from memprobe.measure import nvml
-from memprobe.measure.communicators import NCCL_FLOAT32, NCCL_SUM, NcclUniqueId, nccl_library
+from memprobe.measure.cuda_libs import NCCL_FLOAT32, NCCL_SUM, NcclUniqueId, nccl_library
 
 
 def _own_bytes(handle: object) -> int:

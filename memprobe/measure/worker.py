@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
         _announce(Path(entry.run_dir), rank, launched)
     import torch  # noqa: F401  (once for every scenario; CUDA stays untouched until a measuring process starts)
 
-    import memprobe.measure.engine  # noqa: F401
+    import memprobe.measure.recorder  # noqa: F401
     import memprobe.measure.rendezvous  # noqa: F401
 
     # fork() copies only the calling thread: a launcher with no other thread forks safely (the count is kept)
@@ -227,16 +227,13 @@ def _results_location(engine: Any, run_dir: Path) -> ResultsLocation:
 
 
 def _engine(config: WorkerConfig, emit: EventStream) -> Any:
-    from memprobe.measure.engine import ReferenceEngine
+    """The recorder of this rank, with the builder of the scenario's engine and mode."""
+    from memprobe import engines
+    from memprobe.measure.recorder import Recorder
 
     rank, local_rank, world_size, _ = _ranks()
-    engine_class = ReferenceEngine
-    if config.engine == "sglang":
-        from memprobe.measure.sglang_engine import make_sglang_engine
-
-        engine_class = make_sglang_engine(ReferenceEngine)
-    return engine_class(
-        layout=config.layout, stack=config.stack, device=config.device, warmup=config.warmup,
+    return Recorder(
+        engine=engines.get(config.engine), layout=config.layout, stack=config.stack, device=config.device, warmup=config.warmup,
         timeout_s=config.timeout_s, emit=emit, rank=rank, local_rank=local_rank, world_size=world_size,
         allow_busy_gpu=config.allow_busy_gpu,
     )
@@ -266,7 +263,7 @@ def measure(run_dir: Path, process: MeasuringProcess = MeasuringProcess.LAUNCHER
     except BaseException as error:  # report where it broke (stream and workers.log), then exit non-zero
         import traceback
 
-        from memprobe.measure.engine import format_exception
+        from memprobe.measure.recorder import format_exception
 
         traceback.print_exception(error)
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from memprobe import engines
+from memprobe.engines.stacks import stack_from_record
 from memprobe.errors import DamagedInput, IncomparableError, MeasurementError, UsageError
 from memprobe.model.comparison_json import load_comparison_json
 from memprobe.model.completeness import check_finished
-from memprobe.model.layout import Layout
-from memprobe.model.records import Run, RunStatus, atomic_write_text, load_run
-from memprobe.model.scenario import Scenario, ScenarioSet
-from memprobe.model.stacks import stack_from_record
+from memprobe.model.records import Run, RunStatus, atomic_write_text
+from memprobe.model.run_files import load_run
+from memprobe.model.scenario import DEFAULT_ENGINE, Scenario, ScenarioSet
 
 
 @dataclass
@@ -67,15 +68,16 @@ def scenario_from_run(run: Run) -> Scenario:
 def _scenario_of(record: Any, run: Run, where: str) -> Scenario:
     if record.definition:
         return Scenario.from_definition(record.definition, where)
+    engine = engines.get(record.engine or DEFAULT_ENGINE, where=f"{where}: engine").engine
     return Scenario(
         name=record.scenario or (run.path.name if run.path else record.run_id),
-        layout=Layout(**record.layout),
+        layout=engine.layout_type(**record.layout),
         stack=record.stack_name,
         env_preset=record.env_preset,
         env=dict(record.env),
         warmup=record.warmup,
-        engine=record.engine or "memprobe",
-        resolved_stack=stack_from_record(record.stack, where),
+        engine=record.engine or DEFAULT_ENGINE,
+        resolved_stack=stack_from_record(engine, record.stack, where),
     )
 
 

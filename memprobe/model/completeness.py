@@ -10,19 +10,22 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from memprobe import engines
 from memprobe.errors import DamagedInput, MeasurementError
-from memprobe.model.layout import Layout, plan_groups
 from memprobe.model.records import RunStatus
 from memprobe.model.steps import sequence
 
 
 def expected_steps(record: Any, readings: Iterable[Any]) -> list[tuple[str, str]]:
-    """``(group, step)`` of every reading one rank takes. The reference engine builds the plan's groups;
-    real SGLang builds what its version builds (0.5.10 and 0.5.11 have no self_pp), so there every rank must
+    """``(group, step)`` of every reading one rank takes. A reproduction builds its plan's groups; an installed
+    engine builds what its release builds (SGLang 0.5.10 and 0.5.11 have no self_pp), so there every rank must
     hold the steps any rank holds."""
-    if record.engine == "sglang":
+    ref = engines.get(record.engine, where=f"run {record.run_id}: engine")
+    if ref.installed:
         return sorted({(reading.group, reading.step) for reading in readings})
-    return sequence(group.name for group in plan_groups(Layout(**record.layout)).built_groups())
+    engine = ref.engine
+    plan = engine.plan(engine.layout(record.layout))
+    return sequence((group.name for group in plan.built_groups()), engine.kind_names)
 
 
 def _shown(items: list[str]) -> str:

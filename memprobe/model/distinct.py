@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from memprobe.model.layout import plan_groups
 from memprobe.model.scenario import Scenario, ScenarioSet
 
 
@@ -23,13 +22,15 @@ def measured_identity(scenario: Scenario) -> tuple[Any, ...]:
     stack = scenario.resolved_stack
     assert stack is not None
     groups = []
-    any_custom_allreduce = False
-    for group in plan_groups(scenario.layout).groups:
+    built_kinds: set[str] = set()
+    for group in scenario.engine_ref.engine.plan(scenario.layout).groups:
         communicators = stack.communicators_for(group)
-        any_custom_allreduce |= communicators.get("custom_allreduce", False)
+        built_kinds.update(kind for kind, built in communicators.items() if built)
         groups.append((group.name, group.rank_lists, group.alias_of, tuple(sorted(communicators.items()))))
-    impl = stack.custom_allreduce_impl if any_custom_allreduce else None
-    own_flags = not stack.flags  # ``installed``: the SGLang release decides what each group builds
+    # the engine's own settings matter only where something is built (SGLang's custom all-reduce layout)
+    engine = scenario.engine_ref.engine
+    impl = tuple(sorted(stack.options.items())) if any(not engine.kind(k).nccl for k in built_kinds) else None
+    own_flags = not stack.flags  # ``installed``: the engine's release decides what each group builds
     return (tuple(groups), impl, scenario.env_preset, tuple(sorted(scenario.env.items())), scenario.warmup,
             scenario.engine, scenario.sglang, own_flags)
 

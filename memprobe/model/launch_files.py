@@ -14,8 +14,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from memprobe.model.layout import Layout
-from memprobe.model.stacks import Stack, stack_from_record
+from memprobe import engines
+from memprobe.engines.api import LayoutBase
+from memprobe.engines.stacks import Stack, stack_from_record
 
 
 def _document(data: dict[str, Any]) -> str:
@@ -24,13 +25,13 @@ def _document(data: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    layout: Layout
+    layout: LayoutBase
     stack: Stack
     device: str  # cuda | cpu
     warmup: str
     timeout_s: float  # the workers' own collective timeout (later than the parent's --timeout)
     allow_busy_gpu: bool = False
-    engine: str = "memprobe"  # memprobe (the reference engine) | sglang
+    engine: str = "memprobe"  # a name memprobe.engines knows, as records keep it (memprobe: SGLang's reference)
 
     def to_json(self) -> str:
         return _document({"layout": self.layout.as_dict(), "stack": self.stack.as_dict(), "device": self.device,
@@ -40,7 +41,9 @@ class WorkerConfig:
     @classmethod
     def from_json(cls, text: str, where: str = "worker-config.json") -> "WorkerConfig":
         data = json.loads(text)
-        return cls(layout=Layout(**data["layout"]), stack=stack_from_record(data["stack"], where), device=data["device"],
+        engine = engines.get(data.get("engine", "memprobe"), where=f"{where}: engine").engine
+        return cls(layout=engine.layout_type(**data["layout"]), stack=stack_from_record(engine, data["stack"], where),
+                   device=data["device"],
                    warmup=data["warmup"], timeout_s=float(data["timeout_s"]),
                    allow_busy_gpu=bool(data.get("allow_busy_gpu", False)), engine=data.get("engine", "memprobe"))
 

@@ -23,8 +23,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
-from memprobe.errors import DamagedInput, OutputError, UsageError
-from memprobe.model.steps import STEPS
+from memprobe import engines
+from memprobe.errors import DamagedInput, OutputError
+from memprobe.model.steps import GENERIC_STEPS
 
 SCHEMA_VERSION = 1
 
@@ -438,6 +439,7 @@ def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
 
     A row's fields other than the rank are parsed and checked once per distinct content: ranks that read alike
     (thousands of them in a large run) repeat the same rows under another rank number."""
+    known_steps = {*GENERIC_STEPS, *engines.kinds_of_every_engine()}
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or tuple(header) != READING_COLUMNS:
@@ -455,7 +457,7 @@ def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
         content = tuple(row[1:])
         fields_ = parsed.get(content)
         if fields_ is None:  # checked in the order a reader meets the problems: numbers, names, duplicates, bytes
-            fields_ = _parse_reading_row(row, source, line)
+            fields_ = _parse_reading_row(row, known_steps, source, line)
             _check_once(seen, int(row[0]), fields_, source, line)
             fields_.update({column: _parse_optional_int(row[index], column, source, line)
                             for index, column in _OPTIONAL_INT_INDEX})
@@ -472,7 +474,7 @@ def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
     return readings
 
 
-def _parse_reading_row(row: list[str], source: str, line: int) -> dict[str, Any]:
+def _parse_reading_row(row: list[str], known_steps: set[str], source: str, line: int) -> dict[str, Any]:
     """A row's fields other than the rank and the optional bytes, checked (see :func:`readings_from_csv`), in
     :class:`Reading`'s order (the bytes are filled in after the duplicate check)."""
     values = dict(zip(READING_COLUMNS, row))
@@ -484,7 +486,7 @@ def _parse_reading_row(row: list[str], source: str, line: int) -> dict[str, Any]
         raise DamagedInput(f"{source}:{line}: rank, sequence and elapsed_s must be numbers") from None
     if not math.isfinite(elapsed) or elapsed < 0:  # "nan", "inf" parse as floats; no JSON can hold them
         raise DamagedInput(f"{source}:{line}: elapsed_s must be a finite number of seconds >= 0, got {values['elapsed_s']!r}")
-    if values["step"] not in STEPS:
+    if values["step"] not in known_steps:
         raise DamagedInput(f"{source}:{line}: unknown step {values['step']!r}")
     if values["status"] not in STATUSES:
         raise DamagedInput(f"{source}:{line}: unknown status {values['status']!r}")
@@ -510,44 +512,3 @@ def launch_paths(folder: Path, suffix: str = "") -> tuple[Path, Path]:
 
 def stream_path(run_dir: Path, rank: int) -> Path:
     return run_dir / "ranks" / f"rank-{rank:05d}.jsonl"
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Load a run folder. Raises :class:`UsageError` with one line when it is missing or corrupt."""
-    run_dir = Path(run_dir)
-    record_path = run_dir / "run.json"
-    if not record_path.is_file():
-        raise UsageError(f"{run_dir} is not a memprobe run folder (no run.json)")
-    try:
-        data = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as error:  # ValueError: not UTF-8, not JSON
-        why = "nested too deeply" if isinstance(error, RecursionError) else error
-        raise DamagedInput(f"{record_path}: unreadable or not JSON ({why})") from None
-    if not isinstance(data, dict):
-        raise DamagedInput(f"{record_path}: not a memprobe run record")
-    record = RunRecord.from_dict(data, str(record_path))
-    readings_path = run_dir / "readings.csv"
-    if readings_path.is_file():
-        try:
-            text = readings_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise DamagedInput(f"{readings_path}: unreadable or not UTF-8 text ({error})") from None
-        readings = readings_from_csv(text, str(readings_path))
-    elif record.status == RunStatus.COMPLETE:
-        raise DamagedInput(f"{readings_path} does not exist although {record_path} says the run completed")
-    else:
-        readings = []
-        from memprobe.model.events import load_stream
-
-        for stream in sorted((run_dir / "ranks").glob("rank-*.jsonl")):
-            readings.extend(load_stream(stream)[1])
-    from memprobe.model.completeness import check_whole
-
-    check_whole(record, readings, str(readings_path))
-    return Run(record=record, readings=readings, path=run_dir)
-
-
-def write_run(run_dir: Path, record: RunRecord, readings: list[Reading] | None) -> None:
-    if readings is not None:
-        atomic_write_text(run_dir / "readings.csv", readings_to_csv(readings))
-    atomic_write_text(run_dir / "run.json", record.to_json())

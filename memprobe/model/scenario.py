@@ -1,4 +1,4 @@
-"""Scenarios (a layout, a stack and an environment) and the comparisons built from them.
+"""Scenarios (an engine, its layout, a stack and an environment) and the comparisons built from them.
 
 Scenario files are TOML::
 
@@ -9,7 +9,7 @@ Scenario files are TOML::
     warmup = "tiny"
 
     [[scenario]]
-    name = "tp4-ep2-full"
+    name = "tp4-ep2-full"       # engine = "memprobe" (sglang-ref) unless given; the widths are the engine's
     tp = 4
     ep = 2
     stack = "full"
@@ -27,24 +27,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from memprobe import engines
+from memprobe.engines.api import EngineRef, LayoutBase
+from memprobe.engines.stacks import Stack, stack_from_record
 from memprobe.errors import UsageError
-from memprobe.model.layout import LAYOUT_FIELDS, Layout
-from memprobe.model.stacks import Stack, resolve_stack, stack_from_record
 
-ENV_PRESETS: dict[str, dict[str, str]] = {
-    # What SGLang's engine sets unless the user already did (entrypoints/engine.py:1878-1921).
-    "sglang": {
-        "NCCL_CUMEM_ENABLE": "0",
-        "NCCL_NVLS_ENABLE": "0",
-        "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
-        "CUDA_DEVICE_MAX_CONNECTIONS": "8",
-    },
-    "none": {},
-}
 WARMUPS: tuple[str, ...] = ("none", "tiny", "sweep")
-DEFINITION_SCHEMA = 2  # 2: stack resolved to flags, engine and sglang always present
+#: 2: stack resolved to flags, engine and sglang always present. ``engine`` names the engine and its mode as
+#: records keep it (``memprobe``: SGLang's reference), ``layout`` holds that engine's widths, and ``sglang`` the
+#: site folder of an installed engine (not hashed); so SGLang's scenarios keep the hashes of every earlier memprobe.
+DEFINITION_SCHEMA = 2
 _DEFINITION_KEYS = ("schema", "name", "layout", "stack", "env_preset", "env", "warmup", "engine", "sglang")
-ENGINES: tuple[str, ...] = ("memprobe", "sglang")
+DEFAULT_ENGINE = "memprobe"
+
+
+def env_presets() -> dict[str, dict[str, str]]:
+    """``--env-preset`` choices: ``none`` and every registered engine's presets (what it sets unless the user did)."""
+    presets: dict[str, dict[str, str]] = {"none": {}}
+    for engine in engines.all_engines():
+        presets.update({name: dict(values) for name, values in engine.env_presets.items()})
+    return presets
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # always fullmatch: "$" would let a trailing newline in
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Names become folder names (a run folder is "<UTC time>-<name>"; Linux allows 255 bytes per name).
@@ -77,34 +79,44 @@ def validate_name(name: str, what: str = "scenario name") -> str:
 class Scenario:
     """What one launch measures. Its identity (:meth:`definition`) is built here and nowhere else.
 
-    ``stack`` is what the user wrote (``lean``, ``full:v1``, a TOML path); ``resolved_stack`` the flags it
-    stands for, resolved once at construction (or given, when rebuilt from a record: no file is read
-    again). ``sglang`` is the SGLang installation asked for with ``--engine sglang``: a site folder put
-    first on the workers' ``PYTHONPATH``, or "" for the one importable as memprobe runs.
+    ``engine`` is a name :func:`memprobe.engines.get` knows (kept as records keep it: ``sglang-ref`` becomes
+    ``memprobe``) and ``layout`` that engine's layout. ``stack`` is what the user wrote (``lean``, ``full:v1``, a
+    TOML path); ``resolved_stack`` the flags it stands for, resolved once at construction (or given, when rebuilt
+    from a record: no file is read again). ``sglang`` is the installation asked for with an installed engine
+    (``--engine sglang``): a site folder put first on the workers' ``PYTHONPATH``, or "" for the importable one.
     """
 
     name: str
-    layout: Layout
+    layout: LayoutBase
     stack: str = "lean"
     env_preset: str = "sglang"
     env: dict[str, str] = field(default_factory=dict)
     warmup: str = "tiny"
-    engine: str = "memprobe"
+    engine: str = DEFAULT_ENGINE
     sglang: str = ""
     resolved_stack: Stack | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
-        if self.engine not in ENGINES:
-            raise UsageError(f"scenario {self.name}: engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        ref = engines.get(self.engine, where=f"scenario {self.name}: engine")
+        object.__setattr__(self, "engine", ref.name)
+        engine = ref.engine
+        if not isinstance(self.layout, engine.layout_type):
+            raise UsageError(f"scenario {self.name}: engine {ref.name} takes {engine.label}'s widths "
+                             f"({', '.join(engine.layout_type.flag_of(n) for n in engine.layout_type.field_names())})")
         if self.resolved_stack is None:
-            object.__setattr__(self, "resolved_stack", resolve_stack(self.stack, option=f"scenario {self.name}: stack"))
-        if self.stack == "installed" and self.engine != "sglang":
-            raise UsageError(f"scenario {self.name}: stack 'installed' (SGLang's own flags) needs engine sglang")
-        if self.sglang and self.engine != "sglang":
-            raise UsageError(f"scenario {self.name}: an SGLang installation ({self.sglang}) needs engine sglang")
-        if self.env_preset not in ENV_PRESETS:
-            raise UsageError(f"scenario {self.name}: env_preset {self.env_preset!r} is not one of {sorted(ENV_PRESETS)}")
+            object.__setattr__(self, "resolved_stack",
+                               engine.resolve_stack(self.stack, option=f"scenario {self.name}: stack"))
+        installed_name = next((name for name, mode in engine.names.items() if mode == "installed"), None)
+        if self.stack == "installed" and not ref.installed:
+            raise UsageError(f"scenario {self.name}: stack 'installed' ({engine.label}'s own flags) needs engine "
+                             f"{installed_name}")
+        if self.sglang and not ref.installed:
+            raise UsageError(f"scenario {self.name}: an {engine.label} installation ({self.sglang}) needs engine "
+                             f"{installed_name}")
+        presets = env_presets()
+        if self.env_preset not in presets:
+            raise UsageError(f"scenario {self.name}: env_preset {self.env_preset!r} is not one of {sorted(presets)}")
         if self.warmup not in WARMUPS:
             raise UsageError(f"scenario {self.name}: warmup {self.warmup!r} is not one of {list(WARMUPS)}")
         for key, value in self.env.items():
@@ -123,7 +135,7 @@ class Scenario:
         custom all-reduce layout: the identity is what is built, not what it is called.
         """
         assert self.resolved_stack is not None
-        return {
+        return {  # the keys and values of schema 2, whatever the engine: SGLang's hashes never change
             "schema": DEFINITION_SCHEMA,
             "name": self.name,
             "layout": self.layout.as_dict(),
@@ -142,6 +154,10 @@ class Scenario:
         if isinstance(document.get("stack"), Mapping):
             document["stack"] = document["stack"].get("resolved")
         return document
+
+    @property
+    def engine_ref(self) -> EngineRef:
+        return engines.get(self.engine)
 
     def definition_hash(self) -> str:
         """Hash of what the scenario measures (asv's benchmark ``version``): a changed definition is incomparable.
@@ -177,9 +193,10 @@ class Scenario:
                 raise UsageError(f"{where}: scenario definition's {key} must be a string")
         if not isinstance(document["env"], dict):
             raise UsageError(f"{where}: scenario definition's env must be an object of strings")
-        resolved = stack_from_record({"name": stack["name"], **stack["resolved"]}, where)
+        engine = engines.get(document["engine"], where=f"{where}: engine").engine
+        resolved = stack_from_record(engine, {"name": stack["name"], **stack["resolved"]}, where)
         try:
-            return cls(name=name or document["name"], layout=Layout(**layout), stack=str(stack["label"]),
+            return cls(name=name or document["name"], layout=engine.layout_type(**layout), stack=str(stack["label"]),
                        env_preset=document["env_preset"], env=dict(document["env"]), warmup=document["warmup"],
                        engine=document["engine"], sglang=document["sglang"], resolved_stack=resolved)
         except TypeError as error:
@@ -224,31 +241,34 @@ class ScenarioSet:
         raise UsageError(f"unknown scenario {name!r}; known: {', '.join(s.name for s in self.scenarios)}")
 
 
-_SCENARIO_KEYS = set(LAYOUT_FIELDS) | {"name", "stack", "env_preset", "env", "warmup", "engine", "sglang"}
+_SCENARIO_KEYS = {"name", "stack", "env_preset", "env", "warmup", "engine", "sglang"}
 
 
 def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source: str) -> Scenario:
     merged = {**defaults, **table}
-    unknown = set(merged) - _SCENARIO_KEYS
+    ref = engines.get(str(merged.get("engine", DEFAULT_ENGINE)),
+                      where=f"{source}: scenario {table.get('name', '?')!r}: engine")
+    widths = ref.engine.layout_type.field_names()
+    unknown = set(merged) - _SCENARIO_KEYS - set(widths)
     if unknown:
         raise UsageError(f"{source}: unknown key(s) {sorted(unknown)} in scenario {table.get('name', '?')!r}")
-    if "name" not in merged or "tp" not in merged:
-        raise UsageError(f"{source}: every [[scenario]] needs name and tp")
+    if "name" not in merged or widths[0] not in merged:
+        raise UsageError(f"{source}: every [[scenario]] needs name and {widths[0]}")
     env = merged.get("env", {})
     if not isinstance(env, dict):
         raise UsageError(f"{source}: scenario {merged['name']!r}: env must be a table of strings")
     try:
-        layout = Layout(**{key: merged[key] for key in LAYOUT_FIELDS if key in merged})
+        layout = ref.engine.layout_type(**{key: merged[key] for key in widths if key in merged})
     except UsageError as error:
         raise UsageError(f"{source}: scenario {merged['name']!r}: {error}") from None
     return Scenario(
         name=merged["name"],
         layout=layout,
-        stack=str(merged.get("stack", "lean")),
+        stack=str(merged.get("stack", ref.engine.default_stack)),
         env_preset=str(merged.get("env_preset", "sglang")),
         env={str(k): str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in env.items()},
         warmup=str(merged.get("warmup", "tiny")),
-        engine=str(merged.get("engine", "memprobe")),
+        engine=str(merged.get("engine", DEFAULT_ENGINE)),
         sglang=str(merged.get("sglang", "")),
     )
 
@@ -282,19 +302,23 @@ def with_env(scenario_set: ScenarioSet, env: dict[str, str]) -> ScenarioSet:
     return ScenarioSet(scenarios=scenarios, baseline=scenario_set.baseline)
 
 
-def with_engines(scenario_set: ScenarioSet, engines: list[str]) -> ScenarioSet:
-    """Every scenario once per engine; SGLang's copies are named ``<name>.sglang``."""
-    if engines == ["memprobe"]:
+def with_engines(scenario_set: ScenarioSet, names: list[str]) -> ScenarioSet:
+    """Every scenario once per engine (``--engine memprobe,sglang``); a scenario's copy on another engine than its
+    own is named ``<name>.<engine>`` (``tp2.sglang``)."""
+    stored = list(dict.fromkeys(engines.get(name).name for name in names))
+    own = {scenario.engine for scenario in scenario_set.scenarios}
+    if stored == [DEFAULT_ENGINE] or (len(own) == 1 and stored == list(own)):  # the default: as the scenarios say
         return scenario_set
     scenarios = []
     for scenario in scenario_set.scenarios:
-        if scenario.engine == "sglang":  # already a real-SGLang scenario (compare --sglang LABEL=PATH)
+        if scenario.engine_ref.installed:  # already an installed engine's scenario (compare --sglang LABEL=PATH)
             scenarios.append(scenario)
             continue
-        for engine in engines:
-            name = scenario.name if engine == "memprobe" else f"{scenario.name}.{engine}"
+        for engine in stored:
+            name = scenario.name if engine == scenario.engine else f"{scenario.name}.{engine}"
             scenarios.append(replace(scenario, name=name, engine=engine))
-    baseline = scenario_set.baseline if "memprobe" in engines else f"{scenario_set.baseline}.{engines[0]}"
+    base = scenario_set.get(scenario_set.baseline)
+    baseline = scenario_set.baseline if base.engine in stored else f"{scenario_set.baseline}.{stored[0]}"
     return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline)
 
 
@@ -315,7 +339,7 @@ def parse_sglang_sites(items: list[str] | tuple[str, ...]) -> list[tuple[str, st
 def with_sglang(scenario_set: ScenarioSet, site: str) -> ScenarioSet:
     """Every ``--engine sglang`` scenario re-pointed at the SGLang in ``site`` ("" = the importable one):
     what a gate re-measures a baseline with (the installation is not part of a scenario's hash)."""
-    scenarios = tuple(replace(s, sglang=site) if s.engine == "sglang" else s for s in scenario_set.scenarios)
+    scenarios = tuple(replace(s, sglang=site) if s.engine_ref.installed else s for s in scenario_set.scenarios)
     return ScenarioSet(scenarios=scenarios, baseline=scenario_set.baseline)
 
 
@@ -327,24 +351,28 @@ def stack_label(spec: str, resolved_name: str | None = None) -> str:
     return (resolved_name or spec).replace(":", "-")
 
 
-def headline_scenarios(tp: int, ep: int, stacks: list[str], pp: int = 1, moe_dp: int = 1, attn_dp: int = 1,
-                       attn_cp: int = 1, baseline_tp: int | None = None, env_preset: str = "sglang",
-                       env: dict[str, str] | None = None, warmup: str = "tiny",
+def headline_scenarios(engine: str, widths: Mapping[str, int | None], stacks: list[str], baseline_tp: int | None = None,
+                       env_preset: str = "sglang", env: dict[str, str] | None = None, warmup: str = "tiny",
                        sglang_sites: list[tuple[str, str]] | tuple = ()) -> ScenarioSet:
-    """``--tp T`` as the baseline (no MoE groups of its own), then the MoE layout once per stack, then once
-    per real SGLang installation (``<moe-slug>.sglang-<LABEL>``: stack ``installed``, SGLang's own flags)."""
+    """The engine's reference layout (:meth:`Engine.headline_layouts`: for SGLang ``--tp T``, no MoE groups of its
+    own) as the baseline, then the compared layout once per stack, then once per installation of the engine
+    (``<slug>.sglang-<LABEL>``: stack ``installed``, the engine's own flags)."""
     env = dict(env or {})
     if baseline_tp is not None and (isinstance(baseline_tp, bool) or not isinstance(baseline_tp, int) or baseline_tp < 1):
         raise UsageError(f"--baseline-tp must be a whole number >= 1, got {baseline_tp!r}")  # 0 is no "default"
-    baseline_layout = Layout(tp=baseline_tp or tp, pp=pp, attn_dp=attn_dp, attn_cp=attn_cp)
-    moe_layout = Layout(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp)
-    baseline = Scenario(name=baseline_layout.slug(), layout=baseline_layout, stack="lean", env_preset=env_preset,
-                        env=env, warmup=warmup)
-    scenarios = [baseline]
+    ref = engines.get(engine)
+    baseline_layout, layout = ref.engine.headline_layouts(widths, baseline_tp)
+    common: dict[str, Any] = {"env_preset": env_preset, "env": env, "warmup": warmup, "engine": ref.name}
+    scenarios = []
+    if baseline_layout is not None:
+        scenarios.append(Scenario(name=baseline_layout.slug(), layout=baseline_layout,
+                                  stack=ref.engine.default_stack, **common))
     for stack in stacks:
-        scenarios.append(Scenario(name=f"{moe_layout.slug()}-{stack_label(stack)}", layout=moe_layout, stack=stack,
-                                  env_preset=env_preset, env=env, warmup=warmup))
+        scenarios.append(Scenario(name=f"{layout.slug()}-{stack_label(stack)}", layout=layout, stack=stack, **common))
+    installed = next((name for name, mode in ref.engine.names.items() if mode == "installed"), None)
     for label, site in sglang_sites:
-        scenarios.append(Scenario(name=f"{moe_layout.slug()}.sglang-{label}", layout=moe_layout, stack="installed",
-                                  env_preset=env_preset, env=env, warmup=warmup, engine="sglang", sglang=site))
-    return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline.name)
+        if installed is None:
+            raise UsageError(f"engine {ref.name} has no installed mode for --sglang {label}")
+        scenarios.append(Scenario(name=f"{layout.slug()}.{installed}-{label}", layout=layout, stack="installed",
+                                  **{**common, "engine": installed}, sglang=site))
+    return ScenarioSet(scenarios=tuple(scenarios), baseline=scenarios[0].name)

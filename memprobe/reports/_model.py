@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from memprobe.analysis.attribution import (
     CONTEXT,
@@ -24,13 +25,11 @@ from memprobe.analysis.attribution import (
     spread,
     subtract,
 )
-from memprobe.model.layout import GROUP_ORDER, Layout
+from memprobe import engines
+from memprobe.engines.api import LayoutBase
 from memprobe.model.rank_table import rank_table
 from memprobe.model.records import Run
 from memprobe.model.comparison import Comparison, ScenarioRun
-from memprobe.model.steps import COMMUNICATOR_STEPS
-
-MOE_GROUPS: tuple[str, ...] = ("moe_ep", "moe_tp")
 
 
 @dataclass(frozen=True)
@@ -50,22 +49,16 @@ class GroupInfo:
         return bool(self.communicators.get(communicator, False))
 
 
-def sglang_built(run: Run) -> dict[str, dict[str, bool]]:
-    """For a real-SGLang run: per group, which communicators SGLang constructed on any rank (its ranks'
-    recorded decisions; the plan's flags are the stack's, which for ``installed`` are SGLang's own)."""
-    built: dict[str, dict[str, bool]] = {}
-    for info in run.record.ranks:
-        for group, decision in info.communicators.items():
-            if all(kind in decision for kind in COMMUNICATOR_STEPS):
-                seen = built.setdefault(group, {kind: False for kind in COMMUNICATOR_STEPS})
-                for kind in COMMUNICATOR_STEPS:
-                    seen[kind] = seen[kind] or decision[kind] != "not built"
-    return built
+def installed_built(run: Run) -> dict[str, dict[str, bool]]:
+    """For a run of an installed engine: per group, which communicators it constructed on any rank (its ranks'
+    recorded decisions; the plan's flags are the stack's, which for ``installed`` are the engine's own)."""
+    ref = engines.get(run.record.engine, where=f"run {run.record.run_id}: engine")
+    return ref.engine.built_by_run(run) if ref.installed else {}
 
 
 def plan_of(run: Run) -> list[GroupInfo]:
     groups = []
-    real = sglang_built(run) if run.record.engine == "sglang" else {}
+    real = installed_built(run)
     for entry in run.record.plan:
         groups.append(
             GroupInfo(
@@ -78,9 +71,9 @@ def plan_of(run: Run) -> list[GroupInfo]:
     return groups
 
 
-def layout_of(run: Run) -> Layout | None:
+def layout_of(run: Run) -> LayoutBase | None:
     try:
-        return Layout(**run.record.layout)
+        return engines.get(run.record.engine).engine.layout_type(**run.record.layout)
     except Exception:  # a hand-edited or foreign record: show what we can
         return None
 
@@ -299,14 +292,25 @@ def baseline_of(summaries: list[ScenarioSummary]) -> ScenarioSummary | None:
     return next((summary for summary in summaries if summary.is_baseline), None)
 
 
-def _order_key(name: str) -> tuple[int, str]:
-    return (GROUP_ORDER.index(name), "") if name in GROUP_ORDER else (len(GROUP_ORDER), name)
+def _engine_names(summaries: list[ScenarioSummary]) -> list[str]:
+    return [summary.item.run.record.engine for summary in summaries]
+
+
+def highlighted_groups(summaries: list[ScenarioSummary]) -> tuple[str, ...]:
+    """The groups the scenarios' engines single out (SGLang: its MoE groups): their own table and lines."""
+    return engines.highlighted_groups(_engine_names(summaries))
+
+
+def _order_key(summaries: list[ScenarioSummary]) -> Callable[[str], tuple[int, str]]:
+    """Sort key of group names: the creation order of the scenarios' engines, unknown names last."""
+    order = engines.group_order(_engine_names(summaries))
+    return lambda name: (order.index(name), "") if name in order else (len(order), name)
 
 
 def built_group_names(summaries: list[ScenarioSummary]) -> list[str]:
-    """Groups other than ``world`` that some scenario builds (not an alias), in SGLang's creation order."""
+    """Groups other than ``world`` that some scenario builds (not an alias), in the engines' creation order."""
     names = {group.name for summary in summaries for group in summary.plan if not group.is_alias and group.name != WORLD}
-    return sorted(names, key=_order_key)
+    return sorted(names, key=_order_key(summaries))
 
 
 def headline_groups(summaries: list[ScenarioSummary]) -> tuple[list[str], list[str]]:
@@ -325,7 +329,7 @@ def headline_groups(summaries: list[ScenarioSummary]) -> tuple[list[str], list[s
             group = summary.group(name)
             if group is None or group.is_alias:
                 continue
-            if group.width > 1 or any(group.builds(c) for c in COMMUNICATOR_STEPS):
+            if group.width > 1 or any(group.communicators.values()):
                 keep = True
                 break
             if any(rank.group_init.get(name) not in (0, None) or rank.parts.get(f"{name}/first_use") not in (0, None)
@@ -355,8 +359,9 @@ def aliases(summaries: list[ScenarioSummary]) -> list[str]:
                 holders.setdefault(text, []).append(summary.name)
                 order.setdefault(text, group.name)
     every = len(summaries)
+    group_key = _order_key(summaries)
     return [text if len(holders[text]) == every else f"{text} ({', '.join(holders[text])})"
-            for text in sorted(holders, key=lambda text: _order_key(order[text]))]
+            for text in sorted(holders, key=lambda text: group_key(order[text]))]
 
 
 def any_unattributed(summaries: list[ScenarioSummary]) -> bool:
@@ -393,7 +398,7 @@ def _saving(full: ScenarioSummary, lean: ScenarioSummary, real_sglang: bool = Fa
     common = sorted(set(full.ranks) & set(lean.ranks))
     moe_init: dict[str, tuple[list[int | None], list[int | None]]] = {}
     notes: dict[str, str] = {}
-    for name in MOE_GROUPS:
+    for name in highlighted_groups([full]):
         group = full.group(name)
         if group is None:
             continue
@@ -422,13 +427,14 @@ def sglang_builds_moe_communicators(summary: ScenarioSummary) -> bool | None:
     communicator on ``moe_ep``/``moe_tp`` (True: before PR #22515), as its ranks recorded; ``None`` when the
     layout has no MoE group of its own wider than one rank (nothing for the PR to save) or it is no such run."""
     scenario = summary.item.scenario
-    if scenario.engine != "sglang" or scenario.stack != "installed":
+    if not scenario.engine_ref.installed or scenario.stack != "installed":
         return None
-    recorded = sglang_built(summary.item.run)
-    wide = [name for name in MOE_GROUPS if (group := summary.group(name)) is not None and not group.is_alias and group.width > 1]
+    recorded = installed_built(summary.item.run)
+    wide = [name for name in highlighted_groups([summary])
+            if (group := summary.group(name)) is not None and not group.is_alias and group.width > 1]
     if not wide or not all(name in recorded for name in wide):
         return None
-    return any(recorded[name][kind] for name in wide for kind in COMMUNICATOR_STEPS)
+    return any(built for name in wide for built in recorded[name].values())
 
 
 def lean_savings(summaries: list[ScenarioSummary]) -> list[LeanSaving]:
@@ -437,12 +443,13 @@ def lean_savings(summaries: list[ScenarioSummary]) -> list[LeanSaving]:
     other did not (decided from what the runs recorded, not from labels or versions)."""
     savings = []
     for full in summaries:
+        pair = full.item.scenario.engine_ref.engine.stack_pair
         full_base, full_variant = _stack_parts(full.item.scenario.stack)
-        if full_base != "full":
+        if pair is None or full_base != pair[0]:
             continue
         for lean in summaries:
             lean_base, lean_variant = _stack_parts(lean.item.scenario.stack)
-            if lean_base != "lean" or lean_variant != full_variant:
+            if lean_base != pair[1] or lean_variant != full_variant:
                 continue
             if (lean.item.scenario.engine, lean.item.scenario.sglang) != (full.item.scenario.engine, full.item.scenario.sglang):
                 continue
@@ -459,7 +466,7 @@ def lean_savings(summaries: list[ScenarioSummary]) -> list[LeanSaving]:
 def moe_table_needed(summaries: list[ScenarioSummary]) -> bool:
     """True when some scenario builds moe_ep or moe_tp as a group of its own with more than one rank."""
     for summary in summaries:
-        for name in MOE_GROUPS:
+        for name in highlighted_groups([summary]):
             group = summary.group(name)
             if group is not None and not group.is_alias and group.width > 1:
                 return True
@@ -478,7 +485,7 @@ def moe_cell(summary: ScenarioSummary, group_name: str, step: str) -> tuple[str 
     worst = summary.worst
     key = f"{group_name}/{step}"
     value = None if worst is None else worst.parts.get(key)
-    if step in COMMUNICATOR_STEPS and not group.builds(step) and value == 0:
+    if step in group.communicators and not group.builds(step) and value == 0:
         return "off", None
     if worst is not None and key in worst.skipped:  # e.g. --device cpu builds no GPU communicator
         return "skipped", None
@@ -488,7 +495,6 @@ def moe_cell(summary: ScenarioSummary, group_name: str, step: str) -> tuple[str 
 __all__ = [
     "GroupInfo",
     "LeanSaving",
-    "MOE_GROUPS",
     "RankSummary",
     "ScenarioSummary",
     "aliases",
@@ -496,6 +502,7 @@ __all__ = [
     "baseline_of",
     "built_group_names",
     "headline_groups",
+    "highlighted_groups",
     "lean_savings",
     "layout_flags",
     "measured_memory",

@@ -14,12 +14,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from memprobe import engines
 from memprobe.reports._format import console_for, files_line, natural_width, print_table
 
 from memprobe.analysis.attribution import CONTEXT
 from memprobe.units import NA, UNIT, mib, mib_range
 from memprobe.reports._model import (
-    MOE_GROUPS,
+    highlighted_groups,
     LeanSaving,
     RankSummary,
     ScenarioSummary,
@@ -170,8 +171,10 @@ def _headline_row(summary: ScenarioSummary, rank_text: str, values: Any, deltas:
 
 
 def _headline_notes(comparison: Comparison, summaries: list[ScenarioSummary], folded: list[str], columns: _Columns) -> list[str]:
+    kinds = engines.kinds(item.run.record.engine for item in comparison.runs)
     notes = [
-        "<group> init = groups created + pynccl + custom all-reduce; first use = the first collective on every group",
+        f"<group> init = {' + '.join(['groups created', *(kind.label for kind in kinds)])}; first use = the first "
+        "collective on every group",
     ]
     if columns.per_rank:
         notes.append(f"Δ = this rank minus the same rank of the baseline ({comparison.baseline})")
@@ -223,26 +226,34 @@ def lean_lines(comparison: Comparison, summaries: list[ScenarioSummary] | None =
     """Per full/lean pair with the same layout, the lines saying what lean saves (full minus lean, per rank)."""
     blocks = []
     for saving in lean_savings(summaries if summaries is not None else summarize(comparison)):
+        engine = saving.full.item.scenario.engine_ref.engine
+        full, lean = engine.stack_pair or ("full", "lean")
+        details = _lean_details(saving, full, lean)
         blocks.append(
             [
-                f"lean saves on {saving.flags} ({'real SGLang: ' if saving.real_sglang else ''}"
+                f"{lean} saves on {saving.flags} ({f'real {engine.label}: ' if saving.real_sglang else ''}"
                 f"{saving.full.name} minus {saving.lean.name}), per rank:",
                 f"after first use {_spread_text(saving.after_first_use)}; after init {_spread_text(saving.after_init)}",
-                _lean_details(saving),
+                *([details] if details else []),
             ]
         )
-        if saving.full.item.run.record.device == "cpu":  # honest about what a CPU difference is
-            blocks[-1].append("--device cpu builds no pynccl or custom all-reduce: full and lean differ here only "
+        on_gpu = [engine.kind(name).label for name in engine.gpu_kinds]
+        if saving.full.item.run.record.device == "cpu" and on_gpu:  # honest about what a CPU difference is
+            blocks[-1].append(f"--device cpu builds no {' or '.join(on_gpu)}: {full} and {lean} differ here only "
                               "by host-memory noise")
     return blocks
 
 
-def _lean_details(saving: LeanSaving) -> str:
+def _lean_details(saving: LeanSaving, full: str, lean: str) -> str | None:
+    """Each highlighted group's init cost in both stacks; None for an engine that highlights none."""
     parts = []
-    for name in MOE_GROUPS:
+    highlighted = highlighted_groups([saving.full])
+    if not highlighted:
+        return None
+    for name in highlighted:
         if name in saving.moe_init:
             full_values, lean_values = saving.moe_init[name]
-            text = f"{name} init {mib_range(full_values)} full vs {mib_range(lean_values)} lean"
+            text = f"{name} init {mib_range(full_values)} {full} vs {mib_range(lean_values)} {lean}"
             if name in saving.moe_note:
                 text += f" ({saving.moe_note[name]})"
         elif name in saving.moe_note:
@@ -253,11 +264,10 @@ def _lean_details(saving: LeanSaving) -> str:
     return "; ".join(parts) if parts else "no MoE groups in this layout"
 
 
-MOE_STEPS: tuple[tuple[str, str], ...] = (
-    ("pynccl", "pynccl"),
-    ("custom_allreduce", "custom all-reduce"),
-    ("first_use", "first use"),
-)
+def _moe_steps(summaries: list[ScenarioSummary]) -> list[tuple[str, str]]:
+    """The highlighted groups' columns: each communicator kind of the scenarios' engines, then first use."""
+    kinds = engines.kinds([summary.item.run.record.engine for summary in summaries])
+    return [*((kind.name, kind.label) for kind in kinds), ("first_use", "first use")]
 
 
 def moe_table(comparison: Comparison, summaries: list[ScenarioSummary] | None = None) -> TextTable | None:
@@ -266,8 +276,9 @@ def moe_table(comparison: Comparison, summaries: list[ScenarioSummary] | None = 
     if not moe_table_needed(summaries):
         return None
     headers = ["scenario", "worst rank"]
-    for group in MOE_GROUPS:
-        headers += [f"{group} {label} {UNIT}" for _, label in MOE_STEPS]
+    groups, steps = highlighted_groups(summaries), _moe_steps(summaries)
+    for group in groups:
+        headers += [f"{group} {label} {UNIT}" for _, label in steps]
     on_cpu = any(summary.item.run.record.device == "cpu" for summary in summaries)
     skipped = "skipped: not built in this run (--device cpu); " if on_cpu else ""
     table = TextTable(
@@ -280,8 +291,8 @@ def moe_table(comparison: Comparison, summaries: list[ScenarioSummary] | None = 
     )
     for index, summary in enumerate(summaries):
         row = [_scenario_label(summary), NA if summary.worst_rank is None else str(summary.worst_rank)]
-        for group in MOE_GROUPS:
-            for step, _ in MOE_STEPS:
+        for group in groups:
+            for step, _ in steps:
                 word, value = moe_cell(summary, group, step)
                 row.append(word if word is not None else mib(value))
         table.rows.append(row)

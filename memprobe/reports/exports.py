@@ -46,7 +46,7 @@ from memprobe.analysis.attribution import (
     charged_deltas, components_by_rank, rank_components, skipped_by_rank, skipped_keys, subtract, torch_cache,
 )
 from memprobe.reports.nccl_account import nccl_account_document
-from memprobe.model.layout import GROUP_ORDER
+from memprobe import engines
 from memprobe.reports._model import summarize
 from memprobe.reports.compare_table import TextTable, headline, lean_lines, moe_table
 from memprobe.reports.fidelity import fidelity_document
@@ -143,7 +143,8 @@ def _without_skipped(parts_by_rank: dict[int, dict[str, Any]], skipped: dict[int
 
 
 def _group_columns(comparison: Comparison) -> list[str]:
-    names = [name for name in GROUP_ORDER if name != "world"]
+    order = engines.group_order(item.run.record.engine for item in comparison.runs)
+    names = [name for name in order if name != "world"]
     for item in comparison.runs:
         for entry in item.run.record.plan:
             if entry.name not in names and entry.name != "world":

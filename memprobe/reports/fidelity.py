@@ -1,7 +1,8 @@
-"""Fidelity report: the reference engine against real SGLang, per rank, group and step.
+"""Fidelity report: an engine's reproduction against the installed engine (SGLang), per rank, group and step.
 
-Pairs are scenarios of one comparison that differ only by engine (``NAME`` and ``NAME.sglang``,
-as ``memprobe compare --engine memprobe,sglang`` names them).
+Pairs are scenarios of one comparison that differ only by engine mode (``NAME`` and ``NAME.sglang``,
+as ``memprobe compare --engine memprobe,sglang`` names them), and each installation with the reproduction's
+stack the engine says it matches (:meth:`Engine.release_partners`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from memprobe.analysis.attribution import (
     TOTAL_AFTER_FIRST_USE, TOTAL_AFTER_INIT, components_by_rank, rank_readings, step_deltas, torch_cache,
 )
 from memprobe.model.comparison import Comparison, ScenarioRun
-from memprobe.model.layout import plan_groups
 from memprobe.model.records import StepStatus
-from memprobe.model.steps import COMMUNICATOR_STEPS
+from memprobe.model.steps import is_group_init_step, GROUPS_CREATED
 
 from memprobe.units import MIB as MiB, mib
 
 TOLERANCE_BYTES = 2 * MiB
-MOE_GROUPS = ("moe_ep", "moe_tp")
 
 
 @dataclass(frozen=True)
@@ -56,50 +55,21 @@ class StepDifference:
         return bool(memory) and any(memory.values()) and all(cache.get(rank) == d for rank, d in memory.items())
 
 
-def sglang_moe_pynccl(item: ScenarioRun) -> bool | None:
-    """Whether the real SGLang of ``item`` passed ``use_pynccl=True`` to the MoE groups it built (True before
-    PR #22515), as its ranks recorded; ``None`` when it built no MoE group of its own (aliases only)."""
-    decisions = [info.communicators[name] for info in item.run.record.ranks for name in MOE_GROUPS
-                 if name in info.communicators and "use_pynccl" in info.communicators[name]]
-    if not decisions:
-        return None
-    return any(decision["use_pynccl"] == "True" for decision in decisions)
-
-
-def _release_partner(item: ScenarioRun, comparison: Comparison) -> list[ScenarioRun]:
-    """The reference scenarios (same layout) whose stack gives the MoE groups what this real SGLang gave them:
-    ``full`` for 0.5.10.post1, ``lean`` for 0.5.11 and 0.5.23 (decided from the run, not from its label).
-
-    Only MoE groups with communicators of their own count (on ``--tp 2 --ep 2`` moe_ep is the tp group and
-    moe_tp has width 1: any stack matches), and a stack with the release's own custom all-reduce layout
-    (v1 in 0.5.1x, v2 in 0.5.23) comes first.
-    """
-    wanted = sglang_moe_pynccl(item)
-    if wanted is None:
-        return []
-    plan = plan_groups(item.scenario.layout)
-    own = [name for name in MOE_GROUPS if not plan.group(name).is_alias and plan.group(name).width > 1]
-    sglang = (item.run.record.environment or {}).get("sglang")
-    layout = sglang.get("custom_allreduce_default") if isinstance(sglang, dict) else None
-    candidates = [other for other in comparison.runs if other.scenario.engine == "memprobe"
-                  and other.scenario.layout == item.scenario.layout and other.scenario.resolved_stack is not None
-                  and all(other.scenario.resolved_stack.flags_for(group).pynccl == wanted for group in own)]
-    return sorted(candidates, key=lambda other: other.scenario.resolved_stack is None
-                  or other.scenario.resolved_stack.custom_allreduce_impl != layout)
-
-
 def pairs(comparison: Comparison) -> list[tuple[ScenarioRun, ScenarioRun]]:
     """``NAME`` with ``NAME.sglang`` (same stack on both engines), and each real installation
     (``compare --sglang LABEL=SITE``, stack ``installed``) with the reference stack it matches."""
     found = []
     for item in comparison.runs:
-        if item.scenario.engine != "sglang":
+        ref = item.scenario.engine_ref
+        if not ref.installed:
             continue
+        references = [other for other in comparison.runs if other.scenario.engine_ref.engine is ref.engine
+                      and not other.scenario.engine_ref.installed]
         if item.scenario.stack == "installed":
-            partner = _release_partner(item, comparison)
+            partner = ref.engine.release_partners(item, references)
         else:
             base_name = item.scenario.name.rsplit(".", 1)[0]
-            partner = [other for other in comparison.runs if other.scenario.name == base_name and other.scenario.engine == "memprobe"]
+            partner = [other for other in references if other.scenario.name == base_name]
         if partner:
             found.append((partner[0], item))
     return found
@@ -109,7 +79,7 @@ def built_by(item: ScenarioRun) -> dict[tuple[str, str], bool]:
     """Per ``(group, step)`` of the communicator steps: whether any rank built it (status ok)."""
     built: dict[tuple[str, str], bool] = {}
     for reading in item.run.readings:
-        if reading.step in COMMUNICATOR_STEPS:
+        if is_group_init_step(reading.step) and reading.step != GROUPS_CREATED:
             key = (reading.group, reading.step)
             built[key] = built.get(key, False) or reading.status == StepStatus.OK
     return built
@@ -165,7 +135,7 @@ def fidelity_document(comparison: Comparison) -> list[dict[str, Any]]:
         document.append({
             "reference": reference.scenario.name,
             "sglang": sglang.scenario.name,
-            "sglang_installation": (sglang.run.record.environment or {}).get("sglang"),
+            "sglang_installation": (sglang.run.record.environment or {}).get(sglang.scenario.engine_ref.engine.name),
             "tolerance_bytes": TOLERANCE_BYTES,
             # bytes only: a group or communicator only one side built is listed under built_in_one_engine / only_in
             "within_tolerance": not any(_beyond(d) and d.reference_bytes and d.sglang_bytes
@@ -191,7 +161,7 @@ def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
     and the steps beyond the tolerance. ``torch cache |diff|`` is how far the engines' torch-reserved
     bytes differ at that step; a difference that is all torch's caching allocator is marked as such."""
     for reference, sglang in pairs(comparison):
-        installation = (sglang.run.record.environment or {}).get("sglang")
+        installation = (sglang.run.record.environment or {}).get(sglang.scenario.engine_ref.engine.name)
         version = installation.get("version") if isinstance(installation, dict) else installation
         print(f"fidelity: {reference.scenario.name} (memprobe's reference engine) against {sglang.scenario.name} "
               f"(SGLang{' ' + str(version) if version else ''}'s initialize_model_parallel), bytes added per step, MiB",

@@ -1,4 +1,4 @@
-"""``memprobe plan`` as a table: one row per group in SGLang's creation order."""
+"""``memprobe plan`` as a table: one row per group in the engine's creation order, a column per communicator kind."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import TextIO
 from rich import box
 from rich.table import Table
 
+from memprobe import engines
+from memprobe.engines.api import Plan
+from memprobe.engines.stacks import Stack
 from memprobe.reports._format import console_for, print_table
-
-from memprobe.model.layout import Plan
-from memprobe.model.stacks import Stack
 
 MAX_LISTS_SHOWN = 4
 
@@ -34,11 +34,12 @@ def render_plan(plan: Plan, stack: Stack, stream: TextIO, width: int = 120) -> N
 
 def _render_plan(console, plan: Plan, stack: Stack) -> None:
     layout = plan.layout
-    console.print(f"memprobe plan: {layout.flags()}  (world size {layout.world_size}, moe_tp {layout.moe_tp}, "
-                  f"attn_tp {layout.attn_tp})  stack: {stack.name}")
+    engine = engines.engine(stack.engine)
+    console.print(f"memprobe plan: {layout.flags()}  ({engine.describe_layout(layout)})  stack: {stack.name}")
     # the same plain style as the other tables; names and numbers never wrap, only rank lists
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in ("group", "lists x\nwidth", "ranks", "alias\nof", "pynccl", "custom\nall-reduce", "new_group\ncalls"):
+    kinds = [kind.label.replace(" ", "\n") for kind in engine.kinds]
+    for column in ("group", "lists x\nwidth", "ranks", "alias\nof", *kinds, "new_group\ncalls"):
         table.add_column(column, overflow="fold", no_wrap=column != "ranks")
     total_calls = 0
     for group in plan.groups:
@@ -50,8 +51,7 @@ def _render_plan(console, plan: Plan, stack: Stack) -> None:
             f"{len(group.rank_lists)} x {group.width}",
             _ranks_text(group.rank_lists),
             group.alias_of or "",
-            "yes" if communicators["pynccl"] else "-",
-            "yes" if communicators["custom_allreduce"] else "-",
+            *("yes" if communicators[kind.name] else "-" for kind in engine.kinds),
             str(calls),
         )
     print_table(console, table)

@@ -15,7 +15,8 @@ from typing import Any
 from memprobe.errors import UsageError
 from memprobe.model.records import atomic_write_bytes
 from memprobe.units import MIB, UNIT, mib_unit
-from memprobe.model.steps import GROUP_INIT_STEPS
+from memprobe import engines
+from memprobe.model.steps import GROUPS_CREATED, group_init_steps, is_group_init_step
 from memprobe.reports._model import (
     ScenarioSummary,
     built_group_names,
@@ -26,8 +27,8 @@ from memprobe.model.comparison import Comparison
 
 PLOT_SUFFIXES: tuple[str, ...] = (".png", ".svg")
 MISSING_MATPLOTLIB = "--plot needs matplotlib: pip install matplotlib (the plot extra, 'memprobe-llm[plot]')"
-_STEP_LABELS = {"groups_created": "groups created", "pynccl": "pynccl", "custom_allreduce": "custom all-reduce"}
-_STEP_ALPHA = {"groups_created": 0.35, "pynccl": 1.0, "custom_allreduce": 0.6}
+_KIND_ALPHAS = (1.0, 0.6, 0.8, 0.45)  # the engine's communicator kinds, in its order
+_GROUPS_CREATED_ALPHA = 0.35
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def _add_start_parts(summaries: list[ScenarioSummary]) -> None:
             continue
         step_parts = [value for key, value in worst.parts.items()
                       if key in ("cuda_context", "world", "unattributed") or key.endswith("/first_use")
-                      or key.rsplit("/", 1)[-1] in GROUP_INIT_STEPS]
+                      or ("/" in key and is_group_init_step(key.rsplit("/", 1)[-1]))]
         known = [value for value in step_parts if value is not None]
         if len(known) == len(step_parts):
             worst.parts[AT_START] = worst.total_after_first_use - sum(known)
@@ -64,9 +65,13 @@ def _segments(summaries: list[ScenarioSummary], palette: list[str]) -> list[Segm
     colors = {name: palette[index % len(palette)] for index, name in enumerate(["world", *groups])}
     candidates = [Segment(AT_START, "process at start (before any step)", "#c7c7c7"),
                   Segment("cuda_context", "CUDA context", "#7f7f7f"), Segment("world", "world", colors["world"])]
+    kinds = engines.kinds(summary.item.run.record.engine for summary in summaries)
+    labels = {GROUPS_CREATED: "groups created", **{kind.name: kind.label for kind in kinds}}
+    alphas = {GROUPS_CREATED: _GROUPS_CREATED_ALPHA,
+              **{kind.name: _KIND_ALPHAS[index % len(_KIND_ALPHAS)] for index, kind in enumerate(kinds)}}
     for name in groups:
-        for step in GROUP_INIT_STEPS:
-            candidates.append(Segment(f"{name}/{step}", f"{name} {_STEP_LABELS[step]}", colors[name], _STEP_ALPHA[step]))
+        for step in group_init_steps([kind.name for kind in kinds]):
+            candidates.append(Segment(f"{name}/{step}", f"{name} {labels[step]}", colors[name], alphas[step]))
     for name in ["world", *groups]:
         candidates.append(Segment(f"{name}/first_use", f"{name} first use", colors[name], 0.45, "//"))
     candidates.append(Segment("unattributed", "between steps", "#bcbd22", 0.5, ".."))

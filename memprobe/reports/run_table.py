@@ -21,19 +21,15 @@ from memprobe.analysis.attribution import (
 )
 from memprobe.reports._format import console_for, files_line, print_table
 from memprobe.units import NA, UNIT, mib
-from memprobe.model.steps import COMMUNICATOR_STEPS
 from memprobe.reports._model import GroupInfo, layout_flags, measured_memory, plan_of
 from memprobe.model.records import Run
-from memprobe.model.steps import GROUP_INIT_STEPS
+from memprobe import engines
+from memprobe.model.steps import GROUPS_CREATED, group_init_steps
 
 RUN_FILES = (("run.json", "run.json"), ("readings.csv", "readings.csv"), ("ranks/rank-NNNNN.jsonl", "ranks/rank-*.jsonl"))
 
 CPU_GROUPS_LABEL = "groups created (gloo + gloo)"  # --device cpu: both of a group's new_group calls are gloo
-STEP_LABELS = {
-    "groups_created": "groups created (NCCL + gloo)",
-    "pynccl": "pynccl",
-    "custom_allreduce": "custom all-reduce",
-}
+GROUPS_CREATED_LABEL = "groups created (NCCL + gloo)"
 SAMPLING_LABELS = {
     "process": "process (the rank's own GPU memory, NVML)",
     "device": "device (whole-GPU used memory, NVML)",
@@ -89,6 +85,12 @@ def _is_zero_where_known(values: list[int | None]) -> bool:
     return all(value in (0, None) for value in values)
 
 
+def _kinds_in_order(recorded: set[str]) -> list[str]:
+    """The communicator kinds a run's plan recorded (run.json keeps them sorted), in their engines' order."""
+    order = [kind.name for kind in engines.kinds(engines.names())]
+    return sorted(recorded, key=lambda kind: (order.index(kind), "") if kind in order else (len(order), kind))
+
+
 def component_rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | None]],
                    skipped: dict[int, set[str]], device: str = "cuda",
                    how: str = "measured") -> tuple[list[_Row], list[_Row], list[str]]:
@@ -109,18 +111,20 @@ def component_rows(plan: list[GroupInfo], per_rank: dict[int, dict[str, int | No
     folded_groups: list[str] = []
     folded_steps: list[str] = []
     built = [group for group in plan if not group.is_alias and group.name != WORLD]
+    kinds = _kinds_in_order({kind for group in plan for kind in group.communicators})
     for group in built:
         group_rows = []
-        for step in GROUP_INIT_STEPS:
+        for step in group_init_steps(kinds):
             key = f"{group.name}/{step}"
-            needed = (step in COMMUNICATOR_STEPS and group.builds(step)) or (step == "groups_created" and group.width > 1)
+            needed = group.builds(step) or (step == GROUPS_CREATED and group.width > 1)
             if needed and key in skipped_everywhere:
                 skipped_shown.append(key)
                 continue
             # a step that builds nothing (width 1, or not in the stack) is folded when it added 0 bytes
             # wherever it was measured; a rank that stopped early shows as n/a in the totals anyway
             if needed or not _is_zero_where_known(values(key)):
-                label = CPU_GROUPS_LABEL if device == "cpu" and step == "groups_created" else STEP_LABELS[step]
+                label = (engines.kind_label(step) if step != GROUPS_CREATED else
+                         CPU_GROUPS_LABEL if device == "cpu" else GROUPS_CREATED_LABEL)
                 group_rows.append(_Row(f"{group.name}: {label}", key))
             elif group.width > 1:
                 folded_steps.append(f"{group.name}/{step}")

@@ -1,12 +1,10 @@
-"""The communicators SGLang adds on top of torch's groups, rebuilt for measurement (worker side only).
+"""The NCCL library and the CUDA runtime torch loaded, through ctypes (worker side only), shared by the engines'
+builders and the calibration.
 
-* :class:`PyNccl`: a second NCCL communicator for a group, through ctypes on the NCCL library
-  torch loaded (SGLang ``device_communicators/pynccl.py``): unique id from the group's first
-  rank, broadcast over the gloo group, ``ncclCommInitRank``, then a 1-element fp32
-  all-reduce on a side stream as warm-up.
-* :func:`allocate_custom_allreduce`: the buffers SGLang's custom all-reduce allocates (v2
-  symmetric workspace through torch symmetric memory plus its graph table, or the v1 raw
-  cudaMalloc + CUDA IPC layout). No kernels are compiled or run: memory is what is measured.
+* :class:`PyNccl`: a second NCCL communicator for a group (SGLang's and vLLM's ``PyNcclCommunicator``):
+  unique id from the group's first rank, broadcast over the gloo group, ``ncclCommInitRank``, then a
+  1-element fp32 all-reduce on a side stream as warm-up.
+* :class:`CudaRuntime`: raw cudaMalloc / CUDA IPC (the engines' ``cuda_wrapper.py``).
 
 This module imports torch and is only imported inside workers.
 """
@@ -14,15 +12,10 @@ This module imports torch and is only imported inside workers.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
-
-from memprobe.measure import nvml
-from memprobe.measure.rendezvous import nccl_host
-from memprobe.measure.custom_allreduce_sizes import V1_WORLD_SIZES, V1Buffers, v2_supported_world_sizes, v2_workspace
 
 
 def loaded_library_path(fragment: str) -> str | None:
@@ -172,105 +165,3 @@ class CudaRuntime:
 
     def ipc_close(self, pointer: int) -> None:
         self.lib.cudaIpcCloseMemHandle(ctypes.c_void_p(pointer))
-
-
-# ------------------------------------------------------------------------ custom all-reduce
-
-@dataclass
-class CustomAllReduce:
-    implementation: str  # "v2" or "v1"
-    planned_bytes: int
-    tensors: list[Any] = field(default_factory=list)
-    raw_pointers: list[int] = field(default_factory=list)
-    peer_pointers: list[int] = field(default_factory=list)
-    symmetric_memory: Any = None
-
-    def destroy(self, runtime: CudaRuntime | None) -> None:
-        if runtime is not None:
-            for pointer in self.peer_pointers:
-                runtime.ipc_close(pointer)
-            for pointer in self.raw_pointers:
-                runtime.free(pointer)
-        self.tensors.clear()
-        self.symmetric_memory = None
-
-
-def _gather(cpu_group: Any, value: Any, size: int) -> list[Any]:
-    gathered: list[Any] = [None] * size
-    dist.all_gather_object(gathered, value, group=cpu_group)
-    return gathered
-
-
-def custom_allreduce_eligibility(cpu_group: Any, ranks: tuple[int, ...], gpu_uuid: str, implementation: str) -> tuple[str | None, str]:
-    """Which implementation SGLang would build for this group, or ``(None, reason)``.
-
-    Collective over ``cpu_group`` (every member must call it). Mirrors
-    ``dispatch_custom_allreduce`` -> ``can_use_custom_all_reduce_v2`` /
-    ``can_use_custom_all_reduce_with_nvlink``: one node, a supported world size, full NVLink
-    (v2 always; v1 for more than two GPUs). P2P is assumed, as SGLang does unless
-    ``--enable-p2p-check``.
-    """
-    size = len(ranks)
-    hosts = _gather(cpu_group, nccl_host(), size)
-    uuids = _gather(cpu_group, gpu_uuid, size)
-    if len(set(hosts)) != 1:
-        return None, "group spans several nodes"
-    handles = [nvml.handle_by_uuid(uuid) for uuid in uuids]
-    full_nvlink = all(nvml.is_available(handle) for handle in handles) and all(
-        nvml.nvlink_connected(handles[i], handles[j]) is True for i in range(size) for j in range(i + 1, size)
-    )
-    properties = torch.cuda.get_device_properties(torch.cuda.current_device())
-    v2_sizes = v2_supported_world_sizes(properties.major, properties.minor, properties.multi_processor_count)
-    reasons = []
-    if implementation == "v2":
-        if size not in v2_sizes:
-            reasons.append(f"v2: world size {size} not in {list(v2_sizes)}")
-        elif not full_nvlink:
-            reasons.append("v2: GPUs not all NVLink-connected")
-        else:
-            return "v2", "full NVLink, one node"
-    if size not in V1_WORLD_SIZES:
-        reasons.append(f"v1: world size {size} not in {list(V1_WORLD_SIZES)}")
-    elif size > 2 and not full_nvlink:
-        reasons.append("v1: more than two GPUs without full NVLink")
-    else:
-        return "v1", "; ".join(reasons + ["v1 layout"])
-    return None, "; ".join(reasons)
-
-
-def allocate_custom_allreduce(cpu_group: Any, ranks: tuple[int, ...], device: torch.device, implementation: str,
-                              runtime_factory: Any = CudaRuntime) -> tuple[CustomAllReduce, CudaRuntime | None]:
-    size = len(ranks)
-    group_rank = ranks.index(dist.get_rank())
-    if implementation == "v2":
-        from torch._C._distributed_c10d import _SymmetricMemory
-
-        properties = torch.cuda.get_device_properties(device)
-        plan = v2_workspace(size, properties.major, properties.minor, properties.multi_processor_count)
-        if torch.__version__ < "2.11.0":  # as SGLang: older torch needs symmetric memory enabled per group
-            import torch.distributed._symmetric_memory as symmetric_memory
-
-            symmetric_memory.enable_symm_mem_for_group(cpu_group.group_name)
-        graph_params = torch.zeros((plan.graph_params_bytes // (8 * size), size), dtype=torch.uint64, device=device)
-        slab = _SymmetricMemory.empty_strided_p2p((plan.symmetric_bytes,), [1], torch.uint8, device, cpu_group.group_name)
-        handle = _SymmetricMemory.rendezvous(slab)
-        slab.zero_()
-        torch.cuda.synchronize(device)
-        dist.barrier(group=cpu_group)
-        counter = torch.zeros((plan.push_counter_bytes // 4,), dtype=torch.uint32, device=device)
-        dist.barrier(group=cpu_group)
-        return CustomAllReduce("v2", plan.total_bytes, tensors=[graph_params, slab, counter], symmetric_memory=handle), None
-    runtime = runtime_factory()
-    sizes = V1Buffers()
-    result = CustomAllReduce("v1", sizes.meta_bytes + sizes.buffer_bytes + sizes.rank_data_bytes)
-    for nbytes in (sizes.meta_bytes, sizes.buffer_bytes):
-        pointer = runtime.malloc(nbytes)
-        result.raw_pointers.append(pointer)
-        handles = _gather(cpu_group, runtime.ipc_handle(pointer), size)
-        for index, raw in enumerate(handles):
-            if index != group_rank:
-                result.peer_pointers.append(runtime.ipc_open(raw))
-    result.tensors.append(torch.empty(sizes.rank_data_bytes, dtype=torch.uint8, device=device))
-    torch.cuda.synchronize(device)
-    dist.barrier(group=cpu_group)
-    return result, runtime

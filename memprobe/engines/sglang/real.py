@@ -1,7 +1,7 @@
 """``--engine sglang``: the SGLang on the workers' path runs its own ``init_distributed_environment`` and
 ``initialize_model_parallel``, with memprobe's samples around every group it builds (worker side).
 
-Per API style (:mod:`memprobe.measure.sglang_install`; detected here by signature introspection):
+Per API style (:mod:`memprobe.engines.sglang.install`; detected here by signature introspection):
 ``kwargs`` (0.5.10.post1, 0.5.11) passes the widths to ``initialize_model_parallel``; ``runtime_context``
 (0.5.23) publishes them with ``get_parallel().override_permanently`` first. What is wrapped, in every style:
 
@@ -15,8 +15,8 @@ Per API style (:mod:`memprobe.measure.sglang_install`; detected here by signatur
   right after each.
 
 Steps SGLang did not take for a group are sampled too and marked ``skipped``. Everything else (start,
-CUDA context, first use, end, gathering) is the reference engine's, so both engines' readings line up
-step for step.
+CUDA context, first use, end, gathering) is the recorder's (:mod:`memprobe.measure.recorder`), so the reference
+and the installed SGLang's readings line up step for step.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ import contextlib
 import functools
 import inspect
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
+from memprobe.engines.api import GroupPlan
+from memprobe.engines.builder import GroupBuilder
+from memprobe.engines.sglang.layout import SGLangLayout
 from memprobe.measure.rendezvous import INIT_METHOD
-from memprobe.model.layout import GroupPlan, Layout
 from memprobe.model.records import StepStatus
-from memprobe.model.steps import GROUP_INIT_STEPS
-
-if TYPE_CHECKING:
-    from memprobe.measure.engine import ReferenceEngine
+from memprobe.model.steps import group_init_steps
 
 
 def forced_flags(stack: Any, group_name: str) -> dict[str, bool]:
@@ -43,17 +42,17 @@ def forced_flags(stack: Any, group_name: str) -> dict[str, bool]:
     if group_name not in stack.flags:  # ``installed`` names no group
         return {}
     flags = stack.flags_for(group_name)
-    return {"use_pynccl": flags.pynccl, "use_custom_allreduce": flags.custom_allreduce}
+    return {"use_pynccl": flags["pynccl"], "use_custom_allreduce": flags["custom_allreduce"]}
 
 
-def sglang_widths(layout: Layout) -> dict[str, Any]:
+def sglang_widths(layout: SGLangLayout) -> dict[str, Any]:
     """The widths 0.5.23's ``initialize_model_parallel`` reads from ``get_parallel()``."""
     return {"tp_size": layout.tp, "pp_size": layout.pp, "moe_ep_size": layout.ep, "moe_dp_size": layout.moe_dp,
             "attn_dp_size": layout.attn_dp, "attn_cp_size": layout.attn_cp, "attn_dcp_size": 1,
             "shared_experts_tp_size": None, "attn_tp_size": layout.attn_tp, "moe_tp_size": layout.moe_tp}
 
 
-def keyword_widths(layout: Layout) -> dict[str, int]:
+def keyword_widths(layout: SGLangLayout) -> dict[str, int]:
     """The widths 0.5.10.post1 / 0.5.11's ``initialize_model_parallel`` takes as keywords."""
     return {"tensor_model_parallel_size": layout.tp, "expert_model_parallel_size": layout.ep,
             "pipeline_model_parallel_size": layout.pp, "attention_data_parallel_size": layout.attn_dp,
@@ -76,10 +75,10 @@ class KeywordWidthsAPI:
     def __init__(self, ps: Any) -> None:
         self.ps = ps
 
-    def publish_widths(self, layout: Layout) -> None:
+    def publish_widths(self, layout: SGLangLayout) -> None:
         pass
 
-    def initialize(self, layout: Layout, backend: str) -> None:
+    def initialize(self, layout: SGLangLayout, backend: str) -> None:
         self.ps.initialize_model_parallel(**_accepted(self.ps.initialize_model_parallel, keyword_widths(layout)),
                                           backend=backend)
 
@@ -89,7 +88,7 @@ class RuntimeContextAPI(KeywordWidthsAPI):
 
     name = "runtime_context"
 
-    def publish_widths(self, layout: Layout) -> None:
+    def publish_widths(self, layout: SGLangLayout) -> None:
         from sglang.srt.runtime_context import get_parallel
 
         # As SGLang's launcher publishes them; a scoped override() would be gone when later code
@@ -97,7 +96,7 @@ class RuntimeContextAPI(KeywordWidthsAPI):
         override = get_parallel().override_permanently
         override(**_accepted(override, sglang_widths(layout)))
 
-    def initialize(self, layout: Layout, backend: str) -> None:
+    def initialize(self, layout: SGLangLayout, backend: str) -> None:
         self.ps.initialize_model_parallel(backend=backend)
 
 
@@ -137,15 +136,16 @@ def passed_flags(kwargs: dict[str, Any]) -> dict[str, str]:
 class GroupHooks:
     """Wrappers around SGLang's group and communicator constructors that sample each step of each group."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, recorder: Any) -> None:
+        self.engine = recorder
+        self.steps = group_init_steps(recorder.engine.engine.kind_names)
         self.group: str | None = None
         self.done: set[str] = set()
         self.built: list[GroupPlan] = []
 
     def emit_until(self, step: str) -> None:
         """Sample every step of the current group before ``step`` that has not been sampled yet."""
-        for name in GROUP_INIT_STEPS:
+        for name in self.steps:
             if name == step:
                 return
             if name not in self.done:
@@ -226,70 +226,69 @@ class GroupHooks:
             ps.init_model_parallel_group, pynccl_module.PyNcclCommunicator, car.dispatch_custom_allreduce = originals
 
 
-def make_sglang_engine(base: type[ReferenceEngine]) -> type[ReferenceEngine]:
-    """The SGLang engine as a subclass of the reference engine (imported lazily: torch lives there)."""
+class InstalledBuilder(GroupBuilder):
+    """The installed SGLang builds its world and groups itself, with :class:`GroupHooks` around them."""
 
-    class SGLangEngine(base):  # type: ignore[misc, valid-type]  # a base given at run time (torch loads lazily)
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            if self.device_kind == "cpu":  # what a CPU runner with `pip install --no-deps sglang` lacks
-                from memprobe.engines.sglang import standins
+    def __init__(self, recorder: Any) -> None:
+        super().__init__(recorder)
+        self.parallel_state: Any = None
+        on_cpu = recorder.device_kind == "cpu"
+        if on_cpu:  # what a CPU runner with `pip install --no-deps sglang` lacks
+            from memprobe.engines.sglang import standins
 
-                standins.install()
-            # Import SGLang before the first reading, so that its import cost (host memory only)
-            # is not charged to a step.
-            from sglang.srt.distributed import parallel_state  # noqa: F401
-            from sglang.srt.distributed.device_communicators import custom_all_reduce, pynccl  # noqa: F401
+            standins.install()
+        # Import SGLang before the first reading, so that its import cost (host memory only)
+        # is not charged to a step.
+        from sglang.srt.distributed import parallel_state  # noqa: F401
+        from sglang.srt.distributed.device_communicators import custom_all_reduce, pynccl  # noqa: F401
 
-            if self.device_kind == "cpu" and (note := standins.import_note()):
-                self.info.warnings.append(note)
+        if on_cpu and (note := standins.import_note()):
+            recorder.info.warnings.append(note)
 
-        def _prepare_sglang(self, ps: Any) -> None:
-            try:  # as SGLang's bootstrap does unless --enable-p2p-check
-                from sglang.srt.utils.common import monkey_patch_p2p_access_check
+    def _prepare_sglang(self, ps: Any) -> None:
+        try:  # as SGLang's bootstrap does unless --enable-p2p-check
+            from sglang.srt.utils.common import monkey_patch_p2p_access_check
 
-                monkey_patch_p2p_access_check()
-            except ImportError:
-                pass
-            # --device cpu: no GPU communicators (SGLang's pynccl would bind a CUDA device; its custom
-            # all-reduce asserts ROCm on CPU). A missing NCCL library makes pynccl disable itself.
-            if self.device_kind == "cpu":
-                os.environ["SGLANG_NCCL_SO_PATH"] = "/nonexistent/libnccl.so.2"
-            ps.set_custom_all_reduce(self.device_kind != "cpu")
+            monkey_patch_p2p_access_check()
+        except ImportError:
+            pass
+        # --device cpu: no GPU communicators (SGLang's pynccl would bind a CUDA device; its custom
+        # all-reduce asserts ROCm on CPU). A missing NCCL library makes pynccl disable itself.
+        if self.recorder.device_kind == "cpu":
+            os.environ["SGLANG_NCCL_SO_PATH"] = "/nonexistent/libnccl.so.2"
+        ps.set_custom_all_reduce(self.recorder.device_kind != "cpu")
 
-        def _sglang_world(self, ps: Any, backend: str) -> None:
-            self.current = ("world", "world")
-            ps.init_distributed_environment(
-                world_size=self.world_size, rank=self.rank, local_rank=self.local_rank,
-                distributed_init_method=INIT_METHOD, backend=backend, timeout=int(self.timeout.total_seconds()))
-            world = ps.get_world_group()
-            self.device_groups["world"], self.cpu_groups["world"] = world.device_group, world.cpu_group
-            self.world_cpu_group = world.cpu_group
-            self._record_nccl_library()
-            self.record("world", "world")
+    def _sglang_world(self, ps: Any, backend: str) -> None:
+        recorder = self.recorder
+        recorder.current = ("world", "world")
+        ps.init_distributed_environment(
+            world_size=recorder.world_size, rank=recorder.rank, local_rank=recorder.local_rank,
+            distributed_init_method=INIT_METHOD, backend=backend, timeout=int(recorder.timeout.total_seconds()))
+        world = ps.get_world_group()
+        recorder.device_groups["world"], recorder.cpu_groups["world"] = world.device_group, world.cpu_group
+        recorder.world_cpu_group = world.cpu_group
+        recorder._record_nccl_library()
+        recorder.record("world", "world")
 
-        def _world_and_groups(self) -> list[GroupPlan]:
-            from sglang.srt.distributed import parallel_state as ps
-            from sglang.srt.distributed.device_communicators import custom_all_reduce as car
-            from sglang.srt.distributed.device_communicators import pynccl as pynccl_module
+    def world_and_groups(self) -> list[GroupPlan]:
+        from sglang.srt.distributed import parallel_state as ps
+        from sglang.srt.distributed.device_communicators import custom_all_reduce as car
+        from sglang.srt.distributed.device_communicators import pynccl as pynccl_module
 
-            api = detect_api(ps)
-            self._prepare_sglang(ps)
-            backend = "gloo" if self.device_kind == "cpu" else "nccl"
-            with GroupHooks(self).installed(ps, pynccl_module, car) as hooks:
-                api.publish_widths(self.layout)
-                self._sglang_world(ps, backend)
-                api.initialize(self.layout, backend)
-            self._sglang = ps
-            return hooks.built
+        api = detect_api(ps)
+        self._prepare_sglang(ps)
+        backend = self.recorder.backend
+        with GroupHooks(self.recorder).installed(ps, pynccl_module, car) as hooks:
+            api.publish_widths(self.recorder.layout)
+            self._sglang_world(ps, backend)
+            api.initialize(self.recorder.layout, backend)
+        self.parallel_state = ps
+        return hooks.built
 
-        def shutdown(self) -> None:
-            ps = getattr(self, "_sglang", None)
-            try:
-                if ps is not None and hasattr(ps, "destroy_model_parallel"):
-                    ps.destroy_model_parallel()
-            except Exception:  # teardown problems must not hide the readings, which are already written
-                pass
-            super().shutdown()
-
-    return SGLangEngine
+    def destroy(self) -> None:
+        ps = self.parallel_state
+        try:
+            if ps is not None and hasattr(ps, "destroy_model_parallel"):
+                ps.destroy_model_parallel()
+        except Exception:  # teardown problems must not hide the readings, which are already written
+            pass

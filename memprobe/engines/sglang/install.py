@@ -10,7 +10,7 @@ Two API styles are known, read from the sources of these releases:
   ``sglang.srt.runtime_context.get_parallel().override_permanently(...)`` and
   ``initialize_model_parallel()`` reads them; ``dispatch_custom_allreduce(group, device)`` picks v2 by default.
 
-The worker detects the same style by signature introspection (:mod:`memprobe.measure.sglang_engine`).
+The worker detects the same style by signature introspection (:mod:`memprobe.engines.sglang.real`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ import importlib.util
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from memprobe.engines.sglang.layout import MOE_GROUPS, plan_groups
+from memprobe.engines.sglang.stacks import CUSTOM_ALLREDUCE_IMPL, INSTALLED
+from memprobe.engines.stacks import Stack
 from memprobe.errors import UsageError
 
 PARALLEL_STATE = "srt/distributed/parallel_state.py"
@@ -144,3 +147,82 @@ def sglang_installation(environ: dict[str, str] | None = None) -> SGLangInstalla
     style, default = api_style(package, version)
     digest = hashlib.sha256((package / PARALLEL_STATE).read_bytes()).hexdigest()
     return SGLangInstallation(version, package, digest, style, default)
+
+
+# ---------------------------------------------------------------------- what a CPU run of it teaches
+
+
+def learnt_stack(run: Any) -> Stack:
+    """Per group, the flags real SGLang passed to ``init_model_parallel_group`` (any rank's record), and the
+    custom all-reduce it builds by default (read from its sources): the stack an estimate of it builds."""
+    flags: dict[str, dict[str, bool]] = {}
+    for info in run.record.ranks:
+        for group, decision in info.communicators.items():
+            if "use_pynccl" in decision:
+                flags[group] = {"pynccl": _asked(decision, "use_pynccl"),
+                                "custom_allreduce": _asked(decision, "use_custom_allreduce")}
+    if not flags:
+        raise UsageError(f"{run.path or run.record.run_id}: the SGLang run recorded no group flags "
+                         f"(expected use_pynccl / use_custom_allreduce per group)")
+    sglang: Any = run.record.environment.get("sglang") or {}
+    sglang = sglang if isinstance(sglang, dict) else {}  # older runs recorded the version string alone
+    implementation = str(sglang.get("custom_allreduce_default") or "v2")
+    return replace(INSTALLED, flags=flags, options={CUSTOM_ALLREDUCE_IMPL: implementation})
+
+
+def _asked(decision: dict[str, str], flag: str) -> bool:
+    """What SGLang asked a group for: the flag ``initialize_model_parallel`` passed ("None" is SGLang's default,
+    on for both on CUDA), else (runs recorded before it was kept) the coordinator's attribute, which on a GPU is it."""
+    passed = decision.get(f"passed_{flag}")
+    if passed is not None:
+        return passed in ("None", "True")
+    return decision.get(flag) == "True"
+
+
+def built_by_run(run: Any) -> dict[str, dict[str, bool]]:
+    """For a real-SGLang run: per group, which communicators SGLang constructed on any rank (its ranks'
+    recorded decisions; the plan's flags are the stack's, which for ``installed`` are SGLang's own)."""
+    kinds = ("pynccl", "custom_allreduce")
+    built: dict[str, dict[str, bool]] = {}
+    for info in run.record.ranks:
+        for group, decision in info.communicators.items():
+            if all(kind in decision for kind in kinds):
+                seen = built.setdefault(group, {kind: False for kind in kinds})
+                for kind in kinds:
+                    seen[kind] = seen[kind] or decision[kind] != "not built"
+    return built
+
+
+# ---------------------------------------------------------------------- fidelity: which reference it matches
+
+
+def sglang_moe_pynccl(item: Any) -> bool | None:
+    """Whether the real SGLang of ``item`` passed ``use_pynccl=True`` to the MoE groups it built (True before
+    PR #22515), as its ranks recorded; ``None`` when it built no MoE group of its own (aliases only)."""
+    decisions = [info.communicators[name] for info in item.run.record.ranks for name in MOE_GROUPS
+                 if name in info.communicators and "use_pynccl" in info.communicators[name]]
+    if not decisions:
+        return None
+    return any(decision["use_pynccl"] == "True" for decision in decisions)
+
+
+def release_partners(item: Any, references: list[Any]) -> list[Any]:
+    """The reference scenarios (same layout) whose stack gives the MoE groups what this real SGLang gave them:
+    ``full`` for 0.5.10.post1, ``lean`` for 0.5.11 and 0.5.23 (decided from the run, not from its label).
+
+    Only MoE groups with communicators of their own count (on ``--tp 2 --ep 2`` moe_ep is the tp group and
+    moe_tp has width 1: any stack matches), and a stack with the release's own custom all-reduce layout
+    (v1 in 0.5.1x, v2 in 0.5.23) comes first.
+    """
+    wanted = sglang_moe_pynccl(item)
+    if wanted is None:
+        return []
+    plan = plan_groups(item.scenario.layout)
+    own = [name for name in MOE_GROUPS if not plan.group(name).is_alias and plan.group(name).width > 1]
+    sglang = (item.run.record.environment or {}).get("sglang")
+    layout = sglang.get("custom_allreduce_default") if isinstance(sglang, dict) else None
+    candidates = [other for other in references
+                  if other.scenario.layout == item.scenario.layout and other.scenario.resolved_stack is not None
+                  and all(other.scenario.resolved_stack.flags_for(group)["pynccl"] == wanted for group in own)]
+    return sorted(candidates,
+                  key=lambda other: other.scenario.resolved_stack.options.get(CUSTOM_ALLREDUCE_IMPL) != layout)

@@ -8,10 +8,11 @@ alias decisions and the fact that width-1 groups are still built as singletons.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator
 
+from memprobe.engines.api import GroupPlan, LayoutBase, Plan, flag_field
 from memprobe.errors import UsageError
 
 #: SGLang's creation order (the world group comes first, from
@@ -28,32 +29,22 @@ GROUP_ORDER: tuple[str, ...] = (
     "pp",
     "self_pp",
 )
-
-LAYOUT_FIELDS: tuple[str, ...] = ("tp", "ep", "pp", "moe_dp", "attn_dp", "attn_cp")
-#: The most ranks a layout may have (tp x pp). Planning one holds every rank list of every group in memory
-#: (65536 ranks: ~1 s and a few hundred MB); far above any node or cluster SGLang runs on.
-MAX_WORLD_SIZE = 65536
+#: The groups of the MoE layers: what SGLang PR #22515 stopped giving communicators of their own.
+MOE_GROUPS: tuple[str, ...] = ("moe_ep", "moe_tp")
 
 
 @dataclass(frozen=True)
-class Layout:
+class SGLangLayout(LayoutBase):
     """Parallel widths, named as SGLang's server flags (``--tp``, ``--ep``, ...)."""
 
-    tp: int
-    ep: int = 1
-    pp: int = 1
-    moe_dp: int = 1
-    attn_dp: int = 1
-    attn_cp: int = 1
+    tp: int = flag_field(flag="--tp", help="Tensor-parallel width (SGLang --tp).")
+    ep: int = flag_field(flag="--ep", help="Expert-parallel width inside each TP group (SGLang --ep).")
+    pp: int = flag_field(flag="--pp", help="Pipeline-parallel width (SGLang --pp); world size = tp x pp.")
+    moe_dp: int = flag_field(flag="--moe-dp", help="MoE data-parallel width (SGLang --moe-dp-size).")
+    attn_dp: int = flag_field(flag="--attn-dp", help="Attention data-parallel width (SGLang --attn-dp-size).")
+    attn_cp: int = flag_field(flag="--attn-cp", help="Attention context-parallel width (SGLang --attn-cp-size).")
 
-    def __post_init__(self) -> None:
-        for name in LAYOUT_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
-        if self.world_size > MAX_WORLD_SIZE:
-            raise UsageError(f"--tp {self.tp} x --pp {self.pp} = {self.world_size} ranks; memprobe plans and measures at "
-                             f"most {MAX_WORLD_SIZE}")
+    def check(self) -> None:
         if self.ep > self.tp:
             raise UsageError(f"--ep {self.ep} is larger than --tp {self.tp}; expert parallelism lives inside a TP group")
         if self.tp % (self.ep * self.moe_dp) != 0:
@@ -71,6 +62,9 @@ class Layout:
     def world_size(self) -> int:
         return self.tp * self.pp
 
+    def world_text(self) -> str:
+        return f"--tp {self.tp} x --pp {self.pp}"
+
     @property
     def moe_tp(self) -> int:
         return self.tp // self.ep // self.moe_dp
@@ -79,71 +73,8 @@ class Layout:
     def attn_tp(self) -> int:
         return self.tp // self.attn_dp // self.attn_cp
 
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in LAYOUT_FIELDS}
 
-    def slug(self) -> str:
-        """Short name for folders and scenario labels: ``tp4-ep2`` (defaults left out)."""
-        parts = [f"tp{self.tp}"]
-        for name in LAYOUT_FIELDS[1:]:
-            value = getattr(self, name)
-            if value != 1:
-                parts.append(f"{name.replace('_', '')}{value}")
-        return "-".join(parts)
-
-    def flags(self) -> str:
-        """The command-line flags that give this layout: ``--tp 4 --ep 2``."""
-        parts = [f"--tp {self.tp}"]
-        for name in LAYOUT_FIELDS[1:]:
-            value = getattr(self, name)
-            if value != 1:
-                parts.append(f"--{name.replace('_', '-')} {value}")
-        return " ".join(parts)
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    """One group coordinator: its rank lists, or the group it is the same object as."""
-
-    name: str
-    rank_lists: tuple[tuple[int, ...], ...]
-    alias_of: str | None = None
-
-    @property
-    def width(self) -> int:
-        return len(self.rank_lists[0])
-
-    @property
-    def is_alias(self) -> bool:
-        return self.alias_of is not None
-
-    @property
-    def new_group_calls(self) -> int:
-        """``new_group`` calls every rank makes for this group (NCCL + gloo per list)."""
-        return 0 if self.is_alias else 2 * len(self.rank_lists)
-
-    def ranks_of(self, rank: int) -> tuple[int, ...]:
-        """The rank list that contains ``rank`` (the pair SGLang keeps)."""
-        for ranks in self.rank_lists:
-            if rank in ranks:
-                return ranks
-        raise KeyError(f"rank {rank} is in no list of group {self.name}")
-
-
-@dataclass(frozen=True)
-class Plan:
-    layout: Layout
-    groups: tuple[GroupPlan, ...] = field(default_factory=tuple)
-
-    def group(self, name: str) -> GroupPlan:
-        for group in self.groups:
-            if group.name == name:
-                return group
-        raise KeyError(name)
-
-    def built_groups(self) -> Iterator[GroupPlan]:
-        """Groups that create process groups of their own (aliases excluded)."""
-        return (group for group in self.groups if not group.is_alias)
+LAYOUT_FIELDS: tuple[str, ...] = SGLangLayout.field_names()
 
 
 def _lists(ranges: Iterator[range] | list[range]) -> tuple[tuple[int, ...], ...]:
@@ -151,7 +82,7 @@ def _lists(ranges: Iterator[range] | list[range]) -> tuple[tuple[int, ...], ...]
 
 
 @lru_cache(maxsize=16)  # a Plan is immutable; compare, distinct and the estimate ask for the same layouts again
-def plan_groups(layout: Layout) -> Plan:
+def plan_groups(layout: SGLangLayout) -> Plan:
     """Every group SGLang 0.5.23 creates for ``layout``, in creation order.
 
     One function of ~70 lines on purpose: it follows ``initialize_model_parallel`` group by group, so that it

@@ -1,18 +1,16 @@
-"""The reference engine: SGLang 0.5.23's ``init_distributed_environment`` + ``initialize_model_parallel``,
-rebuilt with a memory sample after every step (worker side; imports torch).
+"""The worker template every engine's start-up runs in: a memory sample after every step (worker side; imports torch).
 
-Per rank, in the order :mod:`memprobe.model.steps` defines (research notes sections 1-3):
+Per rank, in the order :mod:`memprobe.model.steps` defines:
 
 1. ``start`` (before CUDA), ``cuda_context`` (``set_device`` + first tensor);
-2. ``world``: ``init_process_group`` *without* ``device_id`` (lazy NCCL, as SGLang), plus the
-   world coordinator's own NCCL and gloo groups;
-3. per group in SGLang's order: ``before``; ``groups_created`` (``new_group`` twice for every
-   rank list on every rank, keeping its own pair); ``pynccl``; ``custom_allreduce``;
-4. ``first_use`` per group: the first collective on the group's torch NCCL group (lazy
-   communicators allocate only then), per ``--warmup``; then ``end``.
+2. the engine's builder (:class:`memprobe.engines.builder.GroupBuilder`): ``world``, then per group in the
+   engine's order ``before``, ``groups_created`` and one step per communicator kind of the engine;
+3. ``first_use`` per group: the first collective on the group's torch NCCL group (lazy
+   communicators allocate only then), per ``--warmup``; then ``end``;
+4. gathering on rank 0 and teardown.
 
 Every sample is taken after ``torch.cuda.synchronize()`` and a barrier on the world's gloo
-group, so every rank is at the same step.
+group, so every rank is at the same step. The recorder knows no engine's groups or communicators.
 """
 
 from __future__ import annotations
@@ -26,14 +24,12 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from memprobe.engines.api import EngineRef, GroupPlan, LayoutBase
+from memprobe.engines.stacks import Stack
 from memprobe.measure.rendezvous import INIT_METHOD, nccl_host
-from memprobe.model.layout import GroupPlan, Layout, plan_groups
 from memprobe.model.events import Arrived, ReadingTaken, WorkerEvent
 from memprobe.model.records import CONCURRENT_VARIABLE, RankInfo, Reading, StepStatus, process_carries
-from memprobe.model.stacks import GroupFlags, Stack
-from memprobe.model.steps import (
-    BEFORE, COMMUNICATOR_STEPS, CUDA_CONTEXT, END, FIRST_USE, GROUPS_CREATED, PYNCCL, START,
-)
+from memprobe.model.steps import CUDA_CONTEXT, END, FIRST_USE, START, WORLD
 
 SWEEP_ALL_REDUCE_ELEMENTS = (1, 1024, 256 * 1024, 16 * 1024 * 1024)  # fp32: 4 B .. 64 MiB
 SWEEP_ALL_GATHER_ELEMENTS = 256 * 1024  # 1 MiB per rank
@@ -78,12 +74,16 @@ class FaultHook:
                 time.sleep(3600)
 
 
-class ReferenceEngine:
-    def __init__(self, *, layout: Layout, stack: Stack, device: str, warmup: str, timeout_s: float,
-                 emit: Callable[[WorkerEvent], None], rank: int, local_rank: int, world_size: int,
+class Recorder:
+    """One rank's measurement: sampling, barriers, the event stream, first use, gathering and teardown; the
+    engine's builder (``engine.engine.builders[engine.mode]``) builds the world, the groups and the communicators."""
+
+    def __init__(self, *, engine: EngineRef, layout: LayoutBase, stack: Stack, device: str, warmup: str,
+                 timeout_s: float, emit: Callable[[WorkerEvent], None], rank: int, local_rank: int, world_size: int,
                  allow_busy_gpu: bool = False) -> None:
+        self.engine = engine
         self.layout = layout
-        self.plan = plan_groups(layout)
+        self.plan = engine.engine.plan(layout)
         self.stack = stack
         self.device_kind = device
         self.warmup = warmup
@@ -101,14 +101,12 @@ class ReferenceEngine:
         self.world_cpu_group: Any = None
         self.device_groups: dict[str, Any] = {}
         self.cpu_groups: dict[str, Any] = {}
-        self.pynccl: dict[str, Any] = {}
-        self.custom_allreduce: dict[str, Any] = {}
-        self.cuda_runtime: Any = None
         self.info = RankInfo(rank=rank, local_rank=local_rank, host=nccl_host(), pid=os.getpid(),
                              device="cpu" if device == "cpu" else f"cuda:{local_rank}",
                              torch_version=torch.__version__, cuda_version=str(torch.version.cuda or ""))
         self.sampler: Any = None
         self.torch_device: torch.device | None = None
+        self.builder = _builder_class(engine)(self)
 
     # ----------------------------------------------------------------- sampling
     def _synchronize(self) -> None:
@@ -206,86 +204,20 @@ class ReferenceEngine:
             return 0
         return int(torch.cuda.memory_reserved(self.torch_device))
 
-    def _new_groups(self, group: GroupPlan) -> tuple[Any, Any]:
-        """``new_group`` for every list, NCCL then gloo, on every rank; keep this rank's pair (PS:337-418)."""
-        backend = "gloo" if self.device_kind == "cpu" else "nccl"
-        mine: tuple[Any, Any] = (None, None)
-        for ranks in group.rank_lists:
-            device_group = dist.new_group(list(ranks), backend=backend, timeout=self.timeout)
-            cpu_group = dist.new_group(list(ranks), backend="gloo", timeout=self.timeout)
-            if self.rank in ranks:
-                mine = (device_group, cpu_group)
-        return mine
-
-    def _world(self) -> None:
-        self.current = ("world", "world")
-        backend = "gloo" if self.device_kind == "cpu" else "nccl"
-        # no device_id: lazy, as SGLang; the scenario's own keys in torchrun's store
-        dist.init_process_group(backend=backend, init_method=INIT_METHOD, rank=self.rank, world_size=self.world_size,
-                                timeout=self.timeout)
-        world = self.plan.group("world")
-        device_group, cpu_group = self._new_groups(world)
-        self.device_groups["world"], self.cpu_groups["world"] = device_group, cpu_group
-        self.world_cpu_group = cpu_group
-        self._record_nccl_library()
-        self.record("world", "world")
-
     def _record_nccl_library(self) -> None:
         if self.device_kind != "cpu":
-            from memprobe.measure.communicators import nccl_library
+            from memprobe.measure.cuda_libs import nccl_library
 
             library = nccl_library()
             self.info.nccl_version = library.version()
             self.info.nccl_library = library.path
-
-    def _communicator_step(self, group: GroupPlan, kind: str, flags: GroupFlags, ranks: tuple[int, ...]) -> None:
-        wanted = getattr(flags, kind)
-        decision = self.info.communicators.setdefault(group.name, {})
-        if not wanted:
-            decision[kind] = "skipped: not in stack"
-            self.record(kind, group.name, status=StepStatus.SKIPPED, note=decision[kind])
-            return
-        if len(ranks) == 1:
-            decision[kind] = "skipped: width 1 (SGLang builds none)"
-            self.record(kind, group.name, status=StepStatus.SKIPPED, note=decision[kind])
-            return
-        if self.device_kind == "cpu":
-            decision[kind] = "skipped: --device cpu has no GPU communicators"
-            self.record(kind, group.name, status=StepStatus.SKIPPED, note=decision[kind])
-            return
-        from memprobe.measure import communicators
-
-        assert self.torch_device is not None  # set with the CUDA context, for every device but cpu
-        self.current = (group.name, kind)
-        if kind == PYNCCL:
-            self.pynccl[group.name] = communicators.PyNccl(self.cpu_groups[group.name], ranks, self.torch_device)
-            decision[kind] = "built"
-            self.record(kind, group.name)
-            return
-        implementation, reason = communicators.custom_allreduce_eligibility(
-            self.cpu_groups[group.name], ranks, self.info.gpu_uuid, self.stack.custom_allreduce_impl)
-        if implementation is None:
-            decision[kind] = f"disabled: {reason}"
-            self.record(kind, group.name, status=StepStatus.SKIPPED, note=decision[kind])
-            return
-        try:
-            built, runtime = communicators.allocate_custom_allreduce(
-                self.cpu_groups[group.name], ranks, self.torch_device, implementation)
-        except Exception as error:  # SGLang catches and only logs custom all-reduce failures (PS:502-518)
-            decision[kind] = f"failed: {error}"
-            self.record(kind, group.name, status=StepStatus.FAILED, note=decision[kind][:300])
-            return
-        self.custom_allreduce[group.name] = built
-        self.cuda_runtime = runtime or self.cuda_runtime
-        decision[kind] = f"built {implementation} ({built.planned_bytes} bytes planned)"
-        self.record(kind, group.name, note=f"{implementation}: {built.planned_bytes} bytes planned; {reason}")
 
     def _first_use(self, group: GroupPlan) -> None:
         ranks = group.ranks_of(self.rank)
         if self.warmup == "none":
             self.record(FIRST_USE, group.name, status=StepStatus.SKIPPED, note="--warmup none")
             return
-        if len(ranks) == 1:  # SGLang returns before any collective on a width-1 group (PS:692)
+        if len(ranks) == 1:  # engines return before any collective on a width-1 group (SGLang PS:692)
             self.record(FIRST_USE, group.name, status=StepStatus.SKIPPED, note="width 1: no collective")
             return
         self.current = (group.name, FIRST_USE)
@@ -307,29 +239,18 @@ class ReferenceEngine:
         note = "all_reduce 1 x fp32" if self.warmup == "tiny" else "sweep: all_reduce 4 B..64 MiB, all_gather 1 MiB/rank"
         self.record(FIRST_USE, group.name, note=note)
 
+    @property
+    def backend(self) -> str:
+        """torch's backend for the groups' device side: gloo stands in for NCCL on ``--device cpu``."""
+        return "gloo" if self.device_kind == "cpu" else "nccl"
+
     def run(self) -> list[Reading]:
         self._start_and_context()
-        built = self._world_and_groups()
-        for group in [self.plan.group("world"), *built]:
+        built = self.builder.world_and_groups()
+        for group in [self.plan.group(WORLD), *built]:
             self._first_use(group)
         self.record(END)
         return self.readings
-
-    def _world_and_groups(self) -> list[GroupPlan]:
-        """Build the world and every group, recording each step; returns the built groups (world excluded)."""
-        self._world()
-        built = [group for group in self.plan.built_groups() if group.name != "world"]
-        for group in built:
-            self.record(BEFORE, group.name)
-            self.current = (group.name, GROUPS_CREATED)
-            device_group, cpu_group = self._new_groups(group)
-            self.device_groups[group.name], self.cpu_groups[group.name] = device_group, cpu_group
-            self.record(GROUPS_CREATED, group.name)
-            ranks = group.ranks_of(self.rank)
-            flags = self.stack.flags_for(group.name)
-            for kind in COMMUNICATOR_STEPS:
-                self._communicator_step(group, kind, flags, ranks)
-        return built
 
     def gather(self) -> tuple[list[Reading], list[RankInfo]] | None:
         """Rank 0 gathers every rank's readings and info over the world's gloo group."""
@@ -343,12 +264,12 @@ class ReferenceEngine:
         return readings, infos
 
     def shutdown(self) -> None:
-        for communicator in self.pynccl.values():
-            communicator.destroy()
-        for buffers in self.custom_allreduce.values():
-            buffers.destroy(self.cuda_runtime)
-        self.pynccl.clear()
-        self.custom_allreduce.clear()
+        try:
+            self.builder.destroy()
+        finally:
+            self._teardown()
+
+    def _teardown(self) -> None:
         if dist.is_initialized():
             try:
                 dist.barrier(group=self.world_cpu_group)
@@ -356,6 +277,14 @@ class ReferenceEngine:
                 pass
             self.fault.fire("", "teardown")  # tests: a rank slower than its peers to tear down
             dist.destroy_process_group()
+
+
+def _builder_class(engine: EngineRef) -> type:
+    """The engine's builder for its mode, imported here in the rank (torch and the engine's own code live there)."""
+    import importlib
+
+    module, _, attribute = engine.engine.builders[engine.mode].partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def format_exception(error: BaseException, limit: int = 12) -> list[str]:
