@@ -359,7 +359,8 @@ def test_the_run_that_learns_sglangs_flags_gets_the_timeout_and_names_no_deleted
         raise Interrupted(signal.SIGINT, run_dir=str(options.out_dir / "run"))
 
     monkeypatch.setattr("memprobe.api.planning.measure", interrupted)  # the learning run's launch
-    monkeypatch.setattr("memprobe.engines.sglang.install.check_site", lambda site, *args: str(site))
+    for where in ("memprobe.engines.sglang.install.check_site", "memprobe.engines.sglang.check_site"):  # any site will do
+        monkeypatch.setattr(where, lambda site, *args: str(site))
     monkeypatch.setenv("MEMPROBE_TIMEOUT", "7")
     assert main(["estimate", "--tp", "2", "--engine", "sglang", "--sglang", str(tmp_path)]) == 130
     assert seen == [7.0]
