@@ -6,6 +6,9 @@ CPU (which groups get a device communicator and an MQ broadcaster) is checked in
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from memprobe.engines.vllm.communicators import (
@@ -19,9 +22,12 @@ from memprobe.engines.vllm.communicators import (
     RELEASE_LINES,
     SYMM_MEM,
     GPUFacts,
+    cuda_gates,
     decide,
 )
-from memprobe.engines.vllm.layout import VLLMLayout
+from memprobe.engines.vllm.layout import VLLMLayout, plan
+
+CUDA_FIXTURE = Path(__file__).parent / "fixtures" / "vllm-0.33.0-cuda-communicator.json"
 
 TP8_MOE = VLLMLayout(tp=8, moe=True, enable_expert_parallel=True)
 TP8_EPLB = VLLMLayout(tp=8, moe=True, enable_expert_parallel=True, enable_eplb=True)
@@ -152,3 +158,55 @@ def test_every_decision_cites_a_source_and_unknown_lines_are_refused() -> None:
 
 def test_vllm_sets_no_nccl_variable() -> None:
     assert ENV_PRESET == {}
+
+
+# --------------------------------------------------------------------------- against the installed vLLM 0.33.0
+
+
+def _cuda_entries() -> list[dict]:
+    return json.loads(CUDA_FIXTURE.read_text())["layouts"]
+
+
+def test_cuda_fixture_header() -> None:
+    data = json.loads(CUDA_FIXTURE.read_text())
+    assert data["provenance"]["vllm"] == "0.33.0" and "--cuda-communicator" in data["provenance"]["command"]
+    layouts = [VLLMLayout(**entry["layout"]) for entry in data["layouts"]]
+    assert len(layouts) >= 10
+    assert {layout.disable_custom_all_reduce for layout in layouts} == {True, False}
+    assert any(layout.use_all2all for layout in layouts) and any(not layout.use_all2all for layout in layouts)
+
+
+@pytest.mark.parametrize("entry", _cuda_entries(), ids=lambda entry: VLLMLayout(**entry["layout"]).slug())
+def test_cuda_gates_match_the_installed_cuda_communicator(entry: dict) -> None:
+    """CudaCommunicator run on CPU by tools/vllm_layouts.py --cuda-communicator: its name, flag and env gates
+    (custom all-reduce, symmetric memory and FlashInfer on TP only; use_all2all and the manager on EP)."""
+    layout = VLLMLayout(**entry["layout"])
+    built = list(plan(layout).built_groups())
+    assert [group.name for group in built] == [call["group_name"] for call in entry["groups"]]
+    for group, call in zip(built, entry["groups"]):
+        assert set(call["built_device_communicator"].values()) == (
+            {"CudaCommunicator"} if group.builds_device_communicator else {None}), group.name
+        if not group.builds_device_communicator:
+            assert "cuda_flags" not in call, group.name
+            continue
+        flags = call["cuda_flags"]
+        gates = cuda_gates(group, layout)
+        assert flags["use_custom_allreduce"] == gates.use_custom_allreduce, group.name
+        assert flags["use_torch_symm_mem"] == gates.use_torch_symm_mem, group.name
+        assert flags["use_flashinfer_allreduce"] == gates.use_flashinfer_allreduce, group.name
+        assert flags["use_all2all"] == gates.use_all2all, group.name
+        manager = decide(layout).for_group(group.name).decision(ALL2ALL_MANAGER)
+        assert (flags["all2all_manager"] is not None) == (manager is not None and manager.built), group.name
+
+
+def test_decisions_never_build_past_a_closed_gate() -> None:
+    for layout in (TP8_EPLB, VLLMLayout(tp=4, dp=2, moe=True, disable_custom_all_reduce=True),
+                   VLLMLayout(tp=2, pp=2, pcp=2, moe=True, enable_expert_parallel=True)):
+        for entry in decide(layout).groups:
+            if entry.group.is_alias or not entry.group.builds_device_communicator:
+                continue
+            gates = cuda_gates(entry.group, layout)
+            assert not entry.built(CUSTOM_ALLREDUCE) or gates.use_custom_allreduce
+            assert not entry.built(SYMM_MEM) or gates.use_torch_symm_mem
+            assert not entry.built(FLASHINFER_ALLREDUCE) or gates.use_flashinfer_allreduce
+            assert entry.built(ALL2ALL_MANAGER) == gates.use_all2all

@@ -125,6 +125,32 @@ def _is_tp(group: VLLMGroup, release_line: str) -> bool:
     return group.unique_name.split(":")[0] == "tp" if release_line == "0.33" else "tp" in group.unique_name
 
 
+@dataclass(frozen=True)
+class CudaGates:
+    """What CudaCommunicator decides from the group's name, vLLM's flags and the environment alone, before any
+    hardware check (cc:57-83 and base_device_communicator.py:244-245 of 0.33.0). These are the decisions the
+    installed vLLM takes on CPU too (tests/fixtures/vllm-0.33.0-cuda-communicator.json)."""
+
+    use_custom_allreduce: bool
+    use_torch_symm_mem: bool
+    use_flashinfer_allreduce: bool
+    use_all2all: bool
+
+
+def cuda_gates(group: VLLMGroup, layout: VLLMLayout, release_line: str = DEFAULT_RELEASE_LINE,
+               env: Mapping[str, str] | None = None) -> CudaGates:
+    line = _check_release_line(release_line)
+    env = env or {}
+    tp = _is_tp(group, line)
+    symm_default = "0" if line == "0.10" else "1"
+    symm = _env_flag(env, "VLLM_ALLREDUCE_USE_SYMM_MEM", symm_default) and (tp or line == "0.10")
+    flashinfer = (line == "0.33" and tp and _env_flag(env, "VLLM_ALLREDUCE_USE_FLASHINFER", "1")
+                  and not _env_flag(env, "VLLM_BATCH_INVARIANT", "0"))
+    all2all = group.name == "ep" and (group.use_all2all if line == "0.33" else layout.dp > 1)
+    return CudaGates(use_custom_allreduce=tp and not layout.disable_custom_all_reduce, use_torch_symm_mem=symm,
+                     use_flashinfer_allreduce=flashinfer, use_all2all=all2all)
+
+
 def _pynccl(group: VLLMGroup, line: str, env: Mapping[str, str]) -> Decision:
     if line == "0.10" and "ep" in group.unique_name:
         return Decision(group.name, PYNCCL, False, "vLLM 0.10: 'ep does not use pynccl'", "cc:34-35 (0.10.2)")
