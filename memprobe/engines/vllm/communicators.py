@@ -256,7 +256,7 @@ def _all2all(group: VLLMGroup, layout: VLLMLayout, line: str) -> Decision | None
         why = "ParallelConfig.use_all2all (DP > 1, sequence-parallel MoE, or EP with PCP > 1)"
     else:
         release = RELEASE_OF_LINE[line]
-        source = f"base_device_communicator.py:{'106-109' if line == '0.10' else '112-122'}; cc ({release})"
+        source = f"base_device_communicator.py:{'99-109' if line == '0.10' else '112-122'}; cc ({release})"
         wanted = layout.dp > 1
         why = "EP group with DP > 1"
     if not wanted:
