@@ -1,0 +1,382 @@
+"""Record the groups the INSTALLED vLLM's own start-up builds, for many layouts, on CPU with gloo.
+
+This writes ``tests/fixtures/vllm-0.33.0-layouts.json``, the ground truth that
+``tests/test_vllm_layout.py`` checks ``memprobe.engines.vllm.layout.plan`` against.
+
+How it works: per layout, one process per rank (``multiprocessing``, forked after vLLM is imported) runs what
+vLLM 0.33.0's ``init_worker_distributed_environment`` runs (``v1/worker/gpu_worker.py:1706-1728``):
+``set_custom_all_reduce``, ``init_distributed_environment(world_size, rank, "tcp://...", local_rank,
+"nccl")`` (vLLM itself falls back to gloo when NCCL is not available, ``parallel_state.py:1968-1976``),
+then ``ensure_model_parallel_initialized(tp, pp, pcp, dcp)``, under ``set_current_vllm_config`` of a real
+``VllmConfig(parallel_config=ParallelConfig(...))``. vLLM's code computes every rank list; this tool only
+watches: ``GroupCoordinator.__init__`` is wrapped to record, in call order, ``group_name``,
+``group_ranks``, ``use_device_communicator``, ``use_message_queue_broadcaster`` and ``use_all2all``
+(the arguments vLLM passed) and, after the real ``__init__`` ran, whether a device communicator and an
+MQ broadcaster were built (on CPU the communicator is the platform's, not ``CudaCommunicator``), and
+``torch.distributed.new_group`` is wrapped to count the calls each coordinator made. After the call the
+module globals (``_TP``, ``_ETP``, ``_DCP``, ``_PCP``, ``_PP``, ``_DP``, ``_EP``, ``_EPLB``) are read
+back, so an alias (``_ETP = _TP``) shows as the same coordinator.
+
+Stand-ins (each the narrowest one found; checked on vLLM 0.33.0):
+
+* ``vllm_config.model_config`` is ``SimpleNamespace(is_moe=..., architecture="memprobe-capture",
+  sleep_mode_offload_cudagraph=False)``: ``initialize_model_parallel`` reads only ``is_moe`` (EP only for
+  MoE, ``parallel_state.py:2326-2327``) and ``architecture`` (Engram, off), CudaCommunicator reads
+  ``sleep_mode_offload_cudagraph`` (``config/vllm.py:716-726``, ModelConfig's default False); a real
+  ``ModelConfig`` needs a Hugging Face model.
+* ``--enable-eplb``: ``ParallelConfig`` refuses EPLB on a platform that is not CUDA/ROCm/XPU
+  (``config/parallel.py:564-568``, a platform check, not a layout one), so the configs are built with
+  ``enable_eplb=False`` and the field is set to True after ``VllmConfig``'s validation; the other EPLB checks
+  (``enable_expert_parallel`` set, ``TP x PCP x DP > 1``) are met by every recorded EPLB layout.
+* A dense model with DP > 1: vLLM's engine core runs each DP rank as an independent engine
+  (``ParallelConfig.reconfigure_for_independent_dp_rank``, called at ``v1/engine/core.py:1554``);
+  the tool calls that same method and runs one replica (its ranks are the replica's local ranks).
+* DP > 1 (MoE): every process gets ``data_parallel_rank`` and the same ``data_parallel_master_port``
+  (vLLM's engine hands these to its workers); ``init_distributed_environment`` rebases the rank itself.
+
+Regenerate (from the repository root; a few minutes on 2 cores)::
+
+    pip download --no-deps vllm==0.33.0 -d /work/extra-vllm/dl
+    mkdir -p /work/extra-vllm/src-0.33.0 && unzip -q /work/extra-vllm/dl/vllm-0.33.0-*.whl -x '*.so' -d /work/extra-vllm/src-0.33.0
+    pip install --target /work/extra-vllm/site psutil regex cachetools msgspec pyzmq cloudpickle blake3 \\
+        py-cpuinfo pybase64 cbor2 setproctitle urllib3 transformers aiohttp requests openai-harmony openai \\
+        uvloop prometheus_client xgrammar fastapi partial_json_parser llguidance
+    rm -rf /work/extra-vllm/site/{torch,torchgen,triton,nvidia,cuda}*   # xgrammar pulls a CUDA torch: the venv's must win
+    PYTHONPATH=/work/extra-vllm/src-0.33.0:/work/extra-vllm/site python tools/vllm_layouts.py
+
+With ``--cuda-communicator`` the platform's communicator class is replaced by ``CudaCommunicator`` (what
+vLLM's CUDA platform returns, ``platforms/cuda.py:581-584``) and the platform reports custom all-reduce as
+supported (as CUDA's does, ``platforms/cuda.py:591-592``), and its name/flag/env gates
+(``use_custom_allreduce``, ``use_torch_symm_mem``, ``use_flashinfer_allreduce``, ``use_all2all``, the
+all2all manager's class) are recorded into ``tests/fixtures/vllm-0.33.0-cuda-communicator.json``; its
+CUDA-only constructors find no GPU, no libnccl and no ``vllm._C`` here and build nothing.
+
+The output is deterministic (sorted keys, no timestamps, no ports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import queue as queue_module
+import socket
+import sys
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+DEFAULT_OUT = FIXTURES / "vllm-0.33.0-layouts.json"
+CUDA_COMMUNICATOR_OUT = FIXTURES / "vllm-0.33.0-cuda-communicator.json"
+EXPECT_VERSION = "0.33.0"
+
+#: Module globals of ``vllm/distributed/parallel_state.py`` 0.33.0 that hold a coordinator.
+GROUP_GLOBALS = {"_WORLD": "world", "_TP": "tp", "_ETP": "etp", "_DCP": "dcp", "_PCP": "pcp", "_PP": "pp",
+                 "_DP": "dp", "_EP": "ep", "_EPLB": "eplb"}
+
+#: (tp, pp, dp, dcp, pcp, enable_expert_parallel, enable_eplb, moe, disable_custom_all_reduce, all2all_backend)
+LAYOUTS: tuple[dict, ...] = tuple(
+    dict(zip(("tp", "pp", "dp", "dcp", "pcp", "enable_expert_parallel", "enable_eplb", "moe",
+              "disable_custom_all_reduce", "all2all_backend"), row))
+    for row in (
+        (1, 1, 1, 1, 1, False, False, False, False, "allgather_reducescatter"),
+        (2, 1, 1, 1, 1, False, False, False, False, "allgather_reducescatter"),
+        (8, 1, 1, 1, 1, False, False, False, False, "allgather_reducescatter"),
+        (8, 1, 1, 1, 1, False, False, True, False, "allgather_reducescatter"),
+        (8, 1, 1, 1, 1, True, False, True, False, "allgather_reducescatter"),
+        (8, 1, 1, 1, 1, True, True, True, False, "allgather_reducescatter"),
+        (4, 2, 1, 1, 1, False, False, True, False, "allgather_reducescatter"),
+        (4, 1, 2, 1, 1, True, False, True, False, "allgather_reducescatter"),
+        (4, 1, 2, 1, 1, True, True, True, True, "allgather_reducescatter"),
+        (2, 2, 2, 1, 1, True, False, True, False, "allgather_reducescatter"),
+        (2, 2, 2, 1, 1, False, False, False, False, "allgather_reducescatter"),
+        (4, 1, 1, 2, 1, False, False, False, False, "allgather_reducescatter"),
+        (4, 1, 1, 4, 1, False, False, True, False, "allgather_reducescatter"),
+        (2, 1, 1, 1, 2, False, False, False, False, "allgather_reducescatter"),
+        (2, 1, 1, 1, 2, True, False, True, False, "allgather_reducescatter"),
+        (2, 2, 1, 2, 2, False, False, True, False, "allgather_reducescatter"),
+        (2, 1, 1, 4, 2, False, False, False, False, "allgather_reducescatter"),
+        (1, 2, 4, 1, 1, True, True, True, False, "allgather_reducescatter"),
+        (1, 1, 1, 1, 1, False, False, True, False, "allgather_reducescatter"),
+        (2, 1, 2, 1, 1, True, False, True, False, "deepep_low_latency"),
+    )
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _parallel_config(layout: dict, dp_rank: int, port: int):
+    from vllm.config import ParallelConfig
+
+    config = ParallelConfig(
+        tensor_parallel_size=layout["tp"],
+        pipeline_parallel_size=layout["pp"],
+        data_parallel_size=layout["dp"],
+        data_parallel_size_local=layout["dp"],
+        data_parallel_rank=dp_rank,
+        decode_context_parallel_size=layout["dcp"],
+        prefill_context_parallel_size=layout["pcp"],
+        enable_expert_parallel=layout["enable_expert_parallel"],
+        enable_eplb=False,  # see the module docstring: set after the platform check
+        disable_custom_all_reduce=layout["disable_custom_all_reduce"],
+        all2all_backend=layout["all2all_backend"],
+        distributed_executor_backend="mp",
+        data_parallel_master_ip="127.0.0.1",
+    )
+    config._data_parallel_master_port_list = []
+    config.data_parallel_master_port = port
+    if layout["dp"] > 1 and not layout["moe"]:
+        config.reconfigure_for_independent_dp_rank()  # as v1/engine/core.py:1554 does for a dense model
+    return config
+
+
+CUDA_COMMUNICATOR = "vllm.distributed.device_communicators.cuda_communicator.CudaCommunicator"
+
+
+def _cuda_flags(communicator) -> dict | None:
+    """What CudaCommunicator decided from the group's name, the flags and the env (its CUDA-only
+    constructors then find no CUDA, no NCCL library and no vllm._C on this machine and stay empty)."""
+    if communicator is None:
+        return None
+    return {
+        "use_custom_allreduce": bool(communicator.use_custom_allreduce),
+        "use_torch_symm_mem": bool(communicator.use_torch_symm_mem),
+        "use_flashinfer_allreduce": bool(communicator.use_flashinfer_allreduce),
+        "use_all2all": bool(communicator.use_all2all),
+        "all2all_manager": type(communicator.all2all_manager).__name__ if communicator.all2all_manager else None,
+    }
+
+
+def _rank_main(layout: dict, launch_rank: int, rank: int, dp_rank: int, port: int, queue,
+               cuda_communicator: bool = False) -> None:
+    try:
+        if cuda_communicator:
+            # stand-in: the platform answers the two questions as CUDA's does: its communicator class is
+            # CudaCommunicator (platforms/cuda.py:581-584) and custom all-reduce is supported (cuda.py:591-592;
+            # otherwise ParallelConfig forces disable_custom_all_reduce, config/parallel.py:1167-1172)
+            from vllm.platforms import current_platform
+
+            platform = type(current_platform)
+            platform.get_device_communicator_cls = classmethod(lambda cls: CUDA_COMMUNICATOR)
+            platform.use_custom_allreduce = classmethod(lambda cls: True)
+        queue.put((launch_rank, _capture_rank(layout, rank, dp_rank, port)))
+    except BaseException:  # noqa: BLE001 - the parent reports the child's traceback
+        queue.put((launch_rank, {"error": traceback.format_exc()}))
+
+
+def _capture_rank(layout: dict, local_rank: int, dp_rank: int, port: int) -> dict:
+    import torch.distributed as dist
+
+    import vllm.distributed.parallel_state as ps
+    from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
+
+    parallel = _parallel_config(layout, dp_rank, port)
+    # device "cpu": on a machine without a GPU the CUDA wheel's platform is UnspecifiedPlatform, whose
+    # device type is empty and DeviceConfig("auto") refuses it (config/device.py:49-59)
+    vllm_config = VllmConfig(parallel_config=parallel, device_config=DeviceConfig(device="cpu"))
+    # after VllmConfig's validation too: it validates the parallel config again (the platform check)
+    vllm_config.parallel_config.enable_eplb = layout["enable_eplb"]
+    parallel = vllm_config.parallel_config
+    vllm_config.model_config = SimpleNamespace(is_moe=layout["moe"], architecture="memprobe-capture",
+                                                sleep_mode_offload_cudagraph=False)
+
+    calls: list[dict] = []
+    new_group_calls = [0]
+    real_init = ps.GroupCoordinator.__init__
+    real_new_group = dist.new_group
+
+    def counting_new_group(*args, **kwargs):
+        new_group_calls[0] += 1
+        return real_new_group(*args, **kwargs)
+
+    def recording_init(self, group_ranks, local_rank, torch_distributed_backend, use_device_communicator,
+                       use_message_queue_broadcaster=False, group_name=None, use_all2all=False):
+        before = new_group_calls[0]
+        real_init(self, group_ranks, local_rank, torch_distributed_backend, use_device_communicator,
+                  use_message_queue_broadcaster, group_name, use_all2all)
+        self._memprobe_call = len(calls)
+        calls.append({
+            "group_name": group_name,
+            "unique_name": self.unique_name,
+            "group_ranks": [list(map(int, ranks)) for ranks in group_ranks],
+            "use_device_communicator": bool(use_device_communicator),
+            "use_message_queue_broadcaster": bool(use_message_queue_broadcaster),
+            "use_all2all": bool(use_all2all),
+            "new_group_calls": new_group_calls[0] - before,
+            "my_ranks": list(map(int, self.ranks)),
+            "device_communicator": type(self.device_communicator).__name__ if self.device_communicator else None,
+            "mq_broadcaster": self.mq_broadcaster is not None,
+            "cuda_flags": _cuda_flags(self.device_communicator) if type(self.device_communicator).__name__
+            == "CudaCommunicator" else None,
+        })
+
+    ps.GroupCoordinator.__init__ = recording_init
+    dist.new_group = counting_new_group
+    replica_world = parallel.world_size
+    try:
+        with set_current_vllm_config(vllm_config):
+            # v1/worker/gpu_worker.py:1706-1728 (init_worker_distributed_environment), in that order
+            ps.set_custom_all_reduce(not parallel.disable_custom_all_reduce)
+            ps.init_distributed_environment(replica_world, local_rank, f"tcp://127.0.0.1:{port}", local_rank, "nccl")
+            ps.ensure_model_parallel_initialized(parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
+                                                 parallel.prefill_context_parallel_size,
+                                                 parallel.decode_context_parallel_size)
+        globals_ = {}
+        for name, label in GROUP_GLOBALS.items():
+            coordinator = getattr(ps, name)
+            globals_[label] = None if coordinator is None else coordinator._memprobe_call
+        result = {"calls": calls, "globals": globals_, "global_rank": dist.get_rank(),
+                  "world_size": dist.get_world_size(), "backend": str(dist.get_backend()),
+                  "use_all2all": bool(parallel.use_all2all), "platform": type(ps.current_platform).__name__
+                  if hasattr(ps, "current_platform") else _platform_name()}
+    finally:
+        ps.GroupCoordinator.__init__ = real_init
+        dist.new_group = real_new_group
+    ps.destroy_model_parallel()
+    ps.destroy_distributed_environment()
+    return result
+
+
+def _platform_name() -> str:
+    from vllm.platforms import current_platform
+
+    return type(current_platform).__name__
+
+
+def capture(layout: dict, cuda_communicator: bool = False) -> dict:
+    """Run one layout: every rank a process; returns what vLLM built, checked consistent across ranks."""
+    replica = layout["tp"] * layout["pp"] * layout["pcp"]
+    ranks = replica * (layout["dp"] if layout["moe"] else 1)  # a dense DP replica is its own engine
+    port = _free_port()
+    # fork after the parent imported vLLM (main): each rank starts from the same imported modules and
+    # no group state (vLLM's globals are set only inside the children); spawn would re-import vLLM per rank
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    processes = []
+    for rank in range(ranks):
+        dp_rank, local = divmod(rank, replica)
+        process = context.Process(target=_rank_main, args=(layout, rank, local, dp_rank, port, queue, cuda_communicator))
+        process.start()
+        processes.append(process)
+    try:
+        results = dict(queue.get(timeout=300) for _ in processes)
+    except queue_module.Empty:
+        results = {}
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():  # a rank stuck in a gloo rendezvous whose peer failed
+            process.kill()
+            process.join()
+    errors = {rank: r["error"] for rank, r in results.items() if "error" in r}
+    if errors or len(results) != len(processes):
+        raise CaptureFailed(f"layout {layout}: {len(results)}/{len(processes)} ranks answered; failed:\n"
+                            + "\n".join(errors.values()))
+    return _merge(layout, results)
+
+
+class CaptureFailed(RuntimeError):
+    """A layout's ranks did not all answer (on a loaded 2-core machine gloo's connectFullMesh can fail)."""
+
+
+def capture_with_retries(layout: dict, cuda_communicator: bool, attempts: int = 3) -> dict:
+    for attempt in range(1, attempts + 1):
+        try:
+            return capture(layout, cuda_communicator)
+        except CaptureFailed as failure:
+            if attempt == attempts:
+                raise SystemExit(str(failure)) from None
+            print(f"attempt {attempt} failed, retrying: {str(failure).splitlines()[0]}", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
+def _merge(layout: dict, results: dict[int, dict]) -> dict:
+    by_global = {r["global_rank"]: r for r in results.values()}
+    first = by_global[0]
+    for rank, result in by_global.items():
+        for call, mine in zip(first["calls"], result["calls"]):
+            same = {key: call[key] for key in call if key not in ("my_ranks", "device_communicator", "mq_broadcaster")}
+            theirs = {key: mine[key] for key in mine if key not in ("my_ranks", "device_communicator", "mq_broadcaster")}
+            if same != theirs:
+                raise SystemExit(f"rank {rank} saw {theirs}, rank 0 saw {same}")
+        if result["globals"] != first["globals"] or len(result["calls"]) != len(first["calls"]):
+            raise SystemExit(f"rank {rank} built a different set of groups than rank 0")
+    groups = []
+    for index, call in enumerate(first["calls"]):
+        groups.append({
+            **{key: call[key] for key in ("group_name", "unique_name", "group_ranks", "use_device_communicator",
+                                          "use_message_queue_broadcaster", "use_all2all", "new_group_calls")},
+            "built_device_communicator": {str(g): by_global[g]["calls"][index]["device_communicator"]
+                                          for g in sorted(by_global)},
+            "built_mq_broadcaster": {str(g): by_global[g]["calls"][index]["mq_broadcaster"] for g in sorted(by_global)},
+            **({"cuda_flags": call["cuda_flags"]} if call["cuda_flags"] is not None else {}),
+        })
+    return {"layout": layout, "world_size": first["world_size"], "backend": first["backend"],
+            "platform": first["platform"], "use_all2all": first["use_all2all"], "groups": groups,
+            "globals": first["globals"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cuda-communicator", action="store_true",
+                        help="build CudaCommunicator in place of the platform's (its name and flag gates run on "
+                             "CPU); writes the -cuda-communicator fixture; skips the layouts whose all2all backend "
+                             "needs a package this machine lacks (DeepEP)")
+    parser.add_argument("--only", type=int, default=None, help="capture only the layout at this index (a trial)")
+    args = parser.parse_args(argv)
+    import torch
+    import vllm
+    import vllm.config  # noqa: F401 - imported once here, before the ranks fork
+    import vllm.distributed.parallel_state  # noqa: F401
+
+    if vllm.__version__ != EXPECT_VERSION:
+        raise SystemExit(f"vLLM {vllm.__version__} is installed; this fixture is for {EXPECT_VERSION}")
+    layouts = LAYOUTS if args.only is None else (LAYOUTS[args.only],)
+    if args.cuda_communicator:
+        layouts = tuple(layout for layout in layouts if layout["all2all_backend"] == "allgather_reducescatter")
+    out = args.out or (CUDA_COMMUNICATOR_OUT if args.cuda_communicator else DEFAULT_OUT)
+    captured = []
+    for layout in layouts:
+        print(f"capturing {layout}", file=sys.stderr, flush=True)
+        captured.append(capture_with_retries(layout, args.cuda_communicator))
+    document = {
+        "provenance": {
+            "tool": "tools/vllm_layouts.py",
+            "command": "PYTHONPATH=/work/extra-vllm/src-0.33.0:/work/extra-vllm/site python tools/vllm_layouts.py"
+                       + (" --cuda-communicator" if args.cuda_communicator else ""),
+            "communicator": ("CudaCommunicator in place of the platform's (platforms/cuda.py:581-584); no CUDA, "
+                             "no libnccl, no vllm._C here, so only its name/flag/env gates are meaningful"
+                             if args.cuda_communicator else "the platform's own"),
+            "vllm": vllm.__version__,
+            "vllm_wheel": "vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl (Python sources only; no vllm._C)",
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": "cpu (gloo); vLLM's platform on this machine: see each layout's 'platform'",
+            "stand_ins": ["model_config = SimpleNamespace(is_moe, architecture, sleep_mode_offload_cudagraph=False)",
+                          "enable_eplb set after ParallelConfig's CUDA-only platform check",
+                          "dense DP > 1: one replica after reconfigure_for_independent_dp_rank()",
+                          "DeviceConfig(device='cpu')"]
+            + (["platform: get_device_communicator_cls -> CudaCommunicator, use_custom_allreduce -> True"]
+               if args.cuda_communicator else []),
+        },
+        "layouts": captured,
+    }
+    text = json.dumps(document, indent=1, sort_keys=True) + "\n"
+    if args.only is None:
+        out.write_text(text)
+        print(f"wrote {out} ({len(captured)} layouts)", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    sys.exit(main())
