@@ -287,19 +287,8 @@ def comparison_document(comparison: Comparison) -> dict[str, Any]:
                 "readings": [reading.as_row() for reading in sorted(item.run.all_readings(), key=lambda r: (r.rank, r.sequence))],
             }
         )
-    document = {
-        "schema_version": JSON_SCHEMA_VERSION,
-        "comparison_id": comparison.comparison_id,
-        "baseline": comparison.baseline,
-        "units": "bytes",
-        "scenarios": scenarios,
-    }
-    estimated = [item.run for item in comparison.runs if item.run.record.source == "estimated"]
-    if estimated:  # memprobe estimate: say so at the top, with what the numbers were made from
-        document["estimate"] = {"estimated": True, "measured": False, **estimated[0].record.environment.get("estimate", {})}
-    fidelity = fidelity_document(comparison)
-    if fidelity:  # only comparisons run with --engine memprobe,sglang
-        document["fidelity"] = fidelity
+    document = comparison_document_head(comparison)
+    document["scenarios"] = scenarios
     return document
 
 
