@@ -68,7 +68,7 @@ def _stack_and_settings(summary: ScenarioSummary) -> str:
     scenario = summary.item.scenario
     parts = [scenario.stack]
     parts += [f"{key}={value}" for key, value in sorted(scenario.env.items())]
-    if scenario.env_preset != "sglang":
+    if scenario.env_preset != next(iter(scenario.engine_ref.engine.env_presets), ""):  # not its engine's own preset
         parts.append(f"env preset {scenario.env_preset}")
     if scenario.warmup != "tiny":
         parts.append(f"warmup {scenario.warmup}")
