@@ -103,7 +103,7 @@ def test_a_str_is_one_scenario_never_its_characters():
 
 def test_results_held_in_memory_are_never_named_none():
     """An estimate made in memory has no folder: the messages say what it is, and the verdict names no results."""
-    estimated = api.estimate(tp=8, ep=4, stacks="lean")
+    estimated = api.estimate(tp=8, ep=4, stacks="lean", nccl="2.28.9")  # the baseline's NCCL, whatever torch ships
     verdict = api.judge(baseline=ESTIMATED_BASELINE, results=estimated)
     assert verdict.exit_code == ExitCode.OK and verdict.results_source is None
     assert "None" not in verdict.update_command()

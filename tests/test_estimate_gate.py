@@ -74,3 +74,15 @@ def test_an_estimate_never_enters_a_measured_baseline_file(memprobe, tmp_path):
 def test_the_committed_estimated_baseline_passes(memprobe):
     result = memprobe("gate", "--estimate", "--baseline", str(ROOT / "configs/baselines/estimated-h200x8-tp8-ep4-lean.json"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_estimate_gate_uses_the_baselines_nccl_whatever_nccl_torch_brings(monkeypatch):
+    """A runner whose torch brings another NCCL (torch 2.14's 2.30.7) still re-estimates the committed baseline with
+    the NCCL it recorded (2.28.9); --nccl chooses other rules, and then the environments differ."""
+    from memprobe import api
+    from memprobe.errors import ExitCode
+
+    monkeypatch.setattr("memprobe.estimate.nccl_versions.installed_nccl", lambda: ("2.30.7", "nvidia-nccl-cu13"))
+    baseline = ROOT / "configs" / "baselines" / "estimated-h200x8-tp8-ep4-lean.json"
+    assert api.judge(baseline=baseline, estimate=True).exit_code == ExitCode.OK
+    assert api.judge(baseline=baseline, estimate=True, nccl="2.30.7").exit_code == ExitCode.INCOMPARABLE

@@ -253,8 +253,10 @@ def test_json_schema_option(memprobe, tmp_path):
 
 
 def test_per_rank_collapses_alike_ranks_and_all_ranks_shows_each(memprobe):
-    collapsed = memprobe("estimate", "--tp", "8", "--pp", "4", "--ep", "4", "--per-rank", env={"COLUMNS": "200"})
-    every = memprobe("estimate", "--tp", "8", "--pp", "4", "--ep", "4", "--per-rank", "--all-ranks", env={"COLUMNS": "200"})
+    # the calibration's NCCL: another installed NCCL lengthens the title past one line of 200 columns
+    layout = ("estimate", "--tp", "8", "--pp", "4", "--ep", "4", "--nccl", "2.28.9", "--per-rank")
+    collapsed = memprobe(*layout, env={"COLUMNS": "200"})
+    every = memprobe(*layout, "--all-ranks", env={"COLUMNS": "200"})
     assert (collapsed.returncode, every.returncode) == (0, 0), collapsed.stderr
     assert "one row per rank class (ranks that read alike)" in collapsed.stdout
     assert "one row per rank," in every.stdout and "--all-ranks shows" not in every.stdout

@@ -191,14 +191,18 @@ def _baseline_calibration(baseline: "Baseline", selected: list[str], path: Optio
 
 def _estimated_as_recorded(baseline: "Baseline", selected: list[str], scenario_set: "ScenarioSet",
                            calibration: "Calibration", conf: GateOptions) -> "Comparison":
-    """The baseline's scenarios estimated on the topology the baseline recorded (GPUs per node, nodes)."""
+    """The baseline's scenarios estimated on the topology the baseline recorded (GPUs per node, nodes) and with the
+    rules of the NCCL it recorded (``--nccl`` chooses others)."""
     keys = [baseline.scenarios[name].environment_key for name in selected]
     gpus = {key.get("gpu_count") for key in keys}
     nodes = {key.get("nnodes") for key in keys}
     if len(gpus) > 1 or len(nodes) > 1:
         raise UsageError(f"the selected baseline scenarios were estimated on different nodes ({sorted(map(str, gpus))} GPUs "
                          f"per node); gate them one at a time with --scenario")
-    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop(), timeout_s=conf.launch.timeout_s, nccl=conf.nccl,
+    recorded = {key.get("nccl") for key in keys}
+    # the baseline's NCCL rules, unless --nccl says otherwise: the installed torch's NCCL is not what the gate judges
+    nccl = conf.nccl if conf.nccl is not None or len(recorded) != 1 else recorded.pop()
+    return estimated(scenario_set, calibration, gpus.pop(), nodes.pop(), timeout_s=conf.launch.timeout_s, nccl=nccl,
                      network=conf.network, nic_gbps=conf.nic_gbps)
 
 
