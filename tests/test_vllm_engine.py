@@ -3,6 +3,8 @@ rules; ``--engine vllm`` is refused in one line; bad flags are refused as vLLM (
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from memprobe import api, engines
@@ -92,3 +94,28 @@ def test_installed_vllm_is_refused_in_one_line_naming_vllm_ref(memprobe):
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--engine vllm-ref" in lines[0], result.stderr
+
+
+@pytest.mark.e2e
+def test_cpu_compare_builds_vllm_s_groups_and_its_baseline_gates_the_saved_run(memprobe, tmp_path):
+    """One real torchrun launch per stack (2 ranks, gloo): every rank list vLLM creates, width 1 included, and a
+    vLLM baseline made from the saved runs passes its own gate (nothing judged against SGLang's)."""
+    compared = memprobe("compare", "--engine", "vllm-ref", "--tp", "2", "--moe", "--device", "cpu", "--out-dir", "out")
+    assert compared.returncode == 0, compared.stderr
+    assert "shared-ep saves on --tp 2 --moe" in compared.stdout
+    (folder,) = (tmp_path / "out").iterdir()
+    expected = [(g.name, [list(r) for r in g.rank_lists], g.alias_of)
+                for g in ENGINE.plan(VLLMEngineLayout(tp=2, moe=True)).groups]
+    for stack in ("vllm", "shared-ep"):
+        record = json.loads((folder / f"tp2-moe-{stack}" / "run.json").read_text())
+        assert record["engine"] == "vllm-ref" and record["env_preset"] == "vllm" and record["layout"]["moe"] is True
+        assert [(g["name"], g["ranks"], g["alias_of"]) for g in record["plan"]] == expected
+        words = {info["rank"]: info["communicators"] for info in record["ranks"]}
+        assert set(words) == {0, 1}
+        assert words[0]["ep"]["pynccl"] == "skipped: --device cpu has no GPU communicators"
+        assert words[1]["dcp"]["pynccl"].startswith("skipped: width 1")
+    made = memprobe("baseline", "update", "--from", str(folder), "--out", "base.json")
+    assert made.returncode == 0, made.stderr
+    gated = memprobe("gate", "--baseline", "base.json", "--results", str(folder))
+    assert gated.returncode == 0, gated.stdout + gated.stderr
+    assert "memprobe's reproduction of vLLM 0.33.0" in gated.stdout + gated.stderr

@@ -128,6 +128,7 @@ class VLLMEngine(Engine):
     env_prefixes = ("VLLM_",)
     highlighted_groups = ("ep", "eplb")
     stack_pair = ("vllm", SHARED_EP)
+    builders = {REFERENCE: "memprobe.engines.vllm.reference:VLLMReferenceBuilder"}
     width_1_reason = "vLLM builds none for one rank, parallel_state.py:550-561"
     default_stack = "vllm"
     stack_option_names = (RELEASE_LINE, EP_PYNCCL)
