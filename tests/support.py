@@ -58,7 +58,7 @@ def synthetic_run(
     """
     costs = {**DEFAULT_COSTS, **(costs or {})}
     stack = scenario.resolved_stack
-    plan = plan_groups(scenario.layout)
+    plan = scenario.engine_ref.engine.plan(scenario.layout)
     readings: list[Reading] = []
     for rank in range(scenario.layout.world_size):
         total = 0
@@ -84,7 +84,7 @@ def synthetic_run(
             elif step in kinds:
                 if stack.communicators_for(group)[step]:
                     extra += (rank_extra or {}).get(rank, 0) if step == "pynccl" else 0
-                    add(step, group_name, costs[step] + extra)
+                    add(step, group_name, costs.get(step, MiB) + extra)  # another engine's kinds: 1 MiB each
                 else:
                     add(step, group_name, 0, status="skipped", note="not in stack" if group.width > 1 else "width 1")
             elif group.width > 1:  # first_use

@@ -42,7 +42,7 @@ def toy(tmp_path_factory):
 def test_an_engine_nobody_registered_is_refused_in_one_line(tmp_path):
     result = run_memprobe("plan", "--engine", "toy-ref", "--tp", "2", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "memprobe: error: --engine 'toy-ref': use one of sglang-ref, memprobe, sglang"
+    assert result.stderr.strip() == "memprobe: error: --engine 'toy-ref': use one of sglang-ref, memprobe, sglang, vllm-ref, vllm"
 
 
 def test_the_toy_plan_has_its_groups_kind_and_width_rule(tmp_path):

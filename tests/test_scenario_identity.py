@@ -14,6 +14,7 @@ from memprobe.gate.baseline import build_baseline, load_baseline, write_baseline
 from memprobe.gate.judge import judge
 from memprobe.model.comparison import Comparison, ScenarioRun, load_comparison
 from memprobe.engines.sglang.layout import SGLangLayout as Layout
+from memprobe.engines.vllm import VLLMEngineLayout as VLLMLayout
 from memprobe.model.run_files import write_run
 from memprobe.model.scenario import Scenario, definition_differences, load_scenario_file
 
@@ -39,6 +40,11 @@ def _kinds(tmp_path: Path) -> list[Scenario]:
         Scenario("sglang", LAYOUT, stack="full", engine="sglang"),
         Scenario("sglang-installed", LAYOUT, stack="installed", engine="sglang", sglang=str(tmp_path / "site-0.5.11")),
         *from_files,
+        # vLLM's layout holds switches and a name beside its widths (--moe, --all2all-backend)
+        Scenario("vllm", VLLMLayout(tp=4, moe=True), stack="vllm", engine="vllm-ref", env_preset="vllm"),
+        Scenario("vllm-shared-ep", VLLMLayout(tp=2, dp=2, moe=True, enable_expert_parallel=True,
+                                              all2all_backend="deepep_low_latency"),
+                 stack="shared-ep", engine="vllm-ref", env_preset="vllm"),
     ]
 
 

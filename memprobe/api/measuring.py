@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from memprobe.api.options import CompareOptions, LaunchOptions, RunOptions, options_of
 from memprobe.api.scenarios import (
-    check_choices, distinct, engine_of, headline, layout_of, stack_names, stack_of, stacks_of,
+    check_choices, distinct, engine_of, env_preset_of, headline, layout_of, stack_names, stack_of, stacks_of,
 )
 from memprobe.errors import UsageError
 
@@ -65,7 +65,7 @@ def _run_scenario(conf: RunOptions) -> Any:
         sglang = ref.engine.check_site(sglang, f"--sglang {sglang}")
     suffix = "" if ref.name == DEFAULT_ENGINE else f".{ref.name}"
     return Scenario(name=f"{layout.slug()}-{stack_label(spec, chosen.name)}{suffix}", layout=layout,
-                    stack=spec, env_preset=conf.env_preset, env=parse_env_assignments(conf.env),
+                    stack=spec, env_preset=env_preset_of(ref.engine, conf.env_preset, RunOptions.env_preset), env=parse_env_assignments(conf.env),
                     warmup=conf.warmup, engine=conf.engine, sglang=sglang)
 
 

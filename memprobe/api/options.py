@@ -51,6 +51,15 @@ class Widths(Checked):
     moe_dp: int = 1
     attn_dp: int = 1
     attn_cp: int = 1
+    # vLLM's (--engine vllm-ref): at their defaults they are not passed to the engine
+    dp: int = 1
+    dcp: int = 1
+    pcp: int = 1
+    enable_expert_parallel: bool = False
+    enable_eplb: bool = False
+    moe: bool = False
+    disable_custom_all_reduce: bool = False
+    all2all_backend: str = ""  # "": vLLM's default
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,9 +22,16 @@ def engine_of(name: str) -> "EngineRef":
     return engines.get(name)
 
 
-def widths_of(tp: Optional[int], ep: Optional[int], widths: Widths) -> dict[str, Optional[int]]:
+#: Flags of vLLM's layout that SGLang's has not; passed to the engine only when given (another engine refuses them).
+_VLLM_ONLY = ("dp", "dcp", "pcp", "enable_expert_parallel", "enable_eplb", "moe", "disable_custom_all_reduce",
+              "all2all_backend")
+
+
+def widths_of(tp: Optional[int], ep: Optional[int], widths: Widths) -> dict[str, Any]:
+    given = {name: getattr(widths, name) for name in _VLLM_ONLY}
     return {"tp": tp, "ep": ep, "pp": widths.pp, "moe_dp": widths.moe_dp, "attn_dp": widths.attn_dp,
-            "attn_cp": widths.attn_cp}
+            "attn_cp": widths.attn_cp,
+            **{name: value for name, value in given.items() if value not in (1, False, "") or value is True}}
 
 
 def layout_of(tp: int, ep: int, widths: Widths, engine: str = "memprobe") -> "LayoutBase":
@@ -45,6 +52,14 @@ def stacks_of(engine: Any, given: str, default: str) -> str:
     names = [name.strip() for name in given.split(",")]
     if given == default and not all(name in engine.builtin_stack_names for name in names):
         return ",".join(engine.stack_pair or (engine.default_stack,))
+    return given
+
+
+def env_preset_of(engine: Any, given: str, default: str) -> str:
+    """``--env-preset`` as given, or, left at its default (SGLang's) for an engine without that preset, the
+    engine's own first one (vLLM's: none of NCCL's variables)."""
+    if given == default and given not in engine.env_presets and engine.env_presets:
+        return str(next(iter(engine.env_presets)))
     return given
 
 
@@ -74,8 +89,9 @@ def headline(conf: "CompareOptions | EstimateOptions", engine: str, tp: int, ep:
              env: dict[str, str], sglang_sites: Sequence[tuple[str, str]] = ()) -> "ScenarioSet":
     from memprobe.model.scenario import headline_scenarios
 
+    preset = env_preset_of(engine_of(engine).engine, conf.env_preset, type(conf).env_preset)
     return headline_scenarios(engine, widths_of(tp, ep, conf), stacks=names, baseline_tp=conf.baseline_tp,
-                              env_preset=conf.env_preset, env=env, warmup=conf.warmup, sglang_sites=list(sglang_sites))
+                              env_preset=preset, env=env, warmup=conf.warmup, sglang_sites=list(sglang_sites))
 
 
 def distinct(scenario_set: "ScenarioSet") -> "ScenarioSet":

@@ -7,6 +7,7 @@ from typing import Optional
 
 from memprobe import api
 from memprobe.commands.options import (
+    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, MOE, PCP,
     ALL_RANKS, ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES, NODE_RANK,
     OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, VERBOSE, WARMUP,
     launch_options, option,
@@ -22,6 +23,8 @@ def compare(
     tp: Optional[int] = option(Defaults.tp, "--tp", env="TP", help="TP width (default: every visible GPU)."),
     ep: Optional[int] = option(Defaults.ep, "--ep", env="EP", help="EP width of the MoE scenarios (default: tp / 2)."),
     pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
+    dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
+    moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
     stacks: str = option(Defaults.stacks, "--stacks", env="COMPARE_STACKS", help="Comma-separated stacks for the MoE layout."),
     baseline_tp: Optional[int] = option(Defaults.baseline_tp, "--baseline-tp", env="COMPARE_BASELINE_TP",
                                         help="TP width of the baseline (default: --tp)."),
@@ -71,7 +74,9 @@ def compare(
     launch = launch_options(device, out_dir, timeout, quiet, nnodes, node_rank, master_addr, master_port, allow_busy_gpu,
                             run_id, nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path, json_schema)
-    comparison = api.compare(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stacks=stacks,
+    comparison = api.compare(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
+        dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
+        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stacks=stacks,
                              baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                              env=tuple(env), engine=engine, sglang=tuple(sglang), jobs=jobs, launch=launch)
     if api.gathered_elsewhere(comparison.runs):

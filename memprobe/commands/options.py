@@ -34,6 +34,18 @@ PP = option(Widths.pp, "--pp", env="PP", help="Pipeline-parallel width (SGLang -
 MOE_DP = option(Widths.moe_dp, "--moe-dp", env="MOE_DP", help="MoE data-parallel width (SGLang --moe-dp-size).")
 ATTN_DP = option(Widths.attn_dp, "--attn-dp", env="ATTN_DP", help="Attention data-parallel width (SGLang --attn-dp-size).")
 ATTN_CP = option(Widths.attn_cp, "--attn-cp", env="ATTN_CP", help="Attention context-parallel width (SGLang --attn-cp-size).")
+DP = option(Widths.dp, "--dp", env="DP", help="vLLM: data-parallel width (--data-parallel-size); world = dp x pp x pcp x tp.")
+DCP = option(Widths.dcp, "--dcp", env="DCP", help="vLLM: decode context-parallel width (--decode-context-parallel-size).")
+PCP = option(Widths.pcp, "--pcp", env="PCP", help="vLLM: prefill context-parallel width (--prefill-context-parallel-size).")
+ENABLE_EP = option(Widths.enable_expert_parallel, "--enable-expert-parallel", env="ENABLE_EXPERT_PARALLEL",
+                   help="vLLM: --enable-expert-parallel.")
+ENABLE_EPLB = option(Widths.enable_eplb, "--enable-eplb", env="ENABLE_EPLB", help="vLLM: --enable-eplb (needs EP).")
+MOE = option(Widths.moe, "--moe/--dense", env="MOE",
+             help="vLLM: the model is a mixture of experts (vLLM 0.33 builds the EP group only then).")
+DISABLE_CA = option(Widths.disable_custom_all_reduce, "--disable-custom-all-reduce", env="DISABLE_CUSTOM_ALL_REDUCE",
+                    help="vLLM: --disable-custom-all-reduce.")
+ALL2ALL = option(Widths.all2all_backend, "--all2all-backend", env="ALL2ALL_BACKEND",
+                 help="vLLM: --all2all-backend (default: vLLM's, allgather_reducescatter).", show_default=False)
 STACK = option(RunOptions.stack, "--stack", env="STACK",
                help="Communicator stack: full (before SGLang PR #22515), lean (SGLang 0.5.23), add ':v1' for the "
                     "v1 custom all-reduce buffers, or a TOML file (see configs/).")

@@ -7,7 +7,7 @@ import sys
 from typing import Any, TextIO
 
 from memprobe import api
-from memprobe.commands.options import ATTN_CP, ATTN_DP, EP, MOE_DP, PP, QUIET, STACK, TP, VERBOSE, option
+from memprobe.commands.options import ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, MOE, PCP, ATTN_CP, ATTN_DP, EP, MOE_DP, PP, QUIET, STACK, TP, VERBOSE, option
 from memprobe.commands.output import console_width
 
 PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json
@@ -15,6 +15,8 @@ PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json
 
 def plan(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
+    dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
+    moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
     stack: str = STACK,
     engine: str = option(api.PlanOptions.engine, "--engine", env="ENGINE",
                          help="Whose groups: memprobe or sglang-ref (SGLang 0.5.23's, as memprobe reproduces them) or "
@@ -33,7 +35,9 @@ def plan(
     Exit codes: 0 ok, 2 bad input. Every command: 70 an unexpected error (one line; its traceback in a temp file),
     129/130/143 hung up, interrupted, terminated, 141 standard output's reader went away.
     """
-    planned = api.plan(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stack=stack,
+    planned = api.plan(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
+        dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
+        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stack=stack,
                        engine=engine)
     from memprobe.verbosity import detail
 

@@ -8,6 +8,7 @@ from typing import Optional
 
 from memprobe import api
 from memprobe.commands.options import (
+    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, MOE, PCP,
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, EP, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES,
     NODE_RANK, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
     VERBOSE, WARMUP, launch_options, option,
@@ -20,6 +21,8 @@ from memprobe.paths import check_output_path
 # A command: long only by its Typer option declarations (one per line with its help); its body is short.
 def run(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
+    dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
+    moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
     stack: str = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
@@ -56,7 +59,9 @@ def run(
     check_output_path(json_path, "--json", suffixes=(".json",))
     if json_schema not in (1, 2):
         raise UsageError(f"--json-schema must be 1 or 2, got {json_schema}")
-    result = api.run(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp, stack=stack, warmup=warmup,
+    result = api.run(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
+        dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
+        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stack=stack, warmup=warmup,
                      env_preset=env_preset, env=tuple(env), engine=engine, sglang=sglang, launch=launch)
     if api.gathered_elsewhere([result]):
         return 0

@@ -24,6 +24,7 @@ from memprobe.errors import UsageError
 #: The built-in engines, one line each.
 BUILTIN: tuple[str, ...] = (
     "memprobe.engines.sglang:ENGINE",
+    "memprobe.engines.vllm:ENGINE",
 )
 ENTRY_POINT_GROUP = "memprobe.engines"
 ENVIRONMENT_VARIABLE = "MEMPROBE_ENGINES"
@@ -93,6 +94,9 @@ def get(name: str, where: str = "--engine") -> EngineRef:
     ref = _by_name().get(name)
     if ref is None:
         raise UsageError(f"{where}: unknown engine {name!r}; known: {', '.join(names())}")
+    problem = ref.engine.mode_problem(ref.mode)
+    if problem:
+        raise UsageError(problem)
     return ref
 
 

@@ -138,8 +138,9 @@ class Allocation:
 # ------------------------------------------------------------------------------------------------ layouts
 
 
-def flag_field(default: int = 1, *, flag: str, help: str) -> Any:
-    """A layout width that is also a command-line flag (``--tp``): declared once, with its help."""
+def flag_field(default: int | bool | str = 1, *, flag: str, help: str) -> Any:
+    """A layout width (or switch, or named choice) that is also a command-line flag (``--tp``): declared once, with
+    its help."""
     return field(default=default, metadata={"flag": flag, "help": help})
 
 
@@ -154,6 +155,9 @@ class LayoutBase:
             if item.type in ("bool", bool):  # a switch (vLLM's --moe/--dense), not a width
                 if not isinstance(value, bool):
                     raise UsageError(f"{self.flag_of(item.name)} must be true or false, got {value!r}")
+            elif item.type in ("str", str):  # a named choice (vLLM's --all2all-backend): check() checks the name
+                if not isinstance(value, str):
+                    raise UsageError(f"{self.flag_of(item.name)} must be a name, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{self.flag_of(item.name)} must be a whole number >= 1, got {value!r}")
         if self.world_size > MAX_WORLD_SIZE:
@@ -186,7 +190,7 @@ class LayoutBase:
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.field_names()}
 
-    def _shown(self) -> list[tuple[str, int | bool]]:
+    def _shown(self) -> list[tuple[str, int | bool | str]]:
         """The first width always, the other widths unless 1, switches when on."""
         names = self.field_names()
         values = [(name, getattr(self, name)) for name in names]
@@ -288,7 +292,8 @@ class Engine:
     def layout(self, widths: Mapping[str, Any], where: str = "") -> LayoutBase:
         """The engine's layout from widths named as its fields; a width it does not have is refused unless 1."""
         names = self.layout_type.field_names()
-        foreign = sorted(name for name, value in widths.items() if name not in names and value not in (None, 1))
+        foreign = sorted(name for name, value in widths.items() if name not in names and value is not None
+                         and (isinstance(value, bool) or value != 1))
         if foreign:
             raise UsageError(f"{where}{'--' + foreign[0].replace('_', '-')} is not a flag of engine {self.name} "
                              f"(its widths: {', '.join(self.layout_type.flag_of(n) for n in names)})")
@@ -387,6 +392,10 @@ class Engine:
         raise NotImplementedError(f"engine {self.name} gives no sizes for {decision.kind}")
 
     # -- installed engines
+    def mode_problem(self, mode: Mode) -> str | None:
+        """Why ``--engine`` cannot run this engine in ``mode`` here (one line: exit 2), or None."""
+        return None
+
     def installation(self, environ: Mapping[str, str], site: str = "") -> dict[str, Any] | None:
         """The installed engine the workers will import (read from its sources, never imported): what run.json
         records under ``environment[<engine name>]``; None for an engine with no installed mode."""

@@ -180,6 +180,16 @@ def recorded_network(run: Run) -> Network:
     return Network()
 
 
+def _failed_communicator(run: Run) -> str:
+    """The first communicator a rank of ``run`` recorded as failed (``group/kind: reason``), or ""."""
+    for info in run.record.ranks:
+        for group, decisions in sorted(info.communicators.items()):
+            for kind, word in sorted(decisions.items()):
+                if word.startswith("failed: "):
+                    return f"rank {info.rank} {group}/{kind}: {word[len('failed: '):][:120]}"
+    return ""
+
+
 def _why_not(run: Run, calibration_for: Callable[[str], Calibration | None]) -> str:
     record = run.record
     if record.source != "measured":
@@ -190,6 +200,9 @@ def _why_not(run: Run, calibration_for: Callable[[str], Calibration | None]) -> 
         return f"status {record.status}"
     if record.results_at is not None or len(run.ranks) != record.world_size:
         return f"readings of {len(run.ranks)} of {record.world_size} ranks here (another node gathered the run)"
+    failed = _failed_communicator(run)
+    if failed:  # the estimate models what an engine builds; a build that failed on this machine is not modelled
+        return f"a communicator failed to build ({failed})"
     gpu = str(record.environment.get("gpu_model") or "")
     calibration = calibration_for(gpu)
     if calibration is None:

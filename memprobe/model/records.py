@@ -282,6 +282,8 @@ def _check_record_types(data: dict[str, Any], source: str) -> None:
         if name in data and (not isinstance(value, types) or isinstance(value, bool)):
             raise DamagedInput(f"{source}: {name} must be {' or '.join(t.__name__ for t in types)}, got {value!r:.60}")
     for name, value in {**data.get("layout", {}), "world_size": data.get("world_size", 1)}.items():
+        if name != "world_size" and isinstance(value, (bool, str)):
+            continue  # a switch or a name of the engine's layout (vLLM's --moe, --all2all-backend): its type checks it
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DamagedInput(f"{source}: {'layout.' if name != 'world_size' else ''}{name} must be a whole number >= 1, "
                                f"got {value!r:.60}")

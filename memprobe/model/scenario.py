@@ -186,8 +186,11 @@ class Scenario:
         if not isinstance(stack, dict) or not {"label", "name", "resolved"} <= set(stack) or not isinstance(stack["resolved"], dict):
             raise UsageError(f"{where}: scenario definition's stack must hold label, name and resolved")
         layout = document["layout"]
-        if not isinstance(layout, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in layout.values()):
-            raise UsageError(f"{where}: scenario definition's layout must be an object of whole numbers")
+        # whole numbers (widths), true/false (vLLM's --moe) and names (vLLM's --all2all-backend); the engine's
+        # layout type checks which field takes which
+        if not isinstance(layout, dict) or not all(isinstance(v, (int, str)) for v in layout.values()):
+            raise UsageError(f"{where}: scenario definition's layout must be an object of whole numbers, switches "
+                             f"and names")
         for key in ("env_preset", "warmup", "engine", "sglang"):
             if not isinstance(document[key], str):
                 raise UsageError(f"{where}: scenario definition's {key} must be a string")

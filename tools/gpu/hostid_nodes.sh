@@ -4,7 +4,9 @@
 # speed NCCL cannot read: it takes 10 Gb/s, net_socket.cc:104-106). Each process's NVML figures stay its own.
 # Usage: bash tools/gpu/hostid_nodes.sh OUT_DIR [DEVICE]   (DEVICE: cuda, or cpu to try the launch without a GPU)
 # NODES (default "2 4") and CUMEM (default "0 1") choose the runs; SUBSYS the NCCL_DEBUG_SUBSYS (default
-# INIT,GRAPH,NET); EXTRA more VAR=VALUE for every process (e.g. NCCL_ALGO=Ring); LEAN=1 runs `run --tp N` alone.
+# INIT,GRAPH,NET); EXTRA more VAR=VALUE for every process (e.g. NCCL_ALGO=Ring); LEAN=1 runs `run --tp N` alone;
+# WHAT replaces the memprobe command and its layout ("compare --engine vllm-ref --tp 2 --moe"); CUMEM "default"
+# leaves NCCL_CUMEM_ENABLE unset (NCCL's default: on).
 set -uo pipefail
 out=$(realpath -m "${1:?usage: hostid_nodes.sh OUT_DIR [DEVICE]}")
 device=${2:-cuda}
@@ -23,8 +25,11 @@ for nodes in ${NODES:-2 4}; do
       mkdir -p "$folder/tmp" "$out/$name/nccl-logs"
       what=(compare --tp "$nodes" --ep 2 --stacks full,lean)
       [ "${LEAN:-0}" = 1 ] && what=(run --tp "$nodes")
+      [ -n "${WHAT:-}" ] && read -ra what <<< "$WHAT"
+      cumem_env=(--env "NCCL_CUMEM_ENABLE=$cumem")
+      [ "$cumem" = default ] && cumem_env=()
       command=(-m memprobe "${what[@]}" --device "$device"
-               --env "NCCL_CUMEM_ENABLE=$cumem" --nnodes "$nodes" --node-rank "$node" --master-addr 127.0.0.1
+               "${cumem_env[@]}" --nnodes "$nodes" --node-rank "$node" --master-addr 127.0.0.1
                --master-port "$port" --allow-busy-gpu --quiet --out-dir "$folder/runs" --run-id "$name")
       echo "cd $folder && NCCL_HOSTID=memprobe-node-$node NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_NVLS_ENABLE=0" \
            "NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=$subsys NCCL_DEBUG_FILE=$out/$name/nccl-logs/node$node.%p.log ${EXTRA:-}" \

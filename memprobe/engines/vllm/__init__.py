@@ -1,0 +1,245 @@
+"""vLLM's start-up as a memprobe engine: ``--engine vllm-ref`` (memprobe's reproduction of vLLM 0.33.0's
+``init_distributed_environment`` + ``initialize_model_parallel`` and each group's ``CudaCommunicator``; no vLLM
+needed) and ``--engine vllm`` (the installed vLLM's own code: not measured yet, refused in one line).
+
+* :mod:`.layout`: vLLM's widths, groups and refusals (``plan``); :mod:`.communicators`: the per-release rules
+  (``decide``); :mod:`.sizes`: the bytes of vLLM's own buffers. This module adapts them to the seam
+  (:class:`memprobe.engines.api.Engine`): a layout type with vLLM's flags, the stacks (one per release line, and
+  the proposed ``shared-ep``), per-group decisions and allocations.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any, Mapping
+
+from memprobe.engines.api import (
+    INSTALLED, REFERENCE, Allocation, Decision, Engine, Facts, GroupPlan, Kind, LayoutBase, Mode, Plan, Verdict,
+    flag_field,
+)
+from memprobe.engines.stacks import Stack, new_stack
+from memprobe.engines.vllm import communicators as rules
+from memprobe.engines.vllm import sizes
+from memprobe.engines.vllm.layout import DEFAULT_ALL2ALL_BACKEND, GROUP_ORDER, RELEASE, VLLMLayout, plan
+from memprobe.errors import UsageError
+
+KINDS: tuple[Kind, ...] = (
+    Kind(rules.PYNCCL, "pynccl", nccl=True),  # the label of the same kind in every engine (a step name)
+    Kind(rules.SYMM_MEM, "torch symmetric memory"),
+    Kind(rules.FLASHINFER_ALLREDUCE, "FlashInfer all-reduce"),
+    Kind(rules.CUSTOM_ALLREDUCE, "custom all-reduce"),
+    Kind(rules.CUSTOM_ALLREDUCE_MNNVL, "custom all-reduce MNNVL stage"),
+    Kind(rules.ALL2ALL_MANAGER, "all2all manager"),
+    Kind(rules.MQ_BROADCASTER, "MQ broadcaster (host)"),
+)
+RELEASE_LINE = "release_line"  # a stack setting: whose rules decide (communicators.RELEASE_LINES)
+EP_PYNCCL = "ep_pynccl"  # a stack setting: "own" (vLLM) or "tp-when-same-ranks" (the proposed shared-ep)
+EP_PYNCCL_CHOICES = ("own", "tp-when-same-ranks")
+#: The stack name of each release line (``vllm`` is the newest).
+LINE_STACKS: dict[str, str] = {"0.33": "vllm", "0.11-0.2x": "vllm:0.11", "0.10": "vllm:0.10"}
+#: Which group may build which kind in any release modelled (the rules decide the rest): the stacks' flags.
+_WHERE: dict[str, tuple[str, ...]] = {
+    "tp": (rules.PYNCCL, rules.SYMM_MEM, rules.FLASHINFER_ALLREDUCE, rules.CUSTOM_ALLREDUCE,
+           rules.CUSTOM_ALLREDUCE_MNNVL, rules.MQ_BROADCASTER),
+    "dcp": (rules.PYNCCL, rules.MQ_BROADCASTER),
+    "pcp": (rules.PYNCCL,), "pp": (rules.PYNCCL,), "dp": (rules.PYNCCL,),
+    "ep": (rules.PYNCCL, rules.ALL2ALL_MANAGER), "eplb": (rules.PYNCCL,),
+}
+#: Where the PyNccl of an EP group built by TP's rank lists would be shared (shared-ep).
+SHARED_EP = "shared-ep"
+
+
+@dataclass(frozen=True)
+class VLLMEngineLayout(LayoutBase):
+    """vLLM's parallel flags (``vllm serve`` spells them ``--tensor-parallel-size`` ...); checked as vLLM 0.33.0's
+    ``ParallelConfig`` checks them (:class:`memprobe.engines.vllm.layout.VLLMLayout`)."""
+
+    tp: int = flag_field(flag="--tp", help="Tensor-parallel width (vLLM --tensor-parallel-size).")
+    pp: int = flag_field(flag="--pp", help="Pipeline-parallel width (vLLM --pipeline-parallel-size).")
+    dp: int = flag_field(flag="--dp", help="Data-parallel width (vLLM --data-parallel-size).")
+    dcp: int = flag_field(flag="--dcp", help="Decode context-parallel width (vLLM --decode-context-parallel-size).")
+    pcp: int = flag_field(flag="--pcp", help="Prefill context-parallel width (vLLM --prefill-context-parallel-size).")
+    enable_expert_parallel: bool = flag_field(False, flag="--enable-expert-parallel", help="vLLM's EP switch.")
+    enable_eplb: bool = flag_field(False, flag="--enable-eplb", help="vLLM's expert load balancer.")
+    moe: bool = flag_field(False, flag="--moe", help="A mixture-of-experts model (vLLM builds EP only then).")
+    disable_custom_all_reduce: bool = flag_field(False, flag="--disable-custom-all-reduce", help="vLLM's switch.")
+    all2all_backend: str = flag_field(DEFAULT_ALL2ALL_BACKEND, flag="--all2all-backend", help="vLLM's backend.")
+
+    def check(self) -> None:
+        if self.vllm().independent_replicas:
+            raise UsageError(f"--dp {self.dp} without --moe: vLLM runs a dense model's DP ranks as independent "
+                             f"engines, one world each (v1/engine/core.py:1546-1554 of {RELEASE}); plan one with --dp 1")
+
+    def vllm(self) -> VLLMLayout:
+        """The same launch as the pure layout module's value (which also refuses what vLLM refuses)."""
+        return VLLMLayout(**{item.name: getattr(self, item.name) for item in fields(self)})
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.pp * self.pcp * self.tp
+
+    def world_text(self) -> str:
+        return f"--dp {self.dp} x --pp {self.pp} x --pcp {self.pcp} x --tp {self.tp}"
+
+    def slug(self) -> str:
+        """vLLM's short name: ``tp8-moe``, ``tp4-dp2-moe-ep-eplb``."""
+        return self.vllm().slug()
+
+    def _shown(self) -> list[tuple[str, int | bool | str]]:
+        """TP always, every other flag unless at vLLM's default."""
+        defaults = {item.name: item.default for item in fields(self)}
+        values = [(item.name, getattr(self, item.name)) for item in fields(self)]
+        return values[:1] + [(name, value) for name, value in values[1:] if value != defaults[name]]
+
+
+@dataclass(frozen=True)
+class VLLMGroupPlan(GroupPlan):
+    """A group of vLLM's plan, carrying the launch its rules read (the rules decide per layout, not per group)."""
+
+    launch: VLLMLayout | None = None
+
+
+@lru_cache(maxsize=256)
+def _decided(layout: VLLMLayout, line: str, stack: str, gpu: rules.GPUFacts, env: tuple[tuple[str, str], ...]
+             ) -> rules.Decisions:
+    return rules.decide(layout, line, stack, gpu, dict(env))
+
+
+def gpu_facts(facts: Facts) -> rules.GPUFacts:
+    """What vLLM's checks read, from what memprobe gathers: one node with full NVLink is an NVSwitch node here
+    (multicast available, as on an HGX H100/H200 board); P2P is trusted as VLLM_SKIP_P2P_CHECK=1 trusts it."""
+    same_node = facts.nodes == 1
+    return rules.GPUFacts(capability=f"{facts.capability // 10}.{facts.capability % 10}", same_node=same_node,
+                          fully_connected=facts.full_nvlink, p2p=same_node,
+                          multicast=same_node and facts.full_nvlink)
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+    label = "vLLM"
+    reference_release = f"vLLM {RELEASE}"
+    names = {"vllm-ref": REFERENCE, "vllm": INSTALLED}
+    layout_type = VLLMEngineLayout
+    group_order = GROUP_ORDER
+    kinds = KINDS
+    env_presets = {"vllm": dict(rules.ENV_PRESET)}  # none: NCCL's defaults (cuMem on, lazy connection)
+    env_prefixes = ("VLLM_",)
+    highlighted_groups = ("ep", "eplb")
+    stack_pair = ("vllm", SHARED_EP)
+    builders = {REFERENCE: "memprobe.engines.vllm.reference:VLLMReferenceBuilder"}
+    width_1_reason = "vLLM builds none for one rank, parallel_state.py:550-561"
+    default_stack = "vllm"
+    stack_option_names = (RELEASE_LINE, EP_PYNCCL)
+
+    def plan(self, layout: LayoutBase) -> Plan:
+        assert isinstance(layout, VLLMEngineLayout)
+        launch = layout.vllm()
+        return Plan(layout=layout, groups=tuple(
+            VLLMGroupPlan(group.name, group.rank_lists, alias_of=group.alias_of, launch=launch)
+            for group in plan(launch).groups))
+
+    def describe_layout(self, layout: LayoutBase) -> str:
+        assert isinstance(layout, VLLMEngineLayout)
+        return f"world size {layout.world_size}, {'MoE' if layout.moe else 'dense'} model"
+
+    def mode_problem(self, mode: Mode) -> str | None:
+        if mode != INSTALLED:
+            return None
+        if importlib.util.find_spec("vllm") is None:
+            return (f"--engine vllm: no importable vLLM here; --engine vllm-ref reproduces vLLM {RELEASE}'s "
+                    "start-up without it")
+        return (f"--engine vllm: memprobe does not measure the installed vLLM's own start-up yet; --engine vllm-ref "
+                f"reproduces vLLM {RELEASE}'s")
+
+    # -- stacks
+    def stacks(self) -> Mapping[str, Stack]:
+        flags = {group: {kind: True for kind in kinds} for group, kinds in _WHERE.items()}
+        found = {name: new_stack(self, name, flags, {RELEASE_LINE: line, EP_PYNCCL: "own"},
+                                 description=f"vLLM {rules.RELEASE_OF_LINE[line]} as it is")
+                 for line, name in LINE_STACKS.items()}
+        found[SHARED_EP] = new_stack(self, SHARED_EP, flags, {RELEASE_LINE: "0.33", EP_PYNCCL: "tp-when-same-ranks"},
+                                     description="proposed, not vLLM: EP and EPLB reuse TP's PyNccl when their "
+                                                 "rank lists are TP's")
+        return found
+
+    def stack_options(self, options: Mapping[str, Any], where: str, recorded: bool = False) -> dict[str, str]:
+        unknown = set(options) - set(self.stack_option_names)
+        if unknown:
+            raise UsageError(f"{where}: unknown stack setting(s) {sorted(unknown)}; vLLM's: "
+                             f"{', '.join(self.stack_option_names)}")
+        line, ep = options.get(RELEASE_LINE, "0.33"), options.get(EP_PYNCCL, "own")
+        if line not in rules.RELEASE_LINES:
+            raise UsageError(f"{where}: {RELEASE_LINE} {line!r} is not one of {', '.join(rules.RELEASE_LINES)}")
+        if ep not in EP_PYNCCL_CHOICES:
+            raise UsageError(f"{where}: {EP_PYNCCL} {ep!r} is not one of {', '.join(EP_PYNCCL_CHOICES)}")
+        return {RELEASE_LINE: str(line), EP_PYNCCL: str(ep)}
+
+    # -- communicators
+    def decide(self, group: GroupPlan, stack: Any, facts: Facts) -> list[Decision]:
+        """vLLM's rules (:func:`memprobe.engines.vllm.communicators.decide`) for this group, after the common
+        guards; a kind vLLM's rules take no decision on for the group is one it does not build there."""
+        assert isinstance(group, VLLMGroupPlan) and group.launch is not None
+        line = stack.option(RELEASE_LINE)
+        variant = SHARED_EP if stack.option(EP_PYNCCL) == "tp-when-same-ranks" else "vllm"
+        decided = _decided(group.launch, line, variant, gpu_facts(facts), tuple(sorted(facts.env.items())))
+        release = rules.RELEASE_OF_LINE[line]
+        try:
+            entry: rules.GroupDecisions | None = decided.for_group(group.name)
+        except KeyError:
+            entry = None
+        found: list[Decision] = []
+        for kind, wanted in stack.flags_for(group.name).items():
+            common = self.guard(group, kind, wanted, facts)
+            if common is not None:
+                found.append(common)
+            elif entry is None:
+                found.append(Decision(group.name, kind, Verdict.NOT_ELIGIBLE, reason=f"vLLM {release} has no "
+                                      f"{group.name} group"))
+            else:
+                found.append(self._decision(entry.decision(kind), group.name, kind, release))
+        return found
+
+    @staticmethod
+    def _decision(rule: rules.Decision | None, group: str, kind: str, release: str) -> Decision:
+        if rule is None:
+            return Decision(group, kind, Verdict.NOT_ELIGIBLE, reason=f"vLLM {release} builds none for this group")
+        if rule.built:
+            return Decision(group, kind, Verdict.BUILT, implementation=f"vLLM {release}")
+        return Decision(group, kind, Verdict.NOT_ELIGIBLE, reason=f"{rule.reason} [{rule.source}]")
+
+    def sizes(self, decision: Decision, facts: Facts) -> list[Allocation]:
+        """vLLM's own buffers at init (:mod:`memprobe.engines.vllm.sizes`); objects that allocate at first use
+        (FlashInfer's workspace, the all2all manager's buffers) hold nothing yet."""
+        line = next(line for line, release in rules.RELEASE_OF_LINE.items() if decision.implementation == f"vLLM {release}")
+        gpu = gpu_facts(facts)
+        if decision.kind == rules.SYMM_MEM:
+            size = sizes.symm_mem_max_size(line, gpu.capability, facts.width)
+            assert size is not None  # decide builds it only where the table has the entry
+            return [Allocation("symmetric-memory buffer", size, "cumem", "symm_mem.py:66-106 (0.33.0)")]
+        if decision.kind == rules.CUSTOM_ALLREDUCE:
+            # its max size depends on whether SymmMemCommunicator is live beside it (car:186-284 of 0.33.0)
+            symm_on = (rules.cuda_gates(_tp_like(facts.width), VLLMLayout(tp=facts.width), line, facts.env)
+                       .use_torch_symm_mem and gpu.multicast
+                       and sizes.symm_mem_max_size(line, gpu.capability, facts.width) is not None)
+            return [Allocation(a.name, a.nbytes, "torch_cache" if a.name == "rank_data" else "raw", a.source)
+                    for a in sizes.custom_allreduce_allocations("tp", line, gpu.capability, facts.width, symm_on, False)]
+        if decision.kind == rules.CUSTOM_ALLREDUCE_MNNVL:
+            stage = [a for a in sizes.custom_allreduce_allocations("tp", line, gpu.capability, facts.width, False, True)
+                     if a.kind == rules.CUSTOM_ALLREDUCE_MNNVL]
+            return [Allocation(a.name, a.nbytes, "cumem", a.source) for a in stage]
+        if decision.kind == rules.MQ_BROADCASTER:
+            return [Allocation("shm ring (the group's first rank creates it, the others map it)",
+                               sizes.mq_broadcaster_bytes(facts.width), "host",
+                               "parallel_state.py:565-567; shm_broadcast.py:335-349 (0.33.0)")]
+        return []  # FlashInfer all-reduce, all2all manager: built at init, buffers at first use
+
+
+def _tp_like(width: int) -> Any:
+    from memprobe.engines.vllm.layout import VLLMGroup
+
+    return VLLMGroup("tp", (tuple(range(width)),))
+
+
+ENGINE = VLLMEngine()

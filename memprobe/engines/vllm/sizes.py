@@ -104,7 +104,7 @@ class Allocation:
     source: str
 
 
-def _custom_allreduce(group: str, line: str, capability: str, width: int, symm_on: bool,
+def custom_allreduce_allocations(group: str, line: str, capability: str, width: int, symm_on: bool,
                       mnnvl_kept: bool) -> list[Allocation]:
     max_size = custom_allreduce_max_size(line, capability, width, symm_on)
     if line == "0.33":
@@ -153,7 +153,7 @@ def allocations(decisions: Decisions, rank: int = 0) -> tuple[Allocation, ...]:
             found.append(Allocation(group.name, SYMM_MEM, "buffer", size, "device", symm.source))
         if entry.built(CUSTOM_ALLREDUCE):
             symm_on = symm is not None and symm.built and gpu.multicast  # SymmMemCommunicator not disabled
-            found += _custom_allreduce(group.name, line, gpu.capability, width, symm_on,
+            found += custom_allreduce_allocations(group.name, line, gpu.capability, width, symm_on,
                                        entry.built(CUSTOM_ALLREDUCE_MNNVL))
         if entry.built(MQ_BROADCASTER) and group.ranks_of(rank)[0] == rank:
             found.append(Allocation(group.name, MQ_BROADCASTER, "shm ring", mq_broadcaster_bytes(width), "host",

@@ -1,0 +1,121 @@
+"""vLLM through the engine seam: ``--engine vllm-ref`` plans, decides and estimates with vLLM's own flags and
+rules; ``--engine vllm`` is refused in one line; bad flags are refused as vLLM (or the seam) refuses them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memprobe import api, engines
+from memprobe.engines.api import Facts, Verdict
+from memprobe.engines.vllm import ENGINE, VLLMEngineLayout
+from memprobe.engines.vllm import communicators as rules
+from memprobe.engines.vllm.layout import VLLMLayout, plan
+from memprobe.errors import UsageError
+
+MiB = 1 << 20
+
+
+def _decisions(layout: VLLMEngineLayout, stack: str) -> dict[tuple[str, str], Verdict]:
+    chosen = ENGINE.resolve_stack(stack)
+    return {(d.group, d.kind): d.verdict for group in ENGINE.plan(layout).groups
+            for d in ENGINE.decide(group, chosen, Facts(width=group.width))}
+
+
+def test_vllm_ref_is_registered_and_plans_vllm_s_groups_in_vllm_s_order():
+    ref = engines.get("vllm-ref")
+    assert ref.engine is ENGINE and not ref.installed
+    layout = ENGINE.layout({"tp": 4, "dp": 2, "moe": True, "enable_expert_parallel": True})
+    pure = plan(VLLMLayout(tp=4, dp=2, moe=True, enable_expert_parallel=True))
+    planned = ENGINE.plan(layout)
+    assert [(g.name, g.rank_lists, g.alias_of) for g in planned.groups] == [
+        (g.name, g.rank_lists, g.alias_of) for g in pure.groups]
+    assert layout.world_size == 8 and layout.slug() == "tp4-dp2-moe-ep"
+
+
+def test_engine_decisions_are_the_release_rules_for_each_group():
+    layout = VLLMEngineLayout(tp=8, moe=True)
+    seam = _decisions(layout, "vllm")
+    pure = rules.decide(layout.vllm())
+    for entry in pure.groups:
+        for decision in entry.decisions:
+            assert (seam[(entry.group.name, decision.kind)] is Verdict.BUILT) == decision.built, decision
+
+
+def test_shared_ep_drops_ep_pynccl_only_where_ep_ranks_are_tp_s():
+    assert _decisions(VLLMEngineLayout(tp=8, moe=True), "shared-ep")[("ep", "pynccl")] is Verdict.NOT_ELIGIBLE
+    assert _decisions(VLLMEngineLayout(tp=4, pp=2, moe=True), "shared-ep")[("ep", "pynccl")] is Verdict.NOT_ELIGIBLE
+    assert _decisions(VLLMEngineLayout(tp=4, dp=2, moe=True), "shared-ep")[("ep", "pynccl")] is Verdict.BUILT
+    assert _decisions(VLLMEngineLayout(tp=8, moe=True), "vllm")[("ep", "pynccl")] is Verdict.BUILT
+    assert _decisions(VLLMEngineLayout(tp=8, moe=True), "vllm:0.10")[("ep", "pynccl")] is Verdict.NOT_ELIGIBLE
+
+
+def test_estimate_shows_shared_ep_s_saving_at_tp8_moe_and_none_at_dp2():
+    def worst_after_init(comparison, name):  # the largest estimated total of any rank (its last reading)
+        run = next(r for r in comparison.runs if r.scenario.name == name)
+        return max(reading.primary_bytes for reading in run.run.readings)
+
+    tp8 = api.estimate(tp=8, moe=True, engine="vllm-ref")
+    assert [r.scenario.name for r in tp8.runs] == ["tp8-moe-vllm", "tp8-moe-shared-ep"]
+    assert all(r.scenario.env_preset == "vllm" for r in tp8.runs)  # not SGLang's NCCL_CUMEM_ENABLE=0
+    saving = worst_after_init(tp8, "tp8-moe-vllm") - worst_after_init(tp8, "tp8-moe-shared-ep")
+    assert saving > 100 * MiB  # one PyNccl communicator of eight ranks, cuMem on
+    dp2 = api.estimate(tp=4, dp=2, moe=True, engine="vllm-ref")
+    assert worst_after_init(dp2, "tp4-dp2-moe-vllm") == worst_after_init(dp2, "tp4-dp2-moe-shared-ep")
+
+
+def test_host_memory_of_the_mq_broadcaster_is_never_gpu_bytes():
+    layout = VLLMEngineLayout(tp=2)
+    tp = ENGINE.plan(layout).group("tp")
+    mq = next(d for d in ENGINE.decide(tp, ENGINE.resolve_stack("vllm"), Facts(width=2)) if d.kind == "mq_broadcaster")
+    assert mq.built and {a.pool for a in ENGINE.sizes(mq, Facts(width=2))} == {"host"}
+
+
+@pytest.mark.parametrize("widths, message", [
+    ({"tp": 8, "ep": 2}, "--ep is not a flag of engine vllm"),
+    ({"tp": 2, "dp": 2}, "independent engines"),
+    ({"tp": 4, "dcp": 3, "moe": True}, "divisible by --dcp 3"),
+    ({"tp": 2, "moe": True, "enable_eplb": True}, "--enable-eplb needs --enable-expert-parallel"),
+    ({"tp": 2, "all2all_backend": "nope"}, "--all2all-backend 'nope'"),
+])
+def test_bad_layouts_are_refused_in_one_line(widths, message):
+    with pytest.raises(UsageError, match=message):
+        ENGINE.layout(widths)
+
+
+def test_vllm_flags_are_refused_for_sglang():
+    with pytest.raises(UsageError, match="--moe is not a flag of engine sglang"):
+        engines.get("sglang-ref").engine.layout({"tp": 2, "moe": True})
+
+
+def test_installed_vllm_is_refused_in_one_line_naming_vllm_ref(memprobe):
+    result = memprobe("estimate", "--engine", "vllm", "--tp", "8", "--moe")
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--engine vllm-ref" in lines[0], result.stderr
+
+
+@pytest.mark.e2e
+def test_cpu_compare_builds_vllm_s_groups_and_its_baseline_gates_the_saved_run(memprobe, tmp_path):
+    """One real torchrun launch per stack (2 ranks, gloo): every rank list vLLM creates, width 1 included, and a
+    vLLM baseline made from the saved runs passes its own gate (nothing judged against SGLang's)."""
+    compared = memprobe("compare", "--engine", "vllm-ref", "--tp", "2", "--moe", "--device", "cpu", "--out-dir", "out")
+    assert compared.returncode == 0, compared.stderr
+    assert "shared-ep saves on --tp 2 --moe" in compared.stdout
+    (folder,) = (tmp_path / "out").iterdir()
+    expected = [(g.name, [list(r) for r in g.rank_lists], g.alias_of)
+                for g in ENGINE.plan(VLLMEngineLayout(tp=2, moe=True)).groups]
+    for stack in ("vllm", "shared-ep"):
+        record = json.loads((folder / f"tp2-moe-{stack}" / "run.json").read_text())
+        assert record["engine"] == "vllm-ref" and record["env_preset"] == "vllm" and record["layout"]["moe"] is True
+        assert [(g["name"], g["ranks"], g["alias_of"]) for g in record["plan"]] == expected
+        words = {info["rank"]: info["communicators"] for info in record["ranks"]}
+        assert set(words) == {0, 1}
+        assert words[0]["ep"]["pynccl"] == "skipped: --device cpu has no GPU communicators"
+        assert words[1]["dcp"]["pynccl"].startswith("skipped: width 1")
+    made = memprobe("baseline", "update", "--from", str(folder), "--out", "base.json")
+    assert made.returncode == 0, made.stderr
+    gated = memprobe("gate", "--baseline", "base.json", "--results", str(folder))
+    assert gated.returncode == 0, gated.stdout + gated.stderr
+    assert "memprobe's reproduction of vLLM 0.33.0" in gated.stdout + gated.stderr
