@@ -25,6 +25,7 @@ def estimated_baseline(memprobe, tmp_path):
     (tmp_path / "scenarios.toml").write_text(SCENARIOS)
     made = memprobe("baseline", "update", "--estimate", "--scenarios", "scenarios.toml", "--out", "b.json")
     assert made.returncode == 0, made.stderr
+    assert "b.json: written (1 scenario, 4 ranks, ESTIMATED GPU memory: nothing measured)" in made.stdout
     return tmp_path / "b.json"
 
 

@@ -74,6 +74,9 @@ def _show(update: api.BaselineUpdate) -> None:
         print(f"memprobe baseline update: note: {note}", file=sys.stderr)
     ranks, count = update.ranks(), len(update.document["scenarios"])
     what = f"{count} scenario{'s' if count != 1 else ''}, {ranks} rank{'s' if ranks != 1 else ''}"
+    keys = [scenario.get("environment_key", {}) for scenario in update.document["scenarios"].values()]
+    if keys and all(key.get("sampling_mode") == "estimate" for key in keys):
+        what += ", ESTIMATED GPU memory: nothing measured"
     if not update.changed:
         print(f"{update.path}: unchanged ({what})")
     elif update.created:

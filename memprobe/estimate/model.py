@@ -390,7 +390,7 @@ def _stack_warnings(version: str, calibration: Calibration) -> list[str]:
     if (normalise(calibration.nccl) or calibration.nccl) == version:
         return []
     return [f"the rules model NCCL {version} but the calibration was measured with NCCL {calibration.nccl}: its "
-            f"per-process constants are another stack's (run memprobe calibrate on your own stack)"]
+            f"per-process constants are another stack's (memprobe calibrate on one GPU of your own stack makes its own)"]
 
 
 def _rank_infos(context: Context, ranks: list[_Rank], classes: dict[int, int]) -> list[RankInfo]:

@@ -112,5 +112,5 @@ def resolve(requested: str | None, calibration_nccl: str) -> tuple[str, str, lis
             version, why = calibration_version, "the calibration's"
     if version != calibration_version:
         warnings.append(f"the rules model NCCL {version} but the calibration was measured with NCCL {calibration_nccl}: "
-                        f"its per-process constants are another stack's (run memprobe calibrate on your own stack)")
+                        f"its per-process constants are another stack's (memprobe calibrate on one GPU of your own stack makes its own)")
     return version, why, warnings
