@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Iterator
 
+from memprobe.engines.api import GroupPlan
 from memprobe.errors import UsageError
 
 RELEASE = "0.33.0"
@@ -174,23 +175,13 @@ class VLLMLayout:
 
 
 @dataclass(frozen=True)
-class VLLMGroup:
-    """One ``GroupCoordinator`` (or a module global that is the same object as another)."""
+class VLLMGroup(GroupPlan):
+    """One ``GroupCoordinator`` (or a module global that is the same object as another): a planned group with the
+    switches vLLM's ``init_model_parallel_group`` passes it."""
 
-    name: str
-    rank_lists: tuple[tuple[int, ...], ...]
     use_device_communicator: bool = True  # init_model_parallel_group's default (PS:1520-1528)
     use_message_queue_broadcaster: bool = False
     use_all2all: bool = False
-    alias_of: str | None = None
-
-    @property
-    def width(self) -> int:
-        return len(self.rank_lists[0])
-
-    @property
-    def is_alias(self) -> bool:
-        return self.alias_of is not None
 
     @property
     def unique_name(self) -> str:
@@ -206,17 +197,6 @@ class VLLMGroup:
     def builds_mq_broadcaster(self) -> bool:
         """PS:563-567: only with ``use_message_queue_broadcaster`` and more than one rank."""
         return not self.is_alias and self.use_message_queue_broadcaster and self.width > 1
-
-    @property
-    def new_group_calls(self) -> int:
-        """``new_group`` calls every rank makes for this group: device backend + gloo per row (PS:502-520)."""
-        return 0 if self.is_alias else 2 * len(self.rank_lists)
-
-    def ranks_of(self, rank: int) -> tuple[int, ...]:
-        for ranks in self.rank_lists:
-            if rank in ranks:
-                return ranks
-        raise KeyError(f"rank {rank} is in no list of group {self.name}")
 
 
 @dataclass(frozen=True)
