@@ -4,6 +4,7 @@ estimate and compare)."""
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -28,10 +29,11 @@ _VLLM_ONLY = ("dp", "dcp", "pcp", "enable_expert_parallel", "enable_eplb", "moe"
 
 
 def widths_of(tp: Optional[int], ep: Optional[int], widths: Widths) -> dict[str, Any]:
+    defaults = {field.name: field.default for field in fields(Widths)}
     given = {name: getattr(widths, name) for name in _VLLM_ONLY}
     return {"tp": tp, "ep": ep, "pp": widths.pp, "moe_dp": widths.moe_dp, "attn_dp": widths.attn_dp,
             "attn_cp": widths.attn_cp,
-            **{name: value for name, value in given.items() if value not in (1, False, "") or value is True}}
+            **{name: value for name, value in given.items() if value != defaults[name]}}
 
 
 def layout_of(tp: int, ep: int, widths: Widths, engine: str = "memprobe") -> "LayoutBase":
