@@ -280,6 +280,11 @@ class Engine:
     highlighted_groups: ClassVar[tuple[str, ...]] = ()
     #: The (full, lean) stack pair a comparison reports a saving between, when it has both.
     stack_pair: ClassVar[tuple[str, str] | None] = None
+    #: Groups whose init columns a comparison's table leaves out first when it is wider than the terminal, in that
+    #: order (None: :meth:`narrow_table_drops` derives them).
+    narrow_table_groups: ClassVar[tuple[str, ...] | None] = None
+    #: Highlighted groups whose first-use columns their own table gives up first when too wide, in that order.
+    narrow_highlighted_groups: ClassVar[tuple[str, ...]] = ()
     #: "module:attribute" of the worker-side builder per mode (imported in the rank: torch lives there).
     builders: ClassVar[Mapping[str, str]] = {}
     #: Why a width-1 group builds nothing, in the engine's words (recorded per rank).
@@ -312,6 +317,15 @@ class Engine:
         """``compare``'s and ``estimate``'s layouts from the flags: a reference layout to measure the others
         against (None: the first stack is the baseline) and the layout compared across stacks."""
         return None, self.layout(widths)
+
+    def narrow_table_drops(self) -> tuple[str, ...]:
+        """The groups whose init columns a too-wide comparison table gives up first: :attr:`narrow_table_groups`,
+        or the groups in reverse creation order but the world, the first group after it (the widest, the one a
+        reader looks for) and the highlighted groups (they have a table of their own)."""
+        if self.narrow_table_groups is not None:
+            return self.narrow_table_groups
+        kept = {WORLD, *self.group_order[1:2], *self.highlighted_groups}
+        return tuple(name for name in reversed(self.group_order) if name not in kept)
 
     def kind(self, name: str) -> Kind:
         for kind in self.kinds:
