@@ -224,6 +224,23 @@ def describe_installation(installation: Any) -> str:
     return f"{installation.get('version', '?')}" + (f" ({', '.join(details)})" if details else "")
 
 
+def portable_definition(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's definition as a baseline keeps it: without the installed engine's site folder, a path on the
+    machine that measured it (a gate is given its own, ``--sglang SITE``; the site is not hashed)."""
+    definition = scenario.definition()
+    if definition.get("sglang"):
+        definition["sglang"] = ""
+    return definition
+
+
+def portable_installation(installation: Any) -> Any:
+    """An installed engine as a baseline keeps it: what identifies its code on any machine (release, the digest of
+    its group code, its API), not the folder it lay in; a baseline written before keeps its path and is read as is."""
+    if isinstance(installation, Mapping):
+        return {key: value for key, value in installation.items() if key != "path"}
+    return installation
+
+
 def _check_complete(name: str, run: Run) -> None:
     record = run.record
     if record.failure is not None or record.status != "complete":
@@ -260,10 +277,11 @@ def build_baseline(comparison: Comparison, thresholds: Mapping[str, Any] | None 
         if not per_rank:
             raise MeasurementError(f"scenario {name}: the run holds no readings", str(item.run.path) if item.run.path else None)
         scenarios[name] = {
-            "definition": item.scenario.definition(),
+            "definition": portable_definition(item.scenario),
             "definition_hash": item.scenario.definition_hash(),
             "environment_key": environment_key(item.run),
-            **({"measured_with": {installed_engine(item.run): installation_of(item.run)}} if installation_of(item.run) else {}),
+            **({"measured_with": {installed_engine(item.run): portable_installation(installation_of(item.run))}}
+               if installation_of(item.run) else {}),
             "ranks": {
                 str(rank): {metric: int(value) for metric, value in sorted(parts.items()) if value is not None}
                 for rank, parts in sorted(per_rank.items())
