@@ -54,7 +54,7 @@ def test_the_toy_plan_has_its_groups_kind_and_width_rule(tmp_path):
     assert _schema("plan").is_valid(plan)
     refused = run_memprobe("plan", "--engine", "toy-ref", "--tp", "2", "--ep", "2", cwd=tmp_path, env=TOY)
     assert refused.returncode == 2
-    assert refused.stderr.strip() == "memprobe: error: --ep is not a flag of engine toy (its widths: --tp)"
+    assert refused.stderr.strip() == "memprobe: error: --ep is not a flag of engine toy (its widths: --tp, --layout rings)"
 
 
 @pytest.mark.e2e
@@ -76,7 +76,7 @@ def test_the_toy_kind_is_measured_by_its_own_builder_on_every_rank(toy):
             else:
                 assert mine[scratch]["status"] == "skipped" and mine[scratch]["note"] == "skipped: not in stack"
         record = json.loads((run_dir / "run.json").read_text())
-        assert record["engine"] == "toy-ref" and record["layout"] == {"tp": 2}
+        assert record["engine"] == "toy-ref" and record["layout"] == {"tp": 2, "rings": 1}
         decision = "built (2097152 bytes planned)" if built else "skipped: not in stack"
         assert {info["rank"]: info["communicators"] for info in record["ranks"]} == {
             0: {"pairs": {"scratch": decision}}, 1: {"pairs": {"scratch": decision}}}

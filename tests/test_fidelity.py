@@ -131,9 +131,30 @@ def test_json_export_carries_the_fidelity_report_only_for_engine_pairs():
     entry = document["fidelity"][1]
     assert entry["reference"] == "tp4-ep2-full" and entry["tolerance_bytes"] == 2 * MiB
     step = next(s for s in entry["steps"] if (s["group"], s["step"]) == ("moe_tp", "pynccl"))
-    assert {int(v) for v in step["sglang_bytes"].values()} == {484 * MiB + 2 * MiB}
+    assert {int(v) for v in step["installed_bytes"].values()} == {484 * MiB + 2 * MiB}
+    assert entry["installed"] == "tp4-ep2-full.sglang" and not any("sglang" in key for key in entry)
     assert step["all_in_torch_cache"] is True
     json.dumps(document)  # serialisable as is
+
+
+def test_the_schema_takes_the_fidelity_entry_under_its_engine_neutral_names_and_an_earlier_memprobe_s():
+    jsonschema = pytest.importorskip("jsonschema", reason="the dev extra installs jsonschema: pip install -e '.[dev]'")
+    schema = json.loads((ROOT / "docs" / "schema" / "comparison.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    document = json.loads(json.dumps(comparison_document(_engines(_with_stream_segments))))
+    assert not list(validator.iter_errors(document))
+    old_names = {"installed": "sglang", "installation": "sglang_installation", "installed_bytes": "sglang_bytes",
+                 "installed_torch_cache_bytes": "sglang_torch_cache_bytes"}
+
+    def renamed(value):  # an export as memprobe wrote it before the names were engine-neutral
+        if isinstance(value, dict):
+            return {old_names.get(key, key): renamed(item) for key, item in value.items()}
+        return [renamed(item) for item in value] if isinstance(value, list) else value
+
+    earlier = {**document, "fidelity": renamed(document["fidelity"])}
+    assert "sglang_bytes" in earlier["fidelity"][0]["steps"][0] and not list(validator.iter_errors(earlier))
+    del earlier["fidelity"][0]["sglang"]  # neither naming: refused
+    assert list(validator.iter_errors(earlier))
     one_engine = Comparison("x", "tp4", [ScenarioRun(s, synthetic_run(s)) for s in headline_scenarios().scenarios])
     assert "fidelity" not in comparison_document(one_engine)
 
@@ -152,7 +173,7 @@ def test_committed_fidelity_after_the_stream_fix_is_within_tolerance(folder, nam
         assert sglang.run.record.environment["gpu_model"] == gpu
         assert sglang.run.record.environment["sglang"] == "0.5.23" and sglang.run.record.engine == "sglang"
         for difference in differences(reference, sglang):
-            assert difference.reference_bytes and difference.sglang_bytes, (difference.group, difference.step)
+            assert difference.reference_bytes and difference.installed_bytes, (difference.group, difference.step)
             assert difference.largest is not None and difference.largest <= 2 * MiB, (difference.group, difference.step)
     assert all(entry["within_tolerance"] for entry in fidelity_document(comparison))
 

@@ -43,6 +43,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
     from memprobe.verbosity import detail
 
     conf = options_of(GateOptions, options, fields_)
+    _refuse_missing_baseline(conf)
     baseline = load_baseline(conf.baseline)
     selected = baseline.select(list(conf.scenarios) or None)
     overrides = threshold_overrides(conf.relative, conf.absolute, conf.thresholds)
@@ -69,6 +70,23 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
     except MeasurementError as error:
         verdict = failed_result(baseline, str(error), selected, conf.allow_env_mismatch)
     return _with_guards(verdict, conf, baseline, selected, sglang)
+
+
+def _refuse_missing_baseline(conf: GateOptions) -> None:
+    """A baseline that is not there: one line naming the ``baseline update`` that makes it for this gate (the same
+    --estimate, --sglang, --device, --calibration and scenarios; --from its results where it judges saved ones)."""
+    from memprobe.gate.guards import quoted, update_arguments
+
+    path = Path(conf.baseline)
+    if path.exists() or path.is_symlink():
+        return
+    judged = conf.results if isinstance(conf.results, (str, Path)) else None
+    source = ["--from", str(judged)] if judged is not None else ["--scenarios", "FILE"]
+    arguments = update_arguments(estimate=conf.estimate, sglang=conf.sglang, scenarios=conf.scenarios,
+                                 device=conf.launch.device, calibration=conf.calibration, gpus_per_node=None,
+                                 from_results=judged is not None)
+    command = quoted(["memprobe", "baseline", "update", "--out", str(path), *source, *arguments])
+    raise UsageError(f"baseline {path} does not exist (make one with: {command})")
 
 
 def _with_guards(verdict: "GateResult", conf: GateOptions, baseline: "Baseline", selected: list[str], sglang: str) -> "GateResult":

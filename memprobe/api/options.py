@@ -60,6 +60,8 @@ class Widths(Checked):
     moe: bool = False
     disable_custom_all_reduce: bool = False
     all2all_backend: str = ""  # "": vLLM's default
+    # NAME=VALUE for a field of the engine's layout that none of the above declares (a plug-in engine's own width)
+    layout: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,7 @@ __all__ = ["check_estimate", "estimate", "estimated", "plan"]
 
 
 def plan(options: Optional[PlanOptions] = None, **fields_: Any) -> Plan:
-    """Every group SGLang 0.5.23 builds for a layout, and the stack's communicators; nothing is launched.
+    """Every group the engine builds for a layout (SGLang 0.5.23's by default), and the stack's communicators; nothing is launched.
 
     >>> p = plan(tp=8, ep=4)
     >>> [g.name for g in p.groups.groups][:2]

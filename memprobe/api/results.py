@@ -22,7 +22,7 @@ __all__ = ["BaselineUpdate", "Plan", "communicators", "is_estimate", "total_afte
 
 @dataclass(frozen=True)
 class Plan:
-    """The groups SGLang builds for a layout, and the stack's communicators for each."""
+    """The groups the engine builds for a layout, and the stack's communicators for each."""
 
     groups: "GroupsPlan"
     stack: "Stack"

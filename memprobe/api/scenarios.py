@@ -28,17 +28,38 @@ _VLLM_ONLY = ("dp", "dcp", "pcp", "enable_expert_parallel", "enable_eplb", "moe"
               "all2all_backend")
 
 
-def widths_of(tp: Optional[int], ep: Optional[int], widths: Widths) -> dict[str, Any]:
+def widths_of(tp: Optional[int], ep: Optional[int], widths: Widths, engine: str = "memprobe") -> dict[str, Any]:
     defaults = {field.name: field.default for field in fields(Widths)}
     given = {name: getattr(widths, name) for name in _VLLM_ONLY}
     return {"tp": tp, "ep": ep, "pp": widths.pp, "moe_dp": widths.moe_dp, "attn_dp": widths.attn_dp,
             "attn_cp": widths.attn_cp,
-            **{name: value for name, value in given.items() if value != defaults[name]}}
+            **{name: value for name, value in given.items() if value != defaults[name]},
+            **layout_fields(widths.layout, engine)}
+
+
+def layout_fields(items: Sequence[str], engine: str) -> dict[str, Any]:
+    """``--layout NAME=VALUE`` (repeatable) checked against the engine's layout: a field it has, given once, of
+    its type, and one no option of memprobe's declares (those are given by their flag)."""
+    if not items:
+        return {}
+    from memprobe.engines.api import LAYOUT_OPTION
+
+    layout_type = engine_of(engine).engine.layout_type
+    declared = {"tp", "ep"} | {field.name for field in fields(Widths)} - {"layout"}
+    found: dict[str, Any] = {}
+    for item in items:
+        name, value = layout_type.parse_field(item)
+        if name in declared or layout_type.has_own_flag(name):
+            raise UsageError(f"{LAYOUT_OPTION} {item}: give {name} as {layout_type.flag_of(name)}")
+        if name in found:
+            raise UsageError(f"{LAYOUT_OPTION} {name} is given twice")
+        found[name] = value
+    return found
 
 
 def layout_of(tp: int, ep: int, widths: Widths, engine: str = "memprobe") -> "LayoutBase":
     """The engine's layout from the width flags (one it does not have must stay at 1)."""
-    return engine_of(engine).engine.layout(widths_of(tp, ep, widths))
+    return engine_of(engine).engine.layout(widths_of(tp, ep, widths, engine))
 
 
 def stack_of(engine: Any, given: str, default: str) -> str:
@@ -92,7 +113,7 @@ def headline(conf: "CompareOptions | EstimateOptions", engine: str, tp: int, ep:
     from memprobe.model.scenario import headline_scenarios
 
     preset = env_preset_of(engine_of(engine).engine, conf.env_preset, type(conf).env_preset)
-    return headline_scenarios(engine, widths_of(tp, ep, conf), stacks=names, baseline_tp=conf.baseline_tp,
+    return headline_scenarios(engine, widths_of(tp, ep, conf, engine), stacks=names, baseline_tp=conf.baseline_tp,
                               env_preset=preset, env=env, warmup=conf.warmup, sglang_sites=list(sglang_sites))
 
 

@@ -12,6 +12,7 @@ from memprobe.commands.options import (
     OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, VERBOSE, WARMUP,
     launch_options, option,
 )
+from memprobe.commands.options import LAYOUT
 from memprobe.commands.output import check_exports, named_runs, render_and_export, render_timings_of, show_attribution
 from memprobe.verbosity import info
 
@@ -25,6 +26,7 @@ def compare(
     pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
     moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
+    layout: list[str] = LAYOUT,
     stacks: str = option(Defaults.stacks, "--stacks", env="COMPARE_STACKS", help="Comma-separated stacks for the MoE layout."),
     baseline_tp: Optional[int] = option(Defaults.baseline_tp, "--baseline-tp", env="COMPARE_BASELINE_TP",
                                         help="TP width of the baseline (default: --tp)."),
@@ -76,7 +78,8 @@ def compare(
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path, json_schema)
     comparison = api.compare(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
         dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
-        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stacks=stacks,
+        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend,
+        layout=tuple(layout), stacks=stacks,
                              baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                              env=tuple(env), engine=engine, sglang=tuple(sglang), jobs=jobs, launch=launch)
     if api.gathered_elsewhere(comparison.runs):

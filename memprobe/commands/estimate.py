@@ -12,6 +12,7 @@ from memprobe.commands.options import (
     ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, MOE, PCP,
     ALL_RANKS, ATTN_CP, ATTN_DP, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, option,
 )
+from memprobe.commands.options import LAYOUT
 from memprobe.commands.output import check_exports, render_and_export
 from memprobe.errors import ExitCode, UsageError
 from memprobe.paths import refuse_writing_inputs
@@ -26,6 +27,7 @@ def estimate(
     pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
     moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
+    layout: list[str] = LAYOUT,
     stacks: str = option(Defaults.stacks, "--stacks", env="ESTIMATE_STACKS", help="Comma-separated stacks for the MoE layout."),
     baseline_tp: Optional[int] = option(Defaults.baseline_tp, "--baseline-tp", env="ESTIMATE_BASELINE_TP", help="TP width of the baseline (default: --tp)."),
     scenarios: Optional[Path] = option(Defaults.scenarios, "--scenarios", env="ESTIMATE_SCENARIOS", help="TOML file of named scenarios, as compare reads."),
@@ -96,7 +98,8 @@ def estimate(
         return _check(check, gpu, calibration, per_rank)
     comparison = api.estimate(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
         dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
-        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stacks=stacks,
+        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend,
+        layout=tuple(layout), stacks=stacks,
                               baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                               env=tuple(env), gpus_per_node=gpus_per_node, nnodes=nnodes, gpu=gpu, calibration=calibration,
                               engine=engine, sglang=sglang, progress=not quiet, timeout_s=timeout, nccl=nccl,

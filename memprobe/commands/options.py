@@ -2,7 +2,7 @@
 options (and :class:`memprobe.launch.options.LaunchOptions`), never the reverse.
 
 Environment variables, one rule: an option that means the same in every command that has it (those
-defined here: layout widths, --stack, --device, --warmup, --env-preset, --env, --engine, --out-dir,
+defined here: layout widths and --layout, --stack, --device, --warmup, --env-preset, --env, --engine, --out-dir,
 --run-id, --timeout, the torchrun options, --allow-busy-gpu, --per-rank, --all-ranks, --json-schema, --quiet,
 --verbose) reads
 ``MEMPROBE_<OPTION>``; every other option, a command's own files and switches, reads
@@ -46,6 +46,9 @@ DISABLE_CA = option(Widths.disable_custom_all_reduce, "--disable-custom-all-redu
                     help="vLLM: --disable-custom-all-reduce.")
 ALL2ALL = option(Widths.all2all_backend, "--all2all-backend", env="ALL2ALL_BACKEND",
                  help="vLLM: --all2all-backend (default: vLLM's, allgather_reducescatter).", show_default=False)
+LAYOUT = option(list(Widths.layout), "--layout", env="LAYOUT", metavar="NAME=VALUE",
+                help="A field of the engine's layout that no flag here declares (a plug-in engine's own width), e.g. "
+                     "--layout rings=2; repeatable; checked against the engine's layout.")
 STACK = option(RunOptions.stack, "--stack", env="STACK",
                help="Communicator stack: full (before SGLang PR #22515), lean (SGLang 0.5.23), add ':v1' for the "
                     "v1 custom all-reduce buffers, or a TOML file (see configs/).")

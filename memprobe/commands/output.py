@@ -11,18 +11,20 @@ from typing import Any, Optional
 
 from memprobe.errors import UsageError
 from memprobe.paths import check_output_path
+from memprobe.reports._format import PipeWidth
 
 WIDE_OUTPUT = 200  # files and pipes: every column
 
 
 def console_width() -> int:
-    """$COLUMNS when set, else the terminal's real width on a terminal, else wide for files and pipes."""
+    """$COLUMNS when set, else the terminal's real width on a terminal, else wide for files and pipes, where titles
+    and notes are one line each, however long (:class:`PipeWidth`)."""
     columns = os.environ.get("COLUMNS", "").strip()
     if columns.isdigit() and int(columns) > 0:
         return max(60, int(columns))
     if sys.stdout.isatty():
         return max(60, shutil.get_terminal_size((WIDE_OUTPUT, 24)).columns)
-    return WIDE_OUTPUT
+    return PipeWidth(WIDE_OUTPUT)
 
 
 def named_runs(comparison: Any) -> list[tuple[str, Any]]:

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from memprobe import api
 from memprobe.commands.options import ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, MOE, PCP, ATTN_CP, ATTN_DP, EP, MOE_DP, PP, QUIET, STACK, TP, VERBOSE, option
+from memprobe.commands.options import LAYOUT
 from memprobe.commands.output import console_width
 
 PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json
@@ -17,6 +18,7 @@ def plan(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
     moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
+    layout: list[str] = LAYOUT,
     stack: str = STACK,
     engine: str = option(api.PlanOptions.engine, "--engine", env="ENGINE",
                          help="Whose groups: memprobe or sglang-ref (SGLang 0.5.23's, as memprobe reproduces them) or "
@@ -37,7 +39,8 @@ def plan(
     """
     planned = api.plan(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
         dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
-        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stack=stack,
+        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend,
+        layout=tuple(layout), stack=stack,
                        engine=engine)
     from memprobe.verbosity import detail
 

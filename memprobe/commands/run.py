@@ -13,6 +13,7 @@ from memprobe.commands.options import (
     NODE_RANK, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
     VERBOSE, WARMUP, launch_options, option,
 )
+from memprobe.commands.options import LAYOUT
 from memprobe.commands.output import console_width, print_rank_warnings, render_timings_of, show_attribution
 from memprobe.errors import UsageError
 from memprobe.paths import check_output_path
@@ -23,6 +24,7 @@ def run(
     tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
     dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
     moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
+    layout: list[str] = LAYOUT,
     stack: str = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
@@ -61,7 +63,8 @@ def run(
         raise UsageError(f"--json-schema must be 1 or 2, got {json_schema}")
     result = api.run(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
         dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
-        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stack=stack, warmup=warmup,
+        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend,
+        layout=tuple(layout), stack=stack, warmup=warmup,
                      env_preset=env_preset, env=tuple(env), engine=engine, sglang=sglang, launch=launch)
     if api.gathered_elsewhere([result]):
         return 0

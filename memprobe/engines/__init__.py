@@ -141,6 +141,16 @@ def highlighted_groups(record_names: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for engine in of_runs(record_names) for name in engine.highlighted_groups))
 
 
+def narrow_table_drops(record_names: Iterable[str]) -> tuple[str, ...]:
+    """The groups whose columns these runs' engines give up first in a too-wide table, each engine's in turn."""
+    return tuple(dict.fromkeys(name for engine in of_runs(record_names) for name in engine.narrow_table_drops()))
+
+
+def narrow_highlighted_drops(record_names: Iterable[str]) -> tuple[str, ...]:
+    """The highlighted groups whose first-use columns these runs' engines give up first in a too-wide table."""
+    return tuple(dict.fromkeys(name for engine in of_runs(record_names) for name in engine.narrow_highlighted_groups))
+
+
 def kinds(record_names: Iterable[str]) -> tuple:
     """The communicator kinds of these runs' engines, in their order."""
     return tuple({kind.name: kind for engine in of_runs(record_names) for kind in engine.kinds}.values())

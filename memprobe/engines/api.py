@@ -138,9 +138,14 @@ class Allocation:
 # ------------------------------------------------------------------------------------------------ layouts
 
 
-def flag_field(default: int | bool | str = 1, *, flag: str, help: str) -> Any:
+#: The command-line option that gives a layout field no option of its own declares: ``--layout NAME=VALUE``.
+LAYOUT_OPTION = "--layout"
+
+
+def flag_field(default: int | bool | str = 1, *, flag: str | None, help: str) -> Any:
     """A layout width (or switch, or named choice) that is also a command-line flag (``--tp``): declared once, with
-    its help."""
+    its help. ``flag=None``: a field memprobe's commands declare no option for (a plug-in engine's own width), given
+    as ``--layout NAME=VALUE`` on the command line and as ``layout=("NAME=VALUE",)`` to the API."""
     return field(default=default, metadata={"flag": flag, "help": help})
 
 
@@ -182,10 +187,39 @@ class LayoutBase:
 
     @classmethod
     def flag_of(cls, name: str) -> str:
+        """How the command line names the field: its flag, or ``--layout NAME`` for one without."""
         for item in fields(cls):
             if item.name == name:
+                if "flag" in item.metadata and item.metadata["flag"] is None:
+                    return f"{LAYOUT_OPTION} {name}"
                 return str(item.metadata.get("flag") or f"--{name.replace('_', '-')}")
         raise KeyError(name)
+
+    @classmethod
+    def has_own_flag(cls, name: str) -> bool:
+        return next(item for item in fields(cls) if item.name == name).metadata.get("flag", "") is not None
+
+    @classmethod
+    def parse_field(cls, item: str, where: str = LAYOUT_OPTION) -> tuple[str, int | bool | str]:
+        """``NAME=VALUE`` as the named field's value, of its type (a whole number, true/false, a name); one line
+        (:class:`UsageError`) for a name the layout has not or a value of the wrong kind."""
+        name, equals, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or not name:
+            raise UsageError(f"{where} {item!r} is not NAME=VALUE")
+        if name not in cls.field_names():
+            raise UsageError(f"{where} {item}: this engine's layout has no {name!r} "
+                             f"(its fields: {', '.join(cls.field_names())})")
+        kind = next(field_.type for field_ in fields(cls) if field_.name == name)
+        if kind in ("bool", bool):
+            if text.lower() not in ("true", "false"):
+                raise UsageError(f"{where} {item}: {name} is a switch: true or false")
+            return name, text.lower() == "true"
+        if kind in ("str", str):
+            return name, text
+        if not text.strip().isdigit():
+            raise UsageError(f"{where} {item}: {name} must be a whole number >= 1")
+        return name, int(text)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.field_names()}
@@ -202,8 +236,14 @@ class LayoutBase:
         return "-".join(name.replace("_", "") + ("" if value is True else str(value)) for name, value in self._shown())
 
     def flags(self) -> str:
-        """The command-line flags that give this layout: ``--tp 4 --ep 2``."""
-        return " ".join(self.flag_of(name) + ("" if value is True else f" {value}") for name, value in self._shown())
+        """The command-line flags that give this layout: ``--tp 4 --ep 2`` (``--layout rings=2`` for a field
+        without a flag of its own)."""
+        return " ".join(self._flag_text(name, value) for name, value in self._shown())
+
+    def _flag_text(self, name: str, value: int | bool | str) -> str:
+        if not self.has_own_flag(name):
+            return f"{LAYOUT_OPTION} {name}={str(value).lower() if isinstance(value, bool) else value}"
+        return self.flag_of(name) + ("" if value is True else f" {value}")
 
 
 @dataclass(frozen=True)
@@ -280,6 +320,11 @@ class Engine:
     highlighted_groups: ClassVar[tuple[str, ...]] = ()
     #: The (full, lean) stack pair a comparison reports a saving between, when it has both.
     stack_pair: ClassVar[tuple[str, str] | None] = None
+    #: Groups whose init columns a comparison's table leaves out first when it is wider than the terminal, in that
+    #: order (None: :meth:`narrow_table_drops` derives them).
+    narrow_table_groups: ClassVar[tuple[str, ...] | None] = None
+    #: Highlighted groups whose first-use columns their own table gives up first when too wide, in that order.
+    narrow_highlighted_groups: ClassVar[tuple[str, ...]] = ()
     #: "module:attribute" of the worker-side builder per mode (imported in the rank: torch lives there).
     builders: ClassVar[Mapping[str, str]] = {}
     #: Why a width-1 group builds nothing, in the engine's words (recorded per rank).
@@ -312,6 +357,15 @@ class Engine:
         """``compare``'s and ``estimate``'s layouts from the flags: a reference layout to measure the others
         against (None: the first stack is the baseline) and the layout compared across stacks."""
         return None, self.layout(widths)
+
+    def narrow_table_drops(self) -> tuple[str, ...]:
+        """The groups whose init columns a too-wide comparison table gives up first: :attr:`narrow_table_groups`,
+        or the groups in reverse creation order but the world, the first group after it (the widest, the one a
+        reader looks for) and the highlighted groups (they have a table of their own)."""
+        if self.narrow_table_groups is not None:
+            return self.narrow_table_groups
+        kept = {WORLD, *self.group_order[1:2], *self.highlighted_groups}
+        return tuple(name for name in reversed(self.group_order) if name not in kept)
 
     def kind(self, name: str) -> Kind:
         for kind in self.kinds:

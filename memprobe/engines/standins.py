@@ -120,8 +120,9 @@ def install(names: Sequence[str]) -> HollowFinder:
 
 
 def stood_in() -> list[str]:
-    """The top-level modules this process imported as stand-ins."""
-    return [name for finder in sys.meta_path if isinstance(finder, HollowFinder) for name in finder.used]
+    """The top-level modules this process imported as stand-ins, sorted: the order they were first imported in
+    follows the engine's import chain, which differs between ranks and runs (so would every note naming them)."""
+    return sorted({name for finder in sys.meta_path if isinstance(finder, HollowFinder) for name in finder.used})
 
 
 __all__ = ["HollowBase", "HollowFinder", "Placeholder", "install", "stood_in"]

@@ -1,7 +1,7 @@
 """The estimate set beside measured runs (``memprobe estimate --check``): per run, rank and step, the error.
 
-A measured run is estimated from what it was asked to measure (its scenario: layout, stack or SGLang's
-flags, NCCL settings, warm-up) on the node it ran on (its GPU model and count), never from its readings.
+A measured run is estimated from what it was asked to measure (its scenario: layout, stack or the installed
+engine's flags, NCCL settings, warm-up) on the node it ran on (its GPU model and count), never from its readings.
 The bound a total must meet: the larger of 2 % of the measured total and 16 MiB.
 """
 

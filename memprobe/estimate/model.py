@@ -157,7 +157,7 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
     """The estimated run of ``scenario``: one record, every rank's readings.
 
     ``stack`` defaults to the scenario's; an installed engine's estimate (``--engine sglang``) passes the stack
-    its CPU run taught (what the installed SGLang's ``initialize_model_parallel`` asked for). ``nccl_version``:
+    its CPU run taught (what the installed engine's own start-up asked for). ``nccl_version``:
     whose rules apply (default: the calibration's NCCL, see :func:`memprobe.estimate.nccl_versions.resolve`).
     """
     context = estimate_context(scenario, topology, calibration, stack, nccl_version)

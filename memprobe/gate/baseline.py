@@ -205,23 +205,40 @@ def installed_engine(run: Run) -> str | None:
     return ref.engine.name if ref.installed else None
 
 
-def sglang_of(run: Run) -> Any:
-    """The installed engine a run imported (the SGLang), as run.json's environment records it under the engine's
+def installation_of(run: Run) -> Any:
+    """The installed engine a run imported (its release and site), as run.json's environment records it under the engine's
     name (None for a reproduction)."""
     name = installed_engine(run)
     return (run.record.environment or {}).get(name) or None if name else None
 
 
-def describe_sglang(sglang: Any) -> str:
+def describe_installation(installation: Any) -> str:
     """``0.5.11 (/opt/sgl, parallel_state sha256 1a2b3c4d5e6f)``; older runs recorded the version alone."""
-    if not sglang:
+    if not installation:
         return "none (reference engine)"
-    if not isinstance(sglang, Mapping):
-        return str(sglang)
-    details = [str(sglang[key]) for key in ("path",) if sglang.get(key)]
-    if sglang.get("parallel_state_sha256"):
-        details.append(f"parallel_state sha256 {str(sglang['parallel_state_sha256'])[:12]}")
-    return f"{sglang.get('version', '?')}" + (f" ({', '.join(details)})" if details else "")
+    if not isinstance(installation, Mapping):
+        return str(installation)
+    details = [str(installation[key]) for key in ("path",) if installation.get(key)]
+    if installation.get("parallel_state_sha256"):
+        details.append(f"parallel_state sha256 {str(installation['parallel_state_sha256'])[:12]}")
+    return f"{installation.get('version', '?')}" + (f" ({', '.join(details)})" if details else "")
+
+
+def portable_definition(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's definition as a baseline keeps it: without the installed engine's site folder, a path on the
+    machine that measured it (a gate is given its own, ``--sglang SITE``; the site is not hashed)."""
+    definition = scenario.definition()
+    if definition.get("sglang"):
+        definition["sglang"] = ""
+    return definition
+
+
+def portable_installation(installation: Any) -> Any:
+    """An installed engine as a baseline keeps it: what identifies its code on any machine (release, the digest of
+    its group code, its API), not the folder it lay in; a baseline written before keeps its path and is read as is."""
+    if isinstance(installation, Mapping):
+        return {key: value for key, value in installation.items() if key != "path"}
+    return installation
 
 
 def _check_complete(name: str, run: Run) -> None:
@@ -260,10 +277,11 @@ def build_baseline(comparison: Comparison, thresholds: Mapping[str, Any] | None 
         if not per_rank:
             raise MeasurementError(f"scenario {name}: the run holds no readings", str(item.run.path) if item.run.path else None)
         scenarios[name] = {
-            "definition": item.scenario.definition(),
+            "definition": portable_definition(item.scenario),
             "definition_hash": item.scenario.definition_hash(),
             "environment_key": environment_key(item.run),
-            **({"measured_with": {installed_engine(item.run): sglang_of(item.run)}} if sglang_of(item.run) else {}),
+            **({"measured_with": {installed_engine(item.run): portable_installation(installation_of(item.run))}}
+               if installation_of(item.run) else {}),
             "ranks": {
                 str(rank): {metric: int(value) for metric, value in sorted(parts.items()) if value is not None}
                 for rank, parts in sorted(per_rank.items())

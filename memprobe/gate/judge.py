@@ -33,11 +33,12 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from memprobe import engines
 from memprobe.analysis.attribution import components_by_rank
 from memprobe.gate.baseline import (
-    describe_sglang,
+    describe_installation,
     installed_engine,
-    sglang_of,
+    installation_of,
     Baseline,
     ThresholdRule,
     environment_key,
@@ -218,7 +219,7 @@ class GateResult:
     cases: list[Case] = field(default_factory=list)
     summaries: list[ScenarioVerdict] = field(default_factory=list)
     not_in_baseline: list[str] = field(default_factory=list)
-    # what the verdict should say besides findings, e.g. which SGLang each side was measured with
+    # what the verdict should say besides findings, e.g. which installed engine each side was measured with
     notes: list[str] = field(default_factory=list)
     allow_env_mismatch: bool = False
     error: str | None = None  # the run failed before anything could be judged
@@ -328,12 +329,14 @@ class GateResult:
 # --------------------------------------------------------------------------- judging
 
 
-def sglang_note(scenario: str, baseline: Any, current: Any) -> str | None:
-    """Which SGLang the baseline was recorded with and which one was judged: the SGLang
-    under test may differ from the baseline's, since that is the change a gate in SGLang's CI judges."""
+def installation_note(scenario: str, label: str, baseline: Any, current: Any) -> str | None:
+    """Which installation of the engine (``label``: "SGLang") the baseline was recorded with and which one was
+    judged: the one under test may differ from the baseline's, since that is the change a gate in the engine's own
+    CI judges."""
     if not baseline and not current:
         return None
-    return f"{scenario}: SGLang under test {describe_sglang(current)}; baseline recorded with {describe_sglang(baseline)}"
+    return (f"{scenario}: {label} under test {describe_installation(current)}; "
+            f"baseline recorded with {describe_installation(baseline)}")
 
 
 def environment_differences(baseline_key: dict[str, Any], current_key: dict[str, Any]) -> list[Difference]:
@@ -411,9 +414,11 @@ def _judge_scenario(result: GateResult, baseline: Baseline, comparison: Comparis
         summary.status = "missing"
         return
     installed = installed_engine(item.run) or next(iter(stored.measured_with), None)
-    sglang_change = sglang_note(name, stored.measured_with.get(installed) if installed else None, sglang_of(item.run))
-    if sglang_change:
-        result.notes.append(sglang_change)
+    label = next((engine.label for engine in engines.all_engines() if engine.name == installed), installed or "")
+    change = installation_note(name, label, stored.measured_with.get(installed) if installed else None,
+                               installation_of(item.run))
+    if change:
+        result.notes.append(change)
     if not _comparable(result, summary, stored, item, allow_env_mismatch):
         return
     current = components_by_rank(item.run)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Literal, TextIO
 from xml.etree import ElementTree
 
 from memprobe.gate.judge import FAILING_KINDS, Finding, GateResult, ScenarioVerdict
 from memprobe.gate.thresholds import format_percent
-from memprobe.units import mib_precise
+from memprobe.units import MIB, mib_precise
 from memprobe.model.records import append_step_summary, atomic_write_text
 
 # --------------------------------------------------------------------------- renderers
@@ -50,13 +51,32 @@ def _status_text(summary: ScenarioVerdict) -> str:
     return text
 
 
+def _two_digits(value: float) -> str:
+    """A signed number too small for one decimal, with its first two significant digits (-0.0039, +0.00049)."""
+    return f"{value:+.{max(2, 1 - math.floor(math.log10(abs(value))))}f}"
+
+
+def _change_text(delta: int) -> str:
+    """A change in the table's unit (MiB, as the peaks beside it), never bytes: -4096 B reads -0.0039 MiB."""
+    if delta == 0 or abs(delta) >= MIB // 10:  # mib_precise: one decimal from 0.1 MiB
+        return mib_precise(delta, signed=delta != 0)
+    return f"{_two_digits(delta / MIB)} MiB"
+
+
+def _percent_text(fraction: float) -> str:
+    """A relative change; one that rounds to 0.0 % but is not zero keeps its sign and two digits (-0.00032%)."""
+    if fraction == 0 or abs(fraction) >= 0.0005:
+        return format_percent(fraction, signed=fraction != 0)
+    return f"{_two_digits(fraction * 100)}%"
+
+
 def _peak_text(summary: ScenarioVerdict) -> tuple[str, str, str, str]:
     """Peak baseline, peak now, change in MiB, change in %."""
     old, new = summary.peak_baseline, summary.peak_current
     change = percent = "-"
     if old is not None and new is not None:
-        change = mib_precise(new - old, signed=new != old)
-        percent = format_percent((new - old) / old, signed=new != old) if old else "-"
+        change = _change_text(new - old)
+        percent = _percent_text((new - old) / old) if old else "-"
     return (mib_precise(old), mib_precise(new), change, percent)
 
 

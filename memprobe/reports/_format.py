@@ -9,8 +9,16 @@ from typing import IO, Iterator, Optional, Sequence
 
 from rich.console import Console, RenderableType
 
+
+class PipeWidth(int):
+    """The width given to output that reaches no terminal (a file or a pipe): tables are fitted to it as to any
+    width, but titles and notes are not wrapped at it, since no screen would show them cut, and a table drawn wider
+    than the width (:func:`print_table`) would sit under a title broken at an arbitrary column."""
+
+
 def make_console(stream: IO[str], width: int) -> Console:
-    """A console that writes plain text of a fixed width, whatever the terminal or environment says."""
+    """A console that writes plain text of a fixed width, whatever the terminal or environment says (Rich alone
+    would take $COLUMNS, else 80 on a pipe); text it prints wraps at that width unless it is a :class:`PipeWidth`."""
     return Console(
         file=stream,
         width=width,
@@ -22,7 +30,7 @@ def make_console(stream: IO[str], width: int) -> Console:
         markup=False,
         emoji=False,
         highlight=False,
-        soft_wrap=False,
+        soft_wrap=isinstance(width, PipeWidth),
         legacy_windows=False,
         _environ={},
     )

@@ -423,9 +423,10 @@ def _saving(full: ScenarioSummary, lean: ScenarioSummary, real_sglang: bool = Fa
 
 
 def sglang_builds_moe_communicators(summary: ScenarioSummary) -> bool | None:
-    """For a real-SGLang run (stack ``installed``): whether SGLang constructed a pynccl or custom all-reduce
-    communicator on ``moe_ep``/``moe_tp`` (True: before PR #22515), as its ranks recorded; ``None`` when the
-    layout has no MoE group of its own wider than one rank (nothing for the PR to save) or it is no such run."""
+    """For an installed engine's run with its own flags (stack ``installed``): whether it constructed a
+    communicator on a highlighted group (SGLang's ``moe_ep``/``moe_tp``: True before its PR #22515), as its ranks
+    recorded; ``None`` when the layout has no highlighted group of its own wider than one rank (nothing to save) or
+    it is no such run."""
     scenario = summary.item.scenario
     if not scenario.engine_ref.installed or scenario.stack != "installed":
         return None
@@ -439,8 +440,8 @@ def sglang_builds_moe_communicators(summary: ScenarioSummary) -> bool | None:
 
 def lean_savings(summaries: list[ScenarioSummary]) -> list[LeanSaving]:
     """Each (full, lean) pair with the same layout and custom all-reduce variant, in comparison order; then
-    each pair of real SGLang installations with the same layout where one built MoE communicators and the
-    other did not (decided from what the runs recorded, not from labels or versions)."""
+    each pair of installations of an engine with the same layout where one built communicators on its highlighted
+    groups and the other did not (decided from what the runs recorded, not from labels or versions)."""
     savings = []
     for full in summaries:
         pair = full.item.scenario.engine_ref.engine.stack_pair

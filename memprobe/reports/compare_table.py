@@ -346,10 +346,22 @@ COMPARISON_FILES = (("comparison.json", "comparison.json"), (None, "launch*.json
 
 # Columns given up, in this order, when a table is wider than the terminal (with all of them,
 # every line wraps at 80 or 100 columns); files and pipes get the wide default and keep them all.
-HEADLINE_DROP_ORDER: tuple[str, ...] = ("between steps", "Δ after init", "rank spread", "CUDA context", "world",
-                                        "after init", "first use", "self_pp init", "pp init", "moe_dp init",
-                                        "attn_cp init", "attention_tp init")
-MOE_DROP_ORDER: tuple[str, ...] = ("moe_tp first use", "moe_ep first use")
+# Then each engine's own group columns (Engine.narrow_table_drops).
+DROP_ORDER: tuple[str, ...] = ("between steps", "Δ after init", "rank spread", "CUDA context", "world",
+                               "after init", "first use")
+
+
+def headline_drop_order(comparison: Comparison) -> tuple[str, ...]:
+    """Header prefixes of the headline table's columns, in the order a too-wide table gives them up."""
+    names = [item.run.record.engine for item in comparison.runs]
+    return DROP_ORDER + tuple(f"{group} init" for group in engines.narrow_table_drops(names))
+
+
+def highlighted_drop_order(summaries: list[ScenarioSummary]) -> tuple[str, ...]:
+    """Header prefixes of the highlighted groups' table that a too-wide one gives up: first-use columns of the
+    groups its engines name (Engine.narrow_highlighted_groups)."""
+    names = [summary.item.run.record.engine for summary in summaries]
+    return tuple(f"{group} first use" for group in engines.narrow_highlighted_drops(names))
 
 
 def _without_column(table: TextTable, index: int) -> TextTable:
@@ -400,7 +412,7 @@ def _render_comparison(console: Console, comparison: Comparison, per_rank: bool,
     summaries = summarize(comparison)  # once: the three blocks below read the same
     table, notes = headline(comparison, per_rank=per_rank, all_ranks=all_ranks, summaries=summaries)
     console.print(table.title)
-    drawn, dropped = fit_table(table, console.width, HEADLINE_DROP_ORDER, merge_scenario=True)
+    drawn, dropped = fit_table(table, console.width, headline_drop_order(comparison), merge_scenario=True)
     print_table(console, drawn)
     for note in notes + ([_dropped_note(dropped, console.width)] if dropped else []):
         console.print(note)
@@ -413,7 +425,7 @@ def _render_comparison(console: Console, comparison: Comparison, per_rank: bool,
     if moe is not None:
         console.print()
         console.print(moe.title)
-        drawn, dropped = fit_table(moe, console.width, MOE_DROP_ORDER, merge_scenario=False)
+        drawn, dropped = fit_table(moe, console.width, highlighted_drop_order(summaries), merge_scenario=False)
         print_table(console, drawn)
         if dropped:
             console.print(_dropped_note(dropped, console.width))

@@ -1,8 +1,9 @@
-"""Fidelity report: an engine's reproduction against the installed engine (SGLang), per rank, group and step.
+"""Fidelity report: an engine's reproduction against the installed engine, per rank, group and step.
 
-Pairs are scenarios of one comparison that differ only by engine mode (``NAME`` and ``NAME.sglang``,
-as ``memprobe compare --engine memprobe,sglang`` names them), and each installation with the reproduction's
-stack the engine says it matches (:meth:`Engine.release_partners`).
+Pairs are scenarios of one comparison that differ only by engine mode (``NAME`` and ``NAME.<installed name>``,
+as ``memprobe compare --engine memprobe,sglang`` names them ``NAME.sglang``), and each installation with the
+reproduction's stack the engine says it matches (:meth:`Engine.release_partners`). The JSON document names the
+installed side ``installed``; an export of an earlier memprobe named it ``sglang`` (its schema takes both).
 """
 
 from __future__ import annotations
@@ -30,33 +31,33 @@ class StepDifference:
     group: str
     step: str
     reference_bytes: dict[int, int | None]
-    sglang_bytes: dict[int, int | None]
+    installed_bytes: dict[int, int | None]
     reference_cache: dict[int, int | None] = field(default_factory=dict)
-    sglang_cache: dict[int, int | None] = field(default_factory=dict)
+    installed_cache: dict[int, int | None] = field(default_factory=dict)
 
     def _per_rank(self, left: dict[int, int | None], right: dict[int, int | None]) -> dict[int, int]:
         return {rank: b - a for rank, a in left.items() if a is not None and (b := right.get(rank)) is not None}
 
     @property
     def largest(self) -> int | None:
-        differences = [abs(d) for d in self._per_rank(self.reference_bytes, self.sglang_bytes).values()]
+        differences = [abs(d) for d in self._per_rank(self.reference_bytes, self.installed_bytes).values()]
         return max(differences) if differences else None
 
     @property
     def largest_cache(self) -> int | None:
-        differences = [abs(d) for d in self._per_rank(self.reference_cache, self.sglang_cache).values()]
+        differences = [abs(d) for d in self._per_rank(self.reference_cache, self.installed_cache).values()]
         return max(differences) if differences else None
 
     @property
     def all_in_torch_cache(self) -> bool:
         """True when, on every rank, the engines differ at this step by exactly what torch's cache differs by."""
-        memory = self._per_rank(self.reference_bytes, self.sglang_bytes)
-        cache = self._per_rank(self.reference_cache, self.sglang_cache)
+        memory = self._per_rank(self.reference_bytes, self.installed_bytes)
+        cache = self._per_rank(self.reference_cache, self.installed_cache)
         return bool(memory) and any(memory.values()) and all(cache.get(rank) == d for rank, d in memory.items())
 
 
 def pairs(comparison: Comparison) -> list[tuple[ScenarioRun, ScenarioRun]]:
-    """``NAME`` with ``NAME.sglang`` (same stack on both engines), and each real installation
+    """``NAME`` with its installed twin ``NAME.<name>`` (same stack on both modes), and each real installation
     (``compare --sglang LABEL=SITE``, stack ``installed``) with the reference stack it matches."""
     found = []
     for item in comparison.runs:
@@ -85,14 +86,18 @@ def built_by(item: ScenarioRun) -> dict[tuple[str, str], bool]:
     return built
 
 
-def built_in_one(reference: ScenarioRun, sglang: ScenarioRun, difference: "StepDifference") -> str | None:
-    """``"built only by SGLang"`` / ``"built only by the reference engine"`` for a communicator one side
-    built and the other did not (a different group, not a difference in bytes)."""
+def _label(installed: ScenarioRun) -> str:
+    return installed.scenario.engine_ref.engine.label
+
+
+def built_in_one(reference: ScenarioRun, installed: ScenarioRun, difference: "StepDifference") -> str | None:
+    """``"built only by SGLang"`` (the installed engine's label) / ``"built only by the reference engine"`` for a
+    communicator one side built and the other did not (a different group, not a difference in bytes)."""
     key = (difference.group, difference.step)
-    left, right = built_by(reference).get(key), built_by(sglang).get(key)
+    left, right = built_by(reference).get(key), built_by(installed).get(key)
     if left is None or right is None or left == right:
         return None
-    return "built only by SGLang" if right else "built only by the reference engine"
+    return f"built only by {_label(installed)}" if right else "built only by the reference engine"
 
 
 def _added(item: ScenarioRun) -> dict[tuple[str, str], tuple[dict[int, int | None], dict[int, int | None]]]:
@@ -108,18 +113,18 @@ def _added(item: ScenarioRun) -> dict[tuple[str, str], tuple[dict[int, int | Non
     return result
 
 
-def differences(reference: ScenarioRun, sglang: ScenarioRun) -> list[StepDifference]:
-    left, right = _added(reference), _added(sglang)
+def differences(reference: ScenarioRun, installed: ScenarioRun) -> list[StepDifference]:
+    left, right = _added(reference), _added(installed)
     result = []
     for key in list(left) + [key for key in right if key not in left]:
         reference_bytes, reference_cache = left.get(key, ({}, {}))
-        sglang_bytes, sglang_cache = right.get(key, ({}, {}))
-        result.append(StepDifference(key[0], key[1], reference_bytes, sglang_bytes, reference_cache, sglang_cache))
+        installed_bytes, installed_cache = right.get(key, ({}, {}))
+        result.append(StepDifference(key[0], key[1], reference_bytes, installed_bytes, reference_cache, installed_cache))
     return result
 
 
 def _beyond(difference: StepDifference) -> bool:
-    if not difference.reference_bytes or not difference.sglang_bytes:
+    if not difference.reference_bytes or not difference.installed_bytes:
         return True
     return difference.largest is not None and difference.largest > TOLERANCE_BYTES
 
@@ -130,24 +135,25 @@ def fidelity_document(comparison: Comparison) -> list[dict[str, Any]]:
         return {str(rank): value for rank, value in sorted(values.items())}
 
     document = []
-    for reference, sglang in pairs(comparison):
-        steps = differences(reference, sglang)
+    for reference, installed in pairs(comparison):
+        steps = differences(reference, installed)
         document.append({
             "reference": reference.scenario.name,
-            "sglang": sglang.scenario.name,
-            "sglang_installation": (sglang.run.record.environment or {}).get(sglang.scenario.engine_ref.engine.name),
+            "installed": installed.scenario.name,
+            "installation": (installed.run.record.environment or {}).get(installed.scenario.engine_ref.engine.name),
             "tolerance_bytes": TOLERANCE_BYTES,
             # bytes only: a group or communicator only one side built is listed under built_in_one_engine / only_in
-            "within_tolerance": not any(_beyond(d) and d.reference_bytes and d.sglang_bytes
-                                        and not built_in_one(reference, sglang, d) for d in steps),
-            "only_in": {f"{d.group}/{d.step}": "SGLang" if not d.reference_bytes else "reference"
-                        for d in steps if not d.reference_bytes or not d.sglang_bytes},
-            "built_in_one_engine": {f"{d.group}/{d.step}": why for d in steps if (why := built_in_one(reference, sglang, d))},
+            "within_tolerance": not any(_beyond(d) and d.reference_bytes and d.installed_bytes
+                                        and not built_in_one(reference, installed, d) for d in steps),
+            "only_in": {f"{d.group}/{d.step}": _label(installed) if not d.reference_bytes else "reference"
+                        for d in steps if not d.reference_bytes or not d.installed_bytes},
+            "built_in_one_engine": {f"{d.group}/{d.step}": why for d in steps
+                                    if (why := built_in_one(reference, installed, d))},
             "steps": [{
                 "group": d.group, "step": d.step,
-                "reference_bytes": by_rank(d.reference_bytes), "sglang_bytes": by_rank(d.sglang_bytes),
+                "reference_bytes": by_rank(d.reference_bytes), "installed_bytes": by_rank(d.installed_bytes),
                 "reference_torch_cache_bytes": by_rank(d.reference_cache),
-                "sglang_torch_cache_bytes": by_rank(d.sglang_cache),
+                "installed_torch_cache_bytes": by_rank(d.installed_cache),
                 "largest_difference_bytes": d.largest, "all_in_torch_cache": d.all_in_torch_cache,
             } for d in steps],
         })
@@ -160,40 +166,42 @@ def render_fidelity(comparison: Comparison, stream: TextIO) -> None:
     """Per pair: a row per step that added memory in either engine, the per-rank difference of the totals,
     and the steps beyond the tolerance. ``torch cache |diff|`` is how far the engines' torch-reserved
     bytes differ at that step; a difference that is all torch's caching allocator is marked as such."""
-    for reference, sglang in pairs(comparison):
-        installation = (sglang.run.record.environment or {}).get(sglang.scenario.engine_ref.engine.name)
+    for reference, installed in pairs(comparison):
+        label = _label(installed)
+        installation = (installed.run.record.environment or {}).get(installed.scenario.engine_ref.engine.name)
         version = installation.get("version") if isinstance(installation, dict) else installation
-        print(f"fidelity: {reference.scenario.name} (memprobe's reference engine) against {sglang.scenario.name} "
-              f"(SGLang{' ' + str(version) if version else ''}'s initialize_model_parallel), bytes added per step, MiB",
+        # initialize_model_parallel: the function SGLang's and vLLM's parallel_state.py both build their groups in
+        print(f"fidelity: {reference.scenario.name} (memprobe's reference engine) against {installed.scenario.name} "
+              f"({label}{' ' + str(version) if version else ''}'s initialize_model_parallel), bytes added per step, MiB",
               file=stream)
-        print(f"{'group/step':<32} {'reference max':>14} {'SGLang max':>11} {'largest |diff|':>15} "
+        print(f"{'group/step':<32} {'reference max':>14} {label + ' max':>11} {'largest |diff|':>15} "
               f"{'torch cache |diff|':>19}", file=stream)
         beyond, cache_only, only_in = [], [], []
-        for difference in differences(reference, sglang):
+        for difference in differences(reference, installed):
             ref_max = max((v for v in difference.reference_bytes.values() if v is not None), default=None)
-            sgl_max = max((v for v in difference.sglang_bytes.values() if v is not None), default=None)
+            installed_max = max((v for v in difference.installed_bytes.values() if v is not None), default=None)
             largest = difference.largest
-            label = f"{difference.group}/{difference.step}" if difference.group else difference.step
-            if not difference.reference_bytes or not difference.sglang_bytes:
-                only_in.append(f"{label} (only in {'SGLang' if not difference.reference_bytes else 'the reference engine'})")
-            elif (why := built_in_one(reference, sglang, difference)):
-                only_in.append(f"{label} ({why})")
+            step = f"{difference.group}/{difference.step}" if difference.group else difference.step
+            if not difference.reference_bytes or not difference.installed_bytes:
+                only_in.append(f"{step} (only in {label if not difference.reference_bytes else 'the reference engine'})")
+            elif (why := built_in_one(reference, installed, difference)):
+                only_in.append(f"{step} ({why})")
             elif _beyond(difference):
                 cause = ", all of it torch's cache" if difference.all_in_torch_cache else ""
-                beyond.append(f"{label} ({mib(largest, decimals=1)} MiB{cause})")
+                beyond.append(f"{step} ({mib(largest, decimals=1)} MiB{cause})")
             if difference.all_in_torch_cache:
-                cache_only.append(label)
-            if (ref_max or 0) == 0 and (sgl_max or 0) == 0 and (largest or 0) == 0:
+                cache_only.append(step)
+            if (ref_max or 0) == 0 and (installed_max or 0) == 0 and (largest or 0) == 0:
                 continue  # nothing happened in either engine
-            print(f"{label:<32} {mib(ref_max, decimals=1):>14} {mib(sgl_max, decimals=1):>11} {mib(largest, decimals=1):>15} "
+            print(f"{step:<32} {mib(ref_max, decimals=1):>14} {mib(installed_max, decimals=1):>11} {mib(largest, decimals=1):>15} "
                   f"{mib(difference.largest_cache, decimals=1):>19}", file=stream)
-        left, right = components_by_rank(reference.run), components_by_rank(sglang.run)
+        left, right = components_by_rank(reference.run), components_by_rank(installed.run)
         for key in (TOTAL_AFTER_INIT, TOTAL_AFTER_FIRST_USE):
             per_rank = []
             for rank in sorted(left):
                 a, b = left[rank].get(key), right.get(rank, {}).get(key)
                 per_rank.append(f"{rank}: {mib(None if a is None or b is None else b - a, decimals=1)}")
-            print(f"{key.replace('_', ' ')}: SGLang minus reference per rank (MiB): {', '.join(per_rank)}", file=stream)
+            print(f"{key.replace('_', ' ')}: {label} minus reference per rank (MiB): {', '.join(per_rank)}", file=stream)
         if cache_only:
             print(f"differences that are torch's caching allocator on every rank (torch-reserved bytes moved by "
                   f"exactly as much): {', '.join(cache_only)}", file=stream)

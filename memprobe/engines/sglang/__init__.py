@@ -51,6 +51,8 @@ class SGLangEngine(Engine):
     env_prefixes = ("SGLANG_",)
     highlighted_groups = MOE_GROUPS
     stack_pair = ("full", "lean")
+    narrow_table_groups = ("self_pp", "pp", "moe_dp", "attn_cp", "attention_tp")  # the rarest widths first
+    narrow_highlighted_groups = ("moe_tp", "moe_ep")
     builders = {REFERENCE: "memprobe.engines.sglang.reference:ReferenceBuilder",
                 INSTALLED: "memprobe.engines.sglang.real:InstalledBuilder"}
     width_1_reason = "SGLang builds none"

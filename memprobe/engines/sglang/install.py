@@ -53,7 +53,7 @@ class SGLangInstallation:
     custom_allreduce_default: str  # "v1" (0.5.1x) or "v2" (0.5.23), with SGLang's environment defaults
 
     def as_record(self) -> dict[str, Any]:
-        """What run.json records under ``environment["sglang"]`` (read by gate.baseline.describe_sglang)."""
+        """What run.json records under ``environment["sglang"]`` (read by gate.baseline.describe_installation)."""
         return {"version": self.version, "path": str(self.package), "parallel_state_sha256": self.parallel_state_sha256,
                 "api": self.api, "custom_allreduce_default": self.custom_allreduce_default}
 

@@ -20,7 +20,9 @@ GROUP_ORDER = ("world", "pairs")
 
 @dataclass(frozen=True)
 class ToyLayout(LayoutBase):
-    tp: int = flag_field(flag="--tp", help="Ranks, in pairs.")
+    tp: int = flag_field(flag="--tp", help="Ranks per ring, in pairs.")
+    # a width no option of memprobe's declares: given as --layout rings=N (the API: layout=("rings=N",))
+    rings: int = flag_field(flag=None, help="Rings of tp ranks each.")
 
     def check(self) -> None:
         if self.tp % 2:
@@ -28,7 +30,7 @@ class ToyLayout(LayoutBase):
 
     @property
     def world_size(self) -> int:
-        return self.tp
+        return self.tp * self.rings
 
 
 def scratch_bytes(width: int) -> int:
