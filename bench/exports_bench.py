@@ -53,7 +53,7 @@ from dataclasses import replace
 from pathlib import Path
 from memprobe import api
 from memprobe.model.comparison import write_comparison_index
-from memprobe.model.records import write_run
+from memprobe.model.run_files import write_run
 from memprobe.model.scenario import ScenarioSet
 out = Path(sys.argv[1])
 comparison = api.estimate(tp=8, pp=512, ep=4)
