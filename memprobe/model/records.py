@@ -451,7 +451,7 @@ def readings_by_class_from_csv(text: str, source: str = "readings.csv") -> tuple
     readings: list[Reading] = []
     first_of: dict[str, int] = {}  # a class's lines less the rank number -> its first rank
     owners: dict[int, int] = {}
-    start, rows_before = len(header), 0
+    start = len(header)
     while start < len(text):
         rank_text = text[start:text.find(",", start)]
         if not (rank_text.isascii() and rank_text.isdigit()) or rank_text != str(int(rank_text)):
@@ -468,7 +468,7 @@ def readings_by_class_from_csv(text: str, source: str = "readings.csv") -> tuple
         owner = first_of.get(rest)
         if owner is None:
             try:
-                rows = readings_from_csv(header + text[start:end], source, rows_before=rows_before)
+                rows = readings_from_csv(header + text[start:end], source)
             except DamagedInput:  # the whole file, row by row, says what is wrong and on which line
                 return readings_from_csv(text, source), {}
             if len(rows) != count:  # a quoted line end: a row over two lines
@@ -476,14 +476,13 @@ def readings_by_class_from_csv(text: str, source: str = "readings.csv") -> tuple
             owner = first_of[rest] = rank
             readings.extend(rows)
         owners[rank] = owner
-        start, rows_before = end, rows_before + count
+        start = end
     return readings, (owners if len(first_of) < len(owners) else {})
 
 
-def readings_from_csv(text: str, source: str = "readings.csv", rows_before: int = 0) -> list[Reading]:
+def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
     """The readings of a ``readings.csv``; a damaged file (wrong header or columns, bytes that are not whole
-    numbers >= 0, a rank's step or sequence number twice) is :class:`DamagedInput` naming file and line
-    (``rows_before``: the rows of the file above those ``text`` holds, which follow its header).
+    numbers >= 0, a rank's step or sequence number twice) is :class:`DamagedInput` naming file and line.
 
     A row's fields other than the rank are parsed and checked once per distinct content: ranks that read alike
     (thousands of them in a large run) repeat the same rows under another rank number."""
@@ -495,7 +494,7 @@ def readings_from_csv(text: str, source: str = "readings.csv", rows_before: int 
     readings = []
     seen: dict[tuple, int] = {}
     parsed: dict[tuple[str, ...], dict[str, Any]] = {}
-    line = 1 + rows_before
+    line = 1
     for row in reader:
         if not row:  # a blank line is no row (as csv.DictReader reads it)
             continue
