@@ -53,7 +53,7 @@ def test_an_estimate_s_export_follows_the_comparison_schema_with_its_marker(sche
     from memprobe import api
     from memprobe.reports import write_json
 
-    write_json(api.estimate(tp=8, ep=2, nccl="2.30.7"), tmp_path / "e.json", schema=schema)
+    write_json(api.estimate(tp=4, ep=2, nccl="2.30.7"), tmp_path / "e.json", schema=schema)
     document = json.loads((tmp_path / "e.json").read_text())
     assert problems("comparison", document) == [] and document["estimate"]["rules_nccl"] == "2.30.7"
     document["estimate"]["rules_nccl"] = 2.3  # the schema can fail: a version that is not text
