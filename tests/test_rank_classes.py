@@ -258,13 +258,17 @@ def test_a_quoted_line_end_that_looks_like_a_rank_reads_row_by_row(tmp_path):
     assert _by_rank(loaded.all_readings()) == _by_rank(notes)
 
 
-def test_damage_in_a_rank_that_reads_alike_is_named_by_its_line(tmp_path):
+@pytest.mark.parametrize("damage, why", [
+    (lambda line: line.replace(",ok,", ",ok,-5,", 1).rsplit(",", 1)[0], "column primary_bytes must be a whole number of bytes >= 0"),
+    (lambda line: line.split(",", 1)[1], "wrong number of columns"),  # its rank number lost: the rest reads as rank 0's
+], ids=["negative-bytes", "no-rank-number"])
+def test_damage_in_a_rank_that_reads_alike_is_named_by_its_line(tmp_path, damage, why):
     folder, run = _alike_run(tmp_path)
     lines = (folder / "readings.csv").read_text().splitlines()
     number = next(n for n, line in enumerate(lines, 1) if line.startswith("7,") and ",pynccl," in line)
-    lines[number - 1] = lines[number - 1].replace(",ok,", ",ok,-5,", 1).rsplit(",", 1)[0]
+    lines[number - 1] = damage(lines[number - 1])
     (folder / "readings.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DamagedInput, match=f"readings.csv:{number}: column primary_bytes must be a whole number of bytes >= 0"):
+    with pytest.raises(DamagedInput, match=f"readings.csv:{number}: {why}"):
         load_run(folder)
 
 

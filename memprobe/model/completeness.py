@@ -51,14 +51,18 @@ def check_whole(record: Any, readings: list[Any], source: str, classes: dict[int
     held: dict[int, set[tuple[str, str]]] = {}
     for reading in readings:
         held.setdefault(reading.rank, set()).add((reading.group, reading.step))
-    if classes:
-        held = {rank: held[owner] for rank, owner in classes.items()}
-    absent = [rank for rank in range(record.world_size) if rank not in held]
+    owner_of = classes or {rank: rank for rank in held}
+    absent = [rank for rank in range(record.world_size) if rank not in owner_of]
+    lacking_of: dict[int, list[str]] = {}  # per rank whose readings stand for others: worked out once
     for rank in range(record.world_size):  # the first rank that lacks anything, as a file cut short lacks it
-        if rank in absent:
+        if rank not in owner_of:
             raise DamagedInput(f"{source}: no readings of rank {_shown([str(r) for r in absent])} although run.json "
                                f"says the run completed on {record.world_size} ranks (truncated?)")
-        lacking = [f"{group}/{step}" if group and group != step else step for group, step in steps if (group, step) not in held[rank]]
+        owner = owner_of[rank]
+        if owner not in lacking_of:
+            lacking_of[owner] = [f"{group}/{step}" if group and group != step else step for group, step in steps
+                                 if (group, step) not in held[owner]]
+        lacking = lacking_of[owner]
         if lacking:
             raise DamagedInput(f"{source}: rank {rank} has no reading of {_shown(lacking)} although run.json says the "
                                f"run completed (truncated or edited?)")

@@ -449,7 +449,7 @@ def readings_by_class_from_csv(text: str, source: str = "readings.csv") -> tuple
     if not text.startswith(header) or not text.endswith("\n") or "\r" in text:
         return readings_from_csv(text, source), {}
     readings: list[Reading] = []
-    first_of: dict[str, int] = {}  # a class's lines less the rank number -> its first rank
+    first_of: dict[str, tuple[int, int]] = {}  # a class's lines less the rank number -> (its first rank, its lines)
     owners: dict[int, int] = {}
     start = len(header)
     while start < len(text):
@@ -461,11 +461,12 @@ def readings_by_class_from_csv(text: str, source: str = "readings.csv") -> tuple
         end = len(text) if following < 0 else following + 1
         lines = text[start - 1:end - 1]  # each of the rank's lines after its "\n"
         prefix = f"\n{rank_text},"
-        count = lines.count("\n")
-        if lines.count(prefix) != count:  # a line of another rank, or none of any: ranks not one after another
-            return readings_from_csv(text, source), {}
-        rest = lines.replace(prefix, "\n")
-        owner = first_of.get(rest)
+        count = lines.count(prefix)
+        rest = lines.replace(prefix, "\n")  # as many line ends as ``lines``
+        owner, class_lines = first_of.get(rest, (None, 0))
+        # every line the rank's: as many as its line ends (a class's rest holds as many as the class has lines)
+        if count != (lines.count("\n") if owner is None else class_lines):
+            return readings_from_csv(text, source), {}  # a line of another rank, or none of any: not one after another
         if owner is None:
             try:
                 rows = readings_from_csv(header + text[start:end], source)
@@ -473,7 +474,8 @@ def readings_by_class_from_csv(text: str, source: str = "readings.csv") -> tuple
                 return readings_from_csv(text, source), {}
             if len(rows) != count:  # a quoted line end: a row over two lines
                 return readings_from_csv(text, source), {}
-            owner = first_of[rest] = rank
+            owner = rank
+            first_of[rest] = (owner, count)
             readings.extend(rows)
         owners[rank] = owner
         start = end
