@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from memprobe import api
@@ -18,6 +19,11 @@ from memprobe.estimate import nccl, nccl_versions
 from memprobe.estimate.calibration import find_calibration, load_calibration, packaged_calibrations
 from memprobe.estimate.check import check_run, measured_runs
 from memprobe.measure.rendezvous import nccl_host
+from memprobe.reports import write_csv, write_summary_csv
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import synthetic_comparison  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SOCKET_RUNS = ROOT / "results" / "h200x1-socket-nodes-20261203"
@@ -109,14 +115,28 @@ def test_the_installed_nccl_is_read_from_package_metadata_without_torch(tmp_path
 
 
 def test_estimate_command_names_its_nccl_and_warns_when_it_is_not_the_calibrations(memprobe, tmp_path):
-    result = memprobe("estimate", "--tp", "4", "--nccl", "2.30.7", "--quiet", "--markdown", "m.md", "--json", "e.json")
+    result = memprobe("estimate", "--tp", "4", "--nccl", "2.30.7", "--quiet", "--markdown", "m.md", "--json", "e.json",
+                      "--csv", "long.csv", "--summary-csv", "summary.csv")
     assert result.returncode == 0, result.stderr
     assert "NCCL 2.30.7 rules + calibration of NCCL 2.28.9" in result.stdout
     assert "warning: the rules model NCCL 2.30.7 but the calibration was measured with NCCL 2.28.9" in result.stderr
     assert "NCCL 2.30.7 rules" in (tmp_path / "m.md").read_text()
     assert json.loads((tmp_path / "e.json").read_text())["estimate"]["rules_nccl"] == "2.30.7"
+    for name in ("long.csv", "summary.csv"):  # a column of every row, as pandas reads it
+        frame = pd.read_csv(tmp_path / name, dtype={"rules_nccl": str})
+        assert list(frame["rules_nccl"].unique()) == ["2.30.7"] and set(frame["sampling_mode"]) == {"estimate"}
     same = memprobe("estimate", "--tp", "4", "--nccl", "2.28.9", "--quiet")
     assert same.returncode == 0 and "warning" not in same.stderr and "NCCL 2.28.9 rules + calibration," in same.stdout
+
+
+def test_a_measurement_s_csv_rows_name_no_nccl_rules(tmp_path):
+    """The column is there (the same columns as an estimate's) and empty: a measurement was made by no rule."""
+    comparison = synthetic_comparison()
+    write_csv(comparison, tmp_path / "long.csv")
+    write_summary_csv(comparison, tmp_path / "summary.csv")
+    for name in ("long.csv", "summary.csv"):
+        frame = pd.read_csv(tmp_path / name)
+        assert frame.columns[-1] == "rules_nccl" and frame["rules_nccl"].isna().all() and len(frame) > 0
 
 
 @pytest.mark.parametrize("args, message", [

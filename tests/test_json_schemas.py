@@ -48,6 +48,18 @@ def test_run_json_is_what_report_writes_and_follows_the_comparison_schema(cpu_ru
     assert len(problems("comparison", broken)) == 2
 
 
+@pytest.mark.parametrize("schema", [1, 2])
+def test_an_estimate_s_export_follows_the_comparison_schema_with_its_marker(schema, tmp_path):
+    from memprobe import api
+    from memprobe.reports import write_json
+
+    write_json(api.estimate(tp=4, ep=2, nccl="2.30.7"), tmp_path / "e.json", schema=schema)
+    document = json.loads((tmp_path / "e.json").read_text())
+    assert problems("comparison", document) == [] and document["estimate"]["rules_nccl"] == "2.30.7"
+    document["estimate"]["rules_nccl"] = 2.3  # the schema can fail: a version that is not text
+    assert len(problems("comparison", document)) == 1
+
+
 def test_run_json_refuses_a_path_that_is_not_json_before_launching(memprobe, tmp_path):
     result = memprobe("run", "--device", "cpu", "--tp", "1", "--json", "run.txt")
     assert result.returncode == 2

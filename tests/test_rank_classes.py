@@ -21,7 +21,10 @@ from support import MiB, synthetic_comparison, synthetic_run  # noqa: E402
 from memprobe import api  # noqa: E402
 from memprobe.errors import DamagedInput  # noqa: E402
 from memprobe.model import records  # noqa: E402
+from memprobe.estimate.calibration import load_calibration, packaged_calibrations  # noqa: E402
+from memprobe.estimate.check import check_run  # noqa: E402
 from memprobe.model.comparison import load_comparison  # noqa: E402
+from memprobe.model.run_files import load_run, write_run  # noqa: E402
 from memprobe.engines.sglang.layout import SGLangLayout as Layout  # noqa: E402
 from memprobe.model.rank_table import build_rank_table, classes_from_ranges, rank_text  # noqa: E402
 from memprobe.model.scenario import Scenario  # noqa: E402
@@ -190,6 +193,111 @@ def test_the_csv_is_streamed_in_chunks_and_reads_as_pandas_writes(tmp_path, monk
     pandas_summary = exports.summary_dataframe(small).to_csv(index=False, lineterminator="\n")
     assert (tmp_path / "small.csv").read_text() == pandas_long
     assert (tmp_path / "summary.csv").read_text() == pandas_summary
+
+
+# --------------------------------------------------------------------------- readings.csv of ranks that read alike
+
+
+def _alike_run(tmp_path: Path) -> tuple[Path, "records.Run"]:
+    """A folder of a tp 8 run whose ranks 1, 5 and 6 differ: classes {0, 2, 3, 4, 7}, {1, 5}, {6}."""
+    run = synthetic_run(Scenario(name="tp8", layout=Layout(tp=8), stack="lean"),
+                        rank_extra={1: 8 * MiB, 5: 8 * MiB, 6: -MiB})
+    write_run(tmp_path / "tp8", run.record, run.readings)
+    return tmp_path / "tp8", run
+
+
+def _by_rank(readings) -> list:
+    return sorted(readings, key=lambda r: (r.rank, r.sequence))
+
+
+def test_a_measured_run_holds_each_class_of_ranks_that_read_alike_once(tmp_path):
+    folder, run = _alike_run(tmp_path)
+    loaded = load_run(folder)
+    steps = len(run.readings) // 8
+    assert loaded.classes == {0: 0, 1: 1, 2: 0, 3: 0, 4: 0, 5: 1, 6: 6, 7: 0}
+    assert len(loaded.readings) == 3 * steps  # one parse per class, not per rank
+    assert _by_rank(loaded.all_readings()) == _by_rank(run.readings)
+    assert [c.ranks for c in build_rank_table(loaded).classes] == [[0, 2, 3, 4, 7], [1, 5], [6]]
+    comparison = load_comparison(folder)
+    row_by_row = replace(comparison.runs[0].run, readings=run.readings, classes={})
+    object.__delattr__(row_by_row, "_rank_table") if hasattr(row_by_row, "_rank_table") else None
+    again = replace(comparison, runs=[replace(comparison.runs[0], run=row_by_row)])
+    for options in ({}, {"per_rank": True}, {"per_rank": True, "all_ranks": True}):
+        assert _rendered(comparison, **options) == _rendered(again, **options)
+    write_csv(comparison, tmp_path / "a.csv")
+    write_csv(again, tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def _rewritten(folder: Path, change) -> str:
+    """readings.csv's text after ``change(header, rows)`` (rows as lines, without their line ends)."""
+    lines = (folder / "readings.csv").read_text().splitlines()
+    text = change(lines[0], lines[1:])
+    (folder / "readings.csv").write_text(text, newline="")
+    return text
+
+
+@pytest.mark.parametrize("change", [
+    lambda header, rows: "\n".join([header, *sorted(rows, key=lambda row: int(row.split(",")[1]))]) + "\n",  # by step
+    lambda header, rows: "\r\n".join([header, *rows]) + "\r\n",
+    lambda header, rows: "\n".join([header, *rows]),  # no line end at the end
+    lambda header, rows: "\n".join([header, *rows[:40], "", *rows[40:]]) + "\n",  # a blank line
+], ids=["interleaved", "crlf", "no-last-line-end", "blank-line"])
+def test_a_readings_file_in_another_order_or_form_reads_row_by_row(tmp_path, change):
+    folder, run = _alike_run(tmp_path)
+    readings, classes = records.readings_by_class_from_csv(_rewritten(folder, change))
+    assert classes == {} and _by_rank(readings) == _by_rank(run.readings)
+
+
+def test_a_quoted_line_end_that_looks_like_a_rank_reads_row_by_row(tmp_path):
+    """A note of rank R holding a line end and "R," (its continuation line starts as R's rows do)."""
+    folder, run = _alike_run(tmp_path)
+    notes = [replace(r, note=f"two\n{r.rank},lines") if r.step == "end" else r for r in run.readings]
+    write_run(folder, run.record, notes)
+    loaded = load_run(folder)
+    assert _by_rank(loaded.all_readings()) == _by_rank(notes)
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda line: line.replace(",ok,", ",ok,-5,", 1).rsplit(",", 1)[0], "column primary_bytes must be a whole number of bytes >= 0"),
+    (lambda line: line.split(",", 1)[1], "wrong number of columns"),  # its rank number lost: the rest reads as rank 0's
+], ids=["negative-bytes", "no-rank-number"])
+def test_damage_in_a_rank_that_reads_alike_is_named_by_its_line(tmp_path, damage, why):
+    folder, run = _alike_run(tmp_path)
+    lines = (folder / "readings.csv").read_text().splitlines()
+    number = next(n for n, line in enumerate(lines, 1) if line.startswith("7,") and ",pynccl," in line)
+    lines[number - 1] = damage(lines[number - 1])
+    (folder / "readings.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DamagedInput, match=f"readings.csv:{number}: {why}"):
+        load_run(folder)
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda rows: [row for row in rows if not row.startswith("3,")], "no readings of rank 3"),
+    (lambda rows: [row for row in rows if not (row.startswith("4,") and ",end," in row)], "rank 4 has no reading of end"),
+    (lambda rows: rows + [f"8,{row.split(',', 1)[1]}" for row in rows if row.startswith("0,")], "rank 8 is outside"),
+], ids=["a-rank", "a-step-of-an-alike-rank", "an-alike-rank-outside-the-world"])
+def test_a_run_that_says_complete_without_every_rank_or_step_is_damaged(tmp_path, change, why):
+    folder, _ = _alike_run(tmp_path)
+    _rewritten(folder, lambda header, rows: "\n".join([header, *change(rows)]) + "\n")
+    with pytest.raises(DamagedInput, match=why):
+        load_run(folder)
+
+
+def test_estimate_check_compares_every_rank_of_a_run_whose_ranks_read_alike(tmp_path):
+    """An estimate written out as a measured run folder (as bench/exports_bench.py makes its measured runs): checked
+    against itself, every rank of it, each within 0 bytes."""
+    item = api.estimate(tp=8, pp=2, ep=2).runs[1]
+    record = replace(item.run.record, source="measured", environment={**item.run.record.environment, "sampling_mode": "process"})
+    record.environment.pop("estimate", None)
+    write_run(tmp_path / "run", record, item.run.all_readings())
+    run = load_run(tmp_path / "run")
+    assert 1 < len(set(run.classes.values())) < 16
+    calibrations = {c.gpu_model: c for c in map(load_calibration, packaged_calibrations())}
+    result = check_run("run", run, calibrations.get)
+    assert not result.skipped
+    assert sorted({total.rank for total in result.totals}) == list(range(16))
+    assert all(total.error == 0 for total in result.totals) and len(result.totals) == 32
 
 
 # --------------------------------------------------------------------------- the commands

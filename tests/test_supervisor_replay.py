@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from memprobe import api
+from memprobe.launch.options import LaunchOptions
 from memprobe.launch.processes import free_port
 from memprobe.model.records import stream_path
 from memprobe.model.run_files import load_run
@@ -78,6 +80,23 @@ def test_a_healthy_launch_is_complete_with_every_phase_timed(here, capsys, monke
     assert all(phases[name] is not None for name in PHASES if name not in ("gpu_release",))
     assert "total after first use" in out
     assert not any(path.exists() for path in replays.log_dirs)
+
+
+def test_ranks_that_read_alike_come_back_from_a_launch_once_per_class(here, monkeypatch, tmp_path):
+    """The gathered readings.csv of a launch whose two ranks read alike (rank 1's rows made rank 0's): the run compare
+    and run render from holds one class, as report loads it."""
+    header, *rows = (FIXTURES / "healthy" / "readings.csv").read_text().splitlines()
+    rank0 = [row for row in rows if row.startswith("0,")]
+    alike = tmp_path / "readings.csv"
+    alike.write_text("\n".join([header, *rank0, *(f"1,{row[2:]}" for row in rank0)]) + "\n")
+    r0, r1 = ranks_of("healthy")
+    script = Script().spawn("rank0", *pids_in(r0)).spawn("rank1", *pids_in(r1))
+    script.stream("alike", 0, up_to(r0, "reading", "", "end")).stream("alike", 1, up_to(r1, "reading", "", "end"))
+    script.file("alike", "readings.csv", alike).file("alike", "ranks.json", FIXTURES / "healthy" / "ranks.json")
+    script.stream("alike", 0, after(r0, "reading", "", "end")).stream("alike", 1, after(r1, "reading", "", "end"))
+    replay(monkeypatch, script.finish("rank0").finish("rank1"))
+    run = api.run(tp=2, launch=LaunchOptions(device="cpu", run_id="alike", progress=False)).run
+    assert run.record.status == "complete" and run.classes == {0: 0, 1: 0} and len(run.readings) == len(rank0) == 35
 
 
 def test_a_run_longer_than_the_timeout_completes_while_every_rank_keeps_reading(here, capsys, monkeypatch):

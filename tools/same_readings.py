@@ -23,8 +23,8 @@ def main(argv: list[str]) -> int:
     worst, same_keys = 0, True
     for old_path, new_path in zip(argv[::2], argv[1::2]):
         old, new = load_run(old_path), load_run(new_path)
-        a = {(r.rank, r.group, r.step): r.primary_bytes for r in old.readings}
-        b = {(r.rank, r.group, r.step): r.primary_bytes for r in new.readings}
+        a = {(r.rank, r.group, r.step): r.primary_bytes for r in old.all_readings()}
+        b = {(r.rank, r.group, r.step): r.primary_bytes for r in new.all_readings()}
         diffs = [abs(a[key] - b[key]) for key in a.keys() & b.keys() if a[key] is not None and b[key] is not None]
         largest = max(diffs, default=0)
         worst = max(worst, largest)

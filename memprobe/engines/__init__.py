@@ -13,6 +13,7 @@ names it answers to (:attr:`Engine.names`, name -> mode) and their older spellin
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from importlib import metadata
@@ -55,11 +56,18 @@ def _load(spec: str) -> Engine:
 
 def _specs() -> Iterable[str]:
     yield from BUILTIN
-    try:
-        yield from (f"{point.value}" for point in metadata.entry_points(group=ENTRY_POINT_GROUP))
-    except Exception:  # broken package metadata must not stop the built-ins
-        pass
+    yield from _entry_point_specs()
     yield from (item for item in os.environ.get(ENVIRONMENT_VARIABLE, "").split(",") if item)
+
+
+@functools.lru_cache(maxsize=1)
+def _entry_point_specs() -> tuple[str, ...]:
+    """The engines installed packages declare, read once: ``entry_points`` reads every installed distribution's
+    metadata on each call, and a report of thousands of ranks asks for the engines hundreds of times."""
+    try:
+        return tuple(f"{point.value}" for point in metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception:  # broken package metadata must not stop the built-ins
+        return ()
 
 
 def all_engines() -> tuple[Engine, ...]:

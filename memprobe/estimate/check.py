@@ -163,7 +163,7 @@ def check_run(where: str, run: Run | str, calibration_for: Callable[[str], Calib
     except UsageError as error:
         result.skipped = f"not estimated: {error}"
         return result
-    result.steps, result.totals = _compare(run.readings, estimate.all_readings())
+    result.steps, result.totals = _compare(run.all_readings(), estimate.all_readings())
     return result
 
 

@@ -14,7 +14,7 @@ of its source. Read release by release, the statements are the same (whitespace 
 * ``P2P receive size``: 2.30.7 wraps the loop over two lines (``p2p.cc:488-489``): the same statement.
 
 NCCL 2.31 exists only as pre-releases (2.31.0a*) and 2.32 is not in the public repository the rules were read
-from: neither is modelled.
+from: neither is modelled (docs/estimate.md says when that was last checked and what 2.31.0a7 reads at these sites).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from memprobe.launch.plan import Member
 from memprobe.measure import nvml
 from memprobe.model.events import InfoReported, load_stream
 from memprobe.model.records import (
-    WORKERS_LOG, Failure, RankInfo, Run, RunRecord, RunStatus, ScenarioStatus, atomic_write_text, readings_from_csv, readings_to_csv,
-    stream_path,
+    WORKERS_LOG, Failure, RankInfo, Run, RunRecord, RunStatus, ScenarioStatus, atomic_write_text, readings_by_class_from_csv,
+    readings_to_csv, stream_path,
 )
 from memprobe.model.timings import run_timings
 
@@ -135,8 +135,9 @@ def _assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, 
     readings_path = run_dir / "readings.csv"
     complete = (tracked.state == ScenarioStatus.DONE and tracked.failure is None and not follower.errors
                 and (readings_path.is_file() or not holds_rank_0))
-    if complete and holds_rank_0:
-        readings = readings_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
+    classes: dict[int, int] = {}
+    if complete and holds_rank_0:  # ranks that read alike held once per class, as report loads them
+        readings, classes = readings_by_class_from_csv(readings_path.read_text(encoding="utf-8"), str(readings_path))
     else:  # what this node's ranks streamed (another node holds the gathered readings)
         readings = [reading for rank in range(world_size) for reading in load_stream(stream_path(run_dir, rank))[1]]
         atomic_write_text(readings_path, readings_to_csv(readings))
@@ -147,7 +148,7 @@ def _assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, 
         record.failure = (tracked.failure or _interrupted_failure(outcome)
                           or root_cause(follower, outcome.return_code, run_dir / WORKERS_LOG, torchrun_log))
     atomic_write_text(run_dir / "run.json", record.to_json())
-    run = Run(record=record, readings=readings, path=run_dir)
+    run = Run(record=record, readings=readings, path=run_dir, classes=classes)
     if not complete and outcome.interrupted is None:
         raise MeasurementError(f"{member.scenario.name}: {record.failure.describe() if record.failure else 'failed'}; "
                                f"readings kept in {run_dir}", run_dir=str(run_dir))

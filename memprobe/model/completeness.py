@@ -32,28 +32,37 @@ def _shown(items: list[str]) -> str:
     return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
 
 
-def check_ranks_in_world(record: Any, readings: Iterable[Any], source: str) -> None:
-    outside = sorted({reading.rank for reading in readings if not 0 <= reading.rank < record.world_size})
+def check_ranks_in_world(record: Any, readings: Iterable[Any], source: str, ranks: Iterable[int] | None = None) -> None:
+    """Every rank of ``readings`` (or ``ranks``, where readings stand for ranks that read alike) inside the world."""
+    outside = sorted(rank for rank in (ranks if ranks is not None else {reading.rank for reading in readings})
+                     if not 0 <= rank < record.world_size)
     if outside:
         raise DamagedInput(f"{source}: rank {outside[0]} is outside the run's world of {record.world_size} ranks")
 
 
-def check_whole(record: Any, readings: list[Any], source: str) -> None:
+def check_whole(record: Any, readings: list[Any], source: str, classes: dict[int, int] | None = None) -> None:
     """Every rank and step of a run that says it completed (see the module docstring). A run gathered on
-    another node (``results_at``) holds only this node's ranks by design and is not checked here."""
-    check_ranks_in_world(record, readings, source)
+    another node (``results_at``) holds only this node's ranks by design and is not checked here. ``classes``
+    (:attr:`Run.classes`): rank -> the rank whose readings it shares, which alone are in ``readings``."""
+    check_ranks_in_world(record, readings, source, classes.keys() if classes else None)
     if record.status != RunStatus.COMPLETE or record.results_at is not None:
         return
     steps = expected_steps(record, readings)
     held: dict[int, set[tuple[str, str]]] = {}
     for reading in readings:
         held.setdefault(reading.rank, set()).add((reading.group, reading.step))
-    absent = [rank for rank in range(record.world_size) if rank not in held]
+    owner_of = classes or {rank: rank for rank in held}
+    absent = [rank for rank in range(record.world_size) if rank not in owner_of]
+    lacking_of: dict[int, list[str]] = {}  # per rank whose readings stand for others: worked out once
     for rank in range(record.world_size):  # the first rank that lacks anything, as a file cut short lacks it
-        if rank in absent:
+        if rank not in owner_of:
             raise DamagedInput(f"{source}: no readings of rank {_shown([str(r) for r in absent])} although run.json "
                                f"says the run completed on {record.world_size} ranks (truncated?)")
-        lacking = [f"{group}/{step}" if group and group != step else step for group, step in steps if (group, step) not in held[rank]]
+        owner = owner_of[rank]
+        if owner not in lacking_of:
+            lacking_of[owner] = [f"{group}/{step}" if group and group != step else step for group, step in steps
+                                 if (group, step) not in held[owner]]
+        lacking = lacking_of[owner]
         if lacking:
             raise DamagedInput(f"{source}: rank {rank} has no reading of {_shown(lacking)} although run.json says the "
                                f"run completed (truncated or edited?)")

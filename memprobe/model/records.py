@@ -435,6 +435,53 @@ def _parse_optional_int(value: str, column: str, source: str, line: int) -> int 
     return number
 
 
+def readings_by_class_from_csv(text: str, source: str = "readings.csv") -> tuple[list[Reading], dict[int, int]]:
+    """A ``readings.csv`` with its ranks that read alike collapsed: (the readings of each class's first rank,
+    rank -> that first rank), or (every reading, ``{}``) when no two ranks read alike (:attr:`Run.classes`).
+
+    A file as :func:`readings_to_csv` writes it holds one row a line, each rank's rows together and the ranks in
+    ascending order one after another: a rank whose lines, less the rank number, are an earlier rank's lines reads
+    alike, and only the first rank of each class is parsed and checked (:func:`readings_from_csv`), so thousands of
+    ranks that read alike cost a comparison of text each, not a parse of every row. Any other file (ranks
+    interleaved, out of order or missing, a blank line, a carriage return, a quoted line end, damage) is read row
+    by row by :func:`readings_from_csv`, every rank its own."""
+    header = ",".join(READING_COLUMNS) + "\n"
+    if not text.startswith(header) or not text.endswith("\n") or "\r" in text:
+        return readings_from_csv(text, source), {}
+    readings: list[Reading] = []
+    first_of: dict[str, tuple[int, int]] = {}  # a class's lines less the rank number -> (its first rank, its lines)
+    owners: dict[int, int] = {}
+    start = len(header)
+    while start < len(text):
+        rank_text = text[start:text.find(",", start)]
+        if not (rank_text.isascii() and rank_text.isdigit()) or rank_text != str(int(rank_text)):
+            return readings_from_csv(text, source), {}
+        rank = int(rank_text)
+        following = text.find(f"\n{rank + 1},", start - 1)
+        end = len(text) if following < 0 else following + 1
+        lines = text[start - 1:end - 1]  # each of the rank's lines after its "\n"
+        prefix = f"\n{rank_text},"
+        count = lines.count(prefix)
+        rest = lines.replace(prefix, "\n")  # as many line ends as ``lines``
+        owner, class_lines = first_of.get(rest, (None, 0))
+        # every line the rank's: as many as its line ends (a class's rest holds as many as the class has lines)
+        if count != (lines.count("\n") if owner is None else class_lines):
+            return readings_from_csv(text, source), {}  # a line of another rank, or none of any: not one after another
+        if owner is None:
+            try:
+                rows = readings_from_csv(header + text[start:end], source)
+            except DamagedInput:  # the whole file, row by row, says what is wrong and on which line
+                return readings_from_csv(text, source), {}
+            if len(rows) != count:  # a quoted line end: a row over two lines
+                return readings_from_csv(text, source), {}
+            owner = rank
+            first_of[rest] = (owner, count)
+            readings.extend(rows)
+        owners[rank] = owner
+        start = end
+    return readings, (owners if len(first_of) < len(owners) else {})
+
+
 def readings_from_csv(text: str, source: str = "readings.csv") -> list[Reading]:
     """The readings of a ``readings.csv``; a damaged file (wrong header or columns, bytes that are not whole
     numbers >= 0, a rank's step or sequence number twice) is :class:`DamagedInput` naming file and line.

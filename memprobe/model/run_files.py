@@ -9,7 +9,8 @@ from pathlib import Path
 from memprobe.errors import DamagedInput, UsageError
 from memprobe.model.completeness import check_whole
 from memprobe.model.events import load_stream
-from memprobe.model.records import Reading, Run, RunRecord, RunStatus, atomic_write_text, readings_from_csv, readings_to_csv
+from memprobe.model.records import (Reading, Run, RunRecord, RunStatus, atomic_write_text, readings_by_class_from_csv,
+                                    readings_to_csv)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -32,15 +33,15 @@ def load_run(run_dir: str | Path) -> Run:
             text = readings_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise DamagedInput(f"{readings_path}: unreadable or not UTF-8 text ({error})") from None
-        readings = readings_from_csv(text, str(readings_path))
+        readings, classes = readings_by_class_from_csv(text, str(readings_path))
     elif record.status == RunStatus.COMPLETE:
         raise DamagedInput(f"{readings_path} does not exist although {record_path} says the run completed")
     else:
-        readings = []
+        readings, classes = [], {}
         for stream in sorted((run_dir / "ranks").glob("rank-*.jsonl")):
             readings.extend(load_stream(stream)[1])
-    check_whole(record, readings, str(readings_path))
-    return Run(record=record, readings=readings, path=run_dir)
+    check_whole(record, readings, str(readings_path), classes)
+    return Run(record=record, readings=readings, path=run_dir, classes=classes)
 
 
 def write_run(run_dir: Path, record: RunRecord, readings: list[Reading] | None) -> None:

@@ -15,8 +15,9 @@ Column contracts (stable; new columns are only ever appended):
     step, which built nothing: its movement is host noise counted as unattributed), elapsed_s, note,
     torch_cache_added_bytes (torch_reserved_bytes minus the rank's previous reading: the part of added_bytes
     torch's caching allocator took; empty on CPU runs and for a skipped step), rest_added_bytes (added_bytes
-    minus that part: NCCL, the CUDA driver, IPC mappings), device (cuda or cpu) and sampling_mode (process,
-    device or host_rss_anon: what the bytes are).
+    minus that part: NCCL, the CUDA driver, IPC mappings), device (cuda or cpu), sampling_mode (process,
+    device, host_rss_anon or estimate: what the bytes are) and rules_nccl (an estimate's rows: the NCCL release
+    whose sizing rules made them, e.g. ``2.30.7``; empty for a measurement).
 
 ``summary_dataframe`` / ``write_summary_csv`` (:func:`summary_columns`), one row per scenario and rank:
     scenario, stack, layout, rank, cuda_context_bytes (empty where skipped: --device cpu), world_bytes, ``<group>_init_bytes`` for every
@@ -24,7 +25,7 @@ Column contracts (stable; new columns are only ever appended):
     pp, self_pp; then any other group found in the runs), first_use_bytes, total_after_init_bytes,
     total_after_first_use_bytes, delta_vs_baseline_bytes (total after first use minus the same rank
     of the baseline), unattributed_bytes (bytes added between steps or across skipped steps), delta_after_init_vs_baseline_bytes,
-    is_worst_rank, device, sampling_mode.
+    is_worst_rank, device, sampling_mode, rules_nccl.
     ``<group>_init_bytes`` is empty for an alias group (it is the same object as another group and
     has no memory of its own) and for a value that is not available.
 """
@@ -76,6 +77,7 @@ LONG_COLUMNS: tuple[str, ...] = (
     "rest_added_bytes",
     "device",
     "sampling_mode",
+    "rules_nccl",
 )
 _LONG_INT = ("rank", "sequence", "primary_bytes", "process_bytes", "device_used_bytes", "torch_reserved_bytes",
              "other_gpus_bytes", "added_bytes", "torch_cache_added_bytes", "rest_added_bytes")
@@ -132,8 +134,13 @@ def _not_measured(reading: Any) -> bool:
 
 
 def what_was_read(run: Any) -> dict[str, str]:
-    """The device and sampling mode of a run's bytes (host RSS on --device cpu), carried by every CSV row."""
-    return {"device": run.record.device, "sampling_mode": str((run.record.environment or {}).get("sampling_mode") or "")}
+    """What a run's bytes are, carried by every CSV row: the device and sampling mode (host RSS on --device cpu), and
+    for an estimate the NCCL release whose sizing rules made them (``rules_nccl``, as the JSON's ``estimate`` marker
+    and the tables' titles name it; empty for a measurement, or an estimate written before it was recorded)."""
+    environment = run.record.environment or {}
+    basis = (environment.get("estimate") or {}) if run.record.source == "estimated" else {}
+    return {"device": run.record.device, "sampling_mode": str(environment.get("sampling_mode") or ""),
+            "rules_nccl": str(basis.get("rules_nccl") or "")}
 
 
 def _without_skipped(parts_by_rank: dict[int, dict[str, Any]], skipped: dict[int, set[str]]) -> dict[str, dict[str, Any]]:
@@ -171,6 +178,7 @@ def summary_columns(comparison: Comparison) -> list[str]:
         "is_worst_rank",
         "device",
         "sampling_mode",
+        "rules_nccl",
     ]
 
 
