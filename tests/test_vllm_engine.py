@@ -120,6 +120,14 @@ def test_flags_a_release_lacks_are_refused_naming_the_release(widths, stack, mes
         ENGINE.plan_for(layout, ENGINE.resolve_stack(stack))
 
 
+def test_a_scenario_names_itself_and_the_release_that_lacks_its_flag():
+    from memprobe.model.scenario import Scenario
+
+    with pytest.raises(UsageError, match=r"^scenario old-pcp: --pcp 2: vLLM 0\.11\.0 has no prefill"):
+        Scenario("old-pcp", VLLMEngineLayout(tp=2, pcp=2), stack="vllm:0.11", env_preset="vllm", engine="vllm-ref")
+    Scenario("new-pcp", VLLMEngineLayout(tp=2, pcp=2), stack="vllm", env_preset="vllm", engine="vllm-ref")
+
+
 def test_old_releases_run_their_own_all2all_default():
     layout = VLLMEngineLayout(tp=2, dp=2, moe=True)
     reasons = {line: rules.decide(layout.vllm(), line).for_group("ep").decision("all2all_manager").reason
