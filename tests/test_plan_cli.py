@@ -122,3 +122,23 @@ def test_vllm_plan_json_follows_the_plan_schema():
     ep = next(group for group in document["groups"] if group["name"] == "ep")
     assert ep["decisions"][0]["communicators"]["all2all_manager"]["verdict"] == "built"  # DP > 1
     assert document["assumed"]["env_preset"] == "vllm"
+
+
+def test_plan_table_splits_a_decision_where_lists_on_more_nodes_decide_otherwise():
+    """--tp 6 --pp 2 on nodes of 8: one TP list on one node, one across two (custom all-reduce: one node only)."""
+    table = _table(tp=6, pp=2, moe=True, engine="vllm-ref", stack="vllm")
+    first, second = table.split("\ntp ", 1)[1].splitlines()[:2]
+    # pynccl, symmetric memory, FlashInfer decide alike on both lists: one word; custom all-reduce and its stage not
+    assert " ".join(first.split("[6,7,8,9,10,11]", 1)[1].split()).startswith("built built no [1] 1 node: built")
+    assert " ".join(second.split()) == "2 nodes: no [2] 2 nodes: no [3]"
+    assert "[2] tp custom_allreduce: multi-node group without MNNVL" in table
+
+
+def test_a_narrow_console_folds_headers_never_a_decision():
+    from memprobe.reports.plan_table import render_plan
+
+    stream = io.StringIO()
+    render_plan(api.plan(tp=8, moe=True, engine="vllm-ref", stack="shared-ep"), stream, width=80)
+    rows = {line.split()[0]: line for line in stream.getvalue().splitlines() if line[:1].isalpha()}
+    assert rows["t"].split().count("built") == 6  # group names are cut (t for tp), decisions are not
+    assert "no [1]" in rows["e"] and "width 1" in rows["d"]

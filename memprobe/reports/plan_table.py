@@ -58,12 +58,14 @@ class _Notes:
 
 
 def _cell(cases: tuple[ListDecisions, ...], kind: str, notes: _Notes) -> str:
+    """The decision of the group's lists; where lists spanning more nodes decide otherwise, one line per span."""
     words = []
     for case in cases:
         decision = next(d for d in case.decisions if d.kind == kind)
-        word = _WORDS[decision.verdict] + (f" {notes.mark(decision)}" if decision.verdict in _NOTED else "")
-        words.append(word if len(cases) == 1 else f"{case.lists} on {case.nodes} node{'s' if case.nodes > 1 else ''}: {word}")
-    return "\n".join(words)
+        words.append(_WORDS[decision.verdict] + (f" {notes.mark(decision)}" if decision.verdict in _NOTED else ""))
+    if len(set(words)) == 1:
+        return words[0]
+    return "\n".join(f"{case.nodes} node{'s' if case.nodes > 1 else ''}: {word}" for case, word in zip(cases, words))
 
 
 def _render_plan(console, planned: Plan) -> None:
@@ -75,23 +77,22 @@ def _render_plan(console, planned: Plan) -> None:
         console.print(planned.assumed.describe())
     # the same plain style as the other tables; names and numbers never wrap, only rank lists
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    kinds = [kind.label.replace(" ", "\n") for kind in engine.kinds]
-    for column in ("group", "lists x\nwidth", "ranks", "alias\nof", *kinds, "new_group\ncalls"):
-        table.add_column(column, overflow="fold", no_wrap=column != "ranks")
-    total_calls = 0
     notes = _Notes()
+    cells = {group.name: [_cell(planned.decisions[group.name], kind.name, notes) for kind in engine.kinds]
+             for group in plan.groups}
+    for column in ("group", "lists x\nwidth", "ranks", "alias\nof"):
+        table.add_column(column, overflow="fold", no_wrap=column != "ranks")
+    for index, kind in enumerate(engine.kinds):  # a narrow console folds the header, never a decision
+        longest = max(len(line) for row in cells.values() for line in row[index].splitlines())
+        table.add_column(kind.label.replace(" ", "\n"), overflow="fold", no_wrap=True, min_width=longest)
+    table.add_column("new_group\ncalls", overflow="fold", no_wrap=True)
+    total_calls = 0
     for group in plan.groups:
         calls = group.new_group_calls
         total_calls += calls
-        table.add_row(
-            group.name,
-            f"{len(group.rank_lists)} x {group.width}",
-            _ranks_text(group.rank_lists),
-            group.alias_of or "",
-            *(_cell(planned.decisions[group.name], kind.name, notes) for kind in engine.kinds),
-            str(calls),
-        )
+        table.add_row(group.name, f"{len(group.rank_lists)} x {group.width}", _ranks_text(group.rank_lists),
+                      group.alias_of or "", *cells[group.name], str(calls))
     print_table(console, table)
     for line in notes.lines():
-        console.print(line, soft_wrap=True)
+        console.print(line)
     console.print(f"{total_calls} new_group calls per rank (NCCL + gloo for every rank list; aliases reuse a group).")
