@@ -58,7 +58,7 @@ def synthetic_run(
     """
     costs = {**DEFAULT_COSTS, **(costs or {})}
     stack = scenario.resolved_stack
-    plan = scenario.engine_ref.engine.plan(scenario.layout)
+    plan = scenario.engine_ref.engine.plan_for(scenario.layout, stack)
     readings: list[Reading] = []
     for rank in range(scenario.layout.world_size):
         total = 0

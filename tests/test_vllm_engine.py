@@ -19,7 +19,7 @@ MiB = 1 << 20
 
 def _decisions(layout: VLLMEngineLayout, stack: str) -> dict[tuple[str, str], Verdict]:
     chosen = ENGINE.resolve_stack(stack)
-    return {(d.group, d.kind): d.verdict for group in ENGINE.plan(layout).groups
+    return {(d.group, d.kind): d.verdict for group in ENGINE.plan_for(layout, chosen).groups
             for d in ENGINE.decide(group, chosen, Facts(width=group.width))}
 
 
@@ -74,7 +74,6 @@ def test_host_memory_of_the_mq_broadcaster_is_never_gpu_bytes():
 
 @pytest.mark.parametrize("widths, message", [
     ({"tp": 8, "ep": 2}, "--ep is not a flag of engine vllm"),
-    ({"tp": 2, "dp": 2}, "independent engines"),
     ({"tp": 4, "dcp": 3, "moe": True}, "divisible by --dcp 3"),
     ({"tp": 2, "moe": True, "enable_eplb": True}, "--enable-eplb needs --enable-expert-parallel"),
     ({"tp": 2, "all2all_backend": "nope"}, "--all2all-backend 'nope'"),
@@ -82,6 +81,68 @@ def test_host_memory_of_the_mq_broadcaster_is_never_gpu_bytes():
 def test_bad_layouts_are_refused_in_one_line(widths, message):
     with pytest.raises(UsageError, match=message):
         ENGINE.layout(widths)
+
+
+def test_each_stack_plans_the_groups_of_its_release():
+    """vLLM 0.11 and 0.10 build the EP group for dense models too and have no ETP/PCP/EPLB; 0.33 builds EP only for
+    MoE models: the stack's release decides the groups, and then the decisions on them."""
+    dense = VLLMEngineLayout(tp=2)
+    names = {stack: [g.name for g in ENGINE.plan_for(dense, ENGINE.resolve_stack(stack)).groups]
+             for stack in ("vllm", "vllm:0.11", "vllm:0.10", "shared-ep")}
+    assert names["vllm"] == names["shared-ep"] == ["world", "tp", "etp", "dcp", "pcp", "pp", "dp"]
+    assert names["vllm:0.11"] == names["vllm:0.10"] == ["world", "tp", "dcp", "pp", "dp", "ep"]
+    assert ENGINE.plan(dense).groups == ENGINE.plan_for(dense, ENGINE.resolve_stack("vllm")).groups
+    assert _decisions(dense, "vllm:0.11")[("ep", "pynccl")] is Verdict.BUILT  # vllm PR #24982: EP gets PyNccl
+    assert _decisions(dense, "vllm:0.10")[("ep", "pynccl")] is Verdict.NOT_ELIGIBLE  # 'ep does not use pynccl'
+    assert ("ep", "pynccl") not in _decisions(dense, "vllm")
+
+
+def test_dense_dp_is_one_world_before_0_33_and_refused_on_0_33():
+    dense_dp = VLLMEngineLayout(tp=2, dp=2)
+    old = ENGINE.plan_for(dense_dp, ENGINE.resolve_stack("vllm:0.11"))
+    assert old.group("world").rank_lists == ((0, 1, 2, 3),) and old.group("ep").rank_lists == ((0, 1, 2, 3),)
+    assert _decisions(dense_dp, "vllm:0.11")[("ep", "all2all_manager")] is Verdict.BUILT  # DP > 1 on "ep:0"
+    for call in (lambda: ENGINE.plan(dense_dp), lambda: ENGINE.plan_for(dense_dp, ENGINE.resolve_stack("shared-ep"))):
+        with pytest.raises(UsageError, match=r"vLLM 0\.33\.0 runs a dense model's DP ranks as independent engines"):
+            call()
+
+
+@pytest.mark.parametrize("widths, stack, message", [
+    ({"tp": 2, "pcp": 2}, "vllm:0.11", r"--pcp 2: vLLM 0\.11\.0 has no prefill context parallelism.*stack vllm:0\.11"),
+    ({"tp": 2, "pcp": 2, "moe": True}, "vllm:0.10", r"--pcp 2: vLLM 0\.10\.2 has no prefill"),
+    ({"tp": 2, "all2all_backend": "deepep_v2"}, "vllm:0.11", r"--all2all-backend deepep_v2: vLLM 0\.11\.0 has no"),
+    ({"tp": 2, "all2all_backend": "flashinfer_all2allv"}, "vllm:0.10", r"vLLM 0\.10\.2 has no such backend"),
+])
+def test_flags_a_release_lacks_are_refused_naming_the_release(widths, stack, message):
+    layout = ENGINE.layout(widths)  # every release line's common checks pass
+    assert ENGINE.stack_problem(layout, ENGINE.resolve_stack("vllm")) is None
+    with pytest.raises(UsageError, match=message):
+        ENGINE.plan_for(layout, ENGINE.resolve_stack(stack))
+
+
+def test_a_scenario_names_itself_and_the_release_that_lacks_its_flag():
+    from memprobe.model.scenario import Scenario
+
+    with pytest.raises(UsageError, match=r"^scenario old-pcp: --pcp 2: vLLM 0\.11\.0 has no prefill"):
+        Scenario("old-pcp", VLLMEngineLayout(tp=2, pcp=2), stack="vllm:0.11", env_preset="vllm", engine="vllm-ref")
+    Scenario("new-pcp", VLLMEngineLayout(tp=2, pcp=2), stack="vllm", env_preset="vllm", engine="vllm-ref")
+
+
+def test_old_releases_run_their_own_all2all_default():
+    layout = VLLMEngineLayout(tp=2, dp=2, moe=True)
+    reasons = {line: rules.decide(layout.vllm(), line).for_group("ep").decision("all2all_manager").reason
+               for line in ("0.11-0.2x", "0.10")}
+    assert reasons["0.11-0.2x"].startswith("allgather_reducescatter manager")
+    assert reasons["0.10"].startswith("naive manager")  # VLLM_ALL2ALL_BACKEND's default in 0.10.2
+
+
+def test_a_release_s_refusal_is_one_line_and_exit_2_before_anything_runs(memprobe, tmp_path):
+    result = memprobe("compare", "--engine", "vllm-ref", "--tp", "2", "--pcp", "2", "--stacks", "vllm,vllm:0.11",
+                      "--device", "cpu", "--out-dir", "out")
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "vLLM 0.11.0 has no prefill context parallelism" in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_vllm_flags_are_refused_for_sglang():

@@ -17,45 +17,52 @@ import pytest
 from memprobe.engines.vllm.layout import GROUP_ORDER, VLLMLayout, plan
 from memprobe.errors import UsageError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "vllm-0.33.0-layouts.json"
+FIXTURES = Path(__file__).parent / "fixtures"
+#: The installed release each fixture captured, and the release line memprobe reproduces it with.
+RELEASES = {"0.33.0": "0.33", "0.11.0": "0.11-0.2x", "0.10.2": "0.10"}
 
 
-@lru_cache(maxsize=1)
-def _fixture() -> dict:
-    return json.loads(FIXTURE.read_text())
+@lru_cache(maxsize=None)
+def _fixture(release: str = "0.33.0") -> dict:
+    return json.loads((FIXTURES / f"vllm-{release}-layouts.json").read_text())
 
 
-def _entries() -> list[dict]:
-    return _fixture()["layouts"]
+def _entries() -> list[tuple[str, dict]]:
+    return [(release, entry) for release in RELEASES for entry in _fixture(release)["layouts"]]
 
 
 def _layout(entry: dict) -> VLLMLayout:
     return VLLMLayout(**entry["layout"])
 
 
-# --------------------------------------------------------------------------- the fixture itself
+# --------------------------------------------------------------------------- the fixtures themselves
 
 
-def test_fixture_header_and_coverage() -> None:
-    data = _fixture()
-    assert data["provenance"]["vllm"] == "0.33.0"
+@pytest.mark.parametrize("release", list(RELEASES))
+def test_fixture_header_and_coverage(release: str) -> None:
+    data = _fixture(release)
+    assert data["provenance"]["vllm"] == release
     assert data["provenance"]["tool"] == "tools/vllm_layouts.py"
     layouts = [_layout(entry) for entry in data["layouts"]]
     assert len(layouts) >= 10 and len(set(layouts)) == len(layouts)
     assert max(layout.world_size for layout in layouts) == 8
-    for name in ("tp", "pp", "dp", "dcp", "pcp"):
+    widths = ("tp", "pp", "dp", "dcp", "pcp") if release == "0.33.0" else ("tp", "pp", "dp", "dcp")
+    for name in widths:
         assert any(getattr(layout, name) > 1 for layout in layouts), name
     for flag in ("enable_expert_parallel", "enable_eplb", "moe", "disable_custom_all_reduce"):
         assert {getattr(layout, flag) for layout in layouts} == {True, False}, flag
-    assert any(layout.independent_replicas for layout in layouts)  # a dense model with DP > 1
+    assert any(layout.dp > 1 and not layout.moe for layout in layouts)  # a dense model with DP > 1
     assert all(entry["backend"] == "gloo" for entry in data["layouts"])
 
 
-@pytest.mark.parametrize("entry", _entries(), ids=lambda entry: VLLMLayout(**entry["layout"]).slug())
-def test_plan_matches_vllm(entry: dict) -> None:
+@pytest.mark.parametrize("release, entry", _entries(),
+                         ids=lambda value: value if isinstance(value, str) else VLLMLayout(**value["layout"]).slug())
+def test_plan_matches_vllm(release: str, entry: dict) -> None:
     layout = _layout(entry)
-    the_plan = plan(layout)
-    assert entry["world_size"] == layout.group_world_size
+    newest = release == "0.33.0"
+    the_plan = plan(layout, RELEASES[release])
+    # 0.33 runs a dense model's DP ranks as independent engines (one replica captured); older ones in one world
+    assert entry["world_size"] == (layout.group_world_size if newest else layout.world_size)
     built = list(the_plan.built_groups())
     recorded = entry["groups"]
     assert [group.name for group in built] == [call["group_name"] for call in recorded]
@@ -64,15 +71,21 @@ def test_plan_matches_vllm(entry: dict) -> None:
         assert group.unique_name == call["unique_name"]
         assert group.use_device_communicator == call["use_device_communicator"], group.name
         assert group.use_message_queue_broadcaster == call["use_message_queue_broadcaster"], group.name
-        assert group.use_all2all == call["use_all2all"], group.name
+        if newest:  # parallel_state.py passes use_all2all to the coordinator
+            assert group.use_all2all == call["use_all2all"], group.name
+        else:  # before 0.33 the communicator decides it ("ep" in its name and DP > 1), on every rank alike
+            assert set(call["communicator_use_all2all"].values()) == (
+                {group.use_all2all} if group.builds_device_communicator else {None}), group.name
         assert group.new_group_calls == call["new_group_calls"], group.name
         # On CPU vLLM builds its platform's communicator where CudaCommunicator would be: the decision
         # whether a group gets one at all is parallel_state.py's, and it is the same on every rank.
         assert set(call["built_device_communicator"].values()) == (
             {"DeviceCommunicatorBase"} if group.builds_device_communicator else {None}), group.name
         assert set(call["built_mq_broadcaster"].values()) == {group.builds_mq_broadcaster}, group.name
-    # Module globals: absent groups stay None, aliases point at the coordinator they share.
+    # Module globals: absent groups stay None, aliases point at the coordinator they share; a release without a
+    # global (0.11 has no _ETP, _PCP, _EPLB) plans no such group.
     calls = {call["group_name"]: index for index, call in enumerate(recorded)}
+    assert {group.name for group in the_plan.groups} <= set(entry["globals"])
     for name, index in entry["globals"].items():
         if not the_plan.has_group(name):
             assert index is None, name

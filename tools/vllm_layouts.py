@@ -34,6 +34,17 @@ Stand-ins (each the narrowest one found; checked on vLLM 0.33.0):
 * DP > 1 (MoE): every process gets ``data_parallel_rank`` and the same ``data_parallel_master_port``
   (vLLM's engine hands these to its workers); ``init_distributed_environment`` rebases the rank itself.
 
+Older releases (``--release 0.11.0`` / ``--release 0.10.2``, fixtures ``vllm-<release>-layouts.json``): the same
+capture against that wheel's own ``init_worker_distributed_environment`` (``v1/worker/gpu_worker.py:691-710`` of
+0.11.0, ``:680-697`` of 0.10.2): ``ensure_model_parallel_initialized(tp, pp, dcp)`` (no PCP), ``GroupCoordinator``
+without ``use_all2all``, no ``_ETP``/``_PCP``/``_EPLB`` globals, no ``prefill_context_parallel_size`` or
+``all2all_backend`` in ``ParallelConfig`` (the backend is ``VLLM_ALL2ALL_BACKEND``, set in each rank's environment)
+and no independent dense DP replicas (a dense model's DP ranks join one world, as MoE's do). Their layouts leave out
+``--pcp`` (the release has none). The wheels' Python sources only, beside 0.33's dependencies::
+
+    mkdir -p /work/extra-vrel/src-0.11.0 && unzip -q vllm-0.11.0-*.whl -x '*.so' -d /work/extra-vrel/src-0.11.0
+    PYTHONPATH=/work/extra-vrel/src-0.11.0:/work/extra-vllm/site python tools/vllm_layouts.py --release 0.11.0
+
 Regenerate (from the repository root; a few minutes on 2 cores)::
 
     pip download --no-deps vllm==0.33.0 -d /work/extra-vllm/dl
@@ -69,13 +80,24 @@ from pathlib import Path
 from types import SimpleNamespace
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
-DEFAULT_OUT = FIXTURES / "vllm-0.33.0-layouts.json"
 CUDA_COMMUNICATOR_OUT = FIXTURES / "vllm-0.33.0-cuda-communicator.json"
-EXPECT_VERSION = "0.33.0"
+RELEASES = ("0.33.0", "0.11.0", "0.10.2")
+NEWEST = "0.33.0"
 
-#: Module globals of ``vllm/distributed/parallel_state.py`` 0.33.0 that hold a coordinator.
+#: Module globals of ``vllm/distributed/parallel_state.py`` that hold a coordinator, per release.
 GROUP_GLOBALS = {"_WORLD": "world", "_TP": "tp", "_ETP": "etp", "_DCP": "dcp", "_PCP": "pcp", "_PP": "pp",
                  "_DP": "dp", "_EP": "ep", "_EPLB": "eplb"}
+OLD_GROUP_GLOBALS = {"_WORLD": "world", "_TP": "tp", "_DCP": "dcp", "_PP": "pp", "_DP": "dp", "_EP": "ep"}
+
+
+def _is_newest() -> bool:
+    import vllm
+
+    return vllm.__version__ == NEWEST
+
+
+def default_out(release: str) -> Path:
+    return FIXTURES / f"vllm-{release}-layouts.json"
 
 #: (tp, pp, dp, dcp, pcp, enable_expert_parallel, enable_eplb, moe, disable_custom_all_reduce, all2all_backend)
 LAYOUTS: tuple[dict, ...] = tuple(
@@ -113,6 +135,8 @@ def _free_port() -> int:
 
 
 def _parallel_config(layout: dict, dp_rank: int, port: int):
+    if not _is_newest():
+        return _old_parallel_config(layout, dp_rank, port)
     from vllm.config import ParallelConfig
 
     config = ParallelConfig(
@@ -134,6 +158,29 @@ def _parallel_config(layout: dict, dp_rank: int, port: int):
     config.data_parallel_master_port = port
     if layout["dp"] > 1 and not layout["moe"]:
         config.reconfigure_for_independent_dp_rank()  # as v1/engine/core.py:1554 does for a dense model
+    return config
+
+
+def _old_parallel_config(layout: dict, dp_rank: int, port: int):
+    """0.11.0 / 0.10.2: no PCP field, the all2all backend is VLLM_ALL2ALL_BACKEND (set by the rank), no independent
+    dense DP replica (every DP rank joins the one world, ``parallel_state.py:1035-1049`` of 0.11.0)."""
+    from vllm.config import ParallelConfig
+
+    config = ParallelConfig(
+        tensor_parallel_size=layout["tp"],
+        pipeline_parallel_size=layout["pp"],
+        data_parallel_size=layout["dp"],
+        data_parallel_size_local=layout["dp"],
+        data_parallel_rank=dp_rank,
+        decode_context_parallel_size=layout["dcp"],
+        enable_expert_parallel=layout["enable_expert_parallel"],
+        enable_eplb=False,  # see the module docstring: set after the platform check (config/parallel.py:417-420)
+        disable_custom_all_reduce=layout["disable_custom_all_reduce"],
+        distributed_executor_backend="mp",
+        data_parallel_master_ip="127.0.0.1",
+    )
+    config._data_parallel_master_port_list = []
+    config.data_parallel_master_port = port
     return config
 
 
@@ -174,13 +221,26 @@ def _rank_main(layout: dict, launch_rank: int, rank: int, dp_rank: int, port: in
 def _capture_rank(layout: dict, local_rank: int, dp_rank: int, port: int) -> dict:
     import torch.distributed as dist
 
+    newest = _is_newest()
+    if not newest and layout["all2all_backend"] != "allgather_reducescatter":
+        # 0.11.0 / 0.10.2 read the backend from the environment (envs.py); the layout's default leaves the
+        # release's own default (0.10.2's is "naive", envs.py:1059-1060)
+        os.environ["VLLM_ALL2ALL_BACKEND"] = layout["all2all_backend"]
+
     import vllm.distributed.parallel_state as ps
     from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
 
     parallel = _parallel_config(layout, dp_rank, port)
     # device "cpu": on a machine without a GPU the CUDA wheel's platform is UnspecifiedPlatform, whose
     # device type is empty and DeviceConfig("auto") refuses it (config/device.py:49-59)
-    vllm_config = VllmConfig(parallel_config=parallel, device_config=DeviceConfig(device="cpu"))
+    extra = {}
+    if not newest:
+        # CacheConfig's host swap check (4 GiB per TP rank must fit in 70 % of this machine's memory,
+        # config/cache.py:206-218 of 0.11.0) is about the machine, not the layout: no swap space here
+        from vllm.config import CacheConfig
+
+        extra["cache_config"] = CacheConfig(swap_space=0)
+    vllm_config = VllmConfig(parallel_config=parallel, device_config=DeviceConfig(device="cpu"), **extra)
     # after VllmConfig's validation too: it validates the parallel config again (the platform check)
     vllm_config.parallel_config.enable_eplb = layout["enable_eplb"]
     parallel = vllm_config.parallel_config
@@ -199,8 +259,12 @@ def _capture_rank(layout: dict, local_rank: int, dp_rank: int, port: int) -> dic
     def recording_init(self, group_ranks, local_rank, torch_distributed_backend, use_device_communicator,
                        use_message_queue_broadcaster=False, group_name=None, use_all2all=False):
         before = new_group_calls[0]
-        real_init(self, group_ranks, local_rank, torch_distributed_backend, use_device_communicator,
-                  use_message_queue_broadcaster, group_name, use_all2all)
+        if newest:
+            real_init(self, group_ranks, local_rank, torch_distributed_backend, use_device_communicator,
+                      use_message_queue_broadcaster, group_name, use_all2all)
+        else:  # no use_all2all argument before vLLM 0.33 (parallel_state.py:200-208 of 0.11.0)
+            real_init(self, group_ranks, local_rank, torch_distributed_backend, use_device_communicator,
+                      use_message_queue_broadcaster, group_name)
         self._memprobe_call = len(calls)
         calls.append({
             "group_name": group_name,
@@ -216,6 +280,10 @@ def _capture_rank(layout: dict, local_rank: int, dp_rank: int, port: int) -> dic
             "cuda_flags": _cuda_flags(self.device_communicator) if type(self.device_communicator).__name__
             == "CudaCommunicator" else None,
         })
+        if not newest:  # before 0.33 the communicator decides all2all itself: "ep" in its name and DP > 1
+            # (base_device_communicator.py:112-122 of 0.11.0), on the platform's communicator too
+            calls[-1]["communicator_use_all2all"] = (bool(self.device_communicator.use_all2all)
+                                                     if self.device_communicator is not None else None)
 
     ps.GroupCoordinator.__init__ = recording_init
     dist.new_group = counting_new_group
@@ -225,16 +293,20 @@ def _capture_rank(layout: dict, local_rank: int, dp_rank: int, port: int) -> dic
             # v1/worker/gpu_worker.py:1706-1728 (init_worker_distributed_environment), in that order
             ps.set_custom_all_reduce(not parallel.disable_custom_all_reduce)
             ps.init_distributed_environment(replica_world, local_rank, f"tcp://127.0.0.1:{port}", local_rank, "nccl")
-            ps.ensure_model_parallel_initialized(parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
-                                                 parallel.prefill_context_parallel_size,
-                                                 parallel.decode_context_parallel_size)
+            if newest:
+                ps.ensure_model_parallel_initialized(parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
+                                                     parallel.prefill_context_parallel_size,
+                                                     parallel.decode_context_parallel_size)
+            else:  # gpu_worker.py:705-708 of 0.11.0
+                ps.ensure_model_parallel_initialized(parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
+                                                     parallel.decode_context_parallel_size)
         globals_ = {}
-        for name, label in GROUP_GLOBALS.items():
+        for name, label in (GROUP_GLOBALS if newest else OLD_GROUP_GLOBALS).items():
             coordinator = getattr(ps, name)
             globals_[label] = None if coordinator is None else coordinator._memprobe_call
         result = {"calls": calls, "globals": globals_, "global_rank": dist.get_rank(),
                   "world_size": dist.get_world_size(), "backend": str(dist.get_backend()),
-                  "use_all2all": bool(parallel.use_all2all), "platform": type(ps.current_platform).__name__
+                  "use_all2all": bool(parallel.use_all2all) if newest else None, "platform": type(ps.current_platform).__name__
                   if hasattr(ps, "current_platform") else _platform_name()}
     finally:
         ps.GroupCoordinator.__init__ = real_init
@@ -253,7 +325,8 @@ def _platform_name() -> str:
 def capture(layout: dict, cuda_communicator: bool = False) -> dict:
     """Run one layout: every rank a process; returns what vLLM built, checked consistent across ranks."""
     replica = layout["tp"] * layout["pp"] * layout["pcp"]
-    ranks = replica * (layout["dp"] if layout["moe"] else 1)  # a dense DP replica is its own engine
+    # a dense DP replica is its own engine in 0.33; before it every DP rank joins one world
+    ranks = replica * (layout["dp"] if layout["moe"] or not _is_newest() else 1)
     port = _free_port()
     # fork after the parent imported vLLM (main): each rank starts from the same imported modules and
     # no group state (vLLM's globals are set only inside the children); spawn would re-import vLLM per rank
@@ -301,8 +374,9 @@ def _merge(layout: dict, results: dict[int, dict]) -> dict:
     first = by_global[0]
     for rank, result in by_global.items():
         for call, mine in zip(first["calls"], result["calls"]):
-            same = {key: call[key] for key in call if key not in ("my_ranks", "device_communicator", "mq_broadcaster")}
-            theirs = {key: mine[key] for key in mine if key not in ("my_ranks", "device_communicator", "mq_broadcaster")}
+            mine_only = ("my_ranks", "device_communicator", "mq_broadcaster", "communicator_use_all2all")
+            same = {key: call[key] for key in call if key not in mine_only}
+            theirs = {key: mine[key] for key in mine if key not in mine_only}
             if same != theirs:
                 raise SystemExit(f"rank {rank} saw {theirs}, rank 0 saw {same}")
         if result["globals"] != first["globals"] or len(result["calls"]) != len(first["calls"]):
@@ -316,6 +390,8 @@ def _merge(layout: dict, results: dict[int, dict]) -> dict:
                                           for g in sorted(by_global)},
             "built_mq_broadcaster": {str(g): by_global[g]["calls"][index]["mq_broadcaster"] for g in sorted(by_global)},
             **({"cuda_flags": call["cuda_flags"]} if call["cuda_flags"] is not None else {}),
+            **({"communicator_use_all2all": {str(g): by_global[g]["calls"][index]["communicator_use_all2all"]
+                                             for g in sorted(by_global)}} if "communicator_use_all2all" in call else {}),
         })
     return {"layout": layout, "world_size": first["world_size"], "backend": first["backend"],
             "platform": first["platform"], "use_all2all": first["use_all2all"], "groups": groups,
@@ -330,18 +406,25 @@ def main(argv: list[str] | None = None) -> int:
                              "CPU); writes the -cuda-communicator fixture; skips the layouts whose all2all backend "
                              "needs a package this machine lacks (DeepEP)")
     parser.add_argument("--only", type=int, default=None, help="capture only the layout at this index (a trial)")
+    parser.add_argument("--release", choices=RELEASES, default=NEWEST,
+                        help="the vLLM release on PYTHONPATH (its fixture: vllm-<release>-layouts.json)")
     args = parser.parse_args(argv)
     import torch
     import vllm
     import vllm.config  # noqa: F401 - imported once here, before the ranks fork
     import vllm.distributed.parallel_state  # noqa: F401
 
-    if vllm.__version__ != EXPECT_VERSION:
-        raise SystemExit(f"vLLM {vllm.__version__} is installed; this fixture is for {EXPECT_VERSION}")
-    layouts = LAYOUTS if args.only is None else (LAYOUTS[args.only],)
+    if vllm.__version__ != args.release:
+        raise SystemExit(f"vLLM {vllm.__version__} is on the path; --release {args.release} asks for that one")
+    if args.cuda_communicator and args.release != NEWEST:
+        raise SystemExit(f"--cuda-communicator is written for vLLM {NEWEST}'s CudaCommunicator")
+    # releases before 0.33 have no prefill context parallelism (no prefill_context_parallel_size field)
+    known = LAYOUTS if args.release == NEWEST else tuple(layout for layout in LAYOUTS if layout["pcp"] == 1)
+    layouts = known if args.only is None else (known[args.only],)
     if args.cuda_communicator:
         layouts = tuple(layout for layout in layouts if layout["all2all_backend"] == "allgather_reducescatter")
-    out = args.out or (CUDA_COMMUNICATOR_OUT if args.cuda_communicator else DEFAULT_OUT)
+    out = args.out or (CUDA_COMMUNICATOR_OUT if args.cuda_communicator else default_out(args.release))
+    source = f"/work/extra-vllm/src-{NEWEST}" if args.release == NEWEST else f"/work/extra-vrel/src-{args.release}"
     captured = []
     for layout in layouts:
         print(f"capturing {layout}", file=sys.stderr, flush=True)
@@ -349,20 +432,25 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "provenance": {
             "tool": "tools/vllm_layouts.py",
-            "command": "PYTHONPATH=/work/extra-vllm/src-0.33.0:/work/extra-vllm/site python tools/vllm_layouts.py"
-                       + (" --cuda-communicator" if args.cuda_communicator else ""),
+            "command": f"PYTHONPATH={source}:/work/extra-vllm/site python tools/vllm_layouts.py"
+                       + (" --cuda-communicator" if args.cuda_communicator else "")
+                       + (f" --release {args.release}" if args.release != NEWEST else ""),
             "communicator": ("CudaCommunicator in place of the platform's (platforms/cuda.py:581-584); no CUDA, "
                              "no libnccl, no vllm._C here, so only its name/flag/env gates are meaningful"
                              if args.cuda_communicator else "the platform's own"),
             "vllm": vllm.__version__,
-            "vllm_wheel": "vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl (Python sources only; no vllm._C)",
+            "vllm_wheel": (f"vllm-{NEWEST}-cp38-abi3-manylinux_2_28_x86_64.whl" if args.release == NEWEST else
+                           f"vllm-{args.release}-cp38-abi3-manylinux1_x86_64.whl") + " (Python sources only; no vllm._C)",
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": "cpu (gloo); vLLM's platform on this machine: see each layout's 'platform'",
             "stand_ins": ["model_config = SimpleNamespace(is_moe, architecture, sleep_mode_offload_cudagraph=False)",
                           "enable_eplb set after ParallelConfig's CUDA-only platform check",
-                          "dense DP > 1: one replica after reconfigure_for_independent_dp_rank()",
+                          ("dense DP > 1: one replica after reconfigure_for_independent_dp_rank()"
+                           if args.release == NEWEST else "dense DP > 1: every DP rank in the one world, as MoE"),
                           "DeviceConfig(device='cpu')"]
+            + ([] if args.release == NEWEST else ["VLLM_ALL2ALL_BACKEND set per rank when not the layout default",
+                                                  "CacheConfig(swap_space=0): the host swap check is the machine's"])
             + (["platform: get_device_communicator_cls -> CudaCommunicator, use_custom_allreduce -> True"]
                if args.cuda_communicator else []),
         },

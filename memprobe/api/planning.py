@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from memprobe.api.measuring import measure
-from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, options_of
-from memprobe.api.results import Plan
+from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, Workers, options_of
+from memprobe.api.results import AssumedFacts, ListDecisions, Plan
 from memprobe.api.scenarios import (
-    check_choices, distinct, engine_of, headline, layout_of, stack_names, stack_of, stacks_of,
+    check_choices, distinct, engine_of, env_preset_of, headline, layout_of, stack_names, stack_of, stacks_of,
 )
 from memprobe.errors import Interrupted, MeasurementError, MemprobeError, OptionTypeError, UsageError
 from memprobe.fields import as_path
@@ -28,7 +28,9 @@ __all__ = ["check_estimate", "estimate", "estimated", "plan"]
 
 
 def plan(options: Optional[PlanOptions] = None, **fields_: Any) -> Plan:
-    """Every group the engine builds for a layout (SGLang 0.5.23's by default), and the stack's communicators; nothing is launched.
+    """Every group an engine builds for a layout (SGLang 0.5.23's by default), the stack's communicator flags, and
+    what each group builds (:meth:`Engine.decide`) on the facts the estimate assumes by default (``assumed``: no GPU
+    is looked at); nothing is launched.
 
     >>> p = plan(tp=8, ep=4)
     >>> [g.name for g in p.groups.groups][:2]
@@ -39,7 +41,39 @@ def plan(options: Optional[PlanOptions] = None, **fields_: Any) -> Plan:
     engine = engine_of(conf.engine).engine
     layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
     stack = engine.resolve_stack(stack_of(engine, conf.stack, PlanOptions.stack))
-    return Plan(groups=engine.plan(layout), stack=stack)
+    groups = engine.plan_for(layout, stack)
+    assumed = _assumed_facts(engine)
+    return Plan(groups=groups, stack=stack, assumed=assumed,
+                decisions={group.name: _group_decisions(engine, group, stack, assumed) for group in groups.groups})
+
+
+def _assumed_facts(engine: Any) -> AssumedFacts:
+    """The estimate's defaults: the packaged calibration's GPU, nodes of up to eight NVSwitch-joined GPUs
+    (``Topology.for_world`` without --gpus-per-node), the engine's default environment preset."""
+    from memprobe.estimate.calibration import find_calibration
+    from memprobe.estimate.model import MAX_GPUS_PER_NODE
+
+    calibration = find_calibration(None, None)
+    return AssumedFacts(gpu_model=calibration.gpu_model, compute_capability=calibration.compute_capability,
+                        sm_count=calibration.sm_count, gpus_per_node=MAX_GPUS_PER_NODE,
+                        env_preset=env_preset_of(engine, Workers.env_preset, Workers.env_preset))
+
+
+def _group_decisions(engine: Any, group: Any, stack: Any, assumed: AssumedFacts) -> tuple[ListDecisions, ...]:
+    """``engine.decide`` once per kind of rank list (how many nodes a list spans: rank r on node r // gpus_per_node,
+    as the estimate places ranks), as the estimate's rules see a list (:func:`memprobe.estimate.model._facts`)."""
+    from memprobe.engines.api import Facts
+    from memprobe.model.scenario import env_presets
+
+    env = engine.own_env(env_presets()[assumed.env_preset])
+    spans: dict[int, int] = {}
+    for ranks in group.rank_lists:
+        nodes = len({rank // assumed.gpus_per_node for rank in ranks})
+        spans[nodes] = spans.get(nodes, 0) + 1
+    return tuple(ListDecisions(nodes=nodes, lists=count, decisions=tuple(engine.decide(
+        group, stack, Facts(width=group.width, nodes=nodes, full_nvlink=True, capability=assumed.compute_capability,
+                            sm_count=assumed.sm_count, env=env))))
+        for nodes, count in sorted(spans.items()))
 
 
 def estimate(options: Optional[EstimateOptions] = None, **fields_: Any) -> "Comparison":

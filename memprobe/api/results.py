@@ -11,21 +11,51 @@ from memprobe.errors import OptionTypeError, UsageError
 
 if TYPE_CHECKING:  # the values' types; imported where used, so that `memprobe estimate` starts fast
     from memprobe.model.comparison import Comparison, ScenarioRun
-    from memprobe.engines.api import Plan as GroupsPlan
+    from memprobe.engines.api import Decision, Plan as GroupsPlan
     from memprobe.engines.stacks import Stack
 
-__all__ = ["BaselineUpdate", "Plan", "communicators", "is_estimate", "total_after_first_use"]
+__all__ = ["AssumedFacts", "BaselineUpdate", "ListDecisions", "Plan", "communicators", "is_estimate", "total_after_first_use"]
 
 
 # ------------------------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
+class ListDecisions:
+    """What one group's rank lists that sit alike (as many nodes each) build, per communicator kind:
+    :meth:`memprobe.engines.api.Engine.decide` on the assumed facts."""
+
+    nodes: int  # nodes each of these lists spans
+    lists: int  # how many of the group's lists
+    decisions: tuple["Decision", ...]
+
+
+@dataclass(frozen=True)
+class AssumedFacts:
+    """The machine ``plan`` decides on when it looks at no GPU: what ``estimate`` assumes by default."""
+
+    gpu_model: str  # the packaged calibration's GPU
+    compute_capability: int
+    sm_count: int
+    gpus_per_node: int  # NVSwitch-joined, fully NVLink-connected
+    env_preset: str
+
+    def describe(self) -> str:
+        major, minor = divmod(self.compute_capability, 10)
+        return (f"decisions ASSUMED as the estimate assumes by default, no GPU looked at: {self.gpu_model} "
+                f"(sm {major}.{minor}), nodes of {self.gpus_per_node} NVSwitch-joined GPUs, env preset "
+                f"{self.env_preset}")
+
+
+@dataclass(frozen=True)
 class Plan:
-    """The groups the engine builds for a layout, and the stack's communicators for each."""
+    """The groups an engine builds for a layout, the stack's communicator flags for each, and what each group
+    builds (its decisions, per kind of rank list) on the assumed facts."""
 
     groups: "GroupsPlan"
     stack: "Stack"
+    decisions: dict[str, tuple[ListDecisions, ...]] = field(default_factory=dict)  # group name -> its lists' kinds
+    assumed: Optional[AssumedFacts] = None
 
 
 @dataclass(frozen=True)

@@ -332,7 +332,21 @@ class Engine:
 
     # -- layout and plan
     def plan(self, layout: LayoutBase) -> Plan:
+        """The groups the engine's default stack builds for ``layout``."""
         raise NotImplementedError
+
+    def plan_for(self, layout: LayoutBase, stack: Any) -> Plan:
+        """The groups ``stack`` builds for ``layout``: where a stack stands for a release whose groups differ
+        (vLLM 0.11 builds EP for dense models too), the engine plans that release's; the same as :meth:`plan` by
+        default. Raises :class:`UsageError` where :meth:`stack_problem` names one."""
+        problem = self.stack_problem(layout, stack)
+        if problem is not None:
+            raise UsageError(problem)
+        return self.plan(layout)
+
+    def stack_problem(self, layout: LayoutBase, stack: Any) -> str | None:
+        """Why ``stack`` cannot build ``layout`` (one line naming the release that lacks a flag: exit 2), or None."""
+        return None
 
     def layout(self, widths: Mapping[str, Any], where: str = "") -> LayoutBase:
         """The engine's layout from widths named as its fields; a width it does not have is refused unless 1."""

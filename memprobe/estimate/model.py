@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import NamedTuple
 
-from memprobe.engines.api import Allocation, Decision, Engine, Facts, GroupPlan, LayoutBase, Plan
+from memprobe.engines.api import Allocation, Decision, Engine, Facts, GroupPlan, Plan
 from memprobe.engines.stacks import Stack
 from memprobe.errors import UsageError
 from memprobe.estimate import nccl
@@ -161,7 +161,7 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
     whose rules apply (default: the calibration's NCCL, see :func:`memprobe.estimate.nccl_versions.resolve`).
     """
     context = estimate_context(scenario, topology, calibration, stack, nccl_version)
-    lists, classes = _rank_classes(context.engine, scenario.layout, topology, context.settings.eager)
+    lists, classes = _rank_classes(context.plan, topology, context.settings.eager)
     ranks = [estimate_rank(context, rank, lists) for rank in sorted(set(classes.values()))]
     record = _record(context, effective_env(scenario), ranks, classes)
     readings = [reading for rank in ranks for reading in rank.readings]
@@ -179,7 +179,7 @@ def estimate_context(scenario: Scenario, topology: Topology, calibration: Calibr
     assert stack is not None
     engine = scenario.engine_ref.engine
     return Context(
-        scenario=scenario, engine=engine, plan=engine.plan(scenario.layout), topology=topology,
+        scenario=scenario, engine=engine, plan=engine.plan_for(scenario.layout, stack), topology=topology,
         calibration=calibration, settings=settings,
         links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu), stack=stack,
         engine_env=engine.own_env(effective_env(scenario)),
@@ -195,7 +195,7 @@ class Member(NamedTuple):
 
 
 @lru_cache(maxsize=8)  # the scenarios of one comparison share layouts: full and lean estimate the same ranks
-def _rank_classes(engine: Engine, layout: LayoutBase, topology: Topology, eager: bool
+def _rank_classes(plan: Plan, topology: Topology, eager: bool
                   ) -> tuple[dict[str, dict[int, Member]], dict[int, int]]:
     """rank -> the first rank whose readings it shares, and every representative's :class:`Member` per group.
 
@@ -203,7 +203,8 @@ def _rank_classes(engine: Engine, layout: LayoutBase, topology: Topology, eager:
     and tree peers the rank has on and off its node (:func:`memprobe.estimate.nccl.peer_counts`): the rules see
     nothing else of it, so ranks alike in all of them read the same bytes at every step.
     """
-    groups = [group for group in engine.plan(layout).groups if not group.is_alias]
+    groups = [group for group in plan.groups if not group.is_alias]
+    layout = plan.layout
     kinds: dict[tuple, int] = {}  # what a rank's bytes depend on in one group -> a small number
     placed = [_place_group(group, layout.world_size, topology, eager, kinds) for group in groups]
     representatives: dict[tuple, int] = {}

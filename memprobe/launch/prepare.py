@@ -27,7 +27,8 @@ WORKER_TIMEOUT_MARGIN_S = 60.0
 def expected_readings(scenario: Scenario) -> int:
     """Readings each rank takes (the progress total)."""
     engine = scenario.engine_ref.engine
-    return len(sequence((group.name for group in engine.plan(scenario.layout).built_groups()), engine.kind_names))
+    plan = engine.plan_for(scenario.layout, scenario.resolved_stack)
+    return len(sequence((group.name for group in plan.built_groups()), engine.kind_names))
 
 
 def visible_gpu_count(environment: dict[str, str]) -> tuple[int, str]:
@@ -147,7 +148,7 @@ def new_run_dir(root: Path, name: str) -> Path:
 def new_record(scenario: Scenario, options: LaunchOptions, run_dir: Path, command: list[str] | None) -> RunRecord:
     stack = scenario.resolved_stack
     assert stack is not None  # Scenario.__post_init__ resolves it
-    plan = scenario.engine_ref.engine.plan(scenario.layout)
+    plan = scenario.engine_ref.engine.plan_for(scenario.layout, stack)
     return RunRecord(
         run_id=run_dir.name,
         layout=scenario.layout.as_dict(),

@@ -83,7 +83,7 @@ class Recorder:
                  allow_busy_gpu: bool = False) -> None:
         self.engine = engine
         self.layout = layout
-        self.plan = engine.engine.plan(layout)
+        self.plan = engine.engine.plan_for(layout, stack)
         self.stack = stack
         self.device_kind = device
         self.warmup = warmup

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from memprobe import engines
 from memprobe.errors import DamagedInput, MeasurementError
+from memprobe.engines.stacks import stack_from_record
 from memprobe.model.records import RunStatus
 from memprobe.model.steps import sequence
 
@@ -24,7 +25,9 @@ def expected_steps(record: Any, readings: Iterable[Any]) -> list[tuple[str, str]
     if ref.installed:
         return sorted({(reading.group, reading.step) for reading in readings})
     engine = ref.engine
-    plan = engine.plan(engine.layout(record.layout))
+    # the stack decides the groups where it stands for a release (vLLM 0.11 builds EP for dense models too)
+    stack = stack_from_record(engine, record.stack, f"run {record.run_id}: stack")
+    plan = engine.plan_for(engine.layout(record.layout), stack)
     return sequence((group.name for group in plan.built_groups()), engine.kind_names)
 
 

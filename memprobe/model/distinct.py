@@ -23,7 +23,7 @@ def measured_identity(scenario: Scenario) -> tuple[Any, ...]:
     assert stack is not None
     groups = []
     built_kinds: set[str] = set()
-    for group in scenario.engine_ref.engine.plan(scenario.layout).groups:
+    for group in scenario.engine_ref.engine.plan_for(scenario.layout, stack).groups:
         communicators = stack.communicators_for(group)
         built_kinds.update(kind for kind, built in communicators.items() if built)
         groups.append((group.name, group.rank_lists, group.alias_of, tuple(sorted(communicators.items()))))

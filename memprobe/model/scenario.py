@@ -107,6 +107,9 @@ class Scenario:
         if self.resolved_stack is None:
             object.__setattr__(self, "resolved_stack",
                                engine.resolve_stack(self.stack, option=f"scenario {self.name}: stack"))
+        problem = engine.stack_problem(self.layout, self.resolved_stack)
+        if problem is not None:  # the stack's release lacks a flag of the layout
+            raise UsageError(f"scenario {self.name}: {problem}")
         installed_name = next((name for name, mode in engine.names.items() if mode == "installed"), None)
         if self.stack == "installed" and not ref.installed:
             raise UsageError(f"scenario {self.name}: stack 'installed' ({engine.label}'s own flags) needs engine "

@@ -22,7 +22,9 @@ from memprobe.engines.api import (
 from memprobe.engines.stacks import Stack, new_stack
 from memprobe.engines.vllm import communicators as rules
 from memprobe.engines.vllm import sizes
-from memprobe.engines.vllm.layout import DEFAULT_ALL2ALL_BACKEND, GROUP_ORDER, RELEASE, VLLMLayout, plan
+from memprobe.engines.vllm.layout import (
+    DEFAULT_ALL2ALL_BACKEND, GROUP_ORDER, RELEASE, VLLMLayout, plan, release_problem,
+)
 from memprobe.errors import UsageError
 
 KINDS: tuple[Kind, ...] = (
@@ -68,9 +70,7 @@ class VLLMEngineLayout(LayoutBase):
     all2all_backend: str = flag_field(DEFAULT_ALL2ALL_BACKEND, flag="--all2all-backend", help="vLLM's backend.")
 
     def check(self) -> None:
-        if self.vllm().independent_replicas:
-            raise UsageError(f"--dp {self.dp} without --moe: vLLM runs a dense model's DP ranks as independent "
-                             f"engines, one world each (v1/engine/core.py:1546-1554 of {RELEASE}); plan one with --dp 1")
+        self.vllm()  # what every release refuses alike; a release's own refusals: VLLMEngine.stack_problem
 
     def vllm(self) -> VLLMLayout:
         """The same launch as the pure layout module's value (which also refuses what vLLM refuses)."""
@@ -134,11 +134,35 @@ class VLLMEngine(Engine):
     stack_option_names = (RELEASE_LINE, EP_PYNCCL)
 
     def plan(self, layout: LayoutBase) -> Plan:
+        return self.plan_for(layout, self.stacks()[self.default_stack])
+
+    def plan_for(self, layout: LayoutBase, stack: Any) -> Plan:
+        """The groups of the stack's release line (vLLM 0.11 builds EP for dense models too, 0.33 has PCP, ETP
+        and EPLB): :func:`memprobe.engines.vllm.layout.plan`."""
+        problem = self.stack_problem(layout, stack)
+        if problem is not None:
+            raise UsageError(problem)
+        return self._plan(layout, _line_of(stack))
+
+    def stack_problem(self, layout: LayoutBase, stack: Any) -> str | None:
+        assert isinstance(layout, VLLMEngineLayout)
+        line, launch = _line_of(stack), layout.vllm()
+        release = rules.RELEASE_OF_LINE[line]
+        if line == "0.33" and launch.independent_replicas:  # one torch world per replica: memprobe runs one world
+            problem: str | None = (f"--dp {layout.dp} without --moe: vLLM {release} runs a dense model's DP ranks as "
+                                   f"independent engines, one world each (v1/engine/core.py:1546-1554 of {release}); "
+                                   "plan one with --dp 1")
+        else:
+            problem = release_problem(launch, line)
+        return None if problem is None else f"{problem} (stack {getattr(stack, 'name', stack)})"
+
+    @staticmethod
+    def _plan(layout: LayoutBase, line: str) -> Plan:
         assert isinstance(layout, VLLMEngineLayout)
         launch = layout.vllm()
         return Plan(layout=layout, groups=tuple(
             VLLMGroupPlan(group.name, group.rank_lists, alias_of=group.alias_of, launch=launch)
-            for group in plan(launch).groups))
+            for group in plan(launch, line).groups))
 
     def describe_layout(self, layout: LayoutBase) -> str:
         assert isinstance(layout, VLLMEngineLayout)
@@ -234,6 +258,12 @@ class VLLMEngine(Engine):
                                sizes.mq_broadcaster_bytes(facts.width), "host",
                                "parallel_state.py:565-567; shm_broadcast.py:335-349 (0.33.0)")]
         return []  # FlashInfer all-reduce, all2all manager: built at init, buffers at first use
+
+
+def _line_of(stack: Any) -> str:
+    """The release line whose groups and rules a stack builds (a stack without one: the newest)."""
+    return str(stack.options.get(RELEASE_LINE, rules.DEFAULT_RELEASE_LINE)) if stack is not None \
+        else rules.DEFAULT_RELEASE_LINE
 
 
 def _tp_like(width: int) -> Any:

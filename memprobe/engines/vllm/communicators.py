@@ -22,12 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from memprobe.engines.vllm.layout import VLLMGroup, VLLMLayout, VLLMPlan, plan
+from memprobe.engines.vllm.layout import (
+    RELEASE_LINES, RELEASE_OF_LINE, VLLMGroup, VLLMLayout, VLLMPlan, all2all_backend, plan,
+)
 
-RELEASE_LINES: tuple[str, ...] = ("0.33", "0.11-0.2x", "0.10")
 DEFAULT_RELEASE_LINE = "0.33"
-#: The wheel each release line was read from.
-RELEASE_OF_LINE: dict[str, str] = {"0.33": "0.33.0", "0.11-0.2x": "0.11.0", "0.10": "0.10.2"}
 STACKS: tuple[str, ...] = ("vllm", "shared-ep")
 
 # Kinds of decision, one per object CudaCommunicator (or GroupCoordinator) may build for a group.
@@ -261,7 +260,7 @@ def _all2all(group: VLLMGroup, layout: VLLMLayout, line: str) -> Decision | None
         why = "EP group with DP > 1"
     if not wanted:
         return Decision(group.name, ALL2ALL_MANAGER, False, f"no all2all: not {why}", source)
-    return Decision(group.name, ALL2ALL_MANAGER, True, f"{layout.effective_all2all_backend} manager object; its "
+    return Decision(group.name, ALL2ALL_MANAGER, True, f"{all2all_backend(layout, line)} manager object; its "
                     "buffers (DeepEP, FlashInfer, ...) are made lazily by get_handle after model load", source,
                     eager=False)
 

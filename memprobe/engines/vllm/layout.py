@@ -251,24 +251,65 @@ def _rows(dp: int, pp: int, pcp: int, tp: int, swap: tuple[int, int] | None, wid
     return tuple(tuple(flat[start:start + width]) for start in range(0, len(flat), width))
 
 
-#: Release lines ``plan`` knows; their groups differ (see ``plan``).
-PLAN_RELEASE_LINES: tuple[str, ...] = ("0.33", "0.11-0.2x", "0.10")
+#: Release lines memprobe models, newest first; their groups and flags differ (see ``plan``, ``release_problem``).
+RELEASE_LINES: tuple[str, ...] = ("0.33", "0.11-0.2x", "0.10")
+#: The wheel each release line was read from.
+RELEASE_OF_LINE: dict[str, str] = {"0.33": "0.33.0", "0.11-0.2x": "0.11.0", "0.10": "0.10.2"}
+#: Before 0.33 the all2all backend is the environment variable VLLM_ALL2ALL_BACKEND, not a flag: 0.11.0 checks
+#: its choices (``envs.py:1240-1246``); 0.10.2 takes any value and its CudaCommunicator knows these four
+#: (``device_communicators/cuda_communicator.py:84-103``).
+OLD_ALL2ALL_BACKENDS: dict[str, tuple[str, ...]] = {
+    "0.11-0.2x": ("naive", "pplx", "deepep_high_throughput", "deepep_low_latency", "allgather_reducescatter",
+                  "flashinfer_all2allv"),
+    "0.10": ("naive", "pplx", "deepep_high_throughput", "deepep_low_latency"),
+}
+#: VLLM_ALL2ALL_BACKEND's default: 0.11.0 ``envs.py:1241``, 0.10.2 ``envs.py:1059-1060``.
+OLD_DEFAULT_ALL2ALL_BACKEND = {"0.11-0.2x": "allgather_reducescatter", "0.10": "naive"}
+
+
+def check_release_line(release_line: str) -> str:
+    if release_line not in RELEASE_LINES:
+        raise UsageError(f"unknown vLLM release line {release_line!r}; one of {', '.join(RELEASE_LINES)}")
+    return release_line
+
+
+def all2all_backend(layout: VLLMLayout, release_line: str) -> str:
+    """The backend the release runs: the layout's, where it is not the (0.33) default; else the release's default."""
+    if release_line == "0.33":
+        return layout.effective_all2all_backend
+    if layout.all2all_backend == DEFAULT_ALL2ALL_BACKEND:
+        return OLD_DEFAULT_ALL2ALL_BACKEND[release_line]
+    return layout.all2all_backend
+
+
+def release_problem(layout: VLLMLayout, release_line: str) -> str | None:
+    """Why the release cannot run ``layout`` (one line naming the release), or None. ``VLLMLayout`` itself checks
+    what every release line refuses alike (EPLB needs EP and a wide EP group, TP divisible by DCP: 0.11.0's
+    ``config/parallel.py:417-432`` and ``engine/arg_utils.py:1184-1187``, the same checks in 0.10.2)."""
+    line = check_release_line(release_line)
+    release = RELEASE_OF_LINE[line]
+    if line == "0.33":
+        return None
+    if layout.pcp != 1:  # ParallelConfig of 0.11.0/0.10.2 has no prefill_context_parallel_size (config/parallel.py)
+        return (f"--pcp {layout.pcp}: vLLM {release} has no prefill context parallelism (no "
+                f"--prefill-context-parallel-size; it came with vLLM 0.12+); use --pcp 1 or stack vllm")
+    if layout.all2all_backend != DEFAULT_ALL2ALL_BACKEND and layout.all2all_backend not in OLD_ALL2ALL_BACKENDS[line]:
+        return (f"--all2all-backend {layout.all2all_backend}: vLLM {release} has no such backend "
+                f"(VLLM_ALL2ALL_BACKEND: {', '.join(OLD_ALL2ALL_BACKENDS[line])})")
+    return None
 
 
 @lru_cache(maxsize=64)  # a plan is immutable; callers ask for the same layouts again
 def plan(layout: VLLMLayout, release_line: str = "0.33") -> VLLMPlan:
-    """Every group vLLM creates for ``layout`` in one process world, in creation order.
-
-    ``"0.33"`` follows vLLM 0.33.0. ``"0.11-0.2x"`` and ``"0.10"`` follow 0.11.0's and 0.10.2's
-    ``initialize_model_parallel`` (identical there: ``parallel_state.py:1090-1212`` of 0.11.0,
-    ``:1047-1170`` of 0.10.2): ExternalDP x DP x PP x TP, groups world, tp, dcp, pp, dp and an EP group for
-    every model, dense included; no PCP, ETP or EPLB group, and a dense model's DP ranks share one world.
+    """Every group vLLM creates for ``layout`` in one process world, in creation order, as the release line's
+    ``initialize_model_parallel`` does. ``"0.33"`` follows vLLM 0.33.0; ``"0.11-0.2x"`` and ``"0.10"`` follow
+    0.11.0's and 0.10.2's, which are the same code (see :func:`_plan_011`). Refuses (:class:`UsageError`) what
+    :func:`release_problem` names.
     """
-    if release_line == "0.33":
-        return _plan_033(layout)
-    if release_line in ("0.11-0.2x", "0.10"):
-        return _plan_011(layout)
-    raise UsageError(f"unknown vLLM release line {release_line!r}; one of {', '.join(PLAN_RELEASE_LINES)}")
+    problem = release_problem(layout, release_line)
+    if problem is not None:
+        raise UsageError(problem)
+    return _plan_033(layout) if release_line == "0.33" else _plan_011(layout)
 
 
 def _plan_033(layout: VLLMLayout) -> VLLMPlan:
@@ -299,21 +340,34 @@ def _plan_033(layout: VLLMLayout) -> VLLMPlan:
 
 
 def _plan_011(layout: VLLMLayout) -> VLLMPlan:
-    """0.11.0 ``parallel_state.py:1127-1207`` (0.10.2 ``:1098-1164``, the same code)."""
-    if layout.pcp != 1:
-        raise UsageError(f"--pcp {layout.pcp}: vLLM 0.11 and older have no prefill context parallelism")
+    """0.11.0's ``initialize_model_parallel`` (``parallel_state.py:1090-1212``, cited as PS11:line); 0.10.2's is the
+    same code 43 lines earlier (``:1047-1169``). Where it differs from 0.33.0:
+
+    * the rank array is ``arange(W).reshape(-1, DP, PP, TP)``: no PCP axis (PS11:1141-1143);
+    * no ETP alias, no PCP group, no EPLB group (none of ``_ETP``, ``_PCP``, ``_EPLB`` exists);
+    * DCP is ``all_ranks.reshape(-1, dcp)`` whatever its width (PS11:1166-1173), not a transpose;
+    * the EP group is built for every model, dense included: ``model_config.is_moe`` is not read (PS11:1198-1206;
+      0.33.0 skips it for dense models, its ``parallel_state.py:2326-2327``);
+    * a dense model's DP ranks join one world with a DP group, as a MoE's do: ``init_distributed_environment``
+      rebases every DP rank into ``world_size_across_dp`` (PS11:1035-1049), the independent dense DP engine came
+      with vllm PR #30739;
+    * ``init_model_parallel_group`` hard-codes ``use_device_communicator=True`` and takes no ``use_all2all``
+      (PS11:916-930): the communicator decides all2all itself from DP > 1 on a group named ``ep``
+      (``base_device_communicator.py:112-122`` of 0.11.0).
+    """
     tp, pp, dp, dcp = layout.tp, layout.pp, layout.dp, layout.dcp
-    world = layout.world_size  # dense DP ranks share one world before vllm PR #30739
+    world = layout.world_size
 
     def rows(swap: tuple[int, int] | None, width: int) -> tuple[tuple[int, ...], ...]:
         return _rows(dp, pp, 1, tp, swap, width)  # (-1, DP, PP, TP) is (-1, DP, PP, 1, TP) with PCP 1
 
-    tp_rows = rows(None, tp)
     return VLLMPlan(layout=layout, groups=(
+        # init_world_group: use_device_communicator=False (PS11:905-913)
         VLLMGroup("world", (tuple(range(world)),), use_device_communicator=False),
-        VLLMGroup("tp", tp_rows, use_message_queue_broadcaster=True),
-        VLLMGroup("dcp", rows(None, dcp), use_message_queue_broadcaster=True),  # all_ranks.reshape(-1, dcp)
-        VLLMGroup("pp", rows((_AXIS["pp"], _AXIS["tp"]), pp)),  # transpose(2, 3) of the 4-D array
-        VLLMGroup("dp", rows((_AXIS["dp"], _AXIS["tp"]), dp)),  # transpose(1, 3)
-        VLLMGroup("ep", rows((_AXIS["dp"], _AXIS["pp"]), dp * tp), use_all2all=dp > 1),  # transpose(1, 2), always
+        VLLMGroup("tp", rows(None, tp), use_message_queue_broadcaster=True),  # view(-1, TP), PS11:1148-1156
+        VLLMGroup("dcp", rows(None, dcp), use_message_queue_broadcaster=True),  # reshape(-1, dcp), PS11:1166-1173
+        VLLMGroup("pp", rows((_AXIS["pp"], _AXIS["tp"]), pp)),  # transpose(2, 3) of the 4-D array, PS11:1179-1185
+        VLLMGroup("dp", rows((_AXIS["dp"], _AXIS["tp"]), dp)),  # transpose(1, 3), PS11:1189-1196
+        # transpose(1, 2).reshape(-1, DP x TP), for every model (PS11:1200-1206)
+        VLLMGroup("ep", rows((_AXIS["dp"], _AXIS["pp"]), dp * tp), use_all2all=dp > 1),
     ))
