@@ -285,6 +285,9 @@ class Engine:
     builders: ClassVar[Mapping[str, str]] = {}
     #: Why a width-1 group builds nothing, in the engine's words (recorded per rank).
     width_1_reason: ClassVar[str] = "builds none"
+    #: Whether the installed mode can build a stack other than the engine's own (SGLang's forces its flags on the
+    #: groups; an engine without it runs only stack ``installed``, and a scenario asking for another is refused).
+    installed_takes_stacks: ClassVar[bool] = True
 
     # -- layout and plan
     def plan(self, layout: LayoutBase) -> Plan:
