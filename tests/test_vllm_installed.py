@@ -308,3 +308,15 @@ def test_a_real_cpu_run_of_the_installed_vllm_and_its_estimate(memprobe, tmp_pat
                              topology, calibration)
     assert [(r.rank, r.group, r.step, r.primary_bytes) for r in mine.all_readings()] == \
         [(r.rank, r.group, r.step, r.primary_bytes) for r in reference.all_readings()]
+
+
+def test_a_scenario_file_names_the_vllm_site_and_runs_vllm_s_own_stack(tmp_path):
+    from memprobe.model.scenario import load_scenario_file
+
+    path = tmp_path / "s.toml"
+    path.write_text('baseline = "a"\n[[scenario]]\nname = "a"\ntp = 2\nmoe = true\nengine = "vllm"\nvllm = "/opt/v"\n')
+    (scenario,) = load_scenario_file(path).scenarios
+    assert (scenario.engine, scenario.stack, scenario.sglang) == ("vllm", "installed", "/opt/v")
+    path.write_text(path.read_text().replace('engine = "vllm"', 'engine = "vllm-ref"'))
+    with pytest.raises(UsageError, match="needs engine vllm"):
+        load_scenario_file(path)

@@ -129,7 +129,8 @@ def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: f
         except Interrupted as interrupt:  # its readings go with the temporary folder: name none
             raise Interrupted(interrupt.signal_number) from None
         except MeasurementError as error:  # its folder goes with the temporary one: say what failed here
-            raise MeasurementError(f"the --device cpu run of SGLang that tells its groups' flags failed: "
+            label = on_sglang[0].engine_ref.engine.label  # SGLang, vLLM
+            raise MeasurementError(f"the --device cpu run of {label} that tells its groups' flags failed: "
                                    f"{_first_failure(Path(folder)) or error}") from None
         for line in dict.fromkeys(w for item in comparison.runs for info in item.run.record.ranks for w in info.warnings):
             print(f"memprobe: note: {line}", file=sys.stderr)  # e.g. what SGLang's import chain could not import here

@@ -251,7 +251,9 @@ class ScenarioSet:
         raise UsageError(f"unknown scenario {name!r}; known: {', '.join(s.name for s in self.scenarios)}")
 
 
-_SCENARIO_KEYS = {"name", "stack", "env_preset", "env", "warmup", "engine", "sglang"}
+_SCENARIO_KEYS = {"name", "stack", "env_preset", "env", "warmup", "engine", "sglang", "vllm"}
+#: The key a scenario file names an installed engine's site with (``sglang = SITE``, ``vllm = SITE``).
+_SITE_KEYS = ("sglang", "vllm")
 
 
 def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source: str) -> Scenario:
@@ -262,6 +264,9 @@ def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source
     unknown = set(merged) - _SCENARIO_KEYS - set(widths)
     if unknown:
         raise UsageError(f"{source}: unknown key(s) {sorted(unknown)} in scenario {table.get('name', '?')!r}")
+    for key in _SITE_KEYS:
+        if merged.get(key) and key != ref.engine.name:
+            raise UsageError(f"{source}: scenario {table.get('name', '?')!r}: {key} = SITE needs engine {key}")
     if "name" not in merged or widths[0] not in merged:
         raise UsageError(f"{source}: every [[scenario]] needs name and {widths[0]}")
     env = merged.get("env", {})
@@ -274,12 +279,12 @@ def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source
     return Scenario(
         name=merged["name"],
         layout=layout,
-        stack=str(merged.get("stack", ref.engine.default_stack)),
+        stack=str(merged.get("stack", _default_stack(ref))),
         env_preset=str(merged.get("env_preset", "sglang")),
         env={str(k): str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in env.items()},
         warmup=str(merged.get("warmup", "tiny")),
         engine=str(merged.get("engine", DEFAULT_ENGINE)),
-        sglang=str(merged.get("sglang", "")),
+        sglang=str(merged.get(ref.engine.name if ref.engine.name in _SITE_KEYS else "sglang", "")),
     )
 
 
@@ -332,6 +337,11 @@ def with_engines(scenario_set: ScenarioSet, names: list[str]) -> ScenarioSet:
     base = scenario_set.get(scenario_set.baseline)
     baseline = scenario_set.baseline if base.engine in stored else renamed[(scenario_set.baseline, stored[0])]
     return ScenarioSet(scenarios=tuple(scenarios.values()), baseline=baseline)
+
+
+def _default_stack(ref: EngineRef) -> str:
+    """A scenario's stack when none is given: an installed engine that takes no stack runs its own."""
+    return INSTALLED_STACK if ref.installed and not ref.engine.installed_takes_stacks else ref.engine.default_stack
 
 
 def _on_engine(scenario: Scenario, engine: str) -> Scenario:
