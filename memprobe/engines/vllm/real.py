@@ -215,8 +215,9 @@ class GroupHooks:
     def _live(self, kind: str, communicator: Any) -> bool:
         if kind == rules.ALL2ALL_MANAGER:
             return getattr(communicator, "all2all_manager", None) is not None
-        if kind == rules.CUSTOM_ALLREDUCE_MNNVL:  # CustomAllreduce keeps its stage buffer only with multicast
-            return getattr(self.constructed.get(rules.CUSTOM_ALLREDUCE), "_mnnvl_buffer", None) is not None
+        if kind == rules.CUSTOM_ALLREDUCE_MNNVL:  # kept with a multicast pointer only (car:357-367, 394 of 0.33.0)
+            custom = self.constructed.get(rules.CUSTOM_ALLREDUCE)
+            return getattr(custom, "mnnvl_buffer", None) is not None and bool(getattr(custom, "mnnvl_multicast_ptr", 0))
         constructed = self.constructed.get(kind)
         return constructed is not None and not getattr(constructed, "disabled", False)
 
