@@ -13,7 +13,7 @@ from memprobe.api.measuring import measure
 from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, Workers, options_of
 from memprobe.api.results import AssumedFacts, ListDecisions, Plan
 from memprobe.api.scenarios import (
-    check_choices, distinct, engine_of, env_preset_of, headline, layout_of, stack_names, stack_of, stacks_of,
+    check_choices, distinct, engine_of, env_preset_of, headline, installed_site, layout_of, stack_names, stack_of, stacks_of,
 )
 from memprobe.errors import Interrupted, MeasurementError, MemprobeError, OptionTypeError, UsageError
 from memprobe.fields import as_path
@@ -112,8 +112,9 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
             names = [ref.engine.default_stack]  # one scenario: the engine's own flags replace the stack below
         scenario_set = distinct(headline(conf, ref.engine.name_for("reference") or ref.name, conf.tp, conf.ep,
                                          names, extra_env))
+    site = installed_site(conf.engine, sglang=conf.sglang, vllm=conf.vllm)
     if engine_of(conf.engine).installed:
-        scenario_set = _on_installed(scenario_set, conf.engine, str(conf.sglang) if conf.sglang else "")
+        scenario_set = _on_installed(scenario_set, conf.engine, site)
     return scenario_set
 
 
@@ -122,7 +123,6 @@ def _on_installed(scenario_set: "ScenarioSet", engine: str, site: str) -> "Scena
     from memprobe.model.scenario import ScenarioSet
 
     ref = engine_of(engine)
-    site = ref.engine.check_site(site, f"--sglang {site}") if site else ""
     names = {s.name: f"{s.layout.slug()}.{ref.name}" for s in scenario_set.scenarios}
     installed = ref.engine.resolve_stack("installed")
     renamed = {names[s.name]: replace(s, name=names[s.name], engine=ref.name, sglang=site, stack="installed",
@@ -163,7 +163,8 @@ def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: f
         except Interrupted as interrupt:  # its readings go with the temporary folder: name none
             raise Interrupted(interrupt.signal_number) from None
         except MeasurementError as error:  # its folder goes with the temporary one: say what failed here
-            raise MeasurementError(f"the --device cpu run of SGLang that tells its groups' flags failed: "
+            label = on_sglang[0].engine_ref.engine.label  # SGLang, vLLM
+            raise MeasurementError(f"the --device cpu run of {label} that tells its groups' flags failed: "
                                    f"{_first_failure(Path(folder)) or error}") from None
         for line in dict.fromkeys(w for item in comparison.runs for info in item.run.record.ranks for w in info.warnings):
             print(f"memprobe: note: {line}", file=sys.stderr)  # e.g. what SGLang's import chain could not import here

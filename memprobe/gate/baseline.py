@@ -53,6 +53,7 @@ from memprobe.model.memory_kind import describe as describe_kind, memory_kind
 from memprobe.model.records import Run, atomic_write_text
 from memprobe.model.steps import GROUPS_CREATED
 from memprobe.model.comparison import Comparison
+from memprobe.model.installation import EngineInstallation
 from memprobe.model.scenario import Scenario, ScenarioSet, validate_name
 
 from memprobe.units import MIB as MiB
@@ -214,22 +215,17 @@ def installation_of(run: Run) -> Any:
 
 def describe_installation(installation: Any) -> str:
     """``0.5.11 (/opt/sgl, parallel_state sha256 1a2b3c4d5e6f)``; older runs recorded the version alone."""
-    if not installation:
-        return "none (reference engine)"
-    if not isinstance(installation, Mapping):
-        return str(installation)
-    details = [str(installation[key]) for key in ("path",) if installation.get(key)]
-    if installation.get("parallel_state_sha256"):
-        details.append(f"parallel_state sha256 {str(installation['parallel_state_sha256'])[:12]}")
-    return f"{installation.get('version', '?')}" + (f" ({', '.join(details)})" if details else "")
+    found = EngineInstallation.from_json("", installation)
+    return found.describe() if found else "none (reference engine)"
 
 
 def portable_definition(scenario: Scenario) -> dict[str, Any]:
     """The scenario's definition as a baseline keeps it: without the installed engine's site folder, a path on the
-    machine that measured it (a gate is given its own, ``--sglang SITE``; the site is not hashed)."""
+    machine that measured it (a gate is given its own, ``--sglang SITE`` or ``--vllm SITE``; the site is not hashed)."""
     definition = scenario.definition()
-    if definition.get("sglang"):
-        definition["sglang"] = ""
+    for engine in ("sglang", "vllm"):
+        if definition.get(engine):
+            definition[engine] = ""
     return definition
 
 
