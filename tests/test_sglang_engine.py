@@ -97,7 +97,7 @@ def test_the_api_of_each_supported_release_is_read_from_its_sources(tmp_path, re
     assert (found.version, found.api, found.custom_allreduce_default) == (release, api, custom_allreduce)
     assert found.package == site / "sglang"
     assert found.parallel_state_sha256 == PUBLISHED_PARALLEL_STATE[release]
-    assert found.as_record()["path"] == str(site / "sglang")
+    assert found.to_json()["path"] == str(site / "sglang")
 
 
 def _fake_sglang(root: Path, version: str = "0.6.0", initialize: str = "backend=None",

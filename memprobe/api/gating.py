@@ -9,6 +9,7 @@ from memprobe.api.measuring import gathered_elsewhere, measure
 from memprobe.api.options import BaselineOptions, GateOptions, options_of
 from memprobe.api.planning import estimated
 from memprobe.api.results import BaselineUpdate
+from memprobe.api.scenarios import repointed
 from memprobe.errors import MeasurementError, UsageError
 
 if TYPE_CHECKING:
@@ -47,11 +48,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
     selected = baseline.select(list(conf.scenarios) or None)
     overrides = threshold_overrides(conf.relative, conf.absolute, conf.thresholds)
     check_overrides(baseline, overrides)
-    sglang = conf.sglang
-    if sglang:
-        from memprobe.engines.sglang.install import check_site
-
-        sglang = check_site(sglang)
+    sites = _sites_under_test(conf)
     if conf.estimate and conf.results is not None:
         raise UsageError("--estimate estimates the baseline's scenarios again; --results judges saved runs: give one")
     _refuse_device_with_estimate(conf.estimate, conf.launch.device)
@@ -61,41 +58,57 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
     detail(f"memprobe gate: judging {', '.join(selected)} of {conf.baseline} "
            f"({'results in ' + _named(conf.results) if conf.results is not None else ('estimated now' if conf.estimate else 'measured now')})")
     try:
-        comparison = _gate_comparison(conf, baseline, selected, sglang, calibration)
+        comparison = _gate_comparison(conf, baseline, selected, sites, calibration)
         if comparison is None:
             return None
         verdict = judged(baseline, comparison, thresholds_override=overrides, allow_env_mismatch=conf.allow_env_mismatch,
                          scenarios=selected, results_source=_source(conf.results) if conf.results is not None else None)
     except MeasurementError as error:
         verdict = failed_result(baseline, str(error), selected, conf.allow_env_mismatch)
-    return _with_guards(verdict, conf, baseline, selected, sglang)
+    return _with_guards(verdict, conf, baseline, selected, sites)
 
 
-def _with_guards(verdict: "GateResult", conf: GateOptions, baseline: "Baseline", selected: list[str], sglang: str) -> "GateResult":
+def _sites_under_test(conf: GateOptions) -> dict[str, str]:
+    """Per installed engine (``sglang``, ``vllm``), the site folder under test (checked; "": the importable one)."""
+    from memprobe import engines
+
+    return {name: engines.engine(name).check_site(str(site), f"--{name} {site}") if site else ""
+            for name, site in (("sglang", conf.sglang), ("vllm", conf.vllm))}
+
+
+def _under_test(scenario_set: "ScenarioSet", sites: dict[str, str]) -> "ScenarioSet":
+    """The baseline's installed-engine scenarios re-pointed at the installations under test."""
+    from memprobe.model.scenario import with_site
+
+    for name, site in sites.items():
+        scenario_set = with_site(scenario_set, name, site)
+    return scenario_set
+
+
+def _with_guards(verdict: "GateResult", conf: GateOptions, baseline: "Baseline", selected: list[str],
+                 sites: dict[str, str]) -> "GateResult":
     """The verdict says whose code it guards, and its update command records the same scenarios the same way."""
     from memprobe.gate.guards import guards, update_arguments
-    from memprobe.model.scenario import with_sglang
 
-    verdict.guards = guards(with_sglang(baseline.scenario_set(selected), sglang).scenarios)
+    judged = _under_test(baseline.scenario_set(selected), sites)
+    verdict.guards = guards(judged.scenarios)
     verdict.notes.insert(0, f"this verdict guards {verdict.guards}")
     gpus = {baseline.scenarios[name].environment_key.get("gpu_count") for name in selected}
     verdict.update_arguments = update_arguments(
-        estimate=conf.estimate, sglang=sglang, scenarios=list(conf.scenarios), device=conf.launch.device,
+        estimate=conf.estimate, sites=sites, scenarios=list(conf.scenarios), device=conf.launch.device,
         calibration=conf.calibration, gpus_per_node=gpus.pop() if conf.estimate and len(gpus) == 1 else None,
         from_results=verdict.results_source is not None)
     return verdict
 
 
-def _gate_comparison(conf: GateOptions, baseline: "Baseline", selected: list[str], sglang: str,
+def _gate_comparison(conf: GateOptions, baseline: "Baseline", selected: list[str], sites: dict[str, str],
                      calibration: Any) -> "Optional[Comparison]":
     """What the gate judges; None where another node gathered the measurement (that node judges)."""
-    from memprobe.model.scenario import with_sglang
-
     if conf.results is not None:
         comparison = _load_results(conf.results) if isinstance(conf.results, Path) else conf.results
         check_results_match(baseline, selected, comparison, _named(conf.results))
         return comparison
-    scenario_set = with_sglang(baseline.scenario_set(selected), sglang)
+    scenario_set = _under_test(baseline.scenario_set(selected), sites)
     if conf.estimate:
         return _estimated_as_recorded(baseline, selected, scenario_set, calibration, conf)
     comparison = measure(scenario_set, conf.launch)
@@ -268,11 +281,8 @@ def _baseline_inputs(conf: BaselineOptions) -> tuple[Any, Any, Any, Any]:
     if comparison is None and existing is not None:
         check_device_matches(existing, existing.names(), "estimate" if conf.estimate else conf.launch.device)
     calibration = find_calibration(None, conf.calibration) if conf.estimate else None
-    if conf.sglang and scenario_set is not None:
-        from memprobe.engines.sglang.install import check_site
-        from memprobe.model.scenario import with_sglang
-
-        scenario_set = with_sglang(scenario_set, check_site(conf.sglang))
+    if scenario_set is not None:
+        scenario_set = repointed(scenario_set, sglang=conf.sglang, vllm=conf.vllm)
     return existing, comparison, scenario_set, calibration
 
 

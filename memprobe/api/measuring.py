@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from memprobe.api.options import CompareOptions, LaunchOptions, RunOptions, options_of
 from memprobe.api.scenarios import (
-    check_choices, distinct, engine_of, env_preset_of, headline, layout_of, stack_names, stack_of, stacks_of,
+    check_choices, distinct, engine_of, env_preset_of, headline, installed_site, layout_of, stack_names, stack_of,
+    stacks_of,
 )
 from memprobe.errors import UsageError
 
@@ -50,19 +51,17 @@ def run(options: Optional[RunOptions] = None, **fields_: Any) -> "ScenarioRun":
 
 
 def _run_scenario(conf: RunOptions) -> Any:
-    from memprobe.model.scenario import DEFAULT_ENGINE, Scenario, parse_env_assignments, stack_label
+    from memprobe.model.scenario import DEFAULT_ENGINE, INSTALLED_STACK, Scenario, parse_env_assignments, stack_label
 
     check_choices(engine=conf.engine)
     ref = engine_of(conf.engine)
     layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
     check_choices(warmup=conf.warmup, env_preset=conf.env_preset)
     spec = stack_of(ref.engine, conf.stack, RunOptions.stack)
+    if ref.installed and not ref.engine.installed_takes_stacks and conf.stack == RunOptions.stack:
+        spec = INSTALLED_STACK  # the engine's own code decides; memprobe forces no stack on it
     chosen = ref.engine.resolve_stack(spec)
-    sglang = conf.sglang
-    if sglang:
-        if not ref.installed:
-            raise UsageError("--sglang needs --engine sglang")
-        sglang = ref.engine.check_site(sglang, f"--sglang {sglang}")
+    sglang = installed_site(conf.engine, sglang=conf.sglang, vllm=conf.vllm)
     suffix = "" if ref.name == DEFAULT_ENGINE else f".{ref.name}"
     return Scenario(name=f"{layout.slug()}-{stack_label(spec, chosen.name)}{suffix}", layout=layout,
                     stack=spec, env_preset=env_preset_of(ref.engine, conf.env_preset, RunOptions.env_preset), env=parse_env_assignments(conf.env),
@@ -95,7 +94,7 @@ def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
     if conf.jobs < 0:
         raise UsageError(f"--jobs must be 0 (auto) or more, got {conf.jobs}")
     extra_env = parse_env_assignments(conf.env)
-    sglang_sites = _sglang_sites(conf.sglang)
+    sglang_sites = _sites(engines[0], conf)
     if conf.scenarios is not None:
         _refuse_ignored_with_file(conf, sglang_sites)
         scenario_set = with_env(load_scenario_file(conf.scenarios), extra_env)
@@ -106,11 +105,22 @@ def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
     return scenario_set
 
 
-def _sglang_sites(items: Sequence[str]) -> list[tuple[str, str]]:
-    from memprobe.engines.sglang.install import check_site
+def _sites(engine: str, conf: CompareOptions) -> list[tuple[str, str]]:
+    """``--sglang LABEL=SITE`` or ``--vllm LABEL=SITE``: installations of the engine compared (checked); the other
+    engine's flag is refused in one line."""
     from memprobe.model.scenario import parse_sglang_sites
 
-    return [(label, check_site(path, f"--sglang {label}={path}")) for label, path in parse_sglang_sites(list(items))]
+    ref = engine_of(engine)
+    found: list[tuple[str, str]] = []
+    for flag, items in (("sglang", conf.sglang), ("vllm", conf.vllm)):
+        if not items:
+            continue
+        if ref.engine.name != flag:
+            raise UsageError(f"--{flag} LABEL=SITE adds {flag} installations to a comparison of engine {flag}; "
+                             f"here --engine {engine}")
+        found += [(label, ref.engine.check_site(path, f"--{flag} {label}={path}"))
+                  for label, path in parse_sglang_sites(list(items), f"--{flag}")]
+    return found
 
 
 def _refuse_ignored_with_file(conf: CompareOptions, sglang_sites: list[tuple[str, str]]) -> None:

@@ -86,6 +86,7 @@ class RunOptions(Widths, Workers):
     stack: str = "lean"
     engine: str = "memprobe"
     sglang: PathText = ""  # with engine "sglang": a site folder holding it (default: the importable one)
+    vllm: PathText = ""  # with engine "vllm": a site folder holding it (default: the importable one)
     launch: LaunchOptions = LaunchOptions()
 
 
@@ -98,6 +99,7 @@ class CompareOptions(Widths, Workers):
     scenarios: Optional[Path] = None  # a scenario TOML file instead of the headline layouts
     engine: str = "memprobe"  # memprobe, sglang, or memprobe,sglang
     sglang: tuple[str, ...] = ()  # LABEL=SITE: the MoE layout on a real SGLang installation
+    vllm: tuple[str, ...] = ()  # LABEL=SITE: the compared layout on a real vLLM installation
     jobs: int = 0  # scenarios at once; 0: all on GPUs, one after another on cpu
     launch: LaunchOptions = LaunchOptions()
 
@@ -115,6 +117,7 @@ class EstimateOptions(Widths, Workers):
     calibration: Optional[Path] = None
     engine: str = "memprobe"
     sglang: Optional[Path] = None
+    vllm: Optional[Path] = None  # with engine "vllm": a site folder holding it
     progress: bool = True  # of the --device cpu run that learns real SGLang's flags (engine sglang)
     timeout_s: float = LaunchOptions.timeout_s  # of that run: the longest a rank may go without a sign of life
     nccl: Optional[str] = None  # whose rules (default: the installed torch's NCCL, else the calibration's)
@@ -132,6 +135,7 @@ class GateOptions(Checked):
     thresholds: tuple[str, ...] = ()  # "scenario=NAME,metric=GLOB,relative=P,absolute=SIZE,max=SIZE,ignore=true"
     allow_env_mismatch: bool = False
     sglang: PathText = ""  # a site folder holding SGLang
+    vllm: PathText = ""  # a site folder holding vLLM
     estimate: bool = False
     calibration: Optional[Path] = None
     nccl: Optional[str] = None  # with estimate: as EstimateOptions
@@ -155,6 +159,7 @@ class BaselineOptions(Checked):
     calibration: Optional[Path] = None
     gpus_per_node: Optional[int] = None
     sglang: PathText = ""  # a site folder holding SGLang
+    vllm: PathText = ""  # a site folder holding vLLM
     nccl: Optional[str] = None  # with estimate: as EstimateOptions
     network: str = "ib-gdr"
     nic_gbps: Optional[float] = None

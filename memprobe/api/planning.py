@@ -13,7 +13,7 @@ from memprobe.api.measuring import measure
 from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, options_of
 from memprobe.api.results import Plan
 from memprobe.api.scenarios import (
-    check_choices, distinct, engine_of, headline, layout_of, stack_names, stack_of, stacks_of,
+    check_choices, distinct, engine_of, headline, installed_site, layout_of, stack_names, stack_of, stacks_of,
 )
 from memprobe.errors import Interrupted, MeasurementError, MemprobeError, OptionTypeError, UsageError
 from memprobe.fields import as_path
@@ -78,8 +78,9 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
             names = [ref.engine.default_stack]  # one scenario: the engine's own flags replace the stack below
         scenario_set = distinct(headline(conf, ref.engine.name_for("reference") or ref.name, conf.tp, conf.ep,
                                          names, extra_env))
+    site = installed_site(conf.engine, sglang=conf.sglang, vllm=conf.vllm)
     if engine_of(conf.engine).installed:
-        scenario_set = _on_installed(scenario_set, conf.engine, str(conf.sglang) if conf.sglang else "")
+        scenario_set = _on_installed(scenario_set, conf.engine, site)
     return scenario_set
 
 
@@ -88,7 +89,6 @@ def _on_installed(scenario_set: "ScenarioSet", engine: str, site: str) -> "Scena
     from memprobe.model.scenario import ScenarioSet
 
     ref = engine_of(engine)
-    site = ref.engine.check_site(site, f"--sglang {site}") if site else ""
     names = {s.name: f"{s.layout.slug()}.{ref.name}" for s in scenario_set.scenarios}
     installed = ref.engine.resolve_stack("installed")
     renamed = {names[s.name]: replace(s, name=names[s.name], engine=ref.name, sglang=site, stack="installed",

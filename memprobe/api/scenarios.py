@@ -104,3 +104,31 @@ def distinct(scenario_set: "ScenarioSet") -> "ScenarioSet":
     for line in repeats:
         print(f"memprobe: note: {line}", file=sys.stderr)
     return scenario_set
+
+
+#: The installed engines' site flags: ``--sglang SITE`` for ``--engine sglang``, ``--vllm SITE`` for ``--engine vllm``.
+SITE_FLAGS = ("sglang", "vllm")
+
+
+def installed_site(engine: str, **sites: Any) -> str:
+    """The site folder given for ``engine``'s installed mode (checked, absolute; "" for the importable one); a site
+    flag of another engine, or one for a reproduction, is refused in one line."""
+    ref = engine_of(engine)
+    for flag, site in sites.items():
+        if site and (not ref.installed or ref.engine.name != flag):
+            raise UsageError(f"--{flag} needs --engine {flag}")
+    site = str(sites.get(ref.engine.name) or "")
+    return ref.engine.check_site(site, f"--{ref.engine.name} {site}") if site else ""
+
+
+def repointed(scenario_set: "ScenarioSet", **sites: Any) -> "ScenarioSet":
+    """Every installed scenario of an engine given a site (``sglang=SITE``, ``vllm=SITE``) re-pointed at it:
+    what a gate or a baseline update measures or estimates a baseline's scenarios with."""
+    from memprobe import engines
+    from memprobe.model.scenario import with_site
+
+    for name, site in sites.items():
+        if site:
+            engine = engines.engine(name)
+            scenario_set = with_site(scenario_set, name, engine.check_site(str(site), f"--{name} {site}"))
+    return scenario_set

@@ -55,13 +55,16 @@ def update(
     sglang: str = option(Defaults.sglang, "--sglang", env="BASELINE_UPDATE_SGLANG", metavar="SITE",
                          help="The SGLang of scenarios with engine sglang: this site folder (default: the scenario's own, else "
                               "the importable SGLang)."),
+    vllm: str = option(Defaults.vllm, "--vllm", env="BASELINE_UPDATE_VLLM", metavar="SITE",
+                       help="The vLLM of scenarios with engine vllm: this site folder (default: the scenario's own, else "
+                            "the importable vLLM)."),
     nccl: Optional[str] = NCCL, network: str = NETWORK, nic_gbps: Optional[float] = NIC_GBPS,
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
     refuse_writing_inputs({"--out": out}, [path for path in (from_dir, scenarios_file, calibration) if path is not None])
     launch = LaunchOptions(device=device, out_dir=out_dir, timeout_s=timeout)
     update = api.make_baseline(out=out, scenarios_file=scenarios_file, from_dir=from_dir, scenarios=tuple(scenario or ()),
-                               estimate=estimate, calibration=calibration, gpus_per_node=gpus_per_node, sglang=sglang,
+                               estimate=estimate, calibration=calibration, gpus_per_node=gpus_per_node, sglang=sglang, vllm=vllm,
                                nccl=nccl, network=network, nic_gbps=nic_gbps, launch=launch)
     _show(update)
     return 0

@@ -44,6 +44,10 @@ def compare(
                                help="Add the MoE layout on a real SGLang installation (a site folder), as "
                                     "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed). "
                                     "Repeatable: e.g. one release before the PR and one after."),
+    vllm: list[str] = option(list(Defaults.vllm), "--vllm", env="COMPARE_VLLM", metavar="LABEL=SITE",
+                             help="With --engine vllm-ref: add the compared layout on a real vLLM installation (a site "
+                                  "folder), as scenario <layout>.vllm-LABEL with vLLM's own decisions (stack "
+                                  "installed). Repeatable."),
     jobs: int = option(Defaults.jobs, "--jobs", "-j", env="COMPARE_JOBS",
                        help="How many scenarios run at once. They share one torchrun launch (torch imported once per "
                             "rank), each in processes and CUDA contexts of its own (per-process NVML figures do not "
@@ -78,7 +82,7 @@ def compare(
         dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
         disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stacks=stacks,
                              baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
-                             env=tuple(env), engine=engine, sglang=tuple(sglang), jobs=jobs, launch=launch)
+                             env=tuple(env), engine=engine, sglang=tuple(sglang), vllm=tuple(vllm), jobs=jobs, launch=launch)
     if api.gathered_elsewhere(comparison.runs):
         return 0
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path,

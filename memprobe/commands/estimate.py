@@ -51,6 +51,9 @@ def estimate(
                                     "passes, learnt from a --device cpu run of it (torchrun, gloo)."),
     sglang: Optional[Path] = option(Defaults.sglang, "--sglang", env="ESTIMATE_SGLANG", metavar="SITE",
                                           help="With --engine sglang: a site folder holding the sglang package (default: the importable one)."),
+    vllm: Optional[Path] = option(Defaults.vllm, "--vllm", env="ESTIMATE_VLLM", metavar="SITE",
+                                  help="With --engine vllm: a site folder holding the vllm package (default: the "
+                                       "importable one)."),
     check: list[Path] = option([], "--check", env="ESTIMATE_CHECK", metavar="RUN_OR_COMPARISON",
                                      help="Set the estimate beside measured runs (folders of runs are searched), per rank and step; "
                                           "exit 1 if a total is off by more than max(2 %, 16 MiB). Repeatable."),
@@ -99,7 +102,7 @@ def estimate(
         disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stacks=stacks,
                               baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                               env=tuple(env), gpus_per_node=gpus_per_node, nnodes=nnodes, gpu=gpu, calibration=calibration,
-                              engine=engine, sglang=sglang, progress=not quiet, timeout_s=timeout, nccl=nccl,
+                              engine=engine, sglang=sglang, vllm=vllm, progress=not quiet, timeout_s=timeout, nccl=nccl,
                               network=network, nic_gbps=nic_gbps)
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path,
                       all_ranks=all_ranks, json_schema=json_schema)

@@ -71,6 +71,9 @@ def gate(
     sglang: str = option(Defaults.sglang, "--sglang", env="GATE_SGLANG", metavar="SITE",
                          help="The SGLang under test for baseline scenarios recorded with --engine sglang: this site folder "
                               "(default: the importable SGLang). The verdict names both SGLangs."),
+    vllm: str = option(Defaults.vllm, "--vllm", env="GATE_VLLM", metavar="SITE",
+                       help="The vLLM under test for baseline scenarios recorded with --engine vllm: this site folder "
+                            "(default: the importable vLLM)."),
     nnodes: int = NNODES, node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
     estimate: bool = ESTIMATE, calibration: Optional[Path] = CALIBRATION,
@@ -87,7 +90,7 @@ def gate(
                            rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
     result = api.judge(baseline=baseline, results=results, scenarios=tuple(scenario or ()), relative=relative,
                        absolute=absolute, thresholds=tuple(threshold or ()), allow_env_mismatch=allow_env_mismatch,
-                       sglang=sglang, estimate=estimate, calibration=calibration, nccl=nccl, network=network,
+                       sglang=sglang, vllm=vllm, estimate=estimate, calibration=calibration, nccl=nccl, network=network,
                        nic_gbps=nic_gbps, launch=launch)
     if result is None:  # another node gathered the measurement; it judges
         return int(ExitCode.OK)

@@ -32,10 +32,14 @@ def run(
     engine: str = option(api.RunOptions.engine, "--engine", env="ENGINE",
                          help="sglang-ref (or its older name memprobe): memprobe's reproduction of SGLang's start-up; "
                               "sglang: the installed SGLang's own initialize_model_parallel, sampled around every "
-                              "group it builds."),
+                              "group it builds; vllm-ref / vllm: the same for vLLM (vllm runs the installed vLLM's "
+                              "own init_distributed_environment + ensure_model_parallel_initialized)."),
     sglang: str = option(api.RunOptions.sglang, "--sglang", env="RUN_SGLANG", metavar="SITE",
                          help="With --engine sglang: the SGLang in this site folder (first on the workers' "
                               "PYTHONPATH) instead of the importable one. --stack installed keeps its own flags."),
+    vllm: str = option(api.RunOptions.vllm, "--vllm", env="RUN_VLLM", metavar="SITE",
+                       help="With --engine vllm: the vLLM in this site folder (first on the workers' PYTHONPATH) "
+                            "instead of the importable one."),
     json_path: Optional[Path] = option(None, "--json", env="RUN_JSON",
                                        help="Also write the run as JSON (compare's schema, with schema_version: "
                                             "docs/schema/comparison.schema.json)."),
@@ -62,7 +66,7 @@ def run(
     result = api.run(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
         dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
         disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend, stack=stack, warmup=warmup,
-                     env_preset=env_preset, env=tuple(env), engine=engine, sglang=sglang, launch=launch)
+                     env_preset=env_preset, env=tuple(env), engine=engine, sglang=sglang, vllm=vllm, launch=launch)
     if api.gathered_elsewhere([result]):
         return 0
     from memprobe.reports import render_run

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Iterator, Literal, Mapping
 
 from memprobe.engines.stacks import resolve_stack
 from memprobe.errors import UsageError
+from memprobe.model.installation import EngineInstallation
 
 #: The world group: created by ``init_process_group`` in every engine, first in every plan.
 WORLD = "world"
@@ -284,6 +285,9 @@ class Engine:
     builders: ClassVar[Mapping[str, str]] = {}
     #: Why a width-1 group builds nothing, in the engine's words (recorded per rank).
     width_1_reason: ClassVar[str] = "builds none"
+    #: Whether the installed mode can build a stack other than the engine's own (SGLang's forces its flags on the
+    #: groups; an engine without it runs only stack ``installed``, and a scenario asking for another is refused).
+    installed_takes_stacks: ClassVar[bool] = True
 
     # -- layout and plan
     def plan(self, layout: LayoutBase) -> Plan:
@@ -396,9 +400,10 @@ class Engine:
         """Why ``--engine`` cannot run this engine in ``mode`` here (one line: exit 2), or None."""
         return None
 
-    def installation(self, environ: Mapping[str, str], site: str = "") -> dict[str, Any] | None:
-        """The installed engine the workers will import (read from its sources, never imported): what run.json
-        records under ``environment[<engine name>]``; None for an engine with no installed mode."""
+    def installation(self, environ: Mapping[str, str], site: str = "") -> EngineInstallation | None:
+        """The installed engine the workers will import (read from its sources, never imported; :class:`UsageError`
+        with the pip line that fixes it where it is missing or broken): what run.json records under
+        ``environment[<engine name>]``; None for an engine with no installed mode."""
         return None
 
     def installed_version(self, site: str) -> str:
@@ -406,7 +411,8 @@ class Engine:
         read from its sources; "?" where none is found."""
         return "?"
 
-    def cpu_requirements_problem(self, environ: Mapping[str, str], installation: dict[str, Any] | None) -> str | None:
+    def cpu_requirements_problem(self, environ: Mapping[str, str], installation: EngineInstallation | None
+                                 ) -> str | None:
         """What the installed engine's group code needs on a CPU runner and does not find there (one line, with the
         pip line that installs it), or None."""
         return None

@@ -37,6 +37,9 @@ class HollowBase:
     def __init__(self, *args: Any, **keywords: Any) -> None:
         self.__dict__.update(keywords)
 
+    def __class_getitem__(cls, key: Any) -> type:  # annotations on a subclass: LRUCache[str, V] (vLLM 0.33.0)
+        return cls
+
 
 class Placeholder:
     """Any attribute of a hollow module (and of a placeholder): named after the path that reached it."""
@@ -73,6 +76,13 @@ class Placeholder:
 
     def __repr__(self) -> str:
         return f"<memprobe stand-in {self._name}>"
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        # a field typed with a stood-in class (vLLM 0.33.0's chat_message.py builds a TypeAdapter over openai's
+        # types at import): accept anything, as no value ever reaches it while groups are built
+        from pydantic_core import core_schema
+
+        return core_schema.any_schema()
 
 
 class _HollowLoader(importlib.abc.Loader):

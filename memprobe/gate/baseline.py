@@ -53,6 +53,7 @@ from memprobe.model.memory_kind import describe as describe_kind, memory_kind
 from memprobe.model.records import Run, atomic_write_text
 from memprobe.model.steps import GROUPS_CREATED
 from memprobe.model.comparison import Comparison
+from memprobe.model.installation import EngineInstallation
 from memprobe.model.scenario import Scenario, ScenarioSet, validate_name
 
 from memprobe.units import MIB as MiB
@@ -214,14 +215,8 @@ def sglang_of(run: Run) -> Any:
 
 def describe_sglang(sglang: Any) -> str:
     """``0.5.11 (/opt/sgl, parallel_state sha256 1a2b3c4d5e6f)``; older runs recorded the version alone."""
-    if not sglang:
-        return "none (reference engine)"
-    if not isinstance(sglang, Mapping):
-        return str(sglang)
-    details = [str(sglang[key]) for key in ("path",) if sglang.get(key)]
-    if sglang.get("parallel_state_sha256"):
-        details.append(f"parallel_state sha256 {str(sglang['parallel_state_sha256'])[:12]}")
-    return f"{sglang.get('version', '?')}" + (f" ({', '.join(details)})" if details else "")
+    installation = EngineInstallation.from_json("", sglang)
+    return installation.describe() if installation else "none (reference engine)"
 
 
 def _check_complete(name: str, run: Run) -> None:

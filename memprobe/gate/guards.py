@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import shlex
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 
 def guards(scenarios: Sequence[Any]) -> str:
@@ -24,7 +24,7 @@ def guards(scenarios: Sequence[Any]) -> str:
     return "; ".join(parts)
 
 
-def update_arguments(*, estimate: bool, sglang: str, scenarios: Sequence[str], device: str,
+def update_arguments(*, estimate: bool, sites: Mapping[str, str], scenarios: Sequence[str], device: str,
                      calibration: Any, gpus_per_node: Any, from_results: bool) -> list[str]:
     """``baseline update`` arguments for what the gate judged (after ``--from RESULTS`` where it judged results)."""
     arguments: list[str] = []
@@ -40,8 +40,9 @@ def update_arguments(*, estimate: bool, sglang: str, scenarios: Sequence[str], d
             arguments += ["--gpus-per-node", str(gpus_per_node)]
     elif device and device != "cuda":
         arguments += ["--device", device]
-    if sglang:
-        arguments += ["--sglang", sglang]
+    for engine, site in sites.items():  # --sglang SITE, --vllm SITE
+        if site:
+            arguments += [f"--{engine}", site]
     return arguments
 
 

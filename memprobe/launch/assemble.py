@@ -131,7 +131,8 @@ def _assemble(tracked: Tracked, options: LaunchOptions, outcome: LaunchOutcome, 
     record.environment = environment_summary(member.environment, record.ranks, options.device, world_size)
     ref = member.scenario.engine_ref
     if ref.installed:  # the installed engine the workers imported, as read from its sources
-        record.environment[ref.engine.name] = ref.engine.installation(member.environment, member.scenario.sglang)
+        installation = ref.engine.installation(member.environment, member.scenario.sglang)
+        record.environment[ref.engine.name] = installation.to_json() if installation else None
     readings_path = run_dir / "readings.csv"
     complete = (tracked.state == ScenarioStatus.DONE and tracked.failure is None and not follower.errors
                 and (readings_path.is_file() or not holds_rank_0))

@@ -39,6 +39,8 @@ WARMUPS: tuple[str, ...] = ("none", "tiny", "sweep")
 DEFINITION_SCHEMA = 2
 _DEFINITION_KEYS = ("schema", "name", "layout", "stack", "env_preset", "env", "warmup", "engine", "sglang")
 DEFAULT_ENGINE = "memprobe"
+#: The stack of an installed engine's own decisions (memprobe forces nothing on its groups).
+INSTALLED_STACK = "installed"
 
 
 def env_presets() -> dict[str, dict[str, str]]:
@@ -83,7 +85,8 @@ class Scenario:
     ``memprobe``) and ``layout`` that engine's layout. ``stack`` is what the user wrote (``lean``, ``full:v1``, a
     TOML path); ``resolved_stack`` the flags it stands for, resolved once at construction (or given, when rebuilt
     from a record: no file is read again). ``sglang`` is the installation asked for with an installed engine
-    (``--engine sglang``): a site folder put first on the workers' ``PYTHONPATH``, or "" for the importable one.
+    (``--engine sglang``, ``--engine vllm``): a site folder put first on the workers' ``PYTHONPATH``, or "" for the
+    importable one (the field keeps its first engine's name, as every record holds it).
     """
 
     name: str
@@ -111,6 +114,10 @@ class Scenario:
         if self.stack == "installed" and not ref.installed:
             raise UsageError(f"scenario {self.name}: stack 'installed' ({engine.label}'s own flags) needs engine "
                              f"{installed_name}")
+        if ref.installed and not engine.installed_takes_stacks and self.stack != INSTALLED_STACK:
+            raise UsageError(f"scenario {self.name}: engine {ref.name} runs {engine.label}'s own code, which memprobe "
+                             f"does not change: its stack is '{INSTALLED_STACK}' (stack {self.stack!r} is for engine "
+                             f"{engine.name_for('reference')})")
         if self.sglang and not ref.installed:
             raise UsageError(f"scenario {self.name}: an {engine.label} installation ({self.sglang}) needs engine "
                              f"{installed_name}")
@@ -312,29 +319,44 @@ def with_engines(scenario_set: ScenarioSet, names: list[str]) -> ScenarioSet:
     own = {scenario.engine for scenario in scenario_set.scenarios}
     if stored == [DEFAULT_ENGINE] or (len(own) == 1 and stored == list(own)):  # the default: as the scenarios say
         return scenario_set
-    scenarios = []
+    scenarios: dict[str, Scenario] = {}
+    renamed: dict[tuple[str, str], str] = {}
     for scenario in scenario_set.scenarios:
         if scenario.engine_ref.installed:  # already an installed engine's scenario (compare --sglang LABEL=PATH)
-            scenarios.append(scenario)
+            scenarios[scenario.name] = scenario
             continue
         for engine in stored:
-            name = scenario.name if engine == scenario.engine else f"{scenario.name}.{engine}"
-            scenarios.append(replace(scenario, name=name, engine=engine))
+            copy = _on_engine(scenario, engine)
+            renamed[(scenario.name, engine)] = copy.name
+            scenarios.setdefault(copy.name, copy)  # one per layout where the engine takes no stack
     base = scenario_set.get(scenario_set.baseline)
-    baseline = scenario_set.baseline if base.engine in stored else f"{scenario_set.baseline}.{stored[0]}"
-    return ScenarioSet(scenarios=tuple(scenarios), baseline=baseline)
+    baseline = scenario_set.baseline if base.engine in stored else renamed[(scenario_set.baseline, stored[0])]
+    return ScenarioSet(scenarios=tuple(scenarios.values()), baseline=baseline)
 
 
-def parse_sglang_sites(items: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
-    """``["LABEL=PATH", ...]`` (compare's ``--sglang``) -> ``[(label, path)]``; labels unique and name-safe."""
+def _on_engine(scenario: Scenario, engine: str) -> Scenario:
+    """``scenario`` on ``engine``; an installed engine that takes no stack runs its own (``<layout>.<engine>``)."""
+    if engine == scenario.engine:
+        return scenario
+    ref = engines.get(engine)
+    if ref.installed and not ref.engine.installed_takes_stacks:
+        return replace(scenario, name=f"{scenario.layout.slug()}.{engine}", engine=engine, stack=INSTALLED_STACK,
+                       resolved_stack=None)
+    return replace(scenario, name=f"{scenario.name}.{engine}", engine=engine)
+
+
+def parse_sglang_sites(items: list[str] | tuple[str, ...], flag: str = "--sglang") -> list[tuple[str, str]]:
+    """``["LABEL=PATH", ...]`` (compare's ``--sglang``, ``--vllm``) -> ``[(label, path)]``; labels unique and
+    name-safe."""
     sites: list[tuple[str, str]] = []
+    example = "0.33.0=/opt/vllm-0.33.0" if flag == "--vllm" else "0.5.11=/opt/sgl-0.5.11"
     for item in items:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
-            raise UsageError(f"--sglang {item!r} is not LABEL=PATH (e.g. --sglang 0.5.11=/opt/sgl-0.5.11)")
-        validate_name(label, "--sglang label")
+            raise UsageError(f"{flag} {item!r} is not LABEL=PATH (e.g. {flag} {example})")
+        validate_name(label, f"{flag} label")
         if label in [known for known, _ in sites]:
-            raise UsageError(f"--sglang label {label!r} is given twice")
+            raise UsageError(f"{flag} label {label!r} is given twice")
         sites.append((label, path))
     return sites
 
@@ -342,7 +364,14 @@ def parse_sglang_sites(items: list[str] | tuple[str, ...]) -> list[tuple[str, st
 def with_sglang(scenario_set: ScenarioSet, site: str) -> ScenarioSet:
     """Every ``--engine sglang`` scenario re-pointed at the SGLang in ``site`` ("" = the importable one):
     what a gate re-measures a baseline with (the installation is not part of a scenario's hash)."""
-    scenarios = tuple(replace(s, sglang=site) if s.engine_ref.installed else s for s in scenario_set.scenarios)
+    return with_site(scenario_set, "sglang", site)
+
+
+def with_site(scenario_set: ScenarioSet, engine: str, site: str) -> ScenarioSet:
+    """Every installed scenario of ``engine`` (``sglang``, ``vllm``) re-pointed at the installation in ``site``
+    (kept in the scenario's ``sglang`` field, the installation's site whatever the engine)."""
+    scenarios = tuple(replace(s, sglang=site) if s.engine_ref.installed and s.engine_ref.engine.name == engine else s
+                      for s in scenario_set.scenarios)
     return ScenarioSet(scenarios=scenarios, baseline=scenario_set.baseline)
 
 

@@ -26,6 +26,7 @@ from memprobe.engines.sglang.stacks import (
 )
 from memprobe.engines.stacks import Stack
 from memprobe.errors import UsageError
+from memprobe.model.installation import EngineInstallation
 
 #: What SGLang's engine sets unless the user already did (entrypoints/engine.py:1878-1921).
 ENV_PRESET: dict[str, str] = {
@@ -123,8 +124,8 @@ class SGLangEngine(Engine):
                 Allocation("rank_data", buffers.rank_data_bytes, "torch_cache", V1_SOURCE)]
 
     # -- the installed SGLang
-    def installation(self, environ: Mapping[str, str], site: str = "") -> dict[str, Any] | None:
-        return sglang_installation(dict(environ)).as_record()
+    def installation(self, environ: Mapping[str, str], site: str = "") -> EngineInstallation | None:
+        return sglang_installation(dict(environ), site)
 
     def installed_version(self, site: str) -> str:
         environ = dict(os.environ)
@@ -135,10 +136,11 @@ class SGLangEngine(Engine):
         except UsageError:
             return "?"
 
-    def cpu_requirements_problem(self, environ: Mapping[str, str], installation: dict[str, Any] | None) -> str | None:
+    def cpu_requirements_problem(self, environ: Mapping[str, str], installation: EngineInstallation | None
+                                 ) -> str | None:
         from memprobe.engines.sglang.cpu_install import requirements_problem
 
-        return requirements_problem(dict(environ), str((installation or {}).get("version", "")))
+        return requirements_problem(dict(environ), installation.version if installation else "")
 
     def check_site(self, site: str, given_as: str) -> str:
         return check_site(site, given_as)

@@ -21,7 +21,7 @@ import importlib.util
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from memprobe.engines.sglang.layout import MOE_GROUPS, plan_groups
 from memprobe.engines.sglang.stacks import CUSTOM_ALLREDUCE_IMPL, INSTALLED
 from memprobe.engines.stacks import Stack
 from memprobe.errors import UsageError
+from memprobe.model.installation import EngineInstallation
 
 PARALLEL_STATE = "srt/distributed/parallel_state.py"
 RUNTIME_CONTEXT = "srt/runtime_context.py"
@@ -40,22 +41,6 @@ REQUIRED_API = (
     ("srt/distributed/device_communicators/custom_all_reduce.py", ("dispatch_custom_allreduce",)),
 )
 API_STYLES = ("kwargs", "runtime_context")
-
-
-@dataclass(frozen=True)
-class SGLangInstallation:
-    """One SGLang as the workers will import it."""
-
-    version: str
-    package: Path  # the ``sglang`` package folder
-    parallel_state_sha256: str
-    api: str  # one of API_STYLES
-    custom_allreduce_default: str  # "v1" (0.5.1x) or "v2" (0.5.23), with SGLang's environment defaults
-
-    def as_record(self) -> dict[str, Any]:
-        """What run.json records under ``environment["sglang"]`` (read by gate.baseline.describe_sglang)."""
-        return {"version": self.version, "path": str(self.package), "parallel_state_sha256": self.parallel_state_sha256,
-                "api": self.api, "custom_allreduce_default": self.custom_allreduce_default}
 
 
 def check_site(path: str, given_as: str | None = None) -> str:
@@ -139,14 +124,15 @@ def api_style(package: Path, version: str) -> tuple[str, str]:
                      f"tensor_model_parallel_size and {RUNTIME_CONTEXT} lacks get_parallel().override_permanently")
 
 
-def sglang_installation(environ: dict[str, str] | None = None) -> SGLangInstallation:
+def sglang_installation(environ: dict[str, str] | None = None, site: str = "") -> EngineInstallation:
     """The SGLang the workers of ``environ`` will import, checked without importing it (exit 2 if unusable)."""
     environ = dict(os.environ if environ is None else environ)
     package = find_package(environ)
     version = read_version(package)
     style, default = api_style(package, version)
     digest = hashlib.sha256((package / PARALLEL_STATE).read_bytes()).hexdigest()
-    return SGLangInstallation(version, package, digest, style, default)
+    return EngineInstallation(engine="sglang", version=version, path=str(package), parallel_state_sha256=digest,
+                              site=site, api=style, custom_allreduce_default=default)
 
 
 # ---------------------------------------------------------------------- what a CPU run of it teaches
@@ -164,9 +150,8 @@ def learnt_stack(run: Any) -> Stack:
     if not flags:
         raise UsageError(f"{run.path or run.record.run_id}: the SGLang run recorded no group flags "
                          f"(expected use_pynccl / use_custom_allreduce per group)")
-    sglang: Any = run.record.environment.get("sglang") or {}
-    sglang = sglang if isinstance(sglang, dict) else {}  # older runs recorded the version string alone
-    implementation = str(sglang.get("custom_allreduce_default") or "v2")
+    sglang = EngineInstallation.from_json("sglang", run.record.environment.get("sglang"))
+    implementation = str(sglang and sglang.custom_allreduce_default or "v2")
     return replace(INSTALLED, flags=flags, options={CUSTOM_ALLREDUCE_IMPL: implementation})
 
 
@@ -219,8 +204,8 @@ def release_partners(item: Any, references: list[Any]) -> list[Any]:
         return []
     plan = plan_groups(item.scenario.layout)
     own = [name for name in MOE_GROUPS if not plan.group(name).is_alias and plan.group(name).width > 1]
-    sglang = (item.run.record.environment or {}).get("sglang")
-    layout = sglang.get("custom_allreduce_default") if isinstance(sglang, dict) else None
+    sglang = EngineInstallation.from_json("sglang", (item.run.record.environment or {}).get("sglang"))
+    layout = sglang.custom_allreduce_default if sglang else None
     candidates = [other for other in references
                   if other.scenario.layout == item.scenario.layout and other.scenario.resolved_stack is not None
                   and all(other.scenario.resolved_stack.flags_for(group)["pynccl"] == wanted for group in own)]

@@ -1,6 +1,7 @@
 """vLLM's start-up as a memprobe engine: ``--engine vllm-ref`` (memprobe's reproduction of vLLM 0.33.0's
 ``init_distributed_environment`` + ``initialize_model_parallel`` and each group's ``CudaCommunicator``; no vLLM
-needed) and ``--engine vllm`` (the installed vLLM's own code: not measured yet, refused in one line).
+needed) and ``--engine vllm`` (the installed vLLM's own code, with memprobe's samples around every group it builds:
+:mod:`.real`; the installation is read from its sources by :mod:`.install`, never imported by the parent).
 
 * :mod:`.layout`: vLLM's widths, groups and refusals (``plan``); :mod:`.communicators`: the per-release rules
   (``decide``); :mod:`.sizes`: the bytes of vLLM's own buffers. This module adapts them to the seam
@@ -10,20 +11,21 @@ needed) and ``--engine vllm`` (the installed vLLM's own code: not measured yet, 
 
 from __future__ import annotations
 
-import importlib.util
+import os
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, Mapping
 
 from memprobe.engines.api import (
-    INSTALLED, REFERENCE, Allocation, Decision, Engine, Facts, GroupPlan, Kind, LayoutBase, Mode, Plan, Verdict,
+    INSTALLED, REFERENCE, Allocation, Decision, Engine, Facts, GroupPlan, Kind, LayoutBase, Plan, Verdict,
     flag_field,
 )
 from memprobe.engines.stacks import Stack, new_stack
 from memprobe.engines.vllm import communicators as rules
-from memprobe.engines.vllm import sizes
+from memprobe.engines.vllm import install, sizes
 from memprobe.engines.vllm.layout import DEFAULT_ALL2ALL_BACKEND, GROUP_ORDER, RELEASE, VLLMLayout, plan
 from memprobe.errors import UsageError
+from memprobe.model.installation import EngineInstallation
 
 KINDS: tuple[Kind, ...] = (
     Kind(rules.PYNCCL, "pynccl", nccl=True),  # the label of the same kind in every engine (a step name)
@@ -49,6 +51,7 @@ _WHERE: dict[str, tuple[str, ...]] = {
 }
 #: Where the PyNccl of an EP group built by TP's rank lists would be shared (shared-ep).
 SHARED_EP = "shared-ep"
+INSTALLED_STACK = "installed"  # --engine vllm: vLLM's own decisions
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,10 @@ class VLLMEngine(Engine):
     env_prefixes = ("VLLM_",)
     highlighted_groups = ("ep", "eplb")
     stack_pair = ("vllm", SHARED_EP)
-    builders = {REFERENCE: "memprobe.engines.vllm.reference:VLLMReferenceBuilder"}
+    builders = {REFERENCE: "memprobe.engines.vllm.reference:VLLMReferenceBuilder",
+                INSTALLED: "memprobe.engines.vllm.real:VLLMInstalledBuilder"}
     width_1_reason = "vLLM builds none for one rank, parallel_state.py:550-561"
+    installed_takes_stacks = False  # vLLM's own code decides; shared-ep on it is a patch to vLLM, not a stack
     default_stack = "vllm"
     stack_option_names = (RELEASE_LINE, EP_PYNCCL)
 
@@ -144,15 +149,6 @@ class VLLMEngine(Engine):
         assert isinstance(layout, VLLMEngineLayout)
         return f"world size {layout.world_size}, {'MoE' if layout.moe else 'dense'} model"
 
-    def mode_problem(self, mode: Mode) -> str | None:
-        if mode != INSTALLED:
-            return None
-        if importlib.util.find_spec("vllm") is None:
-            return (f"--engine vllm: no importable vLLM here; --engine vllm-ref reproduces vLLM {RELEASE}'s "
-                    "start-up without it")
-        return (f"--engine vllm: memprobe does not measure the installed vLLM's own start-up yet; --engine vllm-ref "
-                f"reproduces vLLM {RELEASE}'s")
-
     # -- stacks
     def stacks(self) -> Mapping[str, Stack]:
         flags = {group: {kind: True for kind in kinds} for group, kinds in _WHERE.items()}
@@ -162,6 +158,9 @@ class VLLMEngine(Engine):
         found[SHARED_EP] = new_stack(self, SHARED_EP, flags, {RELEASE_LINE: "0.33", EP_PYNCCL: "tp-when-same-ranks"},
                                      description="proposed, not vLLM: EP and EPLB reuse TP's PyNccl when their "
                                                  "rank lists are TP's")
+        found[INSTALLED_STACK] = new_stack(self, INSTALLED_STACK, flags, {RELEASE_LINE: "0.33", EP_PYNCCL: "own"},
+                                           description="--engine vllm only: what the installed vLLM's own code "
+                                                       "builds; memprobe forces nothing")
         return found
 
     def stack_options(self, options: Mapping[str, Any], where: str, recorded: bool = False) -> dict[str, str]:
@@ -234,6 +233,33 @@ class VLLMEngine(Engine):
                                sizes.mq_broadcaster_bytes(facts.width), "host",
                                "parallel_state.py:565-567; shm_broadcast.py:335-349 (0.33.0)")]
         return []  # FlashInfer all-reduce, all2all manager: built at init, buffers at first use
+
+
+    # -- the installed vLLM (memprobe.engines.vllm.install reads it from its sources; .real runs it)
+    def installation(self, environ: Mapping[str, str], site: str = "") -> EngineInstallation | None:
+        return install.vllm_installation(dict(environ), site)
+
+    def installed_version(self, site: str) -> str:
+        environ = dict(os.environ)
+        if site:
+            environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, environ.get("PYTHONPATH", "")) if p)
+        try:
+            return install.vllm_installation(environ).version
+        except UsageError:
+            return "?"
+
+    def cpu_requirements_problem(self, environ: Mapping[str, str], installation: EngineInstallation | None
+                                 ) -> str | None:
+        return install.requirements_problem(dict(environ), installation.version if installation else "")
+
+    def check_site(self, site: str, given_as: str) -> str:
+        return install.check_site(site, given_as)
+
+    def learn_stack(self, cpu_run: Any) -> Stack:
+        return install.learnt_stack(cpu_run)
+
+    def built_by_run(self, run: Any) -> dict[str, dict[str, bool]]:
+        return install.built_by_run(run)
 
 
 def _tp_like(width: int) -> Any:
