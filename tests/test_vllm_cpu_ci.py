@@ -86,3 +86,19 @@ def test_the_gate_on_stock_vllm_fails_naming_every_rank_s_ep_pynccl(memprobe, tm
     command = shlex.split(document["update_command"])
     assert command[:3] == ["memprobe", "baseline", "update"] and "--estimate" in command
     assert command[command.index("--vllm") + 1] == str(Path(SITE).resolve()) and document["update_command"] in gate.stdout
+
+
+@needs_vllm
+@pytest.mark.e2e
+def test_the_pytest_example_asserts_on_vllm_s_own_code_and_fails_on_stock(tmp_path):
+    import sys
+
+    example = ROOT / "examples" / "pytest" / "test_memory_budget.py"
+    outcomes = {}
+    for name, site in (("shared-ep", shared_ep_site(Path(SITE), tmp_path)), ("stock", Path(SITE))):
+        env = dict(os.environ, MEMPROBE_EXAMPLE_VLLM=str(site), PYTHONPATH=_worker_env()["PYTHONPATH"])
+        outcomes[name] = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example),
+                                         "-k", "ep_group"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert outcomes["shared-ep"].returncode == 0, outcomes["shared-ep"].stdout
+    assert outcomes["stock"].returncode == 1, outcomes["stock"].stdout
+    assert "rank 0: the installed vLLM's EP group builds its own PyNccl (built vLLM 0.33.0)" in outcomes["stock"].stdout
