@@ -63,7 +63,8 @@ def _worker_env() -> dict[str, str]:
 @pytest.mark.e2e
 def test_the_gate_on_stock_vllm_fails_naming_every_rank_s_ep_pynccl(memprobe, tmp_path):
     """A baseline estimated from vLLM 0.33.0's own code with shared-ep applied; the gate on stock 0.33.0 exits 1
-    naming the EP group's PyNccl communicator on every rank, and nothing of any other group."""
+    naming the EP group's PyNccl communicator on every rank, and nothing of any other group; its update command,
+    run as printed, records stock 0.33.0."""
     env = _worker_env()
     patched = shared_ep_site(Path(SITE), tmp_path)
     made = memprobe("baseline", "update", "--estimate", "--scenarios", str(SCENARIOS), "--vllm", str(patched),
@@ -86,6 +87,10 @@ def test_the_gate_on_stock_vllm_fails_naming_every_rank_s_ep_pynccl(memprobe, tm
     command = shlex.split(document["update_command"])
     assert command[:3] == ["memprobe", "baseline", "update"] and "--estimate" in command
     assert command[command.index("--vllm") + 1] == str(Path(SITE).resolve()) and document["update_command"] in gate.stdout
+    updated = memprobe(*command[1:], env=env)  # as printed
+    assert updated.returncode == 0, updated.stderr
+    ranks = json.loads((tmp_path / "b.json").read_text())["scenarios"][SCENARIO]["ranks"]
+    assert all(ranks[str(rank)]["ep/pynccl"] > 0 for rank in range(2))  # it recorded what stock 0.33.0 builds
 
 
 @needs_vllm
