@@ -1,8 +1,8 @@
 """An engine's CPU CI on vLLM's own code: `pip install --no-deps vllm==0.33.0` and memprobe's vllm extra, nothing else.
 
-The demonstration README "In CI" gives: a baseline estimated from vLLM 0.33.0 with ``examples/vllm/shared-ep-0.33.0.patch``
-applied to its ``parallel_state.py`` (EP reuses TP's device communicator when its rank lists are TP's), then the gate
-on stock 0.33.0 fails naming the EP group's PyNccl communicator on every rank. It needs vLLM 0.33.0's site as
+The demonstration README "In CI" gives: a baseline estimated from vLLM 0.33.0 with
+``examples/vllm/shared-ep-0.33.0.patch`` applied to its ``parallel_state.py`` (EP reuses TP's device communicator when
+its rank lists are TP's), then the gate on stock 0.33.0 fails naming the EP group's PyNccl communicator on every rank. It needs vLLM 0.33.0's site as
 ``.ci/run`` installs it (``pip install --no-deps --target SITE vllm==0.33.0``): ``MEMPROBE_TEST_VLLM_SITE``, with
 memprobe's ``vllm`` extra importable.
 """
