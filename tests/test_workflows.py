@@ -78,7 +78,7 @@ def _action(step: dict, folder: Path, env: dict[str, str]) -> subprocess.Complet
     install = inputs["install"]
     for extra in re.findall(r"^action\[(\w+)\]$", install) or []:  # what the action would install is here already
         wanted = {"sglang": ("msgspec", "zmq", "pydantic", "PIL", "packaging"),
-                  "vllm": ("msgspec", "zmq", "pydantic", "PIL", "packaging")}[extra]
+                  "vllm": ("msgspec", "zmq", "pydantic", "PIL", "packaging", "setuptools")}[extra]
         missing = [m for m in wanted if importlib.util.find_spec(m) is None and not any(
             (Path(p) / m).exists() for p in env["PYTHONPATH"].split(os.pathsep))]
         assert not missing, f"the {extra} extra is not installed here: {missing}"

@@ -30,10 +30,13 @@ REQUIRED_API = (
 )
 #: What vLLM's group code runs on a CPU runner beside ``pip install --no-deps vllm`` (import name -> requirement):
 #: the configs are pydantic dataclasses and msgspec structs, every group wider than one with a message queue
-#: builds its broadcaster over zmq, ``vllm.multimodal`` imports PIL at module level, ``packaging`` checks versions.
-#: Checked on 0.33.0 by hiding each in turn: the import of ``vllm.config`` or ``parallel_state`` fails without it.
+#: builds its broadcaster over zmq, ``vllm.multimodal`` imports PIL at module level, ``packaging`` checks versions,
+#: and ``pynccl_allocator.py:12`` imports ``torch.utils.cpp_extension``, which imports ``setuptools`` (a dependency
+#: of torch only from Python 3.12). Checked on 0.33.0 by hiding each in turn (and every other package of the test
+#: interpreter that is no dependency of memprobe's): the import of ``vllm.config`` or ``parallel_state`` fails
+#: without it.
 REQUIREMENTS: dict[str, str] = {"msgspec": "msgspec", "zmq": "pyzmq", "pydantic": "pydantic", "PIL": "pillow",
-                                 "packaging": "packaging"}
+                                 "packaging": "packaging", "setuptools": "setuptools"}
 EXTRA = "memprobe-llm[vllm]"
 #: The release memprobe's reproduction follows (``--engine vllm-ref``), the one a fix line pins by default.
 TESTED_RELEASE = "0.33.0"
