@@ -3,12 +3,13 @@
 What is substituted, and only this, to stay within CI's time:
 
 * GitHub's own actions (``actions/checkout``, ``actions/setup-python``, ``actions/upload-artifact``) are not run;
-  the working folder stands for the checkout (SGLang's checkout: ``python/`` is the 0.5.23 site ``.ci/run``
-  installs with ``pip install --no-deps --target``, which holds the same ``sglang`` package);
+  the working folder stands for the checkout (SGLang's checkout: ``python/`` is an SGLang site ``.ci/run``
+  installs with ``pip install --no-deps --target``, which holds the same ``sglang`` package; vLLM's checkout:
+  ``vllm/`` is the ``vllm`` package of the 0.33.0 site ``.ci/run`` installs the same way);
 * a ``run:`` step that is ``pip install`` of a package this interpreter already has (torch) is checked, not run;
 * ``python`` is this interpreter (the suite's venv, not a fresh one), also for the GPU workflow's ``/opt/venv/bin/python``;
-* the memprobe action's ``install`` input is checked to be importable here (memprobe and its ``sglang`` extra are
-  installed by ``.ci/run``) and then given as ``none``.
+* the memprobe action's ``install`` input is checked to be importable here (memprobe and its ``sglang`` and ``vllm``
+  extras are installed by ``.ci/run``) and then given as ``none``.
 
 Every other step runs: the baseline command each workflow's header says to run once, then the action's own ``run:``
 line from action.yml with the ``with:`` inputs as its ``INPUT_*`` variables.
@@ -76,7 +77,8 @@ def _action(step: dict, folder: Path, env: dict[str, str]) -> subprocess.Complet
     inputs.update({name: str(value) for name, value in (step.get("with") or {}).items()})
     install = inputs["install"]
     for extra in re.findall(r"^action\[(\w+)\]$", install) or []:  # what the action would install is here already
-        wanted = {"sglang": ("msgspec", "zmq", "pydantic", "PIL", "packaging")}[extra]
+        wanted = {"sglang": ("msgspec", "zmq", "pydantic", "PIL", "packaging"),
+                  "vllm": ("msgspec", "zmq", "pydantic", "PIL", "packaging", "setuptools")}[extra]
         missing = [m for m in wanted if importlib.util.find_spec(m) is None and not any(
             (Path(p) / m).exists() for p in env["PYTHONPATH"].split(os.pathsep))]
         assert not missing, f"the {extra} extra is not installed here: {missing}"
@@ -137,6 +139,26 @@ def test_the_cpu_workflow_gates_sglang_s_own_code_as_written(tmp_path):
     assert outputs["verdict"] == "pass"
     summary = (tmp_path / "step-summary").read_text()
     assert f"the installed SGLang {read_version(Path(CHECKOUT_SITE) / 'sglang')}'s code" in summary
+    assert (tmp_path / "memprobe-ci" / "gate.xml").is_file()
+
+
+# vLLM's checkout: vllm/, the package of vLLM 0.33.0's site (the first entry of MEMPROBE_TEST_VLLM_SITE)
+VLLM_SITE = os.environ.get("MEMPROBE_TEST_VLLM_SITE", "").split(os.pathsep)[0]
+
+
+@pytest.mark.skipif(not VLLM_SITE, reason="set MEMPROBE_TEST_VLLM_SITE: vLLM 0.33.0's site as .ci/run installs it")
+@pytest.mark.e2e
+def test_the_cpu_workflow_gates_vllm_s_own_code_as_written(tmp_path):
+    from memprobe.engines.vllm.install import read_version
+
+    (tmp_path / "vllm").symlink_to((Path(VLLM_SITE) / "vllm").resolve())  # vLLM's checkout holds vllm/ at its root
+    (tmp_path / "vllm-tp2-moe.toml").write_text((ROOT / "configs" / "scenarios" / "vllm-tp2-moe.toml").read_text())
+    (tmp_path / ".github" / "memprobe").mkdir(parents=True)
+    (action,) = _run_workflow("cpu-vllm-gate.yml", tmp_path)
+    assert action.returncode == 0, action.stdout + action.stderr
+    assert parse_outputs(tmp_path / "github-output")["verdict"] == "pass"
+    summary = (tmp_path / "step-summary").read_text()
+    assert f"the installed vLLM {read_version(Path(VLLM_SITE) / 'vllm')}'s code" in summary
     assert (tmp_path / "memprobe-ci" / "gate.xml").is_file()
 
 

@@ -1,11 +1,15 @@
 """What an engine's CI writes: per-rank memory budgets, asserted through memprobe's Python API, on CPU.
 
-Three checks, no GPU needed:
+Four checks, no GPU needed:
 
 * the engine's OWN code: the installed SGLang (``MEMPROBE_EXAMPLE_SGLANG``: a site folder from
   ``pip install --no-deps --target SITE sglang==X``, or SGLang's checkout's ``python``) runs its
   ``initialize_model_parallel`` on CPU, and its MoE groups ask for no pynccl communicator nor custom all-reduce
   (on SGLang 0.5.10.post1, before PR #22515, this fails; skipped where no SGLang is given);
+* the same for vLLM (``MEMPROBE_EXAMPLE_VLLM``: a site folder from ``pip install --no-deps --target SITE vllm==X``,
+  or vLLM's checkout): its own ``ensure_model_parallel_initialized`` runs on CPU, and at ``--tp 2`` of a MoE model,
+  where the EP group's ranks are TP's, the EP group builds no PyNccl communicator of its own. That is the proposed
+  shared-ep change (``examples/vllm/shared-ep-0.33.0.patch``): on stock vLLM 0.33.0 this fails;
 * the *estimate* (NCCL's rules and the packaged H200 calibration) of ``--tp 8 --ep 4`` with the stack the
   engine ships: every rank's total once every group has run its first collective stays under a budget;
 * a real ``--device cpu --tp 2 --ep 2`` launch (torchrun, gloo groups) of memprobe's reproduction: the MoE groups
@@ -28,6 +32,7 @@ from memprobe.units import GIB
 BUDGET_BYTES = int(float(os.environ.get("MEMPROBE_EXAMPLE_BUDGET_GIB", "5")) * GIB)
 STACK = os.environ.get("MEMPROBE_EXAMPLE_STACK", "lean")
 SGLANG_SITE = os.environ.get("MEMPROBE_EXAMPLE_SGLANG", "")
+VLLM_SITE = os.environ.get("MEMPROBE_EXAMPLE_VLLM", "")
 MOE_GROUPS = ("moe_ep", "moe_tp")  # the expert groups SGLang 0.5.23 builds without pynccl (an alias of tp is not built)
 
 
@@ -39,6 +44,14 @@ def test_the_engine_s_own_moe_groups_build_no_communicators_of_their_own():
         built = {f"{group}/{kind}": state for group in MOE_GROUPS for kind, state in groups[group].items()
                  if state.startswith("built")}
         assert not built, f"rank {rank}: the installed SGLang's MoE groups build {built}"
+
+
+@pytest.mark.skipif(not VLLM_SITE, reason="set MEMPROBE_EXAMPLE_VLLM to a vLLM site folder or vLLM's checkout")
+def test_the_engine_s_own_ep_group_reuses_tp_s_pynccl():
+    comparison = api.estimate(tp=2, moe=True, engine="vllm", vllm=VLLM_SITE, progress=False)  # its code, on CPU
+    for rank, groups in api.communicators(comparison).items():
+        pynccl = groups["ep"]["pynccl"]
+        assert not pynccl.startswith("built"), f"rank {rank}: the installed vLLM's EP group builds its own PyNccl ({pynccl})"
 
 
 def test_every_rank_of_the_estimate_fits_the_budget():
