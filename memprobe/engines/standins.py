@@ -110,8 +110,12 @@ class HollowFinder(importlib.abc.MetaPathFinder):
         self.used: list[str] = []  # top-level names actually stood in, in import order
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        top = fullname.partition(".")[0]
+        top, _, rest = fullname.partition(".")
         if top not in self.names:
+            return None
+        if rest and not getattr(sys.modules.get(top), STOOD_IN_ATTRIBUTE, False):
+            # a name a real, installed package lacks stays its ImportError: a circular ``from regex import X``
+            # falls back to importing ``regex.X`` as a submodule, and a hollow one broke regex's own import
             return None
         if top not in self.used:
             self.used.append(top)
