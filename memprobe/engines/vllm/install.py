@@ -134,10 +134,16 @@ _ASKED_BY: dict[str, str] = {
 }
 
 
-def asked_kinds(decision: dict[str, str]) -> dict[str, bool]:
-    """Per kind, whether the installed vLLM's code asked for it on a group (one rank's recorded decisions)."""
+def asked_kinds(decision: dict[str, str], on_gpu: bool = False) -> dict[str, bool]:
+    """Per kind, whether the installed vLLM's code asked for it on a group (one rank's recorded decisions).
+
+    A PyNccl constructed and then disabled counts as asked for on CPU, where memprobe gives vLLM no NCCL library; on
+    a GPU it was vLLM's own check that disabled it (``pynccl.py:131-137`` of 0.33.0: the library did not load, e.g.
+    an NCCL without ``ncclCommSuspend``, which 0.33.0's wrapper binds and NCCL exports from 2.29.7), so nothing was
+    built."""
     flags = {kind: decision.get(key) == "True" for kind, key in _ASKED_BY.items()}
-    flags["pynccl"] = decision.get("vllm:pynccl", "").startswith("constructed")
+    pynccl = decision.get("vllm:pynccl", "")
+    flags["pynccl"] = pynccl.startswith("constructed") and not (on_gpu and "disabled" in pynccl)
     flags["mq_broadcaster"] = decision.get("vllm:use_message_queue_broadcaster") == "True"
     return flags
 
@@ -163,7 +169,7 @@ def learnt_stack(run: Any) -> Any:
     for info in run.record.ranks:
         for group, decision in info.communicators.items():
             if "vllm:use_device_communicator" in decision:
-                seen = asked_kinds(decision)
+                seen = asked_kinds(decision, on_gpu=run.record.device != "cpu")
                 mine = flags.setdefault(group, {kind: False for kind in seen})
                 flags[group] = {kind: mine[kind] or seen[kind] for kind in seen}
     if not flags:
@@ -172,7 +178,7 @@ def learnt_stack(run: Any) -> Any:
     installation = EngineInstallation.from_json(ENGINE, run.record.environment.get(ENGINE))
     version = installation.version if installation else "?"
     return new_stack(engine_named(ENGINE), "installed", flags, {RELEASE_LINE: release_line_of(version), EP_PYNCCL: "own"},
-                     description=f"what the installed vLLM {version}'s code asked for, learnt from a --device cpu run")
+                     description=f"what the installed vLLM {version}'s code asked for, learnt from its run")
 
 
 def built_by_run(run: Any) -> dict[str, dict[str, bool]]:
