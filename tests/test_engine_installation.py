@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memprobe.gate.baseline import describe_sglang
+from memprobe.gate.baseline import describe_installation
 from memprobe.model.installation import EngineInstallation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def test_an_older_run_s_version_string_and_none() -> None:
     older = EngineInstallation.from_json("sglang", "0.5.11")
     assert older is not None and older.version == "0.5.11" and older.path == ""
     assert EngineInstallation.from_json("sglang", None) is None
-    assert describe_sglang("0.5.11") == "0.5.11"
-    assert describe_sglang({"version": "0.5.11", "path": "/s", "parallel_state_sha256": "0123456789abcdef"}) == \
+    assert describe_installation("0.5.11") == "0.5.11"
+    assert describe_installation({"version": "0.5.11", "path": "/s", "parallel_state_sha256": "0123456789abcdef"}) == \
         "0.5.11 (/s, parallel_state sha256 0123456789ab)"
-    assert describe_sglang(None) == "none (reference engine)"
+    assert describe_installation(None) == "none (reference engine)"

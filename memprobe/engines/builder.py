@@ -130,3 +130,31 @@ class GroupBuilder:
 
 class CommunicatorFailed(Exception):
     """A communicator failed to build in a way its engine survives (SGLang logs a custom all-reduce failure)."""
+
+
+class GroupSteps:
+    """The steps of the group an installed engine is building, sampled once each in their order: hooks around the
+    engine's constructors call :meth:`emit_until` before a step, so a step the engine's code skipped (a flag off, a
+    width of one) is recorded as skipped with ``skipped_note``, never left out."""
+
+    skipped_note = "not built by the engine"
+
+    def __init__(self, recorder: Any) -> None:
+        from memprobe.model.steps import group_init_steps
+
+        self.recorder = recorder
+        self.steps = group_init_steps(recorder.engine.engine.kind_names)
+        self.group: str | None = None
+        self.done: set[str] = set()
+
+    def emit_until(self, step: str) -> None:
+        """Sample every step of the current group before ``step`` that has not been sampled yet."""
+        for name in self.steps:
+            if name == step:
+                return
+            if name not in self.done:
+                self.done.add(name)
+                if name == GROUPS_CREATED:
+                    self.recorder.record(name, self.group)
+                else:
+                    self.recorder.record(name, self.group, status=StepStatus.SKIPPED, note=self.skipped_note)

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import os
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from memprobe.engines.sglang.layout import MOE_GROUPS, plan_groups
 from memprobe.engines.sglang.stacks import CUSTOM_ALLREDUCE_IMPL, INSTALLED
+from memprobe.engines.sites import package_on_path, site_holding
 from memprobe.engines.stacks import Stack
 from memprobe.errors import UsageError
 from memprobe.model.installation import EngineInstallation
@@ -46,23 +45,19 @@ API_STYLES = ("kwargs", "runtime_context")
 def check_site(path: str, given_as: str | None = None) -> str:
     """``path`` (absolute) if it is a folder holding an ``sglang`` package (a site folder), else one clear
     error naming it as the user gave it (``given_as``, default ``--sglang PATH``)."""
-    if not (Path(path) / "sglang" / PARALLEL_STATE).is_file():
+    site = site_holding(path, "sglang", PARALLEL_STATE)
+    if site is None:
         raise UsageError(f"{given_as or '--sglang ' + path}: not an SGLang installation (no sglang/{PARALLEL_STATE})")
-    return str(Path(path).resolve())
+    return site
 
 
 def find_package(environ: dict[str, str]) -> Path:
     """The ``sglang`` package the workers' ``PYTHONPATH`` (then this interpreter's path) leads to."""
-    search = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p] + sys.path
-    for folder in search:
-        candidate = Path(folder) / "sglang" / "__init__.py"
-        if candidate.is_file():
-            return candidate.parent
-    found = importlib.util.find_spec("sglang")
-    if found is None or not found.origin:
+    found = package_on_path(environ, "sglang")
+    if found is None:
         raise UsageError("--engine sglang needs SGLang installed (pip install sglang, or --sglang SITE_FOLDER); it was not found; "
                          "on a CPU runner: python -m pip install --no-deps sglang")
-    return Path(found.origin).parent
+    return found
 
 
 def read_version(package: Path) -> str:

@@ -28,11 +28,10 @@ import os
 from typing import Any, Iterator
 
 from memprobe.engines.api import GroupPlan
-from memprobe.engines.builder import GroupBuilder
+from memprobe.engines.builder import GroupBuilder, GroupSteps
 from memprobe.engines.sglang.layout import SGLangLayout
 from memprobe.measure.rendezvous import INIT_METHOD
 from memprobe.model.records import StepStatus
-from memprobe.model.steps import group_init_steps
 
 
 def forced_flags(stack: Any, group_name: str) -> dict[str, bool]:
@@ -133,27 +132,15 @@ def passed_flags(kwargs: dict[str, Any]) -> dict[str, str]:
     return {f"passed_{key}": str(kwargs.get(key)) for key in ("use_pynccl", "use_custom_allreduce")}
 
 
-class GroupHooks:
+class GroupHooks(GroupSteps):
     """Wrappers around SGLang's group and communicator constructors that sample each step of each group."""
 
-    def __init__(self, recorder: Any) -> None:
-        self.engine = recorder
-        self.steps = group_init_steps(recorder.engine.engine.kind_names)
-        self.group: str | None = None
-        self.done: set[str] = set()
-        self.built: list[GroupPlan] = []
+    skipped_note = "not built by SGLang (flag off or width 1)"
 
-    def emit_until(self, step: str) -> None:
-        """Sample every step of the current group before ``step`` that has not been sampled yet."""
-        for name in self.steps:
-            if name == step:
-                return
-            if name not in self.done:
-                self.done.add(name)
-                if name == "groups_created":
-                    self.engine.record(name, self.group)
-                else:
-                    self.engine.record(name, self.group, status=StepStatus.SKIPPED, note="not built by SGLang (flag off or width 1)")
+    def __init__(self, recorder: Any) -> None:
+        super().__init__(recorder)
+        self.engine = recorder
+        self.built: list[GroupPlan] = []
 
     def group_wrapper(self, original: Any) -> Any:
         @functools.wraps(original)

@@ -9,13 +9,13 @@ Checked on vLLM 0.33.0's wheel: ``vllm/_version.py`` holds ``__version__ = versi
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from memprobe.engines.sites import package_on_path, site_holding
 from memprobe.errors import UsageError
 from memprobe.model.installation import EngineInstallation
 
@@ -50,25 +50,21 @@ def install_line(version: str = "") -> str:
 
 def check_site(path: str, given_as: str | None = None) -> str:
     """``path`` (absolute) if it is a folder holding a ``vllm`` package, else one line naming it as given."""
-    if not (Path(path) / "vllm" / PARALLEL_STATE).is_file():
+    site = site_holding(path, "vllm", PARALLEL_STATE)
+    if site is None:
         raise UsageError(f"{given_as or '--vllm ' + path}: not a vLLM installation (no vllm/{PARALLEL_STATE}); "
                          f"make one with: {install_line()} --target {path}")
-    return str(Path(path).resolve())
+    return site
 
 
 def find_package(environ: dict[str, str]) -> Path:
     """The ``vllm`` package the workers' ``PYTHONPATH`` (then this interpreter's path) leads to."""
-    search = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p] + sys.path
-    for folder in search:
-        candidate = Path(folder) / "vllm" / "__init__.py"
-        if candidate.is_file():
-            return candidate.parent
-    found = importlib.util.find_spec("vllm")
-    if found is None or not found.origin:
+    found = package_on_path(environ, "vllm")
+    if found is None:
         raise UsageError(f"--engine vllm needs vLLM installed and it was not found (--vllm SITE names a site folder); "
                          f"install it: {install_line()} (or use --engine vllm-ref, memprobe's reproduction of vLLM "
                          f"{TESTED_RELEASE}, which needs none)")
-    return Path(found.origin).parent
+    return found
 
 
 def read_version(package: Path) -> str:

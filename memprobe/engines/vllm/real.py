@@ -41,11 +41,11 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 from memprobe.engines.api import Decision, GroupPlan, Verdict
-from memprobe.engines.builder import GroupBuilder
+from memprobe.engines.builder import GroupBuilder, GroupSteps
 from memprobe.engines.vllm import communicators as rules
 from memprobe.measure.rendezvous import INIT_METHOD
 from memprobe.model.records import StepStatus
-from memprobe.model.steps import GROUPS_CREATED, WORLD, group_init_steps
+from memprobe.model.steps import GROUPS_CREATED, WORLD
 
 CUDA_COMMUNICATOR = "vllm.distributed.device_communicators.cuda_communicator.CudaCommunicator"
 #: kind -> (module under vllm.distributed.device_communicators, class CudaCommunicator constructs, its attribute)
@@ -84,34 +84,21 @@ def gate_decisions(communicator: Any) -> dict[str, str]:
     return found
 
 
-class GroupHooks:
+class GroupHooks(GroupSteps):
     """Wrappers around vLLM's coordinator and communicator constructors that sample each step of each group."""
 
+    skipped_note = "not built by vLLM"
+
     def __init__(self, recorder: Any, version: str) -> None:
-        self.recorder = recorder
+        super().__init__(recorder)
         self.version = version
         self.kinds = recorder.engine.engine.kind_names
-        self.steps = group_init_steps(self.kinds)
         self.on_cpu = recorder.device_kind == "cpu"
-        self.group: str | None = None
-        self.done: set[str] = set()
         self.constructed: dict[str, Any] = {}
         self.communicator: Any = None
         self.built: list[GroupPlan] = []
 
     # ------------------------------------------------------------------ sampling
-    def emit_until(self, step: str) -> None:
-        """Sample every step of the current group before ``step`` that has not been sampled yet."""
-        for name in self.steps:
-            if name == step:
-                return
-            if name not in self.done:
-                self.done.add(name)
-                if name == GROUPS_CREATED:
-                    self.recorder.record(name, self.group)
-                else:
-                    self.recorder.record(name, self.group, status=StepStatus.SKIPPED, note="not built by vLLM")
-
     def _sample_constructed(self, kind: str, constructed: Any) -> None:
         self.done.add(kind)
         self.constructed[kind] = constructed
