@@ -305,7 +305,7 @@ def test_real_releases_before_and_after_the_pr_in_one_comparison_on_cpu(memprobe
     for info in runs["tp4-ep2.sglang-new"].record.ranks:
         assert info.communicators["moe_ep"]["use_pynccl"] == "False" and info.communicators["moe_ep"]["pynccl"] == "not built"
     assert "lean saves on --tp 4 --ep 2 (real SGLang: tp4-ep2.sglang-old minus tp4-ep2.sglang-new)" in result.stdout
-    pairs = {entry["sglang"]: entry for entry in document["fidelity"]}
+    pairs = {entry["installed"]: entry for entry in document["fidelity"]}
     assert pairs["tp4-ep2.sglang-old"]["reference"] == "tp4-ep2-full"
     assert pairs["tp4-ep2.sglang-new"]["reference"] == "tp4-ep2-lean"
     # 0.5.1x builds no self_pp: shown as a group only the reference engine builds, not as bytes
