@@ -139,3 +139,16 @@ def test_without_a_gpu_the_measuring_commands_name_the_estimate_with_the_same_fl
     assert estimated.returncode == 0 and "ESTIMATED" in estimated.stdout
     gate = memprobe("gate", "--baseline", str(ROOT / "configs" / "baselines" / "h200x4-tp4-ep2-lean.json"))
     assert gate.returncode == 2 and "`memprobe gate --estimate` judges an estimated baseline" in gate.stderr
+
+
+def test_the_estimate_hint_keeps_every_engine_s_layout_flags_and_site():
+    """vLLM's flags reach the hint (a hint without --moe would estimate a dense model); a switch takes no value; run's
+    --vllm SITE is estimate's, compare's --vllm LABEL=SITE is not."""
+    from memprobe.launch.no_gpu import estimate_command
+
+    assert estimate_command(["memprobe", "run", "--engine", "vllm", "--vllm", "site", "--tp", "4", "--moe",
+                             "--enable-eplb", "--enable-expert-parallel", "--dp", "2", "--stack", "installed"]) == \
+        "memprobe estimate --engine vllm --vllm site --tp 4 --moe --enable-eplb --enable-expert-parallel --dp 2 " \
+        "--stacks installed"
+    assert estimate_command(["memprobe", "compare", "--engine", "vllm-ref", "--vllm", "a=b", "--dense", "--tp", "2"]) \
+        == "memprobe estimate --engine vllm-ref --dense --tp 2"

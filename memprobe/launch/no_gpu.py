@@ -16,16 +16,43 @@ NO_VALUE = frozenset({"--per-rank", "--allow-busy-gpu", "-q", "--quiet", "-v", "
                       "--timings"})
 
 
+def _layout_flags() -> tuple[frozenset[str], frozenset[str]]:
+    """Every engine's layout flags (``--dp``, ``--enable-expert-parallel``, ``--moe`` ...), which estimate takes with
+    the same meaning, and the switches among them (no value follows a switch)."""
+    from dataclasses import fields
+
+    from memprobe import engines
+
+    flags, switches = {"--layout"}, set()
+    for engine in engines.all_engines():
+        layout = engine.layout_type
+        for item in fields(layout):
+            flag = layout.flag_of(item.name)
+            if flag.startswith("--layout"):
+                continue
+            flags.add(flag)
+            if item.type in ("bool", bool):
+                switches.add(flag)
+    if "--moe" in switches:  # --moe/--dense: the off form of the one switch with a name of its own
+        flags.add("--dense")
+        switches.add("--dense")
+    return frozenset(flags), frozenset(switches)
+
+
 def estimate_command(argv: Sequence[str]) -> str | None:
     """``memprobe estimate`` with the shared flags of a ``run`` / ``compare`` command line; None for other commands."""
     if len(argv) < 2 or argv[1] not in ("run", "compare"):
         return None
+    layout_flags, switches = _layout_flags()
+    # run's --sglang / --vllm name a site folder as estimate's do (compare's take LABEL=SITE)
+    shared = SHARED | layout_flags | ({"--sglang", "--vllm"} if argv[1] == "run" else frozenset())
     command, index = ["memprobe", "estimate"], 2
     while index < len(argv):
         token = argv[index]
         name, equals, _ = token.partition("=")
-        takes_value = token.startswith("-") and not equals and name not in NO_VALUE and index + 1 < len(argv)
-        if RENAMED.get(name, name) in SHARED:
+        takes_value = (token.startswith("-") and not equals and name not in NO_VALUE | switches
+                       and index + 1 < len(argv))
+        if RENAMED.get(name, name) in shared:
             command.append(RENAMED.get(name, name) + token[len(name):])
             if takes_value:
                 command.append(argv[index + 1])
