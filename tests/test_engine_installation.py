@@ -62,3 +62,14 @@ def test_an_older_run_s_version_string_and_none() -> None:
     assert describe_installation({"version": "0.5.11", "path": "/s", "parallel_state_sha256": "0123456789abcdef"}) == \
         "0.5.11 (/s, parallel_state sha256 0123456789ab)"
     assert describe_installation(None) == "none (reference engine)"
+
+
+def test_an_installed_engine_s_estimate_refuses_a_stack_it_would_drop():
+    """--engine vllm / sglang estimate what the engine's code asks for: a --stacks given with them is refused in one
+    line, not silently replaced by the installed engine's own decisions."""
+    from memprobe import api
+    from memprobe.errors import UsageError
+
+    for engine, stacks in (("vllm", "shared-ep"), ("sglang", "full")):
+        with pytest.raises(UsageError, match=f"--stacks {stacks} is for the reproduction"):
+            api.estimate(engine=engine, tp=2, moe=True if engine == "vllm" else False, stacks=stacks)

@@ -109,6 +109,11 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
         ref = engine_of(conf.engine)
         names = stack_names(stacks_of(ref.engine, conf.stacks, EstimateOptions.stacks), ref.name)
         if ref.installed:
+            if conf.stacks != EstimateOptions.stacks:  # would be dropped below: say so rather than estimate another
+                raise UsageError(f"--engine {ref.name} estimates what the installed {ref.engine.label}'s own code asks "
+                                 f"for (stack installed); --stacks {conf.stacks} is for the reproduction "
+                                 f"(--engine {ref.engine.name_for('reference') or 'the reference engine'}); a change "
+                                 f"to the engine is a change to its code (e.g. a patch to its site)")
             names = [ref.engine.default_stack]  # one scenario: the engine's own flags replace the stack below
         scenario_set = distinct(headline(conf, ref.engine.name_for("reference") or ref.name, conf.tp, conf.ep,
                                          names, extra_env))
