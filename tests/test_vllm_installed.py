@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -277,17 +279,21 @@ def test_installed_vllm_builds_the_reference_s_groups_rank_lists_and_decisions(c
 
 
 @needs_vllm
-def test_a_real_cpu_run_of_the_installed_vllm_and_its_estimate(memprobe, tmp_path):
+def test_a_real_cpu_run_of_the_installed_vllm_and_its_estimate(memprobe, tmp_path, request):
     from memprobe.estimate.calibration import find_calibration
     from memprobe.estimate.model import Topology, estimate_run
     from memprobe.model.run_files import load_run
     from memprobe.model.scenario import Scenario
 
     site = SITE.split(os.pathsep)[0]
+    scratch = Path(tempfile.mkdtemp(prefix="mpt-", dir="/tmp"))  # the user's TMPDIR (short: sockets live there)
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     result = memprobe("run", "--device", "cpu", "--engine", "vllm", "--vllm", site, "--tp", "2", "--moe",
                       "--out-dir", str(tmp_path / "runs"), "--run-id", "r", "-q",
-                      env={"PYTHONPATH": os.pathsep.join((str(ROOT), SITE))}, timeout=300)
+                      env={"PYTHONPATH": os.pathsep.join((str(ROOT), SITE)), "TMPDIR": str(scratch)}, timeout=300)
     assert result.returncode == 0, result.stderr
+    # vLLM's MQ broadcaster leaves IPC sockets in the workers' temp folder: memprobe's, removed with the launch
+    assert list(scratch.iterdir()) == []
     run = load_run(tmp_path / "runs" / "r")
     assert run.record.status == "complete" and run.record.engine == "vllm" and run.record.stack_name == "installed"
     recorded = run.record.environment["vllm"]
