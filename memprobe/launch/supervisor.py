@@ -307,6 +307,18 @@ def run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path,
 UNIX_SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux: zmq refuses a longer ipc:// path
 
 
+def _worker_scratch(log_dir: str) -> dict[str, str]:
+    """``TMPDIR`` for the workers: a folder inside torchrun's log folder, which goes with it (the guard removes it even
+    when memprobe is killed), since an installed engine's own code leaves files in the temp folder (vLLM 0.33.0's MQ
+    broadcaster binds IPC sockets there and never unlinks them). Nothing where a socket path there would be too long
+    for ``sun_path`` and the engine's own would not (the user's TMPDIR is then left as it is)."""
+    scratch = os.path.join(log_dir, "t")
+    if len(scratch) + 1 + 36 > UNIX_SOCKET_PATH_MAX:  # a uuid4 socket name must still fit
+        return {}
+    os.mkdir(scratch)
+    return {"TMPDIR": scratch}
+
+
 def _run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path, jobs: int, suffix: str,
                 progress: ProgressCallback | None, command: list[str] | None, stop: StopFlag | None,
                 beside: str | None) -> list[Run]:
@@ -319,29 +331,14 @@ def _run_launch(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path
     if beside or jobs > 1:  # side by side on the same GPUs, on purpose (the engine tells them from strangers)
         environment[CONCURRENT_VARIABLE] = beside or token
     per_node = planned.scenarios[0].layout.world_size // options.nnodes
-    # the workers' scratch folder, removed with the launch: an installed engine's own code leaves files in the temp
-    # folder (vLLM 0.33.0's MQ broadcaster binds IPC sockets there and never unlinks them)
-    worker_tmp = tempfile.mkdtemp(prefix="mp-")
-    if len(worker_tmp) + 1 + 36 <= UNIX_SOCKET_PATH_MAX:  # a uuid4 socket name must still fit in sun_path
-        environment["TMPDIR"] = worker_tmp
-    try:
-        return _attempts(planned, options, launch_dir, jobs, progress, stop, members, environment, token,
-                         launch_file, torchrun_log, per_node)
-    finally:
-        shutil.rmtree(worker_tmp, ignore_errors=True)
-
-
-def _attempts(planned: PlannedLaunch, options: LaunchOptions, launch_dir: Path, jobs: int,
-              progress: ProgressCallback | None, stop: StopFlag | None, members: list[Tracked],
-              environment: dict[str, str], token: str, launch_file: Path, torchrun_log: Path,
-              per_node: int) -> list[Run]:
     attempts = 1 if options.master_port or options.rdzv_endpoint else 3
     for attempt in range(attempts):
         port = options.master_port or free_port(options.master_addr if options.master_addr != "localhost" else "127.0.0.1")
         log_dir = tempfile.mkdtemp(prefix="memprobe-torchrun-")  # torchrun's own log folder, removed below
         try:
             outcome = supervise(launch_command(launch_file, _launch_name(planned), per_node, options, port, log_dir),
-                                environment, token, members, options, jobs, torchrun_log, progress, stop)
+                                {**environment, **_worker_scratch(log_dir)}, token, members, options, jobs,
+                                torchrun_log, progress, stop)
         finally:
             shutil.rmtree(log_dir, ignore_errors=True)
         launched = any(tracked.follower.launched for tracked in members)
