@@ -476,8 +476,16 @@ class Engine:
 
     def installed_version(self, site: str) -> str:
         """The release of the installed engine the workers would import from ``site`` ("" for the importable one),
-        read from its sources; "?" where none is found."""
-        return "?"
+        read from its sources (:meth:`installation`); "?" where none is found."""
+        import os
+
+        from memprobe.engines.sites import site_first
+
+        try:
+            found = self.installation(site_first(dict(os.environ), site))
+        except UsageError:
+            return "?"
+        return found.version if found else "?"
 
     def cpu_requirements_problem(self, environ: Mapping[str, str], installation: EngineInstallation | None
                                  ) -> str | None:

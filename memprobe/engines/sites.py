@@ -20,9 +20,17 @@ def package_on_path(environ: dict[str, str], package: str) -> Path | None:
     return Path(found.origin).parent if found is not None and found.origin else None
 
 
+def site_first(environ: dict[str, str], site: str) -> dict[str, str]:
+    """``environ`` with ``site`` first on ``PYTHONPATH`` (the workers import the engine installed there); as given
+    for "" (the importable engine)."""
+    if not site:
+        return environ
+    return {**environ, "PYTHONPATH": os.pathsep.join(p for p in (site, environ.get("PYTHONPATH", "")) if p)}
+
+
 def site_holding(path: str, package: str, marker: str) -> str | None:
     """``path`` made absolute if it is a site folder holding ``package/marker``, else None."""
     return str(Path(path).resolve()) if (Path(path) / package / marker).is_file() else None
 
 
-__all__ = ["package_on_path", "site_holding"]
+__all__ = ["package_on_path", "site_first", "site_holding"]

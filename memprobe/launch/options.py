@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from memprobe.engines.sites import site_first
 from memprobe.errors import UsageError
 from memprobe.fields import check_fields
 from memprobe.model.records import NCCL_LOG_FOLDER
@@ -82,8 +83,7 @@ def worker_environment(scenario: Scenario, options: LaunchOptions, base: dict[st
     for key, value in env_presets()[scenario.env_preset].items():
         environment.setdefault(key, value)
     environment.update(scenario.env)
-    if scenario.sglang:  # the SGLang installation this scenario asked for comes first
-        environment["PYTHONPATH"] = os.pathsep.join(p for p in (scenario.sglang, environment.get("PYTHONPATH", "")) if p)
+    environment = site_first(environment, scenario.sglang)  # the installation this scenario asked for comes first
     environment.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     environment.setdefault("OMP_NUM_THREADS", "1")
     environment["PYTHONUNBUFFERED"] = "1"

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 
 from typing import Any, Mapping
 
@@ -128,15 +127,6 @@ class SGLangEngine(Engine):
     # -- the installed SGLang
     def installation(self, environ: Mapping[str, str], site: str = "") -> EngineInstallation | None:
         return sglang_installation(dict(environ), site)
-
-    def installed_version(self, site: str) -> str:
-        environ = dict(os.environ)
-        if site:
-            environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, environ.get("PYTHONPATH", "")) if p)
-        try:
-            return sglang_installation(environ).version
-        except UsageError:
-            return "?"
 
     def cpu_requirements_problem(self, environ: Mapping[str, str], installation: EngineInstallation | None
                                  ) -> str | None:

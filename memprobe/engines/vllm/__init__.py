@@ -11,7 +11,6 @@ needed) and ``--engine vllm`` (the installed vLLM's own code, with memprobe's sa
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, Mapping
@@ -262,15 +261,6 @@ class VLLMEngine(Engine):
     # -- the installed vLLM (memprobe.engines.vllm.install reads it from its sources; .real runs it)
     def installation(self, environ: Mapping[str, str], site: str = "") -> EngineInstallation | None:
         return install.vllm_installation(dict(environ), site)
-
-    def installed_version(self, site: str) -> str:
-        environ = dict(os.environ)
-        if site:
-            environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, environ.get("PYTHONPATH", "")) if p)
-        try:
-            return install.vllm_installation(environ).version
-        except UsageError:
-            return "?"
 
     def cpu_requirements_problem(self, environ: Mapping[str, str], installation: EngineInstallation | None
                                  ) -> str | None:
