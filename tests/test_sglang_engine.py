@@ -22,7 +22,7 @@ from memprobe.model.scenario import with_engines
 from memprobe.errors import UsageError
 from memprobe.engines.sglang.layout import SGLangLayout as Layout
 from memprobe.model.run_files import load_run
-from memprobe.model.scenario import Scenario, ScenarioSet, headline_scenarios, parse_sglang_sites, with_sglang
+from memprobe.model.scenario import Scenario, ScenarioSet, headline_scenarios, parse_sites, with_site
 from memprobe.engines.sglang.real import forced_flags, keyword_widths, sglang_widths
 from memprobe.engines.sglang.install import check_site, sglang_installation
 from memprobe.engines.stacks import load_stack_file
@@ -177,7 +177,7 @@ def test_an_sglang_with_an_unknown_api_is_exit_2_before_launch(memprobe, tmp_pat
 
 
 def test_each_installation_is_one_more_scenario_of_the_moe_layout(tmp_path):
-    sites = parse_sglang_sites(["0.5.10.post1=/opt/a", "0.5.11=/opt/b"])
+    sites = parse_sites(["0.5.10.post1=/opt/a", "0.5.11=/opt/b"])
     scenario_set = headline_scenarios("memprobe", {"tp": 4, "ep": 2}, stacks=["full", "lean"], sglang_sites=sites)
     names = [s.name for s in scenario_set.scenarios]
     assert names == ["tp4", "tp4-ep2-full", "tp4-ep2-lean", "tp4-ep2.sglang-0.5.10.post1", "tp4-ep2.sglang-0.5.11"]
@@ -185,11 +185,11 @@ def test_each_installation_is_one_more_scenario_of_the_moe_layout(tmp_path):
     assert (real.engine, real.stack, real.sglang, real.layout) == ("sglang", "installed", "/opt/b", Layout(tp=4, ep=2))
     both = with_engines(scenario_set, ["memprobe", "sglang"])  # the real ones are not doubled
     assert [s.name for s in both.scenarios].count("tp4-ep2.sglang-0.5.11") == 1 and len(both.scenarios) == 8
-    regated = with_sglang(scenario_set, "/opt/c")  # the gate's --sglang: only SGLang scenarios move
+    regated = with_site(scenario_set, "sglang", "/opt/c")  # the gate's --sglang: only SGLang scenarios move
     assert regated.get("tp4-ep2.sglang-0.5.10.post1").sglang == "/opt/c" and regated.get("tp4-ep2-lean").sglang == ""
     for bad in (["0.5.11"], ["=/opt/a"], ["a=/x", "a=/y"], ["a b=/x"]):
         with pytest.raises(UsageError):
-            parse_sglang_sites(bad)
+            parse_sites(bad)
     with pytest.raises(UsageError, match="not an SGLang installation"):
         check_site(str(tmp_path))
 

@@ -9,7 +9,7 @@ from memprobe.api.measuring import gathered_elsewhere, measure
 from memprobe.api.options import BaselineOptions, GateOptions, options_of
 from memprobe.api.planning import estimated
 from memprobe.api.results import BaselineUpdate
-from memprobe.api.scenarios import repointed
+from memprobe.api.scenarios import checked_sites, repointed
 from memprobe.errors import MeasurementError, UsageError
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def judge(options: Optional[GateOptions] = None, **fields_: Any) -> "Optional[Ga
     selected = baseline.select(list(conf.scenarios) or None)
     overrides = threshold_overrides(conf.relative, conf.absolute, conf.thresholds)
     check_overrides(baseline, overrides)
-    sites = _sites_under_test(conf)
+    sites = checked_sites(sglang=conf.sglang, vllm=conf.vllm)
     if conf.estimate and conf.results is not None:
         raise UsageError("--estimate estimates the baseline's scenarios again; --results judges saved runs: give one")
     _refuse_device_with_estimate(conf.estimate, conf.launch.device)
@@ -79,23 +79,16 @@ def _refuse_missing_baseline(conf: GateOptions) -> None:
         return
     judged = conf.results if isinstance(conf.results, (str, Path)) else None
     source = ["--from", str(judged)] if judged is not None else ["--scenarios", "FILE"]
-    arguments = update_arguments(estimate=conf.estimate, sites={"sglang": str(conf.sglang or ""), "vllm": str(conf.vllm or "")}, scenarios=conf.scenarios,
-                                 device=conf.launch.device, calibration=conf.calibration, gpus_per_node=None,
-                                 from_results=judged is not None)
+    sites = {"sglang": str(conf.sglang or ""), "vllm": str(conf.vllm or "")}  # as given: the baseline is not there
+    arguments = update_arguments(estimate=conf.estimate, sites=sites, scenarios=conf.scenarios, device=conf.launch.device,
+                                 calibration=conf.calibration, gpus_per_node=None, from_results=judged is not None)
     command = quoted(["memprobe", "baseline", "update", "--out", str(path), *source, *arguments])
     raise UsageError(f"baseline {path} does not exist (make one with: {command})")
 
 
-def _sites_under_test(conf: GateOptions) -> dict[str, str]:
-    """Per installed engine (``sglang``, ``vllm``), the site folder under test (checked; "": the importable one)."""
-    from memprobe import engines
-
-    return {name: engines.engine(name).check_site(str(site), f"--{name} {site}") if site else ""
-            for name, site in (("sglang", conf.sglang), ("vllm", conf.vllm))}
-
-
 def _under_test(scenario_set: "ScenarioSet", sites: dict[str, str]) -> "ScenarioSet":
-    """The baseline's installed-engine scenarios re-pointed at the installations under test."""
+    """The baseline's installed-engine scenarios re-pointed at the installations under test ("": the importable one,
+    not the folder a baseline recorded: the gate judges what is installed here)."""
     from memprobe.model.scenario import with_site
 
     for name, site in sites.items():

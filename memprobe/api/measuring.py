@@ -108,7 +108,7 @@ def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
 def _sites(engine: str, conf: CompareOptions) -> list[tuple[str, str]]:
     """``--sglang LABEL=SITE`` or ``--vllm LABEL=SITE``: installations of the engine compared (checked); the other
     engine's flag is refused in one line."""
-    from memprobe.model.scenario import parse_sglang_sites
+    from memprobe.model.scenario import parse_sites
 
     ref = engine_of(engine)
     found: list[tuple[str, str]] = []
@@ -119,7 +119,7 @@ def _sites(engine: str, conf: CompareOptions) -> list[tuple[str, str]]:
             raise UsageError(f"--{flag} LABEL=SITE adds {flag} installations to a comparison of engine {flag}; "
                              f"here --engine {engine}")
         found += [(label, ref.engine.check_site(path, f"--{flag} {label}={path}"))
-                  for label, path in parse_sglang_sites(list(items), f"--{flag}")]
+                  for label, path in parse_sites(list(items), f"--{flag}")]
     return found
 
 

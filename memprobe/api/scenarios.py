@@ -127,10 +127,6 @@ def distinct(scenario_set: "ScenarioSet") -> "ScenarioSet":
     return scenario_set
 
 
-#: The installed engines' site flags: ``--sglang SITE`` for ``--engine sglang``, ``--vllm SITE`` for ``--engine vllm``.
-SITE_FLAGS = ("sglang", "vllm")
-
-
 def installed_site(engine: str, **sites: Any) -> str:
     """The site folder given for ``engine``'s installed mode (checked, absolute; "" for the importable one); a site
     flag of another engine, or one for a reproduction, is refused in one line."""
@@ -142,14 +138,21 @@ def installed_site(engine: str, **sites: Any) -> str:
     return ref.engine.check_site(site, f"--{ref.engine.name} {site}") if site else ""
 
 
+def checked_sites(**sites: Any) -> dict[str, str]:
+    """Per installed engine named (``sglang=SITE``, ``vllm=SITE``), its site folder checked and absolute; "" where
+    none is given (the importable one)."""
+    from memprobe import engines
+
+    return {name: engines.engine(name).check_site(str(site), f"--{name} {site}") if site else ""
+            for name, site in sites.items()}
+
+
 def repointed(scenario_set: "ScenarioSet", **sites: Any) -> "ScenarioSet":
     """Every installed scenario of an engine given a site (``sglang=SITE``, ``vllm=SITE``) re-pointed at it:
-    what a gate or a baseline update measures or estimates a baseline's scenarios with."""
-    from memprobe import engines
+    what a baseline update measures or estimates a baseline's scenarios with (one given no site keeps its own)."""
     from memprobe.model.scenario import with_site
 
-    for name, site in sites.items():
+    for name, site in checked_sites(**sites).items():
         if site:
-            engine = engines.engine(name)
-            scenario_set = with_site(scenario_set, name, engine.check_site(str(site), f"--{name} {site}"))
+            scenario_set = with_site(scenario_set, name, site)
     return scenario_set

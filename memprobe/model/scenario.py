@@ -358,7 +358,7 @@ def _on_engine(scenario: Scenario, engine: str) -> Scenario:
     return replace(scenario, name=f"{scenario.name}.{engine}", engine=engine)
 
 
-def parse_sglang_sites(items: list[str] | tuple[str, ...], flag: str = "--sglang") -> list[tuple[str, str]]:
+def parse_sites(items: list[str] | tuple[str, ...], flag: str = "--sglang") -> list[tuple[str, str]]:
     """``["LABEL=PATH", ...]`` (compare's ``--sglang``, ``--vllm``) -> ``[(label, path)]``; labels unique and
     name-safe."""
     sites: list[tuple[str, str]] = []
@@ -372,12 +372,6 @@ def parse_sglang_sites(items: list[str] | tuple[str, ...], flag: str = "--sglang
             raise UsageError(f"{flag} label {label!r} is given twice")
         sites.append((label, path))
     return sites
-
-
-def with_sglang(scenario_set: ScenarioSet, site: str) -> ScenarioSet:
-    """Every ``--engine sglang`` scenario re-pointed at the SGLang in ``site`` ("" = the importable one):
-    what a gate re-measures a baseline with (the installation is not part of a scenario's hash)."""
-    return with_site(scenario_set, "sglang", site)
 
 
 def with_site(scenario_set: ScenarioSet, engine: str, site: str) -> ScenarioSet:
