@@ -223,9 +223,8 @@ def portable_definition(scenario: Scenario) -> dict[str, Any]:
     """The scenario's definition as a baseline keeps it: without the installed engine's site folder, a path on the
     machine that measured it (a gate is given its own, ``--sglang SITE`` or ``--vllm SITE``; the site is not hashed)."""
     definition = scenario.definition()
-    for engine in ("sglang", "vllm"):
-        if definition.get(engine):
-            definition[engine] = ""
+    if definition.get("sglang"):  # the installation's site, whatever the engine (Scenario.sglang)
+        definition["sglang"] = ""
     return definition
 
 
