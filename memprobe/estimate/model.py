@@ -23,6 +23,7 @@ from memprobe.engines.stacks import Stack
 from memprobe.errors import UsageError
 from memprobe.estimate import nccl
 from memprobe.estimate.calibration import Calibration
+from memprobe.estimate.nccl_versions import calibration_mismatch
 from memprobe.estimate.torch_cache import CachingAllocator
 from memprobe.model.records import SCHEMA_VERSION, PlannedGroup, RankInfo, Reading, Run, RunRecord, RunStatus, StepStatus
 from memprobe.model.scenario import Scenario, env_presets
@@ -372,7 +373,7 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
         "sampling_mode": SAMPLING_MODE, "memprobe": _version(),
         "estimate": {"rules": f"NCCL {context.settings.version} (memprobe/estimate/nccl.py)", "topology": topology.describe(),
                      **calibration.basis(), "rules_nccl": context.settings.version, "network": topology.network.kind,
-                     "nic_gbps": topology.network.nic_gbps, "warnings": _stack_warnings(context.settings.version, calibration)},
+                     "nic_gbps": topology.network.nic_gbps, "warnings": calibration_mismatch(context.settings.version, calibration.nccl)},
     }
     infos = _rank_infos(context, ranks, classes)
     return RunRecord(
@@ -383,15 +384,6 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
         memprobe_version=_version(), created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         environment=environment, ranks=infos, source=SOURCE, schema_version=SCHEMA_VERSION,
     )
-
-
-def _stack_warnings(version: str, calibration: Calibration) -> list[str]:
-    from memprobe.estimate.nccl_versions import normalise
-
-    if (normalise(calibration.nccl) or calibration.nccl) == version:
-        return []
-    return [f"the rules model NCCL {version} but the calibration was measured with NCCL {calibration.nccl}: its "
-            f"per-process constants are another stack's (memprobe calibrate on one GPU of your own stack makes its own)"]
 
 
 def _rank_infos(context: Context, ranks: list[_Rank], classes: dict[int, int]) -> list[RankInfo]:

@@ -110,7 +110,12 @@ def resolve(requested: str | None, calibration_nccl: str) -> tuple[str, str, lis
                 raise UsageError(f"the calibration's NCCL {calibration_nccl} is not a release the rules were read for; "
                                  f"pass --nccl VERSION ({', '.join(read_versions())})")
             version, why = calibration_version, "the calibration's"
-    if version != calibration_version:
-        warnings.append(f"the rules model NCCL {version} but the calibration was measured with NCCL {calibration_nccl}: "
-                        f"its per-process constants are another stack's (memprobe calibrate on one GPU of your own stack makes its own)")
-    return version, why, warnings
+    return version, why, warnings + calibration_mismatch(version, calibration_nccl)
+
+
+def calibration_mismatch(version: str, calibration_nccl: str) -> list[str]:
+    """The warning an estimate carries when its rules model another NCCL than its calibration was measured with."""
+    if (normalise(calibration_nccl) or calibration_nccl) == version:
+        return []
+    return [f"the rules model NCCL {version} but the calibration was measured with NCCL {calibration_nccl}: its "
+            f"per-process constants are another stack's (memprobe calibrate on one GPU of your own stack makes its own)"]
