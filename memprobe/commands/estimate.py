@@ -9,10 +9,9 @@ from typing import Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, MOE, PCP,
+    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, LAYOUT, MOE, PCP,
     ALL_RANKS, ATTN_CP, ATTN_DP, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, option,
 )
-from memprobe.commands.options import LAYOUT
 from memprobe.commands.output import check_exports, render_and_export
 from memprobe.errors import ExitCode, UsageError
 from memprobe.paths import refuse_writing_inputs

@@ -8,8 +8,10 @@ import sys
 from typing import Any, TextIO
 
 from memprobe import api
-from memprobe.commands.options import ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, MOE, PCP, ATTN_CP, ATTN_DP, EP, MOE_DP, PP, QUIET, STACK, TP, VERBOSE, option
-from memprobe.commands.options import LAYOUT
+from memprobe.commands.options import (
+    ALL2ALL, ATTN_CP, ATTN_DP, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, EP, LAYOUT, MOE, MOE_DP, PCP, PP, QUIET, STACK,
+    TP, VERBOSE, option,
+)
 from memprobe.commands.output import console_width
 
 PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json

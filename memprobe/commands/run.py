@@ -8,12 +8,11 @@ from typing import Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, MOE, PCP,
+    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, LAYOUT, MOE, PCP,
     ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, EP, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES,
     NODE_RANK, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
     VERBOSE, WARMUP, launch_options, option,
 )
-from memprobe.commands.options import LAYOUT
 from memprobe.commands.output import console_width, print_rank_warnings, render_timings_of, show_attribution
 from memprobe.errors import UsageError
 from memprobe.paths import check_output_path
