@@ -135,52 +135,33 @@ def _free_port() -> int:
 
 
 def _parallel_config(layout: dict, dp_rank: int, port: int):
-    if not _is_newest():
-        return _old_parallel_config(layout, dp_rank, port)
+    """vLLM's ``ParallelConfig`` of one rank. 0.11.0 / 0.10.2 have no PCP field, take the all2all backend from
+    VLLM_ALL2ALL_BACKEND (set by the rank) and run no independent dense DP replica (every DP rank joins the one world,
+    ``parallel_state.py:1035-1049`` of 0.11.0)."""
     from vllm.config import ParallelConfig
 
-    config = ParallelConfig(
+    newest = _is_newest()
+    fields = dict(
         tensor_parallel_size=layout["tp"],
         pipeline_parallel_size=layout["pp"],
         data_parallel_size=layout["dp"],
         data_parallel_size_local=layout["dp"],
         data_parallel_rank=dp_rank,
         decode_context_parallel_size=layout["dcp"],
-        prefill_context_parallel_size=layout["pcp"],
         enable_expert_parallel=layout["enable_expert_parallel"],
-        enable_eplb=False,  # see the module docstring: set after the platform check
+        # see the module docstring: set after the platform check (config/parallel.py:564-568; :417-420 of 0.11.0)
+        enable_eplb=False,
         disable_custom_all_reduce=layout["disable_custom_all_reduce"],
-        all2all_backend=layout["all2all_backend"],
         distributed_executor_backend="mp",
         data_parallel_master_ip="127.0.0.1",
     )
+    if newest:
+        fields.update(prefill_context_parallel_size=layout["pcp"], all2all_backend=layout["all2all_backend"])
+    config = ParallelConfig(**fields)
     config._data_parallel_master_port_list = []
     config.data_parallel_master_port = port
-    if layout["dp"] > 1 and not layout["moe"]:
+    if newest and layout["dp"] > 1 and not layout["moe"]:
         config.reconfigure_for_independent_dp_rank()  # as v1/engine/core.py:1554 does for a dense model
-    return config
-
-
-def _old_parallel_config(layout: dict, dp_rank: int, port: int):
-    """0.11.0 / 0.10.2: no PCP field, the all2all backend is VLLM_ALL2ALL_BACKEND (set by the rank), no independent
-    dense DP replica (every DP rank joins the one world, ``parallel_state.py:1035-1049`` of 0.11.0)."""
-    from vllm.config import ParallelConfig
-
-    config = ParallelConfig(
-        tensor_parallel_size=layout["tp"],
-        pipeline_parallel_size=layout["pp"],
-        data_parallel_size=layout["dp"],
-        data_parallel_size_local=layout["dp"],
-        data_parallel_rank=dp_rank,
-        decode_context_parallel_size=layout["dcp"],
-        enable_expert_parallel=layout["enable_expert_parallel"],
-        enable_eplb=False,  # see the module docstring: set after the platform check (config/parallel.py:417-420)
-        disable_custom_all_reduce=layout["disable_custom_all_reduce"],
-        distributed_executor_backend="mp",
-        data_parallel_master_ip="127.0.0.1",
-    )
-    config._data_parallel_master_port_list = []
-    config.data_parallel_master_port = port
     return config
 
 
