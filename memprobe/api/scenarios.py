@@ -134,8 +134,8 @@ def installed_site(engine: str, **sites: Any) -> str:
     for flag, site in sites.items():
         if site and (not ref.installed or ref.engine.name != flag):
             raise UsageError(f"--{flag} needs --engine {flag}")
-    site = str(sites.get(ref.engine.name) or "")
-    return ref.engine.check_site(site, f"--{ref.engine.name} {site}") if site else ""
+    name = ref.engine.name
+    return checked_sites(**{name: sites.get(name)})[name]
 
 
 def checked_sites(**sites: Any) -> dict[str, str]:
