@@ -265,3 +265,14 @@ def test_the_warmup_algorithm_nccl_logged_is_the_rules():
                 assert found.group(1).lower() == nccl.warmup_algorithm(*shape), (log, shape, line)
                 seen += 1
     assert seen >= 6
+
+
+def test_without_an_installed_nccl_an_engine_pin_wins_over_the_calibration(monkeypatch):
+    """A CPU-only torch brings no NCCL: an engine whose decisions depend on the NCCL release (vLLM 0.33.0's PyNccl)
+    is estimated with the NCCL its release pins, not the calibration's; an installed NCCL or --nccl still wins."""
+    pin = ("2.30.7", "vLLM 0.33.0's pin")
+    monkeypatch.setattr(nccl_versions, "installed_nccl", lambda: None)
+    assert nccl_versions.resolve(None, "2.28.9", pin)[:2] == pin
+    assert nccl_versions.resolve("2.29.2", "2.28.9", pin)[:2] == ("2.29.2", "--nccl")
+    monkeypatch.setattr(nccl_versions, "installed_nccl", lambda: ("2.28.9", "nvidia-nccl-cu13 2.28.9 (installed)"))
+    assert nccl_versions.resolve(None, "2.28.9", pin)[0] == "2.28.9"

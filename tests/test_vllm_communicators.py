@@ -210,3 +210,16 @@ def test_decisions_never_build_past_a_closed_gate() -> None:
             assert not entry.built(SYMM_MEM) or gates.use_torch_symm_mem
             assert not entry.built(FLASHINFER_ALLREDUCE) or gates.use_flashinfer_allreduce
             assert entry.built(ALL2ALL_MANAGER) == gates.use_all2all
+
+
+def test_0_33_pynccl_needs_an_nccl_with_ncclcommsuspend() -> None:
+    """vLLM 0.33.0's wrapper binds ncclCommSuspend (NCCL >= 2.29.7) and disables PyNccl when the library lacks it;
+    0.11's wrapper binds no such symbol. An unknown NCCL ("": a CPU run) is taken to be one the release loads."""
+    old = GPUFacts(nccl="2.28.9")
+    decisions = decide(TP8_MOE, gpu=old)
+    assert [e.group.name for e in decisions.groups if e.built(PYNCCL)] == []
+    ep = decisions.for_group("ep").decision(PYNCCL)
+    assert ep is not None and "ncclCommSuspend" in ep.reason and "pynccl.py:131-137" in ep.source
+    assert [e.group.name for e in decide(TP8_MOE, gpu=GPUFacts(nccl="2.29.7")).groups if e.built(PYNCCL)] == ["tp", "ep"]
+    assert [e.group.name for e in decide(TP8_MOE, "0.11-0.2x", gpu=old).groups if e.built(PYNCCL)] == ["tp", "ep"]
+    assert _pynccl_groups(TP8_MOE) == ["tp", "ep"]

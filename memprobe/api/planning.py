@@ -53,10 +53,14 @@ def _assumed_facts(engine: Any) -> AssumedFacts:
     from memprobe.estimate.calibration import find_calibration
     from memprobe.estimate.model import MAX_GPUS_PER_NODE
 
+    from memprobe.estimate.nccl_versions import resolve
+
     calibration = find_calibration(None, None)
+    nccl, nccl_why, _ = resolve(None, calibration.nccl, engine.pinned_nccl)
     return AssumedFacts(gpu_model=calibration.gpu_model, compute_capability=calibration.compute_capability,
                         sm_count=calibration.sm_count, gpus_per_node=MAX_GPUS_PER_NODE,
-                        env_preset=env_preset_of(engine, Workers.env_preset, Workers.env_preset))
+                        env_preset=env_preset_of(engine, Workers.env_preset, Workers.env_preset),
+                        nccl=nccl, nccl_why=nccl_why)
 
 
 def _group_decisions(engine: Any, group: Any, stack: Any, assumed: AssumedFacts) -> tuple[ListDecisions, ...]:
@@ -72,7 +76,7 @@ def _group_decisions(engine: Any, group: Any, stack: Any, assumed: AssumedFacts)
         spans[nodes] = spans.get(nodes, 0) + 1
     return tuple(ListDecisions(nodes=nodes, lists=count, decisions=tuple(engine.decide(
         group, stack, Facts(width=group.width, nodes=nodes, full_nvlink=True, capability=assumed.compute_capability,
-                            sm_count=assumed.sm_count, env=env))))
+                            sm_count=assumed.sm_count, env=env, nccl=assumed.nccl))))
         for nodes, count in sorted(spans.items()))
 
 
@@ -146,7 +150,8 @@ def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_
     from memprobe.estimate.nccl import Network
     from memprobe.estimate.nccl_versions import resolve
 
-    joined, version = Network.of(network, nic_gbps), resolve(nccl, calibration.nccl)[0]
+    pinned = scenario_set.scenarios[0].engine_ref.engine.pinned_nccl
+    joined, version = Network.of(network, nic_gbps), resolve(nccl, calibration.nccl, pinned)[0]
 
     on_sglang = any(scenario.engine_ref.installed for scenario in scenario_set.scenarios)
     sglang_runs = _sglang_flags_runs(scenario_set, progress, timeout_s) if on_sglang else None

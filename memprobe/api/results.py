@@ -39,12 +39,15 @@ class AssumedFacts:
     sm_count: int
     gpus_per_node: int  # NVSwitch-joined, fully NVLink-connected
     env_preset: str
+    nccl: str = ""  # the NCCL release the estimate's rules would model by default
+    nccl_why: str = ""  # where that release comes from (the installed torch's, the engine's pin, the calibration's)
 
     def describe(self) -> str:
         major, minor = divmod(self.compute_capability, 10)
+        nccl = f", NCCL {self.nccl} ({self.nccl_why})" if self.nccl else ""
         return (f"decisions ASSUMED as the estimate assumes by default, no GPU looked at: {self.gpu_model} "
                 f"(sm {major}.{minor}), nodes of {self.gpus_per_node} NVSwitch-joined GPUs, env preset "
-                f"{self.env_preset}")
+                f"{self.env_preset}{nccl}")
 
 
 @dataclass(frozen=True)

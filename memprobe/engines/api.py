@@ -121,6 +121,9 @@ class Facts:
     sm_count: int = 132
     device: str = "cuda"
     env: Mapping[str, str] = field(default_factory=dict)
+    #: The NCCL release the communicators load ("2.28.9"): the worker's torch's on a GPU, the rules' in an estimate;
+    #: "" where none is loaded (a CPU run: memprobe gives the engine no NCCL there).
+    nccl: str = ""
 
 
 Pool = Literal["raw", "cumem", "torch_cache", "host"]
@@ -333,6 +336,9 @@ class Engine:
     #: Whether the installed mode can build a stack other than the engine's own (SGLang's forces its flags on the
     #: groups; an engine without it runs only stack ``installed``, and a scenario asking for another is refused).
     installed_takes_stacks: ClassVar[bool] = True
+    #: (NCCL release, why) that the reference release's own dependency pins bring, for an estimate on a machine whose
+    #: torch brings no NCCL (a CPU-only torch): an engine whose decisions depend on the NCCL release names it.
+    pinned_nccl: ClassVar[tuple[str, str] | None] = None
 
     # -- layout and plan
     def plan(self, layout: LayoutBase) -> Plan:

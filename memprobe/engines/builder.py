@@ -97,7 +97,7 @@ class GroupBuilder:
         properties = torch.cuda.get_device_properties(torch.cuda.current_device())
         return Facts(width=len(ranks), nodes=len(set(hosts)), full_nvlink=full_nvlink,
                      capability=properties.major * 10 + properties.minor, sm_count=properties.multi_processor_count,
-                     device=recorder.device_kind, env=env)
+                     device=recorder.device_kind, env=env, nccl=".".join(map(str, torch.cuda.nccl.version()[:3])))
 
     def communicator_step(self, group: GroupPlan, ranks: tuple[int, ...], decision: Decision, facts: Facts) -> None:
         recorder = self.recorder

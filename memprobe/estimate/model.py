@@ -304,7 +304,7 @@ def _facts(context: Context, member: Member) -> Facts:
     nodes = {context.topology.node_of(rank) for rank in member.ranks}
     return Facts(width=len(member.ranks), nodes=len(nodes), full_nvlink=True,
                  capability=context.calibration.compute_capability, sm_count=context.calibration.sm_count,
-                 env=context.engine_env)
+                 env=context.engine_env, nccl=context.settings.version)
 
 
 def _communicator_step(context: Context, state: _Rank, group: GroupPlan, decision: Decision, member: Member) -> None:

@@ -91,9 +91,11 @@ def installed_nccl() -> tuple[str, str] | None:
     return None
 
 
-def resolve(requested: str | None, calibration_nccl: str) -> tuple[str, str, list[str]]:
+def resolve(requested: str | None, calibration_nccl: str, pinned: tuple[str, str] | None = None
+            ) -> tuple[str, str, list[str]]:
     """(the NCCL whose rules apply, why that one, warnings). ``--nccl`` wins; else the installed torch's NCCL if its
-    rules were read; else the calibration's."""
+    rules were read; else, where the installed torch brings none, the one the engine's release pins
+    (``Engine.pinned_nccl``); else the calibration's."""
     warnings: list[str] = []
     calibration_version = normalise(calibration_nccl) or calibration_nccl
     if requested is not None:
@@ -102,6 +104,8 @@ def resolve(requested: str | None, calibration_nccl: str) -> tuple[str, str, lis
         installed = installed_nccl()
         if installed and installed[0] in read_versions():
             version, why = installed[0], installed[1]
+        elif not installed and pinned is not None and pinned[0] in read_versions():
+            version, why = pinned
         else:
             if installed:
                 warnings.append(f"the installed NCCL {installed[0]} is not a release the rules were read for "

@@ -228,7 +228,8 @@ def lean_lines(comparison: Comparison, summaries: list[ScenarioSummary] | None =
     for saving in lean_savings(summaries if summaries is not None else summarize(comparison)):
         engine = saving.full.item.scenario.engine_ref.engine
         full, lean = engine.stack_pair or ("full", "lean")
-        details = _lean_details(saving, full, lean)
+        # the stacks themselves (vllm:0.11 vs shared-ep:0.11), not the pair's base names
+        details = _lean_details(saving, saving.full.item.scenario.stack, saving.lean.item.scenario.stack)
         blocks.append(
             [
                 f"{lean} saves on {saving.flags} ({f'real {engine.label}: ' if saving.real_sglang else ''}"

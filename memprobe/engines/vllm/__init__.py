@@ -52,6 +52,7 @@ _WHERE: dict[str, tuple[str, ...]] = {
 }
 #: Where the PyNccl of an EP group built by TP's rank lists would be shared (shared-ep).
 SHARED_EP = "shared-ep"
+SHARED_EP_0_11 = "shared-ep:0.11"
 INSTALLED_STACK = "installed"  # --engine vllm: vLLM's own decisions
 
 
@@ -115,7 +116,7 @@ def gpu_facts(facts: Facts) -> rules.GPUFacts:
     same_node = facts.nodes == 1
     return rules.GPUFacts(capability=f"{facts.capability // 10}.{facts.capability % 10}", same_node=same_node,
                           fully_connected=facts.full_nvlink, p2p=same_node,
-                          multicast=same_node and facts.full_nvlink)
+                          multicast=same_node and facts.full_nvlink, nccl=facts.nccl)
 
 
 class VLLMEngine(Engine):
@@ -134,6 +135,8 @@ class VLLMEngine(Engine):
                 INSTALLED: "memprobe.engines.vllm.real:VLLMInstalledBuilder"}
     width_1_reason = "vLLM builds none for one rank, parallel_state.py:550-561"
     installed_takes_stacks = False  # vLLM's own code decides; shared-ep on it is a patch to vLLM, not a stack
+    # vLLM 0.33.0's PyNccl needs NCCL >= 2.29.7 (communicators.PYNCCL_MIN_NCCL_0_33); the release pins its NCCL
+    pinned_nccl = ("2.30.7", "vLLM 0.33.0's pin: torch==2.14.0, whose wheel requires nvidia-nccl-cu13==2.30.7")
     default_stack = "vllm"
     stack_option_names = (RELEASE_LINE, EP_PYNCCL)
 
@@ -181,6 +184,11 @@ class VLLMEngine(Engine):
         found[SHARED_EP] = new_stack(self, SHARED_EP, flags, {RELEASE_LINE: "0.33", EP_PYNCCL: "tp-when-same-ranks"},
                                      description="proposed, not vLLM: EP and EPLB reuse TP's PyNccl when their "
                                                  "rank lists are TP's")
+        # the 0.11-0.2x line has the duplicate too (EP's PyNccl since vllm PR #24982) and loads any NCCL of its era
+        found[SHARED_EP_0_11] = new_stack(self, SHARED_EP_0_11, flags, {RELEASE_LINE: "0.11-0.2x",
+                                                                        EP_PYNCCL: "tp-when-same-ranks"},
+                                          description="proposed, not vLLM: vLLM 0.11.0 with EP reusing TP's PyNccl "
+                                                      "when their rank lists are TP's")
         found[INSTALLED_STACK] = new_stack(self, INSTALLED_STACK, flags, {RELEASE_LINE: "0.33", EP_PYNCCL: "own"},
                                            description="--engine vllm only: what the installed vLLM's own code "
                                                        "builds; memprobe forces nothing")

@@ -60,6 +60,7 @@ class GPUFacts:
     multicast: bool = True  # torch symmetric memory's rendezvous returns a multicast pointer (NVSwitch)
     flashinfer: bool = True  # flashinfer importable (a vLLM 0.33 dependency)
     vllm_c: bool = True  # vllm._C importable: custom all-reduce's kernels (car:24-28 of 0.33.0)
+    nccl: str = ""  # the NCCL release PyNccl loads (the one torch loaded); "": not known, the release's own assumed
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,27 @@ def cuda_gates(group: VLLMGroup, layout: VLLMLayout, release_line: str = DEFAULT
                      use_flashinfer_allreduce=flashinfer, use_all2all=all2all)
 
 
-def _pynccl(group: VLLMGroup, line: str, env: Mapping[str, str]) -> Decision:
+#: The oldest NCCL vLLM 0.33.0's PyNccl loads: its wrapper binds ``ncclCommSuspend`` (pynccl_wrapper.py:337-338),
+#: which NCCL exports from 2.29.7 (NVIDIA/nccl ``src/nccl.h.in:310`` at v2.29.7-1; absent at v2.28.9-1).
+PYNCCL_MIN_NCCL_0_33 = (2, 29, 7)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:3])
+
+
+def _pynccl(group: VLLMGroup, line: str, env: Mapping[str, str], gpu: GPUFacts) -> Decision:
     if line == "0.10" and "ep" in group.unique_name:
         return Decision(group.name, PYNCCL, False, "vLLM 0.10: 'ep does not use pynccl'", "cc:34-35 (0.10.2)")
     if line == "0.33" and env.get("VLLM_DISABLE_PYNCCL", "False").lower() in ("true", "1"):
         return Decision(group.name, PYNCCL, False, "VLLM_DISABLE_PYNCCL is set", "envs.py:1241-1243, "
                         "device_communicators/pynccl.py:127-129 (0.33.0)")
+    if line == "0.33" and gpu.nccl and _release(gpu.nccl) < PYNCCL_MIN_NCCL_0_33:
+        # the missing symbol raises on CUDA (pynccl_wrapper.py:432-439) and PyNcclCommunicator disables itself
+        # without a word (pynccl.py:131-137): vLLM runs on, its groups' bytes come through torch's NCCL groups
+        return Decision(group.name, PYNCCL, False, f"NCCL {gpu.nccl} lacks ncclCommSuspend (NCCL >= 2.29.7), which "
+                        "vLLM 0.33.0's PyNccl binds: vLLM disables PyNccl", "pynccl_wrapper.py:337-338,432-439; "
+                        "pynccl.py:131-137 (0.33.0); nccl.h.in:310 (NCCL v2.29.7-1)")
     source = {"0.33": "cc:107-111, pynccl.py:144-191 (0.33.0)", "0.11-0.2x": "cc:55-59 (0.11.0)",
               "0.10": "cc:51-55 (0.10.2)"}[line]
     return Decision(group.name, PYNCCL, True, "every group wider than one: ncclCommInitRank, then a one-element "
@@ -302,7 +318,7 @@ def decide(layout: VLLMLayout, release_line: str = DEFAULT_RELEASE_LINE, stack: 
             continue
         decisions: list[Decision] = []
         if group.builds_device_communicator:  # CudaCommunicator only for width > 1 (parallel_state.py:550-561)
-            pynccl = _pynccl(group, line, env)
+            pynccl = _pynccl(group, line, env, gpu)
             if stack == "shared-ep":
                 pynccl = _shared_ep(pynccl, group, tp)
             decisions.append(pynccl)
