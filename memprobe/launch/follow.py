@@ -12,7 +12,7 @@ from memprobe.model.events import (
     Arrived, Done, ErrorReported, Exited, Forked, Launched, MalformedEvent, ReadingTaken, ResultsLocation, Started,
     WorkerEvent, parse_event,
 )
-from memprobe.model.records import Failure, stream_path
+from memprobe.model.records import Failure, stack_path, stream_path
 
 
 class StreamFollower:
@@ -148,8 +148,41 @@ def silence_failure(follower: StreamFollower, now: float, timeout_s: float, work
                 f"waiting at {follower.arrived[rank]} for the other ranks (on another node?)")
     else:
         what = f"stopped progressing after its {follower.last_step[rank]} reading: silent for {silent:.0f} s"
+    # the run folder holds workers.log; the rank's stacks, if it wrote them before this timeout (SilenceWatch)
+    stuck = stuck_stack(stack_path(workers_log.parent, rank))
+    if stuck is not None:
+        what += f"; its Python stack then: {stuck[0]}"
     return Failure(rank=rank, group="", step="", message=f"{what} (--timeout {timeout_s:g} s)",
-                   last_lines=last_lines(workers_log, torchrun_log))
+                   last_lines=stuck[1] if stuck is not None else last_lines(workers_log, torchrun_log))
+
+
+_FRAME = re.compile(r'^\s*File "(?P<path>[^"]+)", line (?P<line>\d+) in (?P<function>\S+)')
+#: the measuring process's main thread is the one running the worker (other threads: vLLM's, zmq's, torch's)
+_MAIN_THREAD_MARK = "memprobe/measure/worker.py"
+
+
+def _frame_name(match: re.Match[str]) -> str:
+    return f"{match['function']} (.../{'/'.join(Path(match['path']).parts[-3:])}:{match['line']})"
+
+
+def stuck_stack(path: Path) -> tuple[str, list[str]] | None:
+    """From the last stack dump a silent rank wrote (faulthandler's text, most recent call first), its main
+    thread's two innermost calls, the innermost in an engine's code (``vllm/``, ``sglang/``) and in memprobe's,
+    in one line (``function (.../file.py:line) <- caller ...``), and that thread's first frames; None when it
+    wrote none."""
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    dump = text.rsplit("Timeout (", 1)
+    if len(dump) != 2:
+        return None
+    threads = re.split(r"\n(?=(?:Current thread|Thread) 0x)", dump[1])
+    main = next((thread for thread in threads if _MAIN_THREAD_MARK in thread), threads[-1])
+    frames = [match for match in map(_FRAME.match, main.splitlines()) if match is not None]
+    if not frames:
+        return None
+    engine = next((i for i, f in enumerate(frames) if {"vllm", "sglang"} & set(Path(f["path"]).parts)), 0)
+    mine = next((i for i, f in enumerate(frames) if "memprobe" in Path(f["path"]).parts), 0)
+    chosen = [frames[i] for i in sorted({0, min(1, len(frames) - 1), engine, mine})]
+    return " <- ".join(map(_frame_name, chosen)), [match.group(0).strip() for match in frames[:12]]
 
 
 # A rank whose peer died reports these; the rank that died first is the cause, not them.

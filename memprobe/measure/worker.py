@@ -17,6 +17,7 @@ its readings over gloo and writes ``readings.csv`` and ``ranks.json``.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from memprobe.model.events import (
     WorkerEvent,
 )
 from memprobe.model.launch_files import LaunchFile, LaunchScenario, WorkerConfig
-from memprobe.model.records import TORCHRUN_PID_VARIABLE, WORKERS_LOG, WORKER_CONFIG, stream_path
+from memprobe.model.records import TORCHRUN_PID_VARIABLE, WORKERS_LOG, WORKER_CONFIG, stack_path, stream_path
 
 FRESH = "--fresh-interpreter"
 
@@ -46,6 +47,45 @@ class EventStream:
 
     def close(self) -> None:
         self.stream.close()
+
+
+class SilenceWatch:
+    """The measuring process's event stream, which also leaves the process's Python stacks in
+    :func:`stack_path` when no event followed the last one for ``after_s`` (shortly before the parent's
+    ``--timeout`` stops the rank as silent), so that the parent's message names the call it was stuck in.
+
+    faulthandler's own C thread writes the stacks: it works while the main thread is blocked in C (a rendezvous,
+    a socket, NCCL) or spins in Python. It is armed only here, never in the launcher, which must stay
+    single-threaded to fork."""
+
+    def __init__(self, stream: EventStream, path: Path, after_s: float) -> None:
+        self.stream = stream
+        self.path = path
+        self.after_s = after_s
+        self.file = open(path, "w", encoding="utf-8")
+        self._arm()
+
+    def _arm(self) -> None:
+        faulthandler.dump_traceback_later(self.after_s, repeat=False, file=self.file, exit=False)
+
+    def __call__(self, event: WorkerEvent) -> None:
+        self.stream(event)
+        self._arm()
+
+    def close(self) -> None:
+        """Disarm; a process that never went silent leaves no stack file."""
+        faulthandler.cancel_dump_traceback_later()
+        self.file.close()
+        if self.path.stat().st_size == 0:
+            self.path.unlink()
+
+
+def silence_watch_after(worker_timeout_s: float) -> float:
+    """When a silent rank's stacks are written: at 90 % of the parent's ``--timeout`` (the workers' collective
+    timeout is that plus the launch's margin), before the parent stops it."""
+    from memprobe.launch.prepare import WORKER_TIMEOUT_MARGIN_S
+
+    return max(0.1, 0.9 * (worker_timeout_s - WORKER_TIMEOUT_MARGIN_S))
 
 
 def _die_with_parent(parent: int | None = None) -> None:
@@ -226,7 +266,7 @@ def _results_location(engine: Any, run_dir: Path) -> ResultsLocation:
     return location[0]
 
 
-def _engine(config: WorkerConfig, emit: EventStream) -> Any:
+def _engine(config: WorkerConfig, emit: "EventStream | SilenceWatch") -> Any:
     """The recorder of this rank, with the builder of the scenario's engine and mode."""
     from memprobe import engines
     from memprobe.measure.recorder import Recorder
@@ -242,10 +282,19 @@ def _engine(config: WorkerConfig, emit: EventStream) -> Any:
 def measure(run_dir: Path, process: MeasuringProcess = MeasuringProcess.LAUNCHER) -> int:
     """Measure the scenario of ``run_dir`` on this rank; the exit code (0, 1 on an error, 130 on an interrupt)."""
     rank, local_rank, _, group_rank = _ranks()
-    emit = EventStream(stream_path(run_dir, rank))
-    emit(Started(rank=rank, local_rank=local_rank, pid=os.getpid(), group_rank=group_rank, process=process))
     config_path = run_dir / WORKER_CONFIG
     config = WorkerConfig.from_json(config_path.read_text(encoding="utf-8"), str(config_path))
+    emit = SilenceWatch(EventStream(stream_path(run_dir, rank)), stack_path(run_dir, rank),
+                        silence_watch_after(config.timeout_s))
+    try:
+        return _measure(run_dir, process, config, emit)
+    finally:
+        emit.close()
+
+
+def _measure(run_dir: Path, process: MeasuringProcess, config: WorkerConfig, emit: SilenceWatch) -> int:
+    rank, local_rank, _, group_rank = _ranks()
+    emit(Started(rank=rank, local_rank=local_rank, pid=os.getpid(), group_rank=group_rank, process=process))
     engine = _engine(config, emit)
     try:
         engine.run()

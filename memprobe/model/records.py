@@ -561,3 +561,9 @@ def launch_paths(folder: Path, suffix: str = "") -> tuple[Path, Path]:
 
 def stream_path(run_dir: Path, rank: int) -> Path:
     return run_dir / "ranks" / f"rank-{rank:05d}.jsonl"
+
+
+def stack_path(run_dir: Path, rank: int) -> Path:
+    """Where a measuring process that made no progress for most of ``--timeout`` leaves its Python stacks (the
+    worker's :class:`memprobe.measure.worker.SilenceWatch`), for the parent's silence message."""
+    return run_dir / "ranks" / f"rank-{rank:05d}.stack.txt"
