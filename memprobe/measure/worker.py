@@ -72,11 +72,11 @@ class SilenceWatch:
         self.stream(event)
         self._arm()
 
-    def close(self) -> None:
-        """Disarm; a process that never went silent leaves no stack file."""
+    def close(self, keep: bool = True) -> None:
+        """Disarm; a process that never went silent, or that finished well after all, leaves no stack file."""
         faulthandler.cancel_dump_traceback_later()
         self.file.close()
-        if self.path.stat().st_size == 0:
+        if not keep or self.path.stat().st_size == 0:
             self.path.unlink()
 
 
@@ -286,10 +286,12 @@ def measure(run_dir: Path, process: MeasuringProcess = MeasuringProcess.LAUNCHER
     config = WorkerConfig.from_json(config_path.read_text(encoding="utf-8"), str(config_path))
     emit = SilenceWatch(EventStream(stream_path(run_dir, rank)), stack_path(run_dir, rank),
                         silence_watch_after(config.timeout_s))
+    code = 1
     try:
-        return _measure(run_dir, process, config, emit)
+        code = _measure(run_dir, process, config, emit)
+        return code
     finally:
-        emit.close()
+        emit.close(keep=code != 0)
 
 
 def _measure(run_dir: Path, process: MeasuringProcess, config: WorkerConfig, emit: SilenceWatch) -> int:
