@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from memprobe.engines.api import Decision, Verdict
 from memprobe.engines.sites import package_on_path, site_holding
 from memprobe.errors import UsageError
 from memprobe.model.installation import EngineInstallation
@@ -178,7 +179,9 @@ def learnt_stack(run: Any) -> Any:
 
 
 def built_by_run(run: Any) -> dict[str, dict[str, bool]]:
-    """For an installed-vLLM run: per group, the kinds vLLM's code built on any rank (its recorded words)."""
+    """For an installed-vLLM run: per group, the kinds vLLM's code built on any rank, or asked for where the device
+    builds none (``--device cpu``: a reference stack's flags say the same, and the reports show both as skipped,
+    not as off), from its recorded words."""
     built: dict[str, dict[str, bool]] = {}
     for info in run.record.ranks:
         for group, decision in info.communicators.items():
@@ -187,5 +190,6 @@ def built_by_run(run: Any) -> dict[str, dict[str, bool]]:
             seen = built.setdefault(group, {})
             for kind, word in decision.items():
                 if not kind.startswith("vllm:"):
-                    seen[kind] = seen.get(kind, False) or word.startswith("built")
+                    verdict = Decision.from_text(group, kind, word).verdict
+                    seen[kind] = seen.get(kind, False) or verdict in (Verdict.BUILT, Verdict.NO_DEVICE)
     return built
