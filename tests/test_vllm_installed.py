@@ -100,7 +100,7 @@ def test_cpu_requirements_name_what_is_missing_and_the_pip_line(monkeypatch):
     monkeypatch.setitem(install.REQUIREMENTS, "memprobe_no_such_module", "memprobe-no-such-package")
     problem = install.requirements_problem({}, "0.33.0")
     assert problem is not None and "python -m pip install memprobe-no-such-package" in problem
-    assert "memprobe-llm[vllm]" in problem
+    assert "(or, in memprobe's clone, pip install -e '.[vllm]')" in problem
 
 
 # --------------------------------------------------------------------------------------------- stand-ins

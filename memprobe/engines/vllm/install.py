@@ -38,7 +38,7 @@ REQUIRED_API = (
 #: without it.
 REQUIREMENTS: dict[str, str] = {"msgspec": "msgspec", "zmq": "pyzmq", "pydantic": "pydantic", "PIL": "pillow",
                                  "packaging": "packaging", "setuptools": "setuptools"}
-EXTRA = "memprobe-llm[vllm]"
+EXTRA = ".[vllm]"  # memprobe's extra, installed from its clone (memprobe-llm is not on PyPI)
 #: The release memprobe's reproduction follows (``--engine vllm-ref``), the one a fix line pins by default.
 TESTED_RELEASE = "0.33.0"
 
@@ -113,7 +113,7 @@ def requirements_problem(environ: dict[str, str], version: str) -> str | None:
     if not missing:
         return None
     return (f"--engine vllm on CPU: vLLM {version}'s group code needs {', '.join(missing)}, not installed here; "
-            f"install them: python -m pip install {' '.join(missing)} (or pip install '{EXTRA}')")
+            f"install them: python -m pip install {' '.join(missing)} (or, in memprobe's clone, pip install -e '{EXTRA}')")
 
 
 __all__ = ["EXTRA", "REQUIREMENTS", "check_api", "check_site", "find_package", "install_line", "read_version",
