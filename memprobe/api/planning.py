@@ -40,7 +40,7 @@ def plan(options: Optional[PlanOptions] = None, **fields_: Any) -> Plan:
     check_choices(engine=conf.engine)
     engine = engine_of(conf.engine).engine
     layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
-    stack = engine.resolve_stack(stack_of(engine, conf.stack, PlanOptions.stack))
+    stack = engine.resolve_stack(stack_of(engine, conf.stack))
     groups = engine.plan_for(layout, stack)
     assumed = _assumed_facts(engine)
     return Plan(groups=groups, stack=stack, assumed=assumed,
@@ -107,9 +107,9 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
         if conf.tp is None:
             raise UsageError("memprobe estimate needs --tp (or --scenarios FILE, or --check RUN)")
         ref = engine_of(conf.engine)
-        names = stack_names(stacks_of(ref.engine, conf.stacks, EstimateOptions.stacks), ref.name)
+        names = stack_names(stacks_of(ref.engine, conf.stacks), ref.name)
         if ref.installed:
-            if conf.stacks != EstimateOptions.stacks:  # would be dropped below: say so rather than estimate another
+            if conf.stacks is not None:  # would be dropped below: say so rather than estimate another
                 raise UsageError(f"--engine {ref.name} estimates what the installed {ref.engine.label}'s own code asks "
                                  f"for (stack installed); --stacks {conf.stacks} is for the reproduction "
                                  f"(--engine {ref.engine.name_for('reference') or 'the reference engine'}); a change "
