@@ -84,6 +84,20 @@ def test_an_omitted_stack_is_the_engine_s_default_and_a_given_one_is_kept():
     assert api.estimate(tp=4, ep=2).names() == ["tp4", "tp4-ep2-full", "tp4-ep2-lean"]
 
 
+def test_an_omitted_env_preset_is_the_engine_s_and_a_given_one_is_kept(tmp_path):
+    from memprobe import api
+    from memprobe.model.scenario import load_scenario_file
+
+    def presets(**given):
+        return {item.scenario.env_preset for item in api.estimate(tp=2, **given).runs}
+
+    assert presets(engine="vllm-ref") == {"vllm"} and presets(engine="vllm-ref", env_preset="sglang") == {"sglang"}
+    assert presets(engine="sglang-ref") == {"sglang"} and presets(engine="sglang-ref", env_preset="none") == {"none"}
+    path = tmp_path / "s.toml"
+    path.write_text('baseline = "a"\n[[scenario]]\nname = "a"\ntp = 2\nmoe = true\nengine = "vllm-ref"\n')
+    assert [s.env_preset for s in load_scenario_file(path).scenarios] == ["vllm"]  # not SGLang's NCCL settings
+
+
 # ------------------------------------------------------------------------------------------------------ help
 
 

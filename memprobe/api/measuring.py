@@ -64,7 +64,7 @@ def _run_scenario(conf: RunOptions) -> Any:
     sglang = installed_site(conf.engine, sglang=conf.sglang, vllm=conf.vllm)
     suffix = "" if ref.name == DEFAULT_ENGINE else f".{ref.name}"
     return Scenario(name=f"{layout.slug()}-{stack_label(spec, chosen.name)}{suffix}", layout=layout,
-                    stack=spec, env_preset=env_preset_of(ref.engine, conf.env_preset, RunOptions.env_preset), env=parse_env_assignments(conf.env),
+                    stack=spec, env_preset=env_preset_of(ref.engine, conf.env_preset), env=parse_env_assignments(conf.env),
                     warmup=conf.warmup, engine=conf.engine, sglang=sglang)
 
 

@@ -69,7 +69,7 @@ class Workers(Checked):
     """What the workers do besides building groups: the first collective, the environment preset, ``KEY=VALUE``s."""
 
     warmup: str = "tiny"
-    env_preset: str = "sglang"
+    env_preset: Optional[str] = None  # None: the engine's own preset (sglang-ref: sglang, vllm-ref: vllm)
     env: tuple[str, ...] = ()
 
 

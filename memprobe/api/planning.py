@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from memprobe.api.measuring import measure
-from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, Workers, options_of
+from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, options_of
 from memprobe.api.results import AssumedFacts, ListDecisions, Plan
 from memprobe.api.scenarios import (
     check_choices, distinct, engine_of, env_preset_of, headline, installed_site, layout_of, stack_names, stack_of, stacks_of,
@@ -56,7 +56,7 @@ def _assumed_facts(engine: Any) -> AssumedFacts:
     calibration = find_calibration(None, None)
     return AssumedFacts(gpu_model=calibration.gpu_model, compute_capability=calibration.compute_capability,
                         sm_count=calibration.sm_count, gpus_per_node=MAX_GPUS_PER_NODE,
-                        env_preset=env_preset_of(engine, Workers.env_preset, Workers.env_preset))
+                        env_preset=env_preset_of(engine, None))
 
 
 def _group_decisions(engine: Any, group: Any, stack: Any, assumed: AssumedFacts) -> tuple[ListDecisions, ...]:

@@ -66,15 +66,13 @@ def stacks_of(engine: Any, given: Optional[str]) -> str:
     return ",".join(engine.stack_pair or (engine.default_stack,)) if given is None else given
 
 
-def env_preset_of(engine: Any, given: str, default: str) -> str:
-    """``--env-preset`` as given, or, left at its default (SGLang's) for an engine without that preset, the
-    engine's own first one (vLLM's: none of NCCL's variables)."""
-    if given == default and given not in engine.env_presets and engine.env_presets:
-        return str(next(iter(engine.env_presets)))
-    return given
+def env_preset_of(engine: Any, given: Optional[str]) -> str:
+    """``--env-preset`` as given, or the engine's own preset when it is left out (vLLM's: none of NCCL's
+    variables); a given preset is never swapped for another."""
+    return str(engine.default_env_preset) if given is None else given
 
 
-def check_choices(**given: str) -> None:
+def check_choices(**given: Optional[str]) -> None:
     """--warmup, --env-preset and --engine checked as the user wrote them, before any scenario is named
     after them (a scenario name built from a bad --warmup would be what the error names)."""
     from memprobe import engines
@@ -82,7 +80,7 @@ def check_choices(**given: str) -> None:
 
     allowed = {"warmup": WARMUPS, "env_preset": tuple(sorted(env_presets())), "engine": engines.names()}
     for key, value in given.items():
-        if value not in allowed[key]:
+        if value is not None and value not in allowed[key]:  # None: left out (the engine's own)
             raise UsageError(f"--{key.replace('_', '-')} {value!r}: use one of {', '.join(allowed[key])}")
 
 
@@ -100,7 +98,7 @@ def headline(conf: "CompareOptions | EstimateOptions", engine: str, tp: int, ep:
              env: dict[str, str], sglang_sites: Sequence[tuple[str, str]] = ()) -> "ScenarioSet":
     from memprobe.model.scenario import headline_scenarios
 
-    preset = env_preset_of(engine_of(engine).engine, conf.env_preset, type(conf).env_preset)
+    preset = env_preset_of(engine_of(engine).engine, conf.env_preset)
     widths = widths_of(tp, ep, conf, engine)
     engine_of(engine).engine.layout(widths)  # a width the engine has not (SGLang's --dp) is refused, not dropped
     return headline_scenarios(engine, widths, stacks=names, baseline_tp=conf.baseline_tp,

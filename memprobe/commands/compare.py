@@ -28,7 +28,7 @@ def compare(
                                         help="TP width of the baseline (default: --tp)."),
     scenarios: Optional[Path] = option(Defaults.scenarios, "--scenarios", env="COMPARE_SCENARIOS",
                                        help="TOML file of named scenarios (layout, stack, env each); see configs/scenarios/."),
-    device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
+    device: str = DEVICE, warmup: str = WARMUP, env_preset: Optional[str] = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,

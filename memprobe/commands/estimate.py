@@ -28,7 +28,7 @@ def estimate(
     stacks: Optional[str] = option(Defaults.stacks, "--stacks", env="ESTIMATE_STACKS", help=STACKS, show_default=False),
     baseline_tp: Optional[int] = option(Defaults.baseline_tp, "--baseline-tp", env="ESTIMATE_BASELINE_TP", help="TP width of the baseline (default: --tp)."),
     scenarios: Optional[Path] = option(Defaults.scenarios, "--scenarios", env="ESTIMATE_SCENARIOS", help="TOML file of named scenarios, as compare reads."),
-    warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
+    warmup: str = WARMUP, env_preset: Optional[str] = ENV_PRESET, env: list[str] = ENV_OPT,
     gpus_per_node: Optional[int] = option(Defaults.gpus_per_node, "--gpus-per-node", env="ESTIMATE_GPUS_PER_NODE",
                                                 help="GPUs per node, joined by NVSwitch (default: the world size, at most 8)."),
     nnodes: Optional[int] = option(Defaults.nnodes, "--nnodes", env="ESTIMATE_NNODES",

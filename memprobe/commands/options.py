@@ -157,9 +157,11 @@ QUIET = option(False, "--quiet", "-q", env="QUIET", callback=_verbosity_option,
 VERBOSE = option(False, "--verbose", "-v", env="VERBOSE", callback=_verbosity_option,
                  help="Also every progress step and what the command reads, measures and writes (on stderr).")
 ENV_OPT = option(list(Workers.env), "--env", env="ENV", help="KEY=VALUE for the workers' environment (repeatable), e.g. NCCL_BUFFSIZE=1048576.")
-ENV_PRESET = option(Workers.env_preset, "--env-preset", env="ENV_PRESET",
+ENV_PRESET = option(Workers.env_preset, "--env-preset", env="ENV_PRESET", show_default=False,
                     help="sglang: SGLang's engine settings (NCCL_CUMEM_ENABLE=0, NCCL_NVLS_ENABLE=0, "
-                         "TORCH_NCCL_AVOID_RECORD_STREAMS=1, CUDA_DEVICE_MAX_CONNECTIONS=8) unless already set; none: NCCL defaults.")
+                         "TORCH_NCCL_AVOID_RECORD_STREAMS=1, CUDA_DEVICE_MAX_CONNECTIONS=8) unless already set; vllm: "
+                         "vLLM's (it sets no NCCL variable: cuMem on, lazy connection); none: NCCL defaults. Left out: "
+                         "the engine's own (sglang-ref: sglang, vllm-ref: vllm).")
 WARMUP = option(Workers.warmup, "--warmup", env="WARMUP",
                 help="First collective on each group after init: none, tiny (1-element all-reduce) or sweep (4 B..64 MiB all-reduce + all-gather).")
 NCCL_LOG = option(LaunchOptions.nccl_log, "--nccl-log", env="NCCL_LOG",

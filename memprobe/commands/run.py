@@ -21,7 +21,7 @@ from memprobe.paths import check_output_path
 @layout_options
 def run(
     tp: int = TP, ep: int = EP, widths: Mapping[str, Any] = DEFAULT_WIDTHS,
-    stack: Optional[str] = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
+    stack: Optional[str] = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: Optional[str] = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,

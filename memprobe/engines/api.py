@@ -335,6 +335,12 @@ class Engine:
     group_order: ClassVar[tuple[str, ...]]  # creation order, the world first
     kinds: ClassVar[tuple[Kind, ...]]
     env_presets: ClassVar[Mapping[str, Mapping[str, str]]] = {}
+
+    @property
+    def default_env_preset(self) -> str:
+        """The preset of a scenario that names none: the engine's own first one, else ``none`` (NCCL's defaults)."""
+        return next(iter(self.env_presets), "none")
+
     env_prefixes: ClassVar[tuple[str, ...]] = ()  # the engine's own variables, recorded beside NCCL's
     #: Groups the reports single out (their own table and headline), e.g. SGLang's MoE groups.
     highlighted_groups: ClassVar[tuple[str, ...]] = ()
