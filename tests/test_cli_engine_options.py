@@ -5,9 +5,11 @@ nothing launched."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -82,6 +84,21 @@ def test_an_omitted_stack_is_the_engine_s_default_and_a_given_one_is_kept():
     assert _run_scenario(api.RunOptions(tp=2, ep=2)).stack == "lean"
     assert api.estimate(tp=2, moe=True, engine="vllm-ref").names() == ["tp2-moe-vllm", "tp2-moe-shared-ep"]
     assert api.estimate(tp=4, ep=2).names() == ["tp4", "tp4-ep2-full", "tp4-ep2-lean"]
+
+
+def test_baseline_and_gate_take_their_stacks_from_scenario_files_by_the_same_rule(tmp_path, monkeypatch):
+    """baseline update and gate have no --stack: a scenario file's stack is kept or refused as --stack is."""
+    monkeypatch.chdir(tmp_path)
+    scenario = '[[scenario]]\nname = "a"\ntp = 2\nmoe = true\nengine = "vllm-ref"\n'
+    Path("lean.toml").write_text(scenario + 'stack = "lean"\n')
+    line = one_error_line(invoke("baseline", "update", "--estimate", "--scenarios", "lean.toml", "--out", "b.json"))
+    assert line.startswith("memprobe: error: scenario a: stack 'lean' is neither a built-in stack of vLLM (vllm,")
+    Path("omitted.toml").write_text(scenario)
+    done = invoke("baseline", "update", "--estimate", "--scenarios", "omitted.toml", "--out", "b.json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(Path("b.json").read_text())["scenarios"]["a"]["definition"]["stack"]["name"] == "vllm"
+    judged = invoke("gate", "--estimate", "--baseline", "b.json")
+    assert judged.exit_code == 0, judged.output
 
 
 def test_an_omitted_env_preset_is_the_engine_s_and_a_given_one_is_kept(tmp_path):
