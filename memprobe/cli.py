@@ -35,6 +35,7 @@ app = typer.Typer(
         "\b\n"  # click: keep these lines as they are (copyable), do not rewrap
         "  memprobe plan --tp 8 --ep 4                 # the groups SGLang 0.5.23 builds (no GPU)\n"
         "  memprobe estimate --tp 8 --ep 4             # each rank's GPU bytes, ESTIMATED (no GPU, ~1 s)\n"
+        "  memprobe plan --engine vllm-ref --tp 8 --moe   # vLLM 0.33.0's groups (--engine: sglang-ref, sglang, vllm-ref, vllm)\n"
         "  memprobe run --tp 4 --ep 2 --stack lean     # measure one layout (into memprobe-runs/)\n"
         "  memprobe compare --tp 4 --ep 2              # tp4 vs tp4/ep2 full vs lean, per rank\n"
         "  memprobe report results/h200x4-20261127/compare-tp4-ep2   # re-render saved runs\n"
@@ -42,7 +43,7 @@ app = typer.Typer(
         "Results go to stdout, progress and notes to stderr (--quiet, --verbose on every command). Exit codes: 0 ok, "
         "1 regression (gate), 2 bad input, 3 measurement failed or data missing, 4 incomparable (gate), "
         "70 an unexpected error (its traceback in a temp file), 129/130/143 hung up/interrupted/terminated, 141 "
-        "standard output's reader went away; each command's --help lists its own. Shell completion: memprobe --install-completion."
+        "standard output's reader went away; each command's --help lists its own, and plan's the stacks of every engine. Shell completion: memprobe --install-completion."
     ),
     no_args_is_help=True,
     add_completion=True,  # Typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
@@ -72,18 +73,19 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
     """Per-rank GPU memory of process groups and communicators at LLM-engine start-up."""
 
 
-def command(function: Callable[..., Optional[int]], prefix: str = "memprobe") -> Callable[..., None]:
+def command(function: Callable[..., Optional[int]]) -> Callable[..., None]:
     """A command as the app runs it: its int result becomes the exit code, and a MemprobeError one line on
-    stderr (``<prefix>: error: ...``) and its exit code; the same under ``main`` and under click's own runner."""
+    stderr (``memprobe: error: ...``, in every command alike) and its exit code; the same under ``main`` and under
+    click's own runner."""
 
     @functools.wraps(function)
     def as_command(*args: Any, **kwargs: Any) -> None:
         try:
             code = function(*args, **kwargs)
         except MemprobeError as error:
-            raise typer.Exit(report_error(error, prefix)) from None
+            raise typer.Exit(report_error(error)) from None
         except KeyboardInterrupt as interrupt:  # typer would make every one, SIGTERM's and SIGHUP's too, exit 130
-            raise typer.Exit(_interrupted(interrupt, prefix)) from None
+            raise typer.Exit(_interrupted(interrupt)) from None
         if code:
             raise typer.Exit(int(code))
 
@@ -96,17 +98,17 @@ app.command()(command(compare.compare))
 app.command()(command(report.report))
 app.command()(command(estimate.estimate))
 app.command()(command(calibrate.calibrate))
-app.command("gate", help=gate.GATE_HELP, no_args_is_help=True)(command(gate.gate, "memprobe gate"))
+app.command("gate", help=gate.GATE_HELP, no_args_is_help=True)(command(gate.gate))
 baseline_app = typer.Typer(help="Make and refresh baseline files for `memprobe gate`.", no_args_is_help=True,
                            rich_markup_mode=None)
 baseline_app.command("update", help=baseline.UPDATE_HELP, no_args_is_help=True)(
-    command(baseline.update, "memprobe baseline update"))
+    command(baseline.update))
 app.add_typer(baseline_app, name="baseline")
 
 
-def report_error(error: MemprobeError, prefix: str = "memprobe") -> int:
+def report_error(error: MemprobeError) -> int:
     """The one way an error reaches the user: one line on stderr; its exit code."""
-    print(f"{prefix}: error: {_one_line(str(error))}", file=sys.stderr)
+    print(f"memprobe: error: {_one_line(str(error))}", file=sys.stderr)
     return int(error.exit_code)
 
 
@@ -192,9 +194,9 @@ def _run(argv: Optional[list[str]]) -> int:
         restore()
 
 
-def _interrupted(interrupt: KeyboardInterrupt, prefix: str = "memprobe") -> int:
+def _interrupted(interrupt: KeyboardInterrupt) -> int:
     import signal
 
     number = interrupt_signal(interrupt)
-    print(f"{prefix}: interrupted by {signal.Signals(number).name}", file=sys.stderr)
+    print(f"memprobe: interrupted by {signal.Signals(number).name}", file=sys.stderr)
     return int(signal_exit_code(number))

@@ -33,7 +33,7 @@ class Folder:
 @pytest.mark.parametrize("call, names", [
     (lambda: api.LaunchOptions(out_dir=5), "LaunchOptions: out_dir must be a path"),
     (lambda: api.LaunchOptions(timeout_s="30"), "LaunchOptions: timeout_s must be a number"),
-    (lambda: api.estimate(tp=8, ep=4, stacks=None), "EstimateOptions: stacks must be a str"),
+    (lambda: api.estimate(tp=8, ep=4, stacks=5), "EstimateOptions: stacks must be a str or None"),
     (lambda: api.estimate(tp=8, ep=4, env=None), "EstimateOptions: env must be a str or a list"),
     (lambda: api.estimate(tp=8, ep=4, gpus_per_node="8"), "EstimateOptions: gpus_per_node must be an int or None"),
     (lambda: api.estimate(tp="8"), "EstimateOptions: tp must be an int or None"),

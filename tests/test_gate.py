@@ -541,7 +541,7 @@ def test_cli_gate_usage_errors_are_one_line(workdir, args, expected):
         return
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("memprobe gate: error: ")
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("memprobe: error: ")
     assert expected in result.stderr
     assert not Path("gate.xml").exists()
 

@@ -60,7 +60,7 @@ def test_the_cpu_requirements_are_named_with_the_pip_line_that_installs_them(tmp
     if importlib.util.find_spec("msgspec") or importlib.util.find_spec("zmq"):
         pytest.skip("msgspec or pyzmq is installed in this interpreter")
     assert problem == ("--engine sglang on CPU: SGLang 0.5.23's group code needs msgspec, pyzmq>=25.1.2, not installed "
-                       "here; install them: python -m pip install msgspec 'pyzmq>=25.1.2' (or pip install 'memprobe-llm[sglang]')")
+                       "here; install them: python -m pip install msgspec 'pyzmq>=25.1.2' (or, in memprobe's clone, pip install -e '.[sglang]')")
 
 
 needs_releases = pytest.mark.skipif(not {"0.5.10.post1", "0.5.11"} <= set(SITES),

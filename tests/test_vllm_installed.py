@@ -100,7 +100,7 @@ def test_cpu_requirements_name_what_is_missing_and_the_pip_line(monkeypatch):
     monkeypatch.setitem(install.REQUIREMENTS, "memprobe_no_such_module", "memprobe-no-such-package")
     problem = install.requirements_problem({}, "0.33.0")
     assert problem is not None and "python -m pip install memprobe-no-such-package" in problem
-    assert "memprobe-llm[vllm]" in problem
+    assert "(or, in memprobe's clone, pip install -e '.[vllm]')" in problem
 
 
 # --------------------------------------------------------------------------------------------- stand-ins
@@ -174,6 +174,25 @@ def test_the_learnt_stack_is_what_vllm_asked_for_and_the_estimate_builds_only_th
     assert {d.kind: d.verdict for d in VLLM.decide(plan.group("ep"), stock, Facts(width=2))}["pynccl"] is Verdict.BUILT
     with pytest.raises(UsageError, match="recorded no decisions of vLLM's own"):
         VLLM.learn_stack(_run_of({"tp": {"pynccl": "built"}}))
+
+
+def test_a_cpu_run_of_the_installed_vllm_shows_what_its_code_asked_for_as_the_reference_does():
+    """On --device cpu the installed vLLM records an asked-for PyNccl as not built for want of a device (real.py's
+    words); the reports take it as asked for, as a reference stack's flag says, so both rows read "skipped", not
+    one "off" (off: the stack does not ask for it)."""
+    from memprobe.engines.api import Decision, Facts, Verdict
+    from memprobe.engines.vllm.real import NO_DEVICE_REASON, NOT_ASKED
+
+    words = {**_decisions(pynccl=True),
+             "pynccl": Decision("ep", "pynccl", Verdict.NO_DEVICE, reason=f"{NO_DEVICE_REASON}; vLLM's code asked for it").text(),
+             "custom_allreduce": Decision("ep", "custom_allreduce", Verdict.OFF, reason=NOT_ASKED).text(),
+             "all2all_manager": Decision("ep", "all2all_manager", Verdict.BUILT, implementation="vLLM 0.33.0").text()}
+    built = install.built_by_run(_run_of({"ep": words}))["ep"]
+    assert built == {"pynccl": True, "custom_allreduce": False, "all2all_manager": True}
+    plan = VLLM.plan(VLLM.layout({"tp": 2, "moe": True}))
+    reference = {d.kind: d.verdict for d in VLLM.decide(plan.group("ep"), VLLM.resolve_stack("vllm"),
+                                                         Facts(width=2, device="cpu"))}
+    assert reference["pynccl"] is Verdict.NO_DEVICE and VLLM.resolve_stack("vllm").flags_for("ep")["pynccl"]
 
 
 def test_release_lines_of_installed_versions():
@@ -304,6 +323,12 @@ def test_a_real_cpu_run_of_the_installed_vllm_and_its_estimate(memprobe, tmp_pat
             if group.name != "world":
                 assert json.loads(info.communicators[group.name][PREFIX + "group_ranks"]) == \
                     [list(ranks) for ranks in group.rank_lists]
+    # its MoE table names the EP group's PyNccl as the reference's CPU rows do: skipped (no device), not off
+    from memprobe.model.comparison import load_comparison
+    from memprobe.reports._model import moe_cell, summarize
+
+    (summary,) = summarize(load_comparison(tmp_path / "runs" / "r"))
+    assert moe_cell(summary, "ep", "pynccl") == ("skipped", None)
     # the installed vLLM's own decisions estimate what memprobe's reproduction of 0.33.0 estimates
     calibration = find_calibration(None, None)
     topology = Topology.for_world(2, 2, None)

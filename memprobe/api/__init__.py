@@ -5,7 +5,7 @@ line's defaults: the CLI reads them from here) or the same fields as keywords, a
 nothing is printed but notes on stderr, progress when ``launch.progress`` is on, and nothing exits.
 Bad input raises :class:`UsageError` before anything is launched or written; every error is a
 :class:`MemprobeError` whose ``exit_code`` is the CLI's. A path may be a ``str`` or an ``os.PathLike``; a value
-of the wrong type (``out_dir=5``, ``stacks=None``) is an :class:`OptionTypeError`, a UsageError (exit 2) that is
+of the wrong type (``out_dir=5``, ``stacks=5``) is an :class:`OptionTypeError`, a UsageError (exit 2) that is
 also a TypeError; a ``str`` where a sequence of names is asked for is that one name.
 
     >>> from memprobe import api

@@ -57,14 +57,14 @@ def _run_scenario(conf: RunOptions) -> Any:
     ref = engine_of(conf.engine)
     layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
     check_choices(warmup=conf.warmup, env_preset=conf.env_preset)
-    spec = stack_of(ref.engine, conf.stack, RunOptions.stack)
-    if ref.installed and not ref.engine.installed_takes_stacks and conf.stack == RunOptions.stack:
+    spec = stack_of(ref.engine, conf.stack)
+    if ref.installed and not ref.engine.installed_takes_stacks and conf.stack is None:
         spec = INSTALLED_STACK  # the engine's own code decides; memprobe forces no stack on it
     chosen = ref.engine.resolve_stack(spec)
     sglang = installed_site(conf.engine, sglang=conf.sglang, vllm=conf.vllm)
     suffix = "" if ref.name == DEFAULT_ENGINE else f".{ref.name}"
     return Scenario(name=f"{layout.slug()}-{stack_label(spec, chosen.name)}{suffix}", layout=layout,
-                    stack=spec, env_preset=env_preset_of(ref.engine, conf.env_preset, RunOptions.env_preset), env=parse_env_assignments(conf.env),
+                    stack=spec, env_preset=env_preset_of(ref.engine, conf.env_preset), env=parse_env_assignments(conf.env),
                     warmup=conf.warmup, engine=conf.engine, sglang=sglang)
 
 
@@ -147,7 +147,7 @@ def _compare_headline(conf: CompareOptions, engine: str, env: dict[str, str],
     ep: Optional[int] = conf.ep if conf.ep is not None else max(1, tp // 2)
     if "ep" not in ref.engine.layout_type.field_names():
         ep = conf.ep
-    stacks = stacks_of(ref.engine, conf.stacks, CompareOptions.stacks)
+    stacks = stacks_of(ref.engine, conf.stacks)
     scenario_set = headline(conf, reference, tp, ep, stack_names(stacks, reference), env, sglang_sites)
     if conf.tp is None:
         print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)

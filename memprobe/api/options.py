@@ -69,7 +69,7 @@ class Workers(Checked):
     """What the workers do besides building groups: the first collective, the environment preset, ``KEY=VALUE``s."""
 
     warmup: str = "tiny"
-    env_preset: str = "sglang"
+    env_preset: Optional[str] = None  # None: the engine's own preset (sglang-ref: sglang, vllm-ref: vllm)
     env: tuple[str, ...] = ()
 
 
@@ -77,7 +77,7 @@ class Workers(Checked):
 class PlanOptions(Widths):
     tp: int
     ep: int = 1
-    stack: str = "lean"
+    stack: Optional[str] = None  # None: the engine's default stack (sglang-ref: lean, vllm-ref: vllm)
     engine: str = "memprobe"  # any name memprobe.engines knows: sglang-ref (memprobe), sglang, ...
 
 
@@ -85,7 +85,7 @@ class PlanOptions(Widths):
 class RunOptions(Widths, Workers):
     tp: int
     ep: int = 1
-    stack: str = "lean"
+    stack: Optional[str] = None  # None: the engine's default stack
     engine: str = "memprobe"
     sglang: PathText = ""  # with engine "sglang": a site folder holding it (default: the importable one)
     vllm: PathText = ""  # with engine "vllm": a site folder holding it (default: the importable one)
@@ -96,7 +96,7 @@ class RunOptions(Widths, Workers):
 class CompareOptions(Widths, Workers):
     tp: Optional[int] = None  # default: every visible GPU (4 with device cpu)
     ep: Optional[int] = None  # default: tp / 2
-    stacks: str = "full,lean"
+    stacks: Optional[str] = None  # None: the engine's pair (sglang-ref: full,lean; vllm-ref: vllm,shared-ep)
     baseline_tp: Optional[int] = None
     scenarios: Optional[Path] = None  # a scenario TOML file instead of the headline layouts
     engine: str = "memprobe"  # memprobe, sglang, or memprobe,sglang
@@ -110,7 +110,7 @@ class CompareOptions(Widths, Workers):
 class EstimateOptions(Widths, Workers):
     tp: Optional[int] = None
     ep: Optional[int] = None
-    stacks: str = "full,lean"
+    stacks: Optional[str] = None  # None: the engine's pair, as CompareOptions
     baseline_tp: Optional[int] = None
     scenarios: Optional[Path] = None
     gpus_per_node: Optional[int] = None

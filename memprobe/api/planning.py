@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from memprobe.api.measuring import measure
-from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, Workers, options_of
+from memprobe.api.options import EstimateOptions, LaunchOptions, PlanOptions, options_of
 from memprobe.api.results import AssumedFacts, ListDecisions, Plan
 from memprobe.api.scenarios import (
     check_choices, distinct, engine_of, env_preset_of, headline, installed_site, layout_of, stack_names, stack_of, stacks_of,
@@ -40,7 +40,7 @@ def plan(options: Optional[PlanOptions] = None, **fields_: Any) -> Plan:
     check_choices(engine=conf.engine)
     engine = engine_of(conf.engine).engine
     layout = layout_of(conf.tp, conf.ep, conf, conf.engine)
-    stack = engine.resolve_stack(stack_of(engine, conf.stack, PlanOptions.stack))
+    stack = engine.resolve_stack(stack_of(engine, conf.stack))
     groups = engine.plan_for(layout, stack)
     assumed = _assumed_facts(engine)
     return Plan(groups=groups, stack=stack, assumed=assumed,
@@ -52,15 +52,13 @@ def _assumed_facts(engine: Any) -> AssumedFacts:
     (``Topology.for_world`` without --gpus-per-node), the engine's default environment preset."""
     from memprobe.estimate.calibration import find_calibration
     from memprobe.estimate.model import MAX_GPUS_PER_NODE
-
     from memprobe.estimate.nccl_versions import resolve
 
     calibration = find_calibration(None, None)
     nccl, nccl_why, _ = resolve(None, calibration.nccl, engine.pinned_nccl)
     return AssumedFacts(gpu_model=calibration.gpu_model, compute_capability=calibration.compute_capability,
                         sm_count=calibration.sm_count, gpus_per_node=MAX_GPUS_PER_NODE,
-                        env_preset=env_preset_of(engine, Workers.env_preset, Workers.env_preset),
-                        nccl=nccl, nccl_why=nccl_why)
+                        env_preset=env_preset_of(engine, None), nccl=nccl, nccl_why=nccl_why)
 
 
 def _group_decisions(engine: Any, group: Any, stack: Any, assumed: AssumedFacts) -> tuple[ListDecisions, ...]:
@@ -111,9 +109,9 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
         if conf.tp is None:
             raise UsageError("memprobe estimate needs --tp (or --scenarios FILE, or --check RUN)")
         ref = engine_of(conf.engine)
-        names = stack_names(stacks_of(ref.engine, conf.stacks, EstimateOptions.stacks), ref.name)
+        names = stack_names(stacks_of(ref.engine, conf.stacks), ref.name)
         if ref.installed:
-            if conf.stacks != EstimateOptions.stacks:  # would be dropped below: say so rather than estimate another
+            if conf.stacks is not None:  # would be dropped below: say so rather than estimate another
                 raise UsageError(f"--engine {ref.name} estimates what the installed {ref.engine.label}'s own code asks "
                                  f"for (stack installed); --stacks {conf.stacks} is for the reproduction "
                                  f"(--engine {ref.engine.name_for('reference') or 'the reference engine'}); a change "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from memprobe.api.options import CompareOptions, EstimateOptions, Widths
@@ -23,18 +22,12 @@ def engine_of(name: str) -> "EngineRef":
     return engines.get(name)
 
 
-#: Flags of vLLM's layout that SGLang's has not; passed to the engine only when given (another engine refuses them).
-_VLLM_ONLY = ("dp", "dcp", "pcp", "enable_expert_parallel", "enable_eplb", "moe", "disable_custom_all_reduce",
-              "all2all_backend")
-
-
 def widths_of(tp: Optional[int], ep: Optional[int], widths: Widths, engine: str = "memprobe") -> dict[str, Any]:
-    defaults = {field.name: field.default for field in fields(Widths)}
-    given = {name: getattr(widths, name) for name in _VLLM_ONLY}
-    return {"tp": tp, "ep": ep, "pp": widths.pp, "moe_dp": widths.moe_dp, "attn_dp": widths.attn_dp,
-            "attn_cp": widths.attn_cp,
-            **{name: value for name, value in given.items() if value != defaults[name]},
-            **layout_fields(widths.layout, engine)}
+    """The layout widths given: --tp, --ep and every other width not left at its default (an engine's layout
+    defaults the ones it has; one it has not, given, is refused by :meth:`Engine.layout` naming its flag)."""
+    given = {field.name: getattr(widths, field.name) for field in fields(Widths)
+             if field.name != "layout" and getattr(widths, field.name) != field.default}
+    return {"tp": tp, "ep": ep, **given, **layout_fields(widths.layout, engine)}
 
 
 def layout_fields(items: Sequence[str], engine: str) -> dict[str, Any]:
@@ -62,31 +55,24 @@ def layout_of(tp: int, ep: int, widths: Widths, engine: str = "memprobe") -> "La
     return engine_of(engine).engine.layout(widths_of(tp, ep, widths, engine))
 
 
-def stack_of(engine: Any, given: str, default: str) -> str:
-    """``--stack`` as given, or, left at its default (SGLang's ``lean``) for an engine without that stack, the
-    engine's own default."""
-    if given == default and given not in engine.builtin_stack_names and not Path(given).exists():
-        return str(engine.default_stack)
-    return given
+def stack_of(engine: Any, given: Optional[str]) -> str:
+    """``--stack`` as given (checked against the engine's stacks when resolved), or the engine's default stack when
+    it is left out: a given stack is never swapped for another."""
+    return str(engine.default_stack) if given is None else given
 
 
-def stacks_of(engine: Any, given: str, default: str) -> str:
-    """``--stacks`` as given, or, left at its default for an engine without those stacks, the engine's pair."""
-    names = [name.strip() for name in given.split(",")]
-    if given == default and not all(name in engine.builtin_stack_names for name in names):
-        return ",".join(engine.stack_pair or (engine.default_stack,))
-    return given
+def stacks_of(engine: Any, given: Optional[str]) -> str:
+    """``--stacks`` as given, or the engine's pair (its default stack alone if it has none) when left out."""
+    return ",".join(engine.stack_pair or (engine.default_stack,)) if given is None else given
 
 
-def env_preset_of(engine: Any, given: str, default: str) -> str:
-    """``--env-preset`` as given, or, left at its default (SGLang's) for an engine without that preset, the
-    engine's own first one (vLLM's: none of NCCL's variables)."""
-    if given == default and given not in engine.env_presets and engine.env_presets:
-        return str(next(iter(engine.env_presets)))
-    return given
+def env_preset_of(engine: Any, given: Optional[str]) -> str:
+    """``--env-preset`` as given, or the engine's own preset when it is left out (vLLM's: none of NCCL's
+    variables); a given preset is never swapped for another."""
+    return str(engine.default_env_preset) if given is None else given
 
 
-def check_choices(**given: str) -> None:
+def check_choices(**given: Optional[str]) -> None:
     """--warmup, --env-preset and --engine checked as the user wrote them, before any scenario is named
     after them (a scenario name built from a bad --warmup would be what the error names)."""
     from memprobe import engines
@@ -94,7 +80,7 @@ def check_choices(**given: str) -> None:
 
     allowed = {"warmup": WARMUPS, "env_preset": tuple(sorted(env_presets())), "engine": engines.names()}
     for key, value in given.items():
-        if value not in allowed[key]:
+        if value is not None and value not in allowed[key]:  # None: left out (the engine's own)
             raise UsageError(f"--{key.replace('_', '-')} {value!r}: use one of {', '.join(allowed[key])}")
 
 
@@ -112,8 +98,10 @@ def headline(conf: "CompareOptions | EstimateOptions", engine: str, tp: int, ep:
              env: dict[str, str], sglang_sites: Sequence[tuple[str, str]] = ()) -> "ScenarioSet":
     from memprobe.model.scenario import headline_scenarios
 
-    preset = env_preset_of(engine_of(engine).engine, conf.env_preset, type(conf).env_preset)
-    return headline_scenarios(engine, widths_of(tp, ep, conf, engine), stacks=names, baseline_tp=conf.baseline_tp,
+    preset = env_preset_of(engine_of(engine).engine, conf.env_preset)
+    widths = widths_of(tp, ep, conf, engine)
+    engine_of(engine).engine.layout(widths)  # a width the engine has not (SGLang's --dp) is refused, not dropped
+    return headline_scenarios(engine, widths, stacks=names, baseline_tp=conf.baseline_tp,
                               env_preset=preset, env=env, warmup=conf.warmup, sglang_sites=list(sglang_sites))
 
 

@@ -74,7 +74,7 @@ def _show(update: api.BaselineUpdate) -> None:
     import sys
 
     for note in update.notes:
-        print(f"memprobe baseline update: note: {note}", file=sys.stderr)
+        print(f"memprobe: note: {note}", file=sys.stderr)
     ranks, count = update.ranks(), len(update.document["scenarios"])
     what = f"{count} scenario{'s' if count != 1 else ''}, {ranks} rank{'s' if ranks != 1 else ''}"
     keys = [scenario.get("environment_key", {}) for scenario in update.document["scenarios"].values()]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, LAYOUT, MOE, PCP,
-    ALL_RANKS, ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES, NODE_RANK,
-    OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, TIMEOUT, TIMINGS, VERBOSE, WARMUP,
-    launch_options, option,
+    ALLOW_BUSY, ALL_RANKS, DEFAULT_WIDTHS, DEVICE, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT,
+    NCCL_LOG, NNODES, NODE_RANK, OUT_DIR, PER_RANK, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACKS,
+    TIMEOUT, TIMINGS, VERBOSE, WARMUP, launch_options, layout_options, option,
 )
 from memprobe.commands.output import check_exports, named_runs, render_and_export, render_timings_of, show_attribution
 from memprobe.verbosity import info
@@ -19,19 +18,17 @@ Defaults = api.CompareOptions
 
 
 # A command: long only by its Typer option declarations (one per line with its help); its body is short.
+@layout_options
 def compare(
     tp: Optional[int] = option(Defaults.tp, "--tp", env="TP", help="TP width (default: every visible GPU)."),
     ep: Optional[int] = option(Defaults.ep, "--ep", env="EP", help="EP width of the MoE scenarios (default: tp / 2)."),
-    pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
-    dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
-    moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
-    layout: list[str] = LAYOUT,
-    stacks: str = option(Defaults.stacks, "--stacks", env="COMPARE_STACKS", help="Comma-separated stacks for the MoE layout."),
+    widths: Mapping[str, Any] = DEFAULT_WIDTHS,
+    stacks: Optional[str] = option(Defaults.stacks, "--stacks", env="COMPARE_STACKS", help=STACKS, show_default=False),
     baseline_tp: Optional[int] = option(Defaults.baseline_tp, "--baseline-tp", env="COMPARE_BASELINE_TP",
                                         help="TP width of the baseline (default: --tp)."),
     scenarios: Optional[Path] = option(Defaults.scenarios, "--scenarios", env="COMPARE_SCENARIOS",
                                        help="TOML file of named scenarios (layout, stack, env each); see configs/scenarios/."),
-    device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
+    device: str = DEVICE, warmup: str = WARMUP, env_preset: Optional[str] = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
@@ -40,7 +37,8 @@ def compare(
     nccl_log: bool = NCCL_LOG, timings: bool = TIMINGS,
     engine: str = option(Defaults.engine, "--engine", env="ENGINE",
                          help="memprobe (also named sglang-ref), sglang, or memprobe,sglang: every scenario on both engines plus a "
-                              "fidelity report (reference engine against real SGLang, per rank, group and step)."),
+                              "fidelity report (reference engine against real SGLang, per rank, group and step); "
+                              "vllm-ref, vllm or vllm-ref,vllm: the same for vLLM."),
     sglang: list[str] = option(list(Defaults.sglang), "--sglang", env="COMPARE_SGLANG", metavar="LABEL=SITE",
                                help="Add the MoE layout on a real SGLang installation (a site folder), as "
                                     "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed). "
@@ -69,6 +67,7 @@ def compare(
     \b
       memprobe compare --tp 4 --ep 2
       memprobe compare --device cpu --tp 4 --ep 2 --plot /tmp/compare.png
+      memprobe compare --device cpu --engine vllm-ref --tp 2 --moe
       memprobe compare --scenarios configs/scenarios/nccl-knobs.toml --csv /tmp/knobs.csv
 
     Exit codes: 0 ok, 2 bad input (nothing launched), 3 the measurement failed (a rank failed, hung or did not
@@ -79,10 +78,7 @@ def compare(
     launch = launch_options(device, out_dir, timeout, quiet, nnodes, node_rank, master_addr, master_port, allow_busy_gpu,
                             run_id, nccl_log, rdzv_backend, rdzv_endpoint, rdzv_id)
     check_exports(csv_path, summary_csv, json_path, markdown, plot_path, json_schema)
-    comparison = api.compare(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
-        dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
-        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend,
-        layout=tuple(layout), stacks=stacks,
+    comparison = api.compare(tp=tp, ep=ep, **widths, stacks=stacks,
                              baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                              env=tuple(env), engine=engine, sglang=tuple(sglang), vllm=tuple(vllm), jobs=jobs, launch=launch)
     if api.gathered_elsewhere(comparison.runs):

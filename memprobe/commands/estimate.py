@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, LAYOUT, MOE, PCP,
-    ALL_RANKS, ATTN_CP, ATTN_DP, ENV_OPT, ENV_PRESET, JSON_SCHEMA, MOE_DP, PER_RANK, PP, QUIET, VERBOSE, WARMUP, option,
+    ALL_RANKS, DEFAULT_WIDTHS, ENV_OPT, ENV_PRESET, JSON_SCHEMA, PER_RANK, QUIET, STACKS, VERBOSE, WARMUP, layout_options,
+    option,
 )
 from memprobe.commands.output import check_exports, render_and_export
 from memprobe.errors import ExitCode, UsageError
@@ -20,24 +20,23 @@ Defaults = api.EstimateOptions
 
 
 # A command: long only by its Typer option declarations (one per line with its help); its body is short.
+@layout_options
 def estimate(
     tp: Optional[int] = option(Defaults.tp, "--tp", env="TP", help="TP width (required unless --scenarios or --check)."),
     ep: Optional[int] = option(Defaults.ep, "--ep", env="EP", help="EP width of the MoE scenarios (default: tp / 2)."),
-    pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
-    dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
-    moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
-    layout: list[str] = LAYOUT,
-    stacks: str = option(Defaults.stacks, "--stacks", env="ESTIMATE_STACKS", help="Comma-separated stacks for the MoE layout."),
+    widths: Mapping[str, Any] = DEFAULT_WIDTHS,
+    stacks: Optional[str] = option(Defaults.stacks, "--stacks", env="ESTIMATE_STACKS", help=STACKS, show_default=False),
     baseline_tp: Optional[int] = option(Defaults.baseline_tp, "--baseline-tp", env="ESTIMATE_BASELINE_TP", help="TP width of the baseline (default: --tp)."),
     scenarios: Optional[Path] = option(Defaults.scenarios, "--scenarios", env="ESTIMATE_SCENARIOS", help="TOML file of named scenarios, as compare reads."),
-    warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
+    warmup: str = WARMUP, env_preset: Optional[str] = ENV_PRESET, env: list[str] = ENV_OPT,
     gpus_per_node: Optional[int] = option(Defaults.gpus_per_node, "--gpus-per-node", env="ESTIMATE_GPUS_PER_NODE",
                                                 help="GPUs per node, joined by NVSwitch (default: the world size, at most 8)."),
     nnodes: Optional[int] = option(Defaults.nnodes, "--nnodes", env="ESTIMATE_NNODES",
                                          help="Nodes (default: as many as the world size needs), joined by --network."),
     nccl: Optional[str] = option(Defaults.nccl, "--nccl", env="ESTIMATE_NCCL", metavar="VERSION",
                                  help="The NCCL whose rules apply (2.27.3 to 2.30.7; default: the installed torch's NCCL, read "
-                                      "from package metadata without CUDA, else the calibration's)."),
+                                      "from package metadata without CUDA; without one, the NCCL the engine's release pins (vLLM "
+                                      "0.33.0: 2.30.7), else the calibration's)."),
     network: str = option(Defaults.network, "--network", env="ESTIMATE_NETWORK",
                           help="Between nodes: ib-gdr (InfiniBand with GPUDirect RDMA, one NIC per GPU), ib (the same "
                                "without GPUDirect: NET buffers in host memory) or socket (NCCL's socket transport, one "
@@ -48,8 +47,10 @@ def estimate(
     calibration: Optional[Path] = option(Defaults.calibration, "--calibration", env="ESTIMATE_CALIBRATION",
                                                help="A calibration file from `memprobe calibrate` (default: the packaged one for --gpu)."),
     engine: str = option(Defaults.engine, "--engine", env="ENGINE",
-                               help="memprobe: the stacks' flags; sglang: the flags the installed SGLang's initialize_model_parallel "
-                                    "passes, learnt from a --device cpu run of it (torchrun, gloo)."),
+                               help="memprobe (also named sglang-ref) or vllm-ref: the stacks' flags; sglang or vllm: "
+                                    "what the installed engine's own start-up (SGLang's initialize_model_parallel, "
+                                    "vLLM's init_distributed_environment) asks for, learnt from a --device cpu run of "
+                                    "it (torchrun, gloo)."),
     sglang: Optional[Path] = option(Defaults.sglang, "--sglang", env="ESTIMATE_SGLANG", metavar="SITE",
                                           help="With --engine sglang: a site folder holding the sglang package (default: the importable one)."),
     vllm: Optional[Path] = option(Defaults.vllm, "--vllm", env="ESTIMATE_VLLM", metavar="SITE",
@@ -76,6 +77,7 @@ def estimate(
     \b
       memprobe estimate --tp 8 --ep 4
       memprobe estimate --tp 8 --ep 4 --stacks full:v1,lean:v1,lean --per-rank
+      memprobe estimate --engine vllm-ref --tp 8 --moe
       memprobe estimate --tp 16 --ep 8 --gpus-per-node 8 --network socket --nic-gbps 100
       memprobe estimate --tp 8 --ep 4 --nccl 2.27.5 --calibration mine.json
       memprobe estimate --check results/h200x4-20261127/compare-tp4-ep2
@@ -98,10 +100,7 @@ def estimate(
             raise UsageError(f"--check estimates the runs it is given and writes no export; {', '.join(ignored)} would be "
                              f"ignored with it")
         return _check(check, gpu, calibration, per_rank)
-    comparison = api.estimate(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
-        dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
-        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend,
-        layout=tuple(layout), stacks=stacks,
+    comparison = api.estimate(tp=tp, ep=ep, **widths, stacks=stacks,
                               baseline_tp=baseline_tp, scenarios=scenarios, warmup=warmup, env_preset=env_preset,
                               env=tuple(env), gpus_per_node=gpus_per_node, nnodes=nnodes, gpu=gpu, calibration=calibration,
                               engine=engine, sglang=sglang, vllm=vllm, progress=not quiet, timeout_s=timeout, nccl=nccl,

@@ -106,7 +106,7 @@ def _report(result: Any, markdown: Optional[Path], junit_xml: Optional[Path], js
     render_lines(result, sys.stdout)
     code = int(result.exit_code)
     for problem in problems:
-        print(f"memprobe gate: error: could not write {problem}", file=sys.stderr)
+        print(f"memprobe: error: could not write {problem}", file=sys.stderr)
     if problems and code == ExitCode.OK:
         code = int(ExitCode.USAGE)
     return code

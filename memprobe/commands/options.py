@@ -12,8 +12,12 @@ command's meaning."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
 
 import typer
 
@@ -28,30 +32,88 @@ def option(default: Any, *names: str, env: str, help: str, **settings: Any) -> A
     return typer.Option(default, *names, envvar=ENV + env, help=help, **settings)
 
 
-TP = option(..., "--tp", env="TP", help="Tensor-parallel width (SGLang --tp).", show_default=False)
-EP = option(RunOptions.ep, "--ep", env="EP", help="Expert-parallel width inside each TP group (SGLang --ep).")
-PP = option(Widths.pp, "--pp", env="PP", help="Pipeline-parallel width (SGLang --pp); world size = tp x pp.")
-MOE_DP = option(Widths.moe_dp, "--moe-dp", env="MOE_DP", help="MoE data-parallel width (SGLang --moe-dp-size).")
-ATTN_DP = option(Widths.attn_dp, "--attn-dp", env="ATTN_DP", help="Attention data-parallel width (SGLang --attn-dp-size).")
-ATTN_CP = option(Widths.attn_cp, "--attn-cp", env="ATTN_CP", help="Attention context-parallel width (SGLang --attn-cp-size).")
-DP = option(Widths.dp, "--dp", env="DP", help="vLLM: data-parallel width (--data-parallel-size); world = dp x pp x pcp x tp.")
-DCP = option(Widths.dcp, "--dcp", env="DCP", help="vLLM: decode context-parallel width (--decode-context-parallel-size).")
-PCP = option(Widths.pcp, "--pcp", env="PCP", help="vLLM: prefill context-parallel width (--prefill-context-parallel-size).")
-ENABLE_EP = option(Widths.enable_expert_parallel, "--enable-expert-parallel", env="ENABLE_EXPERT_PARALLEL",
-                   help="vLLM: --enable-expert-parallel.")
-ENABLE_EPLB = option(Widths.enable_eplb, "--enable-eplb", env="ENABLE_EPLB", help="vLLM: --enable-eplb (needs EP).")
-MOE = option(Widths.moe, "--moe/--dense", env="MOE",
-             help="vLLM: the model is a mixture of experts (vLLM 0.33 builds the EP group only then).")
-DISABLE_CA = option(Widths.disable_custom_all_reduce, "--disable-custom-all-reduce", env="DISABLE_CUSTOM_ALL_REDUCE",
-                    help="vLLM: --disable-custom-all-reduce.")
-ALL2ALL = option(Widths.all2all_backend, "--all2all-backend", env="ALL2ALL_BACKEND",
-                 help="vLLM: --all2all-backend (default: vLLM's, allgather_reducescatter).", show_default=False)
+def layout_help(name: str) -> str:
+    """The help of a layout option: what each engine memprobe ships declares for the field (its ``flag_field``),
+    SGLang's first, each once."""
+    from memprobe.engines import builtin_engines
+
+    helps: list[str] = []
+    for engine in builtin_engines():
+        layout = engine.layout_type
+        if name in layout.field_names() and layout.help_of(name) not in helps:
+            helps.append(layout.help_of(name))
+    return " ".join(helps)
+
+
+def _layout_option(name: str) -> Any:
+    """The option of one layout field: its flag (and a switch's off form) and help from the engines' layouts, its
+    default from :class:`Widths`."""
+    from memprobe.engines import builtin_engines
+
+    default = next(item.default for item in fields(Widths) if item.name == name)
+    spellings = next(engine.layout_type.spellings(name) for engine in builtin_engines()
+                     if name in engine.layout_type.field_names())
+    return option(default, "/".join(spellings), env=name.upper(), help=layout_help(name),
+                  show_default=default != "")  # "": the engine's own default, which the help names
+
+
+TP = option(..., "--tp", env="TP", help=layout_help("tp"), show_default=False)
+EP = option(RunOptions.ep, "--ep", env="EP", help=layout_help("ep"))
 LAYOUT = option(list(Widths.layout), "--layout", env="LAYOUT", metavar="NAME=VALUE",
                 help="A field of the engine's layout that no flag here declares (a plug-in engine's own width), e.g. "
                      "--layout rings=2; repeatable; checked against the engine's layout.")
-STACK = option(RunOptions.stack, "--stack", env="STACK",
-               help="Communicator stack: full (before SGLang PR #22515), lean (SGLang 0.5.23), add ':v1' for the "
-                    "v1 custom all-reduce buffers, or a TOML file (see configs/).")
+#: Every layout option but --tp and --ep (each command's own): the fields of :class:`Widths`, in their order.
+LAYOUT_OPTIONS: dict[str, Any] = {item.name: LAYOUT if item.name == "layout" else _layout_option(item.name)
+                                  for item in fields(Widths)}
+_LAYOUT_TYPES = {item.name: list[str] if item.name == "layout" else type(item.default) for item in fields(Widths)}
+#: What a command declared with :func:`layout_options` receives as ``widths`` when called without the options.
+DEFAULT_WIDTHS: Mapping[str, Any] = MappingProxyType({item.name: item.default for item in fields(Widths)})
+
+
+def layout_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with :data:`LAYOUT_OPTIONS` as its options in place of its parameter ``widths``, which receives
+    them as one mapping, as the API functions take them (``--layout``'s as a tuple): every command that takes a
+    layout declares them alike, from this one place."""
+    signature = inspect.signature(command, eval_str=True)
+    parameters = list(signature.parameters.values())
+    at = [parameter.name for parameter in parameters].index("widths")
+    added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=declared,
+                               annotation=_LAYOUT_TYPES[name]) for name, declared in LAYOUT_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_layout(**given: Any) -> Any:
+        widths = {name: given.pop(name) for name in LAYOUT_OPTIONS}
+        widths["layout"] = tuple(widths["layout"])
+        return command(**given, widths=widths)
+
+    with_layout.__signature__ = signature.replace(  # type: ignore[attr-defined]  # what Typer reads
+        parameters=parameters[:at] + added + parameters[at + 1:])
+    with_layout.__annotations__ = {**{name: value for name, value in command.__annotations__.items() if name != "widths"},
+                                   **_LAYOUT_TYPES}
+    return with_layout
+
+
+def engines_stacks(pairs: bool = False) -> str:
+    """Each shipped engine's stacks as ``--stack``'s help names them (``pairs``: the pair ``--stacks`` defaults to)."""
+    from memprobe.engines import builtin_engines
+
+    texts = []
+    for engine in builtin_engines():
+        name = engine.name_for("reference") or engine.name
+        shown = next((alias for alias, canonical in engine.aliases.items() if canonical == name), name)
+        texts.append(f"--engine {shown}: {','.join(engine.stack_pair or (engine.default_stack,))}" if pairs else
+                     f"--engine {shown} (default {engine.default_stack}): {engine.builtin_stacks_text}.")
+    return ("; " if pairs else " ").join(texts)
+
+
+STACK = option(RunOptions.stack, "--stack", env="STACK", show_default=False,
+               help=f"Communicator stack; left out, the engine's default. {engines_stacks()} Or a TOML file (see "
+                    "configs/). SGLang's full is before SGLang PR #22515, lean SGLang 0.5.23's (add ':v1' for the v1 "
+                    "custom all-reduce buffers); vLLM's vllm is 0.33.0's (vllm:0.11, vllm:0.10 those lines'), "
+                    "shared-ep the EP group reusing TP's PyNccl. The installed engines (--engine sglang, vllm) also "
+                    "take installed: the engine's own flags (vllm takes only that).")
+STACKS = f"Comma-separated stacks for the compared layout (left out: the engine's pair, {engines_stacks(pairs=True)}); " \
+         "each engine's stacks: memprobe plan --help, under --stack."
 DEVICE = option(LaunchOptions.device, "--device", env="DEVICE",
                 help="cuda: one rank per GPU, NVML readings. cpu: the same pipeline on gloo with host-RSS readings "
                      f"(no GPU needed; pynccl and custom all-reduce are skipped; at most {CPU_RANKS_PER_NODE} ranks per node).")
@@ -95,9 +157,11 @@ QUIET = option(False, "--quiet", "-q", env="QUIET", callback=_verbosity_option,
 VERBOSE = option(False, "--verbose", "-v", env="VERBOSE", callback=_verbosity_option,
                  help="Also every progress step and what the command reads, measures and writes (on stderr).")
 ENV_OPT = option(list(Workers.env), "--env", env="ENV", help="KEY=VALUE for the workers' environment (repeatable), e.g. NCCL_BUFFSIZE=1048576.")
-ENV_PRESET = option(Workers.env_preset, "--env-preset", env="ENV_PRESET",
+ENV_PRESET = option(Workers.env_preset, "--env-preset", env="ENV_PRESET", show_default=False,
                     help="sglang: SGLang's engine settings (NCCL_CUMEM_ENABLE=0, NCCL_NVLS_ENABLE=0, "
-                         "TORCH_NCCL_AVOID_RECORD_STREAMS=1, CUDA_DEVICE_MAX_CONNECTIONS=8) unless already set; none: NCCL defaults.")
+                         "TORCH_NCCL_AVOID_RECORD_STREAMS=1, CUDA_DEVICE_MAX_CONNECTIONS=8) unless already set; vllm: "
+                         "vLLM's (it sets no NCCL variable: cuMem on, lazy connection); none: NCCL defaults. Left out: "
+                         "the engine's own (sglang-ref: sglang, vllm-ref: vllm).")
 WARMUP = option(Workers.warmup, "--warmup", env="WARMUP",
                 help="First collective on each group after init: none, tiny (1-element all-reduce) or sweep (4 B..64 MiB all-reduce + all-gather).")
 NCCL_LOG = option(LaunchOptions.nccl_log, "--nccl-log", env="NCCL_LOG",
@@ -122,7 +186,8 @@ CALIBRATION = option(GateOptions.calibration, "--calibration", env="CALIBRATION"
                           "for the baseline's GPU model).")
 NCCL = option(GateOptions.nccl, "--nccl", env="NCCL", metavar="VERSION",
               help="With --estimate: the NCCL whose rules apply (2.27.3 to 2.30.7; default: the installed torch's NCCL, "
-                   "read from package metadata, else the calibration's).")
+                   "read from package metadata; without one, the NCCL the engine's release pins (vLLM 0.33.0: 2.30.7), "
+                   "else the calibration's).")
 NETWORK = option(GateOptions.network, "--network", env="NETWORK",
                  help="With --estimate, between nodes: ib-gdr (InfiniBand with GPUDirect RDMA), ib (no GPUDirect: NET "
                       "buffers in host memory) or socket (NCCL's socket transport, one interface per node).")

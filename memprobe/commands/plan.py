@@ -5,27 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Any, TextIO
+from typing import Any, Mapping, Optional, TextIO
 
 from memprobe import api
 from memprobe.commands.options import (
-    ALL2ALL, ATTN_CP, ATTN_DP, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, EP, LAYOUT, MOE, MOE_DP, PCP, PP, QUIET, STACK,
-    TP, VERBOSE, option,
+    DEFAULT_WIDTHS, EP, QUIET, STACK, TP, VERBOSE, layout_options, option,
 )
 from memprobe.commands.output import console_width
 
 PLAN_SCHEMA_VERSION = 1  # docs/schema/plan.schema.json
 
 
+@layout_options
 def plan(
-    tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
-    dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
-    moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
-    layout: list[str] = LAYOUT,
-    stack: str = STACK,
+    tp: int = TP, ep: int = EP, widths: Mapping[str, Any] = DEFAULT_WIDTHS,
+    stack: Optional[str] = STACK,
     engine: str = option(api.PlanOptions.engine, "--engine", env="ENGINE",
-                         help="Whose groups: memprobe or sglang-ref (SGLang 0.5.23's, as memprobe reproduces them) or "
-                              "another registered engine's."),
+                         help="Whose groups: sglang-ref (or its older name memprobe; SGLang 0.5.23's, as memprobe "
+                              "reproduces them) or vllm-ref (vLLM 0.33.0's); sglang and vllm plan as their "
+                              "reproductions do (plan runs no engine code); or another registered engine's."),
     json_output: bool = option(False, "--json", env="PLAN_JSON", help="Print one JSON document instead of a table."),
     quiet: bool = QUIET, verbose: bool = VERBOSE,
 ) -> int:
@@ -44,11 +42,7 @@ def plan(
     Exit codes: 0 ok, 2 bad input. Every command: 70 an unexpected error (one line; its traceback in a temp file),
     129/130/143 hung up, interrupted, terminated, 141 standard output's reader went away.
     """
-    planned = api.plan(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
-        dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
-        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend,
-        layout=tuple(layout), stack=stack,
-                       engine=engine)
+    planned = api.plan(tp=tp, ep=ep, **widths, stack=stack, engine=engine)
     from memprobe.verbosity import detail
 
     detail(f"memprobe: {len(planned.groups.groups)} groups for world size {planned.groups.layout.world_size}, "

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from memprobe import api
 from memprobe.commands.options import (
-    ALL2ALL, DCP, DISABLE_CA, DP, ENABLE_EP, ENABLE_EPLB, LAYOUT, MOE, PCP,
-    ALLOW_BUSY, ATTN_CP, ATTN_DP, DEVICE, ENV_OPT, ENV_PRESET, EP, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT, MOE_DP, NCCL_LOG, NNODES,
-    NODE_RANK, OUT_DIR, PER_RANK, PP, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT, TIMINGS, TP,
-    VERBOSE, WARMUP, launch_options, option,
+    ALLOW_BUSY, DEFAULT_WIDTHS, DEVICE, ENV_OPT, ENV_PRESET, EP, JSON_SCHEMA, MASTER_ADDR, MASTER_PORT, NCCL_LOG,
+    NNODES, NODE_RANK, OUT_DIR, PER_RANK, QUIET, RDZV_BACKEND, RDZV_ENDPOINT, RDZV_ID, RUN_ID, SPLIT, STACK, TIMEOUT,
+    TIMINGS, TP, VERBOSE, WARMUP, launch_options, layout_options, option,
 )
 from memprobe.commands.output import console_width, print_rank_warnings, render_timings_of, show_attribution
 from memprobe.errors import UsageError
@@ -19,12 +18,10 @@ from memprobe.paths import check_output_path
 
 
 # A command: long only by its Typer option declarations (one per line with its help); its body is short.
+@layout_options
 def run(
-    tp: int = TP, ep: int = EP, pp: int = PP, moe_dp: int = MOE_DP, attn_dp: int = ATTN_DP, attn_cp: int = ATTN_CP,
-    dp: int = DP, dcp: int = DCP, pcp: int = PCP, enable_expert_parallel: bool = ENABLE_EP, enable_eplb: bool = ENABLE_EPLB,
-    moe: bool = MOE, disable_custom_all_reduce: bool = DISABLE_CA, all2all_backend: str = ALL2ALL,
-    layout: list[str] = LAYOUT,
-    stack: str = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: str = ENV_PRESET, env: list[str] = ENV_OPT,
+    tp: int = TP, ep: int = EP, widths: Mapping[str, Any] = DEFAULT_WIDTHS,
+    stack: Optional[str] = STACK, device: str = DEVICE, warmup: str = WARMUP, env_preset: Optional[str] = ENV_PRESET, env: list[str] = ENV_OPT,
     out_dir: Path = OUT_DIR, run_id: Optional[str] = RUN_ID, timeout: float = TIMEOUT, nnodes: int = NNODES,
     node_rank: int = NODE_RANK, master_addr: str = MASTER_ADDR, master_port: Optional[int] = MASTER_PORT,
     rdzv_backend: str = RDZV_BACKEND, rdzv_endpoint: Optional[str] = RDZV_ENDPOINT, rdzv_id: Optional[str] = RDZV_ID,
@@ -53,6 +50,7 @@ def run(
     \b
       memprobe run --tp 4 --ep 2 --stack lean
       memprobe run --device cpu --tp 4 --ep 2 --stack full
+      memprobe run --device cpu --engine vllm-ref --tp 2 --moe --stack shared-ep
 
     Exit codes: 0 ok, 2 bad input (nothing launched), 3 the measurement failed (a rank failed, hung or did not
     start; finished readings are kept), 129, 130 or 143 hung up, interrupted by SIGINT or terminated by SIGTERM.
@@ -64,10 +62,7 @@ def run(
     check_output_path(json_path, "--json", suffixes=(".json",))
     if json_schema not in (1, 2):
         raise UsageError(f"--json-schema must be 1 or 2, got {json_schema}")
-    result = api.run(tp=tp, ep=ep, pp=pp, moe_dp=moe_dp, attn_dp=attn_dp, attn_cp=attn_cp,
-        dp=dp, dcp=dcp, pcp=pcp, enable_expert_parallel=enable_expert_parallel, enable_eplb=enable_eplb, moe=moe,
-        disable_custom_all_reduce=disable_custom_all_reduce, all2all_backend=all2all_backend,
-        layout=tuple(layout), stack=stack, warmup=warmup,
+    result = api.run(tp=tp, ep=ep, **widths, stack=stack, warmup=warmup,
                      env_preset=env_preset, env=tuple(env), engine=engine, sglang=sglang, vllm=vllm, launch=launch)
     if api.gathered_elsewhere([result]):
         return 0

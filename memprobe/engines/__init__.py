@@ -79,6 +79,12 @@ def all_engines() -> tuple[Engine, ...]:
     return tuple(_loaded.values())
 
 
+def builtin_engines() -> tuple[Engine, ...]:
+    """The engines memprobe ships (:data:`BUILTIN`), without plug-ins: the command line declares its layout options
+    from their layouts (a plug-in's own widths are given as ``--layout NAME=VALUE``)."""
+    return tuple(_load(spec) for spec in BUILTIN)
+
+
 def _by_name() -> dict[str, EngineRef]:
     refs: dict[str, EngineRef] = {}
     for engine in _loaded.values():

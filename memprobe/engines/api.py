@@ -146,11 +146,12 @@ class Allocation:
 LAYOUT_OPTION = "--layout"
 
 
-def flag_field(default: int | bool | str = 1, *, flag: str | None, help: str) -> Any:
+def flag_field(default: int | bool | str = 1, *, flag: str | None, help: str, off_flag: str | None = None) -> Any:
     """A layout width (or switch, or named choice) that is also a command-line flag (``--tp``): declared once, with
     its help. ``flag=None``: a field memprobe's commands declare no option for (a plug-in engine's own width), given
-    as ``--layout NAME=VALUE`` on the command line and as ``layout=("NAME=VALUE",)`` to the API."""
-    return field(default=default, metadata={"flag": flag, "help": help})
+    as ``--layout NAME=VALUE`` on the command line and as ``layout=("NAME=VALUE",)`` to the API. ``off_flag``: a
+    switch's off form where it has a name of its own (vLLM's ``--moe/--dense``)."""
+    return field(default=default, metadata={"flag": flag, "help": help, "off_flag": off_flag})
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,24 @@ class LayoutBase:
                     return f"{LAYOUT_OPTION} {name}"
                 return str(item.metadata.get("flag") or f"--{name.replace('_', '-')}")
         raise KeyError(name)
+
+    @classmethod
+    def spellings(cls, name: str) -> tuple[str, ...]:
+        """How the command line writes the field: its flag, and a switch's off form where it has one (``--moe``,
+        ``--dense``); none for a field without a flag of its own."""
+        item = next(item for item in fields(cls) if item.name == name)
+        if not cls.has_own_flag(name):
+            return ()
+        off = item.metadata.get("off_flag")
+        return (cls.flag_of(name), off) if off else (cls.flag_of(name),)
+
+    @classmethod
+    def is_switch(cls, name: str) -> bool:
+        return next(item for item in fields(cls) if item.name == name).type in ("bool", bool)
+
+    @classmethod
+    def help_of(cls, name: str) -> str:
+        return str(next(item for item in fields(cls) if item.name == name).metadata.get("help", ""))
 
     @classmethod
     def has_own_flag(cls, name: str) -> bool:
@@ -319,6 +338,12 @@ class Engine:
     group_order: ClassVar[tuple[str, ...]]  # creation order, the world first
     kinds: ClassVar[tuple[Kind, ...]]
     env_presets: ClassVar[Mapping[str, Mapping[str, str]]] = {}
+
+    @property
+    def default_env_preset(self) -> str:
+        """The preset of a scenario that names none: the engine's own first one, else ``none`` (NCCL's defaults)."""
+        return next(iter(self.env_presets), "none")
+
     env_prefixes: ClassVar[tuple[str, ...]] = ()  # the engine's own variables, recorded beside NCCL's
     #: Groups the reports single out (their own table and headline), e.g. SGLang's MoE groups.
     highlighted_groups: ClassVar[tuple[str, ...]] = ()

@@ -149,4 +149,4 @@ def resolve_stack(engine: "Engine", spec: str, option: str = "--stack") -> Stack
             return stack
     if spec.endswith(".toml") or Path(spec).exists():
         return load_stack_file(engine, spec)
-    raise UsageError(f"{option} {spec!r} is neither a built-in stack ({engine.builtin_stacks_text}) nor a TOML file")
+    raise UsageError(f"{option} {spec!r} is neither a built-in stack of {engine.label} ({engine.builtin_stacks_text}) nor a TOML file")

@@ -17,25 +17,20 @@ NO_VALUE = frozenset({"--per-rank", "--allow-busy-gpu", "-q", "--quiet", "-v", "
 
 
 def _layout_flags() -> tuple[frozenset[str], frozenset[str]]:
-    """Every engine's layout flags (``--dp``, ``--enable-expert-parallel``, ``--moe`` ...), which estimate takes with
-    the same meaning, and the switches among them (no value follows a switch)."""
-    from dataclasses import fields
-
+    """Every engine's layout flags as its layout declares them (``--dp``, ``--enable-expert-parallel``, ``--moe``
+    and its off form ``--dense`` ...), which estimate takes with the same meaning, and the switches among them (no
+    value follows a switch)."""
     from memprobe import engines
 
-    flags, switches = {"--layout"}, set()
+    flags: set[str] = {"--layout"}
+    switches: set[str] = set()
     for engine in engines.all_engines():
         layout = engine.layout_type
-        for item in fields(layout):
-            flag = layout.flag_of(item.name)
-            if flag.startswith("--layout"):
-                continue
-            flags.add(flag)
-            if item.type in ("bool", bool):
-                switches.add(flag)
-    if "--moe" in switches:  # --moe/--dense: the off form of the one switch with a name of its own
-        flags.add("--dense")
-        switches.add("--dense")
+        for name in layout.field_names():
+            spellings = layout.spellings(name)
+            flags.update(spellings)
+            if layout.is_switch(name):
+                switches.update(spellings)
     return frozenset(flags), frozenset(switches)
 
 

@@ -283,7 +283,7 @@ def _scenario_from_table(table: dict[str, Any], defaults: dict[str, Any], source
         name=merged["name"],
         layout=layout,
         stack=str(merged.get("stack", _default_stack(ref))),
-        env_preset=str(merged.get("env_preset", "sglang")),
+        env_preset=str(merged.get("env_preset", ref.engine.default_env_preset)),
         env={str(k): str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in env.items()},
         warmup=str(merged.get("warmup", "tiny")),
         engine=str(merged.get("engine", DEFAULT_ENGINE)),

@@ -25,7 +25,7 @@ from pathlib import Path
 #: import name -> pip requirement (the versions SGLang 0.5.23 asks for, where it pins one)
 REQUIREMENTS: dict[str, str] = {"msgspec": "msgspec", "zmq": "pyzmq>=25.1.2", "pydantic": "pydantic", "PIL": "pillow",
                                  "packaging": "packaging"}
-EXTRA = "memprobe-llm[sglang]"
+EXTRA = ".[sglang]"  # memprobe's extra, installed from its clone (memprobe-llm is not on PyPI)
 
 
 def install_sglang_line(version: str = "") -> str:
@@ -51,7 +51,7 @@ def requirements_problem(environ: dict[str, str], version: str) -> str | None:
         return None
     return (f"--engine sglang on CPU: SGLang {version}'s group code needs {', '.join(missing)}, not installed here; "
             f"install them: python -m pip install {' '.join(repr(m) if '>' in m else m for m in missing)}"
-            f" (or pip install '{EXTRA}')")
+            f" (or, in memprobe's clone, pip install -e '{EXTRA}')")
 
 
 __all__ = ["EXTRA", "REQUIREMENTS", "install_sglang_line", "missing_requirements", "requirements_problem"]

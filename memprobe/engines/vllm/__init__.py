@@ -61,16 +61,21 @@ class VLLMEngineLayout(LayoutBase):
     """vLLM's parallel flags (``vllm serve`` spells them ``--tensor-parallel-size`` ...); checked as vLLM 0.33.0's
     ``ParallelConfig`` checks them (:class:`memprobe.engines.vllm.layout.VLLMLayout`)."""
 
-    tp: int = flag_field(flag="--tp", help="Tensor-parallel width (vLLM --tensor-parallel-size).")
-    pp: int = flag_field(flag="--pp", help="Pipeline-parallel width (vLLM --pipeline-parallel-size).")
-    dp: int = flag_field(flag="--dp", help="Data-parallel width (vLLM --data-parallel-size).")
-    dcp: int = flag_field(flag="--dcp", help="Decode context-parallel width (vLLM --decode-context-parallel-size).")
-    pcp: int = flag_field(flag="--pcp", help="Prefill context-parallel width (vLLM --prefill-context-parallel-size).")
-    enable_expert_parallel: bool = flag_field(False, flag="--enable-expert-parallel", help="vLLM's EP switch.")
-    enable_eplb: bool = flag_field(False, flag="--enable-eplb", help="vLLM's expert load balancer.")
-    moe: bool = flag_field(False, flag="--moe", help="A mixture-of-experts model (vLLM builds EP only then).")
-    disable_custom_all_reduce: bool = flag_field(False, flag="--disable-custom-all-reduce", help="vLLM's switch.")
-    all2all_backend: str = flag_field(DEFAULT_ALL2ALL_BACKEND, flag="--all2all-backend", help="vLLM's backend.")
+    # each help is the command line's (memprobe/commands/options.py declares the options from these fields)
+    tp: int = flag_field(flag="--tp", help="vLLM: --tensor-parallel-size.")
+    pp: int = flag_field(flag="--pp", help="vLLM: --pipeline-parallel-size; world = dp x pp x pcp x tp.")
+    dp: int = flag_field(flag="--dp", help="vLLM: data-parallel width (--data-parallel-size); world = dp x pp x pcp x tp.")
+    dcp: int = flag_field(flag="--dcp", help="vLLM: decode context-parallel width (--decode-context-parallel-size).")
+    pcp: int = flag_field(flag="--pcp", help="vLLM: prefill context-parallel width (--prefill-context-parallel-size).")
+    enable_expert_parallel: bool = flag_field(False, flag="--enable-expert-parallel",
+                                              help="vLLM: --enable-expert-parallel.")
+    enable_eplb: bool = flag_field(False, flag="--enable-eplb", help="vLLM: --enable-eplb (needs EP).")
+    moe: bool = flag_field(False, flag="--moe", off_flag="--dense",
+                           help="vLLM: the model is a mixture of experts (vLLM 0.33 builds the EP group only then).")
+    disable_custom_all_reduce: bool = flag_field(False, flag="--disable-custom-all-reduce",
+                                                 help="vLLM: --disable-custom-all-reduce.")
+    all2all_backend: str = flag_field(DEFAULT_ALL2ALL_BACKEND, flag="--all2all-backend",
+                                      help=f"vLLM: --all2all-backend (default: vLLM's, {DEFAULT_ALL2ALL_BACKEND}).")
 
     def check(self) -> None:
         self.vllm()  # what every release refuses alike; a release's own refusals: VLLMEngine.stack_problem

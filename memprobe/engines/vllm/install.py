@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from memprobe.engines.api import Decision, Verdict
 from memprobe.engines.sites import package_on_path, site_holding
 from memprobe.errors import UsageError
 from memprobe.model.installation import EngineInstallation
@@ -37,7 +38,7 @@ REQUIRED_API = (
 #: without it.
 REQUIREMENTS: dict[str, str] = {"msgspec": "msgspec", "zmq": "pyzmq", "pydantic": "pydantic", "PIL": "pillow",
                                  "packaging": "packaging", "setuptools": "setuptools"}
-EXTRA = "memprobe-llm[vllm]"
+EXTRA = ".[vllm]"  # memprobe's extra, installed from its clone (memprobe-llm is not on PyPI)
 #: The release memprobe's reproduction follows (``--engine vllm-ref``), the one a fix line pins by default.
 TESTED_RELEASE = "0.33.0"
 
@@ -112,7 +113,7 @@ def requirements_problem(environ: dict[str, str], version: str) -> str | None:
     if not missing:
         return None
     return (f"--engine vllm on CPU: vLLM {version}'s group code needs {', '.join(missing)}, not installed here; "
-            f"install them: python -m pip install {' '.join(missing)} (or pip install '{EXTRA}')")
+            f"install them: python -m pip install {' '.join(missing)} (or, in memprobe's clone, pip install -e '{EXTRA}')")
 
 
 __all__ = ["EXTRA", "REQUIREMENTS", "check_api", "check_site", "find_package", "install_line", "read_version",
@@ -178,7 +179,9 @@ def learnt_stack(run: Any) -> Any:
 
 
 def built_by_run(run: Any) -> dict[str, dict[str, bool]]:
-    """For an installed-vLLM run: per group, the kinds vLLM's code built on any rank (its recorded words)."""
+    """For an installed-vLLM run: per group, the kinds vLLM's code built on any rank, or asked for where the device
+    builds none (``--device cpu``: a reference stack's flags say the same, and the reports show both as skipped,
+    not as off), from its recorded words."""
     built: dict[str, dict[str, bool]] = {}
     for info in run.record.ranks:
         for group, decision in info.communicators.items():
@@ -187,5 +190,6 @@ def built_by_run(run: Any) -> dict[str, dict[str, bool]]:
             seen = built.setdefault(group, {})
             for kind, word in decision.items():
                 if not kind.startswith("vllm:"):
-                    seen[kind] = seen.get(kind, False) or word.startswith("built")
+                    verdict = Decision.from_text(group, kind, word).verdict
+                    seen[kind] = seen.get(kind, False) or verdict in (Verdict.BUILT, Verdict.NO_DEVICE)
     return built
