@@ -180,3 +180,18 @@ def test_cpu_compare_builds_vllm_s_groups_and_its_baseline_gates_the_saved_run(m
     gated = memprobe("gate", "--baseline", "base.json", "--results", str(folder))
     assert gated.returncode == 0, gated.stdout + gated.stderr
     assert "memprobe's reproduction of vLLM 0.33.0" in gated.stdout + gated.stderr
+
+
+def test_on_cpu_a_kind_vllms_own_gates_close_says_why_and_one_they_leave_open_is_skipped() -> None:
+    """--device cpu builds no GPU communicator, but what CudaCommunicator's name/flag/env gates close (EP's all2all
+    without DP) is closed on any device: the record says vLLM's reason, not "no GPU"."""
+    layout = VLLMEngineLayout(tp=2, moe=True, enable_expert_parallel=True)
+    stack = ENGINE.stacks()["vllm"]
+    by_group = {group.name: group for group in ENGINE.plan_for(layout, stack).groups}
+    cpu = Facts(width=2, device="cpu")
+    ep = {d.kind: d for d in ENGINE.decide(by_group["ep"], stack, cpu)}
+    tp = {d.kind: d for d in ENGINE.decide(by_group["tp"], stack, cpu)}
+    assert ep[rules.ALL2ALL_MANAGER].verdict is Verdict.NOT_ELIGIBLE
+    assert "use_all2all" in ep[rules.ALL2ALL_MANAGER].reason
+    assert ep[rules.PYNCCL].verdict is Verdict.NO_DEVICE
+    assert tp[rules.CUSTOM_ALLREDUCE].verdict is Verdict.NO_DEVICE

@@ -227,6 +227,9 @@ class VLLMEngine(Engine):
         found: list[Decision] = []
         for kind, wanted in stack.flags_for(group.name).items():
             common = self.guard(group, kind, wanted, facts)
+            if common is not None and common.verdict is Verdict.NO_DEVICE and entry is not None \
+                    and not _gate_open(entry.group, kind, group.launch, line, facts.env):
+                common = None  # closed by name, flag or env, as vLLM's code decides it on CPU too: say why
             if common is not None:
                 found.append(common)
             elif entry is None:
@@ -287,6 +290,15 @@ class VLLMEngine(Engine):
 
     def built_by_run(self, run: Any) -> dict[str, dict[str, bool]]:
         return install.built_by_run(run)
+
+
+def _gate_open(group: Any, kind: str, launch: VLLMLayout, line: str, env: Mapping[str, str]) -> bool:
+    """Whether CudaCommunicator's gates that read no hardware (the group's name, vLLM's flags, the environment)
+    leave ``kind`` open for the group; a kind they do not gate is open."""
+    gates = rules.cuda_gates(group, launch, line, env)
+    return {rules.SYMM_MEM: gates.use_torch_symm_mem, rules.FLASHINFER_ALLREDUCE: gates.use_flashinfer_allreduce,
+            rules.CUSTOM_ALLREDUCE: gates.use_custom_allreduce, rules.CUSTOM_ALLREDUCE_MNNVL: gates.use_custom_allreduce,
+            rules.ALL2ALL_MANAGER: gates.use_all2all}.get(kind, True)
 
 
 def _line_of(stack: Any) -> str:
