@@ -66,8 +66,8 @@ CUDA-only constructors find no GPU, no libnccl and no ``vllm._C`` here and build
 no attribute for its symmetric-memory gate (``envs.VLLM_ALLREDUCE_USE_SYMM_MEM and current_platform.is_cuda()``,
 ``cuda_communicator.py:60``, on every group): there ``cuda_communicator.py``'s own ``current_platform`` answers
 ``is_cuda()`` as CUDA's does, and whether ``SymmMemCommunicator`` was constructed is recorded (its own platform check
-then finds no CUDA and leaves it disabled). ``ENV_VARIANTS`` adds, per release, layouts captured again under a
-non-default environment, so the env side of the gates is checked too::
+then finds no CUDA and leaves it disabled). ``CUDA_EXTRA_RUNS`` adds, per release, a layout captured again under a
+non-default environment (the env side of the gates) and, for 0.11.0, under its other all2all backend::
 
     PYTHONPATH=/work/extra-vrel/src-0.10.2:/work/extra-vllm/site python tools/vllm_layouts.py --release 0.10.2 --cuda-communicator
 
@@ -188,15 +188,17 @@ CUDA_GATES: dict[str, tuple[str, ...]] = {
     "0.10.2": ("use_custom_allreduce", "use_pynccl", "use_all2all"),
 }
 
-#: Layouts captured again with --cuda-communicator under an environment that flips the release's defaults of
-#: the env gates: tp 2 x pp 2 x dp 2, MoE with EP, so every group but the world is wider than one.
-_ENV_LAYOUT = dict(tp=2, pp=2, dp=2, dcp=1, pcp=1, enable_expert_parallel=True, enable_eplb=False, moe=True,
-                   disable_custom_all_reduce=False, all2all_backend="allgather_reducescatter")
-ENV_VARIANTS: dict[str, tuple[tuple[dict, dict[str, str]], ...]] = {
+#: Runs --cuda-communicator adds to the layouts: tp 2 x pp 2 x dp 2, MoE with EP (every group but the world wider
+#: than one) under an environment that flips the release's defaults of the env gates, and, where the release has
+#: another importable backend than its default, under that all2all backend.
+_EXTRA_LAYOUT = dict(tp=2, pp=2, dp=2, dcp=1, pcp=1, enable_expert_parallel=True, enable_eplb=False, moe=True,
+                     disable_custom_all_reduce=False, all2all_backend="allgather_reducescatter")
+CUDA_EXTRA_RUNS: dict[str, tuple[tuple[dict, dict[str, str]], ...]] = {
     # envs.py: VLLM_ALLREDUCE_USE_SYMM_MEM and VLLM_ALLREDUCE_USE_FLASHINFER default 1
-    "0.33.0": ((_ENV_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0", "VLLM_ALLREDUCE_USE_FLASHINFER": "0"}),),
-    "0.11.0": ((_ENV_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}),),  # envs.py:1410-1411, default 1
-    "0.10.2": ((_ENV_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "1"}),),  # envs.py:1220-1221, default 0
+    "0.33.0": ((_EXTRA_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0", "VLLM_ALLREDUCE_USE_FLASHINFER": "0"}),),
+    "0.11.0": ((_EXTRA_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}),  # envs.py:1410-1411, default 1
+               (dict(_EXTRA_LAYOUT, all2all_backend="naive"), {})),  # NaiveAll2AllManager (cc:93-95)
+    "0.10.2": ((_EXTRA_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "1"}),),  # envs.py:1220-1221, default 0
 }
 
 
@@ -460,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: tuple[tuple[dict, dict[str, str]], ...] = tuple((layout, {}) for layout in layouts)
     if args.cuda_communicator:
         runs = tuple(run for run in runs if run[0]["all2all_backend"] == "allgather_reducescatter")
-        runs += ENV_VARIANTS[args.release] if args.only is None else ()
+        runs += CUDA_EXTRA_RUNS[args.release] if args.only is None else ()
     out = args.out or default_out(args.release, args.cuda_communicator)
     source = f"/work/extra-vllm/src-{NEWEST}" if args.release == NEWEST else f"/work/extra-vrel/src-{args.release}"
     captured = []
