@@ -1,7 +1,9 @@
 """CudaCommunicator's decisions per group and release line, and the proposed shared-ep stack.
 
-These rules are taken on CUDA only (read from each release's source); what the installed vLLM decides on
-CPU (which groups get a device communicator and an MQ broadcaster) is checked in test_vllm_layout.py.
+The hardware checks are taken on CUDA only (read from each release's source); the gates CudaCommunicator takes
+from the group's name, vLLM's flags and the environment are checked against each release's own CudaCommunicator
+run on CPU (tests/fixtures/vllm-<release>-cuda-communicator.json); which groups get a device communicator and
+an MQ broadcaster is checked in test_vllm_layout.py.
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ from memprobe.engines.vllm.communicators import (
     cuda_gates,
     decide,
 )
-from memprobe.engines.vllm.layout import VLLMLayout, plan
+from memprobe.engines.vllm.layout import RELEASE_OF_LINE, VLLMLayout, all2all_backend, plan
 
-CUDA_FIXTURE = Path(__file__).parent / "fixtures" / "vllm-0.33.0-cuda-communicator.json"
+CUDA_FIXTURES = {line: Path(__file__).parent / "fixtures" / f"vllm-{release}-cuda-communicator.json"
+                 for line, release in RELEASE_OF_LINE.items()}
+
+#: The all2all manager class CudaCommunicator builds for a backend (cc:203-208 of 0.33.0, where "naive" is
+#: AgRs too; cc:93-100 of 0.11.0; cc:86-88 of 0.10.2)
+MANAGER_CLASS = {"allgather_reducescatter": "AgRsAll2AllManager", "naive": "NaiveAll2AllManager"}
 
 TP8_MOE = VLLMLayout(tp=8, moe=True, enable_expert_parallel=True)
 TP8_EPLB = VLLMLayout(tp=8, moe=True, enable_expert_parallel=True, enable_eplb=True)
@@ -160,28 +167,45 @@ def test_vllm_sets_no_nccl_variable() -> None:
     assert ENV_PRESET == {}
 
 
-# --------------------------------------------------------------------------- against the installed vLLM 0.33.0
+# --------------------------------------------------------------------------- against each release's own code
 
 
-def _cuda_entries() -> list[dict]:
-    return json.loads(CUDA_FIXTURE.read_text())["layouts"]
+def _cuda_entries() -> list[tuple[str, dict]]:
+    return [(line, entry) for line, path in CUDA_FIXTURES.items() for entry in json.loads(path.read_text())["layouts"]]
 
 
-def test_cuda_fixture_header() -> None:
-    data = json.loads(CUDA_FIXTURE.read_text())
-    assert data["provenance"]["vllm"] == "0.33.0" and "--cuda-communicator" in data["provenance"]["command"]
+def _entry_id(case: tuple[str, dict]) -> str:
+    line, entry = case
+    env = "-".join(f"{name}={value}" for name, value in entry.get("env", {}).items())
+    return "-".join(part for part in (RELEASE_OF_LINE[line], VLLMLayout(**entry["layout"]).slug(), env) if part)
+
+
+@pytest.mark.parametrize("line", list(CUDA_FIXTURES))
+def test_cuda_fixture_header(line: str) -> None:
+    data = json.loads(CUDA_FIXTURES[line].read_text())
+    release = RELEASE_OF_LINE[line]
+    command = data["provenance"]["command"]
+    assert data["provenance"]["vllm"] == release and "--cuda-communicator" in command
+    assert f"src-{release}" in command and (line == "0.33" or f"--release {release}" in command)
     layouts = [VLLMLayout(**entry["layout"]) for entry in data["layouts"]]
     assert len(layouts) >= 10
     assert {layout.disable_custom_all_reduce for layout in layouts} == {True, False}
-    assert any(layout.use_all2all for layout in layouts) and any(not layout.use_all2all for layout in layouts)
+    ep_flags = {group["cuda_flags"]["use_all2all"] for entry in data["layouts"] for group in entry["groups"]
+                if group["group_name"] == "ep" and "cuda_flags" in group}
+    assert ep_flags == {True, False}
+    assert any(entry.get("env") for entry in data["layouts"])  # the env side of the gates is captured too
 
 
-@pytest.mark.parametrize("entry", _cuda_entries(), ids=lambda entry: VLLMLayout(**entry["layout"]).slug())
-def test_cuda_gates_match_the_installed_cuda_communicator(entry: dict) -> None:
-    """CudaCommunicator run on CPU by tools/vllm_layouts.py --cuda-communicator: its name, flag and env gates
-    (custom all-reduce, symmetric memory and FlashInfer on TP only; use_all2all and the manager on EP)."""
-    layout = VLLMLayout(**entry["layout"])
-    built = list(plan(layout).built_groups())
+@pytest.mark.parametrize("case", _cuda_entries(), ids=_entry_id)
+def test_cuda_gates_match_the_installed_cuda_communicator(case: tuple[str, dict]) -> None:
+    """Each release's CudaCommunicator run on CPU by tools/vllm_layouts.py --cuda-communicator: its name, flag
+    and env gates (custom all-reduce, symmetric memory and FlashInfer on TP only, symmetric memory on every
+    group in 0.10.2; use_all2all and the manager's class on EP; PyNccl on every group, but EP in 0.10.2),
+    against cuda_gates and decide for that release line."""
+    line, entry = case
+    layout, env = VLLMLayout(**entry["layout"]), entry.get("env", {})
+    built = list(plan(layout, line).built_groups())
+    decisions = decide(layout, line, env=env)
     assert [group.name for group in built] == [call["group_name"] for call in entry["groups"]]
     for group, call in zip(built, entry["groups"]):
         assert set(call["built_device_communicator"].values()) == (
@@ -190,13 +214,19 @@ def test_cuda_gates_match_the_installed_cuda_communicator(entry: dict) -> None:
             assert "cuda_flags" not in call, group.name
             continue
         flags = call["cuda_flags"]
-        gates = cuda_gates(group, layout)
+        gates = cuda_gates(group, layout, line, env)
         assert flags["use_custom_allreduce"] == gates.use_custom_allreduce, group.name
-        assert flags["use_torch_symm_mem"] == gates.use_torch_symm_mem, group.name
-        assert flags["use_flashinfer_allreduce"] == gates.use_flashinfer_allreduce, group.name
+        # 0.10.2 keeps no attribute: SymmMemCommunicator is constructed when the gate is open (cc:60 of 0.10.2)
+        assert flags["use_torch_symm_mem" if line != "0.10" else "symm_mem_comm"] == gates.use_torch_symm_mem, group.name
+        # before 0.33 CudaCommunicator has no FlashInfer all-reduce
+        assert flags.get("use_flashinfer_allreduce", False) == gates.use_flashinfer_allreduce, group.name
         assert flags["use_all2all"] == gates.use_all2all, group.name
-        manager = decide(layout).for_group(group.name).decision(ALL2ALL_MANAGER)
-        assert (flags["all2all_manager"] is not None) == (manager is not None and manager.built), group.name
+        mine = decisions.for_group(group.name)
+        assert flags["pynccl_comm"] == mine.built(PYNCCL), group.name
+        if line == "0.10":
+            assert flags["use_pynccl"] == mine.built(PYNCCL), group.name
+        manager = MANAGER_CLASS[all2all_backend(layout, line)] if mine.built(ALL2ALL_MANAGER) else None
+        assert flags["all2all_manager"] == manager, group.name
 
 
 def test_decisions_never_build_past_a_closed_gate() -> None:

@@ -56,11 +56,20 @@ Regenerate (from the repository root; a few minutes on 2 cores)::
     PYTHONPATH=/work/extra-vllm/src-0.33.0:/work/extra-vllm/site python tools/vllm_layouts.py
 
 With ``--cuda-communicator`` the platform's communicator class is replaced by ``CudaCommunicator`` (what
-vLLM's CUDA platform returns, ``platforms/cuda.py:581-584``) and the platform reports custom all-reduce as
-supported (as CUDA's does, ``platforms/cuda.py:591-592``), and its name/flag/env gates
-(``use_custom_allreduce``, ``use_torch_symm_mem``, ``use_flashinfer_allreduce``, ``use_all2all``, the
-all2all manager's class) are recorded into ``tests/fixtures/vllm-0.33.0-cuda-communicator.json``; its
-CUDA-only constructors find no GPU, no libnccl and no ``vllm._C`` here and build nothing.
+vLLM's CUDA platform returns, ``platforms/cuda.py:581-584``; ``:399-400`` of 0.11.0, ``:464-465`` of 0.10.2) and
+the platform reports custom all-reduce as supported (as CUDA's does, ``platforms/cuda.py:591-592``; otherwise
+``ParallelConfig`` forces ``disable_custom_all_reduce``, ``config/parallel.py:515-516`` of 0.11.0, ``:437-438`` of
+0.10.2), and the decisions its ``__init__`` takes from the group's name, vLLM's flags and the environment are
+recorded into ``tests/fixtures/vllm-<release>-cuda-communicator.json``, from the attributes that release keeps them
+in (``CUDA_GATES``), with whether a ``PyNcclCommunicator`` was constructed and the all2all manager's class. Its
+CUDA-only constructors find no GPU, no libnccl and no ``vllm._C`` here and build disabled objects. vLLM 0.10.2 keeps
+no attribute for its symmetric-memory gate (``envs.VLLM_ALLREDUCE_USE_SYMM_MEM and current_platform.is_cuda()``,
+``cuda_communicator.py:60``, on every group): there ``cuda_communicator.py``'s own ``current_platform`` answers
+``is_cuda()`` as CUDA's does, and whether ``SymmMemCommunicator`` was constructed is recorded (its own platform check
+then finds no CUDA and leaves it disabled). ``CUDA_EXTRA_RUNS`` adds, per release, a layout captured again under a
+non-default environment (the env side of the gates) and, for 0.11.0, under its other all2all backend::
+
+    PYTHONPATH=/work/extra-vrel/src-0.10.2:/work/extra-vllm/site python tools/vllm_layouts.py --release 0.10.2 --cuda-communicator
 
 The output is deterministic (sorted keys, no timestamps, no ports).
 """
@@ -80,7 +89,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
-CUDA_COMMUNICATOR_OUT = FIXTURES / "vllm-0.33.0-cuda-communicator.json"
 RELEASES = ("0.33.0", "0.11.0", "0.10.2")
 NEWEST = "0.33.0"
 
@@ -96,8 +104,8 @@ def _is_newest() -> bool:
     return vllm.__version__ == NEWEST
 
 
-def default_out(release: str) -> Path:
-    return FIXTURES / f"vllm-{release}-layouts.json"
+def default_out(release: str, cuda_communicator: bool = False) -> Path:
+    return FIXTURES / f"vllm-{release}-{'cuda-communicator' if cuda_communicator else 'layouts'}.json"
 
 #: (tp, pp, dp, dcp, pcp, enable_expert_parallel, enable_eplb, moe, disable_custom_all_reduce, all2all_backend)
 LAYOUTS: tuple[dict, ...] = tuple(
@@ -167,24 +175,66 @@ def _parallel_config(layout: dict, dp_rank: int, port: int):
 
 CUDA_COMMUNICATOR = "vllm.distributed.device_communicators.cuda_communicator.CudaCommunicator"
 
+#: The attributes in which each release's CudaCommunicator keeps what it decided from the group's name, vLLM's
+#: flags and the environment (``cc`` is ``device_communicators/cuda_communicator.py``, ``base`` its
+#: ``base_device_communicator.py``).
+CUDA_GATES: dict[str, tuple[str, ...]] = {
+    # cc:57-88 (TP-only backends by the exact name "tp"), base:244-245 (use_all2all from ParallelConfig)
+    "0.33.0": ("use_custom_allreduce", "use_torch_symm_mem", "use_flashinfer_allreduce", "use_all2all"),
+    # cc:32-43 ("tp" in the name), base:112-122 ("ep" in the name and DP > 1); no FlashInfer all-reduce
+    "0.11.0": ("use_custom_allreduce", "use_torch_symm_mem", "use_all2all"),
+    # cc:26-38 ("tp" in the name; "ep" in the name: no PyNccl), base:99-109; symmetric memory: no attribute
+    # (cc:60, see the module docstring), recorded as "symm_mem_comm"
+    "0.10.2": ("use_custom_allreduce", "use_pynccl", "use_all2all"),
+}
+
+#: Runs --cuda-communicator adds to the layouts: tp 2 x pp 2 x dp 2, MoE with EP (every group but the world wider
+#: than one) under an environment that flips the release's defaults of the env gates, and, where the release has
+#: another importable backend than its default, under that all2all backend.
+_EXTRA_LAYOUT = dict(tp=2, pp=2, dp=2, dcp=1, pcp=1, enable_expert_parallel=True, enable_eplb=False, moe=True,
+                     disable_custom_all_reduce=False, all2all_backend="allgather_reducescatter")
+CUDA_EXTRA_RUNS: dict[str, tuple[tuple[dict, dict[str, str]], ...]] = {
+    # envs.py: VLLM_ALLREDUCE_USE_SYMM_MEM and VLLM_ALLREDUCE_USE_FLASHINFER default 1
+    "0.33.0": ((_EXTRA_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0", "VLLM_ALLREDUCE_USE_FLASHINFER": "0"}),),
+    "0.11.0": ((_EXTRA_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}),  # envs.py:1410-1411, default 1
+               (dict(_EXTRA_LAYOUT, all2all_backend="naive"), {})),  # NaiveAll2AllManager (cc:93-95)
+    "0.10.2": ((_EXTRA_LAYOUT, {"VLLM_ALLREDUCE_USE_SYMM_MEM": "1"}),),  # envs.py:1220-1221, default 0
+}
+
 
 def _cuda_flags(communicator) -> dict | None:
     """What CudaCommunicator decided from the group's name, the flags and the env (its CUDA-only
-    constructors then find no CUDA, no NCCL library and no vllm._C on this machine and stay empty)."""
+    constructors then find no CUDA, no NCCL library and no vllm._C on this machine and build disabled objects)."""
+    import vllm
+
     if communicator is None:
         return None
-    return {
-        "use_custom_allreduce": bool(communicator.use_custom_allreduce),
-        "use_torch_symm_mem": bool(communicator.use_torch_symm_mem),
-        "use_flashinfer_allreduce": bool(communicator.use_flashinfer_allreduce),
-        "use_all2all": bool(communicator.use_all2all),
-        "all2all_manager": type(communicator.all2all_manager).__name__ if communicator.all2all_manager else None,
-    }
+    flags = {name: bool(getattr(communicator, name)) for name in CUDA_GATES[vllm.__version__]}
+    flags["pynccl_comm"] = communicator.pynccl_comm is not None
+    if vllm.__version__ == "0.10.2":
+        flags["symm_mem_comm"] = communicator.symm_mem_comm is not None
+    flags["all2all_manager"] = type(communicator.all2all_manager).__name__ if communicator.all2all_manager else None
+    return flags
+
+
+class _CudaPlatformAnswer:
+    """vLLM 0.10.2's ``cuda_communicator.current_platform``, answering ``is_cuda()`` as the CUDA platform does so that
+    the symmetric-memory gate (cc:60) runs; everything else is the platform's own."""
+
+    def __init__(self, platform) -> None:
+        self._platform = platform
+
+    def is_cuda(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str):
+        return getattr(self._platform, name)
 
 
 def _rank_main(layout: dict, launch_rank: int, rank: int, dp_rank: int, port: int, queue,
-               cuda_communicator: bool = False) -> None:
+               cuda_communicator: bool = False, env: dict[str, str] | None = None) -> None:
     try:
+        os.environ.update(env or {})  # vLLM's envs.py reads the environment at each access
         if cuda_communicator:
             # stand-in: the platform answers the two questions as CUDA's does: its communicator class is
             # CudaCommunicator (platforms/cuda.py:581-584) and custom all-reduce is supported (cuda.py:591-592;
@@ -194,6 +244,12 @@ def _rank_main(layout: dict, launch_rank: int, rank: int, dp_rank: int, port: in
             platform = type(current_platform)
             platform.get_device_communicator_cls = classmethod(lambda cls: CUDA_COMMUNICATOR)
             platform.use_custom_allreduce = classmethod(lambda cls: True)
+            import vllm
+
+            if vllm.__version__ == "0.10.2":
+                from vllm.distributed.device_communicators import cuda_communicator as cc
+
+                cc.current_platform = _CudaPlatformAnswer(current_platform)
         queue.put((launch_rank, _capture_rank(layout, rank, dp_rank, port)))
     except BaseException:  # noqa: BLE001 - the parent reports the child's traceback
         queue.put((launch_rank, {"error": traceback.format_exc()}))
@@ -303,7 +359,7 @@ def _platform_name() -> str:
     return type(current_platform).__name__
 
 
-def capture(layout: dict, cuda_communicator: bool = False) -> dict:
+def capture(layout: dict, cuda_communicator: bool = False, env: dict[str, str] | None = None) -> dict:
     """Run one layout: every rank a process; returns what vLLM built, checked consistent across ranks."""
     replica = layout["tp"] * layout["pp"] * layout["pcp"]
     # a dense DP replica is its own engine in 0.33; before it every DP rank joins one world
@@ -316,7 +372,8 @@ def capture(layout: dict, cuda_communicator: bool = False) -> dict:
     processes = []
     for rank in range(ranks):
         dp_rank, local = divmod(rank, replica)
-        process = context.Process(target=_rank_main, args=(layout, rank, local, dp_rank, port, queue, cuda_communicator))
+        process = context.Process(target=_rank_main,
+                                  args=(layout, rank, local, dp_rank, port, queue, cuda_communicator, env))
         process.start()
         processes.append(process)
     try:
@@ -332,17 +389,19 @@ def capture(layout: dict, cuda_communicator: bool = False) -> dict:
     if errors or len(results) != len(processes):
         raise CaptureFailed(f"layout {layout}: {len(results)}/{len(processes)} ranks answered; failed:\n"
                             + "\n".join(errors.values()))
-    return _merge(layout, results)
+    merged = _merge(layout, results)
+    return {**merged, "env": dict(sorted(env.items()))} if env else merged
 
 
 class CaptureFailed(RuntimeError):
     """A layout's ranks did not all answer (on a loaded 2-core machine gloo's connectFullMesh can fail)."""
 
 
-def capture_with_retries(layout: dict, cuda_communicator: bool, attempts: int = 3) -> dict:
+def capture_with_retries(layout: dict, cuda_communicator: bool, env: dict[str, str] | None = None,
+                         attempts: int = 3) -> dict:
     for attempt in range(1, attempts + 1):
         try:
-            return capture(layout, cuda_communicator)
+            return capture(layout, cuda_communicator, env)
         except CaptureFailed as failure:
             if attempt == attempts:
                 raise SystemExit(str(failure)) from None
@@ -397,19 +456,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if vllm.__version__ != args.release:
         raise SystemExit(f"vLLM {vllm.__version__} is on the path; --release {args.release} asks for that one")
-    if args.cuda_communicator and args.release != NEWEST:
-        raise SystemExit(f"--cuda-communicator is written for vLLM {NEWEST}'s CudaCommunicator")
     # releases before 0.33 have no prefill context parallelism (no prefill_context_parallel_size field)
     known = LAYOUTS if args.release == NEWEST else tuple(layout for layout in LAYOUTS if layout["pcp"] == 1)
     layouts = known if args.only is None else (known[args.only],)
+    runs: tuple[tuple[dict, dict[str, str]], ...] = tuple((layout, {}) for layout in layouts)
     if args.cuda_communicator:
-        layouts = tuple(layout for layout in layouts if layout["all2all_backend"] == "allgather_reducescatter")
-    out = args.out or (CUDA_COMMUNICATOR_OUT if args.cuda_communicator else default_out(args.release))
+        runs = tuple(run for run in runs if run[0]["all2all_backend"] == "allgather_reducescatter")
+        runs += CUDA_EXTRA_RUNS[args.release] if args.only is None else ()
+    out = args.out or default_out(args.release, args.cuda_communicator)
     source = f"/work/extra-vllm/src-{NEWEST}" if args.release == NEWEST else f"/work/extra-vrel/src-{args.release}"
     captured = []
-    for layout in layouts:
-        print(f"capturing {layout}", file=sys.stderr, flush=True)
-        captured.append(capture_with_retries(layout, args.cuda_communicator))
+    for layout, env in runs:
+        print(f"capturing {layout} {env or ''}", file=sys.stderr, flush=True)
+        captured.append(capture_with_retries(layout, args.cuda_communicator, env))
     document = {
         "provenance": {
             "tool": "tools/vllm_layouts.py",
@@ -433,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
             + ([] if args.release == NEWEST else ["VLLM_ALL2ALL_BACKEND set per rank when not the layout default",
                                                   "CacheConfig(swap_space=0): the host swap check is the machine's"])
             + (["platform: get_device_communicator_cls -> CudaCommunicator, use_custom_allreduce -> True"]
-               if args.cuda_communicator else []),
+               if args.cuda_communicator else [])
+            + (["cuda_communicator.py's current_platform.is_cuda() -> True (its symmetric-memory gate, cc:60)"]
+               if args.cuda_communicator and args.release == "0.10.2" else []),
         },
         "layouts": captured,
     }
