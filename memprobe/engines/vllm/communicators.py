@@ -10,8 +10,9 @@ is vLLM 0.10.2 (``use_pynccl = "ep" not in unique_name``). File names are relati
 These rules are taken on CUDA only. On a machine without a GPU the installed vLLM builds its platform's
 communicator instead (``DeviceCommunicatorBase`` for the CUDA wheel: ``platforms/interface.py:1222-1224``),
 so what is checked against the installed vLLM on CPU is the part decided in ``parallel_state.py``
-(which groups get a device communicator, an MQ broadcaster and ``use_all2all``); the CUDA-only rules were
-read from the source.
+(which groups get a device communicator, an MQ broadcaster and ``use_all2all``) and, with the platform answering
+as CUDA's, ``CudaCommunicator``'s gates that read no hardware (``tools/vllm_layouts.py --cuda-communicator``, every
+release line); what needs a GPU, libnccl or ``vllm._C`` was read from the source.
 
 A stack says which communicators a reproduction builds: ``vllm`` is the release as it is; ``shared-ep``
 (proposed, not vLLM's) lets EP and EPLB reuse TP's PyNccl communicator when their rank lists are TP's.
@@ -129,7 +130,7 @@ def _is_tp(group: VLLMGroup, release_line: str) -> bool:
 class CudaGates:
     """What CudaCommunicator decides from the group's name, vLLM's flags and the environment alone, before any
     hardware check (cc:57-83 and base_device_communicator.py:244-245 of 0.33.0). These are the decisions the
-    installed vLLM takes on CPU too (tests/fixtures/vllm-0.33.0-cuda-communicator.json)."""
+    installed vLLM takes on CPU too (tests/fixtures/vllm-*-cuda-communicator.json, one per release line)."""
 
     use_custom_allreduce: bool
     use_torch_symm_mem: bool
