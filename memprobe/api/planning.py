@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -127,14 +126,13 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
 
 def _on_installed(scenario_set: "ScenarioSet", engine: str, site: str) -> "ScenarioSet":
     """Every scenario on the installed engine (its own flags: stack installed), as ``--engine sglang`` measures it."""
-    from memprobe.model.scenario import ScenarioSet
+    from memprobe.model.scenario import ScenarioSet, on_own_flags
 
     ref = engine_of(engine)
-    names = {s.name: f"{s.layout.slug()}.{ref.name}" for s in scenario_set.scenarios}
     installed = ref.engine.resolve_stack("installed")
-    renamed = {names[s.name]: replace(s, name=names[s.name], engine=ref.name, sglang=site, stack="installed",
-                                      resolved_stack=installed) for s in scenario_set.scenarios}
-    return ScenarioSet(scenarios=tuple(renamed.values()), baseline=names[scenario_set.baseline])
+    renamed = {s.name: on_own_flags(s, ref.name, site, installed) for s in scenario_set.scenarios}
+    return ScenarioSet(scenarios=tuple(dict((s.name, s) for s in renamed.values()).values()),
+                       baseline=renamed[scenario_set.baseline].name)
 
 
 def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_node: Optional[int],

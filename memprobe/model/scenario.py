@@ -348,14 +348,20 @@ def _default_stack(ref: EngineRef) -> str:
 
 
 def _on_engine(scenario: Scenario, engine: str) -> Scenario:
-    """``scenario`` on ``engine``; an installed engine that takes no stack runs its own (``<layout>.<engine>``)."""
+    """``scenario`` on ``engine``; an installed engine that takes no stack runs its own (:func:`on_own_flags`)."""
     if engine == scenario.engine:
         return scenario
     ref = engines.get(engine)
     if ref.installed and not ref.engine.installed_takes_stacks:
-        return replace(scenario, name=f"{scenario.layout.slug()}.{engine}", engine=engine, stack=INSTALLED_STACK,
-                       resolved_stack=None)
+        return on_own_flags(scenario, engine)
     return replace(scenario, name=f"{scenario.name}.{engine}", engine=engine)
+
+
+def on_own_flags(scenario: Scenario, engine: str, site: str | None = None, resolved_stack: Any = None) -> Scenario:
+    """``scenario`` on an installed engine deciding with its own code (stack ``installed``): one per layout, so named
+    ``<layout>.<engine>`` (``tp2-moe.vllm``); ``site``: where that engine is installed (None: as the scenario says)."""
+    return replace(scenario, name=f"{scenario.layout.slug()}.{engine}", engine=engine, stack=INSTALLED_STACK,
+                   resolved_stack=resolved_stack, sglang=scenario.sglang if site is None else site)
 
 
 def parse_sites(items: list[str] | tuple[str, ...], flag: str = "--sglang") -> list[tuple[str, str]]:
