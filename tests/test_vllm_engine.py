@@ -195,3 +195,30 @@ def test_on_cpu_a_kind_vllms_own_gates_close_says_why_and_one_they_leave_open_is
     assert "use_all2all" in ep[rules.ALL2ALL_MANAGER].reason
     assert ep[rules.PYNCCL].verdict is Verdict.NO_DEVICE
     assert tp[rules.CUSTOM_ALLREDUCE].verdict is Verdict.NO_DEVICE
+
+
+def test_an_estimate_on_an_nccl_without_ncclcommsuspend_says_why_vllm_0_33_builds_no_pynccl(tmp_path) -> None:
+    """The estimate records where its NCCL came from and what that release changes in vLLM's own decisions; the
+    gate's verdict repeats it, so a pass that cannot see a PyNccl is never a silent one."""
+    old = api.estimate(engine="vllm-ref", tp=2, moe=True, stacks="vllm", nccl="2.28.9")
+    basis = old.runs[0].run.record.environment["estimate"]
+    assert basis["rules_nccl_why"] == "--nccl"
+    assert [note for note in basis["engine_notes"] if "ncclCommSuspend" in note and "2.28.9" in note]
+    pinned = api.estimate(engine="vllm-ref", tp=2, moe=True, stacks="vllm", nccl="2.30.7")
+    assert pinned.runs[0].run.record.environment["estimate"]["engine_notes"] == []
+    assert api.estimate(engine="vllm-ref", tp=2, moe=True, stacks="vllm:0.11", nccl="2.28.9").runs[0].run.record \
+        .environment["estimate"]["engine_notes"] == []
+    (tmp_path / "s.toml").write_text('baseline = "tp2-moe"\n[[scenario]]\nname = "tp2-moe"\ntp = 2\nmoe = true\n'
+                                     'engine = "vllm-ref"\nstack = "vllm"\n')
+    api.make_baseline(scenarios_file=tmp_path / "s.toml", estimate=True, nccl="2.28.9", out=tmp_path / "b.json")
+    verdict = api.judge(baseline=tmp_path / "b.json", estimate=True)
+    assert any("ncclCommSuspend" in note for note in verdict.notes), verdict.notes
+
+
+def test_the_estimate_says_which_nccl_and_why_and_explains_every_word_of_its_moe_table(memprobe) -> None:
+    result = memprobe("estimate", "--engine", "vllm-ref", "--tp", "2", "--moe", "--nccl", "2.28.9")
+    assert result.returncode == 0, result.stderr
+    assert "from NCCL 2.28.9 (memprobe/estimate/nccl.py) [that release: --nccl]" in result.stdout
+    assert "vLLM 0.33.0 builds no PyNccl on NCCL 2.28.9" in result.stderr
+    title = next(line for line in result.stdout.splitlines() if line.startswith("MoE groups per communicator"))
+    assert "skipped: not built in this run (a rule of the engine's" in title and "n/a: the scenario has no such group" in title

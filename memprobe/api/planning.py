@@ -147,12 +147,12 @@ def estimated(scenario_set: "ScenarioSet", calibration: "Calibration", gpus_per_
     from memprobe.estimate.nccl_versions import resolve
 
     pinned = scenario_set.scenarios[0].engine_ref.engine.pinned_nccl
-    joined, version = Network.of(network, nic_gbps), resolve(nccl, calibration.nccl, pinned)[0]
+    joined, (version, why, _) = Network.of(network, nic_gbps), resolve(nccl, calibration.nccl, pinned)
 
     on_sglang = any(scenario.engine_ref.installed for scenario in scenario_set.scenarios)
     sglang_runs = _sglang_flags_runs(scenario_set, progress, timeout_s) if on_sglang else None
     return estimate_comparison(scenario_set, calibration, gpus_per_node=gpus_per_node, nnodes=nnodes, sglang_runs=sglang_runs,
-                               network=joined, nccl_version=version)
+                               network=joined, nccl_version=version, nccl_why=why)
 
 
 def _sglang_flags_runs(scenario_set: "ScenarioSet", progress: bool, timeout_s: float) -> dict[str, Any]:

@@ -108,10 +108,12 @@ def estimate(
     render_and_export(comparison, per_rank, csv_path, summary_csv, json_path, markdown, plot_path,
                       all_ranks=all_ranks, json_schema=json_schema)
     basis = comparison.runs[0].run.record.environment["estimate"]
-    print(f"estimated (not measured) from {basis['rules']} and the calibration {basis['calibration']} "
+    why = f" [that release: {basis['rules_nccl_why']}]" if basis.get("rules_nccl_why") else ""
+    print(f"estimated (not measured) from {basis['rules']}{why} and the calibration {basis['calibration']} "
           f"({basis['gpu_model']}, driver {basis['driver']}, torch {basis['torch']}, NCCL {basis['nccl']}); "
           f"{basis['topology']}", file=sys.stdout)
-    for warning in basis.get("warnings", []):
+    notes = (note for item in comparison.runs for note in item.run.record.environment["estimate"].get("engine_notes", []))
+    for warning in [*basis.get("warnings", []), *dict.fromkeys(notes)]:
         print(f"memprobe: warning: {warning}", file=sys.stderr)
     return 0
 

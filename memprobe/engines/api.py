@@ -481,6 +481,11 @@ class Engine:
             return Decision(group.name, kind, Verdict.NO_DEVICE, reason="--device cpu has no GPU communicators")
         return None
 
+    def estimate_notes(self, stack: Any, nccl: str) -> list[str]:
+        """What an estimate with NCCL release ``nccl`` should say of the engine's own decisions under ``stack`` (one
+        line each; an estimate's table, export and gate verdict repeat them)."""
+        return []
+
     def own_env(self, environ: Mapping[str, str]) -> dict[str, str]:
         """The engine's own variables (:attr:`env_prefixes`) of an environment: what its rules may read (Facts.env)."""
         return {key: value for key, value in sorted(environ.items()) if key.startswith(self.env_prefixes)}

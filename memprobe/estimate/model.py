@@ -151,17 +151,18 @@ class Context:
     links: nccl.GpuLinks
     stack: Stack
     engine_env: dict[str, str]  # the engine's own variables of the scenario's environment (Facts.env)
+    nccl_why: str = ""  # where the rules' NCCL release came from (--nccl, the installed torch's, the engine's pin)
 
 
 def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibration, stack: Stack | None = None,
-                 nccl_version: str | None = None) -> Run:
+                 nccl_version: str | None = None, nccl_why: str = "") -> Run:
     """The estimated run of ``scenario``: one record, every rank's readings.
 
     ``stack`` defaults to the scenario's; an installed engine's estimate (``--engine sglang``) passes the stack
     its CPU run taught (what the installed engine's own start-up asked for). ``nccl_version``:
     whose rules apply (default: the calibration's NCCL, see :func:`memprobe.estimate.nccl_versions.resolve`).
     """
-    context = estimate_context(scenario, topology, calibration, stack, nccl_version)
+    context = estimate_context(scenario, topology, calibration, stack, nccl_version, nccl_why)
     lists, classes = _rank_classes(context.plan, topology, context.settings.eager)
     ranks = [estimate_rank(context, rank, lists) for rank in sorted(set(classes.values()))]
     record = _record(context, effective_env(scenario), ranks, classes)
@@ -170,7 +171,7 @@ def estimate_run(scenario: Scenario, topology: Topology, calibration: Calibratio
 
 
 def estimate_context(scenario: Scenario, topology: Topology, calibration: Calibration,
-                     stack: Stack | None = None, nccl_version: str | None = None) -> Context:
+                     stack: Stack | None = None, nccl_version: str | None = None, nccl_why: str = "") -> Context:
     """What every rank of ``scenario`` shares (see :func:`estimate_run` for ``stack`` and ``nccl_version``)."""
     from memprobe.estimate.nccl_versions import resolve
 
@@ -183,7 +184,7 @@ def estimate_context(scenario: Scenario, topology: Topology, calibration: Calibr
         scenario=scenario, engine=engine, plan=engine.plan_for(scenario.layout, stack), topology=topology,
         calibration=calibration, settings=settings,
         links=nccl.GpuLinks(calibration.compute_capability, calibration.nvlinks_per_gpu), stack=stack,
-        engine_env=engine.own_env(effective_env(scenario)),
+        engine_env=engine.own_env(effective_env(scenario)), nccl_why=nccl_why,
     )
 
 
@@ -373,7 +374,10 @@ def _record(context: Context, env: dict[str, str], ranks: list[_Rank], classes: 
         "sampling_mode": SAMPLING_MODE, "memprobe": _version(),
         "estimate": {"rules": f"NCCL {context.settings.version} (memprobe/estimate/nccl.py)", "topology": topology.describe(),
                      **calibration.basis(), "rules_nccl": context.settings.version, "network": topology.network.kind,
-                     "nic_gbps": topology.network.nic_gbps, "warnings": calibration_mismatch(context.settings.version, calibration.nccl)},
+                     "nic_gbps": topology.network.nic_gbps, "rules_nccl_why": context.nccl_why,
+                     "warnings": calibration_mismatch(context.settings.version, calibration.nccl),
+                     # what the NCCL release changes in the engine's own decisions: the gate's verdict repeats it
+                     "engine_notes": context.engine.estimate_notes(context.stack, context.settings.version)},
     }
     infos = _rank_infos(context, ranks, classes)
     return RunRecord(

@@ -280,25 +280,35 @@ def moe_table(comparison: Comparison, summaries: list[ScenarioSummary] | None = 
     groups, steps = highlighted_groups(summaries), _moe_steps(summaries)
     for group in groups:
         headers += [f"{group} {label} {UNIT}" for _, label in steps]
-    on_cpu = any(summary.item.run.record.device == "cpu" for summary in summaries)
-    skipped = "skipped: not built in this run (--device cpu); " if on_cpu else ""
-    table = TextTable(
-        title=(
-            f"MoE groups per communicator, worst rank, {UNIT} "
-            f"(off: not built by the stack; {skipped}= tp: alias of tp; width 1: singleton)"
-        ),
-        headers=headers,
-        numeric=[False] + [True] * (len(headers) - 1),
-    )
-    for index, summary in enumerate(summaries):
+    rows = []
+    for summary in summaries:
         row = [_scenario_label(summary), NA if summary.worst_rank is None else str(summary.worst_rank)]
         for group in groups:
             for step, _ in steps:
                 word, value = moe_cell(summary, group, step)
                 row.append(word if word is not None else mib(value))
+        rows.append(row)
+    table = TextTable(title=f"MoE groups per communicator, worst rank, {UNIT} ({_moe_legend(summaries, rows)})",
+                      headers=headers, numeric=[False] + [True] * (len(headers) - 1))
+    for index, row in enumerate(rows):
         table.rows.append(row)
         table.row_groups.append(index)
     return table
+
+
+def _moe_legend(summaries: list[ScenarioSummary], rows: list[list[str]]) -> str:
+    """The MoE table's words, each said where a cell uses it."""
+    words = {cell for row in rows for cell in row[2:]}
+    on_cpu = any(summary.item.run.record.device == "cpu" for summary in summaries)
+    parts = ["off: not built by the stack"]
+    if "skipped" in words or on_cpu:
+        parts.append("skipped: not built in this run (" + ("--device cpu, or " if on_cpu else "")
+                     + "a rule of the engine's or a communicator shared with another group; the record says why per rank: "
+                     "run.json, --json)")
+    parts += ["= tp: alias of tp", "width 1: singleton"]
+    if NA in words:
+        parts.append(f"{NA}: the scenario has no such group")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- Rich

@@ -247,6 +247,14 @@ class VLLMEngine(Engine):
             return Decision(group, kind, Verdict.BUILT, implementation=f"vLLM {release}")
         return Decision(group, kind, Verdict.NOT_ELIGIBLE, reason=f"{rule.reason} [{rule.source}]")
 
+    def estimate_notes(self, stack: Any, nccl: str) -> list[str]:
+        """vLLM 0.33.0 builds no PyNccl on an NCCL without ncclCommSuspend (communicators.PYNCCL_MIN_NCCL_0_33)."""
+        if _line_of(stack) != "0.33" or not nccl or rules.nccl_loads_pynccl_0_33(nccl):
+            return []
+        return [f"vLLM 0.33.0 builds no PyNccl on NCCL {nccl}: its wrapper binds ncclCommSuspend (NCCL >= 2.29.7) and "
+                f"disables PyNccl without it (pynccl.py:131-137), so none is estimated; the NCCL it pins is "
+                f"{self.pinned_nccl[0] if self.pinned_nccl else '2.30.7'} (--nccl)"]
+
     def sizes(self, decision: Decision, facts: Facts) -> list[Allocation]:
         """vLLM's own buffers at init (:mod:`memprobe.engines.vllm.sizes`); objects that allocate at first use
         (FlashInfer's workspace, the all2all manager's buffers) hold nothing yet."""

@@ -161,13 +161,18 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".")[:3])
 
 
+def nccl_loads_pynccl_0_33(nccl: str) -> bool:
+    """Whether vLLM 0.33.0's PyNccl loads NCCL release ``nccl`` ("": not known, taken as the one it requires)."""
+    return not nccl or _release(nccl) >= PYNCCL_MIN_NCCL_0_33
+
+
 def _pynccl(group: VLLMGroup, line: str, env: Mapping[str, str], gpu: GPUFacts) -> Decision:
     if line == "0.10" and "ep" in group.unique_name:
         return Decision(group.name, PYNCCL, False, "vLLM 0.10: 'ep does not use pynccl'", "cc:34-35 (0.10.2)")
     if line == "0.33" and env.get("VLLM_DISABLE_PYNCCL", "False").lower() in ("true", "1"):
         return Decision(group.name, PYNCCL, False, "VLLM_DISABLE_PYNCCL is set", "envs.py:1241-1243, "
                         "device_communicators/pynccl.py:127-129 (0.33.0)")
-    if line == "0.33" and gpu.nccl and _release(gpu.nccl) < PYNCCL_MIN_NCCL_0_33:
+    if line == "0.33" and not nccl_loads_pynccl_0_33(gpu.nccl):
         # the missing symbol raises on CUDA (pynccl_wrapper.py:432-439) and PyNcclCommunicator disables itself
         # without a word (pynccl.py:131-137): vLLM runs on, its groups' bytes come through torch's NCCL groups
         return Decision(group.name, PYNCCL, False, f"NCCL {gpu.nccl} lacks ncclCommSuspend (NCCL >= 2.29.7), which "
