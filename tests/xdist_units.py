@@ -88,8 +88,18 @@ def write_units(items) -> None:
     partial.replace(Path(folder) / f"{worker}.json")
 
 
-def _seconds(nodeid: str, e2e: bool) -> float:
-    return SECONDS.get(nodeid.split("[", 1)[0], E2E_SECONDS if e2e else UNIT_SECONDS)
+def unit_costs(units: dict[str, list]) -> dict[str, float]:
+    """Seconds per unit, from what the workers wrote (node id -> [unit or None, e2e]): a shared launch's unit costs
+    its SECONDS figure once; a test alone its own figure (per parameter set), else E2E_SECONDS or UNIT_SECONDS."""
+    cost: dict[str, float] = {}
+    for nodeid, (unit, e2e) in units.items():
+        if unit is not None and unit in SECONDS:
+            cost[unit] = SECONDS[unit]
+        else:
+            scope = unit or nodeid
+            alone = SECONDS.get(nodeid.split("[", 1)[0], E2E_SECONDS if e2e else UNIT_SECONDS)
+            cost[scope] = cost.get(scope, 0) + alone
+    return cost
 
 
 def make_scheduler(config, log):
@@ -112,10 +122,7 @@ def make_scheduler(config, log):
 
         def _assign_work_unit(self, node) -> None:
             if not self.ordered:  # the first assignment: the queue is complete, in collection order
-                cost: dict[str, float] = {}
-                for nodeid, (unit, e2e) in self._read_units().items():
-                    scope = unit or nodeid
-                    cost[scope] = SECONDS[unit] if unit in SECONDS else cost.get(scope, 0) + _seconds(nodeid, e2e)
+                cost = unit_costs(self._read_units())
                 self.workqueue = OrderedDict(sorted(self.workqueue.items(), key=lambda item: -cost.get(item[0], 0)))
                 self.ordered = True
             super()._assign_work_unit(node)
