@@ -8,23 +8,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import xdist_units  # noqa: E402  (tests/ is on the path from the line above)
-
-
-def pytest_configure(config):
-    xdist_units.start_controller(config)
-
-
-def pytest_unconfigure(config):
-    xdist_units.stop_controller()
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadgroup`` (.ci/run): a shared launch's readers in one process, the slowest units first
-    (tests/xdist_units.py)."""
-    return xdist_units.make_scheduler(config, log) if config.getoption("dist", None) == "loadgroup" else None
-
 
 def pytest_sessionstart(session):
     """Byte-compile memprobe once: the suite starts it in hundreds of processes (CLI, torchrun launchers), and
@@ -46,7 +29,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in LAUNCHING_FIXTURES):
             item.add_marker(pytest.mark.e2e)
-    xdist_units.write_units(items)
 
 
 def _memprobe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
