@@ -91,6 +91,15 @@ def _free_port() -> int:
 
 
 def capture(widths: dict) -> dict:
+    """One layout; once more on a fresh port where rank 0's store found its port taken (the port is free when
+    _free_port returns it, and another process on the machine may bind it before rank 0 does)."""
+    captured = _capture_once(widths)
+    if any("EADDRINUSE" in result.get("error", "") for result in captured["ranks"].values()):
+        captured = _capture_once(widths)
+    return captured
+
+
+def _capture_once(widths: dict) -> dict:
     from memprobe import engines
 
     world_size = engines.get("vllm").engine.layout(widths).world_size
@@ -106,6 +115,8 @@ def capture(widths: dict) -> dict:
         for _ in processes:
             rank, result = results.get(timeout=90)  # a rank stuck in a rendezvous: the layout fails
             found[rank] = result
+            if "error" in result:  # its peers wait for it in a rendezvous until the timeout: the layout failed
+                break
     except queue_module.Empty:
         pass
     for process in processes:
