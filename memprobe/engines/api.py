@@ -401,6 +401,11 @@ class Engine:
         """What ``memprobe plan`` says of a layout beside its flags."""
         return f"world size {layout.world_size}"
 
+    def no_highlighted_groups_hint(self, layout: LayoutBase) -> str:
+        """Why ``layout`` builds none of :attr:`highlighted_groups` where the user may expect some (a flag that
+        needs another to take effect), as a short clause for the reports; "" where nothing needs saying."""
+        return ""
+
     def headline_layouts(self, widths: Mapping[str, int | None], baseline_first: int | None = None
                          ) -> tuple[LayoutBase | None, LayoutBase]:
         """``compare``'s and ``estimate``'s layouts from the flags: a reference layout to measure the others

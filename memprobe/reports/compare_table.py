@@ -264,7 +264,11 @@ def _lean_details(saving: LeanSaving, full: str, lean: str) -> str | None:
         else:
             continue
         parts.append(text)
-    return "; ".join(parts) if parts else "no MoE groups in this layout"
+    if parts:
+        return "; ".join(parts)
+    scenario = saving.full.item.scenario
+    hint = scenario.engine_ref.engine.no_highlighted_groups_hint(scenario.layout)
+    return "no MoE groups in this layout" + (f": {hint}" if hint else "")
 
 
 def _moe_steps(summaries: list[ScenarioSummary]) -> list[tuple[str, str]]:
