@@ -224,6 +224,40 @@ def test_compare_on_both_vllm_engines_runs_one_installed_scenario_per_layout():
         ("tp2-moe-shared-ep", "vllm-ref", "shared-ep")]
 
 
+def test_a_width_the_engine_lacks_names_the_engine_as_given():
+    from memprobe import api
+    from memprobe.api.measuring import compare_scenarios
+    from memprobe.api.options import CompareOptions
+
+    for engine in ("vllm-ref", "vllm"):
+        with pytest.raises(UsageError, match=rf"^--ep is not a flag of engine {engine} \(its widths: --tp, "):
+            api.estimate(tp=8, ep=4, engine=engine)
+    with pytest.raises(UsageError, match=r"^--ep is not a flag of engine vllm-ref \("):
+        compare_scenarios(CompareOptions(tp=2, ep=2, engine="vllm-ref"))
+    with pytest.raises(UsageError, match=r"^--dp is not a flag of engine sglang-ref \("):
+        api.estimate(tp=2, dp=2, engine="sglang-ref")
+
+
+def test_a_gate_on_a_baseline_of_the_installed_vllm_without_it_says_the_baseline_asks_and_vllm_site_gives_it(
+        memprobe, tmp_path):
+    from memprobe import api
+    from memprobe.gate.baseline import build_baseline, portable_definition
+    from memprobe.model.scenario import on_own_flags
+
+    comparison = api.estimate(tp=2, moe=True, engine="vllm-ref")
+    document = build_baseline(comparison)
+    item = comparison.runs[0]  # its estimate stands for the installed vLLM's: the gate stops before judging it
+    installed = on_own_flags(item.scenario, "vllm")
+    entry = document["scenarios"].pop(item.scenario.name)
+    entry["definition"], entry["definition_hash"] = portable_definition(installed), installed.definition_hash()
+    document["scenarios"] = {installed.name: entry}
+    (tmp_path / "b.json").write_text(json.dumps(document))
+    line = _one_line(memprobe("gate", "--estimate", "--baseline", "b.json", env={"PYTHONPATH": str(ROOT)}))
+    assert line == ("memprobe: error: the baseline's scenario tp2-moe.vllm asks for the installed vLLM (engine vllm), "
+                    "which this Python does not import: --vllm SITE gives it, a site folder (make one with: "
+                    f"{PIP_LINE} --target SITE)")
+
+
 def _whole_site(root: Path, version: str = "0.33.0") -> Path:
     text = "\n".join(f"def {name}(): pass" for name in install.REQUIRED_API[0][1] if name != "GroupCoordinator")
     site = _fake_site(root, text + "\nclass GroupCoordinator: pass\n")

@@ -179,7 +179,7 @@ def _compare_headline(conf: CompareOptions, engine: str, env: dict[str, str],
     if "ep" not in ref.engine.layout_type.field_names():
         ep = conf.ep
     stacks = stacks_of(ref.engine, conf.stacks)
-    scenario_set = headline(conf, reference, tp, ep, stack_names(stacks, reference), env, sglang_sites)
+    scenario_set = headline(conf, reference, tp, ep, stack_names(stacks, reference), env, sglang_sites, given_as=engine)
     if conf.tp is None:
         print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
     return distinct(scenario_set)

@@ -383,13 +383,15 @@ class Engine:
         """Why ``stack`` cannot build ``layout`` (one line naming the release that lacks a flag: exit 2), or None."""
         return None
 
-    def layout(self, widths: Mapping[str, Any], where: str = "") -> LayoutBase:
-        """The engine's layout from widths named as its fields; a width it does not have is refused unless 1."""
+    def layout(self, widths: Mapping[str, Any], where: str = "", given_as: str = "") -> LayoutBase:
+        """The engine's layout from widths named as its fields; a width it does not have is refused unless 1, naming
+        the engine as ``--engine`` gave it (``given_as``: ``vllm-ref`` rather than the family's ``vllm``)."""
         names = self.layout_type.field_names()
         foreign = sorted(name for name, value in widths.items() if name not in names and value is not None
                          and (isinstance(value, bool) or value != 1))
         if foreign:
-            raise UsageError(f"{where}{'--' + foreign[0].replace('_', '-')} is not a flag of engine {self.name} "
+            raise UsageError(f"{where}{'--' + foreign[0].replace('_', '-')} is not a flag of engine "
+                             f"{given_as or self.name} "
                              f"(its widths: {', '.join(self.layout_type.flag_of(n) for n in names)})")
         return self.layout_type(**{name: value for name, value in widths.items() if name in names and value is not None})
 
