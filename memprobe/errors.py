@@ -52,6 +52,16 @@ class OptionTypeError(UsageError, TypeError):
     TypeError as Python's own wrong-argument errors are."""
 
 
+class EngineNotInstalled(UsageError):
+    """An installed engine that the workers would import and cannot find: ``engine`` (``vllm``, ``sglang``) and
+    ``install`` (the pip line that makes a site folder of it), for a caller that knows why the engine was asked for."""
+
+    def __init__(self, message: str, engine: str, install: str) -> None:
+        super().__init__(message)
+        self.engine = engine
+        self.install = install
+
+
 class DamagedInput(UsageError):
     """A saved file (readings.csv, run.json, a baseline) that contradicts itself or its run: exit 2, never judged."""
 

@@ -58,13 +58,15 @@ def mib_range(values: Iterable[int | None]) -> str:
 
 
 
-def mib_precise(value: int | None, signed: bool = False) -> str:
-    """Bytes as MiB in a sentence (the gate's verdicts): ``+486 MiB``, ``37.5 MiB``, ``512 B`` below 0.05 MiB, ``-`` if unknown."""
+def mib_precise(value: int | None, signed: bool = False, *, grouped: bool = False) -> str:
+    """Bytes as MiB in a sentence (the gate's verdicts): ``+486 MiB``, ``37.5 MiB``, ``512 B`` below 0.05 MiB, ``-`` if unknown.
+    ``grouped``: thousands separated as every table writes them (``3,108 MiB``), for a table's cell."""
     if value is None:
         return "-"
     sign = "+" if signed and value >= 0 else ""
     if value != 0 and abs(value) < MIB // 20:
         return f"{sign}{value} B"
     mib = value / MIB
-    text = f"{mib:.0f}" if value % MIB == 0 or abs(mib) >= 10 else f"{mib:.1f}"
+    comma = "," if grouped else ""
+    text = f"{mib:{comma}.0f}" if value % MIB == 0 or abs(mib) >= 10 else f"{mib:{comma}.1f}"
     return f"{sign}{text} MiB"

@@ -54,7 +54,7 @@ def test_the_toy_plan_has_its_groups_kind_and_width_rule(tmp_path):
     assert _schema("plan").is_valid(plan)
     refused = run_memprobe("plan", "--engine", "toy-ref", "--tp", "2", "--ep", "2", cwd=tmp_path, env=TOY)
     assert refused.returncode == 2
-    assert refused.stderr.strip() == "memprobe: error: --ep is not a flag of engine toy (its widths: --tp, --layout rings)"
+    assert refused.stderr.strip() == "memprobe: error: --ep is not a flag of engine toy-ref (its widths: --tp, --layout rings)"
 
 
 @pytest.mark.e2e

@@ -32,3 +32,11 @@ def test_changes_of_a_tenth_of_a_mib_and_more_and_none_read_as_before():
     render_table(_result(1142 * MiB, 1142 * MiB), out)
     rows = [line.split() for line in out.getvalue().splitlines() if line.startswith("tp2")]
     assert rows[0][-3:] == ["+48", "MiB", "+4.2%"] and rows[1][-3:] == ["0", "MiB", "0.0%"]
+
+
+def test_peaks_and_changes_of_thousands_of_mib_read_as_every_other_table_writes_them():
+    out = io.StringIO()
+    render_table(_result(3108 * MiB, 4200 * MiB), out)
+    row = next(line for line in out.getvalue().splitlines() if line.startswith("tp2"))
+    assert row.split()[-7:] == ["3,108", "MiB", "4,200", "MiB", "+1,092", "MiB", "+35.1%"], row
+    assert "| 3,108 MiB | 4,200 MiB | +1,092 MiB |" in render_markdown(_result(3108 * MiB, 4200 * MiB))

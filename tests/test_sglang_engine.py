@@ -153,7 +153,7 @@ def test_an_sglang_path_that_is_not_one_is_exit_2_before_launch(memprobe, tmp_pa
     assert result.stderr.strip() == (f"memprobe: error: --sglang {tmp_path}: not an SGLang installation "
                                      f"(no sglang/srt/distributed/parallel_state.py)")
     result = memprobe("compare", "--device", "cpu", "--tp", "2", "--sglang", "old")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is not LABEL=PATH" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is neither LABEL=PATH nor an existing folder" in result.stderr
     result = memprobe("gate", "--baseline", str(ROOT / "configs" / "baselines" / "h200x4-tp4-ep2-lean.json"),
                       "--device", "cpu", "--sglang", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "not an SGLang installation" in result.stderr

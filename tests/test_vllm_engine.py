@@ -65,6 +65,21 @@ def test_estimate_shows_shared_ep_s_saving_at_tp8_moe_and_none_at_dp2():
     assert worst_after_init(dp2, "tp4-dp2-moe-vllm") == worst_after_init(dp2, "tp4-dp2-moe-shared-ep")
 
 
+def test_a_dense_layout_s_missing_moe_groups_come_with_vllm_s_rule():
+    from memprobe.reports.compare_table import lean_lines
+
+    rule = "vLLM 0.33.0 builds the EP group only for MoE models (parallel_state.py:2326-2327): add --moe"
+    for widths, line in (({"enable_expert_parallel": True}, "no MoE groups in this layout: --enable-expert-parallel "
+                                                            f"builds nothing on a dense model; {rule}"),
+                         ({}, f"no MoE groups in this layout: {rule}")):
+        blocks = lean_lines(api.estimate(tp=8, engine="vllm-ref", **widths))
+        assert [block[-1].strip() for block in blocks] == [line]
+    assert all("no MoE groups" not in text for block in lean_lines(api.estimate(tp=8, moe=True, engine="vllm-ref"))
+               for text in block)
+    sglang = engines.get("memprobe").engine
+    assert sglang.no_highlighted_groups_hint(sglang.layout({"tp": 2, "ep": 1})) == ""  # a plug-in's own, or none
+
+
 def test_host_memory_of_the_mq_broadcaster_is_never_gpu_bytes():
     layout = VLLMEngineLayout(tp=2)
     tp = ENGINE.plan(layout).group("tp")

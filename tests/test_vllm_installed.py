@@ -224,6 +224,79 @@ def test_compare_on_both_vllm_engines_runs_one_installed_scenario_per_layout():
         ("tp2-moe-shared-ep", "vllm-ref", "shared-ep")]
 
 
+def test_a_width_the_engine_lacks_names_the_engine_as_given():
+    from memprobe import api
+    from memprobe.api.measuring import compare_scenarios
+    from memprobe.api.options import CompareOptions
+
+    for engine in ("vllm-ref", "vllm"):
+        with pytest.raises(UsageError, match=rf"^--ep is not a flag of engine {engine} \(its widths: --tp, "):
+            api.estimate(tp=8, ep=4, engine=engine)
+    with pytest.raises(UsageError, match=r"^--ep is not a flag of engine vllm-ref \("):
+        compare_scenarios(CompareOptions(tp=2, ep=2, engine="vllm-ref"))
+    with pytest.raises(UsageError, match=r"^--dp is not a flag of engine sglang-ref \("):
+        api.estimate(tp=2, dp=2, engine="sglang-ref")
+
+
+def test_a_gate_on_a_baseline_of_the_installed_vllm_without_it_says_the_baseline_asks_and_vllm_site_gives_it(
+        memprobe, tmp_path):
+    from memprobe import api
+    from memprobe.gate.baseline import build_baseline, portable_definition
+    from memprobe.model.scenario import on_own_flags
+
+    comparison = api.estimate(tp=2, moe=True, engine="vllm-ref")
+    document = build_baseline(comparison)
+    item = comparison.runs[0]  # its estimate stands for the installed vLLM's: the gate stops before judging it
+    installed = on_own_flags(item.scenario, "vllm")
+    entry = document["scenarios"].pop(item.scenario.name)
+    entry["definition"], entry["definition_hash"] = portable_definition(installed), installed.definition_hash()
+    document["scenarios"] = {installed.name: entry}
+    (tmp_path / "b.json").write_text(json.dumps(document))
+    line = _one_line(memprobe("gate", "--estimate", "--baseline", "b.json", env={"PYTHONPATH": str(ROOT)}))
+    assert line == ("memprobe: error: the baseline's scenario tp2-moe.vllm asks for the installed vLLM (engine vllm), "
+                    "which this Python does not import: --vllm SITE gives it, a site folder (make one with: "
+                    f"{PIP_LINE} --target SITE)")
+
+
+def _whole_site(root: Path, version: str = "0.33.0") -> Path:
+    text = "\n".join(f"def {name}(): pass" for name in install.REQUIRED_API[0][1] if name != "GroupCoordinator")
+    site = _fake_site(root, text + "\nclass GroupCoordinator: pass\n")
+    (site / "vllm" / "_version.py").write_text(f"__version__ = version = '{version}'\n")
+    return site
+
+
+def test_compare_takes_a_bare_site_labelled_by_its_release_as_run_takes_it(tmp_path):
+    from memprobe.api.measuring import compare_scenarios
+    from memprobe.api.options import CompareOptions
+
+    bare = _whole_site(tmp_path / "a")
+    dev = _whole_site(tmp_path / "b", "0.11.1.dev3+g0a1b2c")
+    old = _whole_site(tmp_path / "c", "0.10.2")
+    scenario_set = compare_scenarios(CompareOptions(tp=2, moe=True, engine="vllm-ref",
+                                                    vllm=(str(bare), f"old={old}", str(dev))))
+    installed = [(s.name, s.engine, s.stack, s.sglang) for s in scenario_set.scenarios if s.engine == "vllm"]
+    assert installed == [("tp2-moe.vllm-0.33.0", "vllm", "installed", str(bare)),
+                         ("tp2-moe.vllm-old", "vllm", "installed", str(old)),
+                         ("tp2-moe.vllm-0.11.1.dev3-g0a1b2c", "vllm", "installed", str(dev))]
+    with pytest.raises(UsageError, match="given twice"):
+        compare_scenarios(CompareOptions(tp=2, moe=True, engine="vllm-ref", vllm=(str(bare), f"0.33.0={dev}")))
+    with pytest.raises(UsageError, match=r"is neither LABEL=PATH nor an existing folder \(e.g. --vllm 0.33.0="):
+        compare_scenarios(CompareOptions(tp=2, moe=True, engine="vllm-ref", vllm=(str(tmp_path / "nowhere"),)))
+    (bare / "vllm" / "_version.py").unlink()
+    with pytest.raises(UsageError, match=f"cannot be read; give it a label: --vllm LABEL={bare}$"):
+        compare_scenarios(CompareOptions(tp=2, moe=True, engine="vllm-ref", vllm=(str(bare),)))
+
+
+def test_compare_on_the_installed_vllm_without_an_importable_one_says_what_the_site_adds(memprobe, tmp_path):
+    site = _whole_site(tmp_path / "site")
+    line = _one_line(memprobe("compare", "--device", "cpu", "--engine", "vllm", "--tp", "2", "--moe", "--vllm", str(site),
+                              "--out-dir", str(tmp_path / "runs"), env={"PYTHONPATH": str(ROOT)}))
+    assert line == ("memprobe: error: --engine vllm runs tp2-moe.vllm on the vllm this Python imports, and none is "
+                    "found; --vllm SITE adds a scenario of its own for each site: compare the sites with --engine "
+                    "vllm-ref --vllm SITE, or make vllm importable (PYTHONPATH)")
+    assert not (tmp_path / "runs").exists()
+
+
 # ------------------------------------------------------------------------- the installed vLLM itself
 
 #: tp, pp, dp, dcp, pcp, EP on/off, EPLB, MoE/dense, custom all-reduce off; world sizes 2 to 8

@@ -49,7 +49,7 @@ options, `--allow-busy-gpu`, `--per-rank`, `--quiet`, `--verbose`: e.g. `MEMPROB
 `MEMPROBE_OUT_DIR=/tmp/runs`); every other option, a command's own files and switches, reads
 `MEMPROBE_<COMMAND>_<OPTION>` (`MEMPROBE_COMPARE_JSON`, `MEMPROBE_PLAN_JSON`, `MEMPROBE_REPORT_MARKDOWN`,
 `MEMPROBE_GATE_BASELINE`, `MEMPROBE_GATE_THRESHOLD`, `MEMPROBE_BASELINE_UPDATE_OUT`; `--sglang`, a SITE for run
-and gate but LABEL=SITE for compare: `MEMPROBE_RUN_SGLANG`, `MEMPROBE_GATE_SGLANG`, `MEMPROBE_COMPARE_SGLANG`), so
+and gate but [LABEL=]SITE (a scenario of its own) for compare: `MEMPROBE_RUN_SGLANG`, `MEMPROBE_GATE_SGLANG`, `MEMPROBE_COMPARE_SGLANG`), so
 one setting never changes another command's meaning.
 
 **Width and colour.** Tables fit the terminal (columns are left out, and named, when it is narrow); output to a

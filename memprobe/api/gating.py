@@ -10,7 +10,7 @@ from memprobe.api.options import BaselineOptions, GateOptions, options_of
 from memprobe.api.planning import estimated
 from memprobe.api.results import BaselineUpdate
 from memprobe.api.scenarios import checked_sites, repointed
-from memprobe.errors import MeasurementError, UsageError
+from memprobe.errors import EngineNotInstalled, MeasurementError, UsageError
 
 if TYPE_CHECKING:
     from memprobe.estimate.calibration import Calibration
@@ -120,12 +120,29 @@ def _gate_comparison(conf: GateOptions, baseline: "Baseline", selected: list[str
         check_results_match(baseline, selected, comparison, _named(conf.results))
         return comparison
     scenario_set = _under_test(baseline.scenario_set(selected), sites)
-    if conf.estimate:
-        return _estimated_as_recorded(baseline, selected, scenario_set, calibration, conf)
-    comparison = measure(scenario_set, conf.launch)
+    try:
+        if conf.estimate:
+            return _estimated_as_recorded(baseline, selected, scenario_set, calibration, conf)
+        comparison = measure(scenario_set, conf.launch)
+    except EngineNotInstalled as error:
+        raise _baseline_asks_for(scenario_set, error, sites) from error
     if gathered_elsewhere(comparison.runs):
         return None
     return comparison
+
+
+def _baseline_asks_for(scenario_set: "ScenarioSet", error: EngineNotInstalled, sites: dict[str, str]) -> UsageError:
+    """The engine's "--engine X needs X installed" said as the gate's user sees it: no --engine was given, the
+    baseline's scenarios asked for the installed engine, and the gate's --<engine> SITE gives it."""
+    asking = [s for s in scenario_set.scenarios if s.engine_ref.installed and s.engine_ref.engine.name == error.engine]
+    if not asking or sites.get(error.engine):
+        return error
+    label = asking[0].engine_ref.engine.label
+    names = ", ".join(s.name for s in asking)
+    return UsageError(f"the baseline's scenario{'s' if len(asking) > 1 else ''} {names} "
+                      f"{'ask' if len(asking) > 1 else 'asks'} for the installed {label} (engine {asking[0].engine}), "
+                      f"which this Python does not import: --{error.engine} SITE gives it, a site folder "
+                      f"(make one with: {error.install} --target SITE)")
 
 
 def _source(results: "Path | Comparison") -> Optional[str]:

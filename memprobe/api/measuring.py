@@ -101,13 +101,32 @@ def compare_scenarios(conf: CompareOptions) -> "ScenarioSet":
     else:
         scenario_set = _compare_headline(conf, engines[0], extra_env, sglang_sites)
     scenario_set = with_engines(scenario_set, engines)
+    if sglang_sites:
+        _refuse_missing_importable(scenario_set, engines[0])
     _note_nccl_settings_on_cpu(scenario_set, conf.launch.device)
     return scenario_set
 
 
+def _refuse_missing_importable(scenario_set: "ScenarioSet", engine: str) -> None:
+    """``--engine vllm --vllm SITE``: the sites add scenarios of their own, and ``--engine vllm`` still runs the
+    engine this Python imports; where none is importable, one line saying so (rather than preflight's "install
+    it", which a user who gave the site would not read as meant for the other scenario)."""
+    own = [s for s in scenario_set.scenarios if s.engine_ref.installed and not s.sglang]
+    if not own:
+        return
+    ref = own[0].engine_ref
+    if ref.engine.installed_version("") != "?":
+        return
+    flag = f"--{ref.engine.name}"
+    reference = engine_of(engine).engine.name_for("reference") or engine
+    raise UsageError(f"--engine {ref.name} runs {', '.join(s.name for s in own)} on the {ref.engine.name} this Python "
+                     f"imports, and none is found; {flag} SITE adds a scenario of its own for each site: compare the "
+                     f"sites with --engine {reference} {flag} SITE, or make {ref.engine.name} importable (PYTHONPATH)")
+
+
 def _sites(engine: str, conf: CompareOptions) -> list[tuple[str, str]]:
-    """``--sglang LABEL=SITE`` or ``--vllm LABEL=SITE``: installations of the engine compared (checked); the other
-    engine's flag is refused in one line."""
+    """``--sglang LABEL=SITE`` or ``--vllm LABEL=SITE`` (or a bare SITE, labelled by its release): installations of
+    the engine compared (checked); the other engine's flag is refused in one line."""
     from memprobe.model.scenario import parse_sites
 
     ref = engine_of(engine)
@@ -118,9 +137,21 @@ def _sites(engine: str, conf: CompareOptions) -> list[tuple[str, str]]:
         if ref.engine.name != flag:
             raise UsageError(f"--{flag} LABEL=SITE adds {flag} installations to a comparison of engine {flag}; "
                              f"here --engine {engine}")
-        found += [(label, ref.engine.check_site(path, f"--{flag} {label}={path}"))
-                  for label, path in parse_sites(list(items), f"--{flag}")]
+        labelled = parse_sites(list(items), f"--{flag}", lambda site: _release_label(ref.engine, site, f"--{flag}"))
+        found += [(label, ref.engine.check_site(path, f"--{flag} {label}={path}")) for label, path in labelled]
     return found
+
+
+def _release_label(engine: Any, site: str, flag: str) -> str:
+    """A bare ``--vllm SITE``'s label: the release installed there, read from its sources, made name-safe."""
+    from memprobe.model.scenario import name_safe
+
+    checked = engine.check_site(site, f"{flag} {site}")
+    label = name_safe(engine.installed_version(checked))
+    if not label or label == "unknown":
+        raise UsageError(f"{flag} {site}: the {engine.name} release installed there cannot be read; "
+                         f"give it a label: {flag} LABEL={site}")
+    return label
 
 
 def _refuse_ignored_with_file(conf: CompareOptions, sglang_sites: list[tuple[str, str]]) -> None:
@@ -148,7 +179,7 @@ def _compare_headline(conf: CompareOptions, engine: str, env: dict[str, str],
     if "ep" not in ref.engine.layout_type.field_names():
         ep = conf.ep
     stacks = stacks_of(ref.engine, conf.stacks)
-    scenario_set = headline(conf, reference, tp, ep, stack_names(stacks, reference), env, sglang_sites)
+    scenario_set = headline(conf, reference, tp, ep, stack_names(stacks, reference), env, sglang_sites, given_as=engine)
     if conf.tp is None:
         print(f"memprobe: no --tp given; comparing the largest layout this node supports: --tp {tp} --ep {ep}", file=sys.stderr)
     return distinct(scenario_set)

@@ -117,7 +117,7 @@ def _estimate_scenarios(conf: EstimateOptions) -> "ScenarioSet":
                                  f"to the engine is a change to its code (e.g. a patch to its site)")
             names = [ref.engine.default_stack]  # one scenario: the engine's own flags replace the stack below
         scenario_set = distinct(headline(conf, ref.engine.name_for("reference") or ref.name, conf.tp, conf.ep,
-                                         names, extra_env))
+                                         names, extra_env, given_as=conf.engine))
     site = installed_site(conf.engine, sglang=conf.sglang, vllm=conf.vllm)
     if engine_of(conf.engine).installed:
         scenario_set = _on_installed(scenario_set, conf.engine, site)

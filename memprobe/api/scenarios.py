@@ -52,7 +52,7 @@ def layout_fields(items: Sequence[str], engine: str) -> dict[str, Any]:
 
 def layout_of(tp: int, ep: int, widths: Widths, engine: str = "memprobe") -> "LayoutBase":
     """The engine's layout from the width flags (one it does not have must stay at 1)."""
-    return engine_of(engine).engine.layout(widths_of(tp, ep, widths, engine))
+    return engine_of(engine).engine.layout(widths_of(tp, ep, widths, engine), given_as=engine)
 
 
 def stack_of(engine: Any, given: Optional[str]) -> str:
@@ -95,12 +95,14 @@ def stack_names(stacks: str, engine: str = "memprobe") -> list[str]:
 
 
 def headline(conf: "CompareOptions | EstimateOptions", engine: str, tp: int, ep: Optional[int], names: list[str],
-             env: dict[str, str], sglang_sites: Sequence[tuple[str, str]] = ()) -> "ScenarioSet":
+             env: dict[str, str], sglang_sites: Sequence[tuple[str, str]] = (), given_as: str = "") -> "ScenarioSet":
+    """``given_as``: the engine as ``--engine`` named it, for the errors (``engine`` may be its reference)."""
     from memprobe.model.scenario import headline_scenarios
 
     preset = env_preset_of(engine_of(engine).engine, conf.env_preset)
     widths = widths_of(tp, ep, conf, engine)
-    engine_of(engine).engine.layout(widths)  # a width the engine has not (SGLang's --dp) is refused, not dropped
+    # a width the engine has not (SGLang's --dp) is refused, not dropped
+    engine_of(engine).engine.layout(widths, given_as=given_as or engine)
     return headline_scenarios(engine, widths, stacks=names, baseline_tp=conf.baseline_tp,
                               env_preset=preset, env=env, warmup=conf.warmup, sglang_sites=list(sglang_sites))
 

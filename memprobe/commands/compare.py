@@ -39,14 +39,15 @@ def compare(
                          help="memprobe (also named sglang-ref), sglang, or memprobe,sglang: every scenario on both engines plus a "
                               "fidelity report (reference engine against real SGLang, per rank, group and step); "
                               "vllm-ref, vllm or vllm-ref,vllm: the same for vLLM."),
-    sglang: list[str] = option(list(Defaults.sglang), "--sglang", env="COMPARE_SGLANG", metavar="LABEL=SITE",
+    sglang: list[str] = option(list(Defaults.sglang), "--sglang", env="COMPARE_SGLANG", metavar="[LABEL=]SITE",
                                help="Add the MoE layout on a real SGLang installation (a site folder), as "
-                                    "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed). "
+                                    "scenario <moe-layout>.sglang-LABEL with SGLang's own flags (stack installed); "
+                                    "LABEL defaults to the release installed in SITE. "
                                     "Repeatable: e.g. one release before the PR and one after."),
-    vllm: list[str] = option(list(Defaults.vllm), "--vllm", env="COMPARE_VLLM", metavar="LABEL=SITE",
+    vllm: list[str] = option(list(Defaults.vllm), "--vllm", env="COMPARE_VLLM", metavar="[LABEL=]SITE",
                              help="With --engine vllm-ref: add the compared layout on a real vLLM installation (a site "
                                   "folder), as scenario <layout>.vllm-LABEL with vLLM's own decisions (stack "
-                                  "installed). Repeatable."),
+                                  "installed); LABEL defaults to the release installed in SITE. Repeatable."),
     jobs: int = option(Defaults.jobs, "--jobs", "-j", env="COMPARE_JOBS",
                        help="How many scenarios run at once. They share one torchrun launch (torch imported once per "
                             "rank), each in processes and CUDA contexts of its own (per-process NVML figures do not "

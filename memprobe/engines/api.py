@@ -383,13 +383,15 @@ class Engine:
         """Why ``stack`` cannot build ``layout`` (one line naming the release that lacks a flag: exit 2), or None."""
         return None
 
-    def layout(self, widths: Mapping[str, Any], where: str = "") -> LayoutBase:
-        """The engine's layout from widths named as its fields; a width it does not have is refused unless 1."""
+    def layout(self, widths: Mapping[str, Any], where: str = "", given_as: str = "") -> LayoutBase:
+        """The engine's layout from widths named as its fields; a width it does not have is refused unless 1, naming
+        the engine as ``--engine`` gave it (``given_as``: ``vllm-ref`` rather than the family's ``vllm``)."""
         names = self.layout_type.field_names()
         foreign = sorted(name for name, value in widths.items() if name not in names and value is not None
                          and (isinstance(value, bool) or value != 1))
         if foreign:
-            raise UsageError(f"{where}{'--' + foreign[0].replace('_', '-')} is not a flag of engine {self.name} "
+            raise UsageError(f"{where}{'--' + foreign[0].replace('_', '-')} is not a flag of engine "
+                             f"{given_as or self.name} "
                              f"(its widths: {', '.join(self.layout_type.flag_of(n) for n in names)})")
         return self.layout_type(**{name: value for name, value in widths.items() if name in names and value is not None})
 
@@ -400,6 +402,11 @@ class Engine:
     def describe_layout(self, layout: LayoutBase) -> str:
         """What ``memprobe plan`` says of a layout beside its flags."""
         return f"world size {layout.world_size}"
+
+    def no_highlighted_groups_hint(self, layout: LayoutBase) -> str:
+        """Why ``layout`` builds none of :attr:`highlighted_groups` where the user may expect some (a flag that
+        needs another to take effect), as a short clause for the reports; "" where nothing needs saying."""
+        return ""
 
     def headline_layouts(self, widths: Mapping[str, int | None], baseline_first: int | None = None
                          ) -> tuple[LayoutBase | None, LayoutBase]:

@@ -59,7 +59,7 @@ def _two_digits(value: float) -> str:
 def _change_text(delta: int) -> str:
     """A change in the table's unit (MiB, as the peaks beside it), never bytes: -4096 B reads -0.0039 MiB."""
     if delta == 0 or abs(delta) >= MIB // 10:  # mib_precise: one decimal from 0.1 MiB
-        return mib_precise(delta, signed=delta != 0)
+        return mib_precise(delta, signed=delta != 0, grouped=True)
     return f"{_two_digits(delta / MIB)} MiB"
 
 
@@ -77,7 +77,7 @@ def _peak_text(summary: ScenarioVerdict) -> tuple[str, str, str, str]:
     if old is not None and new is not None:
         change = _change_text(new - old)
         percent = _percent_text((new - old) / old) if old else "-"
-    return (mib_precise(old), mib_precise(new), change, percent)
+    return (mib_precise(old, grouped=True), mib_precise(new, grouped=True), change, percent)
 
 
 def render_table(result: GateResult, stream: TextIO, width: int = 120) -> None:
@@ -133,7 +133,8 @@ def render_markdown(result: GateResult) -> str:
             change = finding.change_text()
             out.append("| " + " | ".join(_cell(v) for v in (
                 finding.kind.replace("_", " "), finding.scenario, finding.rank, f"`{finding.metric}`",
-                mib_precise(finding.baseline_bytes or 0), mib_precise(finding.current_bytes or 0), change,
+                mib_precise(finding.baseline_bytes or 0, grouped=True), mib_precise(finding.current_bytes or 0, grouped=True),
+                change,
                 finding.limit)) + " |")
         out.append("")
     if result.incomparable:

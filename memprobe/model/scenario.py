@@ -25,7 +25,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from memprobe import engines
 from memprobe.engines.api import EngineRef, LayoutBase
@@ -75,6 +75,12 @@ def validate_name(name: str, what: str = "scenario name") -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise UsageError(f"{what} {name[:20]}... is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
     return name
+
+
+def name_safe(text: str) -> str:
+    """``text`` (a release such as ``0.11.1.dev3+g0a1b2c``) as a name :func:`validate_name` accepts: every other
+    character ``-``, leading separators dropped, cut to the longest name; "" where nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text).lstrip("._-")[:MAX_NAME_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -364,15 +370,19 @@ def on_own_flags(scenario: Scenario, engine: str, site: str | None = None, resol
                    resolved_stack=resolved_stack, sglang=scenario.sglang if site is None else site)
 
 
-def parse_sites(items: list[str] | tuple[str, ...], flag: str = "--sglang") -> list[tuple[str, str]]:
-    """``["LABEL=PATH", ...]`` (compare's ``--sglang``, ``--vllm``) -> ``[(label, path)]``; labels unique and
-    name-safe."""
+def parse_sites(items: list[str] | tuple[str, ...], flag: str = "--sglang",
+                label_of: Callable[[str], str] | None = None) -> list[tuple[str, str]]:
+    """``["LABEL=PATH" or "PATH", ...]`` (compare's ``--sglang``, ``--vllm``) -> ``[(label, path)]``; labels unique
+    and name-safe. A bare PATH (an existing folder, as run, estimate and gate take it) is labelled by ``label_of``."""
     sites: list[tuple[str, str]] = []
     example = "0.33.0=/opt/vllm-0.33.0" if flag == "--vllm" else "0.5.11=/opt/sgl-0.5.11"
     for item in items:
         label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            raise UsageError(f"{flag} {item!r} is not LABEL=PATH (e.g. {flag} {example})")
+        if not sep and label_of is not None and Path(item).is_dir():
+            label, path = label_of(item), item
+        elif not sep or not label or not path:
+            raise UsageError(f"{flag} {item!r} is neither LABEL=PATH nor an existing folder "
+                             f"(e.g. {flag} {example} or {flag} {example.partition('=')[2]})")
         validate_name(label, f"{flag} label")
         if label in [known for known, _ in sites]:
             raise UsageError(f"{flag} label {label!r} is given twice")

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from memprobe import engines
 from memprobe.reports._format import console_for, files_line, natural_width, print_table
+from memprobe.reports.failed_builds import comparison_notes as failed_notes
 
 from memprobe.analysis.attribution import CONTEXT
 from memprobe.units import NA, UNIT, mib, mib_range
@@ -186,6 +187,7 @@ def _headline_notes(comparison: Comparison, summaries: list[ScenarioSummary], fo
     if _collapsed(summaries, columns):
         notes.append("a row's ranks read alike (the same readings, and the same in the baseline); "
                      "--all-ranks shows one row per rank")
+    notes += failed_notes([(summary.name, summary.item.run) for summary in summaries])
     if folded:
         how = "estimated" if all(item.run.record.source == "estimated" for item in comparison.runs) else "measured"
         notes.append(f"width-1 groups, 0 {UNIT} wherever {how}, not shown: {', '.join(folded)}")
@@ -262,7 +264,11 @@ def _lean_details(saving: LeanSaving, full: str, lean: str) -> str | None:
         else:
             continue
         parts.append(text)
-    return "; ".join(parts) if parts else "no MoE groups in this layout"
+    if parts:
+        return "; ".join(parts)
+    scenario = saving.full.item.scenario
+    hint = scenario.engine_ref.engine.no_highlighted_groups_hint(scenario.layout)
+    return "no MoE groups in this layout" + (f": {hint}" if hint else "")
 
 
 def _moe_steps(summaries: list[ScenarioSummary]) -> list[tuple[str, str]]:

@@ -20,6 +20,7 @@ from memprobe.analysis.attribution import (
     spread,
 )
 from memprobe.reports._format import console_for, files_line, print_table
+from memprobe.reports.failed_builds import run_notes as failed_notes
 from memprobe.units import NA, UNIT, mib
 from memprobe.reports._model import GroupInfo, layout_flags, measured_memory, plan_of
 from memprobe.model.records import Run
@@ -213,7 +214,7 @@ def _render_run(console: Console, run: Run, per_rank: bool) -> None:
         for row in totals:
             add(row)
         print_table(console, table)
-        for note in notes:
+        for note in failed_notes(run) + notes:
             console.print(note)
     if run.path is not None:
         console.print(files_line(run.path, RUN_FILES))

@@ -27,7 +27,7 @@ from memprobe.engines.sglang.layout import MOE_GROUPS, plan_groups
 from memprobe.engines.sglang.stacks import CUSTOM_ALLREDUCE_IMPL, INSTALLED
 from memprobe.engines.sites import package_on_path, site_holding
 from memprobe.engines.stacks import Stack
-from memprobe.errors import UsageError
+from memprobe.errors import EngineNotInstalled, UsageError
 from memprobe.model.installation import EngineInstallation
 
 PARALLEL_STATE = "srt/distributed/parallel_state.py"
@@ -55,8 +55,9 @@ def find_package(environ: dict[str, str]) -> Path:
     """The ``sglang`` package the workers' ``PYTHONPATH`` (then this interpreter's path) leads to."""
     found = package_on_path(environ, "sglang")
     if found is None:
-        raise UsageError("--engine sglang needs SGLang installed (pip install sglang, or --sglang SITE_FOLDER); it was not found; "
-                         "on a CPU runner: python -m pip install --no-deps sglang")
+        raise EngineNotInstalled("--engine sglang needs SGLang installed (pip install sglang, or --sglang SITE_FOLDER); it "
+                                 "was not found; on a CPU runner: python -m pip install --no-deps sglang", "sglang",
+                                 "python -m pip install --no-deps sglang")
     return found
 
 

@@ -23,7 +23,7 @@ from memprobe.engines.stacks import Stack, new_stack
 from memprobe.engines.vllm import communicators as rules
 from memprobe.engines.vllm import install, sizes
 from memprobe.engines.vllm.layout import (
-    DEFAULT_ALL2ALL_BACKEND, GROUP_ORDER, RELEASE, VLLMLayout, plan, release_problem,
+    DEFAULT_ALL2ALL_BACKEND, GROUP_ORDER, RELEASE, VLLMLayout, dense_hint, plan, release_problem,
 )
 from memprobe.errors import UsageError
 from memprobe.model.installation import EngineInstallation
@@ -179,6 +179,13 @@ class VLLMEngine(Engine):
     def describe_layout(self, layout: LayoutBase) -> str:
         assert isinstance(layout, VLLMEngineLayout)
         return f"world size {layout.world_size}, {'MoE' if layout.moe else 'dense'} model"
+
+    def no_highlighted_groups_hint(self, layout: LayoutBase) -> str:
+        assert isinstance(layout, VLLMEngineLayout)
+        if layout.moe:
+            return ""
+        asked = [layout.flag_of(name) for name in ("enable_expert_parallel", "enable_eplb") if getattr(layout, name)]
+        return dense_hint(asked, layout.flag_of("moe"))
 
     # -- stacks
     def stacks(self) -> Mapping[str, Stack]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from memprobe.engines.api import Decision, Verdict
 from memprobe.engines.sites import package_on_path, site_holding
-from memprobe.errors import UsageError
+from memprobe.errors import EngineNotInstalled, UsageError
 from memprobe.model.installation import EngineInstallation
 
 ENGINE = "vllm"
@@ -62,9 +62,9 @@ def find_package(environ: dict[str, str]) -> Path:
     """The ``vllm`` package the workers' ``PYTHONPATH`` (then this interpreter's path) leads to."""
     found = package_on_path(environ, "vllm")
     if found is None:
-        raise UsageError(f"--engine vllm needs vLLM installed and it was not found (--vllm SITE names a site folder); "
-                         f"install it: {install_line()} (or use --engine vllm-ref, memprobe's reproduction of vLLM "
-                         f"{TESTED_RELEASE}, which needs none)")
+        raise EngineNotInstalled(f"--engine vllm needs vLLM installed and it was not found (--vllm SITE names a site "
+                                 f"folder); install it: {install_line()} (or use --engine vllm-ref, memprobe's "
+                                 f"reproduction of vLLM {TESTED_RELEASE}, which needs none)", ENGINE, install_line())
     return found
 
 

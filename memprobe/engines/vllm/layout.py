@@ -339,6 +339,18 @@ def _plan_033(layout: VLLMLayout) -> VLLMPlan:
     return VLLMPlan(layout=layout, groups=tuple(groups))
 
 
+#: Where vLLM 0.33.0 skips the EP group of a dense model, as :func:`_plan_033` cites it.
+DENSE_SKIPS_EP = "parallel_state.py:2326-2327"
+
+
+def dense_hint(asked: list[str], moe_flag: str) -> str:
+    """Why a dense layout builds no EP group (vLLM 0.33.0's rule, :func:`_plan_033`): ``asked`` the EP flags it was
+    given, which then build nothing."""
+    rule = f"vLLM {RELEASE} builds the EP group only for MoE models ({DENSE_SKIPS_EP}): add {moe_flag}"
+    return f"{' and '.join(asked)} {'builds' if len(asked) == 1 else 'build'} nothing on a dense model; {rule}" \
+        if asked else rule
+
+
 def _plan_011(layout: VLLMLayout) -> VLLMPlan:
     """0.11.0's ``initialize_model_parallel`` (``parallel_state.py:1090-1212``, cited as PS11:line); 0.10.2's is the
     same code 43 lines earlier (``:1047-1169``). Where it differs from 0.33.0:
