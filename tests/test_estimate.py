@@ -161,7 +161,8 @@ def test_backtest_covers_nccl_settings_and_real_sglang_releases(backtest):
 def test_runs_left_out_are_left_out_for_a_stated_reason(backtest):
     allowed = ("no calibration for NVIDIA H100", "status incomplete", "ranks split over CUDA_VISIBLE_DEVICES",
                "another node gathered the run", "which the rules do not model",
-               "a communicator failed to build")  # torch symmetric memory of two ranks on one GPU
+               "a communicator failed to build",  # torch symmetric memory of two ranks on one GPU
+               "the calibration and rules are NCCL 2.28.9's")  # runs on a preloaded NCCL 2.30.7
     for result in backtest:
         if result.skipped:
             assert any(reason in result.skipped for reason in allowed), (result.path, result.skipped)

@@ -86,6 +86,7 @@ class GroupBuilder:
         if recorder.device_kind == "cpu" or len(ranks) == 1 or not any(recorder.stack.flags_for(group.name).values()):
             return Facts(width=len(ranks), device=recorder.device_kind, env=env)
         from memprobe.measure import nvml
+        from memprobe.measure.cuda_libs import nccl_library  # the NCCL torch's calls bind to, preloaded or not
 
         cpu_group = recorder.cpu_groups[group.name]
         hosts = gather_objects(cpu_group, nccl_host(), len(ranks))  # NCCL_HOSTID makes a process a node of its own
@@ -97,7 +98,7 @@ class GroupBuilder:
         properties = torch.cuda.get_device_properties(torch.cuda.current_device())
         return Facts(width=len(ranks), nodes=len(set(hosts)), full_nvlink=full_nvlink,
                      capability=properties.major * 10 + properties.minor, sm_count=properties.multi_processor_count,
-                     device=recorder.device_kind, env=env, nccl=".".join(map(str, torch.cuda.nccl.version()[:3])))
+                     device=recorder.device_kind, env=env, nccl=nccl_library().version())
 
     def communicator_step(self, group: GroupPlan, ranks: tuple[int, ...], decision: Decision, facts: Facts) -> None:
         recorder = self.recorder

@@ -31,6 +31,28 @@ def loaded_library_path(fragment: str) -> str | None:
     return None
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def resolving_library_path(symbol: str) -> str | None:
+    """Path of the library that the process's global scope resolves ``symbol`` to, or None.
+
+    With two copies of a library mapped (an ``LD_PRELOAD``ed NCCL beside the one torch's wheel loads by path),
+    torch's calls bind to the first in the global search order, the preloaded one; ``/proc/self/maps`` lists both,
+    in address order.
+    """
+    try:
+        address = ctypes.cast(getattr(ctypes.CDLL(None), symbol), ctypes.c_void_p).value
+        info = _DlInfo()
+        if not address or not ctypes.CDLL(None).dladdr(ctypes.c_void_p(address), ctypes.byref(info)):
+            return None
+    except (AttributeError, OSError):
+        return None
+    return info.dli_fname.decode() if info.dli_fname else None
+
+
 # ------------------------------------------------------------------------------------ NCCL
 
 class NcclUniqueId(ctypes.Structure):
@@ -42,11 +64,11 @@ NCCL_SUM = 0
 
 
 class NcclLibrary:
-    """The NCCL library torch loaded (so pynccl and torch's groups use the same version)."""
+    """The NCCL library torch's calls bind to (so pynccl and torch's groups use the same version)."""
 
     def __init__(self) -> None:
         torch.cuda.nccl.version()  # makes sure torch has loaded NCCL
-        self.path = loaded_library_path("libnccl") or "libnccl.so.2"
+        self.path = resolving_library_path("ncclGetVersion") or loaded_library_path("libnccl") or "libnccl.so.2"
         self.lib = ctypes.CDLL(self.path)
         self.lib.ncclGetErrorString.restype = ctypes.c_char_p
         self.lib.ncclCommInitRank.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, NcclUniqueId, ctypes.c_int]

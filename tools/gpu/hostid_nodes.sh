@@ -6,7 +6,7 @@
 # NODES (default "2 4") and CUMEM (default "0 1") choose the runs; SUBSYS the NCCL_DEBUG_SUBSYS (default
 # INIT,GRAPH,NET); EXTRA more VAR=VALUE for every process (e.g. NCCL_ALGO=Ring); LEAN=1 runs `run --tp N` alone;
 # WHAT replaces the memprobe command and its layout ("compare --engine vllm-ref --tp 2 --moe"); CUMEM "default"
-# leaves NCCL_CUMEM_ENABLE unset (NCCL's default: on).
+# leaves NCCL_CUMEM_ENABLE unset (NCCL's default: on). TIMEOUT (default 400) bounds each process, in seconds.
 set -uo pipefail
 out=$(realpath -m "${1:?usage: hostid_nodes.sh OUT_DIR [DEVICE]}")
 device=${2:-cuda}
@@ -37,7 +37,7 @@ for nodes in ${NODES:-2 4}; do
       (cd "$folder" && env TMPDIR="$folder/tmp" PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" \
          NCCL_HOSTID="memprobe-node-$node" NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_NVLS_ENABLE=0 \
          NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS="$subsys" NCCL_DEBUG_FILE="$out/$name/nccl-logs/node$node.%p.log" ${EXTRA:-} \
-         timeout 400 "$python" "${command[@]}" > "$folder/stdout.txt" 2> "$folder/stderr.txt"; echo "exit $?" >> "$folder/stderr.txt") &
+         timeout "${TIMEOUT:-400}" "$python" "${command[@]}" > "$folder/stdout.txt" 2> "$folder/stderr.txt"; echo "exit $?" >> "$folder/stderr.txt") &
       pids+=($!)
     done
     start=$(date +%s)
