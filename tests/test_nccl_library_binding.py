@@ -29,8 +29,7 @@ def _zlib() -> Path:
     pytest.skip("no libz.so.1 to copy")
 
 
-def _bound(tmp_path: Path, preload: Path | None) -> str:
-    wheel_copy = tmp_path / "wheel" / "libz.so.1"
+def _bound(wheel_copy: Path, preload: Path | None) -> str:
     environment = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     environment.pop("LD_PRELOAD", None)
     if preload is not None:
@@ -50,12 +49,12 @@ def two_copies(tmp_path: Path) -> tuple[Path, Path]:
     return copies
 
 
-def test_the_copy_loaded_by_path_when_nothing_is_preloaded(tmp_path: Path, two_copies: tuple[Path, Path]) -> None:
-    assert _bound(tmp_path, None) == str(two_copies[0])
+def test_the_copy_loaded_by_path_when_nothing_is_preloaded(two_copies: tuple[Path, Path]) -> None:
+    assert _bound(two_copies[0], None) == str(two_copies[0])
 
 
-def test_a_preloaded_copy_wins_over_the_one_loaded_by_path(tmp_path: Path, two_copies: tuple[Path, Path]) -> None:
-    assert _bound(tmp_path, two_copies[1]) == str(two_copies[1])
+def test_a_preloaded_copy_wins_over_the_one_loaded_by_path(two_copies: tuple[Path, Path]) -> None:
+    assert _bound(two_copies[0], two_copies[1]) == str(two_copies[1])
 
 
 def test_no_path_for_a_symbol_nothing_exports() -> None:

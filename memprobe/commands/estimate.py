@@ -112,8 +112,7 @@ def estimate(
     print(f"estimated (not measured) from {basis['rules']}{why} and the calibration {basis['calibration']} "
           f"({basis['gpu_model']}, driver {basis['driver']}, torch {basis['torch']}, NCCL {basis['nccl']}); "
           f"{basis['topology']}", file=sys.stdout)
-    notes = (note for item in comparison.runs for note in item.run.record.environment["estimate"].get("engine_notes", []))
-    for warning in [*basis.get("warnings", []), *dict.fromkeys(notes)]:
+    for warning in [*basis.get("warnings", []), *comparison.engine_notes()]:
         print(f"memprobe: warning: {warning}", file=sys.stderr)
     return 0
 

@@ -392,8 +392,7 @@ def judge(
     if any(memory_kind(baseline.scenarios[name]) == ESTIMATED_GPU for name in selected):
         result.notes.append("the bytes are ESTIMATED GPU memory (memprobe estimate: NCCL's rules and a calibration), "
                             "estimated against an estimated baseline: nothing was measured")
-    result.notes.extend(dict.fromkeys(note for item in comparison.runs
-                                      for note in (item.run.record.environment.get("estimate") or {}).get("engine_notes", [])))
+    result.notes.extend(comparison.engine_notes())
     for name in selected:
         _judge_scenario(result, baseline, comparison, name, overrides, allow_env_mismatch)
     return result

@@ -44,9 +44,10 @@ def resolving_library_path(symbol: str) -> str | None:
     in address order.
     """
     try:
-        address = ctypes.cast(getattr(ctypes.CDLL(None), symbol), ctypes.c_void_p).value
+        process = ctypes.CDLL(None)
+        address = ctypes.cast(getattr(process, symbol), ctypes.c_void_p).value
         info = _DlInfo()
-        if not address or not ctypes.CDLL(None).dladdr(ctypes.c_void_p(address), ctypes.byref(info)):
+        if not address or not process.dladdr(ctypes.c_void_p(address), ctypes.byref(info)):
             return None
     except (AttributeError, OSError):
         return None

@@ -46,6 +46,12 @@ class Comparison:
                 return item
         raise KeyError(name)
 
+    def engine_notes(self) -> list[str]:
+        """What the NCCL release of its estimated runs changes in the engines' own decisions (each note once;
+        measured runs have none)."""
+        return list(dict.fromkeys(note for item in self.runs
+                                  for note in (item.run.record.environment.get("estimate") or {}).get("engine_notes", [])))
+
 
 COMPARISON_FILE = "comparison.json"
 

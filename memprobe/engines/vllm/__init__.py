@@ -56,6 +56,10 @@ SHARED_EP_0_11 = "shared-ep:0.11"
 INSTALLED_STACK = "installed"  # --engine vllm: vLLM's own decisions
 
 
+# vLLM 0.33.0's PyNccl needs NCCL >= 2.29.7 (communicators.PYNCCL_MIN_NCCL_0_33); the release pins its NCCL
+PINNED_NCCL = ("2.30.7", "vLLM 0.33.0's pin: torch==2.14.0, whose wheel requires nvidia-nccl-cu13==2.30.7")
+
+
 @dataclass(frozen=True)
 class VLLMEngineLayout(LayoutBase):
     """vLLM's parallel flags (``vllm serve`` spells them ``--tensor-parallel-size`` ...); checked as vLLM 0.33.0's
@@ -140,8 +144,7 @@ class VLLMEngine(Engine):
                 INSTALLED: "memprobe.engines.vllm.real:VLLMInstalledBuilder"}
     width_1_reason = "vLLM builds none for one rank, parallel_state.py:550-561"
     installed_takes_stacks = False  # vLLM's own code decides; shared-ep on it is a patch to vLLM, not a stack
-    # vLLM 0.33.0's PyNccl needs NCCL >= 2.29.7 (communicators.PYNCCL_MIN_NCCL_0_33); the release pins its NCCL
-    pinned_nccl = ("2.30.7", "vLLM 0.33.0's pin: torch==2.14.0, whose wheel requires nvidia-nccl-cu13==2.30.7")
+    pinned_nccl = PINNED_NCCL
     default_stack = "vllm"
     stack_option_names = (RELEASE_LINE, EP_PYNCCL)
 
@@ -260,7 +263,7 @@ class VLLMEngine(Engine):
             return []
         return [f"vLLM 0.33.0 builds no PyNccl on NCCL {nccl}: its wrapper binds ncclCommSuspend (NCCL >= 2.29.7) and "
                 f"disables PyNccl without it (pynccl.py:131-137), so none is estimated; the NCCL it pins is "
-                f"{self.pinned_nccl[0] if self.pinned_nccl else '2.30.7'} (--nccl)"]
+                f"{PINNED_NCCL[0]} (--nccl)"]
 
     def sizes(self, decision: Decision, facts: Facts) -> list[Allocation]:
         """vLLM's own buffers at init (:mod:`memprobe.engines.vllm.sizes`); objects that allocate at first use
